@@ -1,0 +1,221 @@
+"""Load a model in a mode and measure what it cost. The registry (quant.registry) decides when; this does how."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel
+
+from .errors import PlacementError, QuantError
+from .modes import Mode, QuantOptions, check_mode, parse_mode, quantization_config, torch_dtype
+from .placement import parse_device_map, parse_max_memory, target_is_cuda
+from .report import (
+    LoadReport,
+    MemorySnapshot,
+    bytes_by_device,
+    linear_layer_types,
+    logical_parameter_count,
+)
+from .settings import load_settings
+from .source import ModelSource, resolve_source
+
+ProgressFn = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """Everything that decides how a model is loaded. The token is not part of its identity and never shown."""
+
+    model: str
+    mode: Mode = Mode.BF16
+    revision: str | None = None
+    device_map: str = "auto"
+    max_memory: str | None = None
+    options: QuantOptions = field(default_factory=QuantOptions)
+    attn_implementation: str | None = None
+    token: str | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", parse_mode(self.mode))
+        object.__setattr__(self, "model", self.model.strip())
+
+    @property
+    def key(self) -> str:
+        """A stable id of this load: model, revision, mode and every option (never the token)."""
+        identity = {k: v for k, v in self.__dict__.items() if k != "token"}
+        identity["mode"] = self.mode.value
+        identity["options"] = self.options.__dict__
+        digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        return f"{self.model}@{self.revision or 'main'}:{self.mode.value}:{digest}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} [{self.mode.value}]"
+
+
+@dataclass
+class LoadedModel:
+    """A model in memory with its tokenizer and the report of its load."""
+
+    key: str
+    request: LoadRequest
+    source: ModelSource
+    model: PreTrainedModel
+    tokenizer: Any
+    report: LoadReport
+
+    @property
+    def label(self) -> str:
+        return self.request.label
+
+    @property
+    def device(self) -> torch.device:
+        """Where inputs go: the device of the input embeddings."""
+        return self.model.get_input_embeddings().weight.device
+
+
+def _model_class(source: ModelSource):
+    return AutoModelForSeq2SeqLM if source.kind == "seq2seq" else AutoModelForCausalLM
+
+
+def load_tokenizer(source: ModelSource, token: str | None, trust_remote_code: bool):
+    """The checkpoint's tokenizer; decoder-only models without a pad token get EOS as pad (needed for batches)."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source.location, revision=source.revision, token=token, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError, TypeError) as exc:
+        raise QuantError(f"The tokenizer of {source.ref} cannot be loaded: {str(exc).splitlines()[0]}") from None
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def prepare(request: LoadRequest) -> tuple[ModelSource, dict[str, Any], list[str]]:
+    """Resolve the source and build `from_pretrained` kwargs; every refusal happens here, before loading."""
+    settings = load_settings()
+    device_map = parse_device_map(request.device_map)
+    max_memory = parse_max_memory(request.max_memory)
+    on_cuda = target_is_cuda(device_map)
+    source = resolve_source(
+        request.model, revision=request.revision, token=request.token, trust_remote_code=settings.trust_remote_code
+    )
+    warnings = check_mode(
+        request.mode, request.options, checkpoint_quantization=source.checkpoint_quantization, on_cuda=on_cuda
+    )
+    if not on_cuda:
+        if max_memory and any(isinstance(k, int) for k in max_memory):
+            raise PlacementError("max_memory names a GPU, but the model is placed on the CPU.")
+        device_map = {"": "cpu"}
+    kwargs: dict[str, Any] = {
+        "dtype": torch_dtype(request.mode, request.options, on_cuda),
+        "device_map": device_map,
+        "revision": source.revision,
+        "token": request.token,
+        "trust_remote_code": settings.trust_remote_code,
+    }
+    if max_memory:
+        kwargs["max_memory"] = max_memory
+    qconfig = quantization_config(
+        request.mode, request.options, checkpoint_quantization=source.checkpoint_quantization, on_cuda=on_cuda
+    )
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+    if request.attn_implementation:
+        kwargs["attn_implementation"] = request.attn_implementation
+    return source, kwargs, warnings
+
+
+def load_model(request: LoadRequest, progress: ProgressFn | None = None) -> LoadedModel:
+    """Load `request.model` in `request.mode` and return it with its load report.
+
+    Raises QuantError (and its subclasses) with a message for the user; nothing stays allocated on failure.
+    """
+    progress = progress or (lambda fraction, message: None)
+    progress(0.0, f"Reading the config of {request.model}")
+    source, kwargs, warnings = prepare(request)
+    progress(0.1, "Loading the tokenizer")
+    tokenizer = load_tokenizer(source, request.token, kwargs["trust_remote_code"])
+
+    gc.collect()
+    before = MemorySnapshot.take()
+    progress(0.2, f"Loading weights in {request.mode.value}")
+    started = time.perf_counter()
+    try:
+        model = _model_class(source).from_pretrained(source.location, **kwargs)
+    except torch.cuda.OutOfMemoryError:
+        _release()
+        raise PlacementError(
+            f"{request.model} does not fit in GPU memory in {request.mode.value}.",
+            "Unload other models, pick a smaller mode (nf4), or allow CPU offload with max_memory.",
+        ) from None
+    except ValueError as exc:
+        _release()
+        text = str(exc)
+        if "dispatched on the CPU or the disk" in text or "does not fit" in text.lower():
+            raise PlacementError(
+                f"{request.model} does not fit in the memory given (max_memory {request.max_memory or 'unset'}).",
+                "Raise max_memory, add cpu=<size> and turn on int8 fp32 CPU offload, or pick a smaller mode.",
+            ) from None
+        raise QuantError(f"Loading {request.model} in {request.mode.value} failed: {text.splitlines()[0]}") from None
+    except (OSError, RuntimeError, ImportError, TypeError) as exc:
+        _release()
+        raise QuantError(
+            f"Loading {request.model} in {request.mode.value} failed: {str(exc).splitlines()[0]}"
+        ) from None
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    load_seconds = time.perf_counter() - started
+    model.eval()
+    progress(0.9, "Measuring")
+    after = MemorySnapshot.take()
+
+    device_map = getattr(model, "hf_device_map", None) or {"": str(next(model.parameters()).device)}
+    if any(str(d) in ("cpu", "disk") for d in device_map.values()) and target_is_cuda(kwargs["device_map"]):
+        warnings.append("Part of the model is offloaded to the CPU/disk: generation will be much slower.")
+    quant = getattr(model.config, "quantization_config", None)
+    report = LoadReport(
+        model=request.model,
+        revision=request.revision,
+        kind=source.kind,
+        architecture=type(model).__name__,
+        mode=request.mode.value,
+        dtype=str(model.dtype).removeprefix("torch."),
+        attn_implementation=getattr(model.config, "_attn_implementation", None),
+        parameters=logical_parameter_count(model),
+        footprint_bytes=model.get_memory_footprint(),
+        bytes_by_device=bytes_by_device(model),
+        gpu_allocated_bytes={d: after.gpu[d] - before.gpu.get(d, 0) for d in after.gpu},
+        ram_before_bytes=before.rss,
+        ram_after_bytes=after.rss,
+        load_seconds=load_seconds,
+        linear_layers=linear_layer_types(model),
+        device_map={k: str(v) for k, v in device_map.items()},
+        quantization=_jsonable(quant.to_dict() if hasattr(quant, "to_dict") else quant),
+        warnings=warnings,
+    )
+    progress(1.0, "Loaded")
+    # The token served this load only: it is not kept with a model that every session can see.
+    return LoadedModel(request.key, replace(request, token=None), source, model, tokenizer, report)
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str)) if value is not None else None
+
+
+def _release() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def release_memory() -> None:
+    """Give freed tensors back: Python garbage, then PyTorch's CUDA cache (so nvidia-smi sees it too)."""
+    _release()
+

@@ -1,0 +1,104 @@
+"""Where a model's weights go: `device_map` and per-device `max_memory`, validated before anything is loaded."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import torch
+from accelerate.utils import convert_file_size_to_int
+
+from .errors import PlacementError
+
+DEVICE_MAP_CHOICES = ("auto", "balanced", "balanced_low_0", "sequential", "cpu", "cuda")
+"""`auto`/`balanced`/`balanced_low_0`/`sequential` are accelerate's strategies; `cpu`, `cuda` or `cuda:N` put the
+whole model on one device."""
+
+_SINGLE_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|\d+)$")
+
+
+def cuda_device_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def parse_max_memory(spec: str | dict | None) -> dict[int | str, str] | None:
+    """Parse per-device memory limits, as accelerate takes them.
+
+    Accepts `0=20GiB, 1=20GiB, cpu=30GiB`, the JSON `{"0": "20GiB", "cpu": "30GiB"}` or a dict. GPU keys become
+    ints. Sizes are checked with accelerate's own parser; GPU indices against the GPUs that are really there.
+    """
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+        return None
+    if isinstance(spec, str):
+        text = spec.strip()
+        if text.startswith("{"):
+            try:
+                items = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise PlacementError(f"max_memory is not valid JSON ({exc.msg}).", _MAX_MEMORY_HINT) from None
+            if not isinstance(items, dict):
+                raise PlacementError("max_memory JSON must be an object of device: size.", _MAX_MEMORY_HINT)
+        else:
+            items = {}
+            for part in filter(None, (p.strip() for p in re.split(r"[,\n]", text))):
+                key, sep, value = part.partition("=") if "=" in part else part.partition(":")
+                if not sep or not key.strip() or not value.strip():
+                    raise PlacementError(f"Cannot read {part!r} in max_memory.", _MAX_MEMORY_HINT)
+                items[key.strip().strip("'\"")] = value.strip().strip("'\"")
+    else:
+        items = dict(spec)
+    if not items:
+        return None
+
+    gpus = cuda_device_count()
+    parsed: dict[int | str, str] = {}
+    for raw_key, raw_size in items.items():
+        size = str(raw_size).strip().replace(" ", "")
+        try:
+            if convert_file_size_to_int(size) <= 0:
+                raise ValueError
+        except (ValueError, TypeError, AttributeError):
+            raise PlacementError(f"{raw_size!r} is not a memory size (device {raw_key}).", _MAX_MEMORY_HINT) from None
+        key = str(raw_key).strip().lower()
+        if key.isdigit():
+            device: int | str = int(key)
+            if device >= gpus:
+                have = f"GPUs 0..{gpus - 1}" if gpus else "no GPU"
+                raise PlacementError(f"max_memory names GPU {device}, but this machine has {have}.", _MAX_MEMORY_HINT)
+        elif key in {"cpu", "disk", "mps"}:
+            device = key
+        else:
+            raise PlacementError(f"Unknown device {raw_key!r} in max_memory.", _MAX_MEMORY_HINT)
+        parsed[device] = size
+    return parsed
+
+
+_MAX_MEMORY_HINT = 'Write it as "0=20GiB, cpu=30GiB" (GPU index or cpu = size in GiB/MiB/GB/MB).'
+
+
+def parse_device_map(spec: str | None) -> str | dict[str, str]:
+    """Validate a device_map choice; a single device becomes `{"": device}` so every module goes there."""
+    text = (spec or "auto").strip().lower()
+    if text in DEVICE_MAP_CHOICES[:4]:
+        return text
+    if not _SINGLE_DEVICE.match(text):
+        raise PlacementError(
+            f"Unknown device_map {spec!r}.", f"Use one of {', '.join(DEVICE_MAP_CHOICES)} or cuda:N."
+        )
+    if text.isdigit():
+        text = f"cuda:{text}"
+    if text.startswith("cuda"):
+        index = int(text.partition(":")[2] or 0)
+        if index >= cuda_device_count():
+            raise PlacementError(
+                f"device_map {spec!r} asks for a GPU, but {'there is none' if not cuda_device_count() else 'it does not exist'}.",
+                "Use cpu, or auto to let accelerate place the model.",
+            )
+    return {"": text}
+
+
+def target_is_cuda(device_map: str | dict[str, str]) -> bool:
+    """Whether the weights will live (at least partly) on a GPU."""
+    if isinstance(device_map, dict):
+        return any(str(d).startswith("cuda") or str(d).isdigit() for d in device_map.values())
+    return cuda_device_count() > 0

@@ -1,0 +1,163 @@
+"""What a load cost and produced: the table the team's notes were made of ("load RAM 8000MB -> 4000MB")."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import psutil
+import torch
+
+MiB = 2**20
+
+
+def process_rss() -> int:
+    """Resident memory of this process, in bytes."""
+    return psutil.Process(os.getpid()).memory_info().rss
+
+
+def gpu_allocated() -> dict[str, int]:
+    """Bytes allocated by PyTorch on each GPU."""
+    if not torch.cuda.is_available():
+        return {}
+    return {f"cuda:{i}": torch.cuda.memory_allocated(i) for i in range(torch.cuda.device_count())}
+
+
+@dataclass
+class MemorySnapshot:
+    rss: int
+    gpu: dict[str, int]
+
+    @classmethod
+    def take(cls) -> MemorySnapshot:
+        return cls(rss=process_rss(), gpu=gpu_allocated())
+
+
+def logical_parameter_count(model: torch.nn.Module) -> int:
+    """Parameters as the unquantized model has them: packed 4-bit and GPTQ weights count as their full shape."""
+    total = 0
+    for module in model.modules():
+        qweight = getattr(module, "qweight", None)
+        if qweight is not None and hasattr(module, "in_features") and hasattr(module, "out_features"):
+            total += module.in_features * module.out_features
+            bias = getattr(module, "bias", None)
+            total += bias.numel() if bias is not None else 0
+            continue
+        for param in module.parameters(recurse=False):
+            quant_state = getattr(param, "quant_state", None)
+            total += quant_state.shape.numel() if quant_state is not None else param.numel()
+    return total
+
+
+def linear_layer_types(model: torch.nn.Module) -> dict[str, int]:
+    """How many layers of each linear class the model holds (Linear8bitLt, Linear4bit, TorchQuantLinear, Linear...)."""
+    counts = Counter(
+        type(m).__name__
+        for m in model.modules()
+        if isinstance(m, torch.nn.Linear) or "Linear" in type(m).__name__ and hasattr(m, "in_features")
+    )
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def bytes_by_device(model: torch.nn.Module) -> dict[str, int]:
+    """Bytes of parameters and buffers on each device, measured on the tensors themselves."""
+    sizes: Counter[str] = Counter()
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        sizes[str(tensor.device)] += tensor.numel() * tensor.element_size()
+    return dict(sizes)
+
+
+@dataclass
+class LoadReport:
+    """One row of the load comparison. Sizes in bytes, times in seconds."""
+
+    model: str
+    revision: str | None
+    kind: str
+    architecture: str
+    mode: str
+    dtype: str
+    attn_implementation: str | None
+    parameters: int
+    footprint_bytes: int
+    bytes_by_device: dict[str, int]
+    gpu_allocated_bytes: dict[str, int]
+    """GPU memory this load added, per device (allocated after minus before)."""
+    ram_before_bytes: int
+    ram_after_bytes: int
+    load_seconds: float
+    linear_layers: dict[str, int]
+    device_map: dict[str, str]
+    quantization: dict | None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary_row(self) -> dict[str, object]:
+        """The compact row of the comparison table (MiB and seconds)."""
+        quantized = {k: v for k, v in self.linear_layers.items() if k != "Linear"}
+        return {
+            "model": self.model,
+            "mode": self.mode,
+            "params (M)": round(self.parameters / 1e6, 2),
+            "footprint (MiB)": round(self.footprint_bytes / MiB, 1),
+            "RAM before→after (MiB)": f"{self.ram_before_bytes / MiB:.0f} → {self.ram_after_bytes / MiB:.0f}",
+            "GPU alloc (MiB)": round(sum(self.gpu_allocated_bytes.values()) / MiB, 1),
+            "load (s)": round(self.load_seconds, 2),
+            "quantized layers": ", ".join(f"{k}×{v}" for k, v in quantized.items()) or "none",
+        }
+
+    def to_text(self) -> str:
+        """Plain-text report, as `python -m quant load` prints it."""
+        def mib(n: int) -> str:
+            return f"{n / MiB:,.1f} MiB"
+
+        lines = [
+            f"model            {self.model}" + (f" @ {self.revision}" if self.revision else ""),
+            f"kind             {self.kind} ({self.architecture})",
+            f"mode             {self.mode} (dtype {self.dtype}, attention {self.attn_implementation})",
+            f"parameters       {self.parameters:,}",
+            f"footprint        {mib(self.footprint_bytes)}",
+            "on devices       " + ", ".join(f"{d}: {mib(b)}" for d, b in self.bytes_by_device.items()),
+            "GPU allocated    " + (", ".join(f"{d}: +{mib(b)}" for d, b in self.gpu_allocated_bytes.items()) or "no GPU"),
+            f"process RAM      {mib(self.ram_before_bytes)} -> {mib(self.ram_after_bytes)}",
+            f"load time        {self.load_seconds:.2f} s",
+            "linear layers    " + ", ".join(f"{k} x{v}" for k, v in self.linear_layers.items()),
+            "placement        " + _placement_text(self.device_map),
+        ]
+        if self.quantization:
+            shown = {k: v for k, v in self.quantization.items() if _shown(k, self.quantization)}
+            lines.append("quantization     " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+        lines += [f"warning          {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+_QUANT_KEYS_SHOWN = {
+    "quant_method", "bits", "group_size", "desc_act", "sym", "backend", "load_in_8bit", "load_in_4bit",
+    "llm_int8_threshold", "llm_int8_skip_modules", "llm_int8_enable_fp32_cpu_offload", "bnb_4bit_quant_type",
+    "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype", "bnb_4bit_quant_storage",
+}
+
+
+def _shown(key: str, quantization: dict) -> bool:
+    """Keys worth showing: the method's own (no bnb_4bit_* for int8, no int8 threshold for 4-bit)."""
+    if key not in _QUANT_KEYS_SHOWN:
+        return False
+    if quantization.get("load_in_8bit"):
+        return not key.startswith("bnb_4bit") and key != "load_in_4bit"
+    if quantization.get("load_in_4bit"):
+        return key not in {"llm_int8_threshold", "llm_int8_enable_fp32_cpu_offload", "load_in_8bit"}
+    return True
+
+
+def _placement_text(device_map: dict[str, str]) -> str:
+    by_device: dict[str, list[str]] = {}
+    for module, device in device_map.items():
+        by_device.setdefault(str(device), []).append(module or "(whole model)")
+    return "; ".join(f"{d}: {len(m)} module(s) [{_span(m)}]" for d, m in by_device.items())
+
+
+def _span(modules: list[str]) -> str:
+    return modules[0] if len(modules) == 1 else f"{modules[0]} … {modules[-1]}"

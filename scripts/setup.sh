@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install what the app needs (`bash scripts/setup.sh`) or the app and its tests (`bash scripts/setup.sh test`)
+# on a Debian/Ubuntu machine. README.md, .ci/run and the Dockerfile all install through this one script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target=${1:-app}
+
+system_packages=(libpcre2-dev)            # pypcre (a gptqmodel dependency) compiles against PCRE2
+[ "$target" = test ] && system_packages+=(chromium fonts-noto-cjk)   # real-browser tests (Korean glyphs too)
+missing=()
+for package in "${system_packages[@]}"; do
+  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+python3 -m pip install -q -r requirements.txt
+[ "$target" = test ] && python3 -m pip install -q -r requirements-dev.txt
+echo "setup ($target) done"

@@ -1,0 +1,75 @@
+"""Shared fixtures. Tests never reach the Hub: they use the demo models that ship in quant/demo_models."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+LLAMA = "demo:tiny-llama-chat"
+T5 = "demo:tiny-t5"
+CALIBRATION_TEXT = ROOT / "quant" / "textsets" / "python-reference.txt"
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run on the device machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def gptq_llama_dir(tmp_path_factory) -> Path:
+    """The demo Llama quantized to 4-bit GPTQ (group size 128) by gptqmodel on the CPU."""
+    from gptqmodel import GPTQModel, QuantizeConfig
+
+    from quant.source import resolve_location
+
+    out = tmp_path_factory.mktemp("gptq-llama")
+    paragraphs = [p for p in CALIBRATION_TEXT.read_text().split("\n\n") if len(p) > 200][:32]
+    model = GPTQModel.load(resolve_location(LLAMA)[0], QuantizeConfig(bits=4, group_size=128), device="cpu")
+    model.quantize(paragraphs, batch_size=8)
+    model.save(str(out))
+    return out
+
+
+@pytest.fixture
+def registry():
+    from quant.registry import ModelRegistry
+
+    reg = ModelRegistry(max_models=3)
+    yield reg
+    reg.unload_all()
+
+
+@pytest.fixture(scope="session")
+def app_url():
+    """The real app, served over HTTP on a free local port."""
+    import app as app_module
+
+    demo = app_module.build_app()
+    demo.queue(default_concurrency_limit=4)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()

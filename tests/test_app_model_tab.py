@@ -1,0 +1,64 @@
+"""The Model tab driven over HTTP with gradio_client, as a remote user would."""
+
+from __future__ import annotations
+
+import pytest
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+
+from tests.conftest import LLAMA
+
+DEFAULTS = dict(revision="", token="", int8_threshold=6.0, skip_modules="", int8_offload=False, double_quant=True,
+                compute_dtype="bf16", quant_storage="uint8", gptq_backend="", device_map="auto", max_memory="",
+                attn="(model default)")
+
+
+def load_args(model: str, mode: str, **overrides):
+    values = {**DEFAULTS, **overrides}
+    return (model, values["revision"], values["token"], mode, values["int8_threshold"], values["skip_modules"],
+            values["int8_offload"], values["double_quant"], values["compute_dtype"], values["quant_storage"],
+            values["gptq_backend"], values["device_map"], values["max_memory"], values["attn"])
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    return Client(app_url, verbose=False)
+
+
+def test_load_report_and_unload_over_http(client):
+    # gr.State outputs stay on the server: the client sees status, report, dropdown, loaded table, history.
+    status, report, dropdown, loaded, history = client.predict(*load_args(LLAMA, "nf4"), api_name="/load_model")
+    key = dropdown["value"]  # the dropdown comes back as an update: new choices and the selected key
+    assert "loaded" in status and LLAMA in status
+    assert "Linear4bit x28" in report and "mode             nf4" in report
+    assert any(row[0] == f"{LLAMA} [nf4]" for row in loaded["data"])
+    assert history["data"][-1][1] == "nf4"
+
+    status, _dd, loaded = client.predict(key, api_name="/unload_model")
+    assert "Unloaded" in status
+    assert all(row[0] != f"{LLAMA} [nf4]" for row in loaded["data"])
+
+
+def test_bad_input_gets_a_message_and_the_app_keeps_serving(client, tmp_path):
+    with pytest.raises(AppError, match="No such folder"):
+        client.predict(*load_args(str(tmp_path / "missing"), "bf16"), api_name="/load_model")
+    with pytest.raises(AppError, match="not a memory size"):
+        client.predict(*load_args(LLAMA, "bf16", max_memory="cpu=plenty"), api_name="/load_model")
+    with pytest.raises(AppError, match="not.*GPTQ-quantized|is not"):
+        client.predict(*load_args(LLAMA, "gptq"), api_name="/load_model")
+    status, *_ = client.predict(*load_args(LLAMA, "bf16"), api_name="/load_model")
+    assert "loaded" in status
+
+
+def test_measure_modes_fills_the_comparison_table(client):
+    status, _dd, _loaded, history = client.predict(["bf16", "nf4"], *load_args(LLAMA, "bf16"),
+                                                   api_name="/measure_modes")
+    assert "Measured 2 of 2" in status
+    rows = {row[1]: row for row in history["data"][-2:]}
+    footprint = history["headers"].index("footprint (MiB)")
+    assert float(rows["bf16"][footprint]) > float(rows["nf4"][footprint])
+
+
+def test_token_typed_in_the_ui_is_not_sent_back(client):
+    outputs = client.predict(*load_args(LLAMA, "fp32", token="hf_dontleakme123"), api_name="/load_model")
+    assert "hf_dontleakme123" not in repr(outputs)
