@@ -40,17 +40,13 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def gptq_llama_dir(tmp_path_factory) -> Path:
-    """The demo Llama quantized to 4-bit GPTQ (group size 128) by gptqmodel on the CPU."""
-    from gptqmodel import GPTQModel, QuantizeConfig
-
+    """The demo Llama quantized to 4-bit GPTQ (group size 128) on the CPU through quant.gptq."""
+    from quant.gptq import GPTQRecipe, quantize_gptq
     from quant.source import resolve_location
 
-    out = tmp_path_factory.mktemp("gptq-llama")
-    paragraphs = [p for p in CALIBRATION_TEXT.read_text().split("\n\n") if len(p) > 200][:32]
-    model = GPTQModel.load(resolve_location(LLAMA)[0], QuantizeConfig(bits=4, group_size=128), device="cpu")
-    model.quantize(paragraphs, batch_size=8)
-    model.save(str(out))
-    return out
+    out = tmp_path_factory.mktemp("gptq") / "tiny-llama-gptq-4bit-g128"
+    recipe = GPTQRecipe(bits=4, group_size=128, num_samples=32, seq_len=128)
+    return quantize_gptq(resolve_location(LLAMA)[0], recipe, [CALIBRATION_TEXT.read_text()], out).out_dir
 
 
 @pytest.fixture

@@ -1,0 +1,59 @@
+"""Llama-shaped checkpoints of real sizes with random weights, for speed and memory measurements on a GPU.
+
+No weights can be downloaded on the benchmark machines; memory and speed depend on shapes, not on values. Quality
+is measured on the trained demo model instead. The demo tokenizer is saved beside the weights (its ids are a subset
+of the vocabulary), so every code path that needs a tokenizer works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+DEMO_TOKENIZER = Path(__file__).resolve().parent.parent / "quant" / "demo_models" / "tiny-llama-chat"
+
+SHAPES = {
+    # Llama-3.2-1B
+    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+               num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True),
+    # Llama-3.1-8B
+    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
+}
+
+
+def build_checkpoint(shape: str, out: Path, dtype: torch.dtype = torch.float16, device: str = "cuda") -> Path:
+    """Write a random-weight Llama of `shape` to `out` (skipped if it is already there)."""
+    if (out / "config.json").is_file():
+        return out
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(DEMO_TOKENIZER)
+    config = LlamaConfig(**SHAPES[shape], max_position_embeddings=8192, rope_theta=500000.0,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(dtype)
+    # Initialise like a trained model's scale, so activations stay finite through 16-32 layers.
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.normal_(0.0, 0.02)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"built {shape}: {n / 1e9:.2f}B params in {time.perf_counter() - started:.0f}s -> {out}", flush=True)
+    del model
+    torch.cuda.empty_cache()
+    return out
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("shape", choices=list(SHAPES))
+    parser.add_argument("out", type=Path)
+    args = parser.parse_args()
+    build_checkpoint(args.shape, args.out)
