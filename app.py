@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
+import tempfile
+import threading
+from pathlib import Path
 
 import gradio as gr
 
-from quant.errors import QuantError
+from quant.errors import ModelNotLoadedError, QuantError
+from quant.generation import GenerationSettings, run_batch, stream_chat
 from quant.loader import LoadRequest
 from quant.modes import GPTQ_BACKENDS, Mode, QuantOptions
 from quant.placement import DEVICE_MAP_CHOICES
+from quant.prompts import parse_lines, read_prompt_file, write_results
 from quant.registry import default_registry
 from quant.settings import load_settings
 from quant.source import demo_models, hub_reachable
@@ -20,8 +26,27 @@ log = logging.getLogger("quant.app")
 DEFAULT_ATTN = "(model default)"
 
 
+def _as_ui_error(fn_name: str, exc: Exception) -> gr.Error:
+    if isinstance(exc, QuantError):
+        return gr.Error(str(exc), print_exception=False)
+    log.exception("unexpected error in %s", fn_name)
+    first_line = str(exc).splitlines()[0] if str(exc) else ""
+    return gr.Error(f"Unexpected error ({type(exc).__name__}): {first_line}", print_exception=False)
+
+
 def user_errors(fn):
     """Turn errors into messages in the UI: QuantError as it is, anything else as one line (details in the log)."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def generator_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the app must keep serving
+                raise _as_ui_error(fn.__name__, exc) from None
+
+        return generator_wrapper
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -29,12 +54,8 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except QuantError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
         except Exception as exc:  # noqa: BLE001 - the app must keep serving; the log has the traceback
-            log.exception("unexpected error in %s", fn.__name__)
-            raise gr.Error(f"Unexpected error ({type(exc).__name__}): {str(exc).splitlines()[0] if str(exc) else ''}",
-                           print_exception=False) from None
+            raise _as_ui_error(fn.__name__, exc) from None
 
     return wrapper
 
@@ -59,7 +80,7 @@ def loaded_choices() -> list[tuple[str, str]]:
 def loaded_table() -> list[list]:
     registry = default_registry()
     return [
-        [m.label, m.report.footprint_bytes / 2**20, m.report.dtype, registry.in_use(m.key)]
+        [m.label, round(m.report.footprint_bytes / 2**20, 1), m.report.dtype, registry.in_use(m.key)]
         for m in registry.loaded()
     ]
 
@@ -99,9 +120,16 @@ def _progress_fn(progress: gr.Progress):
     return lambda fraction, message: progress(fraction, desc=message)
 
 
+LOAD_FIELDS = ("model", "revision", "token", "mode", "int8_threshold", "skip_modules", "int8_offload", "double_quant",
+               "compute_dtype", "quant_storage", "gptq_backend", "device_map", "max_memory", "attn")
+
+
 @user_errors
-def load(*args, progress=gr.Progress(track_tqdm=True)):
-    request = build_request(*args)
+def load(model, revision, token, mode, int8_threshold, skip_modules, int8_offload, double_quant, compute_dtype,
+         quant_storage, gptq_backend, device_map, max_memory, attn, progress=gr.Progress(track_tqdm=True)):
+    """Load a model (or reuse it if this exact load is already in memory) and show its load report."""
+    request = build_request(model, revision, token, mode, int8_threshold, skip_modules, int8_offload, double_quant,
+                            compute_dtype, quant_storage, gptq_backend, device_map, max_memory, attn)
     registry = default_registry()
     evicted_before = len(registry.evicted)
     loaded = registry.load(request, progress=_progress_fn(progress))
@@ -115,15 +143,18 @@ def load(*args, progress=gr.Progress(track_tqdm=True)):
 
 
 @user_errors
-def measure_modes(modes, *args, progress=gr.Progress(track_tqdm=True)):
-    """Load the model in each selected mode one after another (unloading each), to fill the comparison table."""
+def measure_modes(modes, model, revision, token, mode, int8_threshold, skip_modules, int8_offload, double_quant,
+                  compute_dtype, quant_storage, gptq_backend, device_map, max_memory, attn,
+                  progress=gr.Progress(track_tqdm=True)):
+    """Load the model in each ticked mode one after another (unloading each), to fill the comparison table."""
     if not modes:
         raise gr.Error("Tick at least one mode to measure.")
     registry = default_registry()
     failures = []
     for i, mode in enumerate(modes):
         progress(i / len(modes), desc=f"Loading in {mode}")
-        request = build_request(args[0], args[1], args[2], mode, *args[4:])
+        request = build_request(model, revision, token, mode, int8_threshold, skip_modules, int8_offload,
+                                double_quant, compute_dtype, quant_storage, gptq_backend, device_map, max_memory, attn)
         try:
             loaded = registry.load(request)
         except QuantError as exc:
@@ -161,6 +192,153 @@ def toggle_mode_options(mode):
     return (gr.Group(visible=m.is_bitsandbytes), gr.Group(visible=m is Mode.INT8),
             gr.Group(visible=m in (Mode.NF4, Mode.FP4)), gr.Group(visible=m is Mode.GPTQ),
             f"*{m.value}*: {m.description}")
+
+
+# --- chat and batch ---------------------------------------------------------------------------------------------
+
+_stop_events: dict[str, threading.Event] = {}
+"""The running generation of each browser session (by session hash), so that Stop reaches the server's loop."""
+_stop_lock = threading.Lock()
+
+
+def _new_stop_event(request: gr.Request | None) -> threading.Event:
+    event = threading.Event()
+    if request is not None and request.session_hash:
+        with _stop_lock:
+            _stop_events[request.session_hash] = event
+    return event
+
+
+def request_stop(request: gr.Request):
+    """Stop this session's running chat or batch at its next token."""
+    with _stop_lock:
+        event = _stop_events.pop(request.session_hash, None) if request and request.session_hash else None
+    if event is not None:
+        event.set()
+
+
+def model_for_session(key: str | None) -> str:
+    """The key of this session's model: the one chosen in the Model tab, else the most recently used loaded one."""
+    registry = default_registry()
+    if key and any(m.key == key for m in registry.loaded()):
+        return key
+    loaded = registry.loaded()
+    if not loaded:
+        raise ModelNotLoadedError("No model is loaded.", "Load one in the Model tab first.")
+    return loaded[-1].key
+
+
+def active_model_note(key):
+    try:
+        label = default_registry().get(model_for_session(key)).label
+    except QuantError:
+        return "*No model loaded yet: load one in the Model tab.*"
+    return f"Answering: **{label}**"
+
+
+def settings_from_ui(max_new_tokens, do_sample, temperature, top_p, top_k, repetition_penalty, no_repeat_ngram,
+                     seed) -> GenerationSettings:
+    def number(value, cast, name):
+        try:
+            return cast(value)
+        except (TypeError, ValueError):
+            raise gr.Error(f"{name} must be a number.") from None
+
+    return GenerationSettings(
+        max_new_tokens=number(max_new_tokens, int, "Max new tokens"), do_sample=bool(do_sample),
+        temperature=number(temperature, float, "Temperature"), top_p=number(top_p, float, "Top-p"),
+        top_k=number(top_k, int, "Top-k"), repetition_penalty=number(repetition_penalty, float, "Repetition penalty"),
+        no_repeat_ngram_size=number(no_repeat_ngram, int, "No-repeat n-gram size"),
+        seed=None if seed in (None, "") else number(seed, int, "Seed"),
+    )
+
+
+def chat_display(messages: list[dict]) -> list[dict]:
+    """What the Chatbot shows: each reply with its footer (tokens, speed, mode) under it."""
+    shown = []
+    for m in messages:
+        content = m["content"]
+        if m.get("footer"):
+            content = f"{content}\n\n---\n*{m['footer']}*"
+        shown.append({"role": m["role"], "content": content})
+    return shown
+
+
+def add_user_message(message, messages):
+    if not (message or "").strip():
+        raise gr.Error("Type a message first.")
+    messages = [*messages, {"role": "user", "content": message.strip()}]
+    return "", messages, chat_display(messages)
+
+
+@user_errors
+def respond(key, messages, system_prompt, max_new_tokens, do_sample, temperature, top_p, top_k, repetition_penalty,
+            no_repeat_ngram, seed, request: gr.Request):
+    """Stream the reply to the last user message; the reply is saved in the session state as it grows."""
+    settings = settings_from_ui(max_new_tokens, do_sample, temperature, top_p, top_k, repetition_penalty,
+                                no_repeat_ngram, seed)
+    if not messages or messages[-1]["role"] != "user":
+        raise gr.Error("Type a message first.")
+    stop = _new_stop_event(request)
+    registry = default_registry()
+    with registry.use(model_for_session(key)) as loaded:
+        history = [{"role": m["role"], "content": m["content"]} for m in messages]
+        reply = {"role": "assistant", "content": "", "footer": "…"}
+        for chunk in stream_chat(loaded, history, system_prompt=system_prompt, settings=settings, stop=stop):
+            reply = {"role": "assistant", "content": chunk.text,
+                     "footer": chunk.stats.summary() if chunk.done else f"{chunk.stats.new_tokens} tokens…"}
+            if chunk.done:
+                for notice in chunk.notices:
+                    gr.Warning(notice)
+            updated = [*messages, reply]
+            yield chat_display(updated), updated
+
+
+def regenerate_prepare(messages):
+    while messages and messages[-1]["role"] == "assistant":
+        messages = messages[:-1]
+    if not messages:
+        raise gr.Error("Nothing to regenerate.")
+    return messages, chat_display(messages)
+
+
+def undo(messages):
+    """Remove the last exchange and put its message back in the box."""
+    text = ""
+    while messages and messages[-1]["role"] == "assistant":
+        messages = messages[:-1]
+    if messages and messages[-1]["role"] == "user":
+        text = messages[-1]["content"]
+        messages = messages[:-1]
+    return text, messages, chat_display(messages)
+
+
+BATCH_HEADERS = ["line", "prompt", "output", "new tokens", "seconds", "error"]
+
+
+def _batch_table(rows) -> list[list]:
+    return [[r.line, r.prompt, r.output, r.new_tokens, round(r.seconds, 2), r.error] for r in rows]
+
+
+@user_errors
+def run_batch_ui(key, pasted, upload, column, use_template, system_prompt, batch_size, max_new_tokens, do_sample,
+                 temperature, top_p, top_k, repetition_penalty, no_repeat_ngram, seed, request: gr.Request,
+                 progress=gr.Progress()):
+    """Run the batch, filling the table as batches finish; then offer the CSV and JSONL files."""
+    settings = settings_from_ui(max_new_tokens, do_sample, temperature, top_p, top_k, repetition_penalty,
+                                no_repeat_ngram, seed)
+    prompts = read_prompt_file(upload, column) if upload else parse_lines(pasted or "")
+    stop = _new_stop_event(request)
+    with default_registry().use(model_for_session(key)) as loaded:
+        result = None
+        progress(0, desc=f"0/{len(prompts)} prompts")
+        for result in run_batch(loaded, prompts, settings, batch_size=int(batch_size),
+                                use_chat_template=bool(use_template), system_prompt=system_prompt, stop=stop):
+            progress(result.done / result.total, desc=f"{result.done}/{result.total} prompts")
+            yield _batch_table(result.rows), result.totals(), None
+    out_dir = Path(tempfile.mkdtemp(prefix="quant-batch-"))
+    files = write_results(result.rows, out_dir)
+    yield _batch_table(result.rows), result.totals(), [str(f) for f in files]
 
 
 def build_app() -> gr.Blocks:
@@ -225,17 +403,84 @@ def build_app() -> gr.Blocks:
                                           label="Every load in this server, side by side")
                 refresh_btn = gr.Button("Refresh", size="sm")
 
+            with gr.Tab("Chat", id="chat"):
+                chat_note = gr.Markdown(active_model_note(None))
+                chat_state = gr.State([])  # this session's conversation: role, content, and a footer per reply
+                chatbot = gr.Chatbot(label="Chat", height=420, buttons=["copy"])
+                with gr.Row():
+                    chat_box = gr.Textbox(show_label=False, placeholder="Message", scale=5, lines=1)
+                    send_btn = gr.Button("Send", variant="primary", scale=1)
+                with gr.Row():
+                    chat_stop_btn = gr.Button("Stop")
+                    regen_btn = gr.Button("Regenerate")
+                    undo_btn = gr.Button("Undo")
+                    clear_btn = gr.Button("Clear")
+                system_prompt = gr.Textbox(label="System prompt", lines=2,
+                                           placeholder="e.g. You are a concise assistant.")
+                with gr.Accordion("Generation settings", open=False):
+                    with gr.Row():
+                        max_new_tokens = gr.Slider(1, 2048, value=256, step=1, label="Max new tokens")
+                        do_sample = gr.Checkbox(value=False, label="Sample (off: greedy)")
+                        seed = gr.Number(value=None, precision=0, label="Seed (sampling)")
+                    with gr.Row():
+                        temperature = gr.Slider(0.05, 2.0, value=0.7, step=0.05, label="Temperature")
+                        top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p")
+                        top_k = gr.Slider(0, 200, value=50, step=1, label="Top-k (0: off)")
+                    with gr.Row():
+                        repetition_penalty = gr.Slider(0.5, 2.0, value=1.0, step=0.05, label="Repetition penalty")
+                        no_repeat_ngram = gr.Slider(0, 10, value=0, step=1, label="No-repeat n-gram size")
+
+            with gr.Tab("Batch", id="batch"):
+                batch_note = gr.Markdown(active_model_note(None))
+                with gr.Row():
+                    batch_text = gr.Textbox(label="Prompts, one per line", lines=8)
+                    with gr.Column():
+                        batch_file = gr.File(label="…or upload .txt / .csv / .jsonl", file_types=[".txt", ".csv", ".jsonl"],
+                                             type="filepath")
+                        batch_column = gr.Textbox(label="CSV column / JSONL field", placeholder="prompt")
+                with gr.Row():
+                    batch_template = gr.Checkbox(value=False, label="Apply the chat template to each prompt")
+                    batch_system = gr.Textbox(label="System prompt (with the chat template)")
+                    batch_size = gr.Slider(1, 64, value=8, step=1, label="Batch size")
+                gr.Markdown("Greedy unless sampling is on; generation settings are those of the Chat tab.")
+                with gr.Row():
+                    batch_btn = gr.Button("Run batch", variant="primary")
+                    batch_stop_btn = gr.Button("Stop")
+                batch_totals = gr.Markdown()
+                batch_table = gr.Dataframe(headers=BATCH_HEADERS, interactive=False, wrap=True, label="Results")
+                batch_files = gr.File(label="Download results", file_count="multiple", interactive=False)
+
         load_inputs = [model_box, revision, token, mode, int8_threshold, skip_modules, int8_offload, double_quant,
                        compute_dtype, quant_storage, gptq_backend, device_map, max_memory, attn]
-        mode.change(toggle_mode_options, mode, [bnb_group, int8_group, bnb4_group, gptq_group, mode_help])
+        mode.change(toggle_mode_options, mode, [bnb_group, int8_group, bnb4_group, gptq_group, mode_help],
+                    api_name=False)
         load_btn.click(load, load_inputs, [status, report_box, loaded_dd, active_key, loaded_df, history_df],
                        api_name="load_model", concurrency_limit=1, concurrency_id="model-load")
         measure_btn.click(measure_modes, [measure_modes_box, *load_inputs],
                           [status, loaded_dd, loaded_df, history_df],
                           api_name="measure_modes", concurrency_limit=1, concurrency_id="model-load")
         unload_btn.click(unload, loaded_dd, [status, loaded_dd, active_key, loaded_df], api_name="unload_model")
-        loaded_dd.input(select_model, loaded_dd, active_key)
+        loaded_dd.input(select_model, loaded_dd, active_key, api_name=False)
         refresh_btn.click(refresh, None, [loaded_dd, loaded_df, history_df], api_name="refresh")
+        generation_inputs = [max_new_tokens, do_sample, temperature, top_p, top_k, repetition_penalty,
+                             no_repeat_ngram, seed]
+        for note in (chat_note, batch_note):
+            active_key.change(active_model_note, active_key, note, api_name=False)
+        chat_run = dict(fn=respond, inputs=[active_key, chat_state, system_prompt, *generation_inputs],
+                        outputs=[chatbot, chat_state], concurrency_id="generate")
+        send_btn.click(add_user_message, [chat_box, chat_state], [chat_box, chat_state, chatbot],
+                       api_name="chat_add_message").then(**chat_run, api_name="chat_respond")
+        chat_box.submit(add_user_message, [chat_box, chat_state], [chat_box, chat_state, chatbot],
+                        api_name=False).then(**chat_run, api_name=False)
+        regen_btn.click(regenerate_prepare, chat_state, [chat_state, chatbot], api_name=False).then(
+            **chat_run, api_name=False)
+        undo_btn.click(undo, chat_state, [chat_box, chat_state, chatbot], api_name=False)
+        clear_btn.click(lambda: ([], []), None, [chat_state, chatbot], api_name=False)
+        chat_stop_btn.click(request_stop, None, None, queue=False, api_name="stop")
+        batch_stop_btn.click(request_stop, None, None, queue=False, api_name=False)
+        batch_btn.click(run_batch_ui, [active_key, batch_text, batch_file, batch_column, batch_template,
+                                       batch_system, batch_size, *generation_inputs],
+                        [batch_table, batch_totals, batch_files], api_name="run_batch", concurrency_id="generate")
     return demo
 
 

@@ -62,6 +62,105 @@ def cmd_load(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("generation")
+    group.add_argument("--max-new-tokens", type=int, default=256)
+    group.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    group.add_argument("--temperature", type=float, default=0.7)
+    group.add_argument("--top-p", type=float, default=0.9)
+    group.add_argument("--top-k", type=int, default=50)
+    group.add_argument("--repetition-penalty", type=float, default=1.0)
+    group.add_argument("--no-repeat-ngram-size", type=int, default=0)
+    group.add_argument("--seed", type=int)
+    group.add_argument("--system", help="system prompt")
+
+
+def generation_settings_from_args(args: argparse.Namespace):
+    from .generation import GenerationSettings
+
+    settings = GenerationSettings(
+        max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature, top_p=args.top_p,
+        top_k=args.top_k, repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
+        seed=args.seed)
+    settings.validate()
+    return settings
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """Interactive chat streaming to the terminal. Ctrl-C stops a reply; /reset clears; /exit or EOF quits."""
+    import threading
+
+    from .generation import stream_chat
+    from .loader import load_model
+
+    settings = generation_settings_from_args(args)
+    loaded = load_model(load_request_from_args(args), progress=_stderr_progress)
+    print(f"{loaded.label} ready. /reset clears the conversation, /exit quits.", file=sys.stderr)
+    history: list[dict] = []
+    while True:
+        try:
+            message = input("you> ").strip()
+        except EOFError:
+            return 0
+        if message in {"/exit", "/quit"}:
+            return 0
+        if message == "/reset":
+            history = []
+            continue
+        if not message:
+            continue
+        history.append({"role": "user", "content": message})
+        stop = threading.Event()
+        print("assistant> ", end="", flush=True)
+        shown = ""
+        chunk = None
+        try:
+            for chunk in stream_chat(loaded, history, system_prompt=args.system, settings=settings, stop=stop):
+                print(chunk.text[len(shown):], end="", flush=True)
+                shown = chunk.text
+        except KeyboardInterrupt:
+            stop.set()
+        print()
+        if chunk is not None:
+            for notice in chunk.notices:
+                print(f"note: {notice}", file=sys.stderr)
+            print(f"[{chunk.stats.summary()}]", file=sys.stderr)
+        history.append({"role": "assistant", "content": shown})
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    """Run a prompt file in batches and write the results (.jsonl or .csv by the output's extension)."""
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from .generation import run_batch
+    from .loader import load_model
+    from .prompts import read_prompt_file, write_results
+
+    settings = generation_settings_from_args(args)
+    prompts = read_prompt_file(args.input, args.column)
+    output = Path(args.output)
+    if output.suffix.lower() not in {".jsonl", ".csv"}:
+        print("error: --output must end in .jsonl or .csv", file=sys.stderr)
+        return 2
+    loaded = load_model(load_request_from_args(args), progress=_stderr_progress)
+    bar = tqdm(total=len(prompts), unit="prompt", file=sys.stderr)
+    result = None
+    for result in run_batch(loaded, prompts, settings, batch_size=args.batch_size,
+                            use_chat_template=args.chat_template, system_prompt=args.system):
+        bar.update(result.done - bar.n)
+    bar.close()
+    csv_path, jsonl_path = write_results(result.rows, output.parent, output.stem)
+    (jsonl_path if output.suffix.lower() == ".csv" else csv_path).unlink()
+    print(result.totals(), file=sys.stderr)
+    failed = [r for r in result.rows if r.error]
+    for row in failed:
+        print(f"line {row.line}: {row.error}", file=sys.stderr)
+    print(output)
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m quant", description="Quantization Playground, headless.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -70,6 +169,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_load_arguments(load)
     load.add_argument("--json", action="store_true", help="print the report as JSON")
     load.set_defaults(func=cmd_load)
+
+    chat = commands.add_parser("chat", help="chat with a model in the terminal (streams)")
+    add_load_arguments(chat)
+    add_generation_arguments(chat)
+    chat.set_defaults(func=cmd_chat)
+
+    batch = commands.add_parser("batch", help="run a file of prompts in batches")
+    add_load_arguments(batch)
+    add_generation_arguments(batch)
+    batch.add_argument("--input", required=True, help=".txt (one prompt a line), .csv or .jsonl")
+    batch.add_argument("--output", required=True, help="results file: .jsonl or .csv")
+    batch.add_argument("--column", help="CSV column / JSONL field holding the prompt (default: prompt)")
+    batch.add_argument("--batch-size", type=int, default=8)
+    batch.add_argument("--chat-template", action="store_true", help="wrap each prompt in the chat template")
+    batch.set_defaults(func=cmd_batch)
     return parser
 
 

@@ -1,0 +1,413 @@
+"""Generation on a loaded model: a streamed chat turn and batches of prompts, for causal and seq2seq models.
+
+Uses the libraries' own mechanisms: `apply_chat_template` for prompts, `TextIteratorStreamer` for streaming, a
+`StoppingCriteria` wired to an event so that "stop" ends the work on the server, not just the display.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+from .errors import QuantError
+from .loader import LoadedModel
+
+# End-of-turn tokens of common chat templates; whichever exist in a tokenizer's vocabulary stop generation too.
+END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "</s>")
+MAX_NEW_TOKENS_LIMIT = 4096
+
+
+class GenerationError(QuantError):
+    """Settings or prompts that cannot be generated from."""
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """What `generate` is asked to do. Greedy unless `do_sample`; sampling knobs are ignored under greedy."""
+
+    max_new_tokens: int = 256
+    do_sample: bool = False
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 50
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    seed: int | None = None
+
+    def validate(self) -> None:
+        """Refuse NaN, negative and absurd values with a message naming the setting."""
+        numbers = {"max new tokens": self.max_new_tokens, "temperature": self.temperature, "top-p": self.top_p,
+                   "top-k": self.top_k, "repetition penalty": self.repetition_penalty,
+                   "no-repeat n-gram size": self.no_repeat_ngram_size}
+        for name, value in numbers.items():
+            if value is None or (isinstance(value, float) and not math.isfinite(value)):
+                raise GenerationError(f"The {name} must be a number.")
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+            raise GenerationError(f"Max new tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT}.")
+        if self.do_sample and not 0 < self.temperature <= 10:
+            raise GenerationError("Temperature must be above 0 and at most 10 (use greedy for 0).")
+        if not 0 < self.top_p <= 1:
+            raise GenerationError("Top-p must lie in (0, 1].")
+        if self.top_k < 0:
+            raise GenerationError("Top-k must be 0 (off) or more.")
+        if not 0 < self.repetition_penalty <= 10:
+            raise GenerationError("Repetition penalty must be above 0 and at most 10 (1.0 is off).")
+        if self.no_repeat_ngram_size < 0:
+            raise GenerationError("No-repeat n-gram size must be 0 (off) or more.")
+
+    def generate_kwargs(self) -> dict:
+        kwargs: dict = {"max_new_tokens": int(self.max_new_tokens), "do_sample": bool(self.do_sample),
+                        "repetition_penalty": float(self.repetition_penalty)}
+        if self.no_repeat_ngram_size:
+            kwargs["no_repeat_ngram_size"] = int(self.no_repeat_ngram_size)
+        if self.do_sample:
+            kwargs.update(temperature=float(self.temperature), top_p=float(self.top_p), top_k=int(self.top_k))
+        else:  # keep the checkpoint's sampling defaults from leaking into greedy runs (and warnings about them)
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        return kwargs
+
+
+def stop_token_ids(loaded: LoadedModel) -> list[int]:
+    """EOS ids of the generation config and tokenizer, plus the chat template's end-of-turn tokens.
+
+    Llama 3 checkpoints end a turn with `<|eot_id|>` while EOS is `<|end_of_text|>`: without both, a reply runs on
+    into a made-up next turn.
+    """
+    ids: list[int] = []
+    configured = loaded.model.generation_config.eos_token_id
+    ids += configured if isinstance(configured, list) else [configured] if configured is not None else []
+    tokenizer = loaded.tokenizer
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    vocab = tokenizer.get_vocab()
+    ids += [vocab[t] for t in END_OF_TURN_TOKENS if t in vocab]
+    return sorted(set(ids))
+
+
+def context_length(loaded: LoadedModel) -> int | None:
+    """Tokens the model can attend to (prompt + reply), or None when it has no fixed limit."""
+    config = loaded.model.config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(loaded.tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and limit < 1_000_000 else None
+
+
+class _StopOnEvent(StoppingCriteria):
+    """Ends `generate` at the next token once the event is set (user pressed stop, or the client went away)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class _CountingStreamer(TextIteratorStreamer):
+    """A TextIteratorStreamer that also counts generated tokens and times the first one."""
+
+    def __init__(self, tokenizer, **kwargs) -> None:
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True, **kwargs)
+        self.generated = 0
+        self.first_token_at: float | None = None
+        self._seen_prompt = False
+
+    def put(self, value) -> None:
+        if self._seen_prompt:
+            self.generated += value.numel()
+            if self.first_token_at is None:
+                self.first_token_at = time.perf_counter()
+        self._seen_prompt = True
+        super().put(value)
+
+
+# --- chat ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ChatPrompt:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    used_template: bool
+    dropped_turns: int = 0
+    """Oldest turns left out so that the prompt and reply fit in the context."""
+    max_new_tokens: int = 0
+    """The reply's budget: the requested one, or less when the context has no more room."""
+
+
+def _plain_prompt(messages: list[dict]) -> str:
+    """Fallback for tokenizers without a chat template: labelled turns, ending with an open assistant turn."""
+    lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+    return "\n".join(lines) + "\nAssistant:"
+
+
+def _encode_chat(tokenizer, messages: list[dict]) -> tuple[torch.Tensor, bool]:
+    if getattr(tokenizer, "chat_template", None):
+        encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                return_dict=True)
+        return encoded["input_ids"], True
+    return tokenizer(_plain_prompt(messages), return_tensors="pt")["input_ids"], False
+
+
+def build_chat_prompt(loaded: LoadedModel, history: list[dict], system_prompt: str | None,
+                      max_new_tokens: int) -> ChatPrompt:
+    """Encode system prompt + history with the model's template; drop the oldest turns if it does not fit."""
+    turns = [{"role": m["role"], "content": str(m["content"])} for m in history if m.get("content")]
+    if not turns or turns[-1]["role"] != "user" or not turns[-1]["content"].strip():
+        raise GenerationError("Type a message first.")
+    system = [{"role": "system", "content": system_prompt.strip()}] if system_prompt and system_prompt.strip() else []
+    if loaded.source.kind == "seq2seq" and not getattr(loaded.tokenizer, "chat_template", None):
+        # A seq2seq model without a template is no chat model: it answers the latest message on its own.
+        encoded = loaded.tokenizer(turns[-1]["content"], return_tensors="pt", truncation=True)
+        return ChatPrompt(encoded["input_ids"], encoded["attention_mask"], False, len(turns) // 2, max_new_tokens)
+    limit = context_length(loaded)
+    dropped = 0
+    while True:
+        input_ids, used_template = _encode_chat(loaded.tokenizer, system + turns)
+        if limit is None or input_ids.shape[1] + max_new_tokens <= limit or len(turns) <= 1:
+            break
+        turns = turns[2:] if len(turns) > 2 else turns[1:]  # drop the oldest user/assistant pair
+        dropped += 1
+    room = max_new_tokens if limit is None else min(max_new_tokens, limit - input_ids.shape[1])
+    if room < min(16, max_new_tokens):
+        raise GenerationError(
+            f"The message is too long for this model: {input_ids.shape[1]} prompt tokens leave no room for a reply "
+            f"in its context of {limit}.",
+            "Shorten the message.",
+        )
+    return ChatPrompt(input_ids, torch.ones_like(input_ids), used_template, dropped, room)
+
+
+@dataclass
+class GenerationStats:
+    new_tokens: int = 0
+    seconds: float = 0.0
+    time_to_first_token: float | None = None
+    mode: str = ""
+    stopped: bool = False
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Decode rate: tokens after the first over the time after the first."""
+        if self.time_to_first_token is None or self.new_tokens < 2:
+            return 0.0
+        return (self.new_tokens - 1) / max(self.seconds - self.time_to_first_token, 1e-9)
+
+    def summary(self) -> str:
+        ttft = f"{self.time_to_first_token:.2f} s" if self.time_to_first_token is not None else "n/a"
+        text = (f"{self.new_tokens} tokens · first token {ttft} · {self.tokens_per_second:.1f} tok/s · "
+                f"{self.mode}")
+        return text + (" · stopped" if self.stopped else "")
+
+
+@dataclass
+class ChatChunk:
+    text: str
+    """The reply so far."""
+    stats: GenerationStats
+    notices: list[str] = field(default_factory=list)
+    done: bool = False
+
+
+def _seed(settings: GenerationSettings) -> None:
+    if settings.do_sample and settings.seed is not None:
+        torch.manual_seed(int(settings.seed))
+
+
+def stream_chat(loaded: LoadedModel, history: list[dict], *, system_prompt: str | None = None,
+                settings: GenerationSettings = GenerationSettings(),
+                stop: threading.Event | None = None) -> Iterator[ChatChunk]:
+    """Stream one assistant reply to `history` (role/content dicts ending with a user turn), token by token.
+
+    Setting `stop`, or closing the iterator (a client that goes away), ends `generate` on the server at the next
+    token; the generation thread is joined before this returns.
+    """
+    settings.validate()
+    prompt = build_chat_prompt(loaded, history, system_prompt, settings.max_new_tokens)
+    notices = []
+    if not prompt.used_template:
+        notices.append("No chat template: each message is sent on its own (seq2seq)." if loaded.source.kind == "seq2seq"
+                       else "This tokenizer has no chat template: a plain 'User:/Assistant:' prompt is used.")
+    if prompt.dropped_turns and prompt.used_template:
+        notices.append(f"The conversation is longer than the context: the {prompt.dropped_turns} oldest exchange(s) "
+                       "were left out.")
+    if prompt.max_new_tokens < settings.max_new_tokens:
+        notices.append(f"Max new tokens lowered to {prompt.max_new_tokens} to fit the model's context.")
+    stop = stop or threading.Event()
+    streamer = _CountingStreamer(loaded.tokenizer, timeout=600)
+    kwargs = dict(input_ids=prompt.input_ids.to(loaded.device), attention_mask=prompt.attention_mask.to(loaded.device),
+                  streamer=streamer, stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]),
+                  eos_token_id=stop_token_ids(loaded), pad_token_id=loaded.tokenizer.pad_token_id,
+                  **{**settings.generate_kwargs(), "max_new_tokens": prompt.max_new_tokens})
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            _seed(settings)
+            with torch.inference_mode():
+                loaded.model.generate(**kwargs)
+        except BaseException as exc:  # noqa: BLE001 - reported to the consumer below
+            errors.append(exc)
+            streamer.end()
+
+    stats = GenerationStats(mode=loaded.request.mode.value)
+    started = time.perf_counter()
+    worker = threading.Thread(target=run, name="quant-chat-generate", daemon=True)
+    worker.start()
+    text = ""
+    try:
+        for piece in streamer:
+            text += piece
+            stats.new_tokens = streamer.generated
+            stats.seconds = time.perf_counter() - started
+            if streamer.first_token_at is not None:
+                stats.time_to_first_token = streamer.first_token_at - started
+            if piece:
+                yield ChatChunk(text, stats, notices)
+    finally:
+        stats.stopped = stop.is_set()
+        stop.set()  # a consumer that leaves early (GeneratorExit) stops the generation too
+        worker.join()
+    if errors:
+        raise GenerationError(f"Generation failed: {str(errors[0]).splitlines()[0]}")
+    stats.new_tokens = streamer.generated
+    stats.seconds = time.perf_counter() - started
+    if streamer.first_token_at is not None:
+        stats.time_to_first_token = streamer.first_token_at - started
+    yield ChatChunk(text, stats, notices, done=True)
+
+
+# --- batches ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BatchRow:
+    line: int
+    """Where the prompt came from (line number in the file or the pasted text)."""
+    prompt: str
+    output: str = ""
+    new_tokens: int = 0
+    seconds: float = 0.0
+    error: str = ""
+
+
+@dataclass
+class BatchProgress:
+    rows: list[BatchRow]
+    done: int
+    total: int
+    seconds: float
+    stopped: bool = False
+
+    @property
+    def generated_tokens(self) -> int:
+        return sum(r.new_tokens for r in self.rows)
+
+    def totals(self) -> str:
+        rate = self.done / self.seconds if self.seconds else 0.0
+        tok_rate = self.generated_tokens / self.seconds if self.seconds else 0.0
+        text = (f"{self.done}/{self.total} prompts in {self.seconds:.1f} s · {rate:.2f} prompts/s · "
+                f"{tok_rate:.1f} generated tokens/s")
+        return text + (" · stopped" if self.stopped else "")
+
+
+def _batch_texts(loaded: LoadedModel, prompts: list[str], use_chat_template: bool,
+                 system_prompt: str | None) -> list[str]:
+    if not use_chat_template:
+        return prompts
+    if not getattr(loaded.tokenizer, "chat_template", None):
+        raise GenerationError("This tokenizer has no chat template.", "Untick 'apply the chat template'.")
+    system = [{"role": "system", "content": system_prompt}] if system_prompt and system_prompt.strip() else []
+    return [loaded.tokenizer.apply_chat_template(system + [{"role": "user", "content": p}], tokenize=False,
+                                                 add_generation_prompt=True) for p in prompts]
+
+
+def generate_batch(loaded: LoadedModel, prompts: list[str], settings: GenerationSettings, *,
+                   use_chat_template: bool = False, system_prompt: str | None = None,
+                   stop: threading.Event | None = None) -> list[tuple[str, int]]:
+    """Generate for one batch; returns (text, new token count) per prompt.
+
+    Decoder-only models are padded on the left, so every prompt ends where generation starts; seq2seq models keep
+    right padding (the encoder sees the whole input, the decoder starts fresh). The shared tokenizer is never mutated:
+    the padding side is passed per call.
+    """
+    tokenizer = loaded.tokenizer
+    texts = _batch_texts(loaded, prompts, use_chat_template, system_prompt)
+    causal = loaded.source.kind == "causal"
+    templated = use_chat_template  # the template already holds the BOS token
+    encoded = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left" if causal else "right",
+                        add_special_tokens=not templated)
+    limit = context_length(loaded)
+    if limit is not None and encoded["input_ids"].shape[1] + (settings.max_new_tokens if causal else 0) > limit:
+        raise GenerationError(
+            f"A prompt of this batch has {int(encoded['attention_mask'].sum(1).max())} tokens: with "
+            f"{settings.max_new_tokens} new tokens that is past the model's context of {limit}.")
+    criteria = StoppingCriteriaList([_StopOnEvent(stop)]) if stop is not None else None
+    _seed(settings)
+    with torch.inference_mode():
+        out = loaded.model.generate(**encoded.to(loaded.device), eos_token_id=stop_token_ids(loaded),
+                                    pad_token_id=tokenizer.pad_token_id, stopping_criteria=criteria,
+                                    **settings.generate_kwargs())
+    new = out[:, encoded["input_ids"].shape[1]:] if causal else out[:, 1:]
+    stop_ids = set(stop_token_ids(loaded)) | {tokenizer.pad_token_id}
+    results = []
+    for row in new.tolist():
+        count = 0
+        for token in row:  # tokens up to and including the first stop token
+            count += 1
+            if token in stop_ids:
+                break
+        results.append((tokenizer.decode(row[:count], skip_special_tokens=True), count))
+    return results
+
+
+def run_batch(loaded: LoadedModel, prompts: list[tuple[int, str]], settings: GenerationSettings, *,
+              batch_size: int = 8, use_chat_template: bool = False, system_prompt: str | None = None,
+              stop: threading.Event | None = None) -> Iterator[BatchProgress]:
+    """Generate for (line, prompt) pairs in batches of `batch_size`, yielding the table after each batch.
+
+    A batch that fails (a prompt past the context, say) is retried one prompt at a time so that only the bad rows
+    carry an error. Setting `stop` ends the current batch at its next token and skips the rest.
+    """
+    settings.validate()
+    if not prompts:
+        raise GenerationError("There are no prompts to run.")
+    if not 1 <= batch_size <= 256:
+        raise GenerationError("Batch size must be between 1 and 256.")
+    rows = [BatchRow(line, text) for line, text in prompts]
+    stop = stop or threading.Event()
+    started = time.perf_counter()
+    done = 0
+    for first in range(0, len(rows), batch_size):
+        if stop.is_set():
+            break
+        chunk = rows[first:first + batch_size]
+        batch_started = time.perf_counter()
+        try:
+            results = generate_batch(loaded, [r.prompt for r in chunk], settings, use_chat_template=use_chat_template,
+                                     system_prompt=system_prompt, stop=stop)
+            elapsed = time.perf_counter() - batch_started
+            for row, (text, count) in zip(chunk, results):
+                row.output, row.new_tokens, row.seconds = text, count, elapsed
+        except GenerationError:
+            for row in chunk:
+                one_started = time.perf_counter()
+                try:
+                    [(row.output, row.new_tokens)] = generate_batch(
+                        loaded, [row.prompt], settings, use_chat_template=use_chat_template,
+                        system_prompt=system_prompt, stop=stop)
+                except GenerationError as exc:
+                    row.error = str(exc)
+                row.seconds = time.perf_counter() - one_started
+        done += len(chunk)
+        yield BatchProgress(rows, done, len(rows), time.perf_counter() - started, stop.is_set())
+    if stop.is_set() and done < len(rows):
+        yield BatchProgress(rows, done, len(rows), time.perf_counter() - started, True)

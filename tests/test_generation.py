@@ -1,0 +1,161 @@
+"""Streaming, stopping, and batches that equal one-by-one generation under greedy decoding."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from quant.generation import (
+    GenerationError,
+    GenerationSettings,
+    generate_batch,
+    run_batch,
+    stop_token_ids,
+    stream_chat,
+)
+from quant.loader import LoadRequest, load_model
+from tests.conftest import LLAMA, T5
+
+CAUSAL_PROMPTS = ["The with statement", "A class definition defines a", "x", "Assignment statements are used to",
+                  "The import statement", "Names refer to objects.  Names are introduced by name binding"]
+T5_PROMPTS = ["reverse: the value of x", "reverse: a b c d e f g h i j", "reverse: hello", "reverse: one two three"]
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return load_model(LoadRequest(model=LLAMA, mode="fp32"))
+
+
+@pytest.fixture(scope="module")
+def t5():
+    return load_model(LoadRequest(model=T5, mode="fp32"))
+
+
+def test_stop_tokens_include_the_templates_end_of_turn(llama):
+    vocab = llama.tokenizer.get_vocab()
+    assert {vocab["<|eot_id|>"], vocab["<|end_of_text|>"]} <= set(stop_token_ids(llama))
+
+
+def test_chat_streams_partial_text_token_by_token(llama):
+    chunks = list(stream_chat(llama, [{"role": "user", "content": "Explain the with statement in Python."}],
+                              system_prompt="You are a helpful assistant who explains the Python language.",
+                              settings=GenerationSettings(max_new_tokens=40)))
+    texts = [c.text for c in chunks]
+    assert len(texts) > 5
+    assert all(b.startswith(a) for a, b in zip(texts, texts[1:]))  # each chunk extends the one before
+    final = chunks[-1]
+    assert final.done and 1 <= final.stats.new_tokens <= 40
+    assert final.stats.time_to_first_token is not None and final.stats.tokens_per_second > 0
+    assert final.stats.mode == "fp32" and not final.notices
+
+
+def test_chat_uses_the_chat_template(llama):
+    from quant.generation import build_chat_prompt
+
+    prompt = build_chat_prompt(llama, [{"role": "user", "content": "hi"}], "Be brief.", 10)
+    text = llama.tokenizer.decode(prompt.input_ids[0])
+    assert prompt.used_template
+    assert text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert "<|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>" in text
+
+
+def test_stop_ends_generation_on_the_server(llama):
+    stop = threading.Event()
+    seen = []
+    started = time.perf_counter()
+    for chunk in stream_chat(llama, [{"role": "user", "content": "Explain classes."}],
+                             settings=GenerationSettings(max_new_tokens=2000, no_repeat_ngram_size=0), stop=stop):
+        seen.append(chunk)
+        if len(seen) == 3:
+            stop.set()
+    assert seen[-1].done and seen[-1].stats.stopped
+    assert seen[-1].stats.new_tokens < 100
+    assert any("lowered to" in n for n in seen[-1].notices)  # 2000 new tokens do not fit a 512 context
+    assert not [t for t in threading.enumerate() if t.name == "quant-chat-generate"]
+    assert time.perf_counter() - started < 30
+
+
+def test_closing_the_stream_stops_the_generation_thread(llama):
+    stream = stream_chat(llama, [{"role": "user", "content": "Explain classes."}],
+                         settings=GenerationSettings(max_new_tokens=2000))
+    next(stream)
+    stream.close()  # what Gradio does when the browser goes away
+    assert not [t for t in threading.enumerate() if t.name == "quant-chat-generate"]
+
+
+def test_seq2seq_chat_without_template_streams(t5):
+    chunks = list(stream_chat(t5, [{"role": "user", "content": "reverse: the value of x"}],
+                              settings=GenerationSettings(max_new_tokens=12)))
+    assert chunks[-1].done and chunks[-1].text.strip()
+    assert "seq2seq" in chunks[-1].notices[0]
+
+
+def test_too_long_message_is_refused_with_a_message(llama):
+    long = "word " * 600
+    with pytest.raises(GenerationError, match="too long for this model.*no room for a reply.*context of 512"):
+        list(stream_chat(llama, [{"role": "user", "content": long}], settings=GenerationSettings(max_new_tokens=10)))
+
+
+def test_old_turns_are_dropped_with_a_notice(llama):
+    history = []
+    for i in range(6):
+        history += [{"role": "user", "content": f"question {i} " + "text " * 60},
+                    {"role": "assistant", "content": "answer " * 30}]
+    history.append({"role": "user", "content": "last question"})
+    chunks = list(stream_chat(llama, history, settings=GenerationSettings(max_new_tokens=64)))
+    assert any("oldest exchange" in n for n in chunks[-1].notices)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [GenerationSettings(max_new_tokens=-1), GenerationSettings(max_new_tokens=10**6),
+     GenerationSettings(do_sample=True, temperature=float("nan")), GenerationSettings(top_p=0),
+     GenerationSettings(repetition_penalty=-2.0), GenerationSettings(top_k=-5)],
+)
+def test_absurd_settings_are_refused(llama, settings):
+    with pytest.raises(GenerationError):
+        list(stream_chat(llama, [{"role": "user", "content": "hi"}], settings=settings))
+
+
+def test_sampling_with_a_seed_is_reproducible(llama):
+    settings = GenerationSettings(max_new_tokens=20, do_sample=True, temperature=1.0, seed=7)
+    history = [{"role": "user", "content": "Explain functions."}]
+    first = list(stream_chat(llama, history, settings=settings))[-1].text
+    second = list(stream_chat(llama, history, settings=settings))[-1].text
+    assert first == second
+
+
+@pytest.mark.parametrize("batch_size", [2, 6])
+def test_greedy_batch_equals_one_by_one_causal(llama, batch_size):
+    settings = GenerationSettings(max_new_tokens=16)
+    one_by_one = [generate_batch(llama, [p], settings)[0] for p in CAUSAL_PROMPTS]
+    rows = list(run_batch(llama, list(enumerate(CAUSAL_PROMPTS, 1)), settings, batch_size=batch_size))[-1].rows
+    assert [(r.output, r.new_tokens) for r in rows] == one_by_one
+
+
+def test_greedy_batch_equals_one_by_one_with_chat_template(llama):
+    settings = GenerationSettings(max_new_tokens=12)
+    one = [generate_batch(llama, [p], settings, use_chat_template=True)[0] for p in CAUSAL_PROMPTS[:4]]
+    assert generate_batch(llama, CAUSAL_PROMPTS[:4], settings, use_chat_template=True) == one
+
+
+def test_greedy_batch_equals_one_by_one_seq2seq(t5):
+    settings = GenerationSettings(max_new_tokens=12)
+    one_by_one = [generate_batch(t5, [p], settings)[0] for p in T5_PROMPTS]
+    assert generate_batch(t5, T5_PROMPTS, settings) == one_by_one
+
+
+def test_batch_reports_progress_and_a_bad_row_by_its_line(llama):
+    prompts = [(1, "The with statement"), (3, "word " * 600), (4, "A class definition")]
+    progress = list(run_batch(llama, prompts, GenerationSettings(max_new_tokens=8), batch_size=2))
+    assert [p.done for p in progress] == [2, 3]
+    rows = progress[-1].rows
+    assert rows[1].line == 3 and "context" in rows[1].error
+    assert rows[0].output and rows[2].output and not rows[0].error
+    assert "prompts/s" in progress[-1].totals()
+
+
+def test_pad_token_is_set_for_a_tokenizer_without_one(llama):
+    assert llama.tokenizer.pad_token == llama.tokenizer.eos_token  # the demo Llama ships no pad token
