@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import functools
+import html
 import inspect
 import logging
 import os
@@ -11,9 +13,23 @@ import threading
 from pathlib import Path
 
 import gradio as gr
+import torch
 
 from quant.errors import ModelNotLoadedError, QuantError
+from quant.compare import (
+    DEFAULT_PROMPTS,
+    Comparison,
+    ModeSpec,
+    compare,
+    highlight_differences,
+    parse_mode_specs,
+    relative_to_baseline,
+    write_json,
+)
 from quant.generation import GenerationSettings, run_batch, stream_chat
+from quant.gptq import GPTQRecipe
+from quant.hub import default_repo_id, push_folder
+from quant.quantize import CALIBRATION_TEXTSETS, CalibrationData, output_root, quantize
 from quant.loader import LoadRequest
 from quant.modes import GPTQ_BACKENDS, Mode, QuantOptions
 from quant.placement import DEVICE_MAP_CHOICES
@@ -341,6 +357,142 @@ def run_batch_ui(key, pasted, upload, column, use_template, system_prompt, batch
     yield _batch_table(result.rows), result.totals(), [str(f) for f in files]
 
 
+# --- quantize and push --------------------------------------------------------------------------------------------
+
+QUANT_METHODS = [("GPTQ (calibrated, gptqmodel)", "gptq"), ("bitsandbytes int8 (serialized)", "int8"),
+                 ("bitsandbytes nf4 (serialized)", "nf4")]
+
+
+def _token(typed: str | None, oauth: gr.OAuthToken | None = None) -> str | None:
+    """The visitor's token: their Hugging Face login on a Space, else the typed one, else HF_TOKEN."""
+    if oauth is not None and getattr(oauth, "token", None):
+        return oauth.token
+    return (typed or "").strip() or os.environ.get("HF_TOKEN") or None
+
+
+@user_errors
+def run_quantize(model, revision, token, method, bits, group_size, desc_act, sym, damp_percent, num_samples, seq_len,
+                 calibration_source, calibration_text, calibration_file, request: gr.Request,
+                 progress=gr.Progress()):
+    """Quantize, save, measure; returns the comparison, the folder and its files (for download)."""
+    recipe = GPTQRecipe(bits=int(bits), group_size=int(group_size), desc_act=bool(desc_act), sym=bool(sym),
+                        damp_percent=float(damp_percent), num_samples=int(num_samples), seq_len=int(seq_len))
+    if calibration_source == "paste" and not (calibration_text or "").strip():
+        raise gr.Error("Paste some calibration text, or choose the built-in set.")
+    if calibration_source == "upload" and not calibration_file:
+        raise gr.Error("Upload a .txt or .jsonl calibration file, or choose the built-in set.")
+    calibration = CalibrationData(builtin=CALIBRATION_TEXTSETS[0],
+                                  text=calibration_text if calibration_source == "paste" else None,
+                                  file=calibration_file if calibration_source == "upload" else None)
+    stop = _new_stop_event(request)
+    result = quantize(model, method=method, recipe=recipe, calibration=calibration,
+                      revision=(revision or "").strip() or None, token=_token(token),
+                      progress=lambda f, m: progress(f, desc=m), stop=stop)
+    folder = Path(result.out_dir)
+    files = sorted(str(p) for p in folder.iterdir() if p.is_file())
+    status = (f"Saved to `{folder}` in {result.seconds:.0f} s"
+              + (f"; the quantized model loads with {result.kernel} layers." if result.kernel else "."))
+    return (status, result.comparison_rows(), str(folder), files, default_repo_id(None, folder))
+
+
+@user_errors
+def run_push(folder, repo_id, private, overwrite, token, progress=gr.Progress()):
+    """Push a quantized folder (only folders under the output directory) to the Hub."""
+    folder_path = Path((folder or "").strip()).expanduser().resolve()
+    root = output_root()
+    if not folder or root not in folder_path.parents:
+        raise gr.Error(f"Only folders under the output directory ({root}) can be pushed: quantize first.")
+    result = push_folder(folder_path, repo_id, token=_token(token), private=bool(private), overwrite=bool(overwrite),
+                         progress=lambda f, m: progress(f, desc=m))
+    return f"Pushed to [{result.repo_id}]({result.url}) (commit {result.commit[:10]})."
+
+
+def toggle_quant_method(method):
+    return gr.Group(visible=method == "gptq")
+
+
+def toggle_calibration(source):
+    return gr.Textbox(visible=source == "paste"), gr.File(visible=source == "upload")
+
+
+# --- compare ------------------------------------------------------------------------------------------------------
+
+COMPARE_HEADERS = ["mode", "error", "footprint (MiB)", "load (s)", "RAM (MiB)", "peak GPU (MiB)", "first token (s)",
+                   "decode b1 (tok/s)", "batch (tok/s)", "perplexity", "quantized layers", "attention"]
+
+
+def _compare_rows(results) -> list[list]:
+    def num(value, scale=1.0, digits=2):
+        return None if value is None else round(value / scale, digits)
+
+    rows = []
+    for r in results:
+        layers = ", ".join(f"{k}×{v}" for k, v in (r.linear_layers or {}).items() if k != "Linear") or (
+            "" if r.error else "none")
+        rows.append([r.label, r.error or "", num(r.footprint_bytes, 2**20, 1), num(r.load_seconds),
+                     num(r.ram_bytes, 2**20, 0), num(r.peak_gpu_bytes, 2**20, 1), num(r.time_to_first_token_s, 1, 3),
+                     num(r.decode_tokens_per_s, 1, 1), num(r.batch_tokens_per_s, 1, 1), num(r.perplexity), layers,
+                     r.attn_implementation or ""])
+    return rows
+
+
+def _relative_frame(results):
+    import pandas as pd
+
+    records = [{"mode": label, "metric": metric, "relative to 16-bit": value}
+               for label, metrics in relative_to_baseline(results).items()
+               for metric, value in metrics.items() if value is not None]
+    return pd.DataFrame(records, columns=["mode", "metric", "relative to 16-bit"])
+
+
+def _answers_html(prompts, results) -> str:
+    ok = [r for r in results if not r.error and r.answers]
+    if not ok:
+        return ""
+    base = ok[0]
+    parts = ["<p>Greedy answers; words that differ from <b>" + html.escape(base.label) + "</b> are marked.</p>"]
+    for i, prompt in enumerate(prompts):
+        parts.append(f"<h4>{html.escape(prompt)}</h4><table><tr>" +
+                     "".join(f"<th>{html.escape(r.label)}</th>" for r in ok) + "</tr><tr>")
+        for r in ok:
+            text = html.escape(r.answers[i]) if r is base else highlight_differences(base.answers[i], r.answers[i])
+            parts.append(f"<td style='vertical-align:top'>{text}</td>")
+        parts.append("</tr></table>")
+    return "".join(parts)
+
+
+@user_errors
+def run_compare(model, modes, gptq_checkpoints, gptq_backend, attn_variants, prompts_text, batch_size, new_tokens,
+                request: gr.Request, progress=gr.Progress()):
+    """Measure the model in every chosen mode, one after another; rows appear as each mode finishes."""
+    items = list(modes or []) + [f"gptq:{line.strip()}" for line in (gptq_checkpoints or "").splitlines()
+                                 if line.strip()]
+    specs = parse_mode_specs(model, items, gptq_backend or None)
+    if attn_variants:
+        specs = [ModeSpec(f"{attn}:{s.label}", s.mode, s.model, s.options, attn) for s in specs for attn in attn_variants]
+    prompts = [p.strip() for p in (prompts_text or "").splitlines() if p.strip()] or None
+    stop = _new_stop_event(request)
+    results = []
+    for result in compare(model, specs, registry=default_registry(), prompts=prompts, batch_size=int(batch_size),
+                          new_tokens=int(new_tokens), progress=lambda f, m: progress(f, desc=m), stop=stop):
+        results.append(result)
+        if result.error:
+            gr.Warning(f"{result.label}: {result.error}")
+        yield _compare_rows(results), _relative_frame(results), "", None
+    used_prompts = prompts or list(DEFAULT_PROMPTS)
+    comparison = Comparison(model=model, prompts=used_prompts, batch_size=int(batch_size), new_tokens=int(new_tokens),
+                            device="cuda" if torch.cuda.is_available() else "cpu", results=results)
+    out_dir = Path(tempfile.mkdtemp(prefix="quant-compare-"))
+    json_path = write_json(comparison, out_dir / "comparison.json")
+    csv_path = out_dir / "comparison.csv"
+    with csv_path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(COMPARE_HEADERS)
+        writer.writerows(_compare_rows(results))
+    yield (_compare_rows(results), _relative_frame(results), _answers_html(used_prompts, results),
+           [str(json_path), str(csv_path)])
+
+
 def build_app() -> gr.Blocks:
     choices, first, offline_note = model_choices()
     with gr.Blocks(title="Quantization Playground") as demo:
@@ -450,6 +602,75 @@ def build_app() -> gr.Blocks:
                 batch_table = gr.Dataframe(headers=BATCH_HEADERS, interactive=False, wrap=True, label="Results")
                 batch_files = gr.File(label="Download results", file_count="multiple", interactive=False)
 
+            with gr.Tab("Compare", id="compare"):
+                gr.Markdown("Load one model in several modes, one after another, and measure each on the same "
+                            "prompts: memory, speed, perplexity on held-out text, and the answers side by side.")
+                with gr.Row():
+                    c_model = gr.Dropdown(choices=choices, value=first, allow_custom_value=True, label="Model")
+                    c_modes = gr.CheckboxGroup([m.value for m in Mode if m is not Mode.GPTQ],
+                                               value=["bf16", "int8", "nf4"], label="Modes")
+                with gr.Row():
+                    c_gptq = gr.Textbox(label="GPTQ checkpoints of this model (folder or repo, one per line)", lines=2)
+                    c_backend = gr.Dropdown([("automatic: torch on CPU, triton on GPU", "")] +
+                                            [(k, k) for k in GPTQ_BACKENDS], value="", label="GPTQ kernel")
+                    c_attn = gr.CheckboxGroup(["sdpa", "eager"], value=[],
+                                              label="Attention implementations (each mode with each; none: default)")
+                with gr.Row():
+                    c_prompts = gr.Textbox(label="Prompts (one per line; empty: built-in)", lines=3)
+                    c_batch = gr.Slider(1, 64, value=8, step=1, label="Batch size (throughput)")
+                    c_tokens = gr.Slider(4, 512, value=32, step=4, label="New tokens per measurement")
+                with gr.Row():
+                    c_btn = gr.Button("Compare", variant="primary")
+                    c_stop_btn = gr.Button("Stop")
+                c_table = gr.Dataframe(headers=COMPARE_HEADERS, interactive=False, wrap=True, label="Results")
+                c_plot = gr.BarPlot(x="metric", y="relative to 16-bit", color="mode", x_title="",
+                                    label="Relative to the 16-bit baseline (memory, decode, batch, perplexity)")
+                c_answers = gr.HTML()
+                c_files = gr.File(label="Export (JSON, CSV)", file_count="multiple", interactive=False)
+
+            with gr.Tab("Quantize", id="quantize"):
+                with gr.Row():
+                    q_model = gr.Dropdown(choices=choices, value=first, allow_custom_value=True,
+                                          label="Source model (unquantized): Hub id, local folder or demo model")
+                    q_revision = gr.Textbox(label="Revision", placeholder="main")
+                q_method = gr.Radio(QUANT_METHODS, value="gptq", label="Method")
+                with gr.Group() as gptq_recipe:
+                    with gr.Row():
+                        q_bits = gr.Dropdown([2, 3, 4, 8], value=4, label="Bits")
+                        q_group = gr.Dropdown([("32", 32), ("64", 64), ("128", 128), ("per column (-1)", -1)],
+                                              value=128, label="Group size")
+                        q_desc_act = gr.Checkbox(value=False, label="Act-order (desc_act)")
+                        q_sym = gr.Checkbox(value=True, label="Symmetric")
+                        q_damp = gr.Number(value=0.05, label="Damp percent")
+                    with gr.Row():
+                        q_samples = gr.Slider(1, 1024, value=128, step=1, label="Calibration samples")
+                        q_seq_len = gr.Slider(32, 4096, value=512, step=32, label="Sample length (tokens)")
+                        q_cal_source = gr.Radio([("Built-in text (CPython reference)", "builtin"),
+                                                 ("Paste text", "paste"), ("Upload .txt / .jsonl", "upload")],
+                                                value="builtin", label="Calibration data")
+                    q_cal_text = gr.Textbox(label="Calibration text", lines=6, visible=False)
+                    q_cal_file = gr.File(label="Calibration file", file_types=[".txt", ".jsonl"], type="filepath",
+                                         visible=False)
+                with gr.Row():
+                    q_btn = gr.Button("Quantize", variant="primary")
+                    q_stop_btn = gr.Button("Stop")
+                q_status = gr.Markdown()
+                q_table = gr.Dataframe(headers=["model", "size on disk (MiB)", "perplexity (held-out text)"],
+                                       interactive=False, label="Original vs quantized")
+                q_files = gr.File(label="The quantized folder's files", file_count="multiple", interactive=False)
+                gr.Markdown("### Push to the Hugging Face Hub\nThe folder is on disk first; a failed push can be "
+                            "retried from it.")
+                with gr.Row():
+                    push_folder_box = gr.Textbox(label="Folder to push")
+                    push_repo = gr.Textbox(label="Repo id", placeholder="user/model-GPTQ-4bit-g128")
+                with gr.Row():
+                    push_token = gr.Textbox(label="Hugging Face token (write)", type="password",
+                                            placeholder="or log in / set HF_TOKEN; never stored")
+                    push_private = gr.Checkbox(value=True, label="Private")
+                    push_overwrite = gr.Checkbox(value=False, label="Overwrite an existing repo")
+                push_btn = gr.Button("Push to the Hub")
+                push_status = gr.Markdown()
+
         load_inputs = [model_box, revision, token, mode, int8_threshold, skip_modules, int8_offload, double_quant,
                        compute_dtype, quant_storage, gptq_backend, device_map, max_memory, attn]
         mode.change(toggle_mode_options, mode, [bnb_group, int8_group, bnb4_group, gptq_group, mode_help],
@@ -478,6 +699,19 @@ def build_app() -> gr.Blocks:
         clear_btn.click(lambda: ([], []), None, [chat_state, chatbot], api_name=False)
         chat_stop_btn.click(request_stop, None, None, queue=False, api_name="stop")
         batch_stop_btn.click(request_stop, None, None, queue=False, api_name=False)
+        c_btn.click(run_compare, [c_model, c_modes, c_gptq, c_backend, c_attn, c_prompts, c_batch, c_tokens],
+                    [c_table, c_plot, c_answers, c_files], api_name="compare", concurrency_limit=1,
+                    concurrency_id="model-load")
+        c_stop_btn.click(request_stop, None, None, queue=False, api_name=False)
+        q_method.change(toggle_quant_method, q_method, gptq_recipe, api_name=False)
+        q_cal_source.change(toggle_calibration, q_cal_source, [q_cal_text, q_cal_file], api_name=False)
+        q_btn.click(run_quantize, [q_model, q_revision, push_token, q_method, q_bits, q_group, q_desc_act, q_sym,
+                                   q_damp, q_samples, q_seq_len, q_cal_source, q_cal_text, q_cal_file],
+                    [q_status, q_table, push_folder_box, q_files, push_repo], api_name="quantize",
+                    concurrency_limit=1, concurrency_id="quantize")
+        q_stop_btn.click(request_stop, None, None, queue=False, api_name=False)
+        push_btn.click(run_push, [push_folder_box, push_repo, push_private, push_overwrite, push_token],
+                       push_status, api_name="push", concurrency_limit=2, concurrency_id="push")
         batch_btn.click(run_batch_ui, [active_key, batch_text, batch_file, batch_column, batch_template,
                                        batch_system, batch_size, *generation_inputs],
                         [batch_table, batch_totals, batch_files], api_name="run_batch", concurrency_id="generate")

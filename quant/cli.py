@@ -161,6 +161,101 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _tqdm_progress(total_label: str):
+    """A progress callback (fraction, message) drawn as a tqdm bar on stderr."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=100, desc=total_label, file=sys.stderr, bar_format="{l_bar}{bar}| {postfix}")
+
+    def update(fraction: float, message: str) -> None:
+        bar.n = round(100 * fraction)
+        bar.set_postfix_str(message[:60])
+        bar.refresh()
+
+    return bar, update
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    """Quantize (GPTQ, or bitsandbytes int8/nf4), save with a model card, print the comparison."""
+    from .gptq import GPTQRecipe
+    from .quantize import CalibrationData, quantize
+
+    recipe = GPTQRecipe(bits=args.bits, group_size=args.group_size, desc_act=args.desc_act, sym=not args.asym,
+                        damp_percent=args.damp_percent, num_samples=args.samples, seq_len=args.seq_len)
+    calibration = CalibrationData(file=args.calibration) if args.calibration else CalibrationData()
+    bar, update = _tqdm_progress("quantize")
+    try:
+        result = quantize(args.model, method=args.method, recipe=recipe, calibration=calibration,
+                          out_dir=args.out, revision=args.revision, evaluate=not args.no_eval, progress=update)
+    finally:
+        bar.close()
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps(asdict(result), indent=2))
+        return 0
+    for name, size, ppl in result.comparison_rows():
+        print(f"{name:<22} {size:>10} MiB   perplexity {ppl}")
+    print(f"saved to {result.out_dir} in {result.seconds:.0f} s" + (f" (loads as {result.kernel})" if result.kernel else ""))
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """Push a quantized folder; the token comes from HF_TOKEN or the stored Hugging Face login."""
+    from huggingface_hub import get_token
+
+    from .hub import push_folder
+
+    bar, update = _tqdm_progress("push")
+    try:
+        result = push_folder(args.folder, args.repo, token=get_token(), private=args.private,
+                             overwrite=args.overwrite, progress=update)
+    finally:
+        bar.close()
+    print(result.url)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Measure MODEL in each mode (bf16,int8,nf4,gptq:DIR...) and print a table; --json writes the full result."""
+    import torch
+
+    from .compare import Comparison, compare, parse_mode_specs, write_json
+    from .registry import ModelRegistry
+
+    specs = parse_mode_specs(args.model, args.modes, args.gptq_backend)
+    prompts = None
+    if args.prompts:
+        from .prompts import read_prompt_file
+
+        prompts = [text for _, text in read_prompt_file(args.prompts)]
+    bar, update = _tqdm_progress("compare")
+    results = []
+    try:
+        for result in compare(args.model, specs, registry=ModelRegistry(max_models=1), prompts=prompts,
+                              batch_size=args.batch_size, new_tokens=args.new_tokens, device_map=args.device_map,
+                              progress=update):
+            results.append(result)
+    finally:
+        bar.close()
+    header = f"{'mode':<24}{'MiB':>9}{'load s':>8}{'TTFT s':>8}{'b1 tok/s':>10}{'batch tok/s':>12}{'ppl':>9}"
+    print(header)
+    for r in results:
+        if r.error:
+            print(f"{r.label:<24} failed: {r.error}")
+            continue
+        print(f"{r.label:<24}{r.footprint_bytes / 2**20:>9.1f}{r.load_seconds:>8.2f}{r.time_to_first_token_s:>8.3f}"
+              f"{r.decode_tokens_per_s:>10.1f}{r.batch_tokens_per_s:>12.1f}"
+              f"{(r.perplexity if r.perplexity is not None else float('nan')):>9.2f}")
+    if args.json:
+        from .compare import DEFAULT_PROMPTS
+
+        comparison = Comparison(args.model, prompts or list(DEFAULT_PROMPTS), args.batch_size, args.new_tokens,
+                                "cuda" if torch.cuda.is_available() else "cpu", results)
+        print(f"wrote {write_json(comparison, args.json)}", file=sys.stderr)
+    return 1 if any(r.error for r in results) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m quant", description="Quantization Playground, headless.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -184,6 +279,41 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--batch-size", type=int, default=8)
     batch.add_argument("--chat-template", action="store_true", help="wrap each prompt in the chat template")
     batch.set_defaults(func=cmd_batch)
+
+    quantize = commands.add_parser("quantize", help="quantize a model and save it with a model card")
+    quantize.add_argument("model", help="Hub id, local folder or demo:<name> of an unquantized model")
+    quantize.add_argument("--revision")
+    quantize.add_argument("--method", default="gptq", choices=["gptq", "int8", "nf4"])
+    quantize.add_argument("--bits", type=int, default=4, choices=[2, 3, 4, 8])
+    quantize.add_argument("--group-size", type=int, default=128, help="-1 for per-column")
+    quantize.add_argument("--desc-act", action="store_true", help="act-order")
+    quantize.add_argument("--asym", action="store_true", help="asymmetric quantization")
+    quantize.add_argument("--damp-percent", type=float, default=0.05)
+    quantize.add_argument("--samples", type=int, default=128, help="calibration samples")
+    quantize.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sample")
+    quantize.add_argument("--calibration", help=".txt or .jsonl file (default: the built-in text set)")
+    quantize.add_argument("--out", help="output folder (default: outputs/<model>-GPTQ-<bits>bit-g<size>-<time>)")
+    quantize.add_argument("--no-eval", action="store_true", help="skip the perplexity check")
+    quantize.add_argument("--json", action="store_true")
+    quantize.set_defaults(func=cmd_quantize)
+
+    cmp = commands.add_parser("compare", help="measure a model in several modes side by side")
+    cmp.add_argument("model")
+    cmp.add_argument("--modes", default="bf16,int8,nf4", help="e.g. bf16,int8,nf4,fp4,gptq:DIR,eager:bf16")
+    cmp.add_argument("--gptq-backend", choices=list(GPTQ_BACKENDS))
+    cmp.add_argument("--prompts", help="a .txt/.csv/.jsonl file of prompts (default: built-in)")
+    cmp.add_argument("--batch-size", type=int, default=8)
+    cmp.add_argument("--new-tokens", type=int, default=32)
+    cmp.add_argument("--device-map", default="auto")
+    cmp.add_argument("--json", help="write the full comparison as JSON to this file")
+    cmp.set_defaults(func=cmd_compare)
+
+    push = commands.add_parser("push", help="push a quantized folder to the Hugging Face Hub")
+    push.add_argument("folder")
+    push.add_argument("--repo", required=True, help="user/name")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--overwrite", action="store_true", help="push on top of an existing repo")
+    push.set_defaults(func=cmd_push)
     return parser
 
 

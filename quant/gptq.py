@@ -7,10 +7,13 @@ time): packing uses the portable torch kernel, and the checkpoint is in the stan
 
 from __future__ import annotations
 
+import errno
 import shutil
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 from .errors import QuantError
 
@@ -59,6 +62,13 @@ def calibration_samples(texts: list[str], tokenizer, num_samples: int, seq_len: 
     return [{"input_ids": w, "attention_mask": [1] * len(w)} for w in windows]
 
 
+class QuantizationCancelled(QuantError):
+    """The user stopped the quantization; nothing was saved."""
+
+
+ProgressFn = Callable[[float, str], None]
+
+
 @dataclass
 class GPTQResult:
     out_dir: Path
@@ -67,25 +77,77 @@ class GPTQResult:
     recipe: dict
 
 
+def _layer_count(model) -> int:
+    config = getattr(model, "config", None) or getattr(getattr(model, "model", None), "config", None)
+    return int(getattr(config, "num_hidden_layers", 0) or 0)
+
+
+def save_atomically(write: Callable[[Path], None], out_dir: Path) -> Path:
+    """Write a folder under a temporary name, then rename it: a folder under its final name is always complete.
+
+    A full disk (or any write error) removes the partial folder and says so.
+    """
+    out_dir = Path(out_dir)
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        write(partial)
+    except OSError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise QuantError(f"Saving to {out_dir} failed: {reason}. Nothing was kept.",
+                         "Free some space (or choose another output folder) and run again.") from None
+    shutil.rmtree(out_dir, ignore_errors=True)
+    partial.rename(out_dir)
+    return out_dir
+
+
 def quantize_gptq(model_location: str, recipe: GPTQRecipe, texts: list[str], out_dir: Path,
-                  device: str = "cpu") -> GPTQResult:
-    """Quantize `model_location` with `recipe` on `texts`, save the checkpoint with its tokenizer to `out_dir`."""
+                  device: str = "cpu", progress: ProgressFn | None = None,
+                  stop: threading.Event | None = None) -> GPTQResult:
+    """Quantize `model_location` with `recipe` on `texts`, save the checkpoint with its tokenizer to `out_dir`.
+
+    `progress(fraction, message)` is called as each layer finishes; setting `stop` ends the work after the current
+    layer and raises QuantizationCancelled (nothing is saved).
+    """
     recipe.validate()
     from gptqmodel import BACKEND, GPTQModel, QuantizeConfig
+    from gptqmodel.looper.module_looper import StopMainLoop
     from transformers import AutoTokenizer
 
+    progress = progress or (lambda fraction, message: None)
+    stop = stop or threading.Event()
     tokenizer = AutoTokenizer.from_pretrained(model_location)
     samples = calibration_samples(texts, tokenizer, recipe.num_samples, recipe.seq_len)
     config = QuantizeConfig(bits=recipe.bits, group_size=recipe.group_size, desc_act=recipe.desc_act,
                             sym=recipe.sym, damp_percent=recipe.damp_percent)
     started = time.perf_counter()
+    progress(0.0, f"Loading {model_location} for quantization")
     model = GPTQModel.load(model_location, config, device=device)
+    layers = _layer_count(model) or 1
+    quant_started = time.perf_counter()
+
+    def on_layer(layer_idx: int, submodule_finalized: bool):
+        if stop.is_set():
+            return StopMainLoop
+        if submodule_finalized:
+            done = layer_idx + 1
+            elapsed = time.perf_counter() - quant_started
+            remaining = elapsed / done * (layers - done)
+            progress(done / layers, f"Layer {done}/{layers} · {elapsed:.0f} s elapsed · ~{remaining:.0f} s left")
+        return None
+
+    model.layer_callback = on_layer
+    progress(0.0, f"Quantizing {layers} layers on {len(samples)} samples")
     model.quantize(samples, batch_size=1, backend=BACKEND.GPTQ_TORCH)
-    out_dir = Path(out_dir)
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save(str(partial))
-    tokenizer.save_pretrained(partial)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    partial.rename(out_dir)  # a folder under its final name is always complete
-    return GPTQResult(out_dir, time.perf_counter() - started, len(samples), asdict(recipe))
+    if stop.is_set():
+        del model
+        raise QuantizationCancelled("Quantization stopped; nothing was saved.")
+    progress(1.0, "Saving")
+
+    def write(folder: Path) -> None:
+        model.save(str(folder))
+        tokenizer.save_pretrained(folder)
+
+    save_atomically(write, out_dir)
+    return GPTQResult(Path(out_dir), time.perf_counter() - started, len(samples), asdict(recipe))

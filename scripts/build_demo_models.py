@@ -134,7 +134,7 @@ def build_llama(train: list[tuple[str, str]], held_out: str, steps: int) -> None
         ids += tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
         ids += tokenizer.apply_chat_template(chat_sample(name, text), tokenize=True, return_dict=True)["input_ids"]
     data = torch.tensor(ids)
-    seq, batch = 128, 16
+    seq, batch = 512, 4  # train on the full context the config declares, so long prompts stay in distribution
     print(f"llama: {sum(p.numel() for p in model.parameters())} params, {len(ids)} training tokens")
 
     def batches():
@@ -210,13 +210,16 @@ def build_t5(train: list[tuple[str, str]], steps: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--llama-steps", type=int, default=800)
-    parser.add_argument("--t5-steps", type=int, default=500)
+    parser.add_argument("--llama-steps", type=int, default=1200)
+    parser.add_argument("--t5-steps", type=int, default=1000)
+    parser.add_argument("--only", choices=["llama", "t5"], help="rebuild one model only")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     train, held_out = write_text_sets()
-    build_llama(train, held_out, args.llama_steps)
-    build_t5(train, args.t5_steps)
+    if args.only != "t5":
+        build_llama(train, held_out, args.llama_steps)
+    if args.only != "llama":
+        build_t5(train, args.t5_steps)
 
 
 if __name__ == "__main__":

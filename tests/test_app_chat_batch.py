@@ -98,3 +98,15 @@ def test_malformed_upload_is_reported_by_line(session, tmp_path):
     path.write_text('{"prompt": "ok"}\nnot json\n')
     with pytest.raises(AppError, match="Line 2 of bad.jsonl is not valid JSON"):
         session.predict("", handle_file(str(path)), "", False, "", 4, *GREEDY, api_name="/run_batch")
+
+
+def test_compare_tab_over_http(app_url):
+    client = Client(app_url, verbose=False)
+    table, plot, answers, files = client.predict(
+        LLAMA, ["bf16", "nf4"], "/no/such/gptq", "", [], "The with statement\nA class", 2, 8, api_name="/compare")
+    rows = {row[0]: row for row in table["data"]}
+    assert set(rows) == {"bf16", "nf4", "gptq:/no/such/gptq"}
+    assert "No such folder" in rows["gptq:/no/such/gptq"][1]
+    assert rows["bf16"][2] > rows["nf4"][2]
+    assert "<mark>" in answers or "Greedy answers" in answers
+    assert sorted(f.rsplit(".", 1)[1] for f in files) == ["csv", "json"]

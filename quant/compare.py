@@ -1,0 +1,250 @@
+"""Side-by-side measurement of one model in several modes: memory, speed, quality and answers.
+
+The same code serves the Compare tab, `python -m quant compare` and the GPU benchmark (bench/), so the numbers a
+team sees in the app are the ones the benchmark reports.
+"""
+
+from __future__ import annotations
+
+import difflib
+import html
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from transformers import TextIteratorStreamer
+
+from .errors import QuantError
+from .generation import GenerationSettings, generate_batch
+from .gptq import builtin_textsets
+from .loader import LoadedModel, LoadRequest
+from .metrics import perplexity
+from .modes import Mode, QuantOptions, parse_mode
+from .registry import ModelRegistry
+from .report import process_rss
+
+ProgressFn = Callable[[float, str], None]
+SCHEMA_VERSION = 1
+DEFAULT_PROMPTS = ("The with statement is used to", "A class definition defines",
+                   "Explain what a generator is in Python.")
+
+
+@dataclass(frozen=True)
+class ModeSpec:
+    """One column of a comparison: a mode, where its weights come from, and how it is labelled."""
+
+    label: str
+    mode: Mode
+    model: str
+    options: QuantOptions = field(default_factory=QuantOptions)
+    attn_implementation: str | None = None
+
+
+def parse_mode_specs(model: str, text: str | list[str], gptq_backend: str | None = None) -> list[ModeSpec]:
+    """Parse "bf16,int8,nf4,gptq:DIR" (and "sdpa:bf16" / "eager:bf16" to vary attention) into mode specs."""
+    items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t and t.strip()]
+    if not items:
+        raise QuantError("Pick at least one mode to compare.")
+    specs = []
+    for item in items:
+        head, _, rest = item.partition(":")
+        if head == "gptq":
+            if not rest:
+                raise QuantError("gptq needs a quantized checkpoint: write gptq:FOLDER or gptq:user/repo.")
+            specs.append(ModeSpec(item, Mode.GPTQ, rest, QuantOptions(gptq_backend=gptq_backend)))
+        elif head in {"sdpa", "eager", "flash_attention_2", "flex_attention"} and rest:
+            specs.append(ModeSpec(item, parse_mode(rest), model, attn_implementation=head))
+        else:
+            specs.append(ModeSpec(item, parse_mode(item), model))
+    return specs
+
+
+@dataclass
+class ModeResult:
+    """One row of the comparison; a failing mode keeps its error and leaves the numbers None."""
+
+    label: str
+    mode: str
+    model: str
+    error: str | None = None
+    footprint_bytes: int | None = None
+    load_seconds: float | None = None
+    ram_bytes: int | None = None
+    peak_gpu_bytes: int | None = None
+    time_to_first_token_s: float | None = None
+    decode_tokens_per_s: float | None = None
+    batch_size: int | None = None
+    batch_tokens_per_s: float | None = None
+    perplexity: float | None = None
+    linear_layers: dict | None = None
+    attn_implementation: str | None = None
+    generation_path: str = "eager generate"
+    answers: list[str] = field(default_factory=list)
+
+
+def _cuda_sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def measure_decode(loaded: LoadedModel, prompt: str, new_tokens: int) -> tuple[float, float]:
+    """Time to first token and batch-1 decode rate (tokens after the first / their time), `new_tokens` forced."""
+    inputs = loaded.tokenizer(prompt, return_tensors="pt").to(loaded.device)
+    streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True)
+    stamps: list[float] = []
+    original_put = streamer.put
+
+    def put(value):  # every call after the prompt is one token
+        stamps.append(time.perf_counter())
+        original_put(value)
+
+    streamer.put = put
+    kwargs = dict(**inputs, streamer=streamer, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                  do_sample=False, temperature=None, top_p=None, top_k=None,
+                  pad_token_id=loaded.tokenizer.pad_token_id)
+    _cuda_sync()
+    started = time.perf_counter()
+    worker = threading.Thread(target=lambda: loaded.model.generate(**kwargs), daemon=True)
+    worker.start()
+    for _ in streamer:
+        pass
+    worker.join()
+    _cuda_sync()
+    ended = time.perf_counter()
+    token_stamps = stamps[1:]  # the first put is the prompt (causal) or the decoder start token (seq2seq)
+    first = token_stamps[0] if token_stamps else ended
+    decode = (len(token_stamps) - 1) / max(ended - first, 1e-9) if len(token_stamps) > 1 else 0.0
+    return first - started, decode
+
+
+def measure_batch(loaded: LoadedModel, prompts: list[str], batch_size: int, new_tokens: int) -> float:
+    """Generated tokens per second for one padded batch of `batch_size` prompts, `new_tokens` each."""
+    batch = [prompts[i % len(prompts)] for i in range(batch_size)]
+    tokenizer = loaded.tokenizer
+    causal = loaded.source.kind == "causal"
+    encoded = tokenizer(batch, return_tensors="pt", padding=True, padding_side="left" if causal else "right")
+    _cuda_sync()
+    started = time.perf_counter()
+    with torch.inference_mode():
+        loaded.model.generate(**encoded.to(loaded.device), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                              do_sample=False, temperature=None, top_p=None, top_k=None,
+                              pad_token_id=tokenizer.pad_token_id)
+    _cuda_sync()
+    return batch_size * new_tokens / (time.perf_counter() - started)
+
+
+def measure_mode(loaded: LoadedModel, result: ModeResult, *, prompts: list[str], eval_text: str | None,
+                 batch_size: int, new_tokens: int, answer_tokens: int) -> None:
+    """Fill `result` with measurements of a loaded model (warm-up first, so one-time costs stay out)."""
+    report = loaded.report
+    result.footprint_bytes = report.footprint_bytes
+    result.load_seconds = report.load_seconds
+    result.linear_layers = report.linear_layers
+    result.attn_implementation = report.attn_implementation
+    measure_decode(loaded, prompts[0], 4)  # warm-up: kernels, caches, allocator
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    result.time_to_first_token_s, result.decode_tokens_per_s = measure_decode(loaded, prompts[0], new_tokens)
+    result.batch_size = batch_size
+    result.batch_tokens_per_s = measure_batch(loaded, prompts, batch_size, new_tokens)
+    if torch.cuda.is_available():
+        result.peak_gpu_bytes = sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count()))
+    result.ram_bytes = process_rss()
+    if eval_text and loaded.source.kind == "causal":
+        result.perplexity = perplexity(loaded, eval_text, max_tokens=4096).value
+    settings = GenerationSettings(max_new_tokens=answer_tokens)
+    result.answers = [text for text, _ in generate_batch(loaded, list(prompts), settings)]
+
+
+@dataclass
+class Comparison:
+    model: str
+    prompts: list[str]
+    batch_size: int
+    new_tokens: int
+    device: str
+    results: list[ModeResult]
+
+    def to_json(self) -> dict:
+        return {"schema": SCHEMA_VERSION, "model": self.model, "device": self.device, "prompts": self.prompts,
+                "batch_size": self.batch_size, "new_tokens": self.new_tokens,
+                "results": [asdict(r) for r in self.results]}
+
+
+def compare(model: str, specs: list[ModeSpec], *, registry: ModelRegistry, prompts: list[str] | None = None,
+            eval_text: str | None = None, batch_size: int = 8, new_tokens: int = 32, answer_tokens: int = 32,
+            device_map: str = "auto", progress: ProgressFn | None = None,
+            stop: threading.Event | None = None) -> Iterator[ModeResult]:
+    """Load each mode in turn through the registry, measure it, unload it (unless it was loaded before); yield rows.
+
+    A mode that fails is yielded with its error and the others still run.
+    """
+    progress = progress or (lambda fraction, message: None)
+    prompts = [p for p in (prompts or DEFAULT_PROMPTS) if p.strip()]
+    if eval_text is None:
+        eval_text = builtin_textsets()["python-reference-heldout"].read_text(encoding="utf-8")
+    if not 1 <= batch_size <= 256 or not 1 <= new_tokens <= 2048:
+        raise QuantError("Batch size must be 1-256 and new tokens 1-2048.")
+    for index, spec in enumerate(specs):
+        if stop is not None and stop.is_set():
+            break
+        progress(index / len(specs), f"{spec.label}: loading")
+        result = ModeResult(label=spec.label, mode=spec.mode.value, model=spec.model)
+        request = LoadRequest(model=spec.model, mode=spec.mode, options=spec.options, device_map=device_map,
+                              attn_implementation=spec.attn_implementation)
+        already_loaded = any(m.key == request.key for m in registry.loaded())
+        try:
+            loaded = registry.load(request)
+            progress((index + 0.3) / len(specs), f"{spec.label}: measuring")
+            with registry.use(loaded.key) as in_use:
+                measure_mode(in_use, result, prompts=prompts, eval_text=eval_text, batch_size=batch_size,
+                             new_tokens=new_tokens, answer_tokens=answer_tokens)
+            key = loaded.key
+            del loaded
+            if not already_loaded and registry.in_use(key) == 0:
+                registry.unload(key)
+        except QuantError as exc:
+            result.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - one mode's failure is reported in its row
+            result.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        yield result
+    progress(1.0, "Done")
+
+
+def relative_to_baseline(results: list[ModeResult]) -> dict[str, dict[str, float | None]]:
+    """Each row's memory, speed and perplexity relative to the first 16-bit row (or the first row)."""
+    ok = [r for r in results if not r.error]
+    if not ok:
+        return {}
+    base = next((r for r in ok if r.mode in ("bf16", "fp16")), ok[0])
+
+    def ratio(a, b):
+        return a / b if a is not None and b else None
+
+    return {r.label: {"memory": ratio(r.footprint_bytes, base.footprint_bytes),
+                      "decode": ratio(r.decode_tokens_per_s, base.decode_tokens_per_s),
+                      "batch": ratio(r.batch_tokens_per_s, base.batch_tokens_per_s),
+                      "perplexity": ratio(r.perplexity, base.perplexity)} for r in ok}
+
+
+def highlight_differences(baseline: str, other: str) -> str:
+    """HTML of `other` with the words that differ from `baseline` marked."""
+    a, b = baseline.split(), other.split()
+    out = []
+    for op, _, _, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        words = html.escape(" ".join(b[j1:j2]))
+        if not words:
+            continue
+        out.append(words if op == "equal" else f"<mark>{words}</mark>")
+    return " ".join(out)
+
+
+def write_json(comparison: Comparison, path: str | Path) -> Path:
+    import json
+
+    path = Path(path)
+    path.write_text(json.dumps(comparison.to_json(), indent=1))
+    return path

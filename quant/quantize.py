@@ -1,0 +1,244 @@
+"""The Quantize tab's pipeline: quantize (GPTQ, or bitsandbytes int8 / nf4 serialized), check quality, write the
+model card, and leave a complete folder on disk before anything is pushed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+from .errors import QuantError
+from .gptq import GPTQRecipe, QuantizationCancelled, builtin_textsets, quantize_gptq, save_atomically
+from .loader import LoadRequest, load_model, release_memory
+from .metrics import perplexity, size_on_disk
+from .modes import Mode, QuantOptions
+from .placement import cuda_device_count
+from .source import resolve_location, resolve_source
+
+ProgressFn = Callable[[float, str], None]
+EVAL_TEXTSET = "python-reference-heldout"
+CALIBRATION_TEXTSETS = ("python-reference",)
+MAX_CALIBRATION_BYTES = 20 * 2**20
+
+
+def output_root() -> Path:
+    """Where quantized models are written (QUANT_OUTPUT_DIR, default ./outputs)."""
+    return Path(os.environ.get("QUANT_OUTPUT_DIR", "outputs")).resolve()
+
+
+@dataclass
+class CalibrationData:
+    """Calibration text: a built-in set, pasted text, or an uploaded .txt / .jsonl file."""
+
+    builtin: str | None = "python-reference"
+    text: str | None = None
+    file: str | None = None
+
+    def describe(self) -> str:
+        if self.file:
+            return f"uploaded file {Path(self.file).name}"
+        if self.text and self.text.strip():
+            return f"pasted text ({len(self.text):,} characters)"
+        return f"built-in text set '{self.builtin}' (the CPython language reference, shipped with this tool)"
+
+    def texts(self) -> list[str]:
+        if self.file:
+            return _read_calibration_file(Path(self.file))
+        if self.text and self.text.strip():
+            return [self.text]
+        sets = builtin_textsets()
+        if self.builtin not in sets or self.builtin not in CALIBRATION_TEXTSETS:
+            raise QuantError(f"Unknown calibration set {self.builtin!r}.", f"Built-in sets: {', '.join(CALIBRATION_TEXTSETS)}.")
+        return [sets[self.builtin].read_text(encoding="utf-8")]
+
+
+def _read_calibration_file(path: Path) -> list[str]:
+    if path.suffix.lower() not in {".txt", ".jsonl"}:
+        raise QuantError(f"{path.name}: calibration files are .txt or .jsonl.")
+    if path.stat().st_size > MAX_CALIBRATION_BYTES:
+        raise QuantError(f"{path.name} is larger than {MAX_CALIBRATION_BYTES // 2**20} MiB.")
+    data = path.read_bytes()
+    if b"\x00" in data[:8192]:
+        raise QuantError(f"{path.name} is a binary file, not text.")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise QuantError(f"{path.name} is not UTF-8 text.") from None
+    if path.suffix.lower() == ".txt":
+        return [text]
+    texts = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise QuantError(f"Line {number} of {path.name} is not valid JSON ({exc.msg}).") from None
+        value = value.get("text") if isinstance(value, dict) else value
+        if not isinstance(value, str):
+            raise QuantError(f"Line {number} of {path.name}: expected a string or an object with a 'text' string.")
+        texts.append(value)
+    if not texts:
+        raise QuantError(f"{path.name} holds no text.")
+    return texts
+
+
+@dataclass
+class QuantizeResult:
+    """What the Quantize tab shows and the model card records."""
+
+    base_model: str
+    method: str
+    """gptq, bitsandbytes-int8 or bitsandbytes-nf4"""
+    out_dir: str
+    recipe: dict
+    calibration: str
+    seconds: float
+    original_bytes: int
+    quantized_bytes: int
+    eval_text: str
+    original_perplexity: float | None = None
+    quantized_perplexity: float | None = None
+    kernel: str | None = None
+    """Layer class the quantized model loads with (e.g. TorchLinear for gptq_torch)."""
+    versions: dict = field(default_factory=dict)
+    kind: str = "causal"
+
+    def comparison_rows(self) -> list[list]:
+        def fmt(v):
+            return f"{v:.2f}" if isinstance(v, float) else "n/a"
+
+        mib = 2**20
+        return [["original", f"{self.original_bytes / mib:,.1f}", fmt(self.original_perplexity)],
+                [self.method, f"{self.quantized_bytes / mib:,.1f}", fmt(self.quantized_perplexity)]]
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("transformers", "torch", "gptqmodel", "optimum", "bitsandbytes", "accelerate", "huggingface-hub"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def default_output_dir(base_model: str, label: str) -> Path:
+    name = re.sub(r"[^\w.-]+", "-", base_model.removeprefix("demo:").rstrip("/").split("/")[-1]).strip("-.")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return output_root() / f"{name}-{label}-{stamp}"
+
+
+def gptq_label(recipe: GPTQRecipe) -> str:
+    return f"GPTQ-{recipe.bits}bit-g{recipe.group_size if recipe.group_size != -1 else 'col'}"
+
+
+def _local_copy(model: str, revision: str | None, token: str | None) -> str:
+    """A local folder of the source checkpoint (downloaded once into the HF cache for a Hub id)."""
+    location, is_local = resolve_location(model)
+    if is_local:
+        return location
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(model, revision=revision, token=token)
+    except Exception as exc:  # noqa: BLE001 - resolve_source below gives the precise reason
+        resolve_source(model, revision=revision, token=token)
+        raise QuantError(f"Downloading {model} failed: {str(exc).splitlines()[0]}") from None
+
+
+def _evaluate(request: LoadRequest, text: str) -> tuple[float, str]:
+    loaded = load_model(request)
+    try:
+        ppl = perplexity(loaded, text, max_tokens=4096).value
+        quantized = [k for k in loaded.report.linear_layers if k != "Linear"]
+        return ppl, ", ".join(quantized) or "Linear"
+    finally:
+        del loaded
+        release_memory()
+
+
+def quantize(model: str, *, method: str, recipe: GPTQRecipe | None = None,
+             calibration: CalibrationData | None = None, out_dir: Path | None = None, revision: str | None = None,
+             token: str | None = None, evaluate: bool = True, progress: ProgressFn | None = None,
+             stop: threading.Event | None = None) -> QuantizeResult:
+    """Quantize `model` with `method` ("gptq", "int8" or "nf4"), save it with a model card, measure it.
+
+    The folder is complete on disk when this returns (pushing is a separate step that only reads it).
+    """
+    from .hub import write_model_card
+
+    progress = progress or (lambda fraction, message: None)
+    stop = stop or threading.Event()
+    source = resolve_source(model, revision=revision, token=token)
+    if source.checkpoint_quant_method:
+        raise QuantError(f"{model} is already quantized ({source.checkpoint_quant_method}).",
+                         "Start from the original, unquantized checkpoint.")
+    if method not in {"gptq", "int8", "nf4"}:
+        raise QuantError(f"Unknown quantization method {method!r}.", "Use gptq, int8 or nf4.")
+    on_cuda = cuda_device_count() > 0
+    device = "cuda:0" if on_cuda else "cpu"
+    local = _local_copy(model, revision, token)
+    eval_text = builtin_textsets()[EVAL_TEXTSET].read_text(encoding="utf-8")
+    started = time.perf_counter()
+
+    if method == "gptq":
+        if source.kind != "causal":
+            raise QuantError("GPTQ quantization here supports causal LMs only.",
+                             "Quantize T5/BART with int8 or nf4 (bitsandbytes) instead.")
+        recipe = recipe or GPTQRecipe()
+        calibration = calibration or CalibrationData()
+        texts = calibration.texts()
+        out_dir = Path(out_dir or default_output_dir(model, gptq_label(recipe)))
+        quantize_gptq(local, recipe, texts, out_dir, device=device,
+                      progress=lambda f, m: progress(0.05 + 0.75 * f, m), stop=stop)
+        quantized_request = LoadRequest(model=str(out_dir), mode=Mode.GPTQ, device_map=device)
+        recipe_dict, calibration_text, method_name = asdict(recipe), calibration.describe(), "gptq"
+    else:
+        mode = Mode(method)
+        out_dir = Path(out_dir or default_output_dir(model, f"bnb-{method}"))
+        progress(0.1, f"Loading {model} in {method}")
+        loaded = load_model(LoadRequest(model=local, mode=mode, device_map=device,
+                                        options=QuantOptions(bnb4_compute_dtype="fp16" if on_cuda else "bf16")))
+        if stop.is_set():
+            raise QuantizationCancelled("Quantization stopped; nothing was saved.")
+        progress(0.5, "Saving serialized bitsandbytes weights")
+
+        def write(folder: Path) -> None:
+            loaded.model.save_pretrained(folder)
+            loaded.tokenizer.save_pretrained(folder)
+
+        save_atomically(write, out_dir)
+        recipe_dict = loaded.report.quantization or {}
+        del loaded
+        release_memory()
+        quantized_request = LoadRequest(model=str(out_dir), mode=mode, device_map=device)
+        calibration_text, method_name = "none (bitsandbytes quantizes at load time, no calibration)", f"bitsandbytes-{method}"
+    seconds = time.perf_counter() - started
+
+    result = QuantizeResult(
+        base_model=model, method=method_name, out_dir=str(out_dir), recipe=recipe_dict,
+        calibration=calibration_text, seconds=seconds, original_bytes=size_on_disk(local),
+        quantized_bytes=size_on_disk(out_dir), eval_text=f"built-in '{EVAL_TEXTSET}' (held out of calibration)",
+        versions=library_versions(), kind=source.kind)
+    if evaluate and source.kind == "causal":
+        if stop.is_set():
+            raise QuantizationCancelled("Stopped before the quality check; the quantized folder is saved.")
+        progress(0.82, "Perplexity of the original model")
+        result.original_perplexity, _ = _evaluate(
+            LoadRequest(model=local, mode=Mode.FP16 if on_cuda else Mode.BF16, device_map=device), eval_text)
+        progress(0.91, "Perplexity of the quantized model")
+        result.quantized_perplexity, result.kernel = _evaluate(quantized_request, eval_text)
+    write_model_card(result, out_dir)
+    (Path(out_dir) / "quantization_report.json").write_text(json.dumps(asdict(result), indent=1))
+    progress(1.0, "Done")
+    return result

@@ -1,0 +1,86 @@
+"""The compare run on the tiny models: every number present and plausible, the JSON schema, a failing row."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from quant.compare import Comparison, compare, highlight_differences, parse_mode_specs, relative_to_baseline
+from quant.registry import ModelRegistry
+from tests.conftest import LLAMA, ROOT, T5
+
+PROMPTS = ["The with statement is used to", "A class definition defines"]
+
+
+@pytest.fixture(scope="module")
+def llama_results(gptq_llama_dir):
+    specs = parse_mode_specs(LLAMA, f"bf16,int8,nf4,gptq:{gptq_llama_dir},gptq:/no/such/folder")
+    registry = ModelRegistry(max_models=2)
+    rows = list(compare(LLAMA, specs, registry=registry, prompts=PROMPTS, batch_size=2, new_tokens=8,
+                        answer_tokens=12))
+    assert registry.loaded() == []  # every mode was unloaded after its measurement
+    return rows
+
+
+def test_every_number_is_present_and_plausible(llama_results):
+    by = {r.label: r for r in llama_results}
+    ok = [r for r in llama_results if not r.error]
+    assert len(ok) == 4
+    for r in ok:
+        assert r.footprint_bytes > 0 and r.load_seconds > 0 and r.ram_bytes > 0
+        assert r.time_to_first_token_s > 0 and r.decode_tokens_per_s > 0 and r.batch_tokens_per_s > 0
+        assert r.perplexity > 1 and len(r.answers) == len(PROMPTS) and all(r.answers)
+        assert r.peak_gpu_bytes is None  # no GPU here
+    assert by["bf16"].footprint_bytes > by["int8"].footprint_bytes > by["nf4"].footprint_bytes
+    assert abs(by["int8"].perplexity / by["bf16"].perplexity - 1) < 0.02
+    assert by["nf4"].perplexity / by["bf16"].perplexity < 1.15
+    assert "Linear4bit" in by["nf4"].linear_layers and "Linear8bitLt" in by["int8"].linear_layers
+
+
+def test_a_failing_mode_is_reported_in_its_row(llama_results):
+    failed = llama_results[-1]
+    assert failed.label == "gptq:/no/such/folder" and "No such folder" in failed.error
+    assert failed.footprint_bytes is None and failed.answers == []
+
+
+def test_relative_numbers_and_difference_highlighting(llama_results):
+    relative = relative_to_baseline(llama_results)
+    assert relative["bf16"]["memory"] == 1.0
+    assert 0.3 < relative["nf4"]["memory"] < 0.7
+    assert highlight_differences("a b c", "a x c") == "a <mark>x</mark> c"
+
+
+def test_json_schema(llama_results, tmp_path):
+    data = Comparison(LLAMA, PROMPTS, 2, 8, "cpu", llama_results).to_json()
+    assert data["schema"] == 1 and data["model"] == LLAMA and data["prompts"] == PROMPTS
+    row = data["results"][0]
+    for key in ("label", "mode", "model", "error", "footprint_bytes", "load_seconds", "ram_bytes", "peak_gpu_bytes",
+                "time_to_first_token_s", "decode_tokens_per_s", "batch_size", "batch_tokens_per_s", "perplexity",
+                "linear_layers", "attn_implementation", "generation_path", "answers"):
+        assert key in row
+    json.dumps(data)  # serializable as it is
+
+
+def test_seq2seq_compare_has_no_perplexity_but_answers():
+    rows = list(compare(T5, parse_mode_specs(T5, "bf16,int8"), registry=ModelRegistry(), prompts=["reverse: a b c"],
+                        batch_size=2, new_tokens=4))
+    assert all(not r.error and r.perplexity is None and r.answers for r in rows)
+
+
+def test_cli_compare_writes_json(tmp_path):
+    out = tmp_path / "out.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "quant", "compare", LLAMA, "--modes", "bf16,nf4,int3",
+                             "--batch-size", "2", "--new-tokens", "4", "--json", str(out)],
+                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert result.returncode == 2 and "Unknown mode 'int3'" in result.stderr  # refused before loading anything
+    result = subprocess.run([sys.executable, "-m", "quant", "compare", LLAMA, "--modes", "bf16,nf4",
+                             "--batch-size", "2", "--new-tokens", "4", "--json", str(out)],
+                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert [r["label"] for r in json.loads(out.read_text())["results"]] == ["bf16", "nf4"]
+    assert "b1 tok/s" in result.stdout

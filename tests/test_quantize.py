@@ -1,0 +1,129 @@
+"""GPTQ beats round-to-nearest; the quantize pipeline saves complete folders with a card; stop and disk-full."""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import threading
+
+import pytest
+import torch
+
+from quant.errors import QuantError
+from quant.gptq import GPTQRecipe, QuantizationCancelled, builtin_textsets, save_atomically
+from quant.loader import LoadRequest, load_model
+from quant.metrics import perplexity
+from quant.quantize import CalibrationData, quantize
+from tests.conftest import LLAMA, T5
+
+HELD_OUT = builtin_textsets()["python-reference-heldout"].read_text()
+
+
+def rtn_perplexity(bits: int, group_size: int) -> float:
+    """Round-to-nearest baseline: each group of weights min-max quantized to `bits` (asymmetric), no calibration."""
+    loaded = load_model(LoadRequest(model=LLAMA, mode="fp32"))
+    levels = 2**bits - 1
+    with torch.no_grad():
+        for name, module in loaded.model.named_modules():
+            if isinstance(module, torch.nn.Linear) and name.startswith("model.layers."):
+                w = module.weight.data
+                groups = w.reshape(w.shape[0], -1, group_size)
+                low, high = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
+                scale = (high - low).clamp(min=1e-8) / levels
+                q = torch.round((groups - low) / scale).clamp(0, levels)
+                module.weight.data = (q * scale + low).reshape_as(w)
+    loaded.model.to(torch.bfloat16)  # evaluated in the same dtype as the GPTQ model on the CPU
+    return perplexity(loaded, HELD_OUT, max_tokens=4096).value
+
+
+@pytest.mark.parametrize("bits", [4, 3])
+def test_gptq_beats_round_to_nearest(bits, tmp_path):
+    recipe = GPTQRecipe(bits=bits, group_size=128, sym=False, num_samples=64, seq_len=256)
+    result = quantize(LLAMA, method="gptq", recipe=recipe, out_dir=tmp_path / f"gptq-{bits}")
+    rtn = rtn_perplexity(bits, 128)
+    assert math.isfinite(result.quantized_perplexity)
+    assert result.quantized_perplexity < rtn, (result.quantized_perplexity, rtn)
+    assert result.original_perplexity < result.quantized_perplexity  # quantization costs something
+    assert result.quantized_bytes < result.original_bytes
+
+
+def test_quantized_folder_is_complete_with_card_and_report(tmp_path):
+    out = tmp_path / "q"
+    result = quantize(LLAMA, method="gptq", recipe=GPTQRecipe(num_samples=16, seq_len=128), out_dir=out)
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md", "quantization_report.json"} <= names
+    assert not (tmp_path / "q.partial").exists()
+    card = (out / "README.md").read_text()
+    assert "quantized with **gptq**" in card and "| bits | 4 |" in card and "| group_size | 128 |" in card
+    assert f"{result.quantized_perplexity:.2f}" in card and "built-in text set 'python-reference'" in card
+    assert "gptqmodel" in card and "AutoModelForCausalLM.from_pretrained" in card
+    report = json.loads((out / "quantization_report.json").read_text())
+    assert report["method"] == "gptq" and report["kernel"] == "TorchLinear"
+    loaded = load_model(LoadRequest(model=str(out), mode="gptq"))
+    assert loaded.report.quantization["bits"] == 4
+
+
+def test_calibration_from_an_uploaded_jsonl(tmp_path):
+    source = tmp_path / "cal.jsonl"
+    lines = [json.dumps({"text": p}) for p in HELD_OUT.split("\n\n") if len(p) > 100]
+    source.write_text("\n".join(lines))
+    result = quantize(LLAMA, method="gptq", recipe=GPTQRecipe(num_samples=8, seq_len=64),
+                      calibration=CalibrationData(file=str(source)), out_dir=tmp_path / "q", evaluate=False)
+    assert result.calibration == "uploaded file cal.jsonl"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"text": 5}\n')
+    with pytest.raises(QuantError, match="Line 2 of bad.jsonl"):
+        quantize(LLAMA, method="gptq", calibration=CalibrationData(file=str(bad)), out_dir=tmp_path / "x")
+
+
+def test_stop_cancels_without_leaving_a_folder(tmp_path):
+    stop = threading.Event()
+
+    def progress(fraction, message):
+        if message.startswith("Layer 1/"):
+            stop.set()
+
+    with pytest.raises(QuantizationCancelled):
+        quantize(LLAMA, method="gptq", recipe=GPTQRecipe(num_samples=8, seq_len=64), out_dir=tmp_path / "q",
+                 progress=progress, stop=stop)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_full_while_saving_leaves_nothing_presented_as_complete(tmp_path):
+    def write(folder):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(QuantError, match="the disk is full. Nothing was kept"):
+        save_atomically(write, tmp_path / "model")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("model", "method"), [(LLAMA, "nf4"), (T5, "int8")])
+def test_bitsandbytes_quantize_saves_serialized_weights(model, method, tmp_path):
+    result = quantize(model, method=method, out_dir=tmp_path / "bnb")
+    folder = tmp_path / "bnb"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "bitsandbytes"
+    assert result.quantized_bytes < result.original_bytes
+    reloaded = load_model(LoadRequest(model=str(folder), mode=method))
+    direct = load_model(LoadRequest(model=model, mode=method))
+    prompt = "reverse: the value of x" if model == T5 else "The with statement"
+    outputs = []
+    for loaded in (reloaded, direct):
+        inputs = loaded.tokenizer(prompt, return_tensors="pt")
+        outputs.append(loaded.model.generate(**inputs, max_new_tokens=8, do_sample=False).tolist())
+    assert outputs[0] == outputs[1]
+    assert "AutoModelForSeq2SeqLM" in (folder / "README.md").read_text() if model == T5 else True
+
+
+def test_quantizing_a_quantized_checkpoint_is_refused(gptq_llama_dir):
+    with pytest.raises(QuantError, match="already quantized"):
+        quantize(str(gptq_llama_dir), method="gptq")
+
+
+def test_gptq_of_a_seq2seq_model_is_refused_with_the_alternative():
+    with pytest.raises(QuantError, match="causal LMs only.*int8 or nf4"):
+        quantize(T5, method="gptq")
