@@ -149,6 +149,7 @@ def measure_mode(loaded: LoadedModel, result: ModeResult, *, prompts: list[str],
         torch.cuda.reset_peak_memory_stats()
     result.time_to_first_token_s, result.decode_tokens_per_s = measure_decode(loaded, prompts[0], new_tokens)
     result.batch_size = batch_size
+    measure_batch(loaded, prompts, batch_size, 2)  # warm-up at this batch shape (kernel selection, workspaces)
     result.batch_tokens_per_s = measure_batch(loaded, prompts, batch_size, new_tokens)
     if torch.cuda.is_available():
         result.peak_gpu_bytes = sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count()))
