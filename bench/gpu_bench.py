@@ -74,6 +74,8 @@ def bench_shape(shape: str, work: Path, args, bandwidth: float) -> dict:
              ModeSpec("nf4", Mode.NF4, str(checkpoint), QuantOptions(bnb4_compute_dtype="fp16")),
              *[ModeSpec(f"gptq ({b})", Mode.GPTQ, str(gptq_dir), QuantOptions(gptq_backend=b))
                for b in args.gptq_backends.split(",")]]
+    if args.modes:
+        specs = [s for s in specs if s.label.split(" ")[0] in args.modes.split(",")]
     prompts = prompts_from_text(32, 24)
     registry = ModelRegistry(max_models=1)
     rows = []
@@ -96,7 +98,8 @@ def bench_shape(shape: str, work: Path, args, bandwidth: float) -> dict:
     for label, mode, location, options in (("fp16", Mode.FP16, checkpoint, QuantOptions()),
                                            ("nf4", Mode.NF4, checkpoint, QuantOptions(bnb4_compute_dtype="fp16")),
                                            ("gptq", Mode.GPTQ, gptq_dir,
-                                            QuantOptions(gptq_backend=args.gptq_backends.split(",")[0]))):
+                                            QuantOptions(gptq_backend=args.gptq_backends.split(",")[0]))
+                                           ) if args.batch_tab else ():
         loaded = registry.load(LoadRequest(model=str(location), mode=mode, options=options, device_map="cuda:0"))
         settings = GenerationSettings(max_new_tokens=args.new_tokens)
         list(run_batch(loaded, list(enumerate(prompts[:4], 1)), settings, batch_size=4))  # warm-up
@@ -177,6 +180,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--attention", action="store_true", help="also eager vs sdpa with 1k-token prompts")
     parser.add_argument("--tag", default="")
+    parser.add_argument("--modes", help="only these labels, e.g. fp16,int8,nf4,gptq")
+    parser.add_argument("--no-batch-tab", dest="batch_tab", action="store_false", help="skip the run_batch rows")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     import transformers
