@@ -14,7 +14,9 @@ from pathlib import Path
 
 import gradio as gr
 import torch
+from gradio.utils import get_space
 
+from quant.attention import BETTERTRANSFORMER_NOTE, IMPLEMENTATIONS
 from quant.errors import ModelNotLoadedError, QuantError
 from quant.compare import (
     DEFAULT_PROMPTS,
@@ -36,9 +38,13 @@ from quant.placement import DEVICE_MAP_CHOICES
 from quant.prompts import parse_lines, read_prompt_file, write_results
 from quant.registry import default_registry
 from quant.settings import load_settings
+from quant.ui_strings import EN, KO
 from quant.source import demo_models, hub_reachable
 
 log = logging.getLogger("quant.app")
+t = gr.I18n(en=EN, ko=KO)
+ON_SPACE = get_space() is not None
+"""On a Hugging Face Space: visitors log in with OAuth, and the Space's own HF_TOKEN is never used for them."""
 DEFAULT_ATTN = "(model default)"
 
 
@@ -363,11 +369,15 @@ QUANT_METHODS = [("GPTQ (calibrated, gptqmodel)", "gptq"), ("bitsandbytes int8 (
                  ("bitsandbytes nf4 (serialized)", "nf4")]
 
 
-def _token(typed: str | None, oauth: gr.OAuthToken | None = None) -> str | None:
-    """The visitor's token: their Hugging Face login on a Space, else the typed one, else HF_TOKEN."""
+def _token(typed: str | None, oauth=None) -> str | None:
+    """The visitor's token: their Hugging Face login (on a Space), else the one typed, else (locally) HF_TOKEN.
+
+    On a Space, HF_TOKEN is the Space owner's secret: it is never used on a visitor's behalf.
+    """
     if oauth is not None and getattr(oauth, "token", None):
         return oauth.token
-    return (typed or "").strip() or os.environ.get("HF_TOKEN") or None
+    typed = (typed or "").strip() or None
+    return typed if ON_SPACE else typed or os.environ.get("HF_TOKEN") or None
 
 
 @user_errors
@@ -396,15 +406,30 @@ def run_quantize(model, revision, token, method, bits, group_size, desc_act, sym
 
 
 @user_errors
-def run_push(folder, repo_id, private, overwrite, token, progress=gr.Progress()):
+def run_push(folder, repo_id, private, overwrite, token, progress=gr.Progress(), oauth=None):
     """Push a quantized folder (only folders under the output directory) to the Hub."""
     folder_path = Path((folder or "").strip()).expanduser().resolve()
     root = output_root()
     if not folder or root not in folder_path.parents:
         raise gr.Error(f"Only folders under the output directory ({root}) can be pushed: quantize first.")
-    result = push_folder(folder_path, repo_id, token=_token(token), private=bool(private), overwrite=bool(overwrite),
+    result = push_folder(folder_path, repo_id, token=_token(token, oauth), private=bool(private), overwrite=bool(overwrite),
                          progress=lambda f, m: progress(f, desc=m))
     return f"Pushed to [{result.repo_id}]({result.url}) (commit {result.commit[:10]})."
+
+
+def run_push_with_login(folder, repo_id, private, overwrite, token, oauth_token: gr.OAuthToken | None,
+                        progress=gr.Progress()):
+    """run_push on a Space: the visitor's OAuth token (Gradio injects it from their login)."""
+    return run_push(folder, repo_id, private, overwrite, token, progress=progress, oauth=oauth_token)
+
+
+def run_quantize_with_login(model, revision, token, method, bits, group_size, desc_act, sym, damp_percent, num_samples,
+                            seq_len, calibration_source, calibration_text, calibration_file, request: gr.Request,
+                            oauth_token: gr.OAuthToken | None, progress=gr.Progress()):
+    """run_quantize on a Space, downloading the source with the visitor's login."""
+    return run_quantize(model, revision, oauth_token.token if oauth_token else token, method, bits, group_size,
+                        desc_act, sym, damp_percent, num_samples, seq_len, calibration_source, calibration_text,
+                        calibration_file, request, progress=progress)
 
 
 def toggle_quant_method(method):
@@ -497,20 +522,23 @@ def build_app() -> gr.Blocks:
     choices, first, offline_note = model_choices()
     with gr.Blocks(title="Quantization Playground") as demo:
         active_key = gr.State(None)  # this browser session's selected model (a key; the registry owns models)
-        gr.Markdown("# Quantization Playground\nWhat int8, nf4 and GPTQ buy and cost on a Hugging Face model.")
+        with gr.Row():
+            gr.Markdown(f"# {EN['title']} · {KO['title']}\n{EN['subtitle']} / {KO['subtitle']}")
+            if ON_SPACE:
+                gr.LoginButton()  # pushes use the visitor's own Hugging Face login, never the Space owner's
         if offline_note:
             gr.Markdown(f"> {offline_note}")
         with gr.Tabs():
-            with gr.Tab("Model", id="model"):
+            with gr.Tab(t("tab.model"), id="model"):
                 with gr.Row():
                     with gr.Column(scale=3):
                         model_box = gr.Dropdown(choices=choices, value=first, allow_custom_value=True,
-                                                label="Model: Hub id, local folder or demo model")
+                                                label=t("model.box"))
                         with gr.Row():
-                            revision = gr.Textbox(label="Revision", placeholder="main")
-                            token = gr.Textbox(label="Hugging Face token (private or gated repos)", type="password",
+                            revision = gr.Textbox(label=t("revision"), placeholder="main")
+                            token = gr.Textbox(label=t("token"), type="password",
                                                placeholder="used for this load only; never stored")
-                        mode = gr.Radio([m.value for m in Mode], value=Mode.BF16.value, label="Mode")
+                        mode = gr.Radio([m.value for m in Mode], value=Mode.BF16.value, label=t("mode"))
                         mode_help = gr.Markdown(f"*bf16*: {Mode.BF16.description}")
                         with gr.Group(visible=False) as bnb_group:
                             skip_modules = gr.Textbox(label="Modules kept unquantized (comma-separated)",
@@ -530,79 +558,80 @@ def build_app() -> gr.Blocks:
                             gptq_backend = gr.Dropdown([("automatic: torch on CPU, triton on GPU", "")] +
                                                        [(f"{k}: {v}", k) for k, v in GPTQ_BACKENDS.items()],
                                                        value="", label="GPTQ kernel")
-                        with gr.Accordion("Placement", open=False):
+                        with gr.Accordion(t("placement"), open=False):
                             with gr.Row():
                                 device_map = gr.Dropdown(list(DEVICE_MAP_CHOICES), value="auto",
                                                          allow_custom_value=True, label="device_map")
                                 max_memory = gr.Textbox(label="max_memory", placeholder="0=20GiB, 1=20GiB, cpu=30GiB")
-                                attn = gr.Dropdown([DEFAULT_ATTN, "sdpa", "eager"], value=DEFAULT_ATTN,
-                                                   label="Attention implementation")
+                                attn = gr.Dropdown([DEFAULT_ATTN, *IMPLEMENTATIONS], value=DEFAULT_ATTN,
+                                                   label=t("attention"))
+                            gr.Markdown(BETTERTRANSFORMER_NOTE)
                         with gr.Row():
-                            load_btn = gr.Button("Load", variant="primary")
+                            load_btn = gr.Button(t("load"), variant="primary")
                             measure_modes_box = gr.CheckboxGroup([m.value for m in Mode if m is not Mode.GPTQ],
                                                                  value=["bf16", "int8", "nf4"],
-                                                                 label="Compare load cost of modes")
-                            measure_btn = gr.Button("Measure these modes")
+                                                                 label=t("measure.modes"))
+                            measure_btn = gr.Button(t("measure"))
                     with gr.Column(scale=2):
                         status = gr.Markdown()
-                        loaded_dd = gr.Dropdown(choices=loaded_choices(), label="Loaded models (this tab's model)")
-                        unload_btn = gr.Button("Unload selected")
+                        loaded_dd = gr.Dropdown(choices=loaded_choices(), label=t("loaded"))
+                        unload_btn = gr.Button(t("unload"))
                         loaded_df = gr.Dataframe(loaded_table(), headers=["model", "footprint (MiB)", "dtype", "in use"],
-                                                 label="Loaded in this server (shared by all sessions)",
+                                                 label=t("loaded.table"),
                                                  interactive=False)
-                report_box = gr.Code(label="Load report", language=None, lines=14)
+                report_box = gr.Code(label=t("report"), language=None, lines=14)
                 history_df = gr.Dataframe(history_table(), headers=HISTORY_HEADERS, interactive=False,
-                                          label="Every load in this server, side by side")
-                refresh_btn = gr.Button("Refresh", size="sm")
+                                          label=t("history"))
+                refresh_btn = gr.Button(t("refresh"), size="sm")
 
-            with gr.Tab("Chat", id="chat"):
+            with gr.Tab(t("tab.chat"), id="chat"):
                 chat_note = gr.Markdown(active_model_note(None))
                 chat_state = gr.State([])  # this session's conversation: role, content, and a footer per reply
                 chatbot = gr.Chatbot(label="Chat", height=420, buttons=["copy"])
                 with gr.Row():
-                    chat_box = gr.Textbox(show_label=False, placeholder="Message", scale=5, lines=1)
-                    send_btn = gr.Button("Send", variant="primary", scale=1)
+                    chat_box = gr.Textbox(show_label=False, placeholder=t("message"), scale=5, lines=1)
+                    send_btn = gr.Button(t("send"), variant="primary", scale=1)
                 with gr.Row():
-                    chat_stop_btn = gr.Button("Stop")
-                    regen_btn = gr.Button("Regenerate")
-                    undo_btn = gr.Button("Undo")
-                    clear_btn = gr.Button("Clear")
-                system_prompt = gr.Textbox(label="System prompt", lines=2,
+                    chat_stop_btn = gr.Button(t("stop"))
+                    regen_btn = gr.Button(t("regenerate"))
+                    undo_btn = gr.Button(t("undo"))
+                    clear_btn = gr.Button(t("clear"))
+                system_prompt = gr.Textbox(label=t("system"), lines=2,
                                            placeholder="e.g. You are a concise assistant.")
-                with gr.Accordion("Generation settings", open=False):
+                with gr.Accordion(t("settings"), open=False):
                     with gr.Row():
-                        max_new_tokens = gr.Slider(1, 2048, value=256, step=1, label="Max new tokens")
-                        do_sample = gr.Checkbox(value=False, label="Sample (off: greedy)")
-                        seed = gr.Number(value=None, precision=0, label="Seed (sampling)")
+                        max_new_tokens = gr.Slider(1, 2048, value=256, step=1, label=t("max_new_tokens"))
+                        do_sample = gr.Checkbox(value=False, label=t("sample"))
+                        seed = gr.Number(value=None, precision=0, label=t("seed"))
                     with gr.Row():
-                        temperature = gr.Slider(0.05, 2.0, value=0.7, step=0.05, label="Temperature")
-                        top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p")
-                        top_k = gr.Slider(0, 200, value=50, step=1, label="Top-k (0: off)")
+                        temperature = gr.Slider(0.05, 2.0, value=0.7, step=0.05, label=t("temperature"))
+                        top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label=t("top_p"))
+                        top_k = gr.Slider(0, 200, value=50, step=1, label=t("top_k"))
                     with gr.Row():
-                        repetition_penalty = gr.Slider(0.5, 2.0, value=1.0, step=0.05, label="Repetition penalty")
-                        no_repeat_ngram = gr.Slider(0, 10, value=0, step=1, label="No-repeat n-gram size")
+                        repetition_penalty = gr.Slider(0.5, 2.0, value=1.0, step=0.05, label=t("repetition_penalty"))
+                        no_repeat_ngram = gr.Slider(0, 10, value=0, step=1, label=t("no_repeat"))
 
-            with gr.Tab("Batch", id="batch"):
+            with gr.Tab(t("tab.batch"), id="batch"):
                 batch_note = gr.Markdown(active_model_note(None))
                 with gr.Row():
-                    batch_text = gr.Textbox(label="Prompts, one per line", lines=8)
+                    batch_text = gr.Textbox(label=t("batch.prompts"), lines=8)
                     with gr.Column():
-                        batch_file = gr.File(label="…or upload .txt / .csv / .jsonl", file_types=[".txt", ".csv", ".jsonl"],
+                        batch_file = gr.File(label=t("batch.upload"), file_types=[".txt", ".csv", ".jsonl"],
                                              type="filepath")
-                        batch_column = gr.Textbox(label="CSV column / JSONL field", placeholder="prompt")
+                        batch_column = gr.Textbox(label=t("batch.column"), placeholder="prompt")
                 with gr.Row():
-                    batch_template = gr.Checkbox(value=False, label="Apply the chat template to each prompt")
+                    batch_template = gr.Checkbox(value=False, label=t("batch.template"))
                     batch_system = gr.Textbox(label="System prompt (with the chat template)")
-                    batch_size = gr.Slider(1, 64, value=8, step=1, label="Batch size")
+                    batch_size = gr.Slider(1, 64, value=8, step=1, label=t("batch.size"))
                 gr.Markdown("Greedy unless sampling is on; generation settings are those of the Chat tab.")
                 with gr.Row():
-                    batch_btn = gr.Button("Run batch", variant="primary")
-                    batch_stop_btn = gr.Button("Stop")
+                    batch_btn = gr.Button(t("batch.run"), variant="primary")
+                    batch_stop_btn = gr.Button(t("stop"))
                 batch_totals = gr.Markdown()
-                batch_table = gr.Dataframe(headers=BATCH_HEADERS, interactive=False, wrap=True, label="Results")
-                batch_files = gr.File(label="Download results", file_count="multiple", interactive=False)
+                batch_table = gr.Dataframe(headers=BATCH_HEADERS, interactive=False, wrap=True, label=t("batch.results"))
+                batch_files = gr.File(label=t("batch.download"), file_count="multiple", interactive=False)
 
-            with gr.Tab("Compare", id="compare"):
+            with gr.Tab(t("tab.compare"), id="compare"):
                 gr.Markdown("Load one model in several modes, one after another, and measure each on the same "
                             "prompts: memory, speed, perplexity on held-out text, and the answers side by side.")
                 with gr.Row():
@@ -620,25 +649,25 @@ def build_app() -> gr.Blocks:
                     c_batch = gr.Slider(1, 64, value=8, step=1, label="Batch size (throughput)")
                     c_tokens = gr.Slider(4, 512, value=32, step=4, label="New tokens per measurement")
                 with gr.Row():
-                    c_btn = gr.Button("Compare", variant="primary")
-                    c_stop_btn = gr.Button("Stop")
+                    c_btn = gr.Button(t("compare.run"), variant="primary")
+                    c_stop_btn = gr.Button(t("stop"))
                 c_table = gr.Dataframe(headers=COMPARE_HEADERS, interactive=False, wrap=True, label="Results")
                 c_plot = gr.BarPlot(x="metric", y="relative to 16-bit", color="mode", x_title="",
                                     label="Relative to the 16-bit baseline (memory, decode, batch, perplexity)")
                 c_answers = gr.HTML()
                 c_files = gr.File(label="Export (JSON, CSV)", file_count="multiple", interactive=False)
 
-            with gr.Tab("Quantize", id="quantize"):
+            with gr.Tab(t("tab.quantize"), id="quantize"):
                 with gr.Row():
                     q_model = gr.Dropdown(choices=choices, value=first, allow_custom_value=True,
-                                          label="Source model (unquantized): Hub id, local folder or demo model")
-                    q_revision = gr.Textbox(label="Revision", placeholder="main")
-                q_method = gr.Radio(QUANT_METHODS, value="gptq", label="Method")
+                                          label=t("quantize.source"))
+                    q_revision = gr.Textbox(label=t("revision"), placeholder="main")
+                q_method = gr.Radio(QUANT_METHODS, value="gptq", label=t("quantize.method"))
                 with gr.Group() as gptq_recipe:
                     with gr.Row():
-                        q_bits = gr.Dropdown([2, 3, 4, 8], value=4, label="Bits")
+                        q_bits = gr.Dropdown([2, 3, 4, 8], value=4, label=t("quantize.bits"))
                         q_group = gr.Dropdown([("32", 32), ("64", 64), ("128", 128), ("per column (-1)", -1)],
-                                              value=128, label="Group size")
+                                              value=128, label=t("quantize.group"))
                         q_desc_act = gr.Checkbox(value=False, label="Act-order (desc_act)")
                         q_sym = gr.Checkbox(value=True, label="Symmetric")
                         q_damp = gr.Number(value=0.05, label="Damp percent")
@@ -647,28 +676,28 @@ def build_app() -> gr.Blocks:
                         q_seq_len = gr.Slider(32, 4096, value=512, step=32, label="Sample length (tokens)")
                         q_cal_source = gr.Radio([("Built-in text (CPython reference)", "builtin"),
                                                  ("Paste text", "paste"), ("Upload .txt / .jsonl", "upload")],
-                                                value="builtin", label="Calibration data")
+                                                value="builtin", label=t("quantize.calibration"))
                     q_cal_text = gr.Textbox(label="Calibration text", lines=6, visible=False)
                     q_cal_file = gr.File(label="Calibration file", file_types=[".txt", ".jsonl"], type="filepath",
                                          visible=False)
                 with gr.Row():
-                    q_btn = gr.Button("Quantize", variant="primary")
-                    q_stop_btn = gr.Button("Stop")
+                    q_btn = gr.Button(t("quantize.run"), variant="primary")
+                    q_stop_btn = gr.Button(t("stop"))
                 q_status = gr.Markdown()
                 q_table = gr.Dataframe(headers=["model", "size on disk (MiB)", "perplexity (held-out text)"],
-                                       interactive=False, label="Original vs quantized")
-                q_files = gr.File(label="The quantized folder's files", file_count="multiple", interactive=False)
+                                       interactive=False, label=t("quantize.table"))
+                q_files = gr.File(label=t("quantize.files"), file_count="multiple", interactive=False)
                 gr.Markdown("### Push to the Hugging Face Hub\nThe folder is on disk first; a failed push can be "
                             "retried from it.")
                 with gr.Row():
-                    push_folder_box = gr.Textbox(label="Folder to push")
-                    push_repo = gr.Textbox(label="Repo id", placeholder="user/model-GPTQ-4bit-g128")
+                    push_folder_box = gr.Textbox(label=t("push.folder"))
+                    push_repo = gr.Textbox(label=t("push.repo"), placeholder="user/model-GPTQ-4bit-g128")
                 with gr.Row():
-                    push_token = gr.Textbox(label="Hugging Face token (write)", type="password",
+                    push_token = gr.Textbox(label=t("push.token"), type="password",
                                             placeholder="or log in / set HF_TOKEN; never stored")
-                    push_private = gr.Checkbox(value=True, label="Private")
-                    push_overwrite = gr.Checkbox(value=False, label="Overwrite an existing repo")
-                push_btn = gr.Button("Push to the Hub")
+                    push_private = gr.Checkbox(value=True, label=t("push.private"))
+                    push_overwrite = gr.Checkbox(value=False, label=t("push.overwrite"))
+                push_btn = gr.Button(t("push.run"))
                 push_status = gr.Markdown()
 
         load_inputs = [model_box, revision, token, mode, int8_threshold, skip_modules, int8_offload, double_quant,
@@ -705,12 +734,12 @@ def build_app() -> gr.Blocks:
         c_stop_btn.click(request_stop, None, None, queue=False, api_name=False)
         q_method.change(toggle_quant_method, q_method, gptq_recipe, api_name=False)
         q_cal_source.change(toggle_calibration, q_cal_source, [q_cal_text, q_cal_file], api_name=False)
-        q_btn.click(run_quantize, [q_model, q_revision, push_token, q_method, q_bits, q_group, q_desc_act, q_sym,
+        q_btn.click(run_quantize_with_login if ON_SPACE else run_quantize, [q_model, q_revision, push_token, q_method, q_bits, q_group, q_desc_act, q_sym,
                                    q_damp, q_samples, q_seq_len, q_cal_source, q_cal_text, q_cal_file],
                     [q_status, q_table, push_folder_box, q_files, push_repo], api_name="quantize",
                     concurrency_limit=1, concurrency_id="quantize")
         q_stop_btn.click(request_stop, None, None, queue=False, api_name=False)
-        push_btn.click(run_push, [push_folder_box, push_repo, push_private, push_overwrite, push_token],
+        push_btn.click(run_push_with_login if ON_SPACE else run_push, [push_folder_box, push_repo, push_private, push_overwrite, push_token],
                        push_status, api_name="push", concurrency_limit=2, concurrency_id="push")
         batch_btn.click(run_batch_ui, [active_key, batch_text, batch_file, batch_column, batch_template,
                                        batch_system, batch_size, *generation_inputs],
@@ -718,14 +747,23 @@ def build_app() -> gr.Blocks:
     return demo
 
 
+def launch_options(**overrides) -> dict:
+    """How the app is served (the tests serve it the same way, on their own port)."""
+    options = dict(i18n=t, server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
+                   server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+                   max_file_size=os.environ.get("QUANT_MAX_UPLOAD", "20mb"))
+    return {**options, **overrides}
+
+
+def configure_queue(demo: gr.Blocks) -> gr.Blocks:
+    """Requests wait in one queue; each event type has its own concurrency (model loads one at a time)."""
+    return demo.queue(default_concurrency_limit=int(os.environ.get("QUANT_CONCURRENCY", "4")),
+                      max_size=int(os.environ.get("QUANT_QUEUE_SIZE", "64")))
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO)
-    demo = build_app()
-    demo.queue(default_concurrency_limit=int(os.environ.get("QUANT_CONCURRENCY", "4")),
-               max_size=int(os.environ.get("QUANT_QUEUE_SIZE", "64")))
-    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
-                server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-                max_file_size=os.environ.get("QUANT_MAX_UPLOAD", "20mb"))
+    configure_queue(build_app()).launch(**launch_options())
 
 
 if __name__ == "__main__":

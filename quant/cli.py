@@ -19,7 +19,9 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--revision", help="branch, tag or commit on the Hub")
     parser.add_argument("--device-map", default="auto", help="auto, balanced, balanced_low_0, sequential, cpu, cuda:N")
     parser.add_argument("--max-memory", help='per-device limits, e.g. "0=20GiB,cpu=30GiB"')
-    parser.add_argument("--attn", dest="attn_implementation", help="attention implementation: sdpa, eager, ...")
+    parser.add_argument("--attn", dest="attn_implementation",
+                        help="attention implementation: sdpa, eager, flash_attention_2, flex_attention "
+                             "(default: flash_attention_2 where installed on a GPU, else sdpa)")
     group = parser.add_argument_group("quantized modes")
     group.add_argument("--int8-threshold", type=float, default=6.0, help="LLM.int8 outlier threshold")
     group.add_argument("--skip-modules", default="", help="comma-separated modules kept unquantized")

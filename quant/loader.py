@@ -13,6 +13,7 @@ from typing import Any, Callable
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel
 
+from .attention import check_attention
 from .errors import PlacementError, QuantError
 from .modes import Mode, QuantOptions, check_mode, parse_mode, quantization_config, torch_dtype
 from .placement import parse_device_map, parse_max_memory, target_is_cuda
@@ -139,8 +140,10 @@ def prepare(request: LoadRequest) -> tuple[ModelSource, dict[str, Any], list[str
     )
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
-    if request.attn_implementation:
-        kwargs["attn_implementation"] = request.attn_implementation
+    model_class = _model_class(source)._model_mapping.get(type(source.config), None)
+    attention = check_attention(request.attn_implementation, model_class, on_cuda=on_cuda, dtype=kwargs["dtype"])
+    if attention:
+        kwargs["attn_implementation"] = attention
     return source, kwargs, warnings
 
 

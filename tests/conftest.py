@@ -63,9 +63,9 @@ def app_url():
     """The real app, served over HTTP on a free local port."""
     import app as app_module
 
-    demo = app_module.build_app()
-    demo.queue(default_concurrency_limit=4)
+    demo = app_module.configure_queue(app_module.build_app())
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo.launch(**app_module.launch_options(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
+                                            quiet=True))
     yield f"http://127.0.0.1:{port}/"
     demo.close()

@@ -39,7 +39,7 @@ def rtn_perplexity(bits: int, group_size: int) -> float:
 
 @pytest.mark.parametrize("bits", [4, 3])
 def test_gptq_beats_round_to_nearest(bits, tmp_path):
-    recipe = GPTQRecipe(bits=bits, group_size=128, sym=False, num_samples=64, seq_len=256)
+    recipe = GPTQRecipe(bits=bits, group_size=128, sym=False, num_samples=32, seq_len=256)
     result = quantize(LLAMA, method="gptq", recipe=recipe, out_dir=tmp_path / f"gptq-{bits}")
     rtn = rtn_perplexity(bits, 128)
     assert math.isfinite(result.quantized_perplexity)
