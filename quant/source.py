@@ -6,6 +6,7 @@ the checkpoint already carries are known before a single weight is loaded, so re
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,22 @@ class ModelSource:
         return self.ref.removeprefix(DEMO_PREFIX) if self.ref.startswith(DEMO_PREFIX) else self.ref.rstrip("/")
 
 
+def local_models_root() -> Path | None:
+    """QUANT_LOCAL_MODELS_ROOT: on a public deployment, the only folder tree local models may be loaded from."""
+    value = os.environ.get("QUANT_LOCAL_MODELS_ROOT", "").strip()
+    return Path(value).expanduser().resolve() if value else None
+
+
+def _inside_root(path: Path, root: Path, ref: str) -> Path:
+    """The real path of `path` (symlinks followed) if it lies under `root`; refuse `..` tricks and links out."""
+    candidate = (root / path) if not path.is_absolute() else path
+    real = candidate.resolve()
+    if real != root and root not in real.parents:
+        raise ModelSourceError(f"{ref} is outside the folder this server loads local models from.",
+                               f"Local models must be under {root}; give a Hub id otherwise.")
+    return real
+
+
 def _looks_like_path(ref: str) -> bool:
     return ref.startswith(("/", "./", "../", "~")) or ref.count("/") > 1 or "\\" in ref
 
@@ -78,6 +95,9 @@ def resolve_location(ref: str) -> tuple[str, bool]:
             raise ModelSourceError(f"There is no demo model {ref!r}.", f"Demo models: {', '.join(demo_models())}.")
         return str(folder), True
     path = Path(ref).expanduser()
+    root = local_models_root()
+    if root is not None and (path.exists() or _looks_like_path(ref)):
+        path = _inside_root(path, root, ref)
     if path.exists():
         if not path.is_dir():
             raise ModelSourceError(f"{ref} is a file, not a model folder.", "Give the folder that holds config.json.")

@@ -110,3 +110,11 @@ def test_compare_tab_over_http(app_url):
     assert rows["bf16"][2] > rows["nf4"][2]
     assert "<mark>" in answers or "Greedy answers" in answers
     assert sorted(f.rsplit(".", 1)[1] for f in files) == ["csv", "json"]
+
+
+def test_push_only_from_the_output_folder(app_url, tmp_path, monkeypatch):
+    monkeypatch.setenv("QUANT_OUTPUT_DIR", str(tmp_path / "outputs"))
+    client = Client(app_url, verbose=False)
+    for folder in ("/etc", str(tmp_path / "outputs" / ".." / "elsewhere"), ""):
+        with pytest.raises(AppError, match="Only folders under the output directory"):
+            client.predict(folder, "alice/x", True, False, "hf_secret_typed_token", api_name="/push")

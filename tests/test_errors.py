@@ -104,3 +104,22 @@ def test_every_refusal_is_a_quant_error_with_a_message(tmp_path):
         with pytest.raises(QuantError) as info:
             load_model(request)
         assert str(info.value).strip()
+
+
+def test_local_models_root_confines_folders(tmp_path, monkeypatch):
+    import shutil
+
+    from quant.source import resolve_location
+
+    root = tmp_path / "models"
+    inside = root / "tiny"
+    shutil.copytree(resolve_location(LLAMA)[0], inside)
+    outside = tmp_path / "secret"
+    shutil.copytree(resolve_location(LLAMA)[0], outside)
+    (root / "link").symlink_to(outside)
+    monkeypatch.setenv("QUANT_LOCAL_MODELS_ROOT", str(root))
+    assert resolve_location(str(inside)) == (str(inside.resolve()), True)
+    for ref in (str(outside), str(root / "link"), str(root / ".." / "secret"), "/etc", "../secret"):
+        with pytest.raises(ModelSourceError, match="outside the folder this server loads local models from"):
+            resolve_location(ref)
+    assert resolve_location(LLAMA)[1]  # the shipped demo models stay available
