@@ -102,3 +102,39 @@ def target_is_cuda(device_map: str | dict[str, str]) -> bool:
     if isinstance(device_map, dict):
         return any(str(d).startswith("cuda") or str(d).isdigit() for d in device_map.values())
     return cuda_device_count() > 0
+
+
+def plan_placement(skeleton: torch.nn.Module, strategy: str, max_memory: dict[int | str, str],
+                   dtype: torch.dtype) -> dict[str, int | str]:
+    """Where accelerate would put each module for `strategy` within `max_memory` (the model on the meta device).
+
+    "sequential" fills the devices in order; "balanced"/"auto" first spreads the budget evenly over the GPUs
+    (`get_balanced_memory`), "balanced_low_0" keeps GPU 0 light for generation's work.
+    """
+    import warnings
+
+    from accelerate import infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    no_split = getattr(skeleton, "_no_split_modules", None) or []
+    gpus = [k for k in max_memory if isinstance(k, int)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Device N is not available" when planning for GPUs not on this machine
+        budget = dict(max_memory)
+        if strategy in ("auto", "balanced", "balanced_low_0") and len(gpus) > 1:
+            budget = get_balanced_memory(skeleton, max_memory=max_memory, no_split_module_classes=no_split,
+                                         dtype=dtype, low_zero=strategy == "balanced_low_0")
+            budget.update({k: v for k, v in max_memory.items() if not isinstance(k, int)})
+        return dict(infer_auto_device_map(skeleton, max_memory=budget, no_split_module_classes=no_split, dtype=dtype))
+
+
+def check_fits(max_memory: dict[int | str, str] | None, needed_bytes: int) -> None:
+    """Refuse before loading when the weights cannot fit in all of max_memory together."""
+    if not max_memory or not needed_bytes:
+        return
+    total = sum(convert_file_size_to_int(v) for k, v in max_memory.items() if k != "disk")
+    if total < needed_bytes:
+        raise PlacementError(
+            f"The model needs about {needed_bytes / 2**20:,.0f} MiB in this mode and max_memory allows "
+            f"{total / 2**20:,.0f} MiB in all.",
+            "Raise max_memory (add cpu=<size> to offload), or pick a smaller mode such as nf4.")

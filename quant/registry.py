@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from .errors import ModelBusyError, ModelNotLoadedError, PlacementError
 from .loader import LoadedModel, LoadRequest, ProgressFn, load_model, prepare, release_memory
 from .modes import Mode
+from .placement import check_fits
 from .report import MiB, LoadReport
 from .settings import load_settings
 from .source import ModelSource
@@ -87,8 +88,9 @@ class ModelRegistry:
                     entry.last_used = time.monotonic()
                     self._entries.move_to_end(request.key)
                     return entry.loaded
-            source, _, _ = prepare(request)
+            source, kwargs, _ = prepare(request)
             estimate = estimate_footprint(source, request.mode)
+            check_fits(kwargs.get("max_memory"), estimate)
             self._make_room(request, estimate)
             loaded = load_model(request, progress)
             with self._state:
