@@ -712,6 +712,7 @@ def build_app() -> gr.Blocks:
         unload_btn.click(unload, loaded_dd, [status, loaded_dd, active_key, loaded_df], api_name="unload_model")
         loaded_dd.input(select_model, loaded_dd, active_key, api_name=False)
         refresh_btn.click(refresh, None, [loaded_dd, loaded_df, history_df], api_name="refresh")
+        demo.load(refresh, None, [loaded_dd, loaded_df, history_df], api_name=False)  # a new visitor sees the server's models
         generation_inputs = [max_new_tokens, do_sample, temperature, top_p, top_k, repetition_penalty,
                              no_repeat_ngram, seed]
         for note in (chat_note, batch_note):
@@ -726,6 +727,7 @@ def build_app() -> gr.Blocks:
             **chat_run, api_name=False)
         undo_btn.click(undo, chat_state, [chat_box, chat_state, chatbot], api_name=False)
         clear_btn.click(lambda: ([], []), None, [chat_state, chatbot], api_name=False)
+        chatbot.clear(lambda: [], None, chat_state, api_name=False)  # the Chatbot's own trash icon clears the state too
         chat_stop_btn.click(request_stop, None, None, queue=False, api_name="stop")
         batch_stop_btn.click(request_stop, None, None, queue=False, api_name=False)
         c_btn.click(run_compare, [c_model, c_modes, c_gptq, c_backend, c_attn, c_prompts, c_batch, c_tokens],

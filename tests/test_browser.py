@@ -1,0 +1,443 @@
+"""The real app in a real browser (headless Chromium through Playwright): every tab, as a user drives it.
+
+The app is served in-process on a free 127.0.0.1 port with its own output folder and its Hugging Face client
+pointed at a Hub look-alike (tests/hub_server.py), so the push at the end really goes over HTTP and nothing
+reaches the internet. The tests share one page and run in file order (test_1 loads the model that test_2 chats
+with, and so on). Screenshots land in test-artifacts/screenshots/ (git-ignored).
+
+Run: python -m pytest tests/test_browser.py -q -p no:cacheprovider -x
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tests.conftest import LLAMA, ROOT, free_port
+from tests.hub_server import FakeHub
+
+sync_api = pytest.importorskip("playwright.sync_api")
+expect = sync_api.expect
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    pytest.skip("needs Debian's chromium at /usr/bin/chromium", allow_module_level=True)
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+TOKEN = "hf_browser_token_123456"
+REPO = "alice/tiny-from-browser"
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+SLOW = 120_000  # ms: loads, generation, compare and GPTQ on a 2-core CPU
+QUICK = 30_000  # ms: UI reactions
+SEEN: dict[str, object] = {}  # what one test saw, for a later one
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The app as `python app.py` serves it, with QUANT_OUTPUT_DIR and the Hub client set for this module only."""
+    import transformers  # noqa: F401 - imported before patching, as hub_server.point_client_at requires
+
+    import app as app_module
+    from quant.registry import default_registry
+
+    default_registry().unload_all()  # start as a freshly started server would: nothing loaded
+    tmp = tmp_path_factory.mktemp("browser")
+    with pytest.MonkeyPatch.context() as mp, FakeHub(tokens={TOKEN: "alice"}) as hub:
+        mp.setenv("QUANT_OUTPUT_DIR", str(tmp / "outputs"))
+        mp.delenv("QUANT_DEFAULT_MODEL", raising=False)
+        hub.patch_client(mp, tmp / "hf_home")
+        # patch_client turns offline mode off so pushes can reach the look-alike; the app's start-up probe of the
+        # Hub (HEAD /api/models) must still fail, as it does on a server without internet: drop that connection.
+        hub.drop_next(r"^/api/models$", method="HEAD")
+        demo = app_module.configure_queue(app_module.build_app())
+        assert hub.pending_faults() == [], "the app did not probe the Hub while building the UI"
+        port = free_port()
+        demo.launch(**app_module.launch_options(server_name="127.0.0.1", server_port=port,
+                                                prevent_thread_lock=True, quiet=True))
+        try:
+            yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", hub=hub, output_dir=tmp / "outputs")
+        finally:
+            demo.close()
+        assert hub.server_errors == []
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def ui(server, browser):
+    """One English-speaking user's page, open on the app, with the JavaScript errors it raises."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(locale="en-US", viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(QUICK)
+    errors: list[str] = []
+    console_errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: console_errors.append(msg.text) if msg.type == "error" else None)
+    page.goto(server.url, wait_until="domcontentloaded")
+    expect(page.get_by_role("tab", name="Model")).to_be_visible(timeout=SLOW)
+    yield SimpleNamespace(page=page, errors=errors, console_errors=console_errors, **vars(server))
+    context.close()
+    if console_errors:
+        print("console errors in the page:", *console_errors, sep="\n  ")
+    if SEEN.get("retyped"):
+        print("number boxes typed into again:", SEEN["retyped"])
+
+
+def no_js_errors(ui) -> None:
+    assert ui.errors == [], f"JavaScript errors in the page: {ui.errors}"
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(SHOTS / name), full_page=True)
+
+
+def last_reply(page):
+    return page.get_by_test_id("bot").last
+
+
+def wait_reply_longer_than(page, chars: int, timeout: float = SLOW) -> int:
+    """Wait until the last assistant message has more than `chars` characters; return its length."""
+    page.wait_for_function(
+        "n => { const m = document.querySelectorAll('[data-testid=\"bot\"]');"
+        " return m.length > 0 && m[m.length - 1].innerText.length > n; }", arg=chars, timeout=timeout)
+    return len(last_reply(page).inner_text())
+
+
+def data_rows(grid):
+    """The body rows of a gr.Dataframe (its role=grid element); the first row is the header."""
+    return grid.get_by_role("row").filter(has=grid.page.get_by_role("gridcell"))
+
+
+def set_number(scope, label: str, value) -> None:
+    """Type into a slider's number box (as a user does) and leave the box, so the slider takes the value.
+
+    A box inside a just-opened accordion can be reset to its initial value while it mounts, wiping what was typed:
+    like a user, look whether the slider took the value and type it again if not (counted in SEEN["retyped"]).
+    """
+    box = scope.get_by_label(f"number input for {label}", exact=True)
+    slider = scope.get_by_label(f"range slider for {label}", exact=True)
+    for _ in range(4):
+        box.fill(str(value))
+        box.press("Tab")
+        try:
+            expect(slider).to_have_value(str(value), timeout=2_000)
+        except AssertionError:
+            SEEN.setdefault("retyped", []).append(label)
+            continue
+        break
+    expect(slider).to_have_value(str(value), timeout=1)
+    expect(box).to_have_value(str(value))
+
+
+# --- 1. Model tab ---------------------------------------------------------------------------------------------------
+
+def test_1_model_tab_loads_in_two_modes(ui):
+    page = ui.page
+    # offline: the demo model is offered first, with the note that says why
+    expect(page.get_by_text("The Hugging Face Hub cannot be reached from this server")).to_be_visible()
+    expect(page.get_by_label("Model: Hub id, local folder or demo model")).to_have_value(LLAMA)
+    expect(page.get_by_role("radio", name="bf16")).to_be_checked()
+    history = page.get_by_role("grid", name="Every load in this server, side by side")
+    loads_before = data_rows(history).count()  # earlier modules' loads in this server, if any
+
+    page.get_by_role("button", name="Load", exact=True).click()
+    status = page.get_by_text(re.compile(r"\[bf16\] loaded in [\d.]+ s"))
+    expect(status).to_be_visible(timeout=SLOW)
+    report = page.locator(".block", has_text="Load report").locator(".cm-content")
+    expect(report).to_contain_text(re.compile(r"mode\s+bf16"))
+    expect(report).to_contain_text(re.compile(r"linear layers\s+Linear x29"))
+    expect(data_rows(history)).to_have_count(loads_before + 1)
+    expect(data_rows(history).last).to_contain_text("bf16")
+
+    # nf4: the 4-bit options appear, the int8 ones stay hidden
+    expect(page.get_by_label("Double quantization")).to_be_hidden()
+    page.get_by_role("radio", name="nf4").check()
+    expect(page.get_by_label("Double quantization")).to_be_visible()
+    expect(page.get_by_label("Double quantization")).to_be_checked()
+    expect(page.get_by_label("Compute dtype")).to_be_visible()
+    expect(page.get_by_label("Quant storage")).to_be_visible()
+    expect(page.get_by_label("LLM.int8 outlier threshold")).to_be_hidden()
+    expect(page.get_by_text("bitsandbytes 4-bit NormalFloat")).to_be_visible()
+
+    page.get_by_role("button", name="Load", exact=True).click()
+    expect(page.get_by_text(re.compile(r"\[nf4\] loaded in [\d.]+ s"))).to_be_visible(timeout=SLOW)
+    expect(report).to_contain_text(re.compile(r"mode\s+nf4"))
+    expect(report).to_contain_text("Linear4bit x28")
+    # the comparison table: one row per load, the 4-bit one with its quantized layers and a smaller footprint
+    expect(data_rows(history)).to_have_count(loads_before + 2)
+    bf16_row, nf4_row = data_rows(history).nth(-2), data_rows(history).last
+    expect(bf16_row.get_by_role("gridcell").nth(1)).to_have_text("bf16")
+    expect(nf4_row.get_by_role("gridcell").nth(1)).to_have_text("nf4")
+    expect(nf4_row.get_by_role("gridcell").nth(7)).to_have_text("Linear4bit×28")
+    expect(bf16_row.get_by_role("gridcell").nth(7)).to_have_text("none")
+    footprint = lambda row: float(row.get_by_role("gridcell").nth(3).inner_text())  # noqa: E731
+    assert footprint(nf4_row) < footprint(bf16_row)
+    # both stay loaded, and the session's model is the last one loaded
+    loaded = page.get_by_role("grid", name="Loaded in this server (shared by all sessions)")
+    expect(data_rows(loaded)).to_have_count(2)
+    expect(page.get_by_label("Loaded models (this tab's model)")).to_have_value(f"{LLAMA} [nf4]")
+    shot(page, "model.png")
+    no_js_errors(ui)
+
+
+# --- 2. Chat tab ----------------------------------------------------------------------------------------------------
+
+def test_2_chat_streams_and_stops(ui):
+    page = ui.page
+    page.get_by_role("tab", name="Chat").click()
+    tab = page.get_by_role("tabpanel")  # the shown tab's content only
+    expect(tab.get_by_text(f"Answering: {LLAMA} [nf4]")).to_be_visible()
+
+    box = tab.get_by_placeholder("Message")
+    box.fill("Explain the with statement.")
+    page.get_by_role("button", name="Send", exact=True).click()
+    expect(box).to_have_value("")  # the message moved into the conversation
+    expect(page.get_by_test_id("user").last).to_contain_text("Explain the with statement.")
+    # streaming: the reply is caught while its running footer ("N tokens…") shows, then it grows
+    expect(last_reply(page)).to_contain_text("tokens…", timeout=SLOW)
+    first = len(last_reply(page).inner_text())
+    grown = wait_reply_longer_than(page, first + 20)
+    assert grown > first
+    expect(last_reply(page)).to_contain_text("tok/s", timeout=SLOW)  # the final footer
+    final = last_reply(page).inner_text()
+    footer = re.search(r"(\d+) tokens · first token [\d.]+ s · [\d.]+ tok/s · nf4", final)
+    assert footer and "stopped" not in final, final
+    whole_tokens, whole_text = int(footer.group(1)), final[:footer.start()].rstrip()
+
+    # the same request again in a fresh conversation, with room for 2000 tokens, stopped while it streams
+    # the app's Clear button (the chatbot's own trash icon is also a button named "Clear": the one with text)
+    page.get_by_role("button", name="Clear", exact=True).filter(has_text="Clear").click()
+    expect(page.get_by_test_id("bot")).to_have_count(0)
+    page.get_by_role("button", name="Generation settings").click()
+    SEEN["seed box"] = tab.get_by_label("Seed (sampling)").input_value()
+    set_number(tab, "Max new tokens", 2000)
+    box.fill("Explain the with statement.")
+    page.get_by_role("button", name="Send", exact=True).click()
+    expect(last_reply(page)).to_contain_text("tokens…", timeout=SLOW)
+    page.get_by_role("button", name="Stop", exact=True).click()
+    expect(last_reply(page)).to_contain_text("stopped", timeout=SLOW)
+    stopped = last_reply(page).inner_text()
+    footer = re.search(r"(\d+) tokens · first token .* tok/s · nf4 · stopped", stopped)
+    assert footer, stopped
+    # greedy: the stopped reply is the start of the whole one, cut short
+    assert int(footer.group(1)) < whole_tokens, (stopped, whole_tokens)
+    assert whole_text.startswith(stopped[:footer.start()].rstrip()), (stopped, whole_text)
+    # and the app is ready for the next message: the server released the model
+    from quant.registry import default_registry
+
+    registry = default_registry()
+    key = next(m.key for m in registry.loaded() if m.label == f"{LLAMA} [nf4]")
+    deadline = time.monotonic() + 30
+    while registry.in_use(key) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert registry.in_use(key) == 0
+    # short answers again for the batch tab, which uses these settings
+    set_number(tab, "Max new tokens", 24)
+    shot(page, "chat.png")
+    no_js_errors(ui)
+
+
+@pytest.mark.xfail(reason="gr.Number(value=None) shows and sends 0, so an untouched Seed box seeds every sampled "
+                          "reply with 0 (respond() only treats None or '' as 'no seed')", raises=AssertionError, strict=False)
+def test_2b_seed_box_starts_empty():
+    assert SEEN["seed box"] == ""
+
+
+# --- 3. Batch tab ---------------------------------------------------------------------------------------------------
+
+def test_3_batch_runs_and_downloads(ui):
+    page = ui.page
+    prompts = ["The with statement", "A class definition", "Assignment statements"]
+    page.get_by_role("tab", name="Batch").click()
+    tab = page.get_by_role("tabpanel")  # the shown tab's content only
+    expect(tab.get_by_text(f"Answering: {LLAMA} [nf4]")).to_be_visible()
+    tab.get_by_label("Prompts, one per line").fill("\n".join(prompts))
+    set_number(tab, "Batch size", 2)
+    page.get_by_role("button", name="Run batch", exact=True).click()
+
+    expect(tab.get_by_text(re.compile(r"3/3 prompts in [\d.]+ s · [\d.]+ prompts/s"))).to_be_visible(timeout=SLOW)
+    results = tab.get_by_role("grid", name="Results")
+    expect(data_rows(results)).to_have_count(3)
+    for i, prompt in enumerate(prompts):
+        row = data_rows(results).nth(i)
+        expect(row.get_by_role("gridcell").nth(0)).to_have_text(str(i + 1))
+        expect(row.get_by_role("gridcell").nth(1)).to_have_text(prompt)
+        expect(row.get_by_role("gridcell").nth(2)).not_to_be_empty()  # an answer
+
+    files = tab.locator(".block", has_text="Download results")
+    csv_row = files.get_by_role("row").filter(has_text=".csv")
+    expect(csv_row).to_be_visible(timeout=SLOW)
+    expect(files.get_by_role("row").filter(has_text=".jsonl")).to_be_visible()
+    with page.expect_download() as info:
+        csv_row.get_by_role("link").click()
+    download = info.value
+    assert download.suggested_filename == "batch-results.csv"
+    table = list(csv.DictReader(io.StringIO(Path(download.path()).read_text(encoding="utf-8"))))
+    assert [r["prompt"] for r in table] == prompts
+    assert all(r["output"] and int(r["new_tokens"]) > 0 and not r["error"] for r in table)
+    shot(page, "batch.png")
+    no_js_errors(ui)
+
+
+# --- 4. Compare tab -------------------------------------------------------------------------------------------------
+
+def legend(page) -> list[str]:
+    return [t.text_content() for t in page.locator(".vega-embed svg .role-legend-label text").all()]
+
+
+def test_4_compare_two_modes(ui):
+    page = ui.page
+    page.get_by_role("tab", name="Compare").click()
+    tab = page.get_by_role("tabpanel")  # the shown tab's content only
+    for mode, ticked in (("fp32", False), ("fp16", False), ("bf16", True), ("int8", False), ("nf4", True),
+                         ("fp4", False)):
+        page.get_by_role("checkbox", name=mode, exact=True).set_checked(ticked)
+    tab.get_by_label("Prompts (one per line; empty: built-in)").fill("The with statement\nA class")
+    set_number(tab, "Batch size (throughput)", 2)
+    set_number(tab, "New tokens per measurement", 8)
+    page.get_by_role("button", name="Compare", exact=True).click()
+
+    results = tab.get_by_role("grid", name="Results")
+    expect(data_rows(results)).to_have_count(2, timeout=SLOW)
+    bf16, nf4 = data_rows(results).nth(0), data_rows(results).nth(1)
+    expect(bf16.get_by_role("gridcell").nth(0)).to_have_text("bf16")
+    expect(nf4.get_by_role("gridcell").nth(0)).to_have_text("nf4")
+    expect(nf4.get_by_role("gridcell").nth(10)).to_have_text("Linear4bit×28")
+    for row in (bf16, nf4):
+        expect(row.get_by_role("gridcell").nth(1)).to_have_text("")  # no error
+    # the run is over when the exports and the side-by-side answers are there
+    exports = tab.locator(".block", has_text="Export (JSON, CSV)")
+    expect(exports.get_by_role("row").filter(has_text=".csv")).to_be_visible(timeout=SLOW)
+    expect(exports.get_by_role("row").filter(has_text=".json")).to_have_count(1)
+    expect(tab.get_by_text("Greedy answers; words that differ from")).to_be_visible()
+    expect(page.get_by_role("heading", name="A class")).to_be_visible()
+    # the bar plot: 4 metrics x 2 modes
+    plot = tab.locator(".vega-embed")
+    expect(plot).to_be_visible()
+    expect(plot.locator("svg .mark-rect path")).to_have_count(8)
+    # Gradio's plot keeps the colour scale of its first streamed value (bf16 alone) until it is drawn again
+    # (test_4b); showing the tab again redraws it from the final value
+    SEEN["legend before redraw"] = legend(page)
+    page.get_by_role("tab", name="Model").click()
+    page.get_by_role("tab", name="Compare").click()
+    expect(plot.locator("svg .role-legend-label text")).to_have_count(2)
+    assert legend(page) == ["bf16", "nf4"]
+    shot(page, "compare.png")
+    no_js_errors(ui)
+
+
+@pytest.mark.xfail(reason="Gradio 6.31 BarPlot: a streamed update replaces only the data, not the colour domain "
+                          "computed from the first value, so nf4's bars and legend entry are missing until the plot "
+                          "is redrawn (e.g. by switching tabs)", raises=AssertionError, strict=False)
+def test_4b_compare_plot_shows_every_mode_without_a_redraw():
+    assert SEEN["legend before redraw"] == ["bf16", "nf4"]
+
+
+# --- 5. Quantize tab ------------------------------------------------------------------------------------------------
+
+def test_5_quantize_and_push(ui):
+    page, hub = ui.page, ui.hub
+    page.get_by_role("tab", name="Quantize").click()
+    tab = page.get_by_role("tabpanel")  # the shown tab's content only
+    expect(page.get_by_role("radio", name="GPTQ (calibrated, gptqmodel)")).to_be_checked()
+    expect(tab.get_by_label("Source model (unquantized): Hub id, local folder or demo model")).to_have_value(LLAMA)
+    set_number(tab, "Calibration samples", 8)
+    set_number(tab, "Sample length (tokens)", 64)
+    page.get_by_role("button", name="Quantize", exact=True).click()
+
+    expect(tab.get_by_text("Saved to")).to_be_visible(timeout=SLOW)
+    expect(tab.get_by_text("Saved to")).to_contain_text(str(ui.output_dir))
+    table = tab.get_by_role("grid", name="Original vs quantized")
+    expect(data_rows(table)).to_have_count(2)
+    original, gptq = data_rows(table).nth(0), data_rows(table).nth(1)
+    expect(original.get_by_role("gridcell").nth(0)).to_have_text("original")
+    expect(gptq.get_by_role("gridcell").nth(0)).to_have_text("gptq")
+    size = lambda row: float(row.get_by_role("gridcell").nth(1).inner_text())  # noqa: E731
+    assert size(gptq) < size(original)
+    folder_box = tab.get_by_label("Folder to push")
+    expect(folder_box).to_have_value(re.compile(re.escape(str(ui.output_dir)) + r"/tiny-llama-chat-GPTQ-4bit-g128"))
+    folder = Path(folder_box.input_value())
+    assert (folder / "model.safetensors").is_file()
+    files = tab.locator(".block", has_text="The quantized folder's files")
+    expect(files.get_by_role("row").filter(has_text="model").filter(has_text=".safetensors")).to_be_visible()
+
+    tab.get_by_label("Repo id").fill(REPO)
+    tab.get_by_label("Hugging Face token (write)").fill(TOKEN)
+    page.get_by_role("button", name="Push to the Hub", exact=True).click()
+    pushed = tab.get_by_text(f"Pushed to {REPO}")
+    expect(pushed).to_be_visible(timeout=SLOW)
+    expect(pushed.get_by_role("link", name=REPO)).to_have_attribute("href", re.compile(re.escape(REPO) + "$"))
+    on_hub = hub.files(REPO)
+    assert {"model.safetensors", "config.json", "README.md"} <= set(on_hub)
+    assert on_hub["model.safetensors"] == (folder / "model.safetensors").read_bytes()
+    assert hub.repos[("model", REPO)].private  # the Private box is ticked by default
+    assert hub.token_leaks(TOKEN) == []
+    assert hub.find_requests(pattern="/commit/"), "the push made no commit"
+    assert all(r.authorization == f"Bearer {TOKEN}" for r in hub.find_requests(pattern=r"/api/(repos|models)/"))
+    assert TOKEN not in page.content()
+    shot(page, "quantize.png")
+    no_js_errors(ui)
+
+
+# --- 6. Korean UI ---------------------------------------------------------------------------------------------------
+
+def test_6_korean_ui(server, browser):
+    from quant.ui_strings import KO
+
+    context = browser.new_context(locale="ko-KR", viewport={"width": 1400, "height": 1000})
+    try:
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(server.url, wait_until="domcontentloaded")
+        tabs = page.get_by_role("tab")
+        expect(tabs).to_have_text([KO["tab.model"], KO["tab.chat"], KO["tab.batch"], KO["tab.compare"],
+                                   KO["tab.quantize"]], timeout=SLOW)
+        assert [KO[k] for k in ("tab.model", "tab.chat", "tab.batch", "tab.compare", "tab.quantize")] == \
+            ["모델", "채팅", "배치", "비교", "양자화"]
+        expect(page.get_by_role("button", name=KO["load"], exact=True)).to_be_visible()
+        expect(page.get_by_label(KO["model.box"])).to_have_value(LLAMA)
+        expect(page.get_by_text(KO["mode"], exact=True)).to_be_visible()
+        page.get_by_role("tab", name=KO["tab.chat"]).click()
+        expect(page.get_by_role("button", name=KO["send"], exact=True)).to_be_visible()
+        expect(page.get_by_placeholder(KO["message"])).to_be_visible()
+        page.get_by_role("tab", name=KO["tab.model"]).click()
+        expect(page.get_by_role("button", name=KO["load"], exact=True)).to_be_visible()
+        page.screenshot(path=str(SHOTS / "korean.png"), full_page=True)
+        assert errors == []
+    finally:
+        context.close()
+
+
+@pytest.mark.xfail(reason="the Model tab's loaded-models dropdown and tables are filled once, when the UI is built: "
+                          "a new visitor sees none of the models the server holds until a load or Refresh",
+                   raises=AssertionError, strict=False)
+def test_6b_a_new_visitor_sees_the_loaded_models(server, browser):
+    from quant.registry import default_registry
+
+    labels = [m.label for m in default_registry().loaded()]
+    if not labels:
+        raise RuntimeError("earlier tests should have left models loaded")
+    context = browser.new_context(locale="en-US", viewport={"width": 1400, "height": 1000})
+    try:
+        page = context.new_page()
+        page.goto(server.url, wait_until="domcontentloaded")
+        grid = page.get_by_role("grid", name="Loaded in this server (shared by all sessions)")
+        expect(grid).to_be_visible(timeout=SLOW)
+        expect(data_rows(grid)).to_have_count(len(labels), timeout=5_000)
+    finally:
+        context.close()
