@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -79,19 +80,25 @@ def bench_shape(shape: str, work: Path, args, bandwidth: float) -> dict:
     prompts = prompts_from_text(32, 24)
     registry = ModelRegistry(max_models=1)
     rows = []
-    for result in compare(str(checkpoint), specs, registry=registry, prompts=prompts, eval_text="",
-                          batch_size=32, new_tokens=args.new_tokens, answer_tokens=8, device_map="cuda:0"):
-        row = asdict(result)
-        row.pop("answers")
-        if not result.error:
-            # Batch-1 decode reads every weight once per token: bytes / bandwidth is the fastest it can be.
-            floor = bandwidth / result.footprint_bytes
-            row["bandwidth_floor_tok_s"] = floor
-            row["share_of_floor"] = result.decode_tokens_per_s / floor
-        print(f"[{shape}] {result.label}: {result.error or ''} "
-              f"b1 {row.get('decode_tokens_per_s') or 0:.1f} tok/s, b32 {row.get('batch_tokens_per_s') or 0:.0f} tok/s",
-              flush=True)
-        rows.append(row)
+    for path in args.paths.split(","):
+        # The same modes on each generation path: eager HF generate, then the compiled path the app uses by default.
+        os.environ["QUANT_FAST_GENERATION"] = {"eager": "off", "compiled": "auto"}[path]
+        os.environ["QUANT_COMPILED_BATCH_SIZES"] = "1,32"
+        for result in compare(str(checkpoint), specs, registry=registry, prompts=prompts, eval_text="",
+                              batch_size=32, new_tokens=args.new_tokens, answer_tokens=8, device_map="cuda:0"):
+            row = asdict(result)
+            row.pop("answers")
+            row["path"] = path
+            if not result.error:
+                # Batch-1 decode reads every weight once per token: bytes / bandwidth is the fastest it can be.
+                floor = bandwidth / result.footprint_bytes
+                row["bandwidth_floor_tok_s"] = floor
+                row["share_of_floor"] = result.decode_tokens_per_s / floor
+            print(f"[{shape}] {path} {result.label}: {result.error or ''} "
+                  f"b1 {row.get('decode_tokens_per_s') or 0:.1f} tok/s, b32 {row.get('batch_tokens_per_s') or 0:.0f} "
+                  f"tok/s, {result.generation_path}", flush=True)
+            rows.append(row)
+    os.environ.pop("QUANT_FAST_GENERATION")
 
     # The Batch tab's path: 32 prompts through run_batch (left padding, stop tokens), fp16, nf4 and GPTQ.
     batch_rows = []
@@ -132,24 +139,56 @@ def bench_attention(work: Path, args) -> list[dict]:
     return rows
 
 
+def goal_lines(rows: list[dict]) -> list[str]:
+    """The issue's goals as ratios between rows of this run (compiled path unless said otherwise)."""
+    def rate(label: str, path: str, key: str = "decode_tokens_per_s") -> float | None:
+        row = next((r for r in rows if r["label"].startswith(label) and r["path"] == path and not r["error"]), None)
+        return row[key] if row else None
+
+    def ratio(a, b) -> str:
+        return f"{a / b:.2f}x" if a and b else "n/a"
+
+    bf16_share = next((r["share_of_floor"] for r in rows if r["label"] == "bf16" and r["path"] == "compiled"
+                       and not r["error"]), None)
+    lines = ["Goals (ratios within this run):", "",
+             f"- bf16 compiled b1 share of the bandwidth floor: {bf16_share:.0%} (goal >= 50%)" if bf16_share
+             else "- bf16 compiled: n/a"]
+    for row in rows:
+        if row["label"].startswith("gptq") and row["path"] == "compiled" and not row["error"]:
+            lines.append(f"- {row['label']} compiled b1 / bf16 compiled b1: "
+                         f"{ratio(row['decode_tokens_per_s'], rate('bf16', 'compiled'))} (goal >= 1.8x)")
+    lines += [f"- nf4 compiled b1 / bf16 eager b1: {ratio(rate('nf4', 'compiled'), rate('bf16', 'eager'))} "
+              "(goal >= 1.0x)",
+              f"- int8 b1 (eager) / bf16 eager b1: {ratio(rate('int8', 'eager'), rate('bf16', 'eager'))} (goal >= 0.5x)"]
+    for label in ("bf16", "gptq", "nf4", "fp16"):
+        compiled, eager = rate(label, "compiled", "batch_tokens_per_s"), rate(label, "eager", "batch_tokens_per_s")
+        if compiled and eager:
+            lines.append(f"- {label} b32 compiled / eager: {ratio(compiled, eager)}" +
+                         (" (goal >= 3x)" if label in ("bf16", "gptq") else ""))
+    return lines
+
+
 def markdown(summary: dict) -> str:
     lines = [f"# GPU benchmark on {summary['device']}", "",
              f"torch {summary['torch']}, transformers {summary['transformers']}; measured copy bandwidth "
-             f"{summary['bandwidth_gb_s']:.0f} GB/s; eager HF `generate`, greedy, {summary['new_tokens']} new tokens; "
+             f"{summary['bandwidth_gb_s']:.0f} GB/s; HF `generate` on each path (eager; compiled = static cache + "
+             f"torch.compile, warmed at load), greedy, {summary['new_tokens']} new tokens; "
              "random-weight Llama shapes, demo tokenizer.", ""]
     for shape in summary["shapes"]:
         lines += [f"## Llama-{shape['shape']} shape", "",
-                  "| mode | footprint MiB | load s | peak GPU MiB | TTFT s | b1 tok/s | floor tok/s | share | "
-                  "b32 tok/s | layers |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| mode | path | footprint MiB | compile s | peak GPU MiB | TTFT s | b1 tok/s | floor tok/s | share | "
+                  "b32 tok/s | layers |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in shape["modes"]:
             if r["error"]:
-                lines.append(f"| {r['label']} | failed: {r['error']} |||||||||")
+                lines.append(f"| {r['label']} | {r['path']} | failed: {r['error']} |||||||||")
                 continue
             layers = ", ".join(f"{k}×{v}" for k, v in r["linear_layers"].items() if k != "Linear") or "Linear"
-            lines.append(f"| {r['label']} | {r['footprint_bytes'] / MiB:,.0f} | {r['load_seconds']:.1f} | "
-                         f"{r['peak_gpu_bytes'] / MiB:,.0f} | {r['time_to_first_token_s']:.3f} | "
-                         f"{r['decode_tokens_per_s']:.1f} | {r['bandwidth_floor_tok_s']:.0f} | "
-                         f"{r['share_of_floor']:.0%} | {r['batch_tokens_per_s']:,.0f} | {layers} |")
+            lines.append(f"| {r['label']} | {r['generation_path']} | {r['footprint_bytes'] / MiB:,.0f} | "
+                         f"{r['compile_seconds'] or 0:.0f} | {r['peak_gpu_bytes'] / MiB:,.0f} | "
+                         f"{r['time_to_first_token_s']:.3f} | {r['decode_tokens_per_s']:.1f} | "
+                         f"{r['bandwidth_floor_tok_s']:.0f} | {r['share_of_floor']:.0%} | "
+                         f"{r['batch_tokens_per_s']:,.0f} | {layers} |")
+        lines += ["", *goal_lines(shape["modes"]), ""]
         if shape.get("gptq_quantize_seconds"):
             lines.append(f"\nGPTQ 4-bit g128 quantization of this shape took {shape['gptq_quantize_seconds']:.0f} s.")
         lines += ["", "Batch tab path (32 prompts, one batch of 32, `run_batch`):", "",
@@ -181,6 +220,7 @@ def main() -> None:
     parser.add_argument("--attention", action="store_true", help="also eager vs sdpa with 1k-token prompts")
     parser.add_argument("--tag", default="")
     parser.add_argument("--modes", help="only these labels, e.g. fp16,int8,nf4,gptq")
+    parser.add_argument("--paths", default="eager,compiled", help="generation paths to measure: eager,compiled")
     parser.add_argument("--no-batch-tab", dest="batch_tab", action="store_false", help="skip the run_batch rows")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

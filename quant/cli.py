@@ -240,7 +240,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             results.append(result)
     finally:
         bar.close()
-    header = f"{'mode':<24}{'MiB':>9}{'load s':>8}{'TTFT s':>8}{'b1 tok/s':>10}{'batch tok/s':>12}{'ppl':>9}"
+    header = (f"{'mode':<24}{'MiB':>9}{'load s':>8}{'TTFT s':>8}{'b1 tok/s':>10}{'batch tok/s':>12}{'ppl':>9}"
+              "  generation path")
     print(header)
     for r in results:
         if r.error:
@@ -248,7 +249,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             continue
         print(f"{r.label:<24}{r.footprint_bytes / 2**20:>9.1f}{r.load_seconds:>8.2f}{r.time_to_first_token_s:>8.3f}"
               f"{r.decode_tokens_per_s:>10.1f}{r.batch_tokens_per_s:>12.1f}"
-              f"{(r.perplexity if r.perplexity is not None else float('nan')):>9.2f}")
+              f"{(r.perplexity if r.perplexity is not None else float('nan')):>9.2f}  {r.generation_path}")
     if args.json:
         from .compare import DEFAULT_PROMPTS
 

@@ -18,7 +18,7 @@ import torch
 from transformers import TextIteratorStreamer
 
 from .errors import QuantError
-from .generation import GenerationSettings, generate_batch
+from .generation import GenerationSettings, generate_batch, start_generate
 from .gptq import builtin_textsets
 from .loader import LoadedModel, LoadRequest
 from .metrics import perplexity
@@ -72,6 +72,8 @@ class ModeResult:
     error: str | None = None
     footprint_bytes: int | None = None
     load_seconds: float | None = None
+    compile_seconds: float | None = None
+    """Compiling and warming the fast path at load time (0 on the eager path)."""
     ram_bytes: int | None = None
     peak_gpu_bytes: int | None = None
     time_to_first_token_s: float | None = None
@@ -81,7 +83,8 @@ class ModeResult:
     perplexity: float | None = None
     linear_layers: dict | None = None
     attn_implementation: str | None = None
-    generation_path: str = "eager generate"
+    generation_path: str = ""
+    """Which generation path the speed measurements ran on (compiled or eager, and why)."""
     answers: list[str] = field(default_factory=list)
 
 
@@ -90,8 +93,9 @@ def _cuda_sync() -> None:
         torch.cuda.synchronize()
 
 
-def measure_decode(loaded: LoadedModel, prompt: str, new_tokens: int) -> tuple[float, float]:
-    """Time to first token and batch-1 decode rate (tokens after the first / their time), `new_tokens` forced."""
+def measure_decode(loaded: LoadedModel, prompt: str, new_tokens: int) -> tuple[float, float, bool]:
+    """Time to first token, batch-1 decode rate (tokens after the first / their time) with `new_tokens` forced, and
+    whether the compiled path served it (the same path the Chat tab uses)."""
     inputs = loaded.tokenizer(prompt, return_tensors="pt").to(loaded.device)
     streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True)
     stamps: list[float] = []
@@ -107,33 +111,35 @@ def measure_decode(loaded: LoadedModel, prompt: str, new_tokens: int) -> tuple[f
                   pad_token_id=loaded.tokenizer.pad_token_id)
     _cuda_sync()
     started = time.perf_counter()
-    worker = threading.Thread(target=lambda: loaded.model.generate(**kwargs), daemon=True)
-    worker.start()
+    future, compiled = start_generate(loaded, kwargs, batch_size=1,
+                                      total_tokens=inputs["input_ids"].shape[1] + new_tokens)
     for _ in streamer:
         pass
-    worker.join()
+    future.result()
     _cuda_sync()
     ended = time.perf_counter()
     token_stamps = stamps[1:]  # the first put is the prompt (causal) or the decoder start token (seq2seq)
     first = token_stamps[0] if token_stamps else ended
     decode = (len(token_stamps) - 1) / max(ended - first, 1e-9) if len(token_stamps) > 1 else 0.0
-    return first - started, decode
+    return first - started, decode, compiled
 
 
-def measure_batch(loaded: LoadedModel, prompts: list[str], batch_size: int, new_tokens: int) -> float:
-    """Generated tokens per second for one padded batch of `batch_size` prompts, `new_tokens` each."""
+def measure_batch(loaded: LoadedModel, prompts: list[str], batch_size: int, new_tokens: int) -> tuple[float, bool]:
+    """Generated tokens per second for one padded batch of `batch_size` prompts, `new_tokens` each, and whether the
+    compiled path served it."""
     batch = [prompts[i % len(prompts)] for i in range(batch_size)]
     tokenizer = loaded.tokenizer
     causal = loaded.source.kind == "causal"
     encoded = tokenizer(batch, return_tensors="pt", padding=True, padding_side="left" if causal else "right")
+    kwargs = dict(**encoded.to(loaded.device), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                  do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
     _cuda_sync()
     started = time.perf_counter()
-    with torch.inference_mode():
-        loaded.model.generate(**encoded.to(loaded.device), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                              do_sample=False, temperature=None, top_p=None, top_k=None,
-                              pad_token_id=tokenizer.pad_token_id)
+    future, compiled = start_generate(loaded, kwargs, batch_size=batch_size,
+                                      total_tokens=encoded["input_ids"].shape[1] + new_tokens)
+    future.result()
     _cuda_sync()
-    return batch_size * new_tokens / (time.perf_counter() - started)
+    return batch_size * new_tokens / (time.perf_counter() - started), compiled
 
 
 def measure_mode(loaded: LoadedModel, result: ModeResult, *, prompts: list[str], eval_text: str | None,
@@ -142,15 +148,18 @@ def measure_mode(loaded: LoadedModel, result: ModeResult, *, prompts: list[str],
     report = loaded.report
     result.footprint_bytes = report.footprint_bytes
     result.load_seconds = report.load_seconds
+    result.compile_seconds = report.compile_seconds
     result.linear_layers = report.linear_layers
     result.attn_implementation = report.attn_implementation
     measure_decode(loaded, prompts[0], 4)  # warm-up: kernels, caches, allocator
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    result.time_to_first_token_s, result.decode_tokens_per_s = measure_decode(loaded, prompts[0], new_tokens)
+    result.time_to_first_token_s, result.decode_tokens_per_s, decode_compiled = measure_decode(
+        loaded, prompts[0], new_tokens)
     result.batch_size = batch_size
     measure_batch(loaded, prompts, batch_size, 2)  # warm-up at this batch shape (kernel selection, workspaces)
-    result.batch_tokens_per_s = measure_batch(loaded, prompts, batch_size, new_tokens)
+    result.batch_tokens_per_s, batch_compiled = measure_batch(loaded, prompts, batch_size, new_tokens)
+    result.generation_path = _path_used(loaded, decode_compiled, batch_compiled, batch_size)
     if torch.cuda.is_available():
         result.peak_gpu_bytes = sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count()))
     result.ram_bytes = process_rss()
@@ -158,6 +167,16 @@ def measure_mode(loaded: LoadedModel, result: ModeResult, *, prompts: list[str],
         result.perplexity = perplexity(loaded, eval_text, max_tokens=4096).value
     settings = GenerationSettings(max_new_tokens=answer_tokens)
     result.answers = [text for text, _ in generate_batch(loaded, list(prompts), settings)]
+
+
+def _path_used(loaded: LoadedModel, decode_compiled: bool, batch_compiled: bool, batch_size: int) -> str:
+    """Which path the decode and batch measurements ran on, e.g. "compiled (b1, b8)" or "eager (reason)"."""
+    if decode_compiled and batch_compiled:
+        return f"compiled (b1, b{batch_size})"
+    if decode_compiled or batch_compiled:
+        compiled, eager = ("b1", f"b{batch_size}") if decode_compiled else (f"b{batch_size}", "b1")
+        return f"compiled ({compiled}), eager ({eager}: not a compiled batch size or too long)"
+    return loaded.path.describe()
 
 
 @dataclass

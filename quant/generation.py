@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -16,7 +17,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from .errors import QuantError
-from .loader import LoadedModel
+from .loader import LoadedModel, model_context_length
 
 # End-of-turn tokens of common chat templates; whichever exist in a tokenizer's vocabulary stop generation too.
 END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "</s>")
@@ -92,13 +93,7 @@ def stop_token_ids(loaded: LoadedModel) -> list[int]:
 
 def context_length(loaded: LoadedModel) -> int | None:
     """Tokens the model can attend to (prompt + reply), or None when it has no fixed limit."""
-    config = loaded.model.config
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    limit = getattr(loaded.tokenizer, "model_max_length", None)
-    return limit if isinstance(limit, int) and limit < 1_000_000 else None
+    return model_context_length(loaded.model, loaded.tokenizer)
 
 
 class _StopOnEvent(StoppingCriteria):
@@ -127,6 +122,26 @@ class _CountingStreamer(TextIteratorStreamer):
                 self.first_token_at = time.perf_counter()
         self._seen_prompt = True
         super().put(value)
+
+
+def start_generate(loaded: LoadedModel, kwargs: dict, *, batch_size: int, total_tokens: int,
+                   seed: GenerationSettings | None = None) -> tuple[Future, bool]:
+    """Run `model.generate(**kwargs)` on the model's generation path; returns its future and whether it is compiled.
+
+    The compiled path runs it on the model's runner thread with a warmed static cache when `batch_size` is one of the
+    compiled sizes and prompt + reply (`total_tokens`) fit; anything else runs eagerly on a thread of its own.
+    """
+    compiled_batch = loaded.path.compiled_batch_size(batch_size, total_tokens)
+    if compiled_batch is not None and compiled_batch != batch_size:
+        raise GenerationError(f"Internal: a batch of {batch_size} must be padded to {compiled_batch} first.")
+
+    def generate(**call_kwargs):
+        if seed is not None:
+            _seed(seed)  # on the generating thread, right before it samples
+        with torch.inference_mode():
+            return loaded.model.generate(**call_kwargs)
+
+    return loaded.path.submit(generate, kwargs, compiled_batch), compiled_batch is not None
 
 
 # --- chat ---------------------------------------------------------------------------------------------------------
@@ -192,6 +207,8 @@ class GenerationStats:
     seconds: float = 0.0
     time_to_first_token: float | None = None
     mode: str = ""
+    path: str = ""
+    """"compiled" or "eager": which generation path served this reply."""
     stopped: bool = False
 
     @property
@@ -204,7 +221,7 @@ class GenerationStats:
     def summary(self) -> str:
         ttft = f"{self.time_to_first_token:.2f} s" if self.time_to_first_token is not None else "n/a"
         text = (f"{self.new_tokens} tokens · first token {ttft} · {self.tokens_per_second:.1f} tok/s · "
-                f"{self.mode}")
+                f"{self.mode}" + (f" · {self.path}" if self.path else ""))
         return text + (" · stopped" if self.stopped else "")
 
 
@@ -247,21 +264,12 @@ def stream_chat(loaded: LoadedModel, history: list[dict], *, system_prompt: str 
                   streamer=streamer, stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]),
                   eos_token_id=stop_token_ids(loaded), pad_token_id=loaded.tokenizer.pad_token_id,
                   **{**settings.generate_kwargs(), "max_new_tokens": prompt.max_new_tokens})
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            _seed(settings)
-            with torch.inference_mode():
-                loaded.model.generate(**kwargs)
-        except BaseException as exc:  # noqa: BLE001 - reported to the consumer below
-            errors.append(exc)
-            streamer.end()
-
-    stats = GenerationStats(mode=loaded.request.mode.value)
-    started = time.perf_counter()
-    worker = threading.Thread(target=run, name="quant-chat-generate", daemon=True)
-    worker.start()
+    started = time.perf_counter()  # time to first token includes waiting for the model's runner
+    future, compiled = start_generate(loaded, kwargs, batch_size=1, seed=settings,
+                                      total_tokens=prompt.input_ids.shape[1] + prompt.max_new_tokens)
+    # A generate that fails never ends the stream itself.
+    future.add_done_callback(lambda done: None if done.cancelled() or done.exception() is None else streamer.end())
+    stats = GenerationStats(mode=loaded.request.mode.value, path="compiled" if compiled else "eager")
     text = ""
     try:
         for piece in streamer:
@@ -275,9 +283,11 @@ def stream_chat(loaded: LoadedModel, history: list[dict], *, system_prompt: str 
     finally:
         stats.stopped = stop.is_set()
         stop.set()  # a consumer that leaves early (GeneratorExit) stops the generation too
-        worker.join()
-    if errors:
-        raise GenerationError(f"Generation failed: {str(errors[0]).splitlines()[0]}")
+        future.cancel()  # still queued behind another session's generation: never starts
+        wait([future])
+    failure = None if future.cancelled() else future.exception()
+    if failure is not None:
+        raise GenerationError(f"Generation failed: {str(failure).splitlines()[0] if str(failure) else type(failure).__name__}")
     stats.new_tokens = streamer.generated
     stats.seconds = time.perf_counter() - started
     if streamer.first_token_at is not None:
@@ -343,19 +353,25 @@ def generate_batch(loaded: LoadedModel, prompts: list[str], settings: Generation
     texts = _batch_texts(loaded, prompts, use_chat_template, system_prompt)
     causal = loaded.source.kind == "causal"
     templated = use_chat_template  # the template already holds the BOS token
-    encoded = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left" if causal else "right",
-                        add_special_tokens=not templated)
+    encode = dict(return_tensors="pt", padding=True, padding_side="left" if causal else "right",
+                  add_special_tokens=not templated)
+    encoded = tokenizer(texts, **encode)
     limit = context_length(loaded)
-    if limit is not None and encoded["input_ids"].shape[1] + (settings.max_new_tokens if causal else 0) > limit:
+    total = encoded["input_ids"].shape[1] + (settings.max_new_tokens if causal else 0)
+    if limit is not None and total > limit:
         raise GenerationError(
             f"A prompt of this batch has {int(encoded['attention_mask'].sum(1).max())} tokens: with "
             f"{settings.max_new_tokens} new tokens that is past the model's context of {limit}.")
+    compiled_batch = loaded.path.compiled_batch_size(len(texts), total)
+    if compiled_batch is not None and compiled_batch > len(texts):
+        # The compiled decode step exists for fixed batch sizes: fill up with copies, drop their rows below.
+        encoded = tokenizer(texts + [texts[-1]] * (compiled_batch - len(texts)), **encode)
     criteria = StoppingCriteriaList([_StopOnEvent(stop)]) if stop is not None else None
-    _seed(settings)
-    with torch.inference_mode():
-        out = loaded.model.generate(**encoded.to(loaded.device), eos_token_id=stop_token_ids(loaded),
-                                    pad_token_id=tokenizer.pad_token_id, stopping_criteria=criteria,
-                                    **settings.generate_kwargs())
+    future, _ = start_generate(loaded, dict(**encoded.to(loaded.device), eos_token_id=stop_token_ids(loaded),
+                                         pad_token_id=tokenizer.pad_token_id, stopping_criteria=criteria,
+                                         **settings.generate_kwargs()),
+                            batch_size=encoded["input_ids"].shape[0], total_tokens=total, seed=settings)
+    out = future.result()[:len(texts)]
     new = out[:, encoded["input_ids"].shape[1]:] if causal else out[:, 1:]
     stop_ids = set(stop_token_ids(loaded)) | {tokenizer.pad_token_id}
     results = []

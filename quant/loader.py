@@ -15,7 +15,8 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokeni
 
 from .attention import check_attention
 from .errors import PlacementError, QuantError
-from .modes import Mode, QuantOptions, check_mode, parse_mode, quantization_config, torch_dtype
+from .fastpath import GenerationPath, configure_kernel_cache, eager_path, prepare_generation_path
+from .modes import Mode, QuantOptions, check_mode, default_gptq_backend, parse_mode, quantization_config, torch_dtype
 from .placement import parse_device_map, parse_max_memory, target_is_cuda
 from .report import (
     LoadReport,
@@ -71,6 +72,8 @@ class LoadedModel:
     model: PreTrainedModel
     tokenizer: Any
     report: LoadReport
+    path: GenerationPath = field(default_factory=lambda: eager_path(""))
+    """How `generate` runs on it (compiled or eager), decided and warmed up at load time."""
 
     @property
     def label(self) -> str:
@@ -153,6 +156,7 @@ def load_model(request: LoadRequest, progress: ProgressFn | None = None) -> Load
     Raises QuantError (and its subclasses) with a message for the user; nothing stays allocated on failure.
     """
     progress = progress or (lambda fraction, message: None)
+    configure_kernel_cache()  # before any kernel is built (gptqmodel builds Marlin/ExLlama on first load)
     progress(0.0, f"Reading the config of {request.model}")
     source, kwargs, warnings = prepare(request)
     progress(0.1, "Loading the tokenizer")
@@ -216,9 +220,28 @@ def load_model(request: LoadRequest, progress: ProgressFn | None = None) -> Load
         quantization=_jsonable(quant.to_dict() if hasattr(quant, "to_dict") else quant),
         warnings=warnings,
     )
+    progress(0.92, "Preparing generation")
+    path = prepare_generation_path(
+        model, tokenizer, mode=request.mode, kind=source.kind, context=model_context_length(model, tokenizer),
+        gptq_backend=request.options.gptq_backend or default_gptq_backend(target_is_cuda(kwargs["device_map"])),
+        progress=lambda message: progress(0.95, message),
+    )
+    report.generation_path = path.describe()
+    report.compile_seconds = path.warmup_seconds
+    report.static_cache_bytes = path.cache_bytes
     progress(1.0, "Loaded")
     # The token served this load only: it is not kept with a model that every session can see.
-    return LoadedModel(request.key, replace(request, token=None), source, model, tokenizer, report)
+    return LoadedModel(request.key, replace(request, token=None), source, model, tokenizer, report, path)
+
+
+def model_context_length(model: PreTrainedModel, tokenizer: Any) -> int | None:
+    """Tokens the model can attend to (prompt + reply), or None when it has no fixed limit."""
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(model.config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and limit < 1_000_000 else None
 
 
 def _jsonable(value: Any) -> Any:

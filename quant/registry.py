@@ -123,6 +123,7 @@ class ModelRegistry:
                 victim_key = min(idle, key=lambda k: self._entries[k].last_used)
                 victim = self._entries.pop(victim_key)
                 self.evicted.append(victim.loaded.label)
+            victim.loaded.path.close()
             del victim
             release_memory()
 
@@ -159,6 +160,7 @@ class ModelRegistry:
                 )
             del self._entries[key]
         label = entry.loaded.label
+        entry.loaded.path.close()  # compiled graphs and static caches hold GPU memory of their own
         del entry
         release_memory()
         return label

@@ -91,6 +91,12 @@ class LoadReport:
     device_map: dict[str, str]
     quantization: dict | None
     warnings: list[str] = field(default_factory=list)
+    generation_path: str = ""
+    """How generate runs: compiled (static cache + torch.compile) or eager, and why."""
+    compile_seconds: float = 0.0
+    """Compiling and warming the decode step at load time (0 on the eager path)."""
+    static_cache_bytes: int = 0
+    """KV cache held by the compiled path (one static cache per compiled batch size)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -106,6 +112,8 @@ class LoadReport:
             "RAM before→after (MiB)": f"{self.ram_before_bytes / MiB:.0f} → {self.ram_after_bytes / MiB:.0f}",
             "GPU alloc (MiB)": round(sum(self.gpu_allocated_bytes.values()) / MiB, 1),
             "load (s)": round(self.load_seconds, 2),
+            "compile (s)": round(self.compile_seconds, 1),
+            "generation": self.generation_path,
             "quantized layers": ", ".join(f"{k}×{v}" for k, v in quantized.items()) or "none",
         }
 
@@ -124,12 +132,15 @@ class LoadReport:
             "GPU allocated    " + (", ".join(f"{d}: +{mib(b)}" for d, b in self.gpu_allocated_bytes.items()) or "no GPU"),
             f"process RAM      {mib(self.ram_before_bytes)} -> {mib(self.ram_after_bytes)}",
             f"load time        {self.load_seconds:.2f} s",
+            f"generation       {self.generation_path}",
             "linear layers    " + ", ".join(f"{k} x{v}" for k, v in self.linear_layers.items()),
             "placement        " + _placement_text(self.device_map),
         ]
         if self.quantization:
             shown = {k: v for k, v in self.quantization.items() if _shown(k, self.quantization)}
             lines.append("quantization     " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+        if self.compile_seconds:
+            lines.append(f"compile warm-up  {self.compile_seconds:.1f} s, static KV cache {mib(self.static_cache_bytes)}")
         lines += [f"warning          {w}" for w in self.warnings]
         return "\n".join(lines)
 

@@ -22,6 +22,18 @@ class Settings:
     """QUANT_MEMORY_BUDGET (e.g. "16GiB"): the most that all loaded models together may take; LRU idle ones are evicted."""
     max_loaded_models: int
     """QUANT_MAX_LOADED_MODELS: how many models stay loaded at once (default 3)."""
+    fast_generation: str
+    """QUANT_FAST_GENERATION: "auto" (default: static cache + compiled decode for 16/32-bit models on a GPU), "all"
+    (also the quantized kernels that can trace, and the CPU: for experiments and tests), or "off"."""
+    static_cache_tokens: int
+    """QUANT_STATIC_CACHE_TOKENS: prompt + reply tokens the compiled path holds (default 2048, at most the context)."""
+    compiled_batch_sizes: tuple[int, ...]
+    """QUANT_COMPILED_BATCH_SIZES: batch sizes compiled at load time (default "1,8"); smaller batches are padded up."""
+    compile_backend: str
+    """QUANT_COMPILE_BACKEND: torch.compile backend of the fast path (default "inductor")."""
+    kernel_cache: str
+    """QUANT_KERNEL_CACHE: folder for compiled kernels (Inductor, Triton, gptqmodel's Marlin/ExLlama builds), kept
+    across restarts. Default ~/.cache/quant-playground/kernels."""
 
 
 def load_settings() -> Settings:
@@ -30,4 +42,14 @@ def load_settings() -> Settings:
         trust_remote_code=_flag("QUANT_TRUST_REMOTE_CODE"),
         memory_budget=os.environ.get("QUANT_MEMORY_BUDGET") or None,
         max_loaded_models=int(os.environ.get("QUANT_MAX_LOADED_MODELS", "3")),
+        fast_generation=os.environ.get("QUANT_FAST_GENERATION", "auto").strip().lower() or "auto",
+        static_cache_tokens=int(os.environ.get("QUANT_STATIC_CACHE_TOKENS", "2048")),
+        compiled_batch_sizes=_int_list(os.environ.get("QUANT_COMPILED_BATCH_SIZES", "1,8")),
+        compile_backend=os.environ.get("QUANT_COMPILE_BACKEND", "inductor").strip() or "inductor",
+        kernel_cache=os.environ.get("QUANT_KERNEL_CACHE")
+        or os.path.join(os.path.expanduser("~"), ".cache", "quant-playground", "kernels"),
     )
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    return tuple(sorted({int(part) for part in text.replace(" ", "").split(",") if part}))

@@ -48,7 +48,7 @@ def test_chat_streams_partial_text_token_by_token(llama):
     final = chunks[-1]
     assert final.done and 1 <= final.stats.new_tokens <= 40
     assert final.stats.time_to_first_token is not None and final.stats.tokens_per_second > 0
-    assert final.stats.mode == "fp32" and not final.notices
+    assert final.stats.mode == "fp32" and final.stats.path == "eager" and not final.notices
 
 
 def test_chat_uses_the_chat_template(llama):

@@ -1,0 +1,237 @@
+"""The fast generation path: a static KV cache and a compiled, CUDA-graphed decode step, prepared at load time.
+
+Why: at batch 1, eager HF `generate` spends most of each token launching kernels from Python (an 8B Llama in fp16 on
+an H100 decoded at 11% of its memory-bandwidth floor). transformers compiles the decode step itself when the cache is
+a `StaticCache` (`torch.compile`, mode "reduce-overhead" = CUDA graphs); this module decides where that is used, warms
+it up while the model loads (never at a user's first message), and keeps the compiled state valid:
+
+* CUDA graphs are recorded per thread (torch's cudagraph trees live in thread-local storage), so every compiled call
+  on a model runs on that model's one runner thread; concurrent sessions take turns on it.
+* The graphs hold the KV cache's addresses, so each warmed batch size owns one `StaticCache`, reset between calls.
+* Compilation caches (Inductor, Triton, gptqmodel's kernel builds) go to QUANT_KERNEL_CACHE, so a restart does not
+  pay again.
+
+Where it is not supported (CPU, seq2seq, LLM.int8, a model split over devices) or fails to compile, generation stays
+on the eager path and says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from transformers import StaticCache
+from transformers.generation import CompileConfig
+
+from .modes import Mode
+from .settings import Settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+COMPILED = "static cache + torch.compile"
+EAGER = "eager"
+
+# Quantized kernels that are torch ops (bitsandbytes 4-bit registers torch.library ops, gptqmodel builds Marlin as
+# torch.ops) or plain torch code, so they can trace under torch.compile. transformers' quantizers for them say "not
+# compileable"; their compiled speed is not measured yet, so they are only compiled with QUANT_FAST_GENERATION=all.
+_TRACEABLE_GPTQ_BACKENDS = {"gptq_marlin", "gptq_torch"}
+_TRACEABLE_MODES = {Mode.NF4, Mode.FP4, Mode.GPTQ}
+
+
+def configure_kernel_cache(settings: Settings | None = None) -> str:
+    """Point Inductor, Triton and gptqmodel's JIT builds at QUANT_KERNEL_CACHE (unless already set); returns it."""
+    root = (settings or load_settings()).kernel_cache
+    for variable, sub in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton"),
+                          ("GPTQMODEL_TORCH_EXTENSIONS_DIR", "gptqmodel"), ("TORCH_EXTENSIONS_DIR", "torch_extensions")):
+        os.environ.setdefault(variable, os.path.join(root, sub))
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError:
+        pass  # read-only home: compilation still works, it is just not kept
+    return root
+
+
+def fast_path_refusal(*, mode: Mode, gptq_backend: str | None, kind: str, devices: set[str],
+                      settings: Settings) -> str | None:
+    """Why the compiled path is not used for this model, or None when it is.
+
+    QUANT_FAST_GENERATION: "auto" compiles 16/32-bit models on a GPU (transformers' own static-cache + compile path);
+    "all" also compiles the quantized kernels that can trace (nf4/fp4, GPTQ Marlin or torch) and allows the CPU;
+    "off" never compiles.
+    """
+    choice = settings.fast_generation
+    if choice == "off":
+        return "QUANT_FAST_GENERATION=off"
+    if choice not in ("auto", "all"):
+        return f"QUANT_FAST_GENERATION={choice!r} is not one of auto, all, off"
+    if kind != "causal":
+        return "seq2seq models use the eager path"
+    if len(devices) != 1:
+        return f"the model is split over {', '.join(sorted(devices))}: compiled decode needs one device"
+    if next(iter(devices)).startswith("cpu") and choice != "all":
+        return "CPU: compiling the decode step takes minutes there and gains little"
+    if mode is Mode.INT8:
+        return "LLM.int8 (bitsandbytes int8) cannot be compiled: its outlier split is data-dependent"
+    if mode is Mode.GPTQ and gptq_backend not in _TRACEABLE_GPTQ_BACKENDS:
+        return (f"the {gptq_backend} kernel does not trace under torch.compile (gptq_marlin or gptq_torch can, "
+                "with QUANT_FAST_GENERATION=all)")
+    if mode in _TRACEABLE_MODES and choice != "all":
+        return f"{mode.value}: compiled decode of this kernel is not measured yet (QUANT_FAST_GENERATION=all tries it)"
+    return None
+
+
+def _declare_compileable(model: torch.nn.Module) -> None:
+    """Let transformers compile a quantized model whose kernels we checked (its quantizer says False by default)."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None or quantizer.is_compileable:
+        return
+    base = type(quantizer)
+    quantizer.__class__ = type(base.__name__, (base,), {"is_compileable": property(lambda self: True)})
+
+
+def _prepare_runner_thread() -> None:
+    """Give the runner thread the thread-local state of torch's cudagraph trees.
+
+    Older torch (2.11, on our GPU machines) only sets it up in the main thread and asserts elsewhere; newer torch does
+    this itself, and then nothing is changed here.
+    """
+    from torch._inductor import cudagraph_trees
+
+    if hasattr(cudagraph_trees.local, "tree_manager_containers"):
+        return
+    initialize = getattr(cudagraph_trees, "_initialize_tls", None)
+    if initialize is not None:
+        initialize(cudagraph_trees.local)
+    else:
+        cudagraph_trees.local.tree_manager_containers = {}
+        cudagraph_trees.local.tree_manager_locks = defaultdict(threading.Lock)
+
+
+def _allow_more_recompiles() -> None:
+    """One compiled entry per loaded model and batch size: dynamo's default limit of 8 is reached with a few models."""
+    config = torch._dynamo.config
+    config.recompile_limit = max(getattr(config, "recompile_limit", 8), 64)
+
+
+@dataclass
+class GenerationPath:
+    """How `generate` runs on one loaded model: compiled (static cache, runner thread) or eager."""
+
+    compiled: bool
+    reason: str = ""
+    """Why eager (empty when compiled)."""
+    max_cache_len: int = 0
+    batch_sizes: tuple[int, ...] = ()
+    warmup_seconds: float = 0.0
+    cache_bytes: int = 0
+    compile_config: CompileConfig | None = field(default=None, repr=False)
+    _caches: dict[int, StaticCache] = field(default_factory=dict, repr=False)
+    _runner: ThreadPoolExecutor | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return COMPILED if self.compiled else EAGER
+
+    def describe(self) -> str:
+        """One line for the UI and reports: which path, and for what (or why not)."""
+        if self.compiled:
+            sizes = ", ".join(map(str, self.batch_sizes))
+            return f"{COMPILED} (batch {sizes}; up to {self.max_cache_len} tokens)"
+        return f"{EAGER} ({self.reason})" if self.reason else EAGER
+
+    def compiled_batch_size(self, batch_size: int, total_tokens: int) -> int | None:
+        """The warmed batch size this call runs at (>= batch_size, padded up), or None for the eager path."""
+        if not self.compiled or total_tokens > self.max_cache_len:
+            return None
+        return next((size for size in self.batch_sizes if size >= batch_size), None)
+
+    def submit(self, generate: Callable[..., Any], kwargs: dict, compiled_batch: int | None) -> Future:
+        """Start `generate(**kwargs)`: on the runner thread with that batch size's cache, or on a thread of its own."""
+        if compiled_batch is None or self._runner is None:
+            future: Future = Future()
+
+            def run() -> None:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(generate(**kwargs))
+                    except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+                        future.set_exception(exc)
+
+            threading.Thread(target=run, name="quant-generate", daemon=True).start()
+            return future
+        cache = self._caches[compiled_batch]
+
+        def run_compiled():
+            with torch.inference_mode():  # the cache's tensors were made in inference mode
+                cache.reset()
+                return generate(**kwargs, past_key_values=cache, compile_config=self.compile_config)
+
+        return self._runner.submit(run_compiled)
+
+    def close(self) -> None:
+        """Free the caches and the recorded CUDA graphs (on the thread that recorded them), stop the runner."""
+        runner, self._runner = self._runner, None
+        self._caches.clear()
+        if runner is not None:
+            if torch.cuda.is_available():
+                from torch._inductor.cudagraph_trees import reset_cudagraph_trees
+
+                runner.submit(reset_cudagraph_trees).result()
+            runner.shutdown(wait=True)
+
+
+def eager_path(reason: str) -> GenerationPath:
+    return GenerationPath(compiled=False, reason=reason)
+
+
+def prepare_generation_path(model, tokenizer, *, mode: Mode, gptq_backend: str | None, kind: str,
+                            context: int | None, progress: Callable[[str], None] | None = None,
+                            settings: Settings | None = None) -> GenerationPath:
+    """Decide the path for a freshly loaded model and, when compiled, warm every batch size up now.
+
+    A failure to compile is not an error: the model stays usable on the eager path, with the reason shown.
+    """
+    settings = settings or load_settings()
+    devices = {str(p.device) for p in model.parameters()}
+    refusal = fast_path_refusal(mode=mode, gptq_backend=gptq_backend, kind=kind, devices=devices, settings=settings)
+    if refusal:
+        return eager_path(refusal)
+    configure_kernel_cache(settings)
+    _allow_more_recompiles()
+    _declare_compileable(model)
+    max_cache_len = min(settings.static_cache_tokens, context or settings.static_cache_tokens)
+    compile_config = CompileConfig(backend=settings.compile_backend, mode=None
+                                   if settings.compile_backend != "inductor" else "reduce-overhead")
+    if next(iter(devices)).startswith("cpu"):
+        compile_config._compile_all_devices = True
+    path = GenerationPath(compiled=True, max_cache_len=max_cache_len, batch_sizes=settings.compiled_batch_sizes,
+                          compile_config=compile_config,
+                          _runner=ThreadPoolExecutor(max_workers=1, thread_name_prefix="quant-compiled",
+                                                     initializer=_prepare_runner_thread))
+    started = time.perf_counter()
+    try:
+        for size in path.batch_sizes:
+            if progress:
+                progress(f"Compiling the decode step for batch {size} (cached on disk for the next start)")
+            path._caches[size] = StaticCache(config=model.config, max_cache_len=max_cache_len)
+            prompt = tokenizer(["Warm-up"] * size, return_tensors="pt").to(next(model.parameters()).device)
+            # Several decode steps: a graph is compiled on the first, recorded on the next, replayed after.
+            kwargs = dict(**prompt, max_new_tokens=6, min_new_tokens=6, do_sample=False, temperature=None,
+                          top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
+            path.submit(model.generate, kwargs, size).result()
+    except Exception as exc:  # noqa: BLE001 - any compile failure falls back to eager
+        logger.warning("The compiled generation path failed to warm up; using eager generation.", exc_info=True)
+        path.close()
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return eager_path(f"compiling failed, eager instead: {first_line[:200]}")
+    path.warmup_seconds = time.perf_counter() - started
+    path.cache_bytes = sum(t.numel() * t.element_size() for cache in path._caches.values()
+                           for layer in cache.layers for t in (layer.keys, layer.values) if t is not None)
+    return path

@@ -1,0 +1,163 @@
+"""The compiled generation path on the CPU: which models get it and why not, and that it generates exactly what the
+eager path does, through the same runner thread, padded batches and per-batch-size caches that a GPU uses.
+
+On the CPU the decode step is compiled with the "eager" dynamo backend (QUANT_COMPILE_BACKEND=eager): it traces
+the model and runs the static cache through torch.compile like the GPU path, without minutes of C++ compilation.
+The GPU's Inductor + CUDA graphs are checked by tests/test_gpu_fastpath.py on the device machine.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from quant.fastpath import configure_kernel_cache, fast_path_refusal
+from quant.generation import GenerationSettings, generate_batch, stream_chat
+from quant.loader import LoadRequest
+from quant.modes import Mode
+from quant.registry import ModelRegistry
+from quant.settings import load_settings
+from tests.conftest import LLAMA, T5
+
+PROMPTS = ["def main():", "The with statement", "import os", "class A:", "x = 1"]
+GREEDY = GenerationSettings(max_new_tokens=24)
+
+
+@pytest.mark.parametrize(("choice", "mode", "backend", "kind", "devices", "reason"), [
+    ("auto", Mode.FP16, None, "causal", {"cuda:0"}, None),
+    ("auto", Mode.BF16, None, "causal", {"cuda:0"}, None),
+    ("off", Mode.BF16, None, "causal", {"cuda:0"}, "QUANT_FAST_GENERATION=off"),
+    ("auto", Mode.BF16, None, "causal", {"cpu"}, "CPU"),
+    ("all", Mode.FP32, None, "causal", {"cpu"}, None),
+    ("auto", Mode.BF16, None, "seq2seq", {"cuda:0"}, "seq2seq"),
+    ("auto", Mode.BF16, None, "causal", {"cuda:0", "cuda:1"}, "split over cuda:0, cuda:1"),
+    ("all", Mode.INT8, None, "causal", {"cuda:0"}, "LLM.int8"),
+    ("auto", Mode.NF4, None, "causal", {"cuda:0"}, "not measured yet"),
+    ("all", Mode.NF4, None, "causal", {"cuda:0"}, None),
+    ("all", Mode.GPTQ, "gptq_marlin", "causal", {"cuda:0"}, None),
+    ("all", Mode.GPTQ, "gptq_exllama_v2", "causal", {"cuda:0"}, "gptq_exllama_v2 kernel does not trace"),
+    ("fast", Mode.BF16, None, "causal", {"cuda:0"}, "not one of auto, all, off"),
+])
+def test_which_models_take_the_compiled_path(monkeypatch, choice, mode, backend, kind, devices, reason):
+    monkeypatch.setenv("QUANT_FAST_GENERATION", choice)
+    got = fast_path_refusal(mode=mode, gptq_backend=backend, kind=kind, devices=devices, settings=load_settings())
+    assert got == reason if reason is None else reason in got
+
+
+def test_kernel_cache_goes_to_the_configured_folder(monkeypatch, tmp_path):
+    for variable in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "GPTQMODEL_TORCH_EXTENSIONS_DIR",
+                     "TORCH_EXTENSIONS_DIR"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("QUANT_KERNEL_CACHE", str(tmp_path / "kernels"))
+    monkeypatch.setenv("TRITON_CACHE_DIR", "/somewhere/else")  # an operator's own setting wins
+    import os
+
+    assert configure_kernel_cache() == str(tmp_path / "kernels")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "kernels" / "inductor")
+    assert os.environ["GPTQMODEL_TORCH_EXTENSIONS_DIR"] == str(tmp_path / "kernels" / "gptqmodel")
+    assert os.environ["TRITON_CACHE_DIR"] == "/somewhere/else"
+    assert (tmp_path / "kernels").is_dir()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """The demo Llama twice: eager, and compiled for batches of 1 and 4 with a 256-token static cache."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("QUANT_FAST_GENERATION", "off")
+    registry = ModelRegistry(max_models=3)
+    eager = registry.load(LoadRequest(model=LLAMA, mode="fp32"))
+    patch.setenv("QUANT_FAST_GENERATION", "all")
+    patch.setenv("QUANT_COMPILE_BACKEND", "eager")
+    patch.setenv("QUANT_COMPILED_BATCH_SIZES", "1,4")
+    patch.setenv("QUANT_STATIC_CACHE_TOKENS", "256")
+    patch.setenv("QUANT_KERNEL_CACHE", str(tmp_path_factory.mktemp("kernels")))
+    fast = registry.load(LoadRequest(model=LLAMA, mode="fp32", attn_implementation="sdpa"))
+    yield registry, eager, fast
+    patch.undo()
+    registry.unload_all()
+
+
+def test_load_warms_the_compiled_path_up_and_reports_it(models):
+    _, eager, fast = models
+    assert fast.path.compiled and fast.path.batch_sizes == (1, 4) and fast.path.max_cache_len == 256
+    assert fast.report.generation_path.startswith("static cache + torch.compile (batch 1, 4; up to 256 tokens)")
+    assert fast.report.compile_seconds > 0
+    assert fast.report.static_cache_bytes > 0  # two caches allocated at load, not at the first message
+    assert "compile warm-up" in fast.report.to_text()
+    assert eager.report.generation_path == "eager (QUANT_FAST_GENERATION=off)"
+
+
+def test_chat_on_the_compiled_path_gives_the_eager_reply(models):
+    _, eager, fast = models
+    for prompt in PROMPTS[:2]:
+        history = [{"role": "user", "content": prompt}]
+        want = list(stream_chat(eager, history, settings=GREEDY))[-1]
+        got = list(stream_chat(fast, history, settings=GREEDY))[-1]
+        assert (want.stats.path, got.stats.path) == ("eager", "compiled")
+        assert got.text == want.text and got.stats.new_tokens == want.stats.new_tokens
+
+
+def test_batches_are_padded_to_a_compiled_size_and_give_the_eager_rows(models):
+    _, eager, fast = models
+    assert generate_batch(fast, PROMPTS[:3], GREEDY) == generate_batch(eager, PROMPTS[:3], GREEDY)  # 3 -> 4
+    assert generate_batch(fast, PROMPTS[:1], GREEDY) == generate_batch(eager, PROMPTS[:1], GREEDY)
+    # 5 prompts fit no compiled size: eager, same rows
+    assert generate_batch(fast, PROMPTS, GREEDY) == generate_batch(eager, PROMPTS, GREEDY)
+
+
+def test_a_reply_longer_than_the_static_cache_runs_eagerly(models):
+    _, eager, fast = models
+    settings = GenerationSettings(max_new_tokens=300)  # prompt + 300 > 256 cache slots
+    got = list(stream_chat(fast, [{"role": "user", "content": "hi"}], settings=settings))[-1]
+    want = list(stream_chat(eager, [{"role": "user", "content": "hi"}], settings=settings))[-1]
+    assert got.stats.path == "eager" and got.text == want.text
+
+
+def test_concurrent_sessions_take_turns_on_the_runner_and_get_their_own_replies(models):
+    _, eager, fast = models
+    prompts = ["What is a generator?", "Explain the with statement.", "What does import do?"]
+    expected = {p: list(stream_chat(eager, [{"role": "user", "content": p}], settings=GREEDY))[-1].text
+                for p in prompts}
+    got: dict[str, str] = {}
+
+    def chat(prompt: str) -> None:
+        got[prompt] = list(stream_chat(fast, [{"role": "user", "content": prompt}], settings=GREEDY))[-1].text
+
+    threads = [threading.Thread(target=chat, args=(p,)) for p in prompts * 2]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert got == expected
+
+
+def test_stop_ends_a_compiled_generation(models):
+    _, _, fast = models
+    stop = threading.Event()
+    chunks = []
+    for chunk in stream_chat(fast, [{"role": "user", "content": "Tell me everything."}], stop=stop,
+                             settings=GenerationSettings(max_new_tokens=200)):
+        chunks.append(chunk)
+        if len(chunks) == 3:
+            stop.set()
+    assert chunks[-1].done and chunks[-1].stats.stopped and chunks[-1].stats.new_tokens < 50
+
+
+def test_unloading_stops_the_runner_thread(models):
+    registry, _, _ = models
+    from quant.fastpath import GenerationPath
+
+    before = {t for t in threading.enumerate() if t.name.startswith("quant-compiled")}
+    loaded = registry.load(LoadRequest(model=LLAMA, mode="bf16", attn_implementation="sdpa"))
+    assert isinstance(loaded.path, GenerationPath) and loaded.path.compiled
+    list(stream_chat(loaded, [{"role": "user", "content": "hi"}], settings=GenerationSettings(max_new_tokens=4)))
+    started = {t for t in threading.enumerate() if t.name.startswith("quant-compiled")} - before
+    assert len(started) == 1
+    registry.unload(loaded.key)
+    assert not any(t.is_alive() for t in started)
+
+
+def test_seq2seq_stays_eager():
+    loaded = ModelRegistry(max_models=1).load(LoadRequest(model=T5, mode="fp32"))
+    assert not loaded.path.compiled and "seq2seq" in loaded.path.reason

@@ -1,0 +1,150 @@
+"""On a CUDA GPU: the compiled generation path (static cache + torch.compile) gives the eager path's greedy tokens,
+is chosen where it is supported, falls back with a reason where it is not, and gives its memory back on unload."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from quant.generation import GenerationSettings, generate_batch, start_generate, stream_chat
+from quant.gptq import GPTQRecipe, builtin_textsets, quantize_gptq
+from quant.loader import LoadRequest
+from quant.modes import QuantOptions
+from quant.registry import ModelRegistry
+from quant.source import resolve_location
+from tests.conftest import LLAMA
+
+pytestmark = pytest.mark.gpu
+
+PROMPTS = ["The with statement is used to", "A class definition defines", "def main():", "import os"]
+NOISE = 0.05
+"""Top-1 minus top-2 logit below which the two paths may pick differently: that choice is numerical noise."""
+
+
+@pytest.fixture(scope="module")
+def gptq_dir(tmp_path_factory):
+    texts = [builtin_textsets()["python-reference"].read_text()]
+    out = tmp_path_factory.mktemp("gptq") / "tiny-gptq"
+    return quantize_gptq(resolve_location(LLAMA)[0], GPTQRecipe(num_samples=32, seq_len=128), texts, out,
+                         device="cuda:0").out_dir
+
+
+@pytest.fixture
+def kernel_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("QUANT_KERNEL_CACHE", str(tmp_path / "kernels"))
+    monkeypatch.setenv("QUANT_COMPILED_BATCH_SIZES", "1,4")
+    return tmp_path / "kernels"
+
+
+def load(request: LoadRequest, fast: bool):
+    previous = os.environ.get("QUANT_FAST_GENERATION")
+    os.environ["QUANT_FAST_GENERATION"] = "all" if fast else "off"
+    try:
+        return ModelRegistry(max_models=2).load(request)
+    finally:
+        os.environ.pop("QUANT_FAST_GENERATION") if previous is None else os.environ.update(
+            QUANT_FAST_GENERATION=previous)
+
+
+def greedy_ids(loaded, prompts: list[str], new_tokens: int = 24) -> tuple[torch.Tensor, list[list[int]], bool]:
+    """Inputs and greedy new token ids per row through `start_generate` (the path chat and batch use)."""
+    encoded = loaded.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(loaded.device)
+    kwargs = dict(**encoded, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, temperature=None,
+                  top_p=None, top_k=None, pad_token_id=loaded.tokenizer.pad_token_id)
+    future, compiled = start_generate(loaded, kwargs, batch_size=len(prompts),
+                                      total_tokens=encoded["input_ids"].shape[1] + new_tokens)
+    out = future.result()[:, encoded["input_ids"].shape[1]:]
+    return encoded, out.tolist(), compiled
+
+
+def assert_same_up_to_noise(eager, encoded, row: int, expected: list[int], got: list[int]) -> None:
+    """Equal greedy tokens, or a first difference where eager's top two logits are within NOISE of each other."""
+    if expected == got:
+        return
+    split = next(i for i, (x, y) in enumerate(zip(expected, got)) if x != y)
+    ids = torch.cat([encoded["input_ids"][row], torch.tensor(expected[:split], device=eager.device)])
+    mask = torch.cat([encoded["attention_mask"][row], torch.ones(split, dtype=torch.long, device=eager.device)])
+    with torch.inference_mode():
+        logits = eager.model(input_ids=ids[None], attention_mask=mask[None]).logits[0, -1].float()
+    top = logits.topk(2).values
+    assert (top[0] - top[1]).item() < NOISE, f"compiled path diverged at a clear choice (token {split}):\n" \
+                                              f"{expected}\n{got}"
+
+
+def check_against_eager(request: LoadRequest) -> None:
+    eager, fast = load(request, fast=False), load(request, fast=True)
+    assert not eager.path.compiled and eager.path.reason == "QUANT_FAST_GENERATION=off"
+    assert fast.path.compiled, fast.path.describe()
+    assert fast.report.compile_seconds > 0 and fast.report.static_cache_bytes > 0
+    # Batch 1 (the chat path) and a batch of 3 padded up to the compiled 4 as generate_batch does.
+    for prompts in ([PROMPTS[0]], [PROMPTS[1]], PROMPTS[:3] + [PROMPTS[2]]):
+        encoded, expected, eager_compiled = greedy_ids(eager, prompts)
+        _, got, compiled = greedy_ids(fast, prompts)
+        assert compiled and not eager_compiled
+        for row, (want, have) in enumerate(zip(expected, got)):
+            assert_same_up_to_noise(eager, encoded, row, want, have)
+    settings = GenerationSettings(max_new_tokens=24)
+    # generate_batch pads 3 prompts to the compiled 4 with a copy and drops its row: same as sending the 4 ourselves.
+    assert generate_batch(fast, PROMPTS[:3], settings) == generate_batch(fast, PROMPTS[:3] + [PROMPTS[2]], settings)[:3]
+    reply = list(stream_chat(fast, [{"role": "user", "content": PROMPTS[0]}], settings=settings))[-1]
+    assert reply.stats.path == "compiled" and reply.text
+    fast.path.close()
+
+
+@pytest.mark.parametrize("mode", ["fp16", "bf16", "nf4"])
+def test_compiled_path_matches_eager(mode, kernel_cache):
+    check_against_eager(LoadRequest(model=LLAMA, mode=mode, device_map="cuda:0"))
+    assert any(p.is_file() for p in kernel_cache.rglob("*")), "nothing was written to the kernel cache"
+
+
+@pytest.mark.parametrize("backend", ["gptq_marlin", "gptq_torch"])
+def test_compiled_gptq_matches_eager(gptq_dir, backend, kernel_cache):
+    check_against_eager(LoadRequest(model=str(gptq_dir), mode="gptq", device_map="cuda:0",
+                                    options=QuantOptions(gptq_backend=backend)))
+
+
+def test_int8_and_unsupported_kernels_stay_eager_with_a_reason(gptq_dir, kernel_cache):
+    int8 = load(LoadRequest(model=LLAMA, mode="int8", device_map="cuda:0"), fast=True)
+    assert not int8.path.compiled and "LLM.int8" in int8.path.reason
+    assert "eager" in int8.report.generation_path
+    exllama = load(LoadRequest(model=str(gptq_dir), mode="gptq", device_map="cuda:0",
+                               options=QuantOptions(gptq_backend="gptq_exllama_v2")), fast=True)
+    assert not exllama.path.compiled and "gptq_exllama_v2" in exllama.path.reason
+
+
+def test_compiled_model_gives_its_memory_back(kernel_cache):
+    registry = ModelRegistry(max_models=1)
+
+    def cycle() -> None:
+        loaded = registry.load(LoadRequest(model=LLAMA, mode="fp16", device_map="cuda:0"))
+        assert loaded.path.compiled
+        list(stream_chat(loaded, [{"role": "user", "content": "hi"}], settings=GenerationSettings(max_new_tokens=8)))
+        key = loaded.key
+        del loaded
+        registry.unload(key)
+
+    cycle()
+    after_first = torch.cuda.memory_allocated()
+    for _ in range(3):
+        cycle()
+    assert torch.cuda.memory_allocated() <= after_first + 2**20
+
+
+def test_kernel_cache_survives_a_restart(kernel_cache, tmp_path):
+    """A second process finds the compiled kernels on disk and warms up faster than the first."""
+    import subprocess
+    import sys
+
+    script = ("import os, sys; sys.path.insert(0, os.getcwd());"
+              "from quant.loader import LoadRequest, load_model;"
+              "m = load_model(LoadRequest(model='demo:tiny-llama-chat', mode='fp16', device_map='cuda:0'));"
+              "print(m.report.compile_seconds)")
+    env = {**os.environ, "QUANT_FAST_GENERATION": "auto"}
+    root = Path(__file__).resolve().parent.parent
+    first, second = (float(subprocess.run([sys.executable, "-c", script], cwd=root, env=env, check=True,
+                                          capture_output=True, text=True).stdout.strip().splitlines()[-1])
+                     for _ in range(2))
+    assert second < first, (first, second)
