@@ -236,6 +236,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     try:
         for result in compare(args.model, specs, registry=ModelRegistry(max_models=1), prompts=prompts,
                               batch_size=args.batch_size, new_tokens=args.new_tokens, device_map=args.device_map,
+                              max_memory=args.max_memory,
                               progress=update):
             results.append(result)
     finally:
@@ -308,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--batch-size", type=int, default=8)
     cmp.add_argument("--new-tokens", type=int, default=32)
     cmp.add_argument("--device-map", default="auto")
+    cmp.add_argument("--max-memory", help='per-device limits for every mode, e.g. "0=20GiB, 1=20GiB, cpu=64GiB"')
     cmp.add_argument("--json", help="write the full comparison as JSON to this file")
     cmp.set_defaults(func=cmd_compare)
 

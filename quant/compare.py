@@ -196,11 +196,12 @@ class Comparison:
 
 def compare(model: str, specs: list[ModeSpec], *, registry: ModelRegistry, prompts: list[str] | None = None,
             eval_text: str | None = None, batch_size: int = 8, new_tokens: int = 32, answer_tokens: int = 32,
-            device_map: str = "auto", progress: ProgressFn | None = None,
+            device_map: str = "auto", max_memory: str | None = None, progress: ProgressFn | None = None,
             stop: threading.Event | None = None) -> Iterator[ModeResult]:
     """Load each mode in turn through the registry, measure it, unload it (unless it was loaded before); yield rows.
 
-    A mode that fails is yielded with its error and the others still run.
+    A mode that fails is yielded with its error and the others still run. `device_map` and `max_memory` place every
+    mode alike (e.g. split over two GPUs with "0=20GiB, 1=20GiB").
     """
     progress = progress or (lambda fraction, message: None)
     prompts = [p for p in (prompts or DEFAULT_PROMPTS) if p.strip()]
@@ -214,7 +215,7 @@ def compare(model: str, specs: list[ModeSpec], *, registry: ModelRegistry, promp
         progress(index / len(specs), f"{spec.label}: loading")
         result = ModeResult(label=spec.label, mode=spec.mode.value, model=spec.model)
         request = LoadRequest(model=spec.model, mode=spec.mode, options=spec.options, device_map=device_map,
-                              attn_implementation=spec.attn_implementation)
+                              max_memory=max_memory, attn_implementation=spec.attn_implementation)
         already_loaded = any(m.key == request.key for m in registry.loaded())
         try:
             loaded = registry.load(request)

@@ -41,6 +41,19 @@ def test_every_number_is_present_and_plausible(llama_results):
     assert "Linear4bit" in by["nf4"].linear_layers and "Linear8bitLt" in by["int8"].linear_layers
 
 
+def test_every_row_says_which_generation_path_it_measured(llama_results):
+    for r in (r for r in llama_results if not r.error):
+        assert r.generation_path.startswith("eager (CPU")  # CPU: the compiled path is off, with its reason
+        assert r.compile_seconds == 0
+
+
+def test_placement_applies_to_every_mode():
+    """max_memory reaches each mode's load: here one that names a GPU on a CPU-only machine is refused per row."""
+    rows = list(compare(LLAMA, parse_mode_specs(LLAMA, "bf16,nf4"), registry=ModelRegistry(max_models=1),
+                        prompts=PROMPTS, max_memory="0=1GiB", eval_text=""))
+    assert len(rows) == 2 and all(r.error.startswith("max_memory names GPU 0, but this machine has no GPU") for r in rows)
+
+
 def test_a_failing_mode_is_reported_in_its_row(llama_results):
     failed = llama_results[-1]
     assert failed.label == "gptq:/no/such/folder" and "No such folder" in failed.error
