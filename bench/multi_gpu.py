@@ -1,0 +1,106 @@
+"""A Llama-shaped model split over two GPUs against the same model on one: memory per GPU, decode and batch speed.
+
+For bf16, int8, nf4 and GPTQ: one run on cuda:0 alone, one with `device_map="auto"` and a `max_memory` that forces
+a split (GPU 0 gets about 55% of the weights). Uses quant.compare, so the numbers are those the Compare tab shows.
+Keep NCCL's NVLink multicast off on the device machines (NCCL_NVLS_ENABLE=0; nothing here uses NCCL). Run on a
+machine with two GPUs:
+
+    NCCL_NVLS_ENABLE=0 python bench/multi_gpu.py --shapes 1b,8b --out bench/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.gpu_bench import prompts_from_text  # noqa: E402
+from bench.llama_shapes import build_checkpoint  # noqa: E402
+from quant.compare import ModeSpec, compare  # noqa: E402
+from quant.gptq import GPTQRecipe, builtin_textsets, quantize_gptq  # noqa: E402
+from quant.modes import Mode, QuantOptions  # noqa: E402
+from quant.registry import ModelRegistry  # noqa: E402
+from quant.source import resolve_source  # noqa: E402
+from quant.registry import estimate_footprint  # noqa: E402
+
+MiB = 2**20
+GiB = 2**30
+
+
+def split_limit(location: str, mode: Mode) -> str:
+    """max_memory that puts a bit over half of the estimated weights on GPU 0 and the rest on GPU 1."""
+    estimate = estimate_footprint(resolve_source(location), mode)
+    first = max(int(estimate * 0.55), 256 * MiB)
+    return f"0={first // MiB}MiB, 1={2 * estimate // MiB + 1024}MiB"
+
+
+def bench_shape(shape: str, args) -> list[dict]:
+    checkpoint = build_checkpoint(shape, args.work / f"llama-{shape}")
+    gptq_dir = args.work / f"llama-{shape}-gptq-4bit-g128"
+    if not (gptq_dir / "config.json").is_file():
+        quantize_gptq(str(checkpoint), GPTQRecipe(bits=4, group_size=128, num_samples=16, seq_len=512),
+                      [builtin_textsets()["python-reference"].read_text()], gptq_dir, device="cuda:0")
+    specs = [ModeSpec("bf16", Mode.BF16, str(checkpoint)), ModeSpec("int8", Mode.INT8, str(checkpoint)),
+             ModeSpec("nf4", Mode.NF4, str(checkpoint), QuantOptions(bnb4_compute_dtype="bf16")),
+             ModeSpec("gptq", Mode.GPTQ, str(gptq_dir), QuantOptions(gptq_backend=args.gptq_backend))]
+    prompts = prompts_from_text(32, 24)
+    rows = []
+    for spec in specs:
+        for placement, device_map, max_memory in (("one GPU", "cuda:0", None),
+                                                  ("two GPUs", "auto", split_limit(spec.model, spec.mode))):
+            registry = ModelRegistry(max_models=1)
+            [result] = compare(spec.model, [spec], registry=registry, prompts=prompts, eval_text="", batch_size=32,
+                               new_tokens=args.new_tokens, answer_tokens=8, device_map=device_map,
+                               max_memory=max_memory)
+            report = registry.history()[-1] if registry.history() else None
+            row = {"shape": shape, "mode": spec.label, "placement": placement, "max_memory": max_memory,
+                   **{k: v for k, v in asdict(result).items() if k != "answers"},
+                   "bytes_by_device": report.bytes_by_device if report else None,
+                   "device_map": report.device_map if report else None}
+            print(f"[{shape}] {spec.label} {placement}: {result.error or ''} b1 {result.decode_tokens_per_s or 0:.1f} "
+                  f"b32 {result.batch_tokens_per_s or 0:.0f} tok/s; by device "
+                  f"{ {d: round(b / MiB) for d, b in (row['bytes_by_device'] or {}).items()} }", flush=True)
+            rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", default="1b")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/bench"))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--gptq-backend", default="gptq_triton")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    args = parser.parse_args()
+    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+    if torch.cuda.device_count() < 2:
+        raise SystemExit("This benchmark needs two GPUs.")
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = [row for shape in args.shapes.split(",") for row in bench_shape(shape, args)]
+    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    (args.out / "multi-gpu.json").write_text(json.dumps({"devices": names, "rows": rows}, indent=1))
+    lines = [f"# One GPU vs two ({', '.join(names)})", "",
+             "| shape | mode | placement | max_memory | weights per device (MiB) | peak GPU MiB | b1 tok/s | b32 tok/s "
+             "| path |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["error"]:
+            lines.append(f"| {r['shape']} | {r['mode']} | {r['placement']} | {r['max_memory'] or ''} | "
+                         f"failed: {r['error']} |||||")
+            continue
+        per_device = ", ".join(f"{d}: {b / MiB:,.0f}" for d, b in (r["bytes_by_device"] or {}).items())
+        lines.append(f"| {r['shape']} | {r['mode']} | {r['placement']} | {r['max_memory'] or ''} | {per_device} | "
+                     f"{r['peak_gpu_bytes'] / MiB:,.0f} | {r['decode_tokens_per_s']:.1f} | "
+                     f"{r['batch_tokens_per_s']:,.0f} | {r['generation_path']} |")
+    (args.out / "multi-gpu.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
