@@ -19,7 +19,7 @@ RUN apt-get update \
 # with `user`, and give it the app folder and the cache volume (created before VOLUME, so the ownership sticks).
 RUN if id -u ubuntu >/dev/null 2>&1; then userdel --remove ubuntu; fi \
     && useradd --create-home --uid 1000 --shell /bin/bash user \
-    && mkdir -p /home/user/app /data/hf /data/torchinductor /data/triton /data/torch_extensions /data/outputs \
+    && mkdir -p /home/user/app /data/hf /data/kernels /data/outputs \
     && chown -R user:user /home/user /data
 
 # Ubuntu's Python refuses pip installs into the system (PEP 668): a virtualenv first on PATH makes the `python3`
@@ -47,9 +47,7 @@ ENV HOME=/home/user \
     GRADIO_SERVER_NAME=0.0.0.0 \
     GRADIO_SERVER_PORT=7860 \
     HF_HOME=/data/hf \
-    TORCHINDUCTOR_CACHE_DIR=/data/torchinductor \
-    TRITON_CACHE_DIR=/data/triton \
-    TORCH_EXTENSIONS_DIR=/data/torch_extensions \
+    QUANT_KERNEL_CACHE=/data/kernels \
     QUANT_OUTPUT_DIR=/data/outputs
 VOLUME /data
 

@@ -266,7 +266,9 @@ def check_volumes(instructions: list[Instruction]) -> None:
         volumes += exec_form(volume.args) or volume.args.split()
     env = env_values(instructions)
     assert "HF_HOME" in env, "HF_HOME is not set: the Hub cache would be lost with the container"
-    caches = ["HF_HOME", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "TORCH_EXTENSIONS_DIR", "QUANT_OUTPUT_DIR"]
+    assert "QUANT_KERNEL_CACHE" in env, "QUANT_KERNEL_CACHE is not set: compiled kernels would be rebuilt per container"
+    caches = ["HF_HOME", "QUANT_KERNEL_CACHE", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "TORCH_EXTENSIONS_DIR",
+              "QUANT_OUTPUT_DIR"]
     for name in (n for n in caches if n in env):
         directory = env[name].rstrip("/")
         assert any(directory == v.rstrip("/") or directory.startswith(v.rstrip("/") + "/") for v in volumes), (
@@ -413,6 +415,8 @@ BROKEN = {
         i._replace(args='--start-period=90s CMD ["curl", "-f", "http://127.0.0.1:7860/"]')
         if i.keyword == "HEALTHCHECK" else i for i in ins]),
     "hf cache outside volume": (check_volumes, _replace("HF_HOME=/data/hf", "HF_HOME=/home/user/.cache/hf")),
+    "kernel cache outside volume": (check_volumes, _replace("QUANT_KERNEL_CACHE=/data/kernels",
+                                                            "QUANT_KERNEL_CACHE=/home/user/kernels")),
     "no volume": (check_volumes, _without("VOLUME")),
     "volume not chowned": (check_volumes, _replace("chown -R user:user /home/user /data", "true")),
     "cmd other script": (check_cmd, _replace('"app.py"', '"other.py"')),
