@@ -165,7 +165,7 @@ def load_model(request: LoadRequest, progress: ProgressFn | None = None) -> Load
     gc.collect()
     before = MemorySnapshot.take()
     prefer_fast_sdpa_backends()
-    progress(0.2, f"Loading weights in {request.mode.value}")
+    progress(0.2, f"Loading weights in {request.mode.value}" + _kernel_build_note(request, kwargs))
     started = time.perf_counter()
     try:
         model = _model_class(source).from_pretrained(source.location, **kwargs)
@@ -242,6 +242,16 @@ def model_context_length(model: PreTrainedModel, tokenizer: Any) -> int | None:
             return value
     limit = getattr(tokenizer, "model_max_length", None)
     return limit if isinstance(limit, int) and limit < 1_000_000 else None
+
+
+def _kernel_build_note(request: LoadRequest, kwargs: dict[str, Any]) -> str:
+    """GPTQ kernels that gptqmodel compiles on first use: say so, since that load takes minutes once."""
+    backend = request.options.gptq_backend or default_gptq_backend(target_is_cuda(kwargs["device_map"]))
+    if request.mode is not Mode.GPTQ or backend not in ("gptq_marlin", "gptq_exllama_v2"):
+        return ""
+    minutes = "about 3.5 min" if backend == "gptq_marlin" else "about 30 s"
+    return (f" (the {backend} kernel is built on its first use: {minutes}, then cached in "
+            f"{os.environ.get('GPTQMODEL_TORCH_EXTENSIONS_DIR', 'the kernel cache')})")
 
 
 def _jsonable(value: Any) -> Any:
