@@ -22,6 +22,8 @@ from .loader import LoadedModel, model_context_length
 # End-of-turn tokens of common chat templates; whichever exist in a tokenizer's vocabulary stop generation too.
 END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "</s>")
 MAX_NEW_TOKENS_LIMIT = 4096
+SEED_MAX = 2**32 - 1
+"""Seeds are 32-bit, as in most tools (torch takes 64 bits, numpy 32): one range for the UI, the CLI and the API."""
 
 
 class GenerationError(QuantError):
@@ -61,6 +63,8 @@ class GenerationSettings:
             raise GenerationError("Repetition penalty must be above 0 and at most 10 (1.0 is off).")
         if self.no_repeat_ngram_size < 0:
             raise GenerationError("No-repeat n-gram size must be 0 (off) or more.")
+        if self.seed is not None and not (isinstance(self.seed, int) and 0 <= self.seed <= SEED_MAX):
+            raise GenerationError(f"Seed must be a whole number from 0 to {SEED_MAX}, or none for a random seed.")
 
     def generate_kwargs(self) -> dict:
         kwargs: dict = {"max_new_tokens": int(self.max_new_tokens), "do_sample": bool(self.do_sample),
@@ -136,10 +140,15 @@ def start_generate(loaded: LoadedModel, kwargs: dict, *, batch_size: int, total_
         raise GenerationError(f"Internal: a batch of {batch_size} must be padded to {compiled_batch} first.")
 
     def generate(**call_kwargs):
-        if seed is not None:
+        seeded = seed is not None and seed.do_sample and seed.seed is not None
+        if seeded:
             _seed(seed)  # on the generating thread, right before it samples
-        with torch.inference_mode():
-            return loaded.model.generate(**call_kwargs)
+        try:
+            with torch.inference_mode():
+                return loaded.model.generate(**call_kwargs)
+        finally:
+            if seeded:
+                torch.seed()  # the next unseeded reply (any session's) must not follow from this seed
 
     return loaded.path.submit(generate, kwargs, compiled_batch), compiled_batch is not None
 

@@ -20,12 +20,14 @@ from .loader import LoadRequest, load_model, release_memory
 from .metrics import perplexity, size_on_disk
 from .modes import Mode, QuantOptions
 from .placement import cuda_device_count
+from .prompts import DataFileError, DataFileSpec, read_data_file
 from .source import resolve_location, resolve_source
 
 ProgressFn = Callable[[float, str], None]
 EVAL_TEXTSET = "python-reference-heldout"
 CALIBRATION_TEXTSETS = ("python-reference",)
 MAX_CALIBRATION_BYTES = 20 * 2**20
+MAX_CALIBRATION_TEXTS = 100_000
 
 
 def output_root() -> Path:
@@ -52,6 +54,12 @@ class CalibrationData:
         if self.file:
             return _read_calibration_file(Path(self.file))
         if self.text and self.text.strip():
+            size = len(self.text.encode("utf-8"))
+            if size > MAX_CALIBRATION_BYTES:  # the upload limit, for text that arrived in the request instead
+                raise DataFileError(
+                    f"The pasted calibration text is {size / 2**20:.1f} MiB; the limit is "
+                    f"{MAX_CALIBRATION_BYTES / 2**20:.1f} MiB.", "Calibration uses only samples × length tokens: "
+                    "a few MiB of text is plenty.")
             return [self.text]
         sets = builtin_textsets()
         if self.builtin not in sets or self.builtin not in CALIBRATION_TEXTSETS:
@@ -59,35 +67,15 @@ class CalibrationData:
         return [sets[self.builtin].read_text(encoding="utf-8")]
 
 
+CALIBRATION_FILES = DataFileSpec(
+    "calibration text", (".txt", ".jsonl"), MAX_CALIBRATION_BYTES, MAX_CALIBRATION_TEXTS, None, "text",
+    txt_per_line=False, limit_hint="Fewer, longer texts work as well: samples are cut from their concatenation.")
+"""A .txt is one text; a .jsonl holds one text per line (a string or an object's "text"). Larger than prompt files."""
+
+
 def _read_calibration_file(path: Path) -> list[str]:
-    if path.suffix.lower() not in {".txt", ".jsonl"}:
-        raise QuantError(f"{path.name}: calibration files are .txt or .jsonl.")
-    if path.stat().st_size > MAX_CALIBRATION_BYTES:
-        raise QuantError(f"{path.name} is larger than {MAX_CALIBRATION_BYTES // 2**20} MiB.")
-    data = path.read_bytes()
-    if b"\x00" in data[:8192]:
-        raise QuantError(f"{path.name} is a binary file, not text.")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise QuantError(f"{path.name} is not UTF-8 text.") from None
-    if path.suffix.lower() == ".txt":
-        return [text]
-    texts = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise QuantError(f"Line {number} of {path.name} is not valid JSON ({exc.msg}).") from None
-        value = value.get("text") if isinstance(value, dict) else value
-        if not isinstance(value, str):
-            raise QuantError(f"Line {number} of {path.name}: expected a string or an object with a 'text' string.")
-        texts.append(value)
-    if not texts:
-        raise QuantError(f"{path.name} holds no text.")
-    return texts
+    """The texts of an uploaded calibration file: the batch prompts' reader, with calibration's formats and limits."""
+    return [text for _, text in read_data_file(path, CALIBRATION_FILES)]
 
 
 @dataclass
@@ -186,7 +174,10 @@ def quantize(model: str, *, method: str, recipe: GPTQRecipe | None = None,
     if method not in {"gptq", "int8", "nf4"}:
         raise QuantError(f"Unknown quantization method {method!r}.", "Use gptq, int8 or nf4.")
     on_cuda = cuda_device_count() > 0
-    device = "cuda:0" if on_cuda else "cpu"
+    device = "cuda:0" if on_cuda else "cpu"  # where GPTQ works, one layer at a time
+    # Whole-model loads (bnb quantization, the perplexity checks) spread over every GPU, so a model larger than one
+    # GPU can be quantized and measured.
+    placement = "auto" if cuda_device_count() > 1 else device
     local = _local_copy(model, revision, token)
     eval_text = builtin_textsets()[EVAL_TEXTSET].read_text(encoding="utf-8")
     started = time.perf_counter()
@@ -201,13 +192,13 @@ def quantize(model: str, *, method: str, recipe: GPTQRecipe | None = None,
         out_dir = Path(out_dir or default_output_dir(model, gptq_label(recipe)))
         quantize_gptq(local, recipe, texts, out_dir, device=device,
                       progress=lambda f, m: progress(0.05 + 0.75 * f, m), stop=stop)
-        quantized_request = LoadRequest(model=str(out_dir), mode=Mode.GPTQ, device_map=device)
+        quantized_request = LoadRequest(model=str(out_dir), mode=Mode.GPTQ, device_map=placement)
         recipe_dict, calibration_text, method_name = asdict(recipe), calibration.describe(), "gptq"
     else:
         mode = Mode(method)
         out_dir = Path(out_dir or default_output_dir(model, f"bnb-{method}"))
         progress(0.1, f"Loading {model} in {method}")
-        loaded = load_model(LoadRequest(model=local, mode=mode, device_map=device,
+        loaded = load_model(LoadRequest(model=local, mode=mode, device_map=placement,
                                         options=QuantOptions(bnb4_compute_dtype="fp16" if on_cuda else "bf16")))
         if stop.is_set():
             raise QuantizationCancelled("Quantization stopped; nothing was saved.")
@@ -221,7 +212,7 @@ def quantize(model: str, *, method: str, recipe: GPTQRecipe | None = None,
         recipe_dict = loaded.report.quantization or {}
         del loaded
         release_memory()
-        quantized_request = LoadRequest(model=str(out_dir), mode=mode, device_map=device)
+        quantized_request = LoadRequest(model=str(out_dir), mode=mode, device_map=placement)
         calibration_text, method_name = "none (bitsandbytes quantizes at load time, no calibration)", f"bitsandbytes-{method}"
     seconds = time.perf_counter() - started
 
@@ -235,7 +226,7 @@ def quantize(model: str, *, method: str, recipe: GPTQRecipe | None = None,
             raise QuantizationCancelled("Stopped before the quality check; the quantized folder is saved.")
         progress(0.82, "Perplexity of the original model")
         result.original_perplexity, _ = _evaluate(
-            LoadRequest(model=local, mode=Mode.FP16 if on_cuda else Mode.BF16, device_map=device), eval_text)
+            LoadRequest(model=local, mode=Mode.FP16 if on_cuda else Mode.BF16, device_map=placement), eval_text)
         progress(0.91, "Perplexity of the quantized model")
         result.quantized_perplexity, result.kernel = _evaluate(quantized_request, eval_text)
     write_model_card(result, out_dir)

@@ -14,6 +14,7 @@ from typing import Literal
 
 from huggingface_hub.errors import (
     GatedRepoError,
+    HfHubHTTPError,
     HFValidationError,
     LocalEntryNotFoundError,
     OfflineModeIsEnabled,
@@ -90,10 +91,11 @@ def resolve_location(ref: str) -> tuple[str, bool]:
     if not ref:
         raise ModelSourceError("No model given.", "Type a Hub id such as Qwen/Qwen2.5-0.5B-Instruct or a local folder.")
     if ref.startswith(DEMO_PREFIX):
-        folder = DEMO_DIR / ref.removeprefix(DEMO_PREFIX)
-        if not (folder / "config.json").is_file():
+        # Only the shipped names: `demo:/abs/path` or `demo:../..` would otherwise reach any folder on the server,
+        # past QUANT_LOCAL_MODELS_ROOT.
+        if ref not in demo_models():
             raise ModelSourceError(f"There is no demo model {ref!r}.", f"Demo models: {', '.join(demo_models())}.")
-        return str(folder), True
+        return str(DEMO_DIR / ref.removeprefix(DEMO_PREFIX)), True
     path = Path(ref).expanduser()
     root = local_models_root()
     if root is not None and (path.exists() or _looks_like_path(ref)):
@@ -142,10 +144,18 @@ def _detect_kind(config: PretrainedConfig, ref: str) -> tuple[ModelKind, str]:
 
 def _hub_error(ref: str, revision: str | None, exc: BaseException) -> ModelSourceError:
     cause = exc.__cause__ or exc
+    status = getattr(getattr(cause, "response", None), "status_code", None)
     if isinstance(cause, GatedRepoError):
+        who = "this token has no access to it" if status == 403 else "it needs the token of an account with access"
         return ModelSourceError(
-            f"{ref} is a gated repository and this token has no access to it.",
+            f"{ref} is a gated repository: {who}.",
             "Accept its licence on the Hub, then give a token of that account (HF_TOKEN or the token field).",
+        )
+    if isinstance(cause, HfHubHTTPError) and status == 401 and not isinstance(cause, RepositoryNotFoundError):
+        # The Hub's answer to a token it does not know (mistyped, revoked); transformers words it "connection error".
+        return ModelSourceError(
+            f"The Hub rejected the token given for {ref} (401): it is mistyped, expired or revoked.",
+            "Give a valid token, or none for a public model.",
         )
     if isinstance(cause, RepositoryNotFoundError):
         return ModelSourceError(

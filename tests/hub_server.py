@@ -14,7 +14,9 @@ download code is exercised end to end without the network. It speaks just enough
 * ``HEAD|GET /[datasets/|spaces/]{ns}/{name}/resolve/{rev}/{path}`` (ETag, X-Repo-Commit, Content-Length, Range)
 
 Errors carry ``X-Error-Code`` / ``X-Error-Message`` like the real Hub, so the client raises its usual
-``RepositoryNotFoundError`` / ``RevisionNotFoundError`` / ``RemoteEntryNotFoundError`` / ``HfHubHTTPError``.
+``RepositoryNotFoundError`` / ``RevisionNotFoundError`` / ``RemoteEntryNotFoundError`` / ``HfHubHTTPError``; a gated
+repo (``add_repo(..., gated=True)``) refuses its files with 401/403 and ``X-Error-Code: GatedRepo``
+(``GatedRepoError``).
 
 Usage::
 
@@ -122,6 +124,9 @@ class Repo:
     created_at: str
     commits: dict[str, Commit] = field(default_factory=dict)
     branches: dict[str, str] = field(default_factory=dict)
+    gated: bool = False
+    """Gated: listing works for anyone, downloading files needs a user in `granted` (like an accepted licence)."""
+    granted: set[str] = field(default_factory=set)
 
     def head(self, branch: str = "main") -> Commit:
         """The commit a branch points to."""
@@ -476,13 +481,20 @@ class FakeHub:
 
     # ---- direct access for tests (no HTTP) -------------------------------------------------------------------------
 
-    def add_repo(self, repo_id: str, *, repo_type: str = "model", private: bool = False) -> Repo:
-        """Create a repo directly, with the Hub's initial `.gitattributes` commit on `main`."""
+    def add_repo(
+        self, repo_id: str, *, repo_type: str = "model", private: bool = False, gated: bool = False,
+        granted: Iterable[str] = (),
+    ) -> Repo:
+        """Create a repo directly, with the Hub's initial `.gitattributes` commit on `main`.
+
+        A `gated` repo serves its files only to the users in `granted` (those who accepted its conditions); others get
+        401 (anonymous) or 403 (logged in) with `X-Error-Code: GatedRepo`, as on the Hub.
+        """
         with self._lock:
             key = (repo_type, repo_id)
             if key in self.repos:
                 raise ValueError(f"{repo_type} repo {repo_id} exists")
-            repo = Repo(repo_type, repo_id, private, _now())
+            repo = Repo(repo_type, repo_id, private, _now(), gated=gated, granted=set(granted))
             self.repos[key] = repo
             self._commit(repo, "main", {".gitattributes": GITATTRIBUTES}, "initial commit", "")
             return repo
@@ -555,6 +567,18 @@ class FakeHub:
         if repo.private and user != repo_id.split("/")[0]:
             raise HubError(404, "Repository not found", "RepoNotFound")
         return repo
+
+    @staticmethod
+    def _check_gate(repo: Repo, user: str | None) -> None:
+        """Refuse a gated repo's files the way the Hub does (status, error code, and messages modelled on its own)."""
+        if not repo.gated or (user is not None and (user in repo.granted or user == repo.repo_id.split("/")[0])):
+            return
+        kind = repo.repo_type
+        if user is None:
+            raise HubError(401, f"Access to {kind} {repo.repo_id} is restricted. You must have access to it and be "
+                           "authenticated to access it. Please log in.", "GatedRepo")
+        raise HubError(403, f"Access to {kind} {repo.repo_id} is restricted and you are not in the authorized list. "
+                       f"Visit {repo.repo_id} to ask for access.", "GatedRepo")
 
     def _writable(self, repo_type: str, repo_id: str, user: str | None, token: str | None) -> Repo:
         if user is None:
@@ -652,7 +676,8 @@ class FakeHub:
         return _json({
             "_id": hashlib.sha1(repo_id.encode()).hexdigest()[:24], "id": repo_id, "modelId": repo_id,
             "author": ns, "sha": commit.oid, "lastModified": commit.date, "createdAt": repo.created_at,
-            "private": repo.private, "gated": False, "disabled": False, "downloads": 0, "likes": 0, "tags": [],
+            "private": repo.private, "gated": "manual" if repo.gated else False, "disabled": False, "downloads": 0,
+            "likes": 0, "tags": [],
             "siblings": siblings, "usedStorage": sum(len(d) for d in commit.files.values()),
         })
 
@@ -761,6 +786,7 @@ class FakeHub:
         prefix, ns, name, revision, path = call.args
         repo = self._readable(REPO_TYPES[(prefix or "models").rstrip("/")], f"{ns}/{name}", call.user)
         commit = self._resolve(repo, revision)
+        self._check_gate(repo, call.user)
         if path not in commit.files:
             raise HubError(404, "Entry not found", "EntryNotFound", {"X-Repo-Commit": commit.oid})
         data = commit.files[path]

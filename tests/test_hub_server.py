@@ -10,7 +10,12 @@ from pathlib import Path
 import httpx2
 import pytest
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, hf_hub_download, snapshot_download
-from huggingface_hub.errors import HfHubHTTPError, RemoteEntryNotFoundError, RepositoryNotFoundError
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+)
 from huggingface_hub.utils import get_session
 
 from tests.hub_server import FakeHub, git_blob_oid
@@ -206,6 +211,20 @@ def test_private_repo_needs_a_token(hub, tmp_path):
         HfApi(token=BOB).model_info("alice/private")  # valid token, not the owner
     assert err.value.response.status_code == 404
     assert Path(hf_hub_download("alice/private", "secret.txt", token=GOOD)).read_bytes() == b"s3cret"
+
+
+def test_gated_repo_lists_for_anyone_and_serves_files_only_to_granted_users(hub, tmp_path):
+    hub.add_repo("meta/gated", gated=True, granted={"bob"})
+    hub.put_files("meta/gated", {"config.json": b"{}"})
+    assert HfApi(token=False).model_info("meta/gated").gated == "manual"
+    assert set(HfApi(token=False).list_repo_files("meta/gated")) == {".gitattributes", "config.json"}
+    for token, status in ((False, 401), (READ_ONLY, 403)):  # anonymous; logged in (alice) without access
+        with pytest.raises(GatedRepoError) as err:
+            hf_hub_download("meta/gated", "config.json", token=token, cache_dir=tmp_path / "cache")
+        assert err.value.response.status_code == status
+    assert not list((tmp_path / "cache").rglob("config.json"))  # nothing of it was stored
+    assert Path(hf_hub_download("meta/gated", "config.json", token=BOB, cache_dir=tmp_path / "cache")).read_bytes() \
+        == b"{}"
 
 
 def test_injected_500_on_commit_then_retry_succeeds(api, hub, tmp_path):

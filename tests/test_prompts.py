@@ -90,3 +90,30 @@ def test_results_files(tmp_path):
 
     with csv_path.open() as f:
         assert list(csv.DictReader(f))[0]["prompt"] == "p, with comma"
+
+
+def test_one_reader_with_the_limits_as_parameters(tmp_path):
+    """Batch prompts and calibration texts share read_data_file; only their spec (formats, limits, field) differs."""
+    from quant.prompts import DataFileSpec, read_data_file
+    from quant.quantize import CALIBRATION_FILES, CalibrationData
+
+    long_text = "The with statement.\n" * 1500  # 30,000 characters over 1,500 lines
+    path = write(tmp_path, "long.txt", long_text)
+    assert CalibrationData(file=str(path)).texts() == [long_text]  # a .txt is one calibration text, kept whole
+    with pytest.raises(PromptFileError, match="holds 1500 prompts; the limit is 1000"):  # one prompt a line
+        read_prompt_file(path)
+    record = write(tmp_path, "long.jsonl", json.dumps({"text": "x" * 30_000}) + "\n")
+    assert read_data_file(record, CALIBRATION_FILES) == [(1, "x" * 30_000)]
+    with pytest.raises(PromptFileError, match="has no 'prompt' field"):
+        read_prompt_file(record)
+    with pytest.raises(PromptFileError, match="Line 1 of long.jsonl is 30000 characters; the limit is 20000"):
+        read_prompt_file(write(tmp_path, "long.jsonl", json.dumps("x" * 30_000)))
+    with pytest.raises(PromptFileError, match="unsupported file type"):
+        read_data_file(write(tmp_path, "p.csv", "prompt\na\n"), CALIBRATION_FILES)
+
+    tight = DataFileSpec("note", (".txt",), max_bytes=64, max_items=2, max_item_chars=5, key="note")
+    assert read_data_file(write(tmp_path, "ok.txt", "a\n\nbb\n"), tight) == [(1, "a"), (3, "bb")]
+    for content, message in [("a\nb\nc\n", "holds 3 notes; the limit is 2"), ("abcdef\n", "is 6 characters"),
+                             ("a\n" * 40, "the limit is 0.0 MiB"), ("\x00abc", "binary file.*Upload UTF-8 .txt")]:
+        with pytest.raises(PromptFileError, match=message):
+            read_data_file(write(tmp_path, "bad.txt", content), tight)
