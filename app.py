@@ -16,7 +16,7 @@ import gradio as gr
 import torch
 from gradio.utils import get_space
 
-from quant.attention import BETTERTRANSFORMER_NOTE, IMPLEMENTATIONS
+from quant.attention import IMPLEMENTATIONS
 from quant.errors import ModelNotLoadedError, QuantError
 from quant.compare import (
     DEFAULT_PROMPTS,
@@ -28,7 +28,7 @@ from quant.compare import (
     relative_to_baseline,
     write_json,
 )
-from quant.generation import GenerationSettings, run_batch, stream_chat
+from quant.generation import SEED_MAX, GenerationSettings, run_batch, stream_chat
 from quant.gptq import GPTQRecipe
 from quant.hub import default_repo_id, push_folder
 from quant.quantize import CALIBRATION_TEXTSETS, CalibrationData, output_root, quantize
@@ -83,16 +83,17 @@ def user_errors(fn):
 
 
 def model_choices() -> tuple[list[str], str, str]:
-    """Models offered in the model box, the one selected first, and a note on where they come from."""
+    """Models offered in the model box, the one selected first, and a note on where they come from.
+
+    The note is Markdown with one translation marker (the browser's language picks its words).
+    """
     settings = load_settings()
     demos = demo_models()
     if settings.default_model.startswith("demo:") or os.path.isdir(settings.default_model):
         return [settings.default_model, *[d for d in demos if d != settings.default_model]], settings.default_model, ""
     if hub_reachable():
         return [settings.default_model, *demos], settings.default_model, ""
-    note = (f"The Hugging Face Hub cannot be reached from this server: {settings.default_model} is unavailable. "
-            "The demo models that ship with the app are offered instead; local folders work too.")
-    return demos, demos[0], note
+    return demos, demos[0], f"`{settings.default_model}`: " + t("offline.note")
 
 
 def loaded_choices() -> list[tuple[str, str]]:
@@ -107,13 +108,15 @@ def loaded_table() -> list[list]:
     ]
 
 
-def history_table() -> list[list]:
-    rows = [r.summary_row() for r in default_registry().history()]
-    return [list(r.values()) for r in rows]
-
-
 HISTORY_HEADERS = ["model", "mode", "params (M)", "footprint (MiB)", "RAM before→after (MiB)", "GPU alloc (MiB)",
-                   "load (s)", "quantized layers"]
+                   "load (s)", "compile (s)", "generation", "quantized layers"]
+"""Columns of LoadReport.summary_row shown in the Model tab."""
+
+
+def history_table() -> list[list]:
+    """One row per load, by header name: a column added to the report's summary cannot shift the others."""
+    rows = [r.summary_row() for r in default_registry().history()]
+    return [[row.get(h) for h in HISTORY_HEADERS] for row in rows]
 
 
 def build_request(model, revision, token, mode, int8_threshold, skip_modules, int8_offload, double_quant,
@@ -213,7 +216,7 @@ def toggle_mode_options(mode):
     m = Mode(mode)
     return (gr.Group(visible=m.is_bitsandbytes), gr.Group(visible=m is Mode.INT8),
             gr.Group(visible=m in (Mode.NF4, Mode.FP4)), gr.Group(visible=m is Mode.GPTQ),
-            f"*{m.value}*: {m.description}")
+            f"*{m.value}*: " + t(f"mode.{m.value}"))
 
 
 # --- chat and batch ---------------------------------------------------------------------------------------------
@@ -229,6 +232,13 @@ def _new_stop_event(request: gr.Request | None) -> threading.Event:
         with _stop_lock:
             _stop_events[request.session_hash] = event
     return event
+
+
+def forget_session(request: gr.Request) -> None:
+    """A closed tab: drop its stop event, so the table holds live sessions only (one event each at most)."""
+    if request is not None and request.session_hash:
+        with _stop_lock:
+            _stop_events.pop(request.session_hash, None)
 
 
 def request_stop(request: gr.Request):
@@ -250,12 +260,33 @@ def model_for_session(key: str | None) -> str:
     return loaded[-1].key
 
 
-def active_model_note(key):
+def active_model_note(key) -> str:
     try:
         label = default_registry().get(model_for_session(key)).label
     except QuantError:
-        return "*No model loaded yet: load one in the Model tab.*"
-    return f"Answering: **{label}**"
+        return str(t("no_model"))
+    return t("answering") + f" **{label}**"
+
+
+
+
+def parse_seed(value) -> int | None:
+    """The Seed box: empty means no seed (a new random one each reply); else a whole number, refused otherwise.
+
+    The box is text, not a gr.Number, because a Number shows and sends 0 when empty: every sampled reply would be
+    seeded with 0.
+    """
+    text = "" if value is None else str(value).strip()
+    if not text:
+        return None
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = None
+    if seed is None or not 0 <= seed <= SEED_MAX:
+        raise gr.Error(f"Seed must be a whole number from 0 to {SEED_MAX}, or empty for a random seed "
+                       f"(got {text[:40]!r}).", print_exception=False)
+    return seed
 
 
 def settings_from_ui(max_new_tokens, do_sample, temperature, top_p, top_k, repetition_penalty, no_repeat_ngram,
@@ -271,7 +302,7 @@ def settings_from_ui(max_new_tokens, do_sample, temperature, top_p, top_k, repet
         temperature=number(temperature, float, "Temperature"), top_p=number(top_p, float, "Top-p"),
         top_k=number(top_k, int, "Top-k"), repetition_penalty=number(repetition_penalty, float, "Repetition penalty"),
         no_repeat_ngram_size=number(no_repeat_ngram, int, "No-repeat n-gram size"),
-        seed=None if seed in (None, "") else number(seed, int, "Seed"),
+        seed=parse_seed(seed),
     )
 
 
@@ -365,8 +396,7 @@ def run_batch_ui(key, pasted, upload, column, use_template, system_prompt, batch
 
 # --- quantize and push --------------------------------------------------------------------------------------------
 
-QUANT_METHODS = [("GPTQ (calibrated, gptqmodel)", "gptq"), ("bitsandbytes int8 (serialized)", "int8"),
-                 ("bitsandbytes nf4 (serialized)", "nf4")]
+QUANT_METHODS = [(t(f"quantize.method.{method}"), method) for method in ("gptq", "int8", "nf4")]
 
 
 def _token(typed: str | None, oauth=None) -> str | None:
@@ -443,7 +473,8 @@ def toggle_calibration(source):
 # --- compare ------------------------------------------------------------------------------------------------------
 
 COMPARE_HEADERS = ["mode", "error", "footprint (MiB)", "load (s)", "RAM (MiB)", "peak GPU (MiB)", "first token (s)",
-                   "decode b1 (tok/s)", "batch (tok/s)", "perplexity", "quantized layers", "attention"]
+                   "decode b1 (tok/s)", "batch (tok/s)", "perplexity", "quantized layers", "attention", "compile (s)",
+                   "generation path"]
 
 
 def _compare_rows(results) -> list[list]:
@@ -457,17 +488,36 @@ def _compare_rows(results) -> list[list]:
         rows.append([r.label, r.error or "", num(r.footprint_bytes, 2**20, 1), num(r.load_seconds),
                      num(r.ram_bytes, 2**20, 0), num(r.peak_gpu_bytes, 2**20, 1), num(r.time_to_first_token_s, 1, 3),
                      num(r.decode_tokens_per_s, 1, 1), num(r.batch_tokens_per_s, 1, 1), num(r.perplexity), layers,
-                     r.attn_implementation or ""])
+                     r.attn_implementation or "", num(r.compile_seconds, 1, 1), r.generation_path])
     return rows
 
 
-def _relative_frame(results):
+COMPARE_METRICS = ("memory", "decode", "batch", "perplexity")
+"""The Compare tab's bar plots, one per metric (keys of quant.compare.relative_to_baseline)."""
+MODE_COLOURS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#eeca3b", "#ff9da6", "#9d755d",
+                "#bab0ac")
+"""Vega's tableau10: a mode keeps its colour in every plot and as more modes finish."""
+
+
+def _relative_plots(results) -> list[gr.BarPlot]:
+    """One bar plot per metric, with a bar per mode side by side, in the order the modes ran.
+
+    One plot per metric because Gradio 6.31's BarPlot stacks the bars of a category instead of grouping them. And
+    it fixes its colour domain (the modes) when it draws: a streamed value only swaps the data, so the bars of modes
+    that finish later would have no fill (invisible). Each update therefore carries the colour map of every mode so
+    far: a changed colour map makes the plot draw itself again, with the new domain.
+    """
     import pandas as pd
 
-    records = [{"mode": label, "metric": metric, "relative to 16-bit": value}
-               for label, metrics in relative_to_baseline(results).items()
-               for metric, value in metrics.items() if value is not None]
-    return pd.DataFrame(records, columns=["mode", "metric", "relative to 16-bit"])
+    relative = relative_to_baseline(results)
+    order = [r.label for r in results if r.label in relative]
+    colours = {label: MODE_COLOURS[i % len(MODE_COLOURS)] for i, label in enumerate(order)}
+    plots = []
+    for metric in COMPARE_METRICS:
+        frame = pd.DataFrame([{"mode": label, "× 16-bit": relative[label][metric]} for label in order
+                              if relative[label].get(metric) is not None], columns=["mode", "× 16-bit"])
+        plots.append(gr.BarPlot(value=frame, color_map=colours, sort=order))
+    return plots
 
 
 def _answers_html(prompts, results) -> str:
@@ -503,7 +553,7 @@ def run_compare(model, modes, gptq_checkpoints, gptq_backend, attn_variants, pro
         results.append(result)
         if result.error:
             gr.Warning(f"{result.label}: {result.error}")
-        yield _compare_rows(results), _relative_frame(results), "", None
+        yield _compare_rows(results), *_relative_plots(results), "", None
     used_prompts = prompts or list(DEFAULT_PROMPTS)
     comparison = Comparison(model=model, prompts=used_prompts, batch_size=int(batch_size), new_tokens=int(new_tokens),
                             device="cuda" if torch.cuda.is_available() else "cpu", results=results)
@@ -514,7 +564,7 @@ def run_compare(model, modes, gptq_checkpoints, gptq_backend, attn_variants, pro
         writer = csv.writer(f)
         writer.writerow(COMPARE_HEADERS)
         writer.writerows(_compare_rows(results))
-    yield (_compare_rows(results), _relative_frame(results), _answers_html(used_prompts, results),
+    yield (_compare_rows(results), *_relative_plots(results), _answers_html(used_prompts, results),
            [str(json_path), str(csv_path)])
 
 
@@ -536,36 +586,37 @@ def build_app() -> gr.Blocks:
                                                 label=t("model.box"))
                         with gr.Row():
                             revision = gr.Textbox(label=t("revision"), placeholder="main")
-                            token = gr.Textbox(label=t("token"), type="password",
-                                               placeholder="used for this load only; never stored")
+                            token = gr.Textbox(label=t("token"), type="password", placeholder=t("token.placeholder"))
                         mode = gr.Radio([m.value for m in Mode], value=Mode.BF16.value, label=t("mode"))
-                        mode_help = gr.Markdown(f"*bf16*: {Mode.BF16.description}")
+                        mode_help = gr.Markdown(f"*{Mode.BF16.value}*: " + t(f"mode.{Mode.BF16.value}"))
                         with gr.Group(visible=False) as bnb_group:
-                            skip_modules = gr.Textbox(label="Modules kept unquantized (comma-separated)",
-                                                      placeholder="lm_head is always kept")
+                            skip_modules = gr.Textbox(label=t("skip_modules"), placeholder=t("skip_modules.placeholder"))
                         with gr.Group(visible=False) as int8_group:
                             with gr.Row():
-                                int8_threshold = gr.Number(value=6.0, label="LLM.int8 outlier threshold")
-                                int8_offload = gr.Checkbox(label="fp32 CPU offload for modules placed on the CPU")
+                                int8_threshold = gr.Number(value=6.0, label=t("int8.threshold"))
+                                int8_offload = gr.Checkbox(label=t("int8.offload"))
                         with gr.Group(visible=False) as bnb4_group:
                             with gr.Row():
-                                double_quant = gr.Checkbox(value=True, label="Double quantization")
+                                double_quant = gr.Checkbox(value=True, label=t("bnb4.double_quant"))
                                 compute_dtype = gr.Dropdown(["bf16", "fp16", "fp32"], value="bf16",
-                                                            label="Compute dtype")
+                                                            label=t("bnb4.compute_dtype"))
                                 quant_storage = gr.Dropdown(["uint8", "bf16", "fp16", "fp32"], value="uint8",
-                                                            label="Quant storage")
+                                                            label=t("bnb4.quant_storage"))
                         with gr.Group(visible=False) as gptq_group:
-                            gptq_backend = gr.Dropdown([("automatic: torch on CPU, triton on GPU", "")] +
-                                                       [(f"{k}: {v}", k) for k, v in GPTQ_BACKENDS.items()],
-                                                       value="", label="GPTQ kernel")
+                            gptq_backend = gr.Dropdown([(t("gptq.auto"), "")] +
+                                                       [(t(f"gptq.{k}"), k) for k in GPTQ_BACKENDS],
+                                                       value="", label=t("gptq.kernel"))
                         with gr.Accordion(t("placement"), open=False):
                             with gr.Row():
                                 device_map = gr.Dropdown(list(DEVICE_MAP_CHOICES), value="auto",
-                                                         allow_custom_value=True, label="device_map")
-                                max_memory = gr.Textbox(label="max_memory", placeholder="0=20GiB, 1=20GiB, cpu=30GiB")
-                                attn = gr.Dropdown([DEFAULT_ATTN, *IMPLEMENTATIONS], value=DEFAULT_ATTN,
-                                                   label=t("attention"))
-                            gr.Markdown(BETTERTRANSFORMER_NOTE)
+                                                         allow_custom_value=True, label="device_map",
+                                                         info=t("device_map.info"))
+                                max_memory = gr.Textbox(label="max_memory", placeholder="0=20GiB, 1=20GiB, cpu=30GiB",
+                                                        info=t("max_memory.info"))
+                                attn = gr.Dropdown([(t("attention.default"), DEFAULT_ATTN),
+                                                    *((name, name) for name in IMPLEMENTATIONS)],
+                                                   value=DEFAULT_ATTN, label=t("attention"))
+                            gr.Markdown(t("attention.note"))
                         with gr.Row():
                             load_btn = gr.Button(t("load"), variant="primary")
                             measure_modes_box = gr.CheckboxGroup([m.value for m in Mode if m is not Mode.GPTQ],
@@ -587,7 +638,7 @@ def build_app() -> gr.Blocks:
             with gr.Tab(t("tab.chat"), id="chat"):
                 chat_note = gr.Markdown(active_model_note(None))
                 chat_state = gr.State([])  # this session's conversation: role, content, and a footer per reply
-                chatbot = gr.Chatbot(label="Chat", height=420, buttons=["copy"])
+                chatbot = gr.Chatbot(label=t("chat.label"), height=420, buttons=["copy"])
                 with gr.Row():
                     chat_box = gr.Textbox(show_label=False, placeholder=t("message"), scale=5, lines=1)
                     send_btn = gr.Button(t("send"), variant="primary", scale=1)
@@ -596,13 +647,13 @@ def build_app() -> gr.Blocks:
                     regen_btn = gr.Button(t("regenerate"))
                     undo_btn = gr.Button(t("undo"))
                     clear_btn = gr.Button(t("clear"))
-                system_prompt = gr.Textbox(label=t("system"), lines=2,
-                                           placeholder="e.g. You are a concise assistant.")
+                system_prompt = gr.Textbox(label=t("system"), lines=2, placeholder=t("system.placeholder"))
                 with gr.Accordion(t("settings"), open=False):
                     with gr.Row():
                         max_new_tokens = gr.Slider(1, 2048, value=256, step=1, label=t("max_new_tokens"))
                         do_sample = gr.Checkbox(value=False, label=t("sample"))
-                        seed = gr.Number(value=None, precision=0, label=t("seed"))
+                        seed = gr.Textbox(label=t("seed"), placeholder=t("seed.placeholder"), info=t("seed.info"),
+                                          max_lines=1)
                     with gr.Row():
                         temperature = gr.Slider(0.05, 2.0, value=0.7, step=0.05, label=t("temperature"))
                         top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label=t("top_p"))
@@ -621,9 +672,9 @@ def build_app() -> gr.Blocks:
                         batch_column = gr.Textbox(label=t("batch.column"), placeholder="prompt")
                 with gr.Row():
                     batch_template = gr.Checkbox(value=False, label=t("batch.template"))
-                    batch_system = gr.Textbox(label="System prompt (with the chat template)")
+                    batch_system = gr.Textbox(label=t("batch.system"))
                     batch_size = gr.Slider(1, 64, value=8, step=1, label=t("batch.size"))
-                gr.Markdown("Greedy unless sampling is on; generation settings are those of the Chat tab.")
+                gr.Markdown(t("batch.note"))
                 with gr.Row():
                     batch_btn = gr.Button(t("batch.run"), variant="primary")
                     batch_stop_btn = gr.Button(t("stop"))
@@ -632,30 +683,33 @@ def build_app() -> gr.Blocks:
                 batch_files = gr.File(label=t("batch.download"), file_count="multiple", interactive=False)
 
             with gr.Tab(t("tab.compare"), id="compare"):
-                gr.Markdown("Load one model in several modes, one after another, and measure each on the same "
-                            "prompts: memory, speed, perplexity on held-out text, and the answers side by side.")
+                gr.Markdown(t("compare.intro"))
                 with gr.Row():
-                    c_model = gr.Dropdown(choices=choices, value=first, allow_custom_value=True, label="Model")
+                    c_model = gr.Dropdown(choices=choices, value=first, allow_custom_value=True,
+                                          label=t("compare.model"))
                     c_modes = gr.CheckboxGroup([m.value for m in Mode if m is not Mode.GPTQ],
-                                               value=["bf16", "int8", "nf4"], label="Modes")
+                                               value=["bf16", "int8", "nf4"], label=t("compare.modes"))
                 with gr.Row():
-                    c_gptq = gr.Textbox(label="GPTQ checkpoints of this model (folder or repo, one per line)", lines=2)
-                    c_backend = gr.Dropdown([("automatic: torch on CPU, triton on GPU", "")] +
-                                            [(k, k) for k in GPTQ_BACKENDS], value="", label="GPTQ kernel")
-                    c_attn = gr.CheckboxGroup(["sdpa", "eager"], value=[],
-                                              label="Attention implementations (each mode with each; none: default)")
+                    c_gptq = gr.Textbox(label=t("compare.gptq"), lines=2)
+                    c_backend = gr.Dropdown([(t("gptq.auto"), "")] + [(k, k) for k in GPTQ_BACKENDS], value="",
+                                            label=t("gptq.kernel"))
+                    c_attn = gr.CheckboxGroup(["sdpa", "eager"], value=[], label=t("compare.attention"))
                 with gr.Row():
-                    c_prompts = gr.Textbox(label="Prompts (one per line; empty: built-in)", lines=3)
-                    c_batch = gr.Slider(1, 64, value=8, step=1, label="Batch size (throughput)")
-                    c_tokens = gr.Slider(4, 512, value=32, step=4, label="New tokens per measurement")
+                    c_prompts = gr.Textbox(label=t("compare.prompts"), lines=3)
+                    c_batch = gr.Slider(1, 64, value=8, step=1, label=t("compare.batch"))
+                    c_tokens = gr.Slider(4, 512, value=32, step=4, label=t("compare.tokens"))
                 with gr.Row():
                     c_btn = gr.Button(t("compare.run"), variant="primary")
                     c_stop_btn = gr.Button(t("stop"))
-                c_table = gr.Dataframe(headers=COMPARE_HEADERS, interactive=False, wrap=True, label="Results")
-                c_plot = gr.BarPlot(x="metric", y="relative to 16-bit", color="mode", x_title="",
-                                    label="Relative to the 16-bit baseline (memory, decode, batch, perplexity)")
+                c_table = gr.Dataframe(headers=COMPARE_HEADERS, interactive=False, wrap=True,
+                                       label=t("compare.results"))
+                gr.Markdown(t("compare.plots"))
+                with gr.Row():
+                    c_plots = [gr.BarPlot(x="mode", y="× 16-bit", color="mode", label=t(f"compare.plot.{metric}"),
+                                          y_lim=[0, None], colors_in_legend=[], height=260, min_width=200)
+                               for metric in COMPARE_METRICS]
                 c_answers = gr.HTML()
-                c_files = gr.File(label="Export (JSON, CSV)", file_count="multiple", interactive=False)
+                c_files = gr.File(label=t("compare.export"), file_count="multiple", interactive=False)
 
             with gr.Tab(t("tab.quantize"), id="quantize"):
                 with gr.Row():
@@ -666,20 +720,21 @@ def build_app() -> gr.Blocks:
                 with gr.Group() as gptq_recipe:
                     with gr.Row():
                         q_bits = gr.Dropdown([2, 3, 4, 8], value=4, label=t("quantize.bits"))
-                        q_group = gr.Dropdown([("32", 32), ("64", 64), ("128", 128), ("per column (-1)", -1)],
+                        q_group = gr.Dropdown([("32", 32), ("64", 64), ("128", 128),
+                                               (t("quantize.group.column"), -1)],
                                               value=128, label=t("quantize.group"))
-                        q_desc_act = gr.Checkbox(value=False, label="Act-order (desc_act)")
-                        q_sym = gr.Checkbox(value=True, label="Symmetric")
-                        q_damp = gr.Number(value=0.05, label="Damp percent")
+                        q_desc_act = gr.Checkbox(value=False, label=t("quantize.desc_act"))
+                        q_sym = gr.Checkbox(value=True, label=t("quantize.sym"))
+                        q_damp = gr.Number(value=0.05, label=t("quantize.damp"))
                     with gr.Row():
-                        q_samples = gr.Slider(1, 1024, value=128, step=1, label="Calibration samples")
-                        q_seq_len = gr.Slider(32, 4096, value=512, step=32, label="Sample length (tokens)")
-                        q_cal_source = gr.Radio([("Built-in text (CPython reference)", "builtin"),
-                                                 ("Paste text", "paste"), ("Upload .txt / .jsonl", "upload")],
+                        q_samples = gr.Slider(1, 1024, value=128, step=1, label=t("quantize.samples"))
+                        q_seq_len = gr.Slider(32, 4096, value=512, step=32, label=t("quantize.seq_len"))
+                        q_cal_source = gr.Radio([(t(f"quantize.calibration.{source}"), source)
+                                                 for source in ("builtin", "paste", "upload")],
                                                 value="builtin", label=t("quantize.calibration"))
-                    q_cal_text = gr.Textbox(label="Calibration text", lines=6, visible=False)
-                    q_cal_file = gr.File(label="Calibration file", file_types=[".txt", ".jsonl"], type="filepath",
-                                         visible=False)
+                    q_cal_text = gr.Textbox(label=t("quantize.calibration.text"), lines=6, visible=False)
+                    q_cal_file = gr.File(label=t("quantize.calibration.file"), file_types=[".txt", ".jsonl"],
+                                         type="filepath", visible=False)
                 with gr.Row():
                     q_btn = gr.Button(t("quantize.run"), variant="primary")
                     q_stop_btn = gr.Button(t("stop"))
@@ -687,14 +742,13 @@ def build_app() -> gr.Blocks:
                 q_table = gr.Dataframe(headers=["model", "size on disk (MiB)", "perplexity (held-out text)"],
                                        interactive=False, label=t("quantize.table"))
                 q_files = gr.File(label=t("quantize.files"), file_count="multiple", interactive=False)
-                gr.Markdown("### Push to the Hugging Face Hub\nThe folder is on disk first; a failed push can be "
-                            "retried from it.")
+                gr.Markdown(t("push.intro"))
                 with gr.Row():
                     push_folder_box = gr.Textbox(label=t("push.folder"))
                     push_repo = gr.Textbox(label=t("push.repo"), placeholder="user/model-GPTQ-4bit-g128")
                 with gr.Row():
                     push_token = gr.Textbox(label=t("push.token"), type="password",
-                                            placeholder="or log in / set HF_TOKEN; never stored")
+                                            placeholder=t("push.token.placeholder"))
                     push_private = gr.Checkbox(value=True, label=t("push.private"))
                     push_overwrite = gr.Checkbox(value=False, label=t("push.overwrite"))
                 push_btn = gr.Button(t("push.run"))
@@ -713,6 +767,7 @@ def build_app() -> gr.Blocks:
         loaded_dd.input(select_model, loaded_dd, active_key, api_name=False)
         refresh_btn.click(refresh, None, [loaded_dd, loaded_df, history_df], api_name="refresh")
         demo.load(refresh, None, [loaded_dd, loaded_df, history_df], api_name=False)  # a new visitor sees the server's models
+        demo.unload(forget_session)
         generation_inputs = [max_new_tokens, do_sample, temperature, top_p, top_k, repetition_penalty,
                              no_repeat_ngram, seed]
         for note in (chat_note, batch_note):
@@ -729,18 +784,18 @@ def build_app() -> gr.Blocks:
         clear_btn.click(lambda: ([], []), None, [chat_state, chatbot], api_name=False)
         chatbot.clear(lambda: [], None, chat_state, api_name=False)  # the Chatbot's own trash icon clears the state too
         chat_stop_btn.click(request_stop, None, None, queue=False, api_name="stop")
-        batch_stop_btn.click(request_stop, None, None, queue=False, api_name=False)
+        batch_stop_btn.click(request_stop, None, None, queue=False, api_name="batch_stop")
         c_btn.click(run_compare, [c_model, c_modes, c_gptq, c_backend, c_attn, c_prompts, c_batch, c_tokens],
-                    [c_table, c_plot, c_answers, c_files], api_name="compare", concurrency_limit=1,
+                    [c_table, *c_plots, c_answers, c_files], api_name="compare", concurrency_limit=1,
                     concurrency_id="model-load")
-        c_stop_btn.click(request_stop, None, None, queue=False, api_name=False)
+        c_stop_btn.click(request_stop, None, None, queue=False, api_name="compare_stop")
         q_method.change(toggle_quant_method, q_method, gptq_recipe, api_name=False)
         q_cal_source.change(toggle_calibration, q_cal_source, [q_cal_text, q_cal_file], api_name=False)
         q_btn.click(run_quantize_with_login if ON_SPACE else run_quantize, [q_model, q_revision, push_token, q_method, q_bits, q_group, q_desc_act, q_sym,
                                    q_damp, q_samples, q_seq_len, q_cal_source, q_cal_text, q_cal_file],
                     [q_status, q_table, push_folder_box, q_files, push_repo], api_name="quantize",
                     concurrency_limit=1, concurrency_id="quantize")
-        q_stop_btn.click(request_stop, None, None, queue=False, api_name=False)
+        q_stop_btn.click(request_stop, None, None, queue=False, api_name="quantize_stop")
         push_btn.click(run_push_with_login if ON_SPACE else run_push, [push_folder_box, push_repo, push_private, push_overwrite, push_token],
                        push_status, api_name="push", concurrency_limit=2, concurrency_id="push")
         batch_btn.click(run_batch_ui, [active_key, batch_text, batch_file, batch_column, batch_template,

@@ -13,8 +13,10 @@ from gradio_client.exceptions import AppError
 from tests.conftest import LLAMA
 from tests.test_app_model_tab import load_args
 
-# max new tokens, sample, temperature, top-p, top-k, repetition penalty, no-repeat n-gram, seed
-GREEDY = (48, False, 0.7, 0.9, 50, 1.0, 0, None)
+# max new tokens, sample, temperature, top-p, top-k, repetition penalty, no-repeat n-gram, seed ("": the untouched
+# Seed box, no seed)
+GREEDY = (48, False, 0.7, 0.9, 50, 1.0, 0, "")
+SAMPLED = (48, True, 1.5, 1.0, 0, 1.0, 0)  # wide sampling: two unseeded replies all but surely differ
 
 
 @pytest.fixture
@@ -43,7 +45,7 @@ def test_stop_ends_the_reply_on_the_server(session):
     from quant.registry import default_registry
 
     session.predict("Explain classes at length.", api_name="/chat_add_message")
-    job = session.submit("", 2000, False, 0.7, 0.9, 50, 1.0, 0, None, api_name="/chat_respond")
+    job = session.submit("", 2000, False, 0.7, 0.9, 50, 1.0, 0, "", api_name="/chat_respond")
     deadline = time.time() + 60
     while len(job.outputs()) < 2 and time.time() < deadline:
         time.sleep(0.05)
@@ -55,17 +57,34 @@ def test_stop_ends_the_reply_on_the_server(session):
     assert default_registry().in_use(key) == 0  # the lease was returned: the server stopped working
 
 
-def test_chat_without_a_message_is_refused(session):
-    with pytest.raises(AppError, match="Type a message first"):
-        session.predict("   ", api_name="/chat_add_message")
+def reply_text(messages) -> str:
+    """The last reply without its footer (which has timings)."""
+    content = messages[-1]["content"]
+    text = content[0]["text"] if isinstance(content, list) else content
+    return text.rsplit("\n\n---\n", 1)[0]
+
+
+def test_a_seed_repeats_a_sampled_reply_and_no_seed_does_not(session, app_url):
+    def sampled_reply(seed) -> str:
+        client = Client(app_url, verbose=False)  # a fresh conversation, answered by the session's loaded model
+        client.predict("Explain the with statement.", api_name="/chat_add_message")
+        return reply_text(client.predict("", *SAMPLED, seed, api_name="/chat_respond"))
+
+    seeded = sampled_reply(" 1234 ")
+    assert seeded and sampled_reply("1234") == seeded
+    unseeded = [sampled_reply(""), sampled_reply("")]
+    assert unseeded[0] != unseeded[1]
 
 
 def test_absurd_settings_get_a_message(session):
     session.predict("hello", api_name="/chat_add_message")
     with pytest.raises(AppError, match="less than minimum value 1"):  # the slider's own validation
-        session.predict("", 0, False, 0.7, 0.9, 50, 1.0, 0, None, api_name="/chat_respond")
+        session.predict("", 0, False, 0.7, 0.9, 50, 1.0, 0, "", api_name="/chat_respond")
     with pytest.raises(AppError, match="greater than maximum value 2"):
-        session.predict("", 10, True, 50.0, 0.9, 50, 1.0, 0, None, api_name="/chat_respond")
+        session.predict("", 10, True, 50.0, 0.9, 50, 1.0, 0, "", api_name="/chat_respond")
+    for seed in ("1.5", "abc", "-1", str(2**32)):
+        with pytest.raises(AppError, match="Seed must be a whole number from 0 to 4294967295, or empty"):
+            session.predict("", *SAMPLED, seed, api_name="/chat_respond")
     final = session.predict("", *GREEDY, api_name="/chat_respond")  # and the app still answers
     assert final[-1]["role"] == "assistant"
 
@@ -93,28 +112,23 @@ def test_batch_from_an_uploaded_jsonl_file(session, tmp_path):
     assert len(table["data"]) == 2 and "2/2 prompts" in totals
 
 
-def test_malformed_upload_is_reported_by_line(session, tmp_path):
-    path = tmp_path / "bad.jsonl"
-    path.write_text('{"prompt": "ok"}\nnot json\n')
-    with pytest.raises(AppError, match="Line 2 of bad.jsonl is not valid JSON"):
-        session.predict("", handle_file(str(path)), "", False, "", 4, *GREEDY, api_name="/run_batch")
-
-
 def test_compare_tab_over_http(app_url):
     client = Client(app_url, verbose=False)
-    table, plot, answers, files = client.predict(
+    table, *plots, answers, files = client.predict(
         LLAMA, ["bf16", "nf4"], "/no/such/gptq", "", [], "The with statement\nA class", 2, 8, api_name="/compare")
     rows = {row[0]: row for row in table["data"]}
+    # one plot per metric (memory, decode, batch, perplexity): a bar per mode that ran, relative to bf16
+    # (each an update that also carries the colour of every mode so far, which makes the plot redraw its legend)
+    assert len(plots) == 4
+    assert all([row[0] for row in plot["value"]["data"]] == ["bf16", "nf4"] for plot in plots), plots
+    assert all(plot["color_map"].keys() == {"bf16", "nf4"} and len(set(plot["color_map"].values())) == 2
+               for plot in plots), plots
+    memory = dict(plots[0]["value"]["data"])
+    assert memory["bf16"] == 1.0 and 0 < memory["nf4"] < 1
     assert set(rows) == {"bf16", "nf4", "gptq:/no/such/gptq"}
     assert "No such folder" in rows["gptq:/no/such/gptq"][1]
     assert rows["bf16"][2] > rows["nf4"][2]
+    path = table["headers"].index("generation path")
+    assert all(rows[m][path].startswith("eager (CPU") for m in ("bf16", "nf4"))  # which path, and why not compiled
     assert "<mark>" in answers or "Greedy answers" in answers
     assert sorted(f.rsplit(".", 1)[1] for f in files) == ["csv", "json"]
-
-
-def test_push_only_from_the_output_folder(app_url, tmp_path, monkeypatch):
-    monkeypatch.setenv("QUANT_OUTPUT_DIR", str(tmp_path / "outputs"))
-    client = Client(app_url, verbose=False)
-    for folder in ("/etc", str(tmp_path / "outputs" / ".." / "elsewhere"), ""):
-        with pytest.raises(AppError, match="Only folders under the output directory"):
-            client.predict(folder, "alice/x", True, False, "hf_secret_typed_token", api_name="/push")
