@@ -28,7 +28,7 @@ from quant.compare import (
     relative_to_baseline,
     write_json,
 )
-from quant.generation import SEED_MAX, GenerationSettings, run_batch, stream_chat
+from quant.generation import SEED_MAX, GenerationSettings, at_most_every, run_batch, stream_chat
 from quant.gptq import GPTQRecipe
 from quant.hub import default_repo_id, push_folder
 from quant.quantize import CALIBRATION_TEXTSETS, CalibrationData, output_root, quantize
@@ -317,6 +317,10 @@ def chat_display(messages: list[dict]) -> list[dict]:
     return shown
 
 
+UI_UPDATE_SECONDS = 0.04
+"""The chat redraws at most 25 times a second; the reply's own speed is measured on the server, token by token."""
+
+
 def add_user_message(message, messages):
     if not (message or "").strip():
         raise gr.Error("Type a message first.")
@@ -337,7 +341,8 @@ def respond(key, messages, system_prompt, max_new_tokens, do_sample, temperature
     with registry.use(model_for_session(key)) as loaded:
         history = [{"role": m["role"], "content": m["content"]} for m in messages]
         reply = {"role": "assistant", "content": "", "footer": "…"}
-        for chunk in stream_chat(loaded, history, system_prompt=system_prompt, settings=settings, stop=stop):
+        chunks = stream_chat(loaded, history, system_prompt=system_prompt, settings=settings, stop=stop)
+        for chunk in at_most_every(chunks, UI_UPDATE_SECONDS):
             reply = {"role": "assistant", "content": chunk.text,
                      "footer": chunk.stats.summary() if chunk.done else f"{chunk.stats.new_tokens} tokens…"}
             if chunk.done:

@@ -63,6 +63,19 @@ def over_http(url: str, loaded, prompt: str, new_tokens: int) -> dict:
     return _row(loaded, text, started, first, last, footer.strip("*"))
 
 
+def _noop_round_trip(url: str, calls: int = 10) -> float:
+    """Median time of the Stop endpoint (no queue, no work): the HTTP client's own floor on this machine."""
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        client.predict(api_name="/stop")
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[2:])
+
+
 def _row(loaded, text: str, started: float, first: float | None, last: float | None, path: str) -> dict:
     tokens = len(loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
     ttft = (first - started) if first else None
@@ -92,6 +105,7 @@ def main() -> None:
     demo.launch(**app_module.launch_options(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
                                             quiet=True))
     url = f"http://127.0.0.1:{port}/"
+    noop = _noop_round_trip(url)
     rows = {"direct": [], "http": []}
     for run in range(args.runs):
         for prompt in PROMPTS:
@@ -111,6 +125,7 @@ def main() -> None:
                **{f"{kind}_{key}": median(kind, key) for kind in rows for key in ("ttft_s", "tok_s")}}
     summary["http_over_direct_tok_s"] = summary["http_tok_s"] / summary["direct_tok_s"]
     summary["http_minus_direct_ttft_s"] = summary["http_ttft_s"] - summary["direct_ttft_s"]
+    summary["http_noop_round_trip_s"] = noop  # what any call costs through gradio_client here, generation aside
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"chat-latency-{summary['device'].replace(' ', '-').lower()}-{args.mode}"
     (args.out / f"{stem}.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))

@@ -159,3 +159,29 @@ def test_batch_reports_progress_and_a_bad_row_by_its_line(llama):
 
 def test_pad_token_is_set_for_a_tokenizer_without_one(llama):
     assert llama.tokenizer.pad_token == llama.tokenizer.eos_token  # the demo Llama ships no pad token
+
+
+def test_ui_updates_are_coalesced_without_losing_the_first_or_last_chunk(llama):
+    from quant.generation import at_most_every
+
+    history = [{"role": "user", "content": "What is a generator?"}]
+    every = list(stream_chat(llama, history, settings=GenerationSettings(max_new_tokens=60)))
+    coalesced = list(at_most_every(stream_chat(llama, history, settings=GenerationSettings(max_new_tokens=60)),
+                                   seconds=10.0))
+    assert len(every) > 10
+    assert [c.text for c in coalesced] == [every[0].text, every[-1].text]  # first at once, then only the final
+    assert coalesced[-1].done and coalesced[-1].stats.new_tokens == every[-1].stats.new_tokens
+
+
+def test_closing_the_coalesced_stream_stops_generation(llama):
+    from quant.generation import at_most_every
+
+    stream = at_most_every(stream_chat(llama, [{"role": "user", "content": "Tell me everything."}],
+                                       settings=GenerationSettings(max_new_tokens=400)), seconds=0.0)
+    first = next(stream)
+    workers = [t for t in threading.enumerate() if t.name == "quant-generate"]
+    stream.close()  # what Gradio does when the browser goes away
+    for worker in workers:
+        worker.join(timeout=5)
+    assert workers and not any(w.is_alive() for w in workers)  # stopped long before 400 tokens
+    assert first.stats.new_tokens < 400
