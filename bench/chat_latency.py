@@ -93,28 +93,23 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
-    import app as app_module
     import torch
     from quant.loader import LoadRequest
     from quant.registry import default_registry
-    from tests.conftest import free_port
+    from tests.conftest import serve_app
 
     loaded = default_registry().load(LoadRequest(model=args.model, mode=args.mode, device_map=args.device_map))
-    demo = app_module.configure_queue(app_module.build_app())
-    port = free_port()
-    demo.launch(**app_module.launch_options(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
-                                            quiet=True))
-    url = f"http://127.0.0.1:{port}/"
-    noop = _noop_round_trip(url)
     rows = {"direct": [], "http": []}
-    for run in range(args.runs):
-        for prompt in PROMPTS:
-            d, h = direct(loaded, prompt, args.new_tokens), over_http(url, loaded, prompt, args.new_tokens)
-            if run:  # the first pass warms caches, the HTTP connection pool and the queue
-                rows["direct"].append(d)
-                rows["http"].append(h)
-            assert d["text"].strip() == h["text"].strip(), f"the UI showed a different reply:\n{d['text']!r}\n{h['text']!r}"
-    demo.close()
+    with serve_app() as url:
+        noop = _noop_round_trip(url)
+        for run in range(args.runs):
+            for prompt in PROMPTS:
+                d, h = direct(loaded, prompt, args.new_tokens), over_http(url, loaded, prompt, args.new_tokens)
+                if run:  # the first pass warms caches, the HTTP connection pool and the queue
+                    rows["direct"].append(d)
+                    rows["http"].append(h)
+                assert d["text"].strip() == h["text"].strip(), \
+                    f"the UI showed a different reply:\n{d['text']!r}\n{h['text']!r}"
 
     def median(kind: str, key: str) -> float:
         return statistics.median(r[key] for r in rows[kind] if r[key] is not None)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
@@ -58,14 +60,23 @@ def registry():
     reg.unload_all()
 
 
-@pytest.fixture(scope="session")
-def app_url():
-    """The real app, served over HTTP on a free local port."""
+@contextmanager
+def serve_app() -> Iterator[str]:
+    """The real app (queue configured from the environment as at start-up), served over HTTP on a free local port."""
     import app as app_module
 
     demo = app_module.configure_queue(app_module.build_app())
     port = free_port()
     demo.launch(**app_module.launch_options(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
                                             quiet=True))
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="session")
+def app_url():
+    """The real app, served over HTTP for the whole test session."""
+    with serve_app() as url:
+        yield url

@@ -10,7 +10,7 @@ from gradio_client.exceptions import AppError
 
 from bench.load_test import run_sessions
 from quant.report import process_rss
-from tests.conftest import LLAMA, free_port
+from tests.conftest import LLAMA, serve_app
 from tests.test_app_model_tab import load_args
 
 
@@ -34,16 +34,10 @@ def test_twenty_sessions_chatting_at_once(app_url):
 @pytest.fixture(scope="module")
 def small_queue_app(monkeypatch_module):
     """A second server with a queue of 2 and one generation at a time: the overflow must be refused, not hang."""
-    import app as app_module
-
     monkeypatch_module.setenv("QUANT_QUEUE_SIZE", "2")
     monkeypatch_module.setenv("QUANT_CONCURRENCY", "1")
-    demo = app_module.configure_queue(app_module.build_app())
-    port = free_port()
-    demo.launch(**app_module.launch_options(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
-                                            quiet=True))
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
+    with serve_app() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
