@@ -48,14 +48,26 @@ _TRACEABLE_MODES = {Mode.NF4, Mode.FP4, Mode.GPTQ}
 def configure_kernel_cache(settings: Settings | None = None) -> str:
     """Point Inductor, Triton and gptqmodel's JIT builds at QUANT_KERNEL_CACHE (unless already set); returns it."""
     root = (settings or load_settings()).kernel_cache
+    defaults = _library_defaults()
     for variable, sub in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton"),
                           ("GPTQMODEL_TORCH_EXTENSIONS_DIR", "gptqmodel"), ("TORCH_EXTENSIONS_DIR", "torch_extensions")):
-        os.environ.setdefault(variable, os.path.join(root, sub))
+        if os.environ.get(variable) in (None, "", defaults.get(variable)):
+            os.environ[variable] = os.path.join(root, sub)
     try:
         os.makedirs(root, exist_ok=True)
     except OSError:
         pass  # read-only home: compilation still works, it is just not kept
     return root
+
+
+def _library_defaults() -> dict[str, str]:
+    """Values libraries write into the environment themselves: torch stores its default Inductor cache folder
+    (/tmp/torchinductor_<user>) in TORCHINDUCTOR_CACHE_DIR the first time it is asked (bitsandbytes' import does)."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:
+        return {}
+    return {"TORCHINDUCTOR_CACHE_DIR": default_cache_dir()}
 
 
 def fast_path_refusal(*, mode: Mode, gptq_backend: str | None, kind: str, devices: set[str],

@@ -53,8 +53,12 @@ def test_kernel_cache_goes_to_the_configured_folder(monkeypatch, tmp_path):
     monkeypatch.setenv("TRITON_CACHE_DIR", "/somewhere/else")  # an operator's own setting wins
     import os
 
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    cache_dir()  # torch writes its own default into TORCHINDUCTOR_CACHE_DIR (importing bitsandbytes does this): ours wins
+
     assert configure_kernel_cache() == str(tmp_path / "kernels")
-    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "kernels" / "inductor")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "kernels" / "inductor") == cache_dir()
     assert os.environ["GPTQMODEL_TORCH_EXTENSIONS_DIR"] == str(tmp_path / "kernels" / "gptqmodel")
     assert os.environ["TRITON_CACHE_DIR"] == "/somewhere/else"
     assert (tmp_path / "kernels").is_dir()
