@@ -165,3 +165,35 @@ def test_unloading_stops_the_runner_thread(models):
 def test_seq2seq_stays_eager():
     loaded = ModelRegistry(max_models=1).load(LoadRequest(model=T5, mode="fp32"))
     assert not loaded.path.compiled and "seq2seq" in loaded.path.reason
+
+
+def test_compiled_kernels_are_kept_on_disk_for_the_next_start(tmp_path):
+    """Two processes compile the same model with Inductor: the second finds the kernels in QUANT_KERNEL_CACHE.
+
+    (CPU here, so no CUDA graphs; the folder and the cache hits are the same on a GPU.)
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    script = ("import json, sys; sys.path.insert(0, '.');"
+              "from quant.loader import LoadRequest, load_model;"
+              f"m = load_model(LoadRequest(model='{LLAMA}', mode='fp32', attn_implementation='sdpa'));"
+              "print(json.dumps([m.path.compiled, m.report.compile_seconds, m.path.reason]))")
+    env = {**os.environ, "QUANT_FAST_GENERATION": "all", "QUANT_COMPILE_BACKEND": "inductor",
+           "QUANT_COMPILED_BATCH_SIZES": "1", "QUANT_STATIC_CACHE_TOKENS": "128",
+           "QUANT_KERNEL_CACHE": str(tmp_path / "kernels")}
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    runs = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    (first_compiled, first, reason), (second_compiled, second, _) = runs
+    assert first_compiled and second_compiled, reason
+    assert any((tmp_path / "kernels" / "inductor").rglob("*.py")), "Inductor wrote nothing to the kernel cache"
+    assert second < first / 2, (first, second)
