@@ -809,9 +809,13 @@ def build_app() -> gr.Blocks:
     return demo
 
 
+TABLE_CSS = "table th, table th * { overflow-wrap: normal !important; word-break: keep-all !important; }"
+"""Table headers break between words, never inside one ("perplexit/y"); keep-all does the same for Korean."""
+
+
 def launch_options(**overrides) -> dict:
     """How the app is served (the tests serve it the same way, on their own port)."""
-    options = dict(i18n=t, server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
+    options = dict(i18n=t, css=TABLE_CSS, server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
                    server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
                    max_file_size=os.environ.get("QUANT_MAX_UPLOAD", "20mb"))
     return {**options, **overrides}
