@@ -100,7 +100,10 @@ def fast_path_refusal(*, mode: Mode, gptq_backend: str | None, kind: str, device
 
 
 def _declare_compileable(model: torch.nn.Module) -> None:
-    """Let transformers compile a quantized model whose kernels we checked (its quantizer says False by default)."""
+    """Let transformers compile a quantized model whose kernels can trace (its quantizer says False by default).
+
+    Only reached with QUANT_FAST_GENERATION=all: the compiled speed of these kernels is not measured yet.
+    """
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is None or quantizer.is_compileable:
         return
