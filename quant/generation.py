@@ -22,6 +22,8 @@ from .loader import LoadedModel, model_context_length
 # End-of-turn tokens of common chat templates; whichever exist in a tokenizer's vocabulary stop generation too.
 END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "</s>")
 MAX_NEW_TOKENS_LIMIT = 4096
+MAX_CHARS_PER_TOKEN = 64
+"""No tokenizer packs more characters than this into one token on average: longer messages cannot fit the context."""
 SEED_MAX = 2**32 - 1
 """Seeds are 32-bit, as in most tools (torch takes 64 bits, numpy 32): one range for the UI, the CLI and the API."""
 
@@ -193,6 +195,11 @@ def build_chat_prompt(loaded: LoadedModel, history: list[dict], system_prompt: s
         encoded = loaded.tokenizer(turns[-1]["content"], return_tensors="pt", truncation=True)
         return ChatPrompt(encoded["input_ids"], encoded["attention_mask"], False, len(turns) // 2, max_new_tokens)
     limit = context_length(loaded)
+    if limit is not None and len(turns[-1]["content"]) > limit * MAX_CHARS_PER_TOKEN:
+        # Refused before tokenizing: a pasted book would otherwise be encoded (slowly) only to be refused after.
+        raise GenerationError(
+            f"The message is too long for this model: {len(turns[-1]['content']):,} characters, far past its "
+            f"context of {limit} tokens.", "Shorten the message.")
     dropped = 0
     while True:
         input_ids, used_template = _encode_chat(loaded.tokenizer, system + turns)

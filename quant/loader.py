@@ -125,6 +125,11 @@ def prepare(request: LoadRequest) -> tuple[ModelSource, dict[str, Any], list[str
     warnings = check_mode(
         request.mode, request.options, checkpoint_quantization=source.checkpoint_quantization, on_cuda=on_cuda
     )
+    if getattr(source.config, "auto_map", None) and not settings.trust_remote_code:
+        warnings.append(
+            f"{request.model} ships its own modelling code (auto_map in its config); it is not run here: "
+            f"transformers' built-in {source.architecture} is used, which may differ from what the authors intended."
+        )
     if not on_cuda:
         if max_memory and any(isinstance(k, int) for k in max_memory):
             raise PlacementError("max_memory names a GPU, but the model is placed on the CPU.")

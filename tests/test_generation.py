@@ -98,6 +98,18 @@ def test_too_long_message_is_refused_with_a_message(llama):
         list(stream_chat(llama, [{"role": "user", "content": long}], settings=GenerationSettings(max_new_tokens=10)))
 
 
+def test_a_huge_message_is_refused_before_it_is_tokenized(llama, monkeypatch):
+    calls = []
+    original = type(llama.tokenizer).apply_chat_template
+    monkeypatch.setattr(type(llama.tokenizer), "apply_chat_template",
+                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    with pytest.raises(GenerationError, match="too long for this model: 5,000,000 characters.*context of 512"):
+        list(stream_chat(llama, [{"role": "user", "content": "x" * 5_000_000}]))
+    assert calls == []  # refused on its length alone
+    list(stream_chat(llama, [{"role": "user", "content": "short"}], settings=GenerationSettings(max_new_tokens=2)))
+    assert calls  # a normal message is encoded with the template
+
+
 def test_old_turns_are_dropped_with_a_notice(llama):
     history = []
     for i in range(6):

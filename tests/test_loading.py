@@ -121,3 +121,19 @@ def test_token_is_not_kept_with_the_loaded_model():
     loaded = load_model(LoadRequest(model=LLAMA, mode="bf16", token="hf_secretsecretsecret"))
     assert loaded.request.token is None
     assert "hf_secret" not in repr(loaded.request) and "hf_secret" not in json.dumps(loaded.report.to_dict())
+
+
+def test_shipped_code_that_is_not_run_is_named_in_a_warning(tmp_path):
+    """A known architecture with auto_map loads with transformers' own class; the report says the shipped code was
+    not run, so nobody mistakes the result for the authors' model."""
+    import shutil
+
+    folder = tmp_path / "llama-with-code"
+    shutil.copytree(resolve_location(LLAMA)[0], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_custom.CustomLlama"}
+    (folder / "config.json").write_text(json.dumps(config))
+    loaded = load_model(LoadRequest(model=str(folder), mode="fp32"))
+    assert any("ships its own modelling code" in w and "LlamaForCausalLM" in w for w in loaded.report.warnings)
+    plain = load_model(LoadRequest(model=LLAMA, mode="fp32"))
+    assert not any("modelling code" in w for w in plain.report.warnings)
