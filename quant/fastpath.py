@@ -150,10 +150,6 @@ class GenerationPath:
     _caches: dict[int, StaticCache] = field(default_factory=dict, repr=False)
     _runner: ThreadPoolExecutor | None = field(default=None, repr=False)
 
-    @property
-    def name(self) -> str:
-        return COMPILED if self.compiled else EAGER
-
     def describe(self) -> str:
         """One line for the UI and reports: which path, and for what (or why not)."""
         if self.compiled:

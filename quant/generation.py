@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import BatchEncoding, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from .errors import QuantError
 from .loader import LoadedModel, model_context_length
@@ -142,9 +142,7 @@ def start_generate(loaded: LoadedModel, kwargs: dict, *, batch_size: int, total_
         raise GenerationError(f"Internal: a batch of {batch_size} must be padded to {compiled_batch} first.")
 
     def generate(**call_kwargs):
-        seeded = seed is not None and seed.do_sample and seed.seed is not None
-        if seeded:
-            _seed(seed)  # on the generating thread, right before it samples
+        seeded = seed is not None and _seed(seed)  # on the generating thread, right before it samples
         try:
             with torch.inference_mode():
                 return loaded.model.generate(**call_kwargs)
@@ -250,9 +248,12 @@ class ChatChunk:
     done: bool = False
 
 
-def _seed(settings: GenerationSettings) -> None:
+def _seed(settings: GenerationSettings) -> bool:
+    """Seed torch's generator for a sampled reply with a fixed seed; returns whether it did."""
     if settings.do_sample and settings.seed is not None:
         torch.manual_seed(int(settings.seed))
+        return True
+    return False
 
 
 def stream_chat(loaded: LoadedModel, history: list[dict], *, system_prompt: str | None = None,
@@ -303,7 +304,8 @@ def stream_chat(loaded: LoadedModel, history: list[dict], *, system_prompt: str 
         wait([future])
     failure = None if future.cancelled() else future.exception()
     if failure is not None:
-        raise GenerationError(f"Generation failed: {str(failure).splitlines()[0] if str(failure) else type(failure).__name__}")
+        first_line = str(failure).splitlines()[0] if str(failure) else type(failure).__name__
+        raise GenerationError(f"Generation failed: {first_line}")
     stats.new_tokens = streamer.generated
     stats.seconds = time.perf_counter() - started
     if streamer.first_token_at is not None:
@@ -389,9 +391,8 @@ def generate_batch(loaded: LoadedModel, prompts: list[str], settings: Generation
     texts = _batch_texts(loaded, prompts, use_chat_template, system_prompt)
     causal = loaded.source.kind == "causal"
     templated = use_chat_template  # the template already holds the BOS token
-    encode = dict(return_tensors="pt", padding=True, padding_side="left" if causal else "right",
-                  add_special_tokens=not templated)
-    encoded = tokenizer(texts, **encode)
+    encoded = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left" if causal else "right",
+                        add_special_tokens=not templated)
     limit = context_length(loaded)
     total = encoded["input_ids"].shape[1] + (settings.max_new_tokens if causal else 0)
     if limit is not None and total > limit:
@@ -401,7 +402,8 @@ def generate_batch(loaded: LoadedModel, prompts: list[str], settings: Generation
     compiled_batch = loaded.path.compiled_batch_size(len(texts), total)
     if compiled_batch is not None and compiled_batch > len(texts):
         # The compiled decode step exists for fixed batch sizes: fill up with copies, drop their rows below.
-        encoded = tokenizer(texts + [texts[-1]] * (compiled_batch - len(texts)), **encode)
+        extra = compiled_batch - len(texts)
+        encoded = BatchEncoding({name: torch.cat([rows, rows[-1:].repeat(extra, 1)]) for name, rows in encoded.items()})
     criteria = StoppingCriteriaList([_StopOnEvent(stop)]) if stop is not None else None
     future, _ = start_generate(loaded, dict(**encoded.to(loaded.device), eos_token_id=stop_token_ids(loaded),
                                          pad_token_id=tokenizer.pad_token_id, stopping_criteria=criteria,

@@ -51,6 +51,17 @@ def gptq_llama_dir(tmp_path_factory) -> Path:
     return quantize_gptq(resolve_location(LLAMA)[0], recipe, [CALIBRATION_TEXT.read_text()], out).out_dir
 
 
+@pytest.fixture(scope="session")
+def gpu_gptq_llama_dir(tmp_path_factory) -> Path:
+    """The demo Llama quantized to 4-bit GPTQ on the GPU (device-machine tests: GPU quantization is part of them)."""
+    from quant.gptq import GPTQRecipe, quantize_gptq
+    from quant.source import resolve_location
+
+    out = tmp_path_factory.mktemp("gptq-gpu") / "tiny-gptq"
+    return quantize_gptq(resolve_location(LLAMA)[0], GPTQRecipe(num_samples=32, seq_len=128),
+                         [CALIBRATION_TEXT.read_text()], out, device="cuda:0").out_dir
+
+
 @pytest.fixture
 def registry():
     from quant.registry import ModelRegistry

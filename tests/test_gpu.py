@@ -5,11 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from quant.gptq import GPTQRecipe, builtin_textsets, quantize_gptq
 from quant.loader import LoadRequest
 from quant.modes import QuantOptions
 from quant.registry import ModelRegistry
-from quant.source import resolve_location
 from tests.conftest import LLAMA
 
 pytestmark = pytest.mark.gpu
@@ -45,23 +43,15 @@ def test_mode_on_gpu_reports_memory_and_unload_returns_it(mode, layer):
     assert torch.cuda.memory_allocated() == after_first  # no leak per load/unload cycle
 
 
-@pytest.fixture(scope="module")
-def gptq_dir(tmp_path_factory):
-    texts = [builtin_textsets()["python-reference"].read_text()]
-    out = tmp_path_factory.mktemp("gptq") / "tiny-gptq"
-    return quantize_gptq(resolve_location(LLAMA)[0], GPTQRecipe(num_samples=32, seq_len=128), texts, out,
-                         device="cuda:0").out_dir
-
-
 @pytest.mark.parametrize("backend", ["gptq_torch", "gptq_triton", "gptq_exllama_v2"])
-def test_gptq_kernels_on_gpu_agree(gptq_dir, backend):
+def test_gptq_kernels_on_gpu_agree(gpu_gptq_llama_dir, backend):
     registry = ModelRegistry(max_models=1)
-    reference = registry.load(LoadRequest(model=str(gptq_dir), mode="gptq", device_map="cuda:0",
+    reference = registry.load(LoadRequest(model=str(gpu_gptq_llama_dir), mode="gptq", device_map="cuda:0",
                                           options=QuantOptions(gptq_backend="gptq_torch")))
     expected = greedy(reference)
     registry.unload_all()
     del reference
-    loaded = registry.load(LoadRequest(model=str(gptq_dir), mode="gptq", device_map="cuda:0",
+    loaded = registry.load(LoadRequest(model=str(gpu_gptq_llama_dir), mode="gptq", device_map="cuda:0",
                                        options=QuantOptions(gptq_backend=backend)))
     assert loaded.report.quantization["backend"] == backend
     assert greedy(loaded) == expected

@@ -10,11 +10,9 @@ import pytest
 import torch
 
 from quant.generation import GenerationSettings, generate_batch, start_generate, stream_chat
-from quant.gptq import GPTQRecipe, builtin_textsets, quantize_gptq
 from quant.loader import LoadRequest
 from quant.modes import QuantOptions
 from quant.registry import ModelRegistry
-from quant.source import resolve_location
 from tests.conftest import LLAMA
 
 pytestmark = pytest.mark.gpu
@@ -22,14 +20,6 @@ pytestmark = pytest.mark.gpu
 PROMPTS = ["The with statement is used to", "A class definition defines", "def main():", "import os"]
 NOISE = 0.05
 """Top-1 minus top-2 logit below which the two paths may pick differently: that choice is numerical noise."""
-
-
-@pytest.fixture(scope="module")
-def gptq_dir(tmp_path_factory):
-    texts = [builtin_textsets()["python-reference"].read_text()]
-    out = tmp_path_factory.mktemp("gptq") / "tiny-gptq"
-    return quantize_gptq(resolve_location(LLAMA)[0], GPTQRecipe(num_samples=32, seq_len=128), texts, out,
-                         device="cuda:0").out_dir
 
 
 @pytest.fixture
@@ -101,16 +91,16 @@ def test_compiled_path_matches_eager(mode, kernel_cache):
 
 
 @pytest.mark.parametrize("backend", ["gptq_marlin", "gptq_torch"])
-def test_compiled_gptq_matches_eager(gptq_dir, backend, kernel_cache):
-    check_against_eager(LoadRequest(model=str(gptq_dir), mode="gptq", device_map="cuda:0",
+def test_compiled_gptq_matches_eager(gpu_gptq_llama_dir, backend, kernel_cache):
+    check_against_eager(LoadRequest(model=str(gpu_gptq_llama_dir), mode="gptq", device_map="cuda:0",
                                     options=QuantOptions(gptq_backend=backend)))
 
 
-def test_int8_and_unsupported_kernels_stay_eager_with_a_reason(gptq_dir, kernel_cache):
+def test_int8_and_unsupported_kernels_stay_eager_with_a_reason(gpu_gptq_llama_dir, kernel_cache):
     int8 = load(LoadRequest(model=LLAMA, mode="int8", device_map="cuda:0"), fast=True)
     assert not int8.path.compiled and "LLM.int8" in int8.path.reason
     assert "eager" in int8.report.generation_path
-    exllama = load(LoadRequest(model=str(gptq_dir), mode="gptq", device_map="cuda:0",
+    exllama = load(LoadRequest(model=str(gpu_gptq_llama_dir), mode="gptq", device_map="cuda:0",
                                options=QuantOptions(gptq_backend="gptq_exllama_v2")), fast=True)
     assert not exllama.path.compiled and "gptq_exllama_v2" in exllama.path.reason
 
