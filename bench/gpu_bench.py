@@ -82,7 +82,8 @@ def bench_shape(shape: str, work: Path, args, bandwidth: float) -> dict:
     rows = []
     for path in args.paths.split(","):
         # The same modes on each generation path: eager HF generate, then the compiled path the app uses by default.
-        os.environ["QUANT_FAST_GENERATION"] = {"eager": "off", "compiled": "auto"}[path]
+        # "all": every mode that can trace is compiled here, so the bench measures what `auto` should include.
+        os.environ["QUANT_FAST_GENERATION"] = {"eager": "off", "compiled": "all"}[path]
         os.environ["QUANT_COMPILED_BATCH_SIZES"] = "1,32"
         for result in compare(str(checkpoint), specs, registry=registry, prompts=prompts, eval_text="",
                               batch_size=32, new_tokens=args.new_tokens, answer_tokens=8, device_map="cuda:0"):
@@ -214,7 +215,7 @@ def main() -> None:
     parser.add_argument("--shapes", default="1b")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench"))
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--gptq-backends", default="gptq_exllama_v2,gptq_triton")
+    parser.add_argument("--gptq-backends", default="gptq_torch,gptq_triton,gptq_exllama_v2")
     parser.add_argument("--gptq-samples", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--attention", action="store_true", help="also eager vs sdpa with 1k-token prompts")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -65,20 +66,28 @@ def main() -> None:
               f"{last['allocated'] / MiB:.1f} MiB; reserved {first['reserved'] / MiB:.1f} -> "
               f"{last['reserved'] / MiB:.1f} MiB; path {last['path']}", flush=True)
     summary = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "shape": args.shape,
-               "start": start, "modes": results}
+               "cycles": args.cycles, "start": start, "modes": results}
     (args.out / f"gpu-cycles-{args.shape}.json").write_text(json.dumps(summary, indent=1))
-    lines = [f"# {args.cycles} load/chat/unload cycles per mode, Llama-{args.shape} shape, {summary['device']}", "",
+    text = markdown(summary)
+    (args.out / f"gpu-cycles-{args.shape}.md").write_text(text)
+    print(text)
+
+
+def markdown(summary: dict) -> str:
+    start = summary["start"]
+    lines = [f"# {summary['cycles']} load/chat/unload cycles per mode, Llama-{summary['shape']} shape, "
+             f"{summary['device']}", "",
              f"Before the first load: allocated {start['allocated'] / MiB:.1f} MiB, reserved "
              f"{start['reserved'] / MiB:.1f} MiB.", "",
-             "| mode | path | allocated after cycle 1 (MiB) | after the last (MiB) | max over cycles 2..N (MiB) | "
-             "reserved after the last (MiB) |", "|---|---|---|---|---|---|"]
-    for mode, rows in results.items():
+             "| mode | generation path per cycle | allocated after cycle 1 (MiB) | after the last (MiB) | "
+             "max over cycles 2..N (MiB) | reserved after the last (MiB) |", "|---|---|---|---|---|---|"]
+    for mode, rows in summary["modes"].items():
         later = max(r["allocated"] for r in rows[1:]) if len(rows) > 1 else rows[0]["allocated"]
-        lines.append(f"| {mode} | {rows[-1]['path']} | {rows[0]['allocated'] / MiB:.1f} | "
-                     f"{rows[-1]['allocated'] / MiB:.1f} | {later / MiB:.1f} | {rows[-1]['reserved'] / MiB:.1f} |")
-    (args.out / f"gpu-cycles-{args.shape}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
+        paths = Counter(r["path"] for r in rows)
+        lines.append(f"| {mode} | {', '.join(f'{p} x{n}' for p, n in paths.items())} | "
+                     f"{rows[0]['allocated'] / MiB:.1f} | {rows[-1]['allocated'] / MiB:.1f} | {later / MiB:.1f} | "
+                     f"{rows[-1]['reserved'] / MiB:.1f} |")
+    return "\n".join(lines) + "\n"
 
 if __name__ == "__main__":
     main()

@@ -5,8 +5,11 @@ an H100 decoded at 11% of its memory-bandwidth floor). transformers compiles the
 a `StaticCache` (`torch.compile`, mode "reduce-overhead" = CUDA graphs); this module decides where that is used, warms
 it up while the model loads (never at a user's first message), and keeps the compiled state valid:
 
-* CUDA graphs are recorded per thread (torch's cudagraph trees live in thread-local storage), so every compiled call
-  on a model runs on that model's one runner thread; concurrent sessions take turns on it.
+* CUDA graphs are recorded per thread (torch's cudagraph trees live in thread-local storage), and dynamo reuses a
+  graph compiled for one model for the next model of the same shape and dtype. So every compiled call of every model
+  runs on one process-wide runner thread (one tree); concurrent sessions take turns on it.
+* Unloading a compiled model frees its graphs by resetting the tree and dynamo's compiled code on that thread; any
+  other compiled model still loaded recompiles on its next call (from the on-disk kernel cache: seconds).
 * The graphs hold the KV cache's addresses, so each warmed batch size owns one `StaticCache`, reset between calls.
 * Compilation caches (Inductor, Triton, gptqmodel's kernel builds) go to QUANT_KERNEL_CACHE, so a restart does not
   pay again.
@@ -39,10 +42,12 @@ COMPILED = "static cache + torch.compile"
 EAGER = "eager"
 
 # Quantized kernels that are torch ops (bitsandbytes 4-bit registers torch.library ops, gptqmodel builds Marlin as
-# torch.ops) or plain torch code, so they can trace under torch.compile. transformers' quantizers for them say "not
-# compileable"; their compiled speed is not measured yet, so they are only compiled with QUANT_FAST_GENERATION=all.
+# torch.ops) or plain torch code, so they can trace under torch.compile; transformers' quantizers for them say "not
+# compileable". Measured on an H100, Llama-1B shape (bench/results/gpu-bench-1b-compiled.md), batch 1 / 32 tok/s:
+# nf4 eager 37.9 / 918 -> compiled 151.7 / 1883; GPTQ torch kernel 31.2 / 933 -> 61.0 / 1786; but GPTQ Marlin
+# 53.2 / 1143 -> 18.8 / 484 (slower compiled). So `auto` compiles 4-bit bitsandbytes and the GPTQ torch kernel.
 _TRACEABLE_GPTQ_BACKENDS = {"gptq_marlin", "gptq_torch"}
-_TRACEABLE_MODES = {Mode.NF4, Mode.FP4, Mode.GPTQ}
+_FASTER_COMPILED_GPTQ_BACKENDS = {"gptq_torch"}
 
 
 def configure_kernel_cache(settings: Settings | None = None) -> str:
@@ -74,9 +79,9 @@ def fast_path_refusal(*, mode: Mode, gptq_backend: str | None, kind: str, device
                       settings: Settings) -> str | None:
     """Why the compiled path is not used for this model, or None when it is.
 
-    QUANT_FAST_GENERATION: "auto" compiles 16/32-bit models on a GPU (transformers' own static-cache + compile path);
-    "all" also compiles the quantized kernels that can trace (nf4/fp4, GPTQ Marlin or torch) and allows the CPU;
-    "off" never compiles.
+    QUANT_FAST_GENERATION: "auto" compiles on a GPU what was measured faster compiled (16/32-bit, nf4/fp4, GPTQ's
+    torch kernel) through transformers' own static-cache + compile path; "all" also compiles GPTQ Marlin and allows
+    the CPU; "off" never compiles.
     """
     choice = settings.fast_generation
     if choice == "off":
@@ -92,18 +97,15 @@ def fast_path_refusal(*, mode: Mode, gptq_backend: str | None, kind: str, device
     if mode is Mode.INT8:
         return "LLM.int8 (bitsandbytes int8) cannot be compiled: its outlier split is data-dependent"
     if mode is Mode.GPTQ and gptq_backend not in _TRACEABLE_GPTQ_BACKENDS:
-        return (f"the {gptq_backend} kernel does not trace under torch.compile (gptq_marlin or gptq_torch can, "
-                "with QUANT_FAST_GENERATION=all)")
-    if mode in _TRACEABLE_MODES and choice != "all":
-        return f"{mode.value}: compiled decode of this kernel is not measured yet (QUANT_FAST_GENERATION=all tries it)"
+        return f"the {gptq_backend} kernel does not trace under torch.compile (choose gptq_torch for the compiled path)"
+    if mode is Mode.GPTQ and gptq_backend not in _FASTER_COMPILED_GPTQ_BACKENDS and choice != "all":
+        return (f"the {gptq_backend} kernel measured slower compiled than eager (QUANT_FAST_GENERATION=all "
+                "compiles it anyway)")
     return None
 
 
 def _declare_compileable(model: torch.nn.Module) -> None:
-    """Let transformers compile a quantized model whose kernels can trace (its quantizer says False by default).
-
-    Only reached with QUANT_FAST_GENERATION=all: the compiled speed of these kernels is not measured yet.
-    """
+    """Let transformers compile a quantized model whose kernels can trace (its quantizer says False by default)."""
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is None or quantizer.is_compileable:
         return
@@ -129,6 +131,34 @@ def _prepare_runner_thread() -> None:
         cudagraph_trees.local.tree_manager_locks = defaultdict(threading.Lock)
 
 
+_runner_guard = threading.Lock()
+_runner: ThreadPoolExecutor | None = None
+
+
+def compiled_runner() -> ThreadPoolExecutor:
+    """The one thread that runs every compiled `generate` of the process (see the module's docstring for why)."""
+    global _runner
+    with _runner_guard:
+        if _runner is None:
+            _runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quant-compiled",
+                                         initializer=_prepare_runner_thread)
+        return _runner
+
+
+def _forget_compiled_code() -> None:
+    """Drop every recorded CUDA graph and every dynamo-compiled frame. Runs on the runner thread.
+
+    Resetting the graphs alone is not enough: dynamo would hand the next model of the same shape the old compiled
+    frame, which still points at the reset tree ("Running CUDAGraph after shutdown", seen on an H100 at the second
+    load of a model).
+    """
+    if torch.cuda.is_available():
+        from torch._inductor.cudagraph_trees import reset_cudagraph_trees
+
+        reset_cudagraph_trees()
+    torch._dynamo.reset()
+
+
 def _allow_more_recompiles() -> None:
     """One compiled entry per loaded model and batch size: dynamo's default limit of 8 is reached with a few models."""
     config = torch._dynamo.config
@@ -148,7 +178,7 @@ class GenerationPath:
     cache_bytes: int = 0
     compile_config: CompileConfig | None = field(default=None, repr=False)
     _caches: dict[int, StaticCache] = field(default_factory=dict, repr=False)
-    _runner: ThreadPoolExecutor | None = field(default=None, repr=False)
+    _open: bool = field(default=False, repr=False)
 
     def describe(self) -> str:
         """One line for the UI and reports: which path, and for what (or why not)."""
@@ -165,7 +195,7 @@ class GenerationPath:
 
     def submit(self, generate: Callable[..., Any], kwargs: dict, compiled_batch: int | None) -> Future:
         """Start `generate(**kwargs)`: on the runner thread with that batch size's cache, or on a thread of its own."""
-        if compiled_batch is None or self._runner is None:
+        if compiled_batch is None or not self._open:
             future: Future = Future()
 
             def run() -> None:
@@ -184,18 +214,15 @@ class GenerationPath:
                 cache.reset()
                 return generate(**kwargs, past_key_values=cache, compile_config=self.compile_config)
 
-        return self._runner.submit(run_compiled)
+        return compiled_runner().submit(run_compiled)
 
     def close(self) -> None:
-        """Free the caches and the recorded CUDA graphs (on the thread that recorded them), stop the runner."""
-        runner, self._runner = self._runner, None
+        """Free the static caches, the recorded CUDA graphs and the compiled code (on the runner thread, after any
+        compiled call still queued there)."""
+        was_open, self._open = self._open, False
         self._caches.clear()
-        if runner is not None:
-            if torch.cuda.is_available():
-                from torch._inductor.cudagraph_trees import reset_cudagraph_trees
-
-                runner.submit(reset_cudagraph_trees).result()
-            runner.shutdown(wait=True)
+        if was_open:
+            compiled_runner().submit(_forget_compiled_code).result()
 
 
 def eager_path(reason: str) -> GenerationPath:
@@ -223,9 +250,7 @@ def prepare_generation_path(model, tokenizer, *, mode: Mode, gptq_backend: str |
     if next(iter(devices)).startswith("cpu"):
         compile_config._compile_all_devices = True
     path = GenerationPath(compiled=True, max_cache_len=max_cache_len, batch_sizes=settings.compiled_batch_sizes,
-                          compile_config=compile_config,
-                          _runner=ThreadPoolExecutor(max_workers=1, thread_name_prefix="quant-compiled",
-                                                     initializer=_prepare_runner_thread))
+                          compile_config=compile_config, _open=True)
     started = time.perf_counter()
     try:
         for size in path.batch_sizes:

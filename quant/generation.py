@@ -134,7 +134,7 @@ def start_generate(loaded: LoadedModel, kwargs: dict, *, batch_size: int, total_
                    seed: GenerationSettings | None = None) -> tuple[Future, bool]:
     """Run `model.generate(**kwargs)` on the model's generation path; returns its future and whether it is compiled.
 
-    The compiled path runs it on the model's runner thread with a warmed static cache when `batch_size` is one of the
+    The compiled path runs it on the compiled runner thread with a warmed static cache when `batch_size` is one of the
     compiled sizes and prompt + reply (`total_tokens`) fit; anything else runs eagerly on a thread of its own.
     """
     compiled_batch = loaded.path.compiled_batch_size(batch_size, total_tokens)

@@ -228,7 +228,7 @@ def load_model(request: LoadRequest, progress: ProgressFn | None = None) -> Load
     progress(0.92, "Preparing generation")
     path = prepare_generation_path(
         model, tokenizer, mode=request.mode, kind=source.kind, context=model_context_length(model, tokenizer),
-        gptq_backend=request.options.gptq_backend or default_gptq_backend(target_is_cuda(kwargs["device_map"])),
+        gptq_backend=request.options.gptq_backend or default_gptq_backend(),
         progress=lambda message: progress(0.95, message),
     )
     report.generation_path = path.describe()
@@ -251,7 +251,7 @@ def model_context_length(model: PreTrainedModel, tokenizer: Any) -> int | None:
 
 def _kernel_build_note(request: LoadRequest, kwargs: dict[str, Any]) -> str:
     """GPTQ kernels that gptqmodel compiles on first use: say so, since that load takes minutes once."""
-    backend = request.options.gptq_backend or default_gptq_backend(target_is_cuda(kwargs["device_map"]))
+    backend = request.options.gptq_backend or default_gptq_backend()
     if request.mode is not Mode.GPTQ or backend not in ("gptq_marlin", "gptq_exllama_v2"):
         return ""
     minutes = "about 3.5 min" if backend == "gptq_marlin" else "about 30 s"

@@ -49,7 +49,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 QUANT_STORAGE = {"uint8": torch.uint8, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 GPTQ_BACKENDS: dict[str, str] = {
-    "gptq_torch": "PyTorch kernel: CPU and GPU, no compilation",
+    "gptq_torch": "PyTorch kernel: CPU and GPU, no build; the compiled fast path on a GPU",
     "gptq_triton": "Triton kernel: GPU, compiled in seconds",
     "gptq_exllama_v2": "ExLlamaV2: GPU, 4-bit, built on first use (~30 s)",
     "gptq_marlin": "Marlin: GPU (Ampere+), 4/8-bit, built on first use (~3.5 min)",
@@ -82,7 +82,7 @@ class QuantOptions:
     bnb4_compute_dtype: str = "bf16"
     bnb4_quant_storage: str = "uint8"
     gptq_backend: str | None = None
-    """None picks gptq_torch on CPU and gptq_triton on a GPU."""
+    """None picks gptq_torch (see default_gptq_backend)."""
     compute_dtype: str | None = field(default=None)
     """dtype of the non-quantized parts for quantized modes (None: fp16 for int8 and on a GPU, else bf16)."""
 
@@ -91,8 +91,11 @@ def is_installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def default_gptq_backend(on_cuda: bool) -> str:
-    return "gptq_triton" if on_cuda else "gptq_torch"
+def default_gptq_backend() -> str:
+    """gptq_torch everywhere: no build or download, it compiles (static cache + CUDA graphs), and on an H100 it beat
+    Triton eager and Marlin compiled (bench/results/gpu-bench-1b-compiled.md). ExLlamaV2 is faster eager but does
+    not compile."""
+    return "gptq_torch"
 
 
 def torch_dtype(mode: Mode, options: QuantOptions, on_cuda: bool) -> torch.dtype:
@@ -143,7 +146,7 @@ def check_mode(
         for module, package in (("gptqmodel", "gptqmodel"), ("optimum", "optimum")):
             if not is_installed(module):
                 raise UnsupportedModeError(f"Loading GPTQ needs the {package} package.", f"pip install {package}")
-        backend = options.gptq_backend or default_gptq_backend(on_cuda)
+        backend = options.gptq_backend or default_gptq_backend()
         if backend not in GPTQ_BACKENDS:
             raise UnsupportedModeError(
                 f"Unknown GPTQ kernel {backend!r}.", f"Choose one of {', '.join(GPTQ_BACKENDS)}."
@@ -156,10 +159,10 @@ def check_mode(
         bits = (checkpoint_quantization or {}).get("bits")
         if backend == "gptq_exllama_v2" and bits != 4:
             raise UnsupportedModeError(f"ExLlamaV2 runs 4-bit GPTQ only; this checkpoint is {bits}-bit.",
-                                       "Use gptq_triton or gptq_torch.")
+                                       "Use gptq_torch or gptq_triton.")
         if backend == "gptq_marlin" and bits not in (4, 8):
             raise UnsupportedModeError(f"Marlin runs 4- and 8-bit GPTQ only; this checkpoint is {bits}-bit.",
-                                       "Use gptq_triton or gptq_torch.")
+                                       "Use gptq_torch or gptq_triton.")
 
     if mode.is_bitsandbytes and not is_installed("bitsandbytes"):
         raise UnsupportedModeError(f"Mode {mode.value} needs the bitsandbytes package.", "pip install bitsandbytes")
@@ -211,6 +214,6 @@ def quantization_config(
             group_size=saved.get("group_size", 128),
             desc_act=saved.get("desc_act", False),
             sym=saved.get("sym", True),
-            backend=options.gptq_backend or default_gptq_backend(on_cuda),
+            backend=options.gptq_backend or default_gptq_backend(),
         )
     return None

@@ -23,8 +23,9 @@ class Settings:
     max_loaded_models: int
     """QUANT_MAX_LOADED_MODELS: how many models stay loaded at once (default 3)."""
     fast_generation: str
-    """QUANT_FAST_GENERATION: "auto" (default: static cache + compiled decode for 16/32-bit models on a GPU), "all"
-    (also the quantized kernels that can trace, and the CPU: for experiments and tests), or "off"."""
+    """QUANT_FAST_GENERATION: "auto" (default: static cache + compiled decode on a GPU where it was measured
+    faster: 16/32-bit, nf4/fp4, GPTQ torch kernel), "all" (also GPTQ Marlin, and the CPU: for experiments and tests),
+    or "off"."""
     static_cache_tokens: int
     """QUANT_STATIC_CACHE_TOKENS: prompt + reply tokens the compiled path holds (default 2048, at most the context)."""
     compiled_batch_sizes: tuple[int, ...]

@@ -102,7 +102,7 @@ KO = {
     "bnb4.double_quant": "이중 양자화", "bnb4.compute_dtype": "연산 dtype",
     "bnb4.quant_storage": "양자화 저장 dtype",
     "gptq.kernel": "GPTQ 커널", "gptq.auto": "자동: CPU에서는 torch, GPU에서는 triton",
-    "gptq.gptq_torch": "gptq_torch: PyTorch 커널: CPU와 GPU, 컴파일 없음",
+    "gptq.gptq_torch": "gptq_torch: PyTorch 커널: CPU와 GPU, 빌드 없음; GPU에서 컴파일된 빠른 경로",
     "gptq.gptq_triton": "gptq_triton: Triton 커널: GPU, 몇 초 만에 컴파일",
     "gptq.gptq_exllama_v2": "gptq_exllama_v2: ExLlamaV2: GPU, 4비트, 처음 쓸 때 빌드 (~30초)",
     "gptq.gptq_marlin": "gptq_marlin: Marlin: GPU (Ampere 이상), 4/8비트, 처음 쓸 때 빌드 (~3.5분)",

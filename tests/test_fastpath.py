@@ -33,8 +33,10 @@ GREEDY = GenerationSettings(max_new_tokens=24)
     ("auto", Mode.BF16, None, "seq2seq", {"cuda:0"}, "seq2seq"),
     ("auto", Mode.BF16, None, "causal", {"cuda:0", "cuda:1"}, "split over cuda:0, cuda:1"),
     ("all", Mode.INT8, None, "causal", {"cuda:0"}, "LLM.int8"),
-    ("auto", Mode.NF4, None, "causal", {"cuda:0"}, "not measured yet"),
-    ("all", Mode.NF4, None, "causal", {"cuda:0"}, None),
+    ("auto", Mode.NF4, None, "causal", {"cuda:0"}, None),
+    ("auto", Mode.FP4, None, "causal", {"cuda:0"}, None),
+    ("auto", Mode.GPTQ, "gptq_torch", "causal", {"cuda:0"}, None),
+    ("auto", Mode.GPTQ, "gptq_marlin", "causal", {"cuda:0"}, "measured slower compiled"),
     ("all", Mode.GPTQ, "gptq_marlin", "causal", {"cuda:0"}, None),
     ("all", Mode.GPTQ, "gptq_exllama_v2", "causal", {"cuda:0"}, "gptq_exllama_v2 kernel does not trace"),
     ("fast", Mode.BF16, None, "causal", {"cuda:0"}, "not one of auto, all, off"),
@@ -148,18 +150,34 @@ def test_stop_ends_a_compiled_generation(models):
     assert chunks[-1].done and chunks[-1].stats.stopped and chunks[-1].stats.new_tokens < 50
 
 
-def test_unloading_stops_the_runner_thread(models):
-    registry, _, _ = models
-    from quant.fastpath import GenerationPath
+def test_unload_and_reload_stay_compiled_and_free_the_model(models):
+    """Unloading a compiled model lets it be freed (no compiled frame keeps it), the same model loads compiled again
+    (on an H100 a reload once fell back to eager: dynamo reused a frame bound to reset CUDA graphs), and a compiled
+    model that stays loaded still gives the eager replies."""
+    import gc
+    import weakref
 
-    before = {t for t in threading.enumerate() if t.name.startswith("quant-compiled")}
-    loaded = registry.load(LoadRequest(model=LLAMA, mode="bf16", attn_implementation="sdpa"))
-    assert isinstance(loaded.path, GenerationPath) and loaded.path.compiled
-    list(stream_chat(loaded, [{"role": "user", "content": "hi"}], settings=GenerationSettings(max_new_tokens=4)))
-    started = {t for t in threading.enumerate() if t.name.startswith("quant-compiled")} - before
-    assert len(started) == 1
-    registry.unload(loaded.key)
-    assert not any(t.is_alive() for t in started)
+    from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    registry, eager, fast = models
+    history = [{"role": "user", "content": "What is a generator?"}]
+    want = list(stream_chat(eager, history, settings=GREEDY))[-1].text
+    request = LoadRequest(model=LLAMA, mode="fp32", attn_implementation="sdpa", options=fast.request.options,
+                          revision="main")
+    for _ in range(2):
+        loaded = registry.load(request)
+        assert loaded is not fast and loaded.path.compiled, loaded.path.describe()
+        got = list(stream_chat(loaded, history, settings=GREEDY))[-1]
+        assert got.stats.path == "compiled" and got.text == want
+        model, forward = weakref.ref(loaded.model), type(loaded.model).forward.__code__
+        assert _debug_get_cache_entry_list(forward), "nothing compiled: the check below would prove nothing"
+        key = loaded.key
+        del loaded, got
+        registry.unload(key)
+        gc.collect()
+        assert model() is None, "the unloaded model is still referenced"
+        assert not _debug_get_cache_entry_list(forward), "a compiled frame outlived the unload"
+    assert list(stream_chat(fast, history, settings=GREEDY))[-1].text == want
 
 
 def test_seq2seq_stays_eager():

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Run GPU work as one detached job that outlives a single device `run` call (10 min each), and collect it.
+#
+#   run 1:  bash bench/device_session.sh start "python bench/gpu_cycles.py --out /tmp/sess" "python -m pytest ..."
+#           (starts the steps one after another in the background, then waits like `wait`)
+#   run 2+: bash bench/device_session.sh wait 560      # waits up to 560 s more, copies /tmp/sess to $OUT
+#
+# Call again within the machine's idle release (30 s) or the machine, and the job, are gone. Results and one log per
+# step are in /tmp/sess (steps.log says when each started); `wait` packs them into $OUT/sess.tgz.
+set -u
+R=/tmp/sess
+collect() {
+  for _ in $(seq "$1"); do [ -f $R/done ] && break; sleep 1; done
+  cat $R/steps.log
+  tar czf "${OUT:-/tmp}/sess.tgz" -C /tmp sess
+}
+case "${1:-}" in
+  start)
+    shift
+    if [ ! -d $R ]; then
+      mkdir -p $R
+      (ls /tmp/site/gptqmodel >/dev/null 2>&1 || bash .whl/device-setup.sh) > $R/setup.log 2>&1
+      export PYTHONPATH=/tmp/site:$PWD GPTQMODEL_CPU_WORKERS=8 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 \
+        QUANT_KERNEL_CACHE=$PWD/.kcache MAX_JOBS=16
+      n=0
+      script=""
+      for step in "$@"; do
+        n=$((n + 1))
+        script+="echo \"\$(date +%T) step $n: ${step//\"/\\\"}\" >> $R/steps.log; ${step} > $R/step$n.log 2>&1; "
+      done
+      setsid nohup bash -c "${script} echo \"\$(date +%T) done\" >> $R/steps.log; touch $R/done" \
+        > /dev/null 2>&1 < /dev/null &
+    fi
+    collect 540 ;;
+  wait) collect "${2:-560}" ;;
+  *) echo "usage: $0 start STEP... | wait [SECONDS]" >&2; exit 2 ;;
+esac
