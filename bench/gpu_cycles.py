@@ -89,5 +89,6 @@ def markdown(summary: dict) -> str:
                      f"{rows[-1]['reserved'] / MiB:.1f} |")
     return "\n".join(lines) + "\n"
 
+
 if __name__ == "__main__":
     main()
