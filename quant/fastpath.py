@@ -9,7 +9,8 @@ it up while the model loads (never at a user's first message), and keeps the com
   graph compiled for one model for the next model of the same shape and dtype. So every compiled call of every model
   runs on one process-wide runner thread (one tree); concurrent sessions take turns on it.
 * Unloading a compiled model frees its graphs by resetting the tree and dynamo's compiled code on that thread; any
-  other compiled model still loaded recompiles on its next call (from the on-disk kernel cache: seconds).
+  other compiled model still loaded is warmed up again right then (from the on-disk kernel cache: seconds), so the
+  unload pays for it rather than that model's next message.
 * The graphs hold the KV cache's addresses, so each warmed batch size owns one `StaticCache`, reset between calls.
 * Compilation caches (Inductor, Triton, gptqmodel's kernel builds) go to QUANT_KERNEL_CACHE, so a restart does not
   pay again.
@@ -24,6 +25,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -165,7 +167,7 @@ def _allow_more_recompiles() -> None:
     config.recompile_limit = max(getattr(config, "recompile_limit", 8), 64)
 
 
-@dataclass
+@dataclass(eq=False)
 class GenerationPath:
     """How `generate` runs on one loaded model: compiled (static cache, runner thread) or eager."""
 
@@ -179,6 +181,8 @@ class GenerationPath:
     compile_config: CompileConfig | None = field(default=None, repr=False)
     _caches: dict[int, StaticCache] = field(default_factory=dict, repr=False)
     _open: bool = field(default=False, repr=False)
+    _model: weakref.ref | None = field(default=None, repr=False)
+    _tokenizer: Any = field(default=None, repr=False)
 
     def describe(self) -> str:
         """One line for the UI and reports: which path, and for what (or why not)."""
@@ -189,7 +193,7 @@ class GenerationPath:
 
     def compiled_batch_size(self, batch_size: int, total_tokens: int) -> int | None:
         """The warmed batch size this call runs at (>= batch_size, padded up), or None for the eager path."""
-        if not self.compiled or total_tokens > self.max_cache_len:
+        if not self.compiled or not self._open or total_tokens > self.max_cache_len:
             return None
         return next((size for size in self.batch_sizes if size >= batch_size), None)
 
@@ -222,7 +226,47 @@ class GenerationPath:
         was_open, self._open = self._open, False
         self._caches.clear()
         if was_open:
+            _open_paths.discard(self)
             compiled_runner().submit(_forget_compiled_code).result()
+            for other in list(_open_paths):
+                other._warm_up_again()
+
+    def warm_up(self, progress: Callable[[str], None] | None = None) -> None:
+        """Compile and record every batch size's decode step now (a few steps each, on the runner thread)."""
+        model = self._model() if self._model else None
+        if model is None:
+            raise RuntimeError("the model of this generation path is gone")
+        for size in self.batch_sizes:
+            if progress:
+                progress(f"Compiling the decode step for batch {size} (cached on disk for the next start)")
+            if size not in self._caches:
+                self._caches[size] = StaticCache(config=model.config, max_cache_len=self.max_cache_len)
+            prompt = self._tokenizer(["Warm-up"] * size, return_tensors="pt").to(next(model.parameters()).device)
+            # Several decode steps: a graph is compiled on the first, recorded on the next, replayed after.
+            kwargs = dict(**prompt, max_new_tokens=6, min_new_tokens=6, do_sample=False, temperature=None,
+                          top_p=None, top_k=None, pad_token_id=self._tokenizer.pad_token_id)
+            self.submit(model.generate, kwargs, size).result()
+
+    def _warm_up_again(self) -> None:
+        """After another model's unload reset the compiled state: recompile now, or fall back to eager with a reason."""
+        try:
+            self.warm_up()
+        except Exception as exc:  # noqa: BLE001 - this model stays usable eagerly
+            logger.warning("Recompiling a loaded model after another model's unload failed; it generates eagerly now.",
+                           exc_info=True)
+            self._open, self.compiled = False, False
+            self.reason = f"recompiling after another model's unload failed: {_first_line(exc)}"
+            self._caches.clear()
+            _open_paths.discard(self)
+
+
+_open_paths: weakref.WeakSet[GenerationPath] = weakref.WeakSet()
+"""Compiled paths in use: each is warmed up again when another one's unload resets the shared compiled state."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
 def eager_path(reason: str) -> GenerationPath:
@@ -250,23 +294,15 @@ def prepare_generation_path(model, tokenizer, *, mode: Mode, gptq_backend: str |
     if next(iter(devices)).startswith("cpu"):
         compile_config._compile_all_devices = True
     path = GenerationPath(compiled=True, max_cache_len=max_cache_len, batch_sizes=settings.compiled_batch_sizes,
-                          compile_config=compile_config, _open=True)
+                          compile_config=compile_config, _open=True, _model=weakref.ref(model), _tokenizer=tokenizer)
     started = time.perf_counter()
     try:
-        for size in path.batch_sizes:
-            if progress:
-                progress(f"Compiling the decode step for batch {size} (cached on disk for the next start)")
-            path._caches[size] = StaticCache(config=model.config, max_cache_len=max_cache_len)
-            prompt = tokenizer(["Warm-up"] * size, return_tensors="pt").to(next(model.parameters()).device)
-            # Several decode steps: a graph is compiled on the first, recorded on the next, replayed after.
-            kwargs = dict(**prompt, max_new_tokens=6, min_new_tokens=6, do_sample=False, temperature=None,
-                          top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
-            path.submit(model.generate, kwargs, size).result()
+        path.warm_up(progress)
     except Exception as exc:  # noqa: BLE001 - any compile failure falls back to eager
         logger.warning("The compiled generation path failed to warm up; using eager generation.", exc_info=True)
         path.close()
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return eager_path(f"compiling failed, eager instead: {first_line[:200]}")
+        return eager_path(f"compiling failed, eager instead: {_first_line(exc)}")
+    _open_paths.add(path)
     path.warmup_seconds = time.perf_counter() - started
     path.cache_bytes = sum(t.numel() * t.element_size() for cache in path._caches.values()
                            for layer in cache.layers for t in (layer.keys, layer.values) if t is not None)

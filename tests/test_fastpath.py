@@ -151,13 +151,17 @@ def test_stop_ends_a_compiled_generation(models):
 
 
 def test_unload_and_reload_stay_compiled_and_free_the_model(models):
-    """Unloading a compiled model lets it be freed (no compiled frame keeps it), the same model loads compiled again
-    (on an H100 a reload once fell back to eager: dynamo reused a frame bound to reset CUDA graphs), and a compiled
-    model that stays loaded still gives the eager replies."""
+    """Unloading a compiled model drops every compiled frame and lets the model be freed; the same model loads
+    compiled again (on an H100 a reload once fell back to eager: dynamo reused a frame bound to reset CUDA graphs);
+    a compiled model that stays loaded is compiled again during the unload, not at its next message, and still gives
+    the eager replies."""
     import gc
     import weakref
 
     from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    def compiled_frames(code) -> list:
+        return [entry.code for entry in _debug_get_cache_entry_list(code)]
 
     registry, eager, fast = models
     history = [{"role": "user", "content": "What is a generator?"}]
@@ -170,14 +174,18 @@ def test_unload_and_reload_stay_compiled_and_free_the_model(models):
         got = list(stream_chat(loaded, history, settings=GREEDY))[-1]
         assert got.stats.path == "compiled" and got.text == want
         model, forward = weakref.ref(loaded.model), type(loaded.model).forward.__code__
-        assert _debug_get_cache_entry_list(forward), "nothing compiled: the check below would prove nothing"
+        before = compiled_frames(forward)
+        assert before, "nothing compiled: the checks below would prove nothing"
         key = loaded.key
         del loaded, got
         registry.unload(key)
         gc.collect()
         assert model() is None, "the unloaded model is still referenced"
-        assert not _debug_get_cache_entry_list(forward), "a compiled frame outlived the unload"
-    assert list(stream_chat(fast, history, settings=GREEDY))[-1].text == want
+        after = compiled_frames(forward)
+        assert not any(frame is old for frame in after for old in before), "a compiled frame outlived the unload"
+        assert after and fast.path.compiled, "the model still loaded was not compiled again during the unload"
+        reply = list(stream_chat(fast, history, settings=GREEDY))[-1]
+        assert reply.stats.path == "compiled" and reply.text == want
 
 
 def test_seq2seq_stays_eager():
