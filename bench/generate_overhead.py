@@ -7,8 +7,15 @@ that `generate` makes, or the eager forward) and the rest (`generate`'s Python p
 processors, stopping criteria, cache bookkeeping). On a GPU the forward is timed with a device synchronisation on
 each side, so its queued kernels are counted where they run.
 
+With --profile, one more generation runs under torch.profiler and the report adds, per decode step, the time the GPU
+was busy in kernels (against the wall time of the step) and the kernels that took it. That says whether a slow step
+is slow kernels (e.g. attention over the whole static cache) or idle gaps between them (launch or guard overhead).
+--batch-size > 1 repeats the prompt (the compiled path warms that batch size); QUANT_STATIC_CACHE_TOKENS sets the
+static cache's length, to see what attending over a longer cache costs.
+
     python bench/generate_overhead.py --out bench/results                                   # CPU, demo model
-    python bench/generate_overhead.py --model /tmp/bench/llama-1b --mode bf16 --device-map cuda:0 --out bench/results
+    python bench/generate_overhead.py --model /tmp/bench/llama-1b --mode bf16 --device-map cuda:0 --profile \
+        --out bench/results
 """
 
 from __future__ import annotations
@@ -68,23 +75,60 @@ def time_forward_calls(model, device: torch.device, compiled: bool, durations: l
     model.register_forward_hook(after, with_kwargs=True)
 
 
-def measure(loaded, prompt: str, new_tokens: int, repeats: int) -> dict:
+def generate_once(loaded, kwargs: dict, batch_size: int, total_tokens: int) -> tuple[bool, float]:
+    """One generation through the app's own path; returns whether it ran compiled and its wall time."""
+    device = torch.device(loaded.device)
+    synchronize(device)
+    started = time.perf_counter()
+    future, compiled = start_generate(loaded, kwargs, batch_size=batch_size, total_tokens=total_tokens)
+    future.result()
+    synchronize(device)
+    return compiled, time.perf_counter() - started
+
+
+def profile_steps(loaded, kwargs: dict, batch_size: int, total_tokens: int, new_tokens: int, top: int = 12) -> dict:
+    """Run one generation under torch.profiler: per token, the time the GPU was busy in kernels and which kernels,
+    and the host's own op time (dynamo's guard checks show as "TorchDynamo Cache Lookup")."""
+    from torch.profiler import ProfilerActivity, profile
+
+    on_gpu = torch.device(loaded.device).type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    try:  # the generation runs on another thread (the runner thread when compiled)
+        config = {"experimental_config": torch._C._profiler._ExperimentalConfig(profile_all_threads=True)}
+    except (AttributeError, TypeError):
+        config = {}
+    with profile(activities=activities, **config) as prof:
+        _, wall = generate_once(loaded, kwargs, batch_size, total_tokens)
+    events = prof.key_averages()
+
+    def table(timeline: str, chosen: list, busy) -> dict:
+        chosen = sorted(chosen, key=busy, reverse=True)
+        total_us = sum(busy(e) for e in chosen)
+        return {"timeline": timeline, "busy_ms_per_token": total_us / 1000 / new_tokens,
+                "top": [{"name": e.key[:120], "calls": e.count, "ms_per_token": busy(e) / 1000 / new_tokens,
+                         "share": busy(e) / total_us if total_us else 0.0} for e in chosen[:top]]}
+
+    tables = []
+    if on_gpu:
+        kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total]
+        tables.append(table("GPU kernels", kernels, lambda e: e.self_device_time_total))
+    host_ops = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU and e.self_cpu_time_total]
+    tables.append(table("host ops (self CPU time)", host_ops, lambda e: e.self_cpu_time_total))
+    return {"profiled_wall_s": wall, "wall_ms_per_token": 1000 * wall / new_tokens, "tables": tables}
+
+
+def measure(loaded, prompt: str, new_tokens: int, repeats: int, batch_size: int = 1, profile: bool = False) -> dict:
     tokenizer, device = loaded.tokenizer, loaded.device
     durations: list[float] = []
     time_forward_calls(loaded.model, torch.device(device), loaded.path.compiled, durations)
-    encoded = tokenizer([prompt], return_tensors="pt").to(device)
+    encoded = tokenizer([prompt] * batch_size, return_tensors="pt").to(device)
     kwargs = dict(**encoded, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, temperature=None,
                   top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
     total_tokens = encoded["input_ids"].shape[1] + new_tokens
     runs = []
     for index in range(repeats + 1):  # the first run is a warm-up
         durations.clear()
-        synchronize(torch.device(device))
-        started = time.perf_counter()
-        future, compiled = start_generate(loaded, kwargs, batch_size=1, total_tokens=total_tokens)
-        future.result()
-        synchronize(torch.device(device))
-        wall = time.perf_counter() - started
+        compiled, wall = generate_once(loaded, kwargs, batch_size, total_tokens)
         if index == 0:
             continue
         # The first forward is the prefill; the rest are the decode steps, one per new token after the first.
@@ -95,10 +139,13 @@ def measure(loaded, prompt: str, new_tokens: int, repeats: int) -> dict:
     best = min(runs, key=lambda r: r["wall_s"])
     steps = best["decode_steps"]
     outside = best["wall_s"] - best["prefill_s"] - best["decode_forward_s"]
-    return {**best, "forward_ms_per_step": 1000 * best["decode_forward_s"] / steps,
-            "outside_ms_per_step": 1000 * outside / steps,
-            "outside_share": outside / (best["wall_s"] - best["prefill_s"]),
-            "tokens_per_s": new_tokens / best["wall_s"]}
+    result = {**best, "forward_ms_per_step": 1000 * best["decode_forward_s"] / steps,
+              "outside_ms_per_step": 1000 * outside / steps,
+              "outside_share": outside / (best["wall_s"] - best["prefill_s"]),
+              "tokens_per_s": batch_size * new_tokens / best["wall_s"]}
+    if profile:
+        result["profile"] = profile_steps(loaded, kwargs, batch_size, total_tokens, new_tokens)
+    return result
 
 
 def main() -> None:
@@ -109,34 +156,54 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--paths", default="eager,compiled")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--profile", action="store_true", help="add a profiled run: device busy time and top kernels")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("QUANT_COMPILED_BATCH_SIZES", "1")
+    os.environ["QUANT_COMPILED_BATCH_SIZES"] = str(args.batch_size)
     prompt = "The with statement is used to wrap the execution of a block with methods defined by a context manager."
     rows = []
     for path in args.paths.split(","):
         # "all" compiles on the CPU too, so the split can be seen without a GPU.
         os.environ["QUANT_FAST_GENERATION"] = {"eager": "off", "compiled": "all"}[path]
         loaded = load_model(LoadRequest(model=args.model, mode=args.mode, device_map=args.device_map))
-        row = {"path": path, "generation_path": loaded.path.describe(), **measure(loaded, prompt, args.new_tokens,
-                                                                                   args.repeats)}
+        row = {"path": path, "generation_path": loaded.path.describe(),
+               **measure(loaded, prompt, args.new_tokens, args.repeats, args.batch_size, args.profile)}
         rows.append(row)
         print(f"{path}: {row['tokens_per_s']:.1f} tok/s; per decode step {row['forward_ms_per_step']:.2f} ms in the "
               f"forward, {row['outside_ms_per_step']:.2f} ms around it ({row['outside_share']:.0%}); "
               f"{row['generation_path']}", flush=True)
+        for table in row.get("profile", {}).get("tables", []):
+            print(f"  profiled: {table['busy_ms_per_token']:.2f} ms busy in {table['timeline']} per token, of "
+                  f"{row['profile']['wall_ms_per_token']:.2f} ms wall", flush=True)
         loaded.path.close()
         del loaded
     device = torch.cuda.get_device_name(0) if args.device_map.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
     summary = {"device": device, "torch": torch.__version__, "model": args.model, "mode": args.mode,
-               "new_tokens": args.new_tokens, "rows": rows}
+               "new_tokens": args.new_tokens, "batch_size": args.batch_size,
+               "static_cache_tokens": os.environ.get("QUANT_STATIC_CACHE_TOKENS", "default"), "rows": rows}
     stem = f"generate-overhead-{Path(args.model.split(':')[-1]).name}-{args.mode}-{args.device_map.split(':')[0]}"
+    if args.batch_size != 1:
+        stem += f"-b{args.batch_size}"
+    if args.profile:
+        stem += "-profile"
     (args.out / f"{stem}.json").write_text(json.dumps(summary, indent=1))
     lines = [f"# Time per decode step: forward vs. `generate` around it ({summary['device']}, torch {torch.__version__})",
-             "", f"{args.model}, {args.mode}, batch 1, greedy, {args.new_tokens} new tokens, best of {args.repeats}.",
+             "", f"{args.model}, {args.mode}, batch {args.batch_size}, greedy, {args.new_tokens} new tokens, best of "
+             f"{args.repeats}; tok/s counts every row of the batch.",
              "", "| path | tok/s | forward ms/step | around it ms/step | share around |", "|---|---|---|---|---|"]
     lines += [f"| {r['generation_path']} | {r['tokens_per_s']:.1f} | {r['forward_ms_per_step']:.2f} | "
               f"{r['outside_ms_per_step']:.2f} | {r['outside_share']:.0%} |" for r in rows]
+    for r in rows:
+        if "profile" not in r:
+            continue
+        for table in r["profile"]["tables"]:
+            lines += ["", f"## Profiled run, {r['path']}: {table['busy_ms_per_token']:.2f} ms busy in "
+                          f"{table['timeline']} per token, of {r['profile']['wall_ms_per_token']:.2f} ms wall", "",
+                      "| kernel / op | calls | ms per token | share of busy |", "|---|---|---|---|"]
+            lines += [f"| `{k['name']}` | {k['calls']} | {k['ms_per_token']:.3f} | {k['share']:.0%} |"
+                      for k in table["top"]]
     (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
