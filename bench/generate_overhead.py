@@ -158,6 +158,7 @@ def main() -> None:
     parser.add_argument("--paths", default="eager,compiled")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--profile", action="store_true", help="add a profiled run: device busy time and top kernels")
+    parser.add_argument("--tag", default="", help="appended to the result files' names")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -182,12 +183,14 @@ def main() -> None:
     device = torch.cuda.get_device_name(0) if args.device_map.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
     summary = {"device": device, "torch": torch.__version__, "model": args.model, "mode": args.mode,
                "new_tokens": args.new_tokens, "batch_size": args.batch_size,
-               "static_cache_tokens": os.environ.get("QUANT_STATIC_CACHE_TOKENS", "default"), "rows": rows}
+               "static_cache_tokens": os.environ.get("QUANT_STATIC_CACHE_TOKENS", "default"),
+               "packed_gqa_decode": os.environ.get("QUANT_PACKED_GQA_DECODE", "1"), "rows": rows}
     stem = f"generate-overhead-{Path(args.model.split(':')[-1]).name}-{args.mode}-{args.device_map.split(':')[0]}"
     if args.batch_size != 1:
         stem += f"-b{args.batch_size}"
     if args.profile:
         stem += "-profile"
+    stem += args.tag
     (args.out / f"{stem}.json").write_text(json.dumps(summary, indent=1))
     lines = [f"# Time per decode step: forward vs. `generate` around it ({summary['device']}, torch {torch.__version__})",
              "", f"{args.model}, {args.mode}, batch {args.batch_size}, greedy, {args.new_tokens} new tokens, best of "

@@ -23,6 +23,9 @@ SHAPES = {
     # Llama-3.1-8B
     "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
+    # CPU-sized: the 1B's attention and MLP shapes in 4 layers, a vocabulary just past the demo tokenizer's
+    "1b-4layers": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=4, num_attention_heads=32,
+                       num_key_value_heads=8, vocab_size=8192, tie_word_embeddings=True),
 }
 
 
@@ -47,7 +50,8 @@ def build_checkpoint(shape: str, out: Path, dtype: torch.dtype = torch.float16, 
     n = sum(p.numel() for p in model.parameters())
     print(f"built {shape}: {n / 1e9:.2f}B params in {time.perf_counter() - started:.0f}s -> {out}", flush=True)
     del model
-    torch.cuda.empty_cache()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return out
 
 
@@ -55,5 +59,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("shape", choices=list(SHAPES))
     parser.add_argument("out", type=Path)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
-    build_checkpoint(args.shape, args.out)
+    build_checkpoint(args.shape, args.out, device=args.device)

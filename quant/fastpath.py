@@ -35,6 +35,7 @@ import torch
 from transformers import StaticCache
 from transformers.generation import CompileConfig
 
+from .attention import restore_sdpa, use_packed_gqa_decode
 from .modes import Mode
 from .settings import Settings, load_settings
 
@@ -183,12 +184,15 @@ class GenerationPath:
     _open: bool = field(default=False, repr=False)
     _model: weakref.ref | None = field(default=None, repr=False)
     _tokenizer: Any = field(default=None, repr=False)
+    packed_gqa: bool = False
+    """Decode attention folds query heads onto their KV heads instead of repeating the cache (see attention.py)."""
 
     def describe(self) -> str:
         """One line for the UI and reports: which path, and for what (or why not)."""
         if self.compiled:
             sizes = ", ".join(map(str, self.batch_sizes))
-            return f"{COMPILED} (batch {sizes}; up to {self.max_cache_len} tokens)"
+            packed = "; grouped-query decode without repeated KV" if self.packed_gqa else ""
+            return f"{COMPILED} (batch {sizes}; up to {self.max_cache_len} tokens{packed})"
         return f"{EAGER} ({self.reason})" if self.reason else EAGER
 
     def compiled_batch_size(self, batch_size: int, total_tokens: int) -> int | None:
@@ -258,6 +262,13 @@ class GenerationPath:
             self.reason = f"recompiling after another model's unload failed: {_first_line(exc)}"
             self._caches.clear()
             _open_paths.discard(self)
+            self._unpack_gqa()
+
+    def _unpack_gqa(self) -> None:
+        model = self._model() if self._model else None
+        if self.packed_gqa and model is not None:
+            restore_sdpa(model)
+        self.packed_gqa = False
 
 
 _open_paths: weakref.WeakSet[GenerationPath] = weakref.WeakSet()
@@ -294,12 +305,14 @@ def prepare_generation_path(model, tokenizer, *, mode: Mode, gptq_backend: str |
     if next(iter(devices)).startswith("cpu"):
         compile_config._compile_all_devices = True
     path = GenerationPath(compiled=True, max_cache_len=max_cache_len, batch_sizes=settings.compiled_batch_sizes,
-                          compile_config=compile_config, _open=True, _model=weakref.ref(model), _tokenizer=tokenizer)
+                          compile_config=compile_config, _open=True, _model=weakref.ref(model), _tokenizer=tokenizer,
+                          packed_gqa=settings.packed_gqa_decode and use_packed_gqa_decode(model))
     started = time.perf_counter()
     try:
         path.warm_up(progress)
     except Exception as exc:  # noqa: BLE001 - any compile failure falls back to eager
         logger.warning("The compiled generation path failed to warm up; using eager generation.", exc_info=True)
+        path._unpack_gqa()
         path.close()
         return eager_path(f"compiling failed, eager instead: {_first_line(exc)}")
     _open_paths.add(path)

@@ -31,6 +31,9 @@ class Settings:
     compiled_batch_sizes: tuple[int, ...]
     """QUANT_COMPILED_BATCH_SIZES: batch sizes compiled at load time (default "1": on an H100 batch 32 ran slower
     compiled than eager at the 8B shape); smaller batches are padded up."""
+    packed_gqa_decode: bool
+    """QUANT_PACKED_GQA_DECODE ("1" by default, "0" turns it off): on the compiled path, grouped-query models attend
+    without copying the KV cache once per query head (quant.attention.packed_gqa_sdpa)."""
     compile_backend: str
     """QUANT_COMPILE_BACKEND: torch.compile backend of the fast path (default "inductor")."""
     kernel_cache: str
@@ -47,6 +50,7 @@ def load_settings() -> Settings:
         fast_generation=os.environ.get("QUANT_FAST_GENERATION", "auto").strip().lower() or "auto",
         static_cache_tokens=int(os.environ.get("QUANT_STATIC_CACHE_TOKENS", "2048")),
         compiled_batch_sizes=_int_list(os.environ.get("QUANT_COMPILED_BATCH_SIZES", "1")),
+        packed_gqa_decode=os.environ.get("QUANT_PACKED_GQA_DECODE", "1").strip().lower() not in {"0", "false", "no", "off"},
         compile_backend=os.environ.get("QUANT_COMPILE_BACKEND", "inductor").strip() or "inductor",
         kernel_cache=os.environ.get("QUANT_KERNEL_CACHE")
         or os.path.join(os.path.expanduser("~"), ".cache", "quant-playground", "kernels"),

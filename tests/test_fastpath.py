@@ -12,6 +12,7 @@ import threading
 
 import pytest
 
+from quant.attention import PACKED_GQA_SDPA
 from quant.fastpath import configure_kernel_cache, fast_path_refusal
 from quant.generation import GenerationSettings, generate_batch, stream_chat
 from quant.loader import LoadRequest
@@ -87,7 +88,9 @@ def models(tmp_path_factory):
 def test_load_warms_the_compiled_path_up_and_reports_it(models):
     _, eager, fast = models
     assert fast.path.compiled and fast.path.batch_sizes == (1, 4) and fast.path.max_cache_len == 256
-    assert fast.report.generation_path.startswith("static cache + torch.compile (batch 1, 4; up to 256 tokens)")
+    assert fast.report.generation_path == ("static cache + torch.compile (batch 1, 4; up to 256 tokens; "
+                                           "grouped-query decode without repeated KV)")
+    assert fast.model.config._attn_implementation == PACKED_GQA_SDPA and fast.report.attn_implementation == "sdpa"
     assert fast.report.compile_seconds > 0
     assert fast.report.static_cache_bytes > 0  # two caches allocated at load, not at the first message
     assert "compile warm-up" in fast.report.to_text()
