@@ -5,6 +5,12 @@ streams a reply. Every request must be answered or refused cleanly by the queue;
 that asked (each session's conversation must hold its own message and no other session's).
 
     python bench/load_test.py http://127.0.0.1:7860/ --sessions 50 --turns 2 --out bench/results/load.json
+
+`serve` instead of a URL starts the app in this process, loads --model in --mode through its own /load_model API,
+and adds the server's memory before and after the sessions (GPU allocated and process RSS) to the result:
+
+    python bench/load_test.py serve --model /tmp/bench/llama-1b --mode bf16 --device-map cuda:0 --sessions 64 \
+        --turns 2 --out bench/results/load-gpu-1b-bf16.json
 """
 
 from __future__ import annotations
@@ -92,19 +98,69 @@ def run_sessions(url: str, sessions: int, turns: int = 1, max_new_tokens: int = 
     return result
 
 
+def serve(model: str, mode: str, device_map: str) -> tuple[str, object, dict]:
+    """Start the app here on a free port and load `model` over HTTP, as the Model tab does. Returns the URL, the
+    running Blocks (to close) and the load's status line."""
+    import socket
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import app as app_module
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    demo = app_module.configure_queue(app_module.build_app())
+    demo.launch(**app_module.launch_options(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
+                                            quiet=True))
+    url = f"http://127.0.0.1:{port}/"
+    status, report, *_ = Client(url, verbose=False).predict(
+        model=model, revision="", token="", mode=mode, skip_modules="", device_map=device_map, max_memory="",
+        api_name="/load_model")
+    return url, demo, {"status": status, "report": report}
+
+
+def server_memory() -> dict:
+    import torch
+
+    from quant.report import process_rss
+
+    memory = {"rss_mib": process_rss() / 2**20}
+    if torch.cuda.is_available():
+        memory["gpu_allocated_mib"] = torch.cuda.memory_allocated() / 2**20
+    return memory
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("url")
+    parser.add_argument("url", help="a running app's URL, or `serve`")
+    parser.add_argument("--model", default="demo:tiny-llama-chat", help="with `serve`: the model to load")
+    parser.add_argument("--mode", default="nf4", help="with `serve`")
+    parser.add_argument("--device-map", default="auto", help="with `serve`")
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--turns", type=int, default=1)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--out")
     args = parser.parse_args()
-    result = run_sessions(args.url, args.sessions, args.turns, args.max_new_tokens)
-    print(json.dumps(result.summary(), indent=1))
+    demo, extra = None, {}
+    url = args.url
+    if url == "serve":
+        url, demo, loaded = serve(args.model, args.mode, args.device_map)
+        print(loaded["status"], flush=True)
+        extra = {"model": args.model, "mode": args.mode, "load": loaded, "memory_before": server_memory()}
+    result = run_sessions(url, args.sessions, args.turns, args.max_new_tokens)
+    summary = {**result.summary(), **extra}
+    if demo is not None:
+        import gc
+
+        gc.collect()
+        summary["memory_after"] = server_memory()
+        demo.close()
+    print(json.dumps({k: v for k, v in summary.items() if k != "load"}, indent=1))
     if args.out:
         with open(args.out, "w") as f:
-            json.dump(result.summary(), f, indent=1)
+            json.dump(summary, f, indent=1)
 
 
 if __name__ == "__main__":
