@@ -12,6 +12,11 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _flag_off(name: str) -> bool:
+    """For settings that are on unless the operator says otherwise."""
+    return os.environ.get(name, "").strip().lower() in {"0", "false", "no", "off"}
+
+
 @dataclass(frozen=True)
 class Settings:
     default_model: str
@@ -50,7 +55,7 @@ def load_settings() -> Settings:
         fast_generation=os.environ.get("QUANT_FAST_GENERATION", "auto").strip().lower() or "auto",
         static_cache_tokens=int(os.environ.get("QUANT_STATIC_CACHE_TOKENS", "2048")),
         compiled_batch_sizes=_int_list(os.environ.get("QUANT_COMPILED_BATCH_SIZES", "1")),
-        packed_gqa_decode=os.environ.get("QUANT_PACKED_GQA_DECODE", "1").strip().lower() not in {"0", "false", "no", "off"},
+        packed_gqa_decode=not _flag_off("QUANT_PACKED_GQA_DECODE"),
         compile_backend=os.environ.get("QUANT_COMPILE_BACKEND", "inductor").strip() or "inductor",
         kernel_cache=os.environ.get("QUANT_KERNEL_CACHE")
         or os.path.join(os.path.expanduser("~"), ".cache", "quant-playground", "kernels"),
