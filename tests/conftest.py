@@ -52,6 +52,17 @@ def gptq_llama_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def quantized_llama(tmp_path_factory):
+    """The demo Llama through the whole Quantize tab's work (GPTQ 4-bit g128, perplexities, card, report): read-only
+    for the tests that share it."""
+    from quant.gptq import GPTQRecipe
+    from quant.quantize import quantize
+
+    out = tmp_path_factory.mktemp("quantized") / "tiny-llama-chat-GPTQ-4bit-g128"
+    return quantize(LLAMA, method="gptq", recipe=GPTQRecipe(num_samples=16, seq_len=128), out_dir=out)
+
+
+@pytest.fixture(scope="session")
 def gpu_gptq_llama_dir(tmp_path_factory) -> Path:
     """The demo Llama quantized to 4-bit GPTQ on the GPU (device-machine tests: GPU quantization is part of them)."""
     from quant.gptq import GPTQRecipe, quantize_gptq

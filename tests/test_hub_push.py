@@ -9,21 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from quant.gptq import GPTQRecipe
 from quant.hub import PushError, build_model_card, push_folder
 from quant.loader import LoadRequest, load_model
-from quant.quantize import quantize
-from tests.conftest import LLAMA
 from tests.hub_server import FakeHub
 
 WRITER = "hf_writer_token_0123456789"
 READER = "hf_reader_token_0123456789"
 
 
-@pytest.fixture(scope="module")
-def quantized(tmp_path_factory):
-    out = tmp_path_factory.mktemp("push") / "tiny-llama-chat-GPTQ-4bit-g128"
-    return quantize(LLAMA, method="gptq", recipe=GPTQRecipe(num_samples=16, seq_len=128), out_dir=out)
+@pytest.fixture
+def quantized(quantized_llama):
+    return quantized_llama
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import errno
 import json
 import math
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,12 +49,12 @@ def test_gptq_beats_round_to_nearest(bits, tmp_path):
     assert result.quantized_bytes < result.original_bytes
 
 
-def test_quantized_folder_is_complete_with_card_and_report(tmp_path):
-    out = tmp_path / "q"
-    result = quantize(LLAMA, method="gptq", recipe=GPTQRecipe(num_samples=16, seq_len=128), out_dir=out)
+def test_quantized_folder_is_complete_with_card_and_report(quantized_llama):
+    result = quantized_llama
+    out = Path(result.out_dir)
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "README.md", "quantization_report.json"} <= names
-    assert not (tmp_path / "q.partial").exists()
+    assert not out.with_name(out.name + ".partial").exists()
     card = (out / "README.md").read_text()
     assert "quantized with **gptq**" in card and "| bits | 4 |" in card and "| group_size | 128 |" in card
     assert f"{result.quantized_perplexity:.2f}" in card and "built-in text set 'python-reference'" in card
