@@ -14,6 +14,8 @@ it up while the model loads (never at a user's first message), and keeps the com
 * The graphs hold the KV cache's addresses, so each warmed batch size owns one `StaticCache`, reset between calls.
 * Compilation caches (Inductor, Triton, gptqmodel's kernel builds) go to QUANT_KERNEL_CACHE, so a restart does not
   pay again.
+* Grouped-query models decode with `attention.packed_gqa_sdpa`: transformers' sdpa, compiled, would copy the whole
+  static cache once per query head in every layer at every step.
 
 Where it is not supported (CPU, seq2seq, LLM.int8, a model split over devices) or fails to compile, generation stays
 on the eager path and says why.
