@@ -44,7 +44,6 @@ class _GroupedAttention(torch.nn.Module):
 
     num_key_value_groups = 4
     is_causal = True
-    training = False
 
 
 def _decode_inputs(batch=3, kv_heads=2, groups=4, cache=64, dim=16):
