@@ -17,12 +17,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import statistics
+import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
 
 from gradio_client import Client
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 @dataclass
@@ -98,27 +105,34 @@ def run_sessions(url: str, sessions: int, turns: int = 1, max_new_tokens: int = 
     return result
 
 
-def serve(model: str, mode: str, device_map: str) -> tuple[str, object, dict]:
-    """Start the app here on a free port and load `model` over HTTP, as the Model tab does. Returns the URL, the
-    running Blocks (to close) and the load's status line."""
-    import socket
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    import app as app_module
-
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def serve_app() -> Iterator[str]:
+    """The real app (queue configured from the environment as at start-up), served over HTTP on a free local port
+    in this process (the tests serve it the same way)."""
+    import app as app_module
+
     demo = app_module.configure_queue(app_module.build_app())
+    port = free_port()
     demo.launch(**app_module.launch_options(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
                                             quiet=True))
-    url = f"http://127.0.0.1:{port}/"
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+def load_over_http(url: str, model: str, mode: str, device_map: str) -> dict:
+    """Load `model` as the Model tab does; returns the status line and the load report."""
     status, report, *_ = Client(url, verbose=False).predict(
         model=model, revision="", token="", mode=mode, skip_modules="", device_map=device_map, max_memory="",
         api_name="/load_model")
-    return url, demo, {"status": status, "report": report}
+    return {"status": status, "report": report}
 
 
 def server_memory() -> dict:
@@ -143,20 +157,19 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--out")
     args = parser.parse_args()
-    demo, extra = None, {}
-    url = args.url
-    if url == "serve":
-        url, demo, loaded = serve(args.model, args.mode, args.device_map)
-        print(loaded["status"], flush=True)
-        extra = {"model": args.model, "mode": args.mode, "load": loaded, "memory_before": server_memory()}
-    result = run_sessions(url, args.sessions, args.turns, args.max_new_tokens)
-    summary = {**result.summary(), **extra}
-    if demo is not None:
+    if args.url != "serve":
+        summary = run_sessions(args.url, args.sessions, args.turns, args.max_new_tokens).summary()
+    else:
         import gc
 
-        gc.collect()
-        summary["memory_after"] = server_memory()
-        demo.close()
+        with serve_app() as url:
+            loaded = load_over_http(url, args.model, args.mode, args.device_map)
+            print(loaded["status"], flush=True)
+            before = server_memory()
+            summary = run_sessions(url, args.sessions, args.turns, args.max_new_tokens).summary()
+            gc.collect()
+            summary |= {"model": args.model, "mode": args.mode, "load": loaded, "memory_before": before,
+                        "memory_after": server_memory()}
     print(json.dumps({k: v for k, v in summary.items() if k != "load"}, indent=1))
     if args.out:
         with open(args.out, "w") as f:

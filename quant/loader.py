@@ -170,7 +170,7 @@ def load_model(request: LoadRequest, progress: ProgressFn | None = None) -> Load
     gc.collect()
     before = MemorySnapshot.take()
     prefer_fast_sdpa_backends()
-    progress(0.2, f"Loading weights in {request.mode.value}" + _kernel_build_note(request, kwargs))
+    progress(0.2, f"Loading weights in {request.mode.value}" + _kernel_build_note(request))
     started = time.perf_counter()
     try:
         model = _model_class(source).from_pretrained(source.location, **kwargs)
@@ -249,7 +249,7 @@ def model_context_length(model: PreTrainedModel, tokenizer: Any) -> int | None:
     return limit if isinstance(limit, int) and limit < 1_000_000 else None
 
 
-def _kernel_build_note(request: LoadRequest, kwargs: dict[str, Any]) -> str:
+def _kernel_build_note(request: LoadRequest) -> str:
     """GPTQ kernels that gptqmodel compiles on first use: say so, since that load takes minutes once."""
     backend = request.options.gptq_backend or default_gptq_backend()
     if request.mode is not Mode.GPTQ or backend not in ("gptq_marlin", "gptq_exllama_v2"):

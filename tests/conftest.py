@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
@@ -17,6 +14,8 @@ import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.load_test import free_port, serve_app  # noqa: E402,F401 - one in-process server for tests and bench
 
 LLAMA = "demo:tiny-llama-chat"
 T5 = "demo:tiny-t5"
@@ -32,12 +31,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -80,21 +73,6 @@ def registry():
     reg = ModelRegistry(max_models=3)
     yield reg
     reg.unload_all()
-
-
-@contextmanager
-def serve_app() -> Iterator[str]:
-    """The real app (queue configured from the environment as at start-up), served over HTTP on a free local port."""
-    import app as app_module
-
-    demo = app_module.configure_queue(app_module.build_app())
-    port = free_port()
-    demo.launch(**app_module.launch_options(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
-                                            quiet=True))
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
 
 
 @pytest.fixture(scope="session")
