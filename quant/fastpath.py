@@ -51,8 +51,9 @@ EAGER = "eager"
 # compileable". Measured on an H100, Llama-1B shape (bench/results/gpu-bench-1b-compiled.md), batch 1 / 32 tok/s:
 # nf4 eager 37.9 / 918 -> compiled 151.7 / 1883; GPTQ torch kernel 31.2 / 933 -> 61.0 / 1786; but GPTQ Marlin
 # 53.2 / 1143 -> 18.8 / 484 (slower compiled). So `auto` compiles 4-bit bitsandbytes and the GPTQ torch kernel.
-_TRACEABLE_GPTQ_BACKENDS = {"gptq_marlin", "gptq_torch"}
-_FASTER_COMPILED_GPTQ_BACKENDS = {"gptq_torch"}
+# gptq_int4pack is PyTorch's own int4 matmul (quant.int4pack), made for CUDA graphs (gpt-fast's int4 path).
+_TRACEABLE_GPTQ_BACKENDS = {"gptq_marlin", "gptq_torch", "gptq_int4pack"}
+_FASTER_COMPILED_GPTQ_BACKENDS = {"gptq_torch", "gptq_int4pack"}
 
 
 def configure_kernel_cache(settings: Settings | None = None) -> str:
@@ -85,7 +86,7 @@ def fast_path_refusal(*, mode: Mode, gptq_backend: str | None, kind: str, device
     """Why the compiled path is not used for this model, or None when it is.
 
     QUANT_FAST_GENERATION: "auto" compiles on a GPU what was measured faster compiled (16/32-bit, nf4/fp4, GPTQ's
-    torch kernel) through transformers' own static-cache + compile path; "all" also compiles GPTQ Marlin and allows
+    torch and int4pack kernels) through transformers' own static-cache + compile path; "all" also compiles GPTQ Marlin and allows
     the CPU; "off" never compiles.
     """
     choice = settings.fast_generation
@@ -102,7 +103,8 @@ def fast_path_refusal(*, mode: Mode, gptq_backend: str | None, kind: str, device
     if mode is Mode.INT8:
         return "LLM.int8 (bitsandbytes int8) cannot be compiled: its outlier split is data-dependent"
     if mode is Mode.GPTQ and gptq_backend not in _TRACEABLE_GPTQ_BACKENDS:
-        return f"the {gptq_backend} kernel does not trace under torch.compile (choose gptq_torch for the compiled path)"
+        return (f"the {gptq_backend} kernel does not trace under torch.compile (choose gptq_int4pack or gptq_torch "
+                "for the compiled path)")
     if mode is Mode.GPTQ and gptq_backend not in _FASTER_COMPILED_GPTQ_BACKENDS and choice != "all":
         return (f"the {gptq_backend} kernel measured slower compiled than eager (QUANT_FAST_GENERATION=all "
                 "compiles it anyway)")

@@ -194,10 +194,13 @@ def load_model(request: LoadRequest, progress: ProgressFn | None = None) -> Load
         raise QuantError(
             f"Loading {request.model} in {request.mode.value} failed: {str(exc).splitlines()[0]}"
         ) from None
+    model.eval()
+    if request.mode is Mode.GPTQ and _gptq_backend(request) == "gptq_int4pack":
+        progress(0.85, "Repacking the GPTQ layers for PyTorch's int4 kernel")
+        warnings.extend(_repack_int4(model))
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     load_seconds = time.perf_counter() - started
-    model.eval()
     progress(0.9, "Measuring")
     after = MemorySnapshot.take()
 
@@ -222,13 +225,13 @@ def load_model(request: LoadRequest, progress: ProgressFn | None = None) -> Load
         load_seconds=load_seconds,
         linear_layers=linear_layer_types(model),
         device_map={k: str(v) for k, v in device_map.items()},
-        quantization=_jsonable(quant.to_dict() if hasattr(quant, "to_dict") else quant),
+        quantization=_quantization_record(request, quant),
         warnings=warnings,
     )
     progress(0.92, "Preparing generation")
     path = prepare_generation_path(
         model, tokenizer, mode=request.mode, kind=source.kind, context=model_context_length(model, tokenizer),
-        gptq_backend=request.options.gptq_backend or default_gptq_backend(),
+        gptq_backend=_gptq_backend(request),
         progress=lambda message: progress(0.95, message),
     )
     report.generation_path = path.describe()
@@ -249,14 +252,39 @@ def model_context_length(model: PreTrainedModel, tokenizer: Any) -> int | None:
     return limit if isinstance(limit, int) and limit < 1_000_000 else None
 
 
+def _gptq_backend(request: LoadRequest) -> str:
+    return request.options.gptq_backend or default_gptq_backend()
+
+
+def _repack_int4(model: PreTrainedModel) -> list[str]:
+    """Move the GPTQ layers to PyTorch's int4 kernel (quant.int4pack); warnings for layers that stay as loaded."""
+    from .int4pack import repack_model
+
+    result = repack_model(model)
+    _release()  # the torch-kernel layers just replaced
+    if result.reason is None:
+        return []
+    return [f"{result.left} GPTQ layers stay on the gptq_torch kernel ({result.layers} moved to the int4 kernel): "
+            f"{result.reason}."]
+
+
 def _kernel_build_note(request: LoadRequest) -> str:
     """GPTQ kernels that gptqmodel compiles on first use: say so, since that load takes minutes once."""
-    backend = request.options.gptq_backend or default_gptq_backend()
+    backend = _gptq_backend(request)
     if request.mode is not Mode.GPTQ or backend not in ("gptq_marlin", "gptq_exllama_v2"):
         return ""
     minutes = "about 3.5 min" if backend == "gptq_marlin" else "about 30 s"
     return (f" (the {backend} kernel is built on its first use: {minutes}, then cached in "
             f"{os.environ.get('GPTQMODEL_TORCH_EXTENSIONS_DIR', 'the kernel cache')})")
+
+
+def _quantization_record(request: LoadRequest, config: Any) -> dict | None:
+    """The model's quantization config as loaded, naming the GPTQ kernel that runs (gptq_int4pack loads through
+    gptq_torch, so the config itself names that one)."""
+    record = _jsonable(config.to_dict() if hasattr(config, "to_dict") else config)
+    if request.mode is Mode.GPTQ and isinstance(record, dict):
+        record["backend"] = _gptq_backend(request)
+    return record
 
 
 def _jsonable(value: Any) -> Any:

@@ -50,13 +50,22 @@ QUANT_STORAGE = {"uint8": torch.uint8, "bf16": torch.bfloat16, "fp16": torch.flo
 
 GPTQ_BACKENDS: dict[str, str] = {
     "gptq_torch": "PyTorch kernel: CPU and GPU, no build; the compiled fast path on a GPU",
+    "gptq_int4pack": "PyTorch's int4 matmul (tinygemm): CPU and GPU, 4-bit, group size 32-256, no build; bf16",
     "gptq_triton": "Triton kernel: GPU, compiled in seconds",
     "gptq_exllama_v2": "ExLlamaV2: GPU, 4-bit, built on first use (~30 s)",
     "gptq_marlin": "Marlin: GPU (Ampere+), 4/8-bit, built on first use (~3.5 min)",
 }
 """Kernels a GPTQ checkpoint can be loaded with. 'auto' is not offered: on Hopper it picks Machete, which downloads
 CUTLASS at run time and fails offline."""
-_CPU_GPTQ_BACKENDS = {"gptq_torch"}
+_CPU_GPTQ_BACKENDS = {"gptq_torch", "gptq_int4pack"}
+INT4PACK_GROUP_SIZES = (32, 64, 128, 256)
+"""Group sizes PyTorch's int4 kernel has (quant.int4pack.GROUP_SIZES; repeated so this module stays light)."""
+
+
+def loading_gptq_backend(backend: str) -> str:
+    """The gptqmodel kernel transformers loads the checkpoint with: gptq_int4pack loads with gptq_torch and is
+    repacked afterwards (quant.int4pack)."""
+    return "gptq_torch" if backend == "gptq_int4pack" else backend
 
 
 def parse_mode(value: str | Mode) -> Mode:
@@ -106,6 +115,8 @@ def torch_dtype(mode: Mode, options: QuantOptions, on_cuda: bool) -> torch.dtype
         return DTYPES[options.compute_dtype]
     if mode is Mode.INT8:
         return torch.float16  # LLM.int8() matmuls run in fp16; other dtypes are cast on every call
+    if mode is Mode.GPTQ and (options.gptq_backend or default_gptq_backend()) == "gptq_int4pack":
+        return torch.bfloat16  # the int4 kernel computes in bf16 only: fp16 would cast at every layer
     return torch.float16 if on_cuda else torch.bfloat16
 
 
@@ -160,6 +171,15 @@ def check_mode(
         if backend == "gptq_exllama_v2" and bits != 4:
             raise UnsupportedModeError(f"ExLlamaV2 runs 4-bit GPTQ only; this checkpoint is {bits}-bit.",
                                        "Use gptq_torch or gptq_triton.")
+        group_size = (checkpoint_quantization or {}).get("group_size")
+        if backend == "gptq_int4pack" and (bits != 4 or group_size not in INT4PACK_GROUP_SIZES):
+            raise UnsupportedModeError(
+                f"PyTorch's int4 kernel runs 4-bit GPTQ with group size {', '.join(map(str, INT4PACK_GROUP_SIZES))}; "
+                f"this checkpoint is {bits}-bit with group size {group_size}.",
+                "Use gptq_torch or gptq_triton.",
+            )
+        if backend == "gptq_int4pack" and on_cuda and torch.cuda.get_device_capability() < (8, 0):
+            raise UnsupportedModeError("PyTorch's int4 kernel needs an Ampere or newer GPU.", "Use gptq_torch.")
         if backend == "gptq_marlin" and bits not in (4, 8):
             raise UnsupportedModeError(f"Marlin runs 4- and 8-bit GPTQ only; this checkpoint is {bits}-bit.",
                                        "Use gptq_torch or gptq_triton.")
@@ -214,6 +234,6 @@ def quantization_config(
             group_size=saved.get("group_size", 128),
             desc_act=saved.get("desc_act", False),
             sym=saved.get("sym", True),
-            backend=options.gptq_backend or default_gptq_backend(),
+            backend=loading_gptq_backend(options.gptq_backend or default_gptq_backend()),
         )
     return None

@@ -38,8 +38,10 @@ def logical_parameter_count(model: torch.nn.Module) -> int:
     """Parameters as the unquantized model has them: packed 4-bit and GPTQ weights count as their full shape."""
     total = 0
     for module in model.modules():
-        qweight = getattr(module, "qweight", None)
-        if qweight is not None and hasattr(module, "in_features") and hasattr(module, "out_features"):
+        packed = getattr(module, "qweight", None)
+        if packed is None:
+            packed = getattr(module, "packed_weight", None)  # quant.int4pack.Int4PackedLinear
+        if packed is not None and hasattr(module, "in_features") and hasattr(module, "out_features"):
             total += module.in_features * module.out_features
             bias = getattr(module, "bias", None)
             total += bias.numel() if bias is not None else 0

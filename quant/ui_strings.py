@@ -103,6 +103,7 @@ KO = {
     "bnb4.quant_storage": "양자화 저장 dtype",
     "gptq.kernel": "GPTQ 커널", "gptq.auto": "자동: CPU에서는 torch, GPU에서는 triton",
     "gptq.gptq_torch": "gptq_torch: PyTorch 커널: CPU와 GPU, 빌드 없음; GPU에서 컴파일된 빠른 경로",
+    "gptq.gptq_int4pack": "gptq_int4pack: PyTorch int4 행렬곱 (tinygemm): CPU와 GPU, 4비트, 그룹 크기 32-256, 빌드 없음; bf16",
     "gptq.gptq_triton": "gptq_triton: Triton 커널: GPU, 몇 초 만에 컴파일",
     "gptq.gptq_exllama_v2": "gptq_exllama_v2: ExLlamaV2: GPU, 4비트, 처음 쓸 때 빌드 (~30초)",
     "gptq.gptq_marlin": "gptq_marlin: Marlin: GPU (Ampere 이상), 4/8비트, 처음 쓸 때 빌드 (~3.5분)",

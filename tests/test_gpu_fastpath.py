@@ -69,7 +69,7 @@ def assert_same_up_to_noise(eager, encoded, row: int, expected: list[int], got: 
     top = logits.float().topk(2).values
     tolerance = max(NOISE, ROUNDINGS * torch.finfo(logits.dtype).eps * top[0].abs().item())
     gap = (top[0] - top[1]).item()
-    assert gap < tolerance, f"compiled path diverged at a clear choice (token {split}, top-2 gap {gap:.4f} >= " \
+    assert gap < tolerance, f"the paths diverged at a clear choice (token {split}, top-2 gap {gap:.4f} >= " \
                             f"{tolerance:.4f} in {logits.dtype}):\n{expected}\n{got}"
 
 
@@ -99,10 +99,26 @@ def test_compiled_path_matches_eager(mode, kernel_cache):
     assert any(p.is_file() for p in kernel_cache.rglob("*")), "nothing was written to the kernel cache"
 
 
-@pytest.mark.parametrize("backend", ["gptq_marlin", "gptq_torch"])
+@pytest.mark.parametrize("backend", ["gptq_marlin", "gptq_torch", "gptq_int4pack"])
 def test_compiled_gptq_matches_eager(gpu_gptq_llama_dir, backend, kernel_cache):
     check_against_eager(LoadRequest(model=str(gpu_gptq_llama_dir), mode="gptq", device_map="cuda:0",
                                     options=QuantOptions(gptq_backend=backend)))
+
+
+def test_int4pack_gives_the_torch_kernels_tokens(gpu_gptq_llama_dir, kernel_cache):
+    """PyTorch's int4 kernel (CUDA tinygemm) against gptqmodel's torch kernel, both eager and in bf16."""
+    folder = str(gpu_gptq_llama_dir)
+    reference = load(LoadRequest(model=folder, mode="gptq", device_map="cuda:0",
+                                 options=QuantOptions(gptq_backend="gptq_torch", compute_dtype="bf16")), fast=False)
+    repacked = load(LoadRequest(model=folder, mode="gptq", device_map="cuda:0",
+                                options=QuantOptions(gptq_backend="gptq_int4pack")), fast=False)
+    assert repacked.report.linear_layers["Int4PackedLinear"] == 28 and not repacked.report.warnings
+    assert repacked.report.quantization["backend"] == "gptq_int4pack"
+    for prompts in ([PROMPTS[0]], PROMPTS):
+        encoded, expected, _ = greedy_ids(reference, prompts)
+        _, got, _ = greedy_ids(repacked, prompts)
+        for row, (want, have) in enumerate(zip(expected, got)):
+            assert_same_up_to_noise(reference, encoded, row, want, have)
 
 
 def test_int8_and_unsupported_kernels_stay_eager_with_a_reason(gpu_gptq_llama_dir, kernel_cache):
