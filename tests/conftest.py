@@ -15,7 +15,6 @@ import pytest  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.load_test import free_port, serve_app  # noqa: E402,F401 - one in-process server for tests and bench
 
 LLAMA = "demo:tiny-llama-chat"
 T5 = "demo:tiny-t5"
@@ -78,5 +77,7 @@ def registry():
 @pytest.fixture(scope="session")
 def app_url():
     """The real app, served over HTTP for the whole test session."""
+    from bench.load_test import serve_app  # imports gradio: not at module level, the GPU machine runs without it
+
     with serve_app() as url:
         yield url

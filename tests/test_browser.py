@@ -19,7 +19,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.conftest import LLAMA, ROOT, free_port
+from bench.load_test import free_port
+from tests.conftest import LLAMA, ROOT
 from tests.hub_server import FakeHub
 
 sync_api = pytest.importorskip("playwright.sync_api")

@@ -8,9 +8,9 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from bench.load_test import run_sessions
+from bench.load_test import run_sessions, serve_app
 from quant.report import process_rss
-from tests.conftest import LLAMA, serve_app
+from tests.conftest import LLAMA
 from tests.test_app_model_tab import load_args
 
 
