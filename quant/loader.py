@@ -8,7 +8,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel
@@ -16,7 +16,15 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokeni
 from .attention import check_attention
 from .errors import PlacementError, QuantError
 from .fastpath import GenerationPath, configure_kernel_cache, eager_path, prepare_generation_path
-from .modes import Mode, QuantOptions, check_mode, default_gptq_backend, parse_mode, quantization_config, torch_dtype
+from .modes import (
+    Mode,
+    QuantOptions,
+    check_mode,
+    parse_mode,
+    quantization_config,
+    resolve_gptq_backend,
+    torch_dtype,
+)
 from .placement import parse_device_map, parse_max_memory, target_is_cuda
 from .report import (
     LoadReport,
@@ -113,7 +121,16 @@ def load_tokenizer(source: ModelSource, token: str | None, trust_remote_code: bo
     return tokenizer
 
 
-def prepare(request: LoadRequest) -> tuple[ModelSource, dict[str, Any], list[str]]:
+class Prepared(NamedTuple):
+    source: ModelSource
+    kwargs: dict[str, Any]
+    """For `from_pretrained`."""
+    warnings: list[str]
+    options: QuantOptions
+    """The request's options with the defaults that depend on the checkpoint filled in (the GPTQ kernel)."""
+
+
+def prepare(request: LoadRequest) -> Prepared:
     """Resolve the source and build `from_pretrained` kwargs; every refusal happens here, before loading."""
     settings = load_settings()
     device_map = parse_device_map(request.device_map)
@@ -122,9 +139,8 @@ def prepare(request: LoadRequest) -> tuple[ModelSource, dict[str, Any], list[str
     source = resolve_source(
         request.model, revision=request.revision, token=request.token, trust_remote_code=settings.trust_remote_code
     )
-    warnings = check_mode(
-        request.mode, request.options, checkpoint_quantization=source.checkpoint_quantization, on_cuda=on_cuda
-    )
+    options = resolve_gptq_backend(request.options, request.mode, source.checkpoint_quantization, on_cuda)
+    warnings = check_mode(request.mode, options, checkpoint_quantization=source.checkpoint_quantization, on_cuda=on_cuda)
     if getattr(source.config, "auto_map", None) and not settings.trust_remote_code:
         warnings.append(
             f"{request.model} ships its own modelling code (auto_map in its config); it is not run here: "
@@ -135,7 +151,7 @@ def prepare(request: LoadRequest) -> tuple[ModelSource, dict[str, Any], list[str
             raise PlacementError("max_memory names a GPU, but the model is placed on the CPU.")
         device_map = {"": "cpu"}
     kwargs: dict[str, Any] = {
-        "dtype": torch_dtype(request.mode, request.options, on_cuda),
+        "dtype": torch_dtype(request.mode, options, on_cuda),
         "device_map": device_map,
         "revision": source.revision,
         "token": request.token,
@@ -144,7 +160,7 @@ def prepare(request: LoadRequest) -> tuple[ModelSource, dict[str, Any], list[str
     if max_memory:
         kwargs["max_memory"] = max_memory
     qconfig = quantization_config(
-        request.mode, request.options, checkpoint_quantization=source.checkpoint_quantization, on_cuda=on_cuda
+        request.mode, options, checkpoint_quantization=source.checkpoint_quantization, on_cuda=on_cuda
     )
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
@@ -152,7 +168,7 @@ def prepare(request: LoadRequest) -> tuple[ModelSource, dict[str, Any], list[str
     attention = check_attention(request.attn_implementation, model_class, on_cuda=on_cuda, dtype=kwargs["dtype"])
     if attention:
         kwargs["attn_implementation"] = attention
-    return source, kwargs, warnings
+    return Prepared(source, kwargs, warnings, options)
 
 
 def load_model(request: LoadRequest, progress: ProgressFn | None = None) -> LoadedModel:
@@ -163,14 +179,15 @@ def load_model(request: LoadRequest, progress: ProgressFn | None = None) -> Load
     progress = progress or (lambda fraction, message: None)
     configure_kernel_cache()  # before any kernel is built (gptqmodel builds Marlin/ExLlama on first load)
     progress(0.0, f"Reading the config of {request.model}")
-    source, kwargs, warnings = prepare(request)
+    source, kwargs, warnings, options = prepare(request)
+    gptq_backend = options.gptq_backend if request.mode is Mode.GPTQ else None
     progress(0.1, "Loading the tokenizer")
     tokenizer = load_tokenizer(source, request.token, kwargs["trust_remote_code"])
 
     gc.collect()
     before = MemorySnapshot.take()
     prefer_fast_sdpa_backends()
-    progress(0.2, f"Loading weights in {request.mode.value}" + _kernel_build_note(request))
+    progress(0.2, f"Loading weights in {request.mode.value}" + _kernel_build_note(gptq_backend))
     started = time.perf_counter()
     try:
         model = _model_class(source).from_pretrained(source.location, **kwargs)
@@ -195,7 +212,7 @@ def load_model(request: LoadRequest, progress: ProgressFn | None = None) -> Load
             f"Loading {request.model} in {request.mode.value} failed: {str(exc).splitlines()[0]}"
         ) from None
     model.eval()
-    if request.mode is Mode.GPTQ and _gptq_backend(request) == "gptq_int4pack":
+    if gptq_backend == "gptq_int4pack":
         progress(0.85, "Repacking the GPTQ layers for PyTorch's int4 kernel")
         warnings.extend(_repack_int4(model))
     if torch.cuda.is_available():
@@ -225,13 +242,13 @@ def load_model(request: LoadRequest, progress: ProgressFn | None = None) -> Load
         load_seconds=load_seconds,
         linear_layers=linear_layer_types(model),
         device_map={k: str(v) for k, v in device_map.items()},
-        quantization=_quantization_record(request, quant),
+        quantization=_quantization_record(quant, gptq_backend),
         warnings=warnings,
     )
     progress(0.92, "Preparing generation")
     path = prepare_generation_path(
         model, tokenizer, mode=request.mode, kind=source.kind, context=model_context_length(model, tokenizer),
-        gptq_backend=_gptq_backend(request),
+        gptq_backend=gptq_backend,
         progress=lambda message: progress(0.95, message),
     )
     report.generation_path = path.describe()
@@ -252,10 +269,6 @@ def model_context_length(model: PreTrainedModel, tokenizer: Any) -> int | None:
     return limit if isinstance(limit, int) and limit < 1_000_000 else None
 
 
-def _gptq_backend(request: LoadRequest) -> str:
-    return request.options.gptq_backend or default_gptq_backend()
-
-
 def _repack_int4(model: PreTrainedModel) -> list[str]:
     """Move the GPTQ layers to PyTorch's int4 kernel (quant.int4pack); warnings for layers that stay as loaded."""
     from .int4pack import repack_model
@@ -268,22 +281,21 @@ def _repack_int4(model: PreTrainedModel) -> list[str]:
             f"{result.reason}."]
 
 
-def _kernel_build_note(request: LoadRequest) -> str:
+def _kernel_build_note(backend: str | None) -> str:
     """GPTQ kernels that gptqmodel compiles on first use: say so, since that load takes minutes once."""
-    backend = _gptq_backend(request)
-    if request.mode is not Mode.GPTQ or backend not in ("gptq_marlin", "gptq_exllama_v2"):
+    if backend not in ("gptq_marlin", "gptq_exllama_v2"):
         return ""
     minutes = "about 3.5 min" if backend == "gptq_marlin" else "about 30 s"
     return (f" (the {backend} kernel is built on its first use: {minutes}, then cached in "
             f"{os.environ.get('GPTQMODEL_TORCH_EXTENSIONS_DIR', 'the kernel cache')})")
 
 
-def _quantization_record(request: LoadRequest, config: Any) -> dict | None:
+def _quantization_record(config: Any, gptq_backend: str | None) -> dict | None:
     """The model's quantization config as loaded, naming the GPTQ kernel that runs (gptq_int4pack loads through
     gptq_torch, so the config itself names that one)."""
     record = _jsonable(config.to_dict() if hasattr(config, "to_dict") else config)
-    if request.mode is Mode.GPTQ and isinstance(record, dict):
-        record["backend"] = _gptq_backend(request)
+    if gptq_backend and isinstance(record, dict):
+        record["backend"] = gptq_backend
     return record
 
 

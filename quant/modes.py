@@ -7,7 +7,7 @@ GPU that is not there, or the checkpoint is already quantized with another metho
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 import torch
@@ -91,7 +91,7 @@ class QuantOptions:
     bnb4_compute_dtype: str = "bf16"
     bnb4_quant_storage: str = "uint8"
     gptq_backend: str | None = None
-    """None picks gptq_torch (see default_gptq_backend)."""
+    """None picks the default for the checkpoint (see default_gptq_backend)."""
     compute_dtype: str | None = field(default=None)
     """dtype of the non-quantized parts for quantized modes (None: fp16 for int8 and on a GPU, else bf16)."""
 
@@ -100,11 +100,27 @@ def is_installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def default_gptq_backend() -> str:
-    """gptq_torch everywhere: no build or download, it compiles (static cache + CUDA graphs), and on an H100 it beat
-    Triton eager and Marlin compiled (bench/results/gpu-bench-1b-compiled.md). ExLlamaV2 is faster eager but does
-    not compile."""
-    return "gptq_torch"
+def default_gptq_backend(checkpoint_quantization: dict | None = None, on_cuda: bool = False) -> str:
+    """gptq_int4pack where PyTorch's int4 kernel takes the checkpoint (4-bit, group size 32-256; on a GPU, Ampere or
+    newer), else gptq_torch. Neither needs a build or a download, and both compile (static cache + CUDA graphs).
+
+    On an H100, Llama-8B shape, batch 1 tok/s: int4pack 25.9 eager and 152.1 compiled
+    (bench/results/gpu-bench-8b-int4pack.md), the torch kernel 15.3 and 40.0 (gpu-bench-8b-compiled.md); on the
+    CPU, see bench/results/gptq-kernels-cpu.md. ExLlamaV2 and Marlin do not compile or ran slower compiled.
+    """
+    saved = checkpoint_quantization or {}
+    fits = saved.get("bits") == 4 and saved.get("group_size") in INT4PACK_GROUP_SIZES
+    if fits and on_cuda and torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 0):
+        fits = False
+    return "gptq_int4pack" if fits else "gptq_torch"
+
+
+def resolve_gptq_backend(options: QuantOptions, mode: Mode, checkpoint_quantization: dict | None,
+                         on_cuda: bool) -> QuantOptions:
+    """`options` with the GPTQ kernel filled in (the default for this checkpoint when none was chosen)."""
+    if mode is not Mode.GPTQ or options.gptq_backend:
+        return options
+    return replace(options, gptq_backend=default_gptq_backend(checkpoint_quantization, on_cuda))
 
 
 def torch_dtype(mode: Mode, options: QuantOptions, on_cuda: bool) -> torch.dtype:
@@ -115,7 +131,7 @@ def torch_dtype(mode: Mode, options: QuantOptions, on_cuda: bool) -> torch.dtype
         return DTYPES[options.compute_dtype]
     if mode is Mode.INT8:
         return torch.float16  # LLM.int8() matmuls run in fp16; other dtypes are cast on every call
-    if mode is Mode.GPTQ and (options.gptq_backend or default_gptq_backend()) == "gptq_int4pack":
+    if mode is Mode.GPTQ and options.gptq_backend == "gptq_int4pack":
         return torch.bfloat16  # the int4 kernel computes in bf16 only: fp16 would cast at every layer
     return torch.float16 if on_cuda else torch.bfloat16
 
@@ -157,7 +173,7 @@ def check_mode(
         for module, package in (("gptqmodel", "gptqmodel"), ("optimum", "optimum")):
             if not is_installed(module):
                 raise UnsupportedModeError(f"Loading GPTQ needs the {package} package.", f"pip install {package}")
-        backend = options.gptq_backend or default_gptq_backend()
+        backend = options.gptq_backend or default_gptq_backend(checkpoint_quantization, on_cuda)
         if backend not in GPTQ_BACKENDS:
             raise UnsupportedModeError(
                 f"Unknown GPTQ kernel {backend!r}.", f"Choose one of {', '.join(GPTQ_BACKENDS)}."
@@ -165,7 +181,7 @@ def check_mode(
         if not on_cuda and backend not in _CPU_GPTQ_BACKENDS:
             raise UnsupportedModeError(
                 f"The GPTQ kernel {backend} needs a CUDA GPU, and the model is placed on the CPU.",
-                "Use gptq_torch, which runs on the CPU.",
+                "Use gptq_int4pack or gptq_torch, which run on the CPU.",
             )
         bits = (checkpoint_quantization or {}).get("bits")
         if backend == "gptq_exllama_v2" and bits != 4:
@@ -234,6 +250,6 @@ def quantization_config(
             group_size=saved.get("group_size", 128),
             desc_act=saved.get("desc_act", False),
             sym=saved.get("sym", True),
-            backend=loading_gptq_backend(options.gptq_backend or default_gptq_backend()),
+            backend=loading_gptq_backend(options.gptq_backend or default_gptq_backend(saved, on_cuda)),
         )
     return None

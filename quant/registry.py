@@ -88,9 +88,9 @@ class ModelRegistry:
                     entry.last_used = time.monotonic()
                     self._entries.move_to_end(request.key)
                     return entry.loaded
-            source, kwargs, _ = prepare(request)
-            estimate = estimate_footprint(source, request.mode)
-            check_fits(kwargs.get("max_memory"), estimate)
+            prepared = prepare(request)
+            estimate = estimate_footprint(prepared.source, request.mode)
+            check_fits(prepared.kwargs.get("max_memory"), estimate)
             self._make_room(request, estimate)
             loaded = load_model(request, progress)
             with self._state:

@@ -11,6 +11,7 @@ import torch
 
 from quant.hub import PushError, build_model_card, push_folder
 from quant.loader import LoadRequest, load_model
+from quant.modes import QuantOptions
 from tests.hub_server import FakeHub
 
 WRITER = "hf_writer_token_0123456789"
@@ -48,12 +49,13 @@ def test_push_download_and_load_gives_the_same_text(hub, quantized, tmp_path, ca
 
     caplog.set_level(logging.DEBUG)
     folder = Path(quantized.out_dir)
-    before = greedy(load_model(LoadRequest(model=str(folder), mode="gptq")))
+    torch_kernel = QuantOptions(gptq_backend="gptq_torch")  # the kernel transformers is given below
+    before = greedy(load_model(LoadRequest(model=str(folder), mode="gptq", options=torch_kernel)))
     result = push_folder(folder, "alice/tiny-gptq", token=WRITER, private=True)
     assert result.url.endswith("alice/tiny-gptq") and result.commit
 
     downloaded = snapshot_download("alice/tiny-gptq", token=WRITER, cache_dir=tmp_path / "dl")
-    assert greedy(load_model(LoadRequest(model=downloaded, mode="gptq"))) == before
+    assert greedy(load_model(LoadRequest(model=downloaded, mode="gptq", options=torch_kernel))) == before
     # and straight through transformers, as the model card tells users to do (same kernel as above: kernels differ
     # in rounding, and gptqmodel's automatic choice on this CPU is another one)
     model = AutoModelForCausalLM.from_pretrained("alice/tiny-gptq", token=WRITER, device_map="cpu",

@@ -99,3 +99,19 @@ def test_checkpoints_the_int4_kernel_cannot_run_are_refused_before_loading(bits,
         check_mode(Mode.GPTQ, QuantOptions(gptq_backend="gptq_int4pack"), checkpoint_quantization=saved,
                    on_cuda=False)
     check_mode(Mode.GPTQ, QuantOptions(gptq_backend="gptq_torch"), checkpoint_quantization=saved, on_cuda=False)
+
+
+@pytest.mark.parametrize(("saved", "kernel"), [
+    ({"bits": 4, "group_size": 128}, "gptq_int4pack"),
+    ({"bits": 4, "group_size": 32}, "gptq_int4pack"),
+    ({"bits": 4, "group_size": -1}, "gptq_torch"),  # one group per row: the int4 kernel takes 32-256
+    ({"bits": 8, "group_size": 128}, "gptq_torch"),
+    ({"bits": 3, "group_size": 128}, "gptq_torch"),
+])
+def test_the_default_gptq_kernel_is_the_int4_one_where_it_runs(saved, kernel):
+    from quant.modes import default_gptq_backend, resolve_gptq_backend
+
+    assert default_gptq_backend({"quant_method": "gptq", **saved}) == kernel
+    chosen = QuantOptions(gptq_backend="gptq_triton")
+    assert resolve_gptq_backend(chosen, Mode.GPTQ, saved, on_cuda=True) is chosen  # a choice is kept
+    assert resolve_gptq_backend(QuantOptions(), Mode.NF4, saved, on_cuda=False).gptq_backend is None

@@ -95,12 +95,12 @@ def test_footprints_follow_bytes_per_weight():
     assert bf16.footprint_bytes > int8.footprint_bytes > nf4.footprint_bytes
 
 
-def test_gptq_checkpoint_loads_with_the_torch_kernel(gptq_llama_dir):
+def test_gptq_checkpoint_loads_with_the_default_kernel(gptq_llama_dir):
     loaded = load_model(LoadRequest(model=str(gptq_llama_dir), mode="gptq"))
     report = loaded.report
-    assert report.quantization["bits"] == 4 and report.quantization["backend"] == "gptq_torch"
-    quantized = {k: v for k, v in report.linear_layers.items() if k != "Linear"}
-    assert sum(quantized.values()) == 28, report.linear_layers
+    # 4-bit, group size 128: PyTorch's int4 kernel (quant.int4pack) is the default for it.
+    assert report.quantization["bits"] == 4 and report.quantization["backend"] == "gptq_int4pack"
+    assert report.linear_layers == {"Int4PackedLinear": 28, "Linear": 1}
     assert report.parameters == safetensors_parameter_count(Path(resolve_location(LLAMA)[0]))
     assert greedy(loaded).strip()
 
