@@ -95,7 +95,7 @@ class QuantizeResult:
     original_perplexity: float | None = None
     quantized_perplexity: float | None = None
     kernel: str | None = None
-    """Layer class the quantized model loads with (e.g. TorchLinear for gptq_torch)."""
+    """Layer class the quantized model loads with (e.g. Int4PackedLinear for gptq_int4pack, the 4-bit default)."""
     versions: dict = field(default_factory=dict)
     kind: str = "causal"
 

@@ -60,7 +60,7 @@ def test_quantized_folder_is_complete_with_card_and_report(quantized_llama):
     assert f"{result.quantized_perplexity:.2f}" in card and "built-in text set 'python-reference'" in card
     assert "gptqmodel" in card and "AutoModelForCausalLM.from_pretrained" in card
     report = json.loads((out / "quantization_report.json").read_text())
-    assert report["method"] == "gptq" and report["kernel"] == "TorchLinear"
+    assert report["method"] == "gptq" and report["kernel"] == "Int4PackedLinear"  # the default for 4-bit g128
     loaded = load_model(LoadRequest(model=str(out), mode="gptq"))
     assert loaded.report.quantization["bits"] == 4
 
