@@ -30,6 +30,9 @@ from quant.modes import QuantOptions  # noqa: E402
 
 
 def measure(folder: Path, backend: str, device_map: str, new_tokens: int) -> dict:
+    on_cuda = torch.cuda.is_available() and device_map.startswith("cuda")
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats()
     loaded = load_model(LoadRequest(str(folder), mode="gptq", device_map=device_map,
                                     options=QuantOptions(gptq_backend=backend)))
     ids = loaded.tokenizer("def main():", return_tensors="pt").input_ids.to(loaded.device)
@@ -44,9 +47,11 @@ def measure(folder: Path, backend: str, device_map: str, new_tokens: int) -> dic
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - started)
     report = loaded.report
+    gpu = {"gpu_allocated_mib": torch.cuda.memory_allocated() / 2**20,
+           "gpu_peak_mib": torch.cuda.max_memory_allocated() / 2**20} if on_cuda else {}
     row = {"backend": backend, "tok_s": new_tokens / best, "load_s": report.load_seconds,
            "footprint_mib": report.footprint_bytes / 2**20, "dtype": report.dtype, "layers": report.linear_layers,
-           "path": report.generation_path}
+           "path": report.generation_path, **gpu}
     del loaded
     release_memory()
     return row
@@ -82,9 +87,12 @@ def main() -> None:
     stem.with_suffix(".json").write_text(json.dumps(summary, indent=1))
     lines = [f"# GPTQ kernels without a build, {device}, torch {torch.__version__}", "",
              f"Llama-{args.shape} shape, 4-bit g128 GPTQ, greedy, batch 1, {args.new_tokens} new tokens, best of 3.",
-             "", "| kernel | tok/s | load s | footprint MiB | dtype | layers | path |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['backend']} | {r['tok_s']:.2f} | {r['load_s']:.1f} | {r['footprint_mib']:,.0f} | {r['dtype']} | "
-              f"{', '.join(f'{k}×{v}' for k, v in r['layers'].items())} | {r['path']} |" for r in rows]
+             "", "| kernel | tok/s | load s | footprint MiB | GPU allocated / peak MiB | dtype | layers | path |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['backend']} | {r['tok_s']:.2f} | {r['load_s']:.1f} | {r['footprint_mib']:,.0f} | "
+              + (f"{r['gpu_allocated_mib']:,.0f} / {r['gpu_peak_mib']:,.0f}" if "gpu_peak_mib" in r else "n/a")
+              + f" | {r['dtype']} | {', '.join(f'{k}×{v}' for k, v in r['layers'].items())} | {r['path']} |"
+              for r in rows]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
