@@ -52,6 +52,7 @@ def measure(folder: Path, backend: str, device_map: str, new_tokens: int) -> dic
     row = {"backend": backend, "tok_s": new_tokens / best, "load_s": report.load_seconds,
            "footprint_mib": report.footprint_bytes / 2**20, "dtype": report.dtype, "layers": report.linear_layers,
            "path": report.generation_path, **gpu}
+    print(json.dumps(row), flush=True)
     del loaded
     release_memory()
     return row
