@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
 
+from bench.generate_overhead import generate_once  # noqa: E402 - the app's generation path, timed
 from bench.llama_shapes import build_checkpoint  # noqa: E402
-from quant.generation import start_generate  # noqa: E402
 from quant.gptq import GPTQRecipe, builtin_textsets, quantize_gptq  # noqa: E402
 from quant.loader import LoadRequest, load_model, release_memory  # noqa: E402
 from quant.modes import QuantOptions  # noqa: E402
@@ -40,19 +40,14 @@ def measure(folder: Path, backend: str, device_map: str, new_tokens: int) -> dic
     ids = loaded.tokenizer("def main():", return_tensors="pt").input_ids.to(loaded.device)
     kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                   min_new_tokens=new_tokens, do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id)
-    seconds, compiled = [], False
-    for _ in range(4):  # the first is a warm-up
-        started = time.perf_counter()
-        # The app's own path (compiled on a GPU where the load compiled it), as a chat reply takes it.
-        future, compiled = start_generate(loaded, kwargs, batch_size=1, total_tokens=ids.shape[1] + new_tokens)
-        future.result()
-        if on_cuda:
-            torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - started)
+    # The app's own path (compiled on a GPU where the load compiled it), as a chat reply takes it; the first is a
+    # warm-up.
+    runs = [generate_once(loaded, kwargs, 1, ids.shape[1] + new_tokens) for _ in range(4)]
+    compiled, seconds = runs[-1][0], min(wall for _, wall in runs[1:])
     report = loaded.report
     gpu = {"gpu_allocated_mib": torch.cuda.memory_allocated() / 2**20,
            "gpu_peak_mib": torch.cuda.max_memory_allocated() / 2**20} if on_cuda else {}
-    row = {"backend": backend, "tok_s": new_tokens / min(seconds[1:]), "compiled": compiled, "load_s": report.load_seconds,
+    row = {"backend": backend, "tok_s": new_tokens / seconds, "compiled": compiled, "load_s": report.load_seconds,
            "footprint_mib": report.footprint_bytes / 2**20, "dtype": report.dtype, "layers": report.linear_layers,
            "path": report.generation_path, **gpu}
     print(json.dumps(row), flush=True)

@@ -86,8 +86,8 @@ def fast_path_refusal(*, mode: Mode, gptq_backend: str | None, kind: str, device
     """Why the compiled path is not used for this model, or None when it is.
 
     QUANT_FAST_GENERATION: "auto" compiles on a GPU what was measured faster compiled (16/32-bit, nf4/fp4, GPTQ's
-    torch and int4pack kernels) through transformers' own static-cache + compile path; "all" also compiles GPTQ Marlin and allows
-    the CPU; "off" never compiles.
+    torch and int4pack kernels) through transformers' own static-cache + compile path; "all" also compiles GPTQ
+    Marlin and allows the CPU; "off" never compiles.
     """
     choice = settings.fast_generation
     if choice == "off":

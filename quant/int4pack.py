@@ -12,8 +12,8 @@ computes w = scale * (q - 8) + zero, so q = d - min(d) and zero = scale * (8 + m
 storing scale and zero in bfloat16 (the kernel's only dtype). Act-order checkpoints (desc_act) are handled by
 sorting the input features by group once, and permuting each input the same way.
 
-Each converted layer is checked against the original on random inputs before it replaces it; a layer that does not
-match, or has a shape the kernel does not take, stays as loaded, with the reason.
+Each converted layer is checked on random inputs against gptqmodel's dequantized weight before it replaces the
+original; a layer that does not match, or has a shape the kernel does not take, stays as loaded, with the reason.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ GROUP_SIZES = (32, 64, 128, 256)
 _N_TILE = 8
 _K_TILE = 16
 _MAX_RELATIVE_ERROR = 2e-2
-"""Per-layer check against the original kernel: |new - old| / |old| on random inputs. bf16 rounding of the
+"""Per-layer check against gptqmodel's dequantized weight: |new - old| / |old| on random inputs. bf16 rounding of the
 activations, scales and zeros gives about 1e-3 on the demo model; a wrong conversion gives ~1."""
 
 
@@ -149,17 +149,18 @@ def repack_layer(layer: nn.Module, dtype: torch.dtype = torch.bfloat16) -> tuple
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
     bias = None if layer.bias is None else layer.bias.detach().clone()
     new = Int4PackedLinear(packed, scales_and_zeros, group_size=group, in_features=k, out_features=n,
-                           input_order=None if identity else order.to(torch.int64), bias=None)
-    error = _relative_error(new, original, dtype)
-    new.bias = bias
-    return new, error
+                           input_order=None if identity else order.to(torch.int64), bias=bias)
+    return new, _relative_error(new, original, bias, dtype)
 
 
-def _relative_error(new: Int4PackedLinear, weight: torch.Tensor, dtype: torch.dtype, rows: int = 4) -> float:
-    """|new(x) - x @ weight| / |x @ weight| on random inputs (weight: [in, out], float32, on the layer's device)."""
+def _relative_error(new: Int4PackedLinear, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype,
+                    rows: int = 4) -> float:
+    """|new(x) - (x @ weight + bias)| / |x @ weight + bias| on random inputs (weight: [in, out], float32, on the
+    layer's device)."""
     generator = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(rows, new.in_features, generator=generator).to(device=weight.device, dtype=dtype)
-    expected, got = x.float() @ weight, new(x).float()
+    expected = x.float() @ weight + (0 if bias is None else bias.float())
+    got = new(x).float()
     return ((got - expected).norm() / expected.norm().clamp_min(1e-12)).item()
 
 

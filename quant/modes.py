@@ -15,6 +15,7 @@ from transformers import BitsAndBytesConfig, GPTQConfig
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .errors import UnsupportedModeError
+from .int4pack import GROUP_SIZES as INT4PACK_GROUP_SIZES
 
 
 class Mode(str, Enum):
@@ -58,8 +59,6 @@ GPTQ_BACKENDS: dict[str, str] = {
 """Kernels a GPTQ checkpoint can be loaded with. 'auto' is not offered: on Hopper it picks Machete, which downloads
 CUTLASS at run time and fails offline."""
 _CPU_GPTQ_BACKENDS = {"gptq_torch", "gptq_int4pack"}
-INT4PACK_GROUP_SIZES = (32, 64, 128, 256)
-"""Group sizes PyTorch's int4 kernel has (quant.int4pack.GROUP_SIZES; repeated so this module stays light)."""
 
 
 def loading_gptq_backend(backend: str) -> str:
@@ -100,19 +99,28 @@ def is_installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def int4pack_refusal(checkpoint_quantization: dict | None, on_cuda: bool) -> str | None:
+    """Why PyTorch's int4 kernel (gptq_int4pack) cannot run this checkpoint here, or None."""
+    saved = checkpoint_quantization or {}
+    bits, group_size = saved.get("bits"), saved.get("group_size")
+    if bits != 4 or group_size not in INT4PACK_GROUP_SIZES:
+        return (f"PyTorch's int4 kernel runs 4-bit GPTQ with group size {', '.join(map(str, INT4PACK_GROUP_SIZES))}; "
+                f"this checkpoint is {bits}-bit with group size {group_size}.")
+    if on_cuda and torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 0):
+        return "PyTorch's int4 kernel needs an Ampere or newer GPU."
+    return None
+
+
 def default_gptq_backend(checkpoint_quantization: dict | None = None, on_cuda: bool = False) -> str:
     """gptq_int4pack where PyTorch's int4 kernel takes the checkpoint (4-bit, group size 32-256; on a GPU, Ampere or
     newer), else gptq_torch. Neither needs a build or a download, and both compile (static cache + CUDA graphs).
 
     On an H100, Llama-8B shape, batch 1 tok/s: int4pack 25.9 eager and 152.1 compiled
     (bench/results/gpu-bench-8b-int4pack.md), the torch kernel 15.3 and 40.0 (gpu-bench-8b-compiled.md); on the
-    CPU, see bench/results/gptq-kernels-cpu.md. ExLlamaV2 and Marlin do not compile or ran slower compiled.
+    CPU, 30.0 against 0.27 (gptq-kernels-cpu-1b-4layers.md). ExLlamaV2 and Marlin do not compile or ran slower
+    compiled.
     """
-    saved = checkpoint_quantization or {}
-    fits = saved.get("bits") == 4 and saved.get("group_size") in INT4PACK_GROUP_SIZES
-    if fits and on_cuda and torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 0):
-        fits = False
-    return "gptq_int4pack" if fits else "gptq_torch"
+    return "gptq_torch" if int4pack_refusal(checkpoint_quantization, on_cuda) else "gptq_int4pack"
 
 
 def resolve_gptq_backend(options: QuantOptions, mode: Mode, checkpoint_quantization: dict | None,
@@ -187,15 +195,9 @@ def check_mode(
         if backend == "gptq_exllama_v2" and bits != 4:
             raise UnsupportedModeError(f"ExLlamaV2 runs 4-bit GPTQ only; this checkpoint is {bits}-bit.",
                                        "Use gptq_torch or gptq_triton.")
-        group_size = (checkpoint_quantization or {}).get("group_size")
-        if backend == "gptq_int4pack" and (bits != 4 or group_size not in INT4PACK_GROUP_SIZES):
-            raise UnsupportedModeError(
-                f"PyTorch's int4 kernel runs 4-bit GPTQ with group size {', '.join(map(str, INT4PACK_GROUP_SIZES))}; "
-                f"this checkpoint is {bits}-bit with group size {group_size}.",
-                "Use gptq_torch or gptq_triton.",
-            )
-        if backend == "gptq_int4pack" and on_cuda and torch.cuda.get_device_capability() < (8, 0):
-            raise UnsupportedModeError("PyTorch's int4 kernel needs an Ampere or newer GPU.", "Use gptq_torch.")
+        refusal = int4pack_refusal(checkpoint_quantization, on_cuda) if backend == "gptq_int4pack" else None
+        if refusal:
+            raise UnsupportedModeError(refusal, "Use gptq_torch or gptq_triton.")
         if backend == "gptq_marlin" and bits not in (4, 8):
             raise UnsupportedModeError(f"Marlin runs 4- and 8-bit GPTQ only; this checkpoint is {bits}-bit.",
                                        "Use gptq_torch or gptq_triton.")
