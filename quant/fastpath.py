@@ -1,17 +1,17 @@
-"""The fast generation path: a static KV cache and a compiled, CUDA-graphed decode step, prepared at load time.
+"""The fast generation path: a static KV cache and a compiled, CUDA-graphed decode loop, prepared at load time.
 
 Why: at batch 1, eager HF `generate` spends most of each token launching kernels from Python (an 8B Llama in fp16 on
-an H100 decoded at 11% of its memory-bandwidth floor). transformers compiles the decode step itself when the cache is
-a `StaticCache` (`torch.compile`, mode "reduce-overhead" = CUDA graphs); this module decides where that is used, warms
-it up while the model loads (never at a user's first message), and keeps the compiled state valid:
+an H100 decoded at 11% of its memory-bandwidth floor). This module decides where the compiled path is used, warms it
+up while the model loads (never at a user's first message), and keeps the compiled state valid:
 
-* CUDA graphs are recorded per thread (torch's cudagraph trees live in thread-local storage), and dynamo reuses a
-  graph compiled for one model for the next model of the same shape and dtype. So every compiled call of every model
-  runs on one process-wide runner thread (one tree); concurrent sessions take turns on it.
-* Unloading a compiled model frees its graphs by resetting the tree and dynamo's compiled code on that thread; any
-  other compiled model still loaded is warmed up again right then (from the on-disk kernel cache: seconds), so the
-  unload pays for it rather than that model's next message.
-* The graphs hold the KV cache's addresses, so each warmed batch size owns one `StaticCache`, reset between calls.
+* Each warmed batch size owns a `decode.DecodeLoop`: a `StaticCache`, fixed input buffers and the decode step,
+  compiled with torch.compile (Inductor) and, on CUDA, captured as one CUDA graph. `generate` runs it as its
+  `custom_generate` loop; decode.py says why that beats transformers' own compiled `generate`.
+* Every compiled call of every model runs on one process-wide runner thread: the loops' buffers and graphs serve one
+  call at a time, and concurrent sessions take turns.
+* Unloading a compiled model drops its graphs and dynamo's compiled code (which dynamo would otherwise hand to the
+  next model of the same shape); any other compiled model still loaded is compiled and captured again right then
+  (from the on-disk kernel cache: seconds), so the unload pays for it rather than that model's next message.
 * Compilation caches (Inductor, Triton, gptqmodel's kernel builds) go to QUANT_KERNEL_CACHE, so a restart does not
   pay again.
 * Grouped-query models decode with `attention.packed_gqa_sdpa`: transformers' sdpa, compiled, would copy the whole
@@ -28,16 +28,15 @@ import os
 import threading
 import time
 import weakref
-from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
-from transformers import StaticCache
 from transformers.generation import CompileConfig
 
 from .attention import restore_sdpa, use_packed_gqa_decode
+from .decode import DecodeLoop
 from .modes import Mode
 from .settings import Settings, load_settings
 
@@ -120,24 +119,6 @@ def _declare_compileable(model: torch.nn.Module) -> None:
     quantizer.__class__ = type(base.__name__, (base,), {"is_compileable": property(lambda self: True)})
 
 
-def _prepare_runner_thread() -> None:
-    """Give the runner thread the thread-local state of torch's cudagraph trees.
-
-    Older torch (2.11, on our GPU machines) only sets it up in the main thread and asserts elsewhere; newer torch does
-    this itself, and then nothing is changed here.
-    """
-    from torch._inductor import cudagraph_trees
-
-    if hasattr(cudagraph_trees.local, "tree_manager_containers"):
-        return
-    initialize = getattr(cudagraph_trees, "_initialize_tls", None)
-    if initialize is not None:
-        initialize(cudagraph_trees.local)
-    else:
-        cudagraph_trees.local.tree_manager_containers = {}
-        cudagraph_trees.local.tree_manager_locks = defaultdict(threading.Lock)
-
-
 _runner_guard = threading.Lock()
 _runner: ThreadPoolExecutor | None = None
 
@@ -147,22 +128,13 @@ def compiled_runner() -> ThreadPoolExecutor:
     global _runner
     with _runner_guard:
         if _runner is None:
-            _runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quant-compiled",
-                                         initializer=_prepare_runner_thread)
+            _runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quant-compiled")
         return _runner
 
 
 def _forget_compiled_code() -> None:
-    """Drop every recorded CUDA graph and every dynamo-compiled frame. Runs on the runner thread.
-
-    Resetting the graphs alone is not enough: dynamo would hand the next model of the same shape the old compiled
-    frame, which still points at the reset tree ("Running CUDAGraph after shutdown", seen on an H100 at the second
-    load of a model).
-    """
-    if torch.cuda.is_available():
-        from torch._inductor.cudagraph_trees import reset_cudagraph_trees
-
-        reset_cudagraph_trees()
+    """Drop every dynamo-compiled frame (runs on the runner thread): dynamo would otherwise hand the next model of
+    the same shape the frame compiled for this one, and keep what it references alive."""
     torch._dynamo.reset()
 
 
@@ -184,7 +156,7 @@ class GenerationPath:
     warmup_seconds: float = 0.0
     cache_bytes: int = 0
     compile_config: CompileConfig | None = field(default=None, repr=False)
-    _caches: dict[int, StaticCache] = field(default_factory=dict, repr=False)
+    _loops: dict[int, DecodeLoop] = field(default_factory=dict, repr=False)
     _open: bool = field(default=False, repr=False)
     _model: weakref.ref | None = field(default=None, repr=False)
     _tokenizer: Any = field(default=None, repr=False)
@@ -196,8 +168,14 @@ class GenerationPath:
         if self.compiled:
             sizes = ", ".join(map(str, self.batch_sizes))
             packed = "; grouped-query decode without repeated KV" if self.packed_gqa else ""
-            return f"{COMPILED} (batch {sizes}; up to {self.max_cache_len} tokens{packed})"
+            graphs = "; one CUDA graph per step" if self.captured else ""
+            return f"{COMPILED} (batch {sizes}; up to {self.max_cache_len} tokens{graphs}{packed})"
         return f"{EAGER} ({self.reason})" if self.reason else EAGER
+
+    @property
+    def captured(self) -> bool:
+        """Whether the decode steps run as CUDA graphs (on a GPU) rather than compiled calls from Python."""
+        return bool(self._loops) and all(loop.captured for loop in self._loops.values())
 
     def compiled_batch_size(self, batch_size: int, total_tokens: int) -> int | None:
         """The warmed batch size this call runs at (>= batch_size, padded up), or None for the eager path."""
@@ -206,7 +184,8 @@ class GenerationPath:
         return next((size for size in self.batch_sizes if size >= batch_size), None)
 
     def submit(self, generate: Callable[..., Any], kwargs: dict, compiled_batch: int | None) -> Future:
-        """Start `generate(**kwargs)`: on the runner thread with that batch size's cache, or on a thread of its own."""
+        """Start `generate(**kwargs)`: on the runner thread with that batch size's decode loop, or eagerly on a thread
+        of its own."""
         if compiled_batch is None or not self._open:
             future: Future = Future()
 
@@ -219,20 +198,20 @@ class GenerationPath:
 
             threading.Thread(target=run, name="quant-generate", daemon=True).start()
             return future
-        cache = self._caches[compiled_batch]
+        loop = self._loops[compiled_batch]
 
         def run_compiled():
             with torch.inference_mode():  # the cache's tensors were made in inference mode
-                cache.reset()
-                return generate(**kwargs, past_key_values=cache, compile_config=self.compile_config)
+                return generate(**kwargs, past_key_values=loop.cache, custom_generate=loop,
+                                decode_streamer=kwargs.get("streamer"))
 
         return compiled_runner().submit(run_compiled)
 
     def close(self) -> None:
-        """Free the static caches, the recorded CUDA graphs and the compiled code (on the runner thread, after any
-        compiled call still queued there)."""
+        """Free the static caches, the CUDA graphs and the compiled code (on the runner thread, after any compiled call
+        still queued there)."""
         was_open, self._open = self._open, False
-        self._caches.clear()
+        self._drop_loops()
         if was_open:
             _open_paths.discard(self)
             compiled_runner().submit(_forget_compiled_code).result()
@@ -240,20 +219,28 @@ class GenerationPath:
                 other._warm_up_again()
 
     def warm_up(self, progress: Callable[[str], None] | None = None) -> None:
-        """Compile and record every batch size's decode step now (a few steps each, on the runner thread)."""
+        """Compile and capture every batch size's decode step now, then generate a few tokens through each (on the
+        runner thread)."""
         model = self._model() if self._model else None
         if model is None:
             raise RuntimeError("the model of this generation path is gone")
+        self._drop_loops()
+        forward = model.get_compiled_call(self.compile_config)
         for size in self.batch_sizes:
             if progress:
                 progress(f"Compiling the decode step for batch {size} (cached on disk for the next start)")
-            if size not in self._caches:
-                self._caches[size] = StaticCache(config=model.config, max_cache_len=self.max_cache_len)
+            loop = DecodeLoop(model, batch_size=size, max_cache_len=self.max_cache_len, forward=forward)
             prompt = self._tokenizer(["Warm-up"] * size, return_tensors="pt").to(next(model.parameters()).device)
-            # Several decode steps: a graph is compiled on the first, recorded on the next, replayed after.
+            compiled_runner().submit(loop.capture, prompt["input_ids"]).result()
+            self._loops[size] = loop
             kwargs = dict(**prompt, max_new_tokens=6, min_new_tokens=6, do_sample=False, temperature=None,
                           top_p=None, top_k=None, pad_token_id=self._tokenizer.pad_token_id)
             self.submit(model.generate, kwargs, size).result()
+
+    def _drop_loops(self) -> None:
+        for loop in self._loops.values():
+            loop.release()
+        self._loops.clear()
 
     def _warm_up_again(self) -> None:
         """After another model's unload reset the compiled state: recompile now, or fall back to eager with a reason."""
@@ -264,7 +251,7 @@ class GenerationPath:
                            exc_info=True)
             self._open, self.compiled = False, False
             self.reason = f"recompiling after another model's unload failed: {_first_line(exc)}"
-            self._caches.clear()
+            self._drop_loops()
             _open_paths.discard(self)
             self._unpack_gqa()
 
@@ -304,10 +291,9 @@ def prepare_generation_path(model, tokenizer, *, mode: Mode, gptq_backend: str |
     _allow_more_recompiles()
     _declare_compileable(model)
     max_cache_len = min(settings.static_cache_tokens, context or settings.static_cache_tokens)
-    compile_config = CompileConfig(backend=settings.compile_backend, mode=None
-                                   if settings.compile_backend != "inductor" else "reduce-overhead")
-    if next(iter(devices)).startswith("cpu"):
-        compile_config._compile_all_devices = True
+    # No "reduce-overhead": the decode loop captures its own CUDA graph (decode.py), without cudagraph trees.
+    compile_config = CompileConfig(backend=settings.compile_backend, dynamic=False,
+                                   mode="default" if settings.compile_backend == "inductor" else None)
     path = GenerationPath(compiled=True, max_cache_len=max_cache_len, batch_sizes=settings.compiled_batch_sizes,
                           compile_config=compile_config, _open=True, _model=weakref.ref(model), _tokenizer=tokenizer,
                           packed_gqa=settings.packed_gqa_decode and use_packed_gqa_decode(model))
@@ -321,6 +307,5 @@ def prepare_generation_path(model, tokenizer, *, mode: Mode, gptq_backend: str |
         return eager_path(f"compiling failed, eager instead: {_first_line(exc)}")
     _open_paths.add(path)
     path.warmup_seconds = time.perf_counter() - started
-    path.cache_bytes = sum(t.numel() * t.element_size() for cache in path._caches.values()
-                           for layer in cache.layers for t in (layer.keys, layer.values) if t is not None)
+    path.cache_bytes = sum(loop.cache_bytes() for loop in path._loops.values())
     return path

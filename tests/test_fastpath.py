@@ -11,10 +11,11 @@ from __future__ import annotations
 import threading
 
 import pytest
+import torch
 
 from quant.attention import PACKED_GQA_SDPA
 from quant.fastpath import configure_kernel_cache, fast_path_refusal
-from quant.generation import GenerationSettings, generate_batch, stream_chat
+from quant.generation import GenerationSettings, generate_batch, start_generate, stream_chat
 from quant.loader import LoadRequest
 from quant.modes import Mode
 from quant.registry import ModelRegistry
@@ -105,6 +106,39 @@ def test_chat_on_the_compiled_path_gives_the_eager_reply(models):
         got = list(stream_chat(fast, history, settings=GREEDY))[-1]
         assert (want.stats.path, got.stats.path) == ("eager", "compiled")
         assert got.text == want.text and got.stats.new_tokens == want.stats.new_tokens
+
+
+def test_sampled_replies_with_every_processor_match_the_eager_path(models):
+    """The decode loop runs transformers' own logits processors and sampling: same seed, same settings, same reply."""
+    _, eager, fast = models
+    settings = GenerationSettings(max_new_tokens=24, do_sample=True, seed=7, temperature=0.9, top_k=20, top_p=0.9,
+                                  repetition_penalty=1.3, no_repeat_ngram_size=3)
+    history = [{"role": "user", "content": PROMPTS[1]}]
+    want = list(stream_chat(eager, history, settings=settings))[-1]
+    got = list(stream_chat(fast, history, settings=settings))[-1]
+    other_seed = list(stream_chat(fast, history, settings=GenerationSettings(**{**settings.__dict__, "seed": 8})))[-1]
+    assert got.stats.path == "compiled" and got.text == want.text and got.stats.new_tokens == want.stats.new_tokens
+    assert other_seed.text != got.text, "the seed made no difference: this test would not see a wrong sampler"
+
+
+def test_a_sequence_that_ends_early_gives_the_eager_tokens(models):
+    """End-of-sequence before max_new_tokens: the loop stops where `generate` does (rows that finish first are padded),
+    with nothing after it."""
+    _, eager, fast = models
+    encoded = eager.tokenizer(PROMPTS[:4], return_tensors="pt", padding=True, padding_side="left")
+    base = dict(**encoded, max_new_tokens=40, do_sample=False, temperature=None, top_p=None, top_k=None,
+                pad_token_id=eager.tokenizer.pad_token_id)
+    total = encoded["input_ids"].shape[1] + 40
+    free, _ = start_generate(eager, base, batch_size=4, total_tokens=total)
+    new = free.result()[:, encoded["input_ids"].shape[1]:]
+    eos = sorted({int(row[6]) for row in new})  # a token each row makes early on: "end of sequence" there
+    results = []
+    for loaded in (eager, fast):
+        future, compiled = start_generate(loaded, {**base, "eos_token_id": eos}, batch_size=4, total_tokens=total)
+        results.append((future.result(), compiled))
+    (want, _), (got, compiled) = results
+    assert compiled and torch.equal(got, want)
+    assert want.shape[1] < encoded["input_ids"].shape[1] + 40, "no row ended early: nothing was checked"
 
 
 def test_batches_are_padded_to_a_compiled_size_and_give_the_eager_rows(models):

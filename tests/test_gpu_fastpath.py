@@ -1,4 +1,4 @@
-"""On a CUDA GPU: the compiled generation path (static cache + torch.compile) gives the eager path's greedy tokens,
+"""On a CUDA GPU: the compiled generation path (static cache, compiled decode step captured as a CUDA graph) gives the eager path's greedy tokens,
 is chosen where it is supported, falls back with a reason where it is not, and gives its memory back on unload."""
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ def assert_same_up_to_noise(eager, encoded, row: int, expected: list[int], got: 
 def check_against_eager(request: LoadRequest) -> None:
     eager, fast = load(request, fast=False), load(request, fast=True)
     assert not eager.path.compiled and eager.path.reason == "QUANT_FAST_GENERATION=off"
-    assert fast.path.compiled, fast.path.describe()
+    assert fast.path.compiled and fast.path.captured, fast.path.describe()
+    assert "one CUDA graph per step" in fast.report.generation_path
     assert fast.report.compile_seconds > 0 and fast.report.static_cache_bytes > 0
     # Batch 1 (the chat path) and a batch of 3 padded up to the compiled 4 as generate_batch does.
     for prompts in ([PROMPTS[0]], [PROMPTS[1]], PROMPTS[:3] + [PROMPTS[2]]):
@@ -119,6 +120,44 @@ def test_int4pack_gives_the_torch_kernels_tokens(gpu_gptq_llama_dir, kernel_cach
         _, got, _ = greedy_ids(repacked, prompts)
         for row, (want, have) in enumerate(zip(expected, got)):
             assert_same_up_to_noise(reference, encoded, row, want, have)
+
+
+def test_deferred_stop_ends_where_the_sequences_end_and_streams_every_token(kernel_cache):
+    """On CUDA the loop learns of an end-of-sequence one step late: the extra step is dropped, rows that ended first
+    are padded, and the streamer gets exactly the kept tokens."""
+    from transformers import TextIteratorStreamer
+
+    fast = load(LoadRequest(model=LLAMA, mode="bf16", device_map="cuda:0"), fast=True)
+    assert fast.path.captured, fast.path.describe()
+    pad = fast.tokenizer.pad_token_id
+    for prompts in ([PROMPTS[0]], PROMPTS):
+        encoded, free, compiled = greedy_ids(fast, prompts, new_tokens=40)
+        assert compiled
+        eos = sorted({row[6] for row in free})
+        ends = [next(i for i, token in enumerate(row) if token in eos) for row in free]
+        expected = [row[:end + 1] + [pad] * (max(ends) - end) for row, end in zip(free, ends)]
+        streamer = TextIteratorStreamer(fast.tokenizer, skip_prompt=True, skip_special_tokens=True) \
+            if len(prompts) == 1 else None
+        kwargs = dict(**encoded, max_new_tokens=40, do_sample=False, temperature=None, top_p=None, top_k=None,
+                      pad_token_id=pad, eos_token_id=eos, streamer=streamer)
+        future, compiled = start_generate(fast, kwargs, batch_size=len(prompts),
+                                          total_tokens=encoded["input_ids"].shape[1] + 40)
+        streamed = "".join(streamer) if streamer else None
+        got = future.result()[:, encoded["input_ids"].shape[1]:].tolist()
+        assert compiled and got == expected
+        if streamer:
+            assert streamed == fast.tokenizer.decode(expected[0], skip_special_tokens=True)
+    fast.path.close()
+
+
+def test_seeded_sampling_on_the_graph_repeats(kernel_cache):
+    fast = load(LoadRequest(model=LLAMA, mode="bf16", device_map="cuda:0"), fast=True)
+    settings = GenerationSettings(max_new_tokens=24, do_sample=True, seed=3, temperature=1.2, top_k=0, top_p=1.0)
+    history = [{"role": "user", "content": PROMPTS[1]}]
+    first, second = (list(stream_chat(fast, history, settings=settings))[-1] for _ in range(2))
+    other = list(stream_chat(fast, history, settings=GenerationSettings(**{**settings.__dict__, "seed": 4})))[-1]
+    assert first.stats.path == "compiled" and first.text == second.text and other.text != first.text
+    fast.path.close()
 
 
 def test_int8_and_unsupported_kernels_stay_eager_with_a_reason(gpu_gptq_llama_dir, kernel_cache):
