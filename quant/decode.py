@@ -32,6 +32,22 @@ from transformers import StaticCache
 from transformers.generation.utils import DeferredStopCheck, StopCheck
 
 
+_capture_streams: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def _capture_stream(device: torch.device) -> torch.cuda.Stream:
+    """The one side stream that every warm-up and capture on `device` uses.
+
+    cuBLAS gets a workspace (32 MiB on an H100) per stream it runs on, kept for the life of the process, and a graph
+    that uses cuBLAS keeps pointing at the workspace of the stream it was captured on. A fresh stream per capture
+    would leave ~64 MiB behind at every load of a compiled model (seen on an H100); one stream reuses one workspace.
+    Graphs never replay concurrently (one runner thread), so sharing it is safe.
+    """
+    if device not in _capture_streams:
+        _capture_streams[device] = torch.cuda.Stream(device)
+    return _capture_streams[device]
+
+
 class DecodeLoop:
     """One batch size's decode loop: its static cache, its input buffers and (on CUDA) its captured step.
 
@@ -90,7 +106,7 @@ class DecodeLoop:
                 self._step()  # compiles
                 self.cache.reset()
                 return
-            side = torch.cuda.Stream(self.device)
+            side = _capture_stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
                 for _ in range(2):  # the first call compiles; the second runs what will be captured
@@ -98,7 +114,7 @@ class DecodeLoop:
             torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             # thread_local: other sessions' eager generations may launch work from their threads meanwhile
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
                 self.logits = self._step()
             self.graph = graph
             self.cache.reset()
