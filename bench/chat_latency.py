@@ -1,6 +1,8 @@
 """Does the Chat tab stream at the rate of the generation underneath? Time to first token and decode rate seen by an
-HTTP client of the real app (gradio_client, streaming) against `quant.generation.stream_chat` called directly, on
-the same loaded model in the same process, same greedy prompts.
+HTTP client of the real app (gradio_client, streaming, in a process of its own) against
+`quant.generation.stream_chat` called directly in the server's process, on the same loaded model, same greedy
+prompts. Tokens and their timing come from the counts the generation reports (the Chat tab's "N tokens…" line), not
+from re-encoding the text: a random-weight model's text does not encode back to its tokens.
 
     python bench/chat_latency.py --model demo:tiny-llama-chat --mode fp32 --out bench/results      # CPU
     python bench/chat_latency.py --model /tmp/bench/llama-8b --mode bf16 --device-map cuda:0 --out bench/results
@@ -10,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,6 +26,7 @@ PROMPTS = ["Explain what a generator is in Python.", "What does the with stateme
 
 
 def direct(loaded, prompt: str, new_tokens: int) -> dict:
+    """One reply through `stream_chat` in this process: the first chunk that carries a token, and the last."""
     from quant.generation import GenerationSettings, stream_chat
 
     started = time.perf_counter()
@@ -30,13 +35,15 @@ def direct(loaded, prompt: str, new_tokens: int) -> dict:
     for chunk in stream_chat(loaded, [{"role": "user", "content": prompt}],
                              settings=GenerationSettings(max_new_tokens=new_tokens)):
         now = time.perf_counter()
-        if chunk.text and first is None:
+        if chunk.stats.new_tokens and first is None:
             first = now
         last, final = now, chunk
-    return _row(loaded, final.text, started, first, last, final.stats.path)
+    return _row(final.text, final.stats.new_tokens, started, first, last, final.stats.path)
 
 
-def over_http(url: str, loaded, prompt: str, new_tokens: int) -> dict:
+def over_http(url: str, prompt: str, new_tokens: int) -> dict:
+    """One reply through the Chat tab's endpoints, as a browser gets it: the first update whose footer counts a token
+    ("N tokens…", shown while the reply streams), and the update with the finished reply's statistics line."""
     from gradio_client import Client
 
     client = Client(url, verbose=False)  # a new session: a fresh conversation
@@ -54,13 +61,33 @@ def over_http(url: str, loaded, prompt: str, new_tokens: int) -> dict:
         content = reply["content"]
         if isinstance(content, list):  # Gradio 6 sends message content as typed parts
             content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
-        body, _, footer = content.partition("\n\n---\n")
-        if body and first is None:
+        text, footer = _split_footer(content)
+        counted = re.match(r"(\d+) tokens", footer)
+        if counted and int(counted.group(1)) and first is None:
             first = now
-        if body != text:
-            last, text = now, body
+        if "first token" in footer:  # the statistics line of the finished reply
+            last = now
     job.result()
-    return _row(loaded, text, started, first, last, footer.strip("*"))
+    counted = re.match(r"(\d+) tokens", footer)
+    return _row(text, int(counted.group(1)) if counted else 0, started, first, last, footer)
+
+
+def _split_footer(content: str) -> tuple[str, str]:
+    """The reply and the line under it ("---", then "*N tokens…*" while streaming or "*N tokens · first token …*"
+    when done). A reply of only whitespace (random weights) comes back stripped, with the rule first."""
+    match = re.search(r"(?:^|\n)---\n\*(\d+ tokens[^\n]*)\*\s*$", content)
+    return (content[:match.start()], match.group(1)) if match else (content, "")
+
+
+def http_client(url: str, new_tokens: int, runs: int) -> list[dict]:
+    """Every prompt `runs` times over HTTP (the first pass warms the connection pool and the queue: dropped)."""
+    rows = []
+    for run in range(runs):
+        for prompt in PROMPTS:
+            row = over_http(url, prompt, new_tokens)
+            if run:
+                rows.append(row)
+    return rows
 
 
 def _noop_round_trip(url: str, calls: int = 10) -> float:
@@ -76,11 +103,12 @@ def _noop_round_trip(url: str, calls: int = 10) -> float:
     return statistics.median(times[2:])
 
 
-def _row(loaded, text: str, started: float, first: float | None, last: float | None, path: str) -> dict:
-    tokens = len(loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
+def _row(text: str, tokens: int, started: float, first: float | None, last: float | None, path: str) -> dict:
+    """Tokens are the generation's own count (re-encoding a random-weight model's text does not give it back)."""
     ttft = (first - started) if first else None
     rate = (tokens - 1) / (last - first) if first and last and last > first and tokens > 1 else None
-    return {"tokens": tokens, "ttft_s": ttft, "tok_s": rate, "path": path, "text": text}
+    whole = (last - started) if last else None  # request to complete reply: no throttling window can hide in it
+    return {"tokens": tokens, "ttft_s": ttft, "tok_s": rate, "whole_s": whole, "path": path, "text": text}
 
 
 def main() -> None:
@@ -90,26 +118,44 @@ def main() -> None:
     parser.add_argument("--device-map", default="auto")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--runs", type=int, default=3, help="passes over the prompts (the first is a warm-up)")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--switch-interval", type=float, help="the server process's sys.setswitchinterval (s)")
+    parser.add_argument("--tag", default="", help="appended to the result file's name")
+    parser.add_argument("--client", metavar="URL", help=argparse.SUPPRESS)  # the HTTP client's own process
     args = parser.parse_args()
+    if args.client:
+        print(json.dumps({"noop": _noop_round_trip(args.client),
+                          "rows": http_client(args.client, args.new_tokens, args.runs)}))
+        return
+    if args.out is None:
+        parser.error("--out is required")
 
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
     import torch
     from quant.loader import LoadRequest
     from quant.registry import default_registry
-    from tests.conftest import serve_app
+    from bench.load_test import serve_app
 
     loaded = default_registry().load(LoadRequest(model=args.model, mode=args.mode, device_map=args.device_map))
     rows = {"direct": [], "http": []}
     with serve_app() as url:
-        noop = _noop_round_trip(url)
-        for run in range(args.runs):
+        for run in range(args.runs):  # the first pass warms caches: dropped
             for prompt in PROMPTS:
-                d, h = direct(loaded, prompt, args.new_tokens), over_http(url, loaded, prompt, args.new_tokens)
-                if run:  # the first pass warms caches, the HTTP connection pool and the queue
-                    rows["direct"].append(d)
-                    rows["http"].append(h)
-                assert d["text"].strip() == h["text"].strip(), \
-                    f"the UI showed a different reply:\n{d['text']!r}\n{h['text']!r}"
+                row = direct(loaded, prompt, args.new_tokens)
+                if run:
+                    rows["direct"].append(row)
+        # The client in a process of its own, as a browser is: in this one it would compete with the server for the
+        # interpreter lock, and the measurement would show that rather than the app.
+        client = subprocess.run([sys.executable, __file__, "--client", url, "--new-tokens", str(args.new_tokens),
+                                 "--runs", str(args.runs)], capture_output=True, text=True, timeout=1800)
+        if client.returncode:
+            raise SystemExit(f"the HTTP client failed:\n{client.stderr[-3000:]}")
+        measured = json.loads(client.stdout.strip().splitlines()[-1])
+        rows["http"], noop = measured["rows"], measured["noop"]
+    for d, h in zip(rows["direct"], rows["http"]):
+        assert d["text"].strip() == h["text"].strip() and d["tokens"] == h["tokens"], \
+            f"the UI showed a different reply:\n{d}\n{h}"
 
     def median(kind: str, key: str) -> float:
         return statistics.median(r[key] for r in rows[kind] if r[key] is not None)
@@ -117,12 +163,14 @@ def main() -> None:
     summary = {"model": args.model, "mode": args.mode, "device": torch.cuda.get_device_name(0)
                if torch.cuda.is_available() else "cpu", "generation_path": loaded.path.describe(),
                "new_tokens": args.new_tokens, "samples": len(rows["direct"]),
-               **{f"{kind}_{key}": median(kind, key) for kind in rows for key in ("ttft_s", "tok_s")}}
+               "switch_interval_s": sys.getswitchinterval(),
+               **{f"{kind}_{key}": median(kind, key) for kind in rows for key in ("ttft_s", "tok_s", "whole_s")}}
     summary["http_over_direct_tok_s"] = summary["http_tok_s"] / summary["direct_tok_s"]
     summary["http_minus_direct_ttft_s"] = summary["http_ttft_s"] - summary["direct_ttft_s"]
+    summary["http_over_direct_whole"] = summary["http_whole_s"] / summary["direct_whole_s"]
     summary["http_noop_round_trip_s"] = noop  # what any call costs through gradio_client here, generation aside
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"chat-latency-{summary['device'].replace(' ', '-').lower()}-{args.mode}"
+    stem = f"chat-latency-{summary['device'].replace(' ', '-').lower()}-{args.mode}-{args.new_tokens}{args.tag}"
     (args.out / f"{stem}.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
     print(json.dumps(summary, indent=1))
 
