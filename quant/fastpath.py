@@ -46,8 +46,8 @@ COMPILED = "static cache + torch.compile"
 EAGER = "eager"
 
 # Quantized kernels that are torch ops (bitsandbytes 4-bit registers torch.library ops, gptqmodel builds Marlin as
-# torch.ops) or plain torch code, so they can trace under torch.compile; transformers' quantizers for them say "not
-# compileable". Measured on an H100, Llama-1B shape (bench/results/gpu-bench-1b-compiled.md), batch 1 / 32 tok/s:
+# torch.ops) or plain torch code, so they can trace under torch.compile (transformers' quantizers for them say "not
+# compileable", which only matters to transformers' own compiled generate, not used here). Measured on an H100, Llama-1B shape (bench/results/gpu-bench-1b-compiled.md), batch 1 / 32 tok/s:
 # nf4 eager 37.9 / 918 -> compiled 151.7 / 1883; GPTQ torch kernel 31.2 / 933 -> 61.0 / 1786; but GPTQ Marlin
 # 53.2 / 1143 -> 18.8 / 484 (slower compiled). So `auto` compiles 4-bit bitsandbytes and the GPTQ torch kernel.
 # gptq_int4pack is PyTorch's own int4 matmul (quant.int4pack), made for CUDA graphs (gpt-fast's int4 path).
@@ -85,7 +85,7 @@ def fast_path_refusal(*, mode: Mode, gptq_backend: str | None, kind: str, device
     """Why the compiled path is not used for this model, or None when it is.
 
     QUANT_FAST_GENERATION: "auto" compiles on a GPU what was measured faster compiled (16/32-bit, nf4/fp4, GPTQ's
-    torch and int4pack kernels) through transformers' own static-cache + compile path; "all" also compiles GPTQ
+    torch and int4pack kernels) through the compiled decode loop (decode.py); "all" also compiles GPTQ
     Marlin and allows the CPU; "off" never compiles.
     """
     choice = settings.fast_generation
@@ -108,15 +108,6 @@ def fast_path_refusal(*, mode: Mode, gptq_backend: str | None, kind: str, device
         return (f"the {gptq_backend} kernel measured slower compiled than eager (QUANT_FAST_GENERATION=all "
                 "compiles it anyway)")
     return None
-
-
-def _declare_compileable(model: torch.nn.Module) -> None:
-    """Let transformers compile a quantized model whose kernels can trace (its quantizer says False by default)."""
-    quantizer = getattr(model, "hf_quantizer", None)
-    if quantizer is None or quantizer.is_compileable:
-        return
-    base = type(quantizer)
-    quantizer.__class__ = type(base.__name__, (base,), {"is_compileable": property(lambda self: True)})
 
 
 _runner_guard = threading.Lock()
@@ -289,7 +280,6 @@ def prepare_generation_path(model, tokenizer, *, mode: Mode, gptq_backend: str |
         return eager_path(refusal)
     configure_kernel_cache(settings)
     _allow_more_recompiles()
-    _declare_compileable(model)
     max_cache_len = min(settings.static_cache_tokens, context or settings.static_cache_tokens)
     # No "reduce-overhead": the decode loop captures its own CUDA graph (decode.py), without cudagraph trees.
     compile_config = CompileConfig(backend=settings.compile_backend, dynamic=False,
