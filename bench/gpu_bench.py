@@ -172,8 +172,8 @@ def goal_lines(rows: list[dict]) -> list[str]:
 def markdown(summary: dict) -> str:
     lines = [f"# GPU benchmark on {summary['device']}", "",
              f"torch {summary['torch']}, transformers {summary['transformers']}; measured copy bandwidth "
-             f"{summary['bandwidth_gb_s']:.0f} GB/s; HF `generate` on each path (eager; compiled = static cache + "
-             f"torch.compile, warmed at load), greedy, {summary['new_tokens']} new tokens; "
+             f"{summary['bandwidth_gb_s']:.0f} GB/s; HF `generate` on each path (eager; compiled = the app's "
+             f"compiled decode loop: static cache, decode step compiled and CUDA-graphed at load), greedy, {summary['new_tokens']} new tokens; "
              "random-weight Llama shapes, demo tokenizer.", ""]
     for shape in summary["shapes"]:
         lines += [f"## Llama-{shape['shape']} shape", "",

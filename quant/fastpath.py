@@ -47,7 +47,8 @@ EAGER = "eager"
 
 # Quantized kernels that are torch ops (bitsandbytes 4-bit registers torch.library ops, gptqmodel builds Marlin as
 # torch.ops) or plain torch code, so they can trace under torch.compile (transformers' quantizers for them say "not
-# compileable", which only matters to transformers' own compiled generate, not used here). Measured on an H100, Llama-1B shape (bench/results/gpu-bench-1b-compiled.md), batch 1 / 32 tok/s:
+# compileable", which only matters to transformers' own compiled generate, not used here). Measured on an H100,
+# Llama-1B shape (bench/results/gpu-bench-1b-compiled.md), batch 1 / 32 tok/s:
 # nf4 eager 37.9 / 918 -> compiled 151.7 / 1883; GPTQ torch kernel 31.2 / 933 -> 61.0 / 1786; but GPTQ Marlin
 # 53.2 / 1143 -> 18.8 / 484 (slower compiled). So `auto` compiles 4-bit bitsandbytes and the GPTQ torch kernel.
 # gptq_int4pack is PyTorch's own int4 matmul (quant.int4pack), made for CUDA graphs (gpt-fast's int4 path).
@@ -110,6 +111,7 @@ def fast_path_refusal(*, mode: Mode, gptq_backend: str | None, kind: str, device
     return None
 
 
+_RUNNER_NAME = "quant-compiled"
 _runner_guard = threading.Lock()
 _runner: ThreadPoolExecutor | None = None
 
@@ -119,7 +121,7 @@ def compiled_runner() -> ThreadPoolExecutor:
     global _runner
     with _runner_guard:
         if _runner is None:
-            _runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quant-compiled")
+            _runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix=_RUNNER_NAME)
         return _runner
 
 
@@ -189,10 +191,14 @@ class GenerationPath:
 
             threading.Thread(target=run, name="quant-generate", daemon=True).start()
             return future
-        loop = self._loops[compiled_batch]
 
         def run_compiled():
+            # Looked up when it runs: another model's unload may be capturing this one's loops again meanwhile, and
+            # then this call runs eagerly (same tokens, padded batch and all).
+            loop = self._loops.get(compiled_batch)
             with torch.inference_mode():  # the cache's tensors were made in inference mode
+                if loop is None:
+                    return generate(**kwargs)
                 return generate(**kwargs, past_key_values=loop.cache, custom_generate=loop,
                                 decode_streamer=kwargs.get("streamer"))
 
@@ -229,9 +235,19 @@ class GenerationPath:
             self.submit(model.generate, kwargs, size).result()
 
     def _drop_loops(self) -> None:
-        for loop in self._loops.values():
-            loop.release()
-        self._loops.clear()
+        """Forget the loops now; free them on the runner thread, once the calls still running or queued are done."""
+        loops, self._loops = self._loops, {}
+        if not loops:
+            return
+
+        def release() -> None:
+            for loop in loops.values():
+                loop.release()
+
+        if threading.current_thread().name.startswith(_RUNNER_NAME):
+            release()
+        else:
+            compiled_runner().submit(release).result()
 
     def _warm_up_again(self) -> None:
         """After another model's unload reset the compiled state: recompile now, or fall back to eager with a reason."""

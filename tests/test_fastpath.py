@@ -175,6 +175,24 @@ def test_concurrent_sessions_take_turns_on_the_runner_and_get_their_own_replies(
     assert got == expected
 
 
+def test_chats_while_the_model_is_compiled_again_get_their_replies(models):
+    """Another model's unload compiles and captures every other compiled model again (see fastpath.py); sessions that
+    chat with that model meanwhile are served, eagerly while its loops are rebuilt, with the same replies."""
+    _, eager, fast = models
+    history = [{"role": "user", "content": PROMPTS[0]}]
+    want = list(stream_chat(eager, history, settings=GREEDY))[-1].text
+    rebuilding = threading.Thread(target=fast.path._warm_up_again)
+    replies, paths = [], set()
+    rebuilding.start()
+    while rebuilding.is_alive() or not replies:
+        reply = list(stream_chat(fast, history, settings=GREEDY))[-1]
+        replies.append(reply.text)
+        paths.add(reply.stats.path)
+    rebuilding.join()
+    assert fast.path.compiled and fast.path._loops, fast.path.describe()
+    assert len(replies) > 1 and set(replies) == {want}, (len(replies), paths)
+
+
 def test_stop_ends_a_compiled_generation(models):
     _, _, fast = models
     stop = threading.Event()
