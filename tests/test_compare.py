@@ -47,6 +47,22 @@ def test_every_row_says_which_generation_path_it_measured(llama_results):
         assert r.compile_seconds == 0
 
 
+def test_a_measured_mode_is_freed_before_the_next_one_loads():
+    """Memory is what a compare is short of: once a row is out, nothing may still hold that mode's model (the next
+    mode's load and peak memory would pay for both)."""
+    import gc
+
+    from quant.loader import LoadedModel
+
+    rows = compare(LLAMA, parse_mode_specs(LLAMA, "fp32,bf16"), registry=ModelRegistry(max_models=2),
+                   prompts=PROMPTS, batch_size=2, new_tokens=4, answer_tokens=4, eval_text="")
+    first = next(rows)
+    assert not first.error
+    gc.collect()
+    assert [o for o in gc.get_objects() if isinstance(o, LoadedModel)] == []
+    assert not next(rows).error
+
+
 def test_placement_applies_to_every_mode():
     """max_memory reaches each mode's load: here one that names a GPU on a CPU-only machine is refused per row."""
     rows = list(compare(LLAMA, parse_mode_specs(LLAMA, "bf16,nf4"), registry=ModelRegistry(max_models=1),
