@@ -120,9 +120,9 @@ class DecodeLoop:
             self.cache.reset()
 
     def release(self) -> None:
-        """Drop the graph (and its memory pool) and the cache."""
+        """Drop the graph (and its memory pool), the cache and the references to the model."""
         self.graph, self.logits = None, None
-        self.cache = None
+        self.cache = self.model = self.forward = None
 
     # --- the loop ---------------------------------------------------------------------------------------------------
 
