@@ -54,12 +54,16 @@ def test_a_measured_mode_is_freed_before_the_next_one_loads():
 
     from quant.loader import LoadedModel
 
+    def loaded_models() -> dict[int, LoadedModel]:
+        gc.collect()
+        return {id(o): o for o in gc.get_objects() if isinstance(o, LoadedModel)}
+
+    before = loaded_models()  # other tests' models may still be loaded: only this compare's count
     rows = compare(LLAMA, parse_mode_specs(LLAMA, "fp32,bf16"), registry=ModelRegistry(max_models=2),
                    prompts=PROMPTS, batch_size=2, new_tokens=4, answer_tokens=4, eval_text="")
     first = next(rows)
     assert not first.error
-    gc.collect()
-    assert [o for o in gc.get_objects() if isinstance(o, LoadedModel)] == []
+    assert [m.label for key, m in loaded_models().items() if key not in before] == []
     assert not next(rows).error
 
 
