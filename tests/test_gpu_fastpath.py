@@ -1,5 +1,6 @@
-"""On a CUDA GPU: the compiled generation path (static cache, compiled decode step captured as a CUDA graph) gives the eager path's greedy tokens,
-is chosen where it is supported, falls back with a reason where it is not, and gives its memory back on unload."""
+"""On a CUDA GPU: the compiled generation path (static cache, compiled decode step captured as a CUDA graph) gives
+the eager path's greedy tokens, is chosen where it is supported, falls back with a reason where it is not, and gives
+its memory back on unload."""
 
 from __future__ import annotations
 
