@@ -111,7 +111,6 @@ def fast_path_refusal(*, mode: Mode, gptq_backend: str | None, kind: str, device
     return None
 
 
-_RUNNER_NAME = "quant-compiled"
 _runner_guard = threading.Lock()
 _runner: ThreadPoolExecutor | None = None
 
@@ -121,7 +120,7 @@ def compiled_runner() -> ThreadPoolExecutor:
     global _runner
     with _runner_guard:
         if _runner is None:
-            _runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix=_RUNNER_NAME)
+            _runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quant-compiled")
         return _runner
 
 
@@ -244,10 +243,7 @@ class GenerationPath:
             for loop in loops.values():
                 loop.release()
 
-        if threading.current_thread().name.startswith(_RUNNER_NAME):
-            release()
-        else:
-            compiled_runner().submit(release).result()
+        compiled_runner().submit(release).result()
 
     def _warm_up_again(self) -> None:
         """After another model's unload reset the compiled state: recompile now, or fall back to eager with a reason."""

@@ -115,9 +115,10 @@ def default_gptq_backend(checkpoint_quantization: dict | None = None, on_cuda: b
     """gptq_int4pack where PyTorch's int4 kernel takes the checkpoint (4-bit, group size 32-256; on a GPU, Ampere or
     newer), else gptq_torch. Neither needs a build or a download, and both compile (static cache + CUDA graphs).
 
-    On an H100, Llama-8B shape, batch 1 tok/s: int4pack 25.9 eager and 152.1 compiled
-    (bench/results/gpu-bench-8b-int4pack.md), the torch kernel 15.3 and 40.0 (gpu-bench-8b-compiled.md); on the
-    CPU, 30.0 against 0.27 (gptq-kernels-cpu-1b-4layers.md). ExLlamaV2 and Marlin do not compile or ran slower
+    On an H100, Llama-8B shape, batch 1 tok/s: int4pack 25.9 eager and 152.1 compiled, on the same decode path as
+    the torch kernel's 15.3 and 40.0 (bench/results/gpu-bench-8b-int4pack.md, gpu-bench-8b-compiled.md; int4pack
+    compiles to 260.1 with the decode loop of quant.decode, gpu-bench-8b-graphloop.md); on the CPU, 30.0 against
+    0.27 (gptq-kernels-cpu-1b-4layers.md). ExLlamaV2 and Marlin do not compile or ran slower
     compiled.
     """
     return "gptq_torch" if int4pack_refusal(checkpoint_quantization, on_cuda) else "gptq_int4pack"
