@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import statistics
 import subprocess
@@ -48,6 +49,7 @@ def over_http(url: str, prompt: str, new_tokens: int) -> dict:
 
     client = Client(url, verbose=False)  # a new session: a fresh conversation
     client.predict(prompt, api_name="/chat_add_message")
+    submitted_at = time.time()  # wall clock: comparable with the server's log records, in another process
     started = time.perf_counter()
     job = client.submit("", new_tokens, False, 0.7, 0.9, 50, 1.0, 0, "", api_name="/chat_respond")
     first = last = None
@@ -64,12 +66,14 @@ def over_http(url: str, prompt: str, new_tokens: int) -> dict:
         text, footer = _split_footer(content)
         counted = re.match(r"(\d+) tokens", footer)
         if counted and int(counted.group(1)) and first is None:
-            first = now
+            first, first_at = now, time.time()
         if "first token" in footer:  # the statistics line of the finished reply
-            last = now
+            last, last_at = now, time.time()
     job.result()
     counted = re.match(r"(\d+) tokens", footer)
-    return _row(text, int(counted.group(1)) if counted else 0, started, first, last, footer)
+    row = _row(text, int(counted.group(1)) if counted else 0, started, first, last, footer)
+    row.update(submitted_at=submitted_at, first_at=first_at if first else None, last_at=last_at if last else None)
+    return row
 
 
 def _split_footer(content: str) -> tuple[str, str]:
@@ -80,14 +84,53 @@ def _split_footer(content: str) -> tuple[str, str]:
 
 
 def http_client(url: str, new_tokens: int, runs: int) -> list[dict]:
-    """Every prompt `runs` times over HTTP (the first pass warms the connection pool and the queue: dropped)."""
+    """Every prompt `runs` times over HTTP; the first pass (warming the connection pool and the queue) is marked."""
     rows = []
     for run in range(runs):
         for prompt in PROMPTS:
-            row = over_http(url, prompt, new_tokens)
-            if run:
-                rows.append(row)
+            rows.append({**over_http(url, prompt, new_tokens), "warm_up": run == 0})
     return rows
+
+
+class _ServerTimeline(logging.Handler):
+    """Collects the server's "chat reply started / first text / finished" log records of `quant.generation`."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.events: list[tuple[str, float]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        for event in ("started", "first text", "finished"):
+            if message.startswith(f"chat reply {event}") or message.startswith(f"chat reply: {event}"):
+                self.events.append((event, record.created))
+
+    def replies(self, since: float) -> list[dict]:
+        replies = []
+        for event, at in self.events:
+            if at < since:
+                continue
+            if event == "started":
+                replies.append({})
+            if replies:
+                replies[-1][event] = at
+        return replies
+
+
+def _where_the_time_went(rows: list[dict], replies: list[dict]) -> None:
+    """Split each HTTP reply's time into: request to the server's start of generation (queue, Gradio, the handler's
+    set-up), and the server's first text / finished reply to the client's receipt of it (delivery)."""
+    if len(rows) != len(replies):
+        print(f"warning: {len(rows)} HTTP replies but {len(replies)} server timelines; not split", file=sys.stderr)
+        return
+    for row, reply in zip(rows, replies):
+        row["server_start_s"] = reply["started"] - row["submitted_at"] if "started" in reply else None
+        row["first_delivery_s"] = (row["first_at"] - reply["first text"]
+                                   if row.get("first_at") and "first text" in reply else None)
+        row["last_delivery_s"] = (row["last_at"] - reply["finished"]
+                                  if row.get("last_at") and "finished" in reply else None)
+        row["server_whole_s"] = (reply["finished"] - reply["started"]
+                                 if "finished" in reply and "started" in reply else None)
 
 
 def _noop_round_trip(url: str, calls: int = 10) -> float:
@@ -138,6 +181,11 @@ def main() -> None:
     from bench.load_test import serve_app
 
     loaded = default_registry().load(LoadRequest(model=args.model, mode=args.mode, device_map=args.device_map))
+    timeline = _ServerTimeline()
+    generation_log = logging.getLogger("quant.generation")
+    generation_log.setLevel(logging.DEBUG)
+    generation_log.addHandler(timeline)
+    generation_log.propagate = False
     rows = {"direct": [], "http": []}
     with serve_app() as url:
         for run in range(args.runs):  # the first pass warms caches: dropped
@@ -147,24 +195,29 @@ def main() -> None:
                     rows["direct"].append(row)
         # The client in a process of its own, as a browser is: in this one it would compete with the server for the
         # interpreter lock, and the measurement would show that rather than the app.
+        client_started = time.time()
         client = subprocess.run([sys.executable, __file__, "--client", url, "--new-tokens", str(args.new_tokens),
                                  "--runs", str(args.runs)], capture_output=True, text=True, timeout=1800)
         if client.returncode:
             raise SystemExit(f"the HTTP client failed:\n{client.stderr[-3000:]}")
         measured = json.loads(client.stdout.strip().splitlines()[-1])
-        rows["http"], noop = measured["rows"], measured["noop"]
+        _where_the_time_went(measured["rows"], timeline.replies(since=client_started))
+        rows["http"], noop = [r for r in measured["rows"] if not r["warm_up"]], measured["noop"]
     for d, h in zip(rows["direct"], rows["http"]):
         assert d["text"].strip() == h["text"].strip() and d["tokens"] == h["tokens"], \
             f"the UI showed a different reply:\n{d}\n{h}"
 
-    def median(kind: str, key: str) -> float:
-        return statistics.median(r[key] for r in rows[kind] if r[key] is not None)
+    def median(kind: str, key: str) -> float | None:
+        values = [r[key] for r in rows[kind] if r.get(key) is not None]
+        return statistics.median(values) if values else None
 
     summary = {"model": args.model, "mode": args.mode, "device": torch.cuda.get_device_name(0)
                if torch.cuda.is_available() else "cpu", "generation_path": loaded.path.describe(),
                "new_tokens": args.new_tokens, "samples": len(rows["direct"]),
                "switch_interval_s": sys.getswitchinterval(),
-               **{f"{kind}_{key}": median(kind, key) for kind in rows for key in ("ttft_s", "tok_s", "whole_s")}}
+               **{f"{kind}_{key}": median(kind, key) for kind in rows for key in ("ttft_s", "tok_s", "whole_s")},
+               **{f"http_{key}": median("http", key)
+                  for key in ("server_start_s", "first_delivery_s", "last_delivery_s", "server_whole_s")}}
     summary["http_over_direct_tok_s"] = summary["http_tok_s"] / summary["direct_tok_s"]
     summary["http_minus_direct_ttft_s"] = summary["http_ttft_s"] - summary["direct_ttft_s"]
     summary["http_over_direct_whole"] = summary["http_whole_s"] / summary["direct_whole_s"]

@@ -6,6 +6,7 @@ Uses the libraries' own mechanisms: `apply_chat_template` for prompts, `TextIter
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -18,6 +19,8 @@ from transformers import BatchEncoding, StoppingCriteria, StoppingCriteriaList, 
 
 from .errors import QuantError
 from .loader import LoadedModel, model_context_length
+
+log = logging.getLogger(__name__)
 
 # End-of-turn tokens of common chat templates; whichever exist in a tokenizer's vocabulary stop generation too.
 END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "</s>")
@@ -287,9 +290,13 @@ def stream_chat(loaded: LoadedModel, history: list[dict], *, system_prompt: str 
     # A generate that fails never ends the stream itself.
     future.add_done_callback(lambda done: None if done.cancelled() or done.exception() is None else streamer.end())
     stats = GenerationStats(mode=loaded.request.mode.value, path="compiled" if compiled else "eager")
+    # Timestamps of a reply's life on the server (bench/chat_latency.py lines them up with what a client receives).
+    log.debug("chat reply started: %d prompt tokens, %s path", prompt.input_ids.shape[1], stats.path)
     text = ""
     try:
         for piece in streamer:
+            if piece and not text:
+                log.debug("chat reply: first text")
             text += piece
             stats.new_tokens = streamer.generated
             stats.seconds = time.perf_counter() - started
@@ -310,6 +317,7 @@ def stream_chat(loaded: LoadedModel, history: list[dict], *, system_prompt: str 
     stats.seconds = time.perf_counter() - started
     if streamer.first_token_at is not None:
         stats.time_to_first_token = streamer.first_token_at - started
+    log.debug("chat reply finished: %s", stats.summary())
     yield ChatChunk(text, stats, notices, done=True)
 
 
