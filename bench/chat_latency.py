@@ -54,7 +54,7 @@ def over_http(url: str, prompt: str, new_tokens: int) -> dict:
     job = client.submit("", new_tokens, False, 0.7, 0.9, 50, 1.0, 0, "", api_name="/chat_respond")
     first = last = None
     text = footer = ""
-    for update in job:
+    for update in _updates(job):
         now = time.perf_counter()
         history = update[0] if isinstance(update, (list, tuple)) and isinstance(update[0], list) else update
         reply = history[-1] if history and history[-1]["role"] == "assistant" else None
@@ -74,6 +74,26 @@ def over_http(url: str, prompt: str, new_tokens: int) -> dict:
     row = _row(text, int(counted.group(1)) if counted else 0, started, first, last, footer)
     row.update(submitted_at=submitted_at, first_at=first_at if first else None, last_at=last_at if last else None)
     return row
+
+
+def _updates(job, poll_s: float = 0.002):
+    """A streaming job's updates as they arrive.
+
+    Not `for update in job`: gradio_client 2.7's `Job.__next__` sleeps while it holds the lock that its SSE reader
+    thread needs to hand over each message, so on a many-core host the reader waits, at random, for up to seconds
+    (16-core H100 host: every update of a reply arrived together, 2.4 s after the server sent the first). Polling
+    `job.outputs()` takes that lock only briefly. A browser has no such lock.
+    """
+    seen = 0
+    while True:
+        done = job.done()  # read before the outputs: nothing can be appended after done
+        outputs = job.outputs()
+        while seen < len(outputs):
+            yield outputs[seen]
+            seen += 1
+        if done:
+            return
+        time.sleep(poll_s)
 
 
 def _split_footer(content: str) -> tuple[str, str]:

@@ -7,6 +7,8 @@
 #
 # Call again within the machine's idle release (30 s) or the machine, and the job, are gone. Results and one log per
 # step are in /tmp/sess (steps.log says when each started); `wait` packs them into $OUT/sess.tgz.
+# Keep everything the job writes outside the repo (kernel cache in /tmp/kcache): each `run` call re-syncs the
+# working tree, and an ignored folder in it (.kcache) vanished mid-build at the next call (session 7: Marlin's JIT).
 set -u
 R=/tmp/sess
 collect() {
@@ -21,7 +23,7 @@ case "${1:-}" in
       mkdir -p $R
       (ls /tmp/site/gptqmodel >/dev/null 2>&1 || bash .whl/device-setup.sh) > $R/setup.log 2>&1
       export PYTHONPATH=/tmp/site:$PWD GPTQMODEL_CPU_WORKERS=8 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 \
-        QUANT_KERNEL_CACHE=$PWD/.kcache MAX_JOBS=16
+        QUANT_KERNEL_CACHE=/tmp/kcache MAX_JOBS=16
       n=0
       script=""
       for step in "$@"; do
