@@ -47,13 +47,13 @@ EAGER = "eager"
 
 # Quantized kernels that are torch ops (bitsandbytes 4-bit registers torch.library ops, gptqmodel builds Marlin as
 # torch.ops) or plain torch code, so they can trace under torch.compile (transformers' quantizers for them say "not
-# compileable", which only matters to transformers' own compiled generate, not used here). Measured on an H100,
-# Llama-1B shape (bench/results/gpu-bench-1b-compiled.md), batch 1 / 32 tok/s:
-# nf4 eager 37.9 / 918 -> compiled 151.7 / 1883; GPTQ torch kernel 31.2 / 933 -> 61.0 / 1786; but GPTQ Marlin
-# 53.2 / 1143 -> 18.8 / 484 (slower compiled). So `auto` compiles 4-bit bitsandbytes and the GPTQ torch kernel.
+# compileable", which only matters to transformers' own compiled generate, not used here). Each was measured faster
+# through the compiled decode loop on an H100, Llama-8B shape, batch 1 / 32 tok/s: GPTQ Marlin eager 24.4 / 652 ->
+# compiled 198.5 / 2,151 (gpu-bench-8b-marlin.md); int4pack 41.0 / 737 -> 255.9 / 824 (gpu-bench-8b-recheck.md);
+# nf4 -> 186.0 / 1,397 (gpu-bench-8b-graphloop-nf4.md). (Under transformers' compiled generate with cudagraph trees,
+# session 5, Marlin had run slower compiled than eager: gpu-bench-1b-compiled.md.)
 # gptq_int4pack is PyTorch's own int4 matmul (quant.int4pack), made for CUDA graphs (gpt-fast's int4 path).
 _TRACEABLE_GPTQ_BACKENDS = {"gptq_marlin", "gptq_torch", "gptq_int4pack"}
-_FASTER_COMPILED_GPTQ_BACKENDS = {"gptq_torch", "gptq_int4pack"}
 
 
 def configure_kernel_cache(settings: Settings | None = None) -> str:
@@ -86,8 +86,8 @@ def fast_path_refusal(*, mode: Mode, gptq_backend: str | None, kind: str, device
     """Why the compiled path is not used for this model, or None when it is.
 
     QUANT_FAST_GENERATION: "auto" compiles on a GPU what was measured faster compiled (16/32-bit, nf4/fp4, GPTQ's
-    torch and int4pack kernels) through the compiled decode loop (decode.py); "all" also compiles GPTQ
-    Marlin and allows the CPU; "off" never compiles.
+    torch, int4pack and Marlin kernels) through the compiled decode loop (decode.py); "all" also allows the CPU;
+    "off" never compiles.
     """
     choice = settings.fast_generation
     if choice == "off":
@@ -103,11 +103,8 @@ def fast_path_refusal(*, mode: Mode, gptq_backend: str | None, kind: str, device
     if mode is Mode.INT8:
         return "LLM.int8 (bitsandbytes int8) cannot be compiled: its outlier split is data-dependent"
     if mode is Mode.GPTQ and gptq_backend not in _TRACEABLE_GPTQ_BACKENDS:
-        return (f"the {gptq_backend} kernel does not trace under torch.compile (choose gptq_int4pack or gptq_torch "
-                "for the compiled path)")
-    if mode is Mode.GPTQ and gptq_backend not in _FASTER_COMPILED_GPTQ_BACKENDS and choice != "all":
-        return (f"the {gptq_backend} kernel measured slower compiled than eager (QUANT_FAST_GENERATION=all "
-                "compiles it anyway)")
+        return (f"the {gptq_backend} kernel does not trace under torch.compile (choose gptq_int4pack, gptq_marlin "
+                "or gptq_torch for the compiled path)")
     return None
 
 

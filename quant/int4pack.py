@@ -1,8 +1,8 @@
 """GPTQ 4-bit layers repacked for PyTorch's own int4 matmul (`aten._weight_int4pack_mm`, the "tinygemm" kernel).
 
 Why: the GPTQ kernels of gptqmodel 7.6 that need no download either dequantize the whole weight at every step
-(TorchLinear: 0.56x the bf16 rate, compiled, on an H100) or do not trace (Triton, ExLlamaV2), and Marlin ran at
-0.35x of its eager rate inside CUDA graphs. PyTorch ships a 4-bit weight x bf16 activation kernel (the one gpt-fast
+(TorchLinear: 0.56x the bf16 rate, compiled, on an H100) or do not trace (Triton, ExLlamaV2), or need a 3.5-minute
+build and decode one sequence at 0.76x this kernel's rate (Marlin, gpu-bench-8b-marlin.md). PyTorch ships a 4-bit weight x bf16 activation kernel (the one gpt-fast
 and torchao use) that reads the int4 weight directly, needs no build, and runs inside torch.compile's CUDA graphs.
 
 The checkpoint is loaded with gptqmodel's torch kernel, then each 4-bit layer is converted: its weight is taken

@@ -54,7 +54,7 @@ GPTQ_BACKENDS: dict[str, str] = {
     "gptq_int4pack": "PyTorch's int4 matmul (tinygemm): CPU and GPU, 4-bit, group size 32-256, no build; bf16",
     "gptq_triton": "Triton kernel: GPU, compiled in seconds",
     "gptq_exllama_v2": "ExLlamaV2: GPU, 4-bit, built on first use (~30 s)",
-    "gptq_marlin": "Marlin: GPU (Ampere+), 4/8-bit, built on first use (~3.5 min)",
+    "gptq_marlin": "Marlin: GPU (Ampere+), 4/8-bit, built on first use (~3.5 min); fastest for batches",
 }
 """Kernels a GPTQ checkpoint can be loaded with. 'auto' is not offered: on Hopper it picks Machete, which downloads
 CUTLASS at run time and fails offline."""
@@ -118,8 +118,9 @@ def default_gptq_backend(checkpoint_quantization: dict | None = None, on_cuda: b
     On an H100, Llama-8B shape, batch 1 tok/s: int4pack 25.9 eager and 152.1 compiled, on the same decode path as
     the torch kernel's 15.3 and 40.0 (bench/results/gpu-bench-8b-int4pack.md, gpu-bench-8b-compiled.md; int4pack
     compiles to 260.1 with the decode loop of quant.decode, gpu-bench-8b-graphloop.md); on the CPU, 30.0 against
-    0.27 (gptq-kernels-cpu-1b-4layers.md). ExLlamaV2 and Marlin do not compile or ran slower
-    compiled.
+    0.27 (gptq-kernels-cpu-1b-4layers.md). ExLlamaV2 does not compile. Marlin compiles and is the batch kernel
+    (198.5 tok/s at batch 1, 2,151 at batch 32 against int4pack's 824: gpu-bench-8b-marlin.md), but needs a
+    3.5-minute build and is not the faster at batch 1, the chat's size.
     """
     return "gptq_torch" if int4pack_refusal(checkpoint_quantization, on_cuda) else "gptq_int4pack"
 

@@ -29,8 +29,8 @@ class Settings:
     """QUANT_MAX_LOADED_MODELS: how many models stay loaded at once (default 3)."""
     fast_generation: str
     """QUANT_FAST_GENERATION: "auto" (default: static cache + compiled decode on a GPU where it was measured
-    faster: 16/32-bit, nf4/fp4, GPTQ int4pack and torch kernels), "all" (also GPTQ Marlin, and the CPU: for
-    experiments and tests), or "off"."""
+    faster: 16/32-bit, nf4/fp4, GPTQ int4pack, Marlin and torch kernels), "all" (also the CPU: for experiments and
+    tests), or "off"."""
     static_cache_tokens: int
     """QUANT_STATIC_CACHE_TOKENS: prompt + reply tokens the compiled path holds (default 2048, at most the context)."""
     compiled_batch_sizes: tuple[int, ...]

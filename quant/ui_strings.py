@@ -106,7 +106,7 @@ KO = {
     "gptq.gptq_int4pack": "gptq_int4pack: PyTorch int4 행렬곱 (tinygemm): CPU와 GPU, 4비트, 그룹 크기 32-256, 빌드 없음; bf16",
     "gptq.gptq_triton": "gptq_triton: Triton 커널: GPU, 몇 초 만에 컴파일",
     "gptq.gptq_exllama_v2": "gptq_exllama_v2: ExLlamaV2: GPU, 4비트, 처음 쓸 때 빌드 (~30초)",
-    "gptq.gptq_marlin": "gptq_marlin: Marlin: GPU (Ampere 이상), 4/8비트, 처음 쓸 때 빌드 (~3.5분)",
+    "gptq.gptq_marlin": "gptq_marlin: Marlin: GPU (Ampere 이상), 4/8비트, 처음 쓸 때 빌드 (~3.5분); 배치에 가장 빠름",
     "attention.default": "(모델 기본값)",
     "attention.note": "`model.to_bettertransformer()`를 쓰는 가이드를 보고 오셨나요? 그 API는 transformers 5와 "
                       "optimum 2에서 사라졌습니다. 그 빠른 경로는 이제 PyTorch의 scaled-dot-product attention이며, "

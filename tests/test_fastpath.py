@@ -38,8 +38,8 @@ GREEDY = GenerationSettings(max_new_tokens=24)
     ("auto", Mode.NF4, None, "causal", {"cuda:0"}, None),
     ("auto", Mode.FP4, None, "causal", {"cuda:0"}, None),
     ("auto", Mode.GPTQ, "gptq_torch", "causal", {"cuda:0"}, None),
-    ("auto", Mode.GPTQ, "gptq_marlin", "causal", {"cuda:0"}, "measured slower compiled"),
-    ("all", Mode.GPTQ, "gptq_marlin", "causal", {"cuda:0"}, None),
+    ("auto", Mode.GPTQ, "gptq_marlin", "causal", {"cuda:0"}, None),
+    ("auto", Mode.GPTQ, "gptq_triton", "causal", {"cuda:0"}, "gptq_triton kernel does not trace"),
     ("all", Mode.GPTQ, "gptq_exllama_v2", "causal", {"cuda:0"}, "gptq_exllama_v2 kernel does not trace"),
     ("fast", Mode.BF16, None, "causal", {"cuda:0"}, "not one of auto, all, off"),
 ])
