@@ -5,6 +5,7 @@ prompts. Tokens and their timing come from the counts the generation reports (th
 from re-encoding the text: a random-weight model's text does not encode back to its tokens.
 
     python bench/chat_latency.py --model demo:tiny-llama-chat --mode fp32 --out bench/results      # CPU
+    python bench/chat_latency.py --browser --out bench/results          # also in Debian's chromium (Playwright)
     python bench/chat_latency.py --model /tmp/bench/llama-8b --mode bf16 --device-map cuda:0 --out bench/results
 """
 
@@ -153,6 +154,69 @@ def _where_the_time_went(rows: list[dict], replies: list[dict]) -> None:
                                  if "finished" in reply and "started" in reply else None)
 
 
+_WATCH_REPLY = """() => {
+  // Times, on the page's own clock, the Send click, the first rendering of the reply (its running footer "N tokens…"
+  // comes with the first text) and the finished footer ("… tok/s").
+  const t = window.__reply = {clicked: null, first: null, done: null, text: ""};
+  document.addEventListener("click", () => { if (t.clicked === null) t.clicked = performance.now(); },
+                            {capture: true, once: true});
+  const seen = () => {
+    const bots = document.querySelectorAll('[data-testid="bot"]');
+    if (!bots.length || t.clicked === null) return;
+    const text = bots[bots.length - 1].innerText;
+    if (t.first === null && /\\d+ tokens/.test(text)) t.first = performance.now();
+    if (t.done === null && /tok\\/s/.test(text)) { t.done = performance.now(); t.text = text; observer.disconnect(); }
+  };
+  const observer = new MutationObserver(seen);
+  observer.observe(document.body, {childList: true, subtree: true, characterData: true});
+}"""
+
+
+def browser_client(url: str, new_tokens: int, runs: int) -> list[dict]:
+    """Every prompt `runs` times in a real browser (Debian's chromium through Playwright), each in a fresh page: from
+    the click on Send to the reply's first rendering and to its finished footer, timed in the page."""
+    from playwright.sync_api import sync_playwright
+
+    rows = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        for run in range(runs):
+            for prompt in PROMPTS:
+                page = browser.new_page()
+                page.set_default_timeout(120_000)
+                page.goto(url, wait_until="domcontentloaded")
+                page.get_by_role("tab", name="Chat").click()
+                tab = page.get_by_role("tabpanel")
+                page.get_by_role("button", name="Generation settings").click()
+                box = tab.get_by_label("number input for Max new tokens", exact=True)
+                slider = tab.get_by_label("range slider for Max new tokens", exact=True)
+                for _ in range(4):  # a box in a just-opened accordion can be reset while it mounts: type again
+                    box.fill(str(new_tokens))
+                    box.press("Tab")
+                    page.wait_for_timeout(200)
+                    if slider.input_value() == str(new_tokens):
+                        break
+                tab.get_by_placeholder("Message").fill(prompt)
+                page.evaluate(_WATCH_REPLY)
+                page.get_by_role("button", name="Send", exact=True).click()
+                page.wait_for_function("() => window.__reply.done !== null")
+                t = page.evaluate("() => window.__reply")
+                page.close()
+                text, footer = t["text"].rsplit("\n", 1) if "\n" in t["text"] else ("", t["text"])
+                counted = re.match(r"(\d+) tokens", footer.strip())
+                tokens = int(counted.group(1)) if counted else 0
+                seconds = lambda ms: ms / 1000  # noqa: E731
+                rows.append({"tokens": tokens, "ttft_s": seconds(t["first"] - t["clicked"]),
+                             "tok_s": (tokens - 1) / seconds(t["done"] - t["first"])
+                             if tokens > 1 and t["done"] > t["first"] else None,
+                             "whole_s": seconds(t["done"] - t["clicked"]), "path": footer.strip(),
+                             "server_tok_s": float(m.group(1)) if (m := re.search(r"([\d.]+) tok/s", footer)) else None,
+                             "text": text.strip(), "warm_up": run == 0})
+        browser.close()
+    return rows
+
+
 def _noop_round_trip(url: str, calls: int = 10) -> float:
     """Median time of the Stop endpoint (no queue, no work): the HTTP client's own floor on this machine."""
     from gradio_client import Client
@@ -184,11 +248,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--switch-interval", type=float, help="the server process's sys.setswitchinterval (s)")
     parser.add_argument("--tag", default="", help="appended to the result file's name")
+    parser.add_argument("--browser", action="store_true",
+                        help="also time the tab in Debian's chromium (Playwright): click to first rendering")
     parser.add_argument("--client", metavar="URL", help=argparse.SUPPRESS)  # the HTTP client's own process
     args = parser.parse_args()
     if args.client:
-        print(json.dumps({"noop": _noop_round_trip(args.client),
-                          "rows": http_client(args.client, args.new_tokens, args.runs)}))
+        measured = {"noop": _noop_round_trip(args.client), "rows": http_client(args.client, args.new_tokens, args.runs)}
+        if args.browser:
+            measured["browser"] = browser_client(args.client, args.new_tokens, args.runs)
+        print(json.dumps(measured))
         return
     if args.out is None:
         parser.error("--out is required")
@@ -217,15 +285,21 @@ def main() -> None:
         # interpreter lock, and the measurement would show that rather than the app.
         client_started = time.time()
         client = subprocess.run([sys.executable, __file__, "--client", url, "--new-tokens", str(args.new_tokens),
-                                 "--runs", str(args.runs)], capture_output=True, text=True, timeout=1800)
+                                 "--runs", str(args.runs), *(["--browser"] if args.browser else [])],
+                                capture_output=True, text=True, timeout=1800)
         if client.returncode:
             raise SystemExit(f"the HTTP client failed:\n{client.stderr[-3000:]}")
         measured = json.loads(client.stdout.strip().splitlines()[-1])
-        _where_the_time_went(measured["rows"], timeline.replies(since=client_started))
+        # the HTTP client's replies come first, then the browser's
+        _where_the_time_went(measured["rows"], timeline.replies(since=client_started)[:len(measured["rows"])])
         rows["http"], noop = [r for r in measured["rows"] if not r["warm_up"]], measured["noop"]
+        if args.browser:
+            rows["browser"] = [r for r in measured["browser"] if not r["warm_up"]]
     for d, h in zip(rows["direct"], rows["http"]):
         assert d["text"].strip() == h["text"].strip() and d["tokens"] == h["tokens"], \
             f"the UI showed a different reply:\n{d}\n{h}"
+    for d, b in zip(rows["direct"], rows.get("browser", [])):  # rendered markdown: compare the counts only
+        assert d["tokens"] == b["tokens"], f"the browser showed a different reply:\n{d}\n{b}"
 
     def median(kind: str, key: str) -> float | None:
         values = [r[key] for r in rows[kind] if r.get(key) is not None]
@@ -241,6 +315,11 @@ def main() -> None:
     summary["http_over_direct_tok_s"] = summary["http_tok_s"] / summary["direct_tok_s"]
     summary["http_minus_direct_ttft_s"] = summary["http_ttft_s"] - summary["direct_ttft_s"]
     summary["http_over_direct_whole"] = summary["http_whole_s"] / summary["direct_whole_s"]
+    if "browser" in rows:
+        summary["browser_over_direct_tok_s"] = summary["browser_tok_s"] / summary["direct_tok_s"]
+        summary["browser_minus_direct_ttft_s"] = summary["browser_ttft_s"] - summary["direct_ttft_s"]
+        # the server's own rate for the same replies (their footers): a browser on the same CPUs slows generation
+        summary["browser_server_tok_s"] = median("browser", "server_tok_s")
     summary["http_noop_round_trip_s"] = noop  # what any call costs through gradio_client here, generation aside
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"chat-latency-{summary['device'].replace(' ', '-').lower()}-{args.mode}-{args.new_tokens}{args.tag}"
