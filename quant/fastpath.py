@@ -140,12 +140,14 @@ class GenerationPath:
     compiled: bool
     reason: str = ""
     """Why eager (empty when compiled)."""
-    max_cache_len: int = 0
+    cache_lengths: tuple[int, ...] = ()
+    """Static cache lengths, ascending: batch 1 has a loop with the longest, larger batches one per length."""
     batch_sizes: tuple[int, ...] = ()
     warmup_seconds: float = 0.0
     cache_bytes: int = 0
     compile_config: CompileConfig | None = field(default=None, repr=False)
-    _loops: dict[int, DecodeLoop] = field(default_factory=dict, repr=False)
+    _loops: dict[tuple[int, int], DecodeLoop] = field(default_factory=dict, repr=False)
+    """(batch size, cache length) -> its decode loop."""
     _open: bool = field(default=False, repr=False)
     _model: weakref.ref | None = field(default=None, repr=False)
     _tokenizer: Any = field(default=None, repr=False)
@@ -158,8 +160,17 @@ class GenerationPath:
             sizes = ", ".join(map(str, self.batch_sizes))
             packed = "; grouped-query decode without repeated KV" if self.packed_gqa else ""
             graphs = "; one CUDA graph per step" if self.captured else ""
-            return f"{COMPILED} (batch {sizes}; up to {self.max_cache_len} tokens{graphs}{packed})"
+            lengths = (f"up to {self.max_cache_len} tokens" if len(self.cache_lengths) == 1 else
+                       f"caches of {', '.join(map(str, self.cache_lengths))} tokens")
+            return f"{COMPILED} (batch {sizes}; {lengths}{graphs}{packed})"
         return f"{EAGER} ({self.reason})" if self.reason else EAGER
+
+    @property
+    def max_cache_len(self) -> int:
+        return self.cache_lengths[-1] if self.cache_lengths else 0
+
+    def _lengths_for(self, batch_size: int) -> tuple[int, ...]:
+        return self.cache_lengths if batch_size > 1 else self.cache_lengths[-1:]
 
     @property
     def captured(self) -> bool:
@@ -172,9 +183,10 @@ class GenerationPath:
             return None
         return next((size for size in self.batch_sizes if size >= batch_size), None)
 
-    def submit(self, generate: Callable[..., Any], kwargs: dict, compiled_batch: int | None) -> Future:
-        """Start `generate(**kwargs)`: on the runner thread with that batch size's decode loop, or eagerly on a thread
-        of its own."""
+    def submit(self, generate: Callable[..., Any], kwargs: dict, compiled_batch: int | None,
+               total_tokens: int = 0) -> Future:
+        """Start `generate(**kwargs)`: on the runner thread with the decode loop of that batch size whose cache is the
+        shortest that holds `total_tokens` (prompt + reply), or eagerly on a thread of its own."""
         if compiled_batch is None or not self._open:
             future: Future = Future()
 
@@ -191,7 +203,8 @@ class GenerationPath:
         def run_compiled():
             # Looked up when it runs: another model's unload may be capturing this one's loops again meanwhile, and
             # then this call runs eagerly (same tokens, padded batch and all).
-            loop = self._loops.get(compiled_batch)
+            length = next((n for n in self._lengths_for(compiled_batch) if n >= total_tokens), None)
+            loop = self._loops.get((compiled_batch, length))
             with torch.inference_mode():  # the cache's tensors were made in inference mode
                 if loop is None:
                     return generate(**kwargs)
@@ -220,15 +233,17 @@ class GenerationPath:
         self._drop_loops()
         forward = model.get_compiled_call(self.compile_config)
         for size in self.batch_sizes:
-            if progress:
-                progress(f"Compiling the decode step for batch {size} (cached on disk for the next start)")
-            loop = DecodeLoop(model, batch_size=size, max_cache_len=self.max_cache_len, forward=forward)
-            prompt = self._tokenizer(["Warm-up"] * size, return_tensors="pt").to(next(model.parameters()).device)
-            compiled_runner().submit(loop.capture, prompt["input_ids"]).result()
-            self._loops[size] = loop
-            kwargs = dict(**prompt, max_new_tokens=6, min_new_tokens=6, do_sample=False, temperature=None,
-                          top_p=None, top_k=None, pad_token_id=self._tokenizer.pad_token_id)
-            self.submit(model.generate, kwargs, size).result()
+            for length in self._lengths_for(size):
+                if progress:
+                    progress(f"Compiling the decode step for batch {size}, {length} tokens (cached on disk for the "
+                             "next start)")
+                loop = DecodeLoop(model, batch_size=size, max_cache_len=length, forward=forward)
+                prompt = self._tokenizer(["Warm-up"] * size, return_tensors="pt").to(next(model.parameters()).device)
+                compiled_runner().submit(loop.capture, prompt["input_ids"]).result()
+                self._loops[size, length] = loop
+                kwargs = dict(**prompt, max_new_tokens=6, min_new_tokens=6, do_sample=False, temperature=None,
+                              top_p=None, top_k=None, pad_token_id=self._tokenizer.pad_token_id)
+                self.submit(model.generate, kwargs, size, total_tokens=length).result()
 
     def _drop_loops(self) -> None:
         """Forget the loops now; free them on the runner thread, once the calls still running or queued are done."""
@@ -289,11 +304,11 @@ def prepare_generation_path(model, tokenizer, *, mode: Mode, gptq_backend: str |
         return eager_path(refusal)
     configure_kernel_cache(settings)
     _allow_more_recompiles()
-    max_cache_len = min(settings.static_cache_tokens, context or settings.static_cache_tokens)
+    cache_lengths = tuple(sorted({min(n, context or n) for n in settings.static_cache_tokens}))
     # No "reduce-overhead": the decode loop captures its own CUDA graph (decode.py), without cudagraph trees.
     compile_config = CompileConfig(backend=settings.compile_backend, dynamic=False,
                                    mode="default" if settings.compile_backend == "inductor" else None)
-    path = GenerationPath(compiled=True, max_cache_len=max_cache_len, batch_sizes=settings.compiled_batch_sizes,
+    path = GenerationPath(compiled=True, cache_lengths=cache_lengths, batch_sizes=settings.compiled_batch_sizes,
                           compile_config=compile_config, _open=True, _model=weakref.ref(model), _tokenizer=tokenizer,
                           packed_gqa=settings.packed_gqa_decode and use_packed_gqa_decode(model))
     started = time.perf_counter()

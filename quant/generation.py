@@ -153,7 +153,7 @@ def start_generate(loaded: LoadedModel, kwargs: dict, *, batch_size: int, total_
             if seeded:
                 torch.seed()  # the next unseeded reply (any session's) must not follow from this seed
 
-    return loaded.path.submit(generate, kwargs, compiled_batch), compiled_batch is not None
+    return loaded.path.submit(generate, kwargs, compiled_batch, total_tokens), compiled_batch is not None
 
 
 # --- chat ---------------------------------------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def test_kernel_cache_goes_to_the_configured_folder(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """The demo Llama twice: eager, and compiled for batches of 1 and 4 with a 256-token static cache."""
+    """The demo Llama twice: eager, and compiled for batches of 1 and 4 with static caches of 64 and 256 tokens."""
     patch = pytest.MonkeyPatch()
     patch.setenv("QUANT_FAST_GENERATION", "off")
     registry = ModelRegistry(max_models=3)
@@ -78,7 +78,7 @@ def models(tmp_path_factory):
     patch.setenv("QUANT_FAST_GENERATION", "all")
     patch.setenv("QUANT_COMPILE_BACKEND", "eager")
     patch.setenv("QUANT_COMPILED_BATCH_SIZES", "1,4")
-    patch.setenv("QUANT_STATIC_CACHE_TOKENS", "256")
+    patch.setenv("QUANT_STATIC_CACHE_TOKENS", "64,256")
     patch.setenv("QUANT_KERNEL_CACHE", str(tmp_path_factory.mktemp("kernels")))
     fast = registry.load(LoadRequest(model=LLAMA, mode="fp32", attn_implementation="sdpa"))
     yield registry, eager, fast
@@ -89,7 +89,7 @@ def models(tmp_path_factory):
 def test_load_warms_the_compiled_path_up_and_reports_it(models):
     _, eager, fast = models
     assert fast.path.compiled and fast.path.batch_sizes == (1, 4) and fast.path.max_cache_len == 256
-    assert fast.report.generation_path == ("static cache + torch.compile (batch 1, 4; up to 256 tokens; "
+    assert fast.report.generation_path == ("static cache + torch.compile (batch 1, 4; caches of 64, 256 tokens; "
                                            "grouped-query decode without repeated KV)")
     assert fast.model.config._attn_implementation == PACKED_GQA_SDPA and fast.report.attn_implementation == "sdpa"
     assert fast.report.compile_seconds > 0
@@ -147,6 +147,20 @@ def test_batches_are_padded_to_a_compiled_size_and_give_the_eager_rows(models):
     assert generate_batch(fast, PROMPTS[:1], GREEDY) == generate_batch(eager, PROMPTS[:1], GREEDY)
     # 5 prompts fit no compiled size: eager, same rows
     assert generate_batch(fast, PROMPTS, GREEDY) == generate_batch(eager, PROMPTS, GREEDY)
+
+
+def test_a_batch_takes_the_shortest_cache_that_holds_it(models):
+    """A batch size gets a decode loop per cache length and a call the shortest that holds prompt + reply; batch 1
+    (the chat), which reads little cache per step, keeps only the longest."""
+    _, eager, fast = models
+    assert sorted(fast.path._loops) == [(1, 256), (4, 64), (4, 256)]
+    for settings, used, unused in ((GenerationSettings(max_new_tokens=24), (4, 64), (4, 256)),
+                                   (GenerationSettings(max_new_tokens=100), (4, 256), (4, 64))):  # > 64 slots
+        for key in (used, unused):  # a loop's prefill writes the prompt's positions over this mark
+            fast.path._loops[key].position.fill_(-1)
+        assert generate_batch(fast, PROMPTS[:4], settings) == generate_batch(eager, PROMPTS[:4], settings)
+        assert (fast.path._loops[used].position > 0).all(), f"{used} did not run"
+        assert (fast.path._loops[unused].position == -1).all(), f"{unused} ran"
 
 
 def test_a_reply_longer_than_the_static_cache_runs_eagerly(models):
