@@ -32,8 +32,8 @@ class Settings:
     faster: 16/32-bit, nf4/fp4, GPTQ int4pack, Marlin and torch kernels), "all" (also the CPU: for experiments and
     tests), or "off"."""
     static_cache_tokens: tuple[int, ...]
-    """QUANT_STATIC_CACHE_TOKENS: prompt + reply tokens the compiled path holds (default 2048, at most the context).
-    Several lengths ("512,2048") give batches (size > 1) a loop per length, and a call takes the shortest that fits:
+    """QUANT_STATIC_CACHE_TOKENS: prompt + reply tokens the compiled path holds (default "512,2048", each at most
+    the context). Several lengths give batches (size > 1) a loop per length, and a call takes the shortest that fits:
     a compiled step attends over its whole cache, which at batch 32 is a fifth of the step (8B Llama, H100: 8.1 ms
     per step with 512 slots, 10.2 ms with 2048; bench/results/generate-overhead-llama-8b-bf16-cuda-b32-*). Batch 1
     reads little cache and keeps only the longest."""
@@ -58,7 +58,7 @@ def load_settings() -> Settings:
         memory_budget=os.environ.get("QUANT_MEMORY_BUDGET") or None,
         max_loaded_models=int(os.environ.get("QUANT_MAX_LOADED_MODELS", "3")),
         fast_generation=os.environ.get("QUANT_FAST_GENERATION", "auto").strip().lower() or "auto",
-        static_cache_tokens=_int_list(os.environ.get("QUANT_STATIC_CACHE_TOKENS", "2048")) or (2048,),
+        static_cache_tokens=_int_list(os.environ.get("QUANT_STATIC_CACHE_TOKENS", "512,2048")) or (2048,),
         compiled_batch_sizes=_int_list(os.environ.get("QUANT_COMPILED_BATCH_SIZES", "1")),
         packed_gqa_decode=not _flag_off("QUANT_PACKED_GQA_DECODE"),
         compile_backend=os.environ.get("QUANT_COMPILE_BACKEND", "inductor").strip() or "inductor",
