@@ -184,7 +184,7 @@ class GenerationPath:
         return next((size for size in self.batch_sizes if size >= batch_size), None)
 
     def submit(self, generate: Callable[..., Any], kwargs: dict, compiled_batch: int | None,
-               total_tokens: int = 0) -> Future:
+               total_tokens: int) -> Future:
         """Start `generate(**kwargs)`: on the runner thread with the decode loop of that batch size whose cache is the
         shortest that holds `total_tokens` (prompt + reply), or eagerly on a thread of its own."""
         if compiled_batch is None or not self._open:

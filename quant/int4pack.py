@@ -2,8 +2,9 @@
 
 Why: the GPTQ kernels of gptqmodel 7.6 that need no download either dequantize the whole weight at every step
 (TorchLinear: 0.56x the bf16 rate, compiled, on an H100) or do not trace (Triton, ExLlamaV2), or need a 3.5-minute
-build and decode one sequence at 0.76x this kernel's rate (Marlin, gpu-bench-8b-marlin.md). PyTorch ships a 4-bit weight x bf16 activation kernel (the one gpt-fast
-and torchao use) that reads the int4 weight directly, needs no build, and runs inside torch.compile's CUDA graphs.
+build and decode one sequence at 0.76x this kernel's rate (Marlin, gpu-bench-8b-marlin.md; Marlin is the faster at
+batch 32). PyTorch ships a 4-bit weight x bf16 activation kernel (the one gpt-fast and torchao use) that reads the
+int4 weight directly, needs no build, and runs inside torch.compile's CUDA graphs.
 
 The checkpoint is loaded with gptqmodel's torch kernel, then each 4-bit layer is converted: its weight is taken
 from gptqmodel's own dequantization, so the result does not depend on how a GPTQ format stores its zero points
