@@ -204,15 +204,13 @@ def browser_client(url: str, new_tokens: int, runs: int) -> list[dict]:
                 t = page.evaluate("() => window.__reply")
                 page.close()
                 text, footer = t["text"].rsplit("\n", 1) if "\n" in t["text"] else ("", t["text"])
-                counted = re.match(r"(\d+) tokens", footer.strip())
-                tokens = int(counted.group(1)) if counted else 0
-                seconds = lambda ms: ms / 1000  # noqa: E731
-                rows.append({"tokens": tokens, "ttft_s": seconds(t["first"] - t["clicked"]),
-                             "tok_s": (tokens - 1) / seconds(t["done"] - t["first"])
-                             if tokens > 1 and t["done"] > t["first"] else None,
-                             "whole_s": seconds(t["done"] - t["clicked"]), "path": footer.strip(),
-                             "server_tok_s": float(m.group(1)) if (m := re.search(r"([\d.]+) tok/s", footer)) else None,
-                             "text": text.strip(), "warm_up": run == 0})
+                footer = footer.strip()
+                counted = re.match(r"(\d+) tokens", footer)
+                server_rate = re.search(r"([\d.]+) tok/s", footer)
+                row = _row(text.strip(), int(counted.group(1)) if counted else 0, t["clicked"] / 1000,
+                           t["first"] / 1000, t["done"] / 1000, footer)  # the page's clock is in ms
+                rows.append({**row, "server_tok_s": float(server_rate.group(1)) if server_rate else None,
+                             "warm_up": run == 0})
         browser.close()
     return rows
 

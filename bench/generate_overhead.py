@@ -2,8 +2,9 @@
 
 At batch 1 the compiled path's decode rate sits far below the bandwidth floor (H100, Llama-1B shape, bf16: 204 tok/s,
 4.9 ms a token, against 0.8 ms to read the weights). This splits each decode step of the app's own path
-(`quant.generation.start_generate`, greedy, fixed length) into time inside the model's eager forward and the rest (`generate`'s Python per step: input preparation, logits
-processors, stopping criteria, cache bookkeeping). On a GPU the forward is timed with a device synchronisation on
+(`quant.generation.start_generate`, greedy, fixed length) into time inside the model's eager forward and the rest
+(`generate`'s Python per step: input preparation, logits processors, stopping criteria, cache bookkeeping); the
+compiled decode loop's steps are reported whole. On a GPU the forward is timed with a device synchronisation on
 each side, so its queued kernels are counted where they run.
 
 With --profile, one more generation runs under torch.profiler and the report adds, per decode step, the time the GPU

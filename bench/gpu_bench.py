@@ -173,7 +173,8 @@ def markdown(summary: dict) -> str:
     lines = [f"# GPU benchmark on {summary['device']}", "",
              f"torch {summary['torch']}, transformers {summary['transformers']}; measured copy bandwidth "
              f"{summary['bandwidth_gb_s']:.0f} GB/s; HF `generate` on each path (eager; compiled = the app's "
-             f"compiled decode loop: static cache, decode step compiled and CUDA-graphed at load), greedy, {summary['new_tokens']} new tokens; "
+             "compiled decode loop: static cache, decode step compiled and CUDA-graphed at load), greedy, "
+             f"{summary['new_tokens']} new tokens; "
              "random-weight Llama shapes, demo tokenizer.", ""]
     for shape in summary["shapes"]:
         lines += [f"## Llama-{shape['shape']} shape", "",

@@ -29,7 +29,8 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-double-quant", action="store_true", help="4-bit: quantize the scales too (off)")
     group.add_argument("--compute-dtype", default="bf16", choices=["fp32", "fp16", "bf16"], help="4-bit compute dtype")
     group.add_argument("--quant-storage", default="uint8", choices=["uint8", "bf16", "fp16", "fp32"])
-    group.add_argument("--gptq-backend", choices=list(GPTQ_BACKENDS), help="GPTQ kernel (default: gptq_int4pack for 4-bit with group size 32-256, else gptq_torch)")
+    group.add_argument("--gptq-backend", choices=list(GPTQ_BACKENDS),
+                       help="GPTQ kernel (default: gptq_int4pack for 4-bit with group size 32-256, else gptq_torch)")
 
 
 def load_request_from_args(args: argparse.Namespace) -> LoadRequest:

@@ -49,10 +49,11 @@ def _capture_stream(device: torch.device) -> torch.cuda.Stream:
 
 
 class DecodeLoop:
-    """One batch size's decode loop: its static cache, its input buffers and (on CUDA) its captured step.
+    """One batch size's decode loop at one cache length: its static cache, its input buffers and (on CUDA) its
+    captured step.
 
     An instance is passed to `model.generate(custom_generate=...)` together with `past_key_values=loop.cache`. One
-    call at a time: the buffers and the graph are shared by every call at this batch size.
+    call at a time: the buffers and the graph are shared by every call that runs on this loop.
     """
 
     def __init__(self, model, *, batch_size: int, max_cache_len: int, forward: Callable) -> None:

@@ -4,8 +4,9 @@ Why: at batch 1, eager HF `generate` spends most of each token launching kernels
 an H100 decoded at 11% of its memory-bandwidth floor). This module decides where the compiled path is used, warms it
 up while the model loads (never at a user's first message), and keeps the compiled state valid:
 
-* Each warmed batch size owns a `decode.DecodeLoop`: a `StaticCache`, fixed input buffers and the decode step,
-  compiled with torch.compile (Inductor) and, on CUDA, captured as one CUDA graph. `generate` runs it as its
+* Each warmed batch size owns a `decode.DecodeLoop` per static cache length (batch 1: the longest only): a
+  `StaticCache`, fixed input buffers and the decode step, compiled with torch.compile (Inductor) and, on CUDA,
+  captured as one CUDA graph. A call runs on the shortest cache that holds its prompt and reply. `generate` runs it as its
   `custom_generate` loop; decode.py says why that beats transformers' own compiled `generate`.
 * Every compiled call of every model runs on one process-wide runner thread: the loops' buffers and graphs serve one
   call at a time, and concurrent sessions take turns.
