@@ -36,6 +36,41 @@ _MAX_RELATIVE_ERROR = 2e-2
 activations, scales and zeros gives about 1e-3 on the demo model; a wrong conversion gives ~1."""
 
 
+def unpack_cuda_codes(packed: torch.Tensor) -> torch.Tensor:
+    """The 4-bit codes [out, in] (int32, 0..15) held in tinygemm's CUDA layout, without running the kernel.
+
+    `_convert_weight_to_int4pack` (aten/src/ATen/native/cuda/int4mm.cu, `matrix_to_m16n8k16_Bint4_layout`) stores
+    codes [n][k] as packed[n // 8][k // (16 * inner)][lane][j] (int32, eight nibbles), for the m16n8k16 tensor-core
+    fragment: lane t holds row n = 8 * tile + t // 4, and nibble p of word j holds column
+    k = 16 * inner * outer + 32 * j + 8 * (p % 4) + 2 * (t % 4) + p // 4. Pure view/shift work, so torch.compile
+    fuses it with the scaling into one kernel.
+    """
+    n_tiles, outer, lanes, words = packed.shape
+    nibbles = torch.stack([(packed >> (4 * p)) & 0xF for p in range(8)], dim=-1)  # [nt, ko, 32, j, 8]
+    # lane = 4 * row_in_tile + pair; nibble = 4 * low + slot
+    nibbles = nibbles.view(n_tiles, outer, 8, 4, words, 2, 4)  # [nt, ko, row, pair, j, low, slot]
+    codes = nibbles.permute(0, 2, 1, 4, 6, 3, 5)  # [nt, row, ko, j, slot, pair, low]
+    return codes.reshape(n_tiles * 8, outer * words * 32)
+
+
+def dequantize_cuda_packed(packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> torch.Tensor:
+    """The bfloat16 weight [out, in] that `_weight_int4pack_mm` multiplies by: scale * (code - 8) + zero per group."""
+    codes = unpack_cuda_codes(packed)
+    out_features, in_features = codes.shape
+    scales = scales_and_zeros[..., 0].t().float()  # [out, groups]
+    zeros = scales_and_zeros[..., 1].t().float()
+    grouped = codes.view(out_features, in_features // group_size, group_size).float()
+    weight = (grouped - 8) * scales[..., None] + zeros[..., None]
+    return weight.view(out_features, in_features).to(torch.bfloat16)
+
+
+def triton_supports(n: int, k: int, inner_k_tiles: int) -> bool:
+    """Whether the Triton kernel takes a layer (imported here so that a CPU-only install never imports Triton)."""
+    from .int4pack_triton import supports  # registers torch.ops.quant.int4pack_mm
+
+    return supports(n, k, inner_k_tiles)
+
+
 class Int4PackError(ValueError):
     """A layer or model that cannot be repacked for the int4 kernel, with the reason."""
 
@@ -44,15 +79,19 @@ class Int4PackedLinear(nn.Module):
     """A linear layer whose 4-bit grouped weight is in tinygemm's layout; computes in bfloat16.
 
     Inputs of another dtype are cast to bfloat16 and the output back, so it can replace a layer of an fp16 model.
+    On a GPU, calls of `triton_from_rows` rows or more (a batch's decode step, a prefill) go to the Triton kernel of
+    quant.int4pack_triton, which reads the same packed weight; fewer rows go to tinygemm. 0 keeps tinygemm for all.
     """
 
     def __init__(self, packed: torch.Tensor, scales_and_zeros: torch.Tensor, *, group_size: int, in_features: int,
-                 out_features: int, input_order: torch.Tensor | None, bias: torch.Tensor | None) -> None:
+                 out_features: int, input_order: torch.Tensor | None, bias: torch.Tensor | None,
+                 triton_from_rows: int = 0) -> None:
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
         self.group_size = group_size
         self.on_cuda = packed.is_cuda
+        self.triton_from_rows = triton_from_rows
         self.register_buffer("packed_weight", packed)
         self.register_buffer("scales_and_zeros", scales_and_zeros)
         self.register_buffer("input_order", input_order)
@@ -64,7 +103,9 @@ class Int4PackedLinear(nn.Module):
         if self.input_order is not None:
             rows = rows.index_select(1, self.input_order)
         rows = rows.contiguous()
-        if self.on_cuda:
+        if self.on_cuda and 0 < self.triton_from_rows <= rows.shape[0]:
+            out = torch.ops.quant.int4pack_mm(rows, self.packed_weight, self.group_size, self.scales_and_zeros)
+        elif self.on_cuda:
             out = torch.ops.aten._weight_int4pack_mm(rows, self.packed_weight, self.group_size, self.scales_and_zeros)
         else:
             out = torch.ops.aten._weight_int4pack_mm_for_cpu(
@@ -76,7 +117,8 @@ class Int4PackedLinear(nn.Module):
         return out.reshape(shape)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
+                f"triton_from_rows={self.triton_from_rows}")
 
 
 @dataclass(frozen=True)
@@ -88,6 +130,8 @@ class RepackResult:
     left: int = 0
     """Layers left on gptqmodel's torch kernel, because of `reason`."""
     reason: str | None = None
+    triton_reason: str | None = None
+    """Why batches stay on tinygemm instead of the Triton kernel (quant.int4pack_triton), if asked for and refused."""
 
 
 def is_gptq_layer(module: nn.Module) -> bool:
@@ -112,9 +156,12 @@ def check_layer(layer: nn.Module) -> str | None:
 
 
 @torch.no_grad()
-def repack_layer(layer: nn.Module, dtype: torch.dtype = torch.bfloat16) -> tuple[Int4PackedLinear, float]:
+def repack_layer(layer: nn.Module, dtype: torch.dtype = torch.bfloat16,
+                 triton_from_rows: int = 0) -> tuple[Int4PackedLinear, float]:
     """The int4-kernel equivalent of one gptqmodel TorchLinear layer (same device), and its relative error against
-    the layer's own dequantized weight on random `dtype` inputs."""
+    the layer's own dequantized weight on random `dtype` inputs: with `triton_from_rows`, on a GPU, for one row
+    (tinygemm) and for each block height of the Triton kernel (16, 32 and 64 rows), which also builds those kernels
+    now rather than at a first message."""
     reason = check_layer(layer)
     if reason:
         raise Int4PackError(reason)
@@ -146,12 +193,17 @@ def repack_layer(layer: nn.Module, dtype: torch.dtype = torch.bfloat16) -> tuple
         as_bytes = (codes[:, ::2] << 4 | codes[:, 1::2]).to(torch.uint8)
         inner_k_tiles = next(t for t in (8, 4, 2) if k % (t * _K_TILE) == 0)
         packed = torch.ops.aten._convert_weight_to_int4pack(as_bytes.contiguous(), inner_k_tiles)
+        if triton_from_rows and not triton_supports(n, k, inner_k_tiles):
+            triton_from_rows = 0
     else:
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+        triton_from_rows = 0
     bias = None if layer.bias is None else layer.bias.detach().clone()
     new = Int4PackedLinear(packed, scales_and_zeros, group_size=group, in_features=k, out_features=n,
-                           input_order=None if identity else order.to(torch.int64), bias=bias)
-    return new, _relative_error(new, original, bias, dtype)
+                           input_order=None if identity else order.to(torch.int64), bias=bias,
+                           triton_from_rows=triton_from_rows)
+    rows_checked = (1, 16, 32, 64) if triton_from_rows else (4,)
+    return new, max(_relative_error(new, original, bias, dtype, rows) for rows in rows_checked)
 
 
 def _relative_error(new: Int4PackedLinear, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype,
@@ -165,28 +217,51 @@ def _relative_error(new: Int4PackedLinear, weight: torch.Tensor, bias: torch.Ten
     return ((got - expected).norm() / expected.norm().clamp_min(1e-12)).item()
 
 
-def repack_model(model: nn.Module) -> RepackResult:
+def repack_model(model: nn.Module, triton_from_rows: int = 0) -> RepackResult:
     """Replace each gptqmodel TorchLinear of `model` with an Int4PackedLinear, after checking it against the original.
 
     Layers are swapped one at a time, so memory holds one extra layer at most. A layer that cannot be converted stops
     the work: the layers before it stay converted (each was checked), the rest stay as loaded, and the result says
-    why. Either way the model computes what it computed before, up to bf16 rounding.
+    why. Either way the model computes what it computed before, up to bf16 rounding. `triton_from_rows` (GPU only)
+    sends calls of that many rows or more to the Triton kernel; if that kernel cannot run or does not match on the
+    first layer, every layer keeps tinygemm and `triton_reason` says why.
     """
     dtype = getattr(model, "dtype", torch.bfloat16)
     targets = [(name, module) for name, module in model.named_modules() if is_gptq_layer(module)]
     if not targets:
         return RepackResult(0, 0.0, 0, "the model has no GPTQ layers loaded with the torch kernel")
+    triton_reason = None
+    if triton_from_rows and targets[0][1].qweight.is_cuda:
+        triton_reason = _triton_refusal(targets[0][1], dtype, triton_from_rows)
+        if triton_reason:
+            triton_from_rows = 0
     worst = 0.0
     for done, (name, layer) in enumerate(targets):
         try:
-            new, error = repack_layer(layer, dtype)
+            new, error = repack_layer(layer, dtype, triton_from_rows)
             if not error <= _MAX_RELATIVE_ERROR:
                 raise Int4PackError(f"the repacked layer differs from the original by {error:.1%}")
         except (Int4PackError, RuntimeError) as exc:  # RuntimeError: offloaded (meta) weights, out of memory
-            return RepackResult(done, worst, len(targets) - done, f"{name}: {str(exc).splitlines()[0]}")
+            return RepackResult(done, worst, len(targets) - done, f"{name}: {str(exc).splitlines()[0]}",
+                                triton_reason)
         worst = max(worst, error)
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
         del layer
     log.info("Repacked %d GPTQ layers for the int4 kernel (largest relative error %.2e)", len(targets), worst)
-    return RepackResult(len(targets), worst)
+    return RepackResult(len(targets), worst, triton_reason=triton_reason)
+
+
+def _triton_refusal(layer: nn.Module, dtype: torch.dtype, triton_from_rows: int) -> str | None:
+    """Why the Triton kernel cannot serve this model's batches (tried on its first layer), or None."""
+    try:
+        new, error = repack_layer(layer, dtype, triton_from_rows)
+    except Int4PackError:
+        return None  # the layer itself cannot be repacked: repack_model reports that
+    except Exception as exc:  # noqa: BLE001 - a missing or failing Triton: batches keep tinygemm
+        return f"the Triton kernel for batches failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+    if not error <= _MAX_RELATIVE_ERROR:
+        return f"the Triton kernel for batches differs from the weights by {error:.1%}"
+    if not new.triton_from_rows:
+        return "the Triton kernel does not take this model's layer shapes"
+    return None

@@ -273,12 +273,13 @@ def _repack_int4(model: PreTrainedModel) -> list[str]:
     """Move the GPTQ layers to PyTorch's int4 kernel (quant.int4pack); warnings for layers that stay as loaded."""
     from .int4pack import repack_model
 
-    result = repack_model(model)
+    result = repack_model(model, triton_from_rows=load_settings().int4_triton_rows)
     _release()  # the torch-kernel layers just replaced
+    warnings = [f"Batches use tinygemm: {result.triton_reason}."] if result.triton_reason else []
     if result.reason is None:
-        return []
-    return [f"{result.left} GPTQ layers stay on the gptq_torch kernel ({result.layers} moved to the int4 kernel): "
-            f"{result.reason}."]
+        return warnings
+    return warnings + [f"{result.left} GPTQ layers stay on the gptq_torch kernel ({result.layers} moved to the int4 "
+                       f"kernel): {result.reason}."]
 
 
 def _kernel_build_note(backend: str | None) -> str:

@@ -1,0 +1,136 @@
+"""How PyTorch's int4 kernel (tinygemm, `aten._weight_int4pack_mm`) scales with the number of rows, against bf16.
+
+gptq_int4pack decodes one sequence at 1.8x the bf16 rate, but a padded batch of 32 only 1.12x faster than eager
+(gpu-bench-8b-int4pack.md). A batch's time is its prefill (batch x prompt rows) plus its decode steps (batch rows).
+This times each kernel alone on the Llama-8B linear shapes, for row counts from one token to a batch's prefill:
+
+- `int4`: tinygemm on the packed weight, as `quant.int4pack.Int4PackedLinear` calls it;
+- `bf16`: `F.linear` on a bf16 weight of the same shape (cuBLAS), the unquantized reference;
+- `triton`: `quant.int4pack_triton.int4pack_mm`, the Triton kernel on the same packed weight, and how far its output
+  is from tinygemm's;
+- `dequant`: `quant.int4pack.dequantize_cuda_packed` then `F.linear`, compiled (the dequantization is one fused
+  kernel that writes the bf16 weight, then cuBLAS), and eager; and whether its output matches the int4 kernel's.
+
+Several copies of each weight are cycled so that no call finds its weight in the 50 MB L2 cache, as in a model where
+each layer's weight is read once per step.
+
+    python bench/int4mm_shapes.py --out bench/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from quant.int4pack import dequantize_cuda_packed  # noqa: E402
+from quant.int4pack_triton import int4pack_mm  # noqa: E402
+
+SHAPES = {"q/o 4096x4096": (4096, 4096), "k/v 1024x4096": (1024, 4096), "gate/up 14336x4096": (14336, 4096),
+          "down 4096x14336": (4096, 14336)}
+"""(out_features, in_features) of the Llama-3-8B projections."""
+ROWS = (1, 8, 16, 32, 64, 128, 256, 1024, 2048)
+GROUP = 128
+
+
+def packed_weight(n: int, k: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    codes = torch.randint(0, 16, (n, k), generator=generator, dtype=torch.int32).cuda()
+    as_bytes = (codes[:, ::2] << 4 | codes[:, 1::2]).to(torch.uint8).contiguous()
+    packed = torch.ops.aten._convert_weight_to_int4pack(as_bytes, 8)
+    scales = torch.rand(k // GROUP, n, generator=generator) * 0.02 + 0.001
+    zeros = torch.randn(k // GROUP, n, generator=generator) * 0.01
+    return packed, torch.stack([scales, zeros], dim=-1).to(torch.bfloat16).cuda().contiguous()
+
+
+def timed_ms(call, copies: int, repeats: int = 50) -> float:
+    """Median time of one call, cycling over the weight copies (CUDA events)."""
+    for index in range(3):
+        call(index % copies)
+    times = []
+    for index in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        call(index % copies)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def bench_shape(name: str, n: int, k: int, generator: torch.Generator) -> list[dict]:
+    copies = max(2, math.ceil(200e6 / (n * k * 2)))
+    int4 = [packed_weight(n, k, generator) for _ in range(copies)]
+    bf16 = [torch.randn(n, k, generator=generator).to(torch.bfloat16).cuda() * 0.02 for _ in range(copies)]
+    def eager_dequant_linear(x, packed, scales_and_zeros):
+        return F.linear(x, dequantize_cuda_packed(packed, scales_and_zeros, GROUP))
+
+    dequant_linear = torch.compile(eager_dequant_linear)
+    rows = []
+    for m in ROWS:
+        x = (torch.randn(m, k, generator=generator) * 0.5).to(torch.bfloat16).cuda()
+        reference = torch.ops.aten._weight_int4pack_mm(x, int4[0][0], GROUP, int4[0][1]).float()
+        got = dequant_linear(x, *int4[0]).float()
+        error = ((got - reference).norm() / reference.norm()).item()
+        triton_out = int4pack_mm(x, int4[0][0], GROUP, int4[0][1]).float()
+        triton_error = ((triton_out - reference).norm() / reference.norm()).item()
+        row = {"shape": name, "rows": m,
+               "int4_ms": timed_ms(lambda i: torch.ops.aten._weight_int4pack_mm(x, int4[i][0], GROUP, int4[i][1]),
+                                   copies),
+               "bf16_ms": timed_ms(lambda i: F.linear(x, bf16[i]), copies),
+               "triton_ms": timed_ms(lambda i: int4pack_mm(x, int4[i][0], GROUP, int4[i][1]), copies),
+               "triton_relative_error": triton_error,
+               "dequant_ms": timed_ms(lambda i: dequant_linear(x, *int4[i]), copies),
+               "dequant_eager_ms": timed_ms(lambda i: eager_dequant_linear(x, *int4[i]), copies),
+               "dequant_relative_error": error}
+        rows.append(row)
+        print(f"{name} rows {m}: int4 {row['int4_ms']:.3f} ms, bf16 {row['bf16_ms']:.3f} ms, triton "
+              f"{row['triton_ms']:.3f} ms (error {triton_error:.1e}), dequant+bf16 "
+              f"{row['dequant_ms']:.3f} ms, error {error:.1e}", flush=True)
+    return rows
+
+
+def markdown(summary: dict) -> str:
+    lines = [f"# int4 kernel (tinygemm) against bf16 by row count, {summary['device']}", "",
+             f"torch {summary['torch']}; group size {GROUP}; median of 50 calls, CUDA events, weights cycled past the "
+             "L2 cache. `dequant` = the packed weight dequantized by one compiled kernel, then cuBLAS.", "",
+             "| shape | rows | int4 (tinygemm) ms | triton ms | bf16 ms | dequant + bf16 ms | same, eager | "
+             "fastest 4-bit | triton / dequant error |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in summary["rows"]:
+        times = {"int4": r["int4_ms"], "triton": r["triton_ms"], "dequant": r["dequant_ms"]}
+        best = min(times, key=times.get)
+        lines.append(f"| {r['shape']} | {r['rows']} | {r['int4_ms']:.3f} | {r['triton_ms']:.3f} | {r['bf16_ms']:.3f} "
+                     f"| {r['dequant_ms']:.3f} | {r['dequant_eager_ms']:.3f} | {best} | "
+                     f"{r['triton_relative_error']:.1e} / {r['dequant_relative_error']:.1e} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--tag", default="")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("int4mm_shapes needs a CUDA GPU (tinygemm's CUDA layout)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(0)
+    torch._dynamo.config.cache_size_limit = 64  # one compiled dequantization per shape (rows become dynamic)
+    summary = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "group_size": GROUP, "rows": []}
+    with torch.inference_mode():
+        for name, (n, k) in SHAPES.items():
+            summary["rows"] += bench_shape(name, n, k, generator)
+    stem = f"int4mm-shapes{args.tag}"
+    (args.out / f"{stem}.json").write_text(json.dumps(summary, indent=1))
+    text = markdown(summary)
+    (args.out / f"{stem}.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
