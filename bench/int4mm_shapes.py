@@ -6,10 +6,9 @@ This times each kernel alone on the Llama-8B linear shapes, for row counts from 
 
 - `int4`: tinygemm on the packed weight, as `quant.int4pack.Int4PackedLinear` calls it;
 - `bf16`: `F.linear` on a bf16 weight of the same shape (cuBLAS), the unquantized reference;
-- `triton`: `quant.int4pack_triton.int4pack_mm`, the Triton kernel on the same packed weight, and how far its output
-  is from tinygemm's;
-- `dequant`: `quant.int4pack.dequantize_cuda_packed` then `F.linear`, compiled (the dequantization is one fused
-  kernel that writes the bf16 weight, then cuBLAS), and eager; and whether its output matches the int4 kernel's.
+- `dequant`: what `quant.int4pack.Int4PackedLinear` does from `QUANT_INT4_DEQUANTIZE_ROWS` rows: the packed weight
+  dequantized by one compiled kernel (`dequantize_cuda_packed` under torch.compile), then cuBLAS; also the same
+  dequantization run eagerly; and how far the result is from tinygemm's.
 
 Several copies of each weight are cycled so that no call finds its weight in the 50 MB L2 cache, as in a model where
 each layer's weight is read once per step.
@@ -30,8 +29,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from quant.int4pack import dequantize_cuda_packed  # noqa: E402
-from quant.int4pack_triton import int4pack_mm  # noqa: E402
+from quant.int4pack import _compiled_dequantize, dequantize_cuda_packed  # noqa: E402
 
 SHAPES = {"q/o 4096x4096": (4096, 4096), "k/v 1024x4096": (1024, 4096), "gate/up 14336x4096": (14336, 4096),
           "down 4096x14336": (4096, 14336)}
@@ -71,27 +69,23 @@ def bench_shape(name: str, n: int, k: int, generator: torch.Generator) -> list[d
     def eager_dequant_linear(x, packed, scales_and_zeros):
         return F.linear(x, dequantize_cuda_packed(packed, scales_and_zeros, GROUP))
 
-    dequant_linear = torch.compile(eager_dequant_linear)
+    def dequant_linear(x, packed, scales_and_zeros):  # Int4PackedLinear.forward from QUANT_INT4_DEQUANTIZE_ROWS rows
+        return F.linear(x, _compiled_dequantize()(packed, scales_and_zeros, GROUP))
     rows = []
     for m in ROWS:
         x = (torch.randn(m, k, generator=generator) * 0.5).to(torch.bfloat16).cuda()
         reference = torch.ops.aten._weight_int4pack_mm(x, int4[0][0], GROUP, int4[0][1]).float()
         got = dequant_linear(x, *int4[0]).float()
         error = ((got - reference).norm() / reference.norm()).item()
-        triton_out = int4pack_mm(x, int4[0][0], GROUP, int4[0][1]).float()
-        triton_error = ((triton_out - reference).norm() / reference.norm()).item()
         row = {"shape": name, "rows": m,
                "int4_ms": timed_ms(lambda i: torch.ops.aten._weight_int4pack_mm(x, int4[i][0], GROUP, int4[i][1]),
                                    copies),
                "bf16_ms": timed_ms(lambda i: F.linear(x, bf16[i]), copies),
-               "triton_ms": timed_ms(lambda i: int4pack_mm(x, int4[i][0], GROUP, int4[i][1]), copies),
-               "triton_relative_error": triton_error,
                "dequant_ms": timed_ms(lambda i: dequant_linear(x, *int4[i]), copies),
                "dequant_eager_ms": timed_ms(lambda i: eager_dequant_linear(x, *int4[i]), copies),
                "dequant_relative_error": error}
         rows.append(row)
-        print(f"{name} rows {m}: int4 {row['int4_ms']:.3f} ms, bf16 {row['bf16_ms']:.3f} ms, triton "
-              f"{row['triton_ms']:.3f} ms (error {triton_error:.1e}), dequant+bf16 "
+        print(f"{name} rows {m}: int4 {row['int4_ms']:.3f} ms, bf16 {row['bf16_ms']:.3f} ms, dequant+bf16 "
               f"{row['dequant_ms']:.3f} ms, error {error:.1e}", flush=True)
     return rows
 
@@ -100,14 +94,13 @@ def markdown(summary: dict) -> str:
     lines = [f"# int4 kernel (tinygemm) against bf16 by row count, {summary['device']}", "",
              f"torch {summary['torch']}; group size {GROUP}; median of 50 calls, CUDA events, weights cycled past the "
              "L2 cache. `dequant` = the packed weight dequantized by one compiled kernel, then cuBLAS.", "",
-             "| shape | rows | int4 (tinygemm) ms | triton ms | bf16 ms | dequant + bf16 ms | same, eager | "
-             "fastest 4-bit | triton / dequant error |", "|---|---|---|---|---|---|---|---|---|"]
+             "| shape | rows | int4 (tinygemm) ms | bf16 ms | dequant + bf16 ms | same, eager | int4 / bf16 | "
+             "fastest 4-bit | dequant error |", "|---|---|---|---|---|---|---|---|---|"]
     for r in summary["rows"]:
-        times = {"int4": r["int4_ms"], "triton": r["triton_ms"], "dequant": r["dequant_ms"]}
-        best = min(times, key=times.get)
-        lines.append(f"| {r['shape']} | {r['rows']} | {r['int4_ms']:.3f} | {r['triton_ms']:.3f} | {r['bf16_ms']:.3f} "
-                     f"| {r['dequant_ms']:.3f} | {r['dequant_eager_ms']:.3f} | {best} | "
-                     f"{r['triton_relative_error']:.1e} / {r['dequant_relative_error']:.1e} |")
+        best = "int4" if r["int4_ms"] <= r["dequant_ms"] else "dequant"
+        lines.append(f"| {r['shape']} | {r['rows']} | {r['int4_ms']:.3f} | {r['bf16_ms']:.3f} | {r['dequant_ms']:.3f} "
+                     f"| {r['dequant_eager_ms']:.3f} | {r['int4_ms'] / r['bf16_ms']:.2f}x | {best} | "
+                     f"{r['dequant_relative_error']:.1e} |")
     return "\n".join(lines) + "\n"
 
 
@@ -120,7 +113,6 @@ def main() -> None:
         sys.exit("int4mm_shapes needs a CUDA GPU (tinygemm's CUDA layout)")
     args.out.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(0)
-    torch._dynamo.config.cache_size_limit = 64  # one compiled dequantization per shape (rows become dynamic)
     summary = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "group_size": GROUP, "rows": []}
     with torch.inference_mode():
         for name, (n, k) in SHAPES.items():

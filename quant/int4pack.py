@@ -19,6 +19,7 @@ original; a layer that does not match, or has a shape the kernel does not take, 
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -64,11 +65,11 @@ def dequantize_cuda_packed(packed: torch.Tensor, scales_and_zeros: torch.Tensor,
     return weight.view(out_features, in_features).to(torch.bfloat16)
 
 
-def triton_supports(n: int, k: int, inner_k_tiles: int) -> bool:
-    """Whether the Triton kernel takes a layer (imported here so that a CPU-only install never imports Triton)."""
-    from .int4pack_triton import supports  # registers torch.ops.quant.int4pack_mm
-
-    return supports(n, k, inner_k_tiles)
+@functools.cache
+def _compiled_dequantize():
+    """dequantize_cuda_packed as one fused kernel (eager, it is eight passes over the weight: 2.9 ms against 0.45 ms
+    for the 8B gate projection). Shapes are symbolic: one compilation serves every layer."""
+    return torch.compile(dequantize_cuda_packed, dynamic=True)
 
 
 class Int4PackError(ValueError):
@@ -79,19 +80,22 @@ class Int4PackedLinear(nn.Module):
     """A linear layer whose 4-bit grouped weight is in tinygemm's layout; computes in bfloat16.
 
     Inputs of another dtype are cast to bfloat16 and the output back, so it can replace a layer of an fp16 model.
-    On a GPU, calls of `triton_from_rows` rows or more (a batch's decode step, a prefill) go to the Triton kernel of
-    quant.int4pack_triton, which reads the same packed weight; fewer rows go to tinygemm. 0 keeps tinygemm for all.
+    tinygemm's time grows with every 16 rows (bench/results/int4mm-shapes.md: the Llama-8B gate projection takes
+    0.026 ms for 1 row, 4.0 ms for 1024, where bf16 cuBLAS takes 0.17 ms). So on a GPU, calls of `dequantize_from_rows`
+    rows or more (a prefill: a long prompt, or a batch's prompts) dequantize the weight to bf16 with one compiled
+    kernel and multiply with cuBLAS (0.57 ms for those 1024 rows); fewer rows (decode steps) stay on tinygemm.
+    0 keeps tinygemm for everything.
     """
 
     def __init__(self, packed: torch.Tensor, scales_and_zeros: torch.Tensor, *, group_size: int, in_features: int,
                  out_features: int, input_order: torch.Tensor | None, bias: torch.Tensor | None,
-                 triton_from_rows: int = 0) -> None:
+                 dequantize_from_rows: int = 0) -> None:
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
         self.group_size = group_size
         self.on_cuda = packed.is_cuda
-        self.triton_from_rows = triton_from_rows
+        self.dequantize_from_rows = dequantize_from_rows
         self.register_buffer("packed_weight", packed)
         self.register_buffer("scales_and_zeros", scales_and_zeros)
         self.register_buffer("input_order", input_order)
@@ -103,8 +107,9 @@ class Int4PackedLinear(nn.Module):
         if self.input_order is not None:
             rows = rows.index_select(1, self.input_order)
         rows = rows.contiguous()
-        if self.on_cuda and 0 < self.triton_from_rows <= rows.shape[0]:
-            out = torch.ops.quant.int4pack_mm(rows, self.packed_weight, self.group_size, self.scales_and_zeros)
+        if self.on_cuda and 0 < self.dequantize_from_rows <= rows.shape[0]:
+            weight = _compiled_dequantize()(self.packed_weight, self.scales_and_zeros, self.group_size)
+            out = nn.functional.linear(rows, weight)
         elif self.on_cuda:
             out = torch.ops.aten._weight_int4pack_mm(rows, self.packed_weight, self.group_size, self.scales_and_zeros)
         else:
@@ -118,7 +123,7 @@ class Int4PackedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
-                f"triton_from_rows={self.triton_from_rows}")
+                f"dequantize_from_rows={self.dequantize_from_rows}")
 
 
 @dataclass(frozen=True)
@@ -130,8 +135,8 @@ class RepackResult:
     left: int = 0
     """Layers left on gptqmodel's torch kernel, because of `reason`."""
     reason: str | None = None
-    triton_reason: str | None = None
-    """Why batches stay on tinygemm instead of the Triton kernel (quant.int4pack_triton), if asked for and refused."""
+    dequantize_reason: str | None = None
+    """Why prefills stay on tinygemm instead of dequantizing (Int4PackedLinear), if asked for and refused."""
 
 
 def is_gptq_layer(module: nn.Module) -> bool:
@@ -157,11 +162,11 @@ def check_layer(layer: nn.Module) -> str | None:
 
 @torch.no_grad()
 def repack_layer(layer: nn.Module, dtype: torch.dtype = torch.bfloat16,
-                 triton_from_rows: int = 0) -> tuple[Int4PackedLinear, float]:
+                 dequantize_from_rows: int = 0) -> tuple[Int4PackedLinear, float]:
     """The int4-kernel equivalent of one gptqmodel TorchLinear layer (same device), and its relative error against
-    the layer's own dequantized weight on random `dtype` inputs: with `triton_from_rows`, on a GPU, for one row
-    (tinygemm) and for each block height of the Triton kernel (16, 32 and 64 rows), which also builds those kernels
-    now rather than at a first message."""
+    the layer's own dequantized weight on random `dtype` inputs: with `dequantize_from_rows`, on a GPU, both for a
+    few rows (tinygemm) and for that many (the dequantizing path, whose kernel this also builds now rather than at a
+    first long prompt)."""
     reason = check_layer(layer)
     if reason:
         raise Int4PackError(reason)
@@ -193,16 +198,14 @@ def repack_layer(layer: nn.Module, dtype: torch.dtype = torch.bfloat16,
         as_bytes = (codes[:, ::2] << 4 | codes[:, 1::2]).to(torch.uint8)
         inner_k_tiles = next(t for t in (8, 4, 2) if k % (t * _K_TILE) == 0)
         packed = torch.ops.aten._convert_weight_to_int4pack(as_bytes.contiguous(), inner_k_tiles)
-        if triton_from_rows and not triton_supports(n, k, inner_k_tiles):
-            triton_from_rows = 0
     else:
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
-        triton_from_rows = 0
+        dequantize_from_rows = 0
     bias = None if layer.bias is None else layer.bias.detach().clone()
     new = Int4PackedLinear(packed, scales_and_zeros, group_size=group, in_features=k, out_features=n,
                            input_order=None if identity else order.to(torch.int64), bias=bias,
-                           triton_from_rows=triton_from_rows)
-    rows_checked = (1, 16, 32, 64) if triton_from_rows else (4,)
+                           dequantize_from_rows=dequantize_from_rows)
+    rows_checked = (4, dequantize_from_rows) if dequantize_from_rows else (4,)
     return new, max(_relative_error(new, original, bias, dtype, rows) for rows in rows_checked)
 
 
@@ -217,51 +220,49 @@ def _relative_error(new: Int4PackedLinear, weight: torch.Tensor, bias: torch.Ten
     return ((got - expected).norm() / expected.norm().clamp_min(1e-12)).item()
 
 
-def repack_model(model: nn.Module, triton_from_rows: int = 0) -> RepackResult:
+def repack_model(model: nn.Module, dequantize_from_rows: int = 0) -> RepackResult:
     """Replace each gptqmodel TorchLinear of `model` with an Int4PackedLinear, after checking it against the original.
 
     Layers are swapped one at a time, so memory holds one extra layer at most. A layer that cannot be converted stops
     the work: the layers before it stay converted (each was checked), the rest stay as loaded, and the result says
-    why. Either way the model computes what it computed before, up to bf16 rounding. `triton_from_rows` (GPU only)
-    sends calls of that many rows or more to the Triton kernel; if that kernel cannot run or does not match on the
-    first layer, every layer keeps tinygemm and `triton_reason` says why.
+    why. Either way the model computes what it computed before, up to bf16 rounding. `dequantize_from_rows` (GPU only)
+    sends calls of that many rows or more to a dequantized weight and cuBLAS; if that cannot run or does not match on
+    the first layer, every layer keeps tinygemm and `dequantize_reason` says why.
     """
     dtype = getattr(model, "dtype", torch.bfloat16)
     targets = [(name, module) for name, module in model.named_modules() if is_gptq_layer(module)]
     if not targets:
         return RepackResult(0, 0.0, 0, "the model has no GPTQ layers loaded with the torch kernel")
-    triton_reason = None
-    if triton_from_rows and targets[0][1].qweight.is_cuda:
-        triton_reason = _triton_refusal(targets[0][1], dtype, triton_from_rows)
-        if triton_reason:
-            triton_from_rows = 0
+    dequantize_reason = None
+    if dequantize_from_rows and targets[0][1].qweight.is_cuda:
+        dequantize_reason = _dequantize_refusal(targets[0][1], dtype, dequantize_from_rows)
+        if dequantize_reason:
+            dequantize_from_rows = 0
     worst = 0.0
     for done, (name, layer) in enumerate(targets):
         try:
-            new, error = repack_layer(layer, dtype, triton_from_rows)
+            new, error = repack_layer(layer, dtype, dequantize_from_rows)
             if not error <= _MAX_RELATIVE_ERROR:
                 raise Int4PackError(f"the repacked layer differs from the original by {error:.1%}")
         except (Int4PackError, RuntimeError) as exc:  # RuntimeError: offloaded (meta) weights, out of memory
             return RepackResult(done, worst, len(targets) - done, f"{name}: {str(exc).splitlines()[0]}",
-                                triton_reason)
+                                dequantize_reason)
         worst = max(worst, error)
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
         del layer
     log.info("Repacked %d GPTQ layers for the int4 kernel (largest relative error %.2e)", len(targets), worst)
-    return RepackResult(len(targets), worst, triton_reason=triton_reason)
+    return RepackResult(len(targets), worst, dequantize_reason=dequantize_reason)
 
 
-def _triton_refusal(layer: nn.Module, dtype: torch.dtype, triton_from_rows: int) -> str | None:
-    """Why the Triton kernel cannot serve this model's batches (tried on its first layer), or None."""
+def _dequantize_refusal(layer: nn.Module, dtype: torch.dtype, dequantize_from_rows: int) -> str | None:
+    """Why long inputs cannot go through the dequantized weight (tried on the model's first layer), or None."""
     try:
-        new, error = repack_layer(layer, dtype, triton_from_rows)
+        _, error = repack_layer(layer, dtype, dequantize_from_rows)
     except Int4PackError:
         return None  # the layer itself cannot be repacked: repack_model reports that
-    except Exception as exc:  # noqa: BLE001 - a missing or failing Triton: batches keep tinygemm
-        return f"the Triton kernel for batches failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+    except Exception as exc:  # noqa: BLE001 - e.g. torch.compile failing: prefills keep tinygemm
+        return f"dequantizing for long inputs failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
     if not error <= _MAX_RELATIVE_ERROR:
-        return f"the Triton kernel for batches differs from the weights by {error:.1%}"
-    if not new.triton_from_rows:
-        return "the Triton kernel does not take this model's layer shapes"
+        return f"the dequantized weight differs from the original by {error:.1%}"
     return None

@@ -273,9 +273,9 @@ def _repack_int4(model: PreTrainedModel) -> list[str]:
     """Move the GPTQ layers to PyTorch's int4 kernel (quant.int4pack); warnings for layers that stay as loaded."""
     from .int4pack import repack_model
 
-    result = repack_model(model, triton_from_rows=load_settings().int4_triton_rows)
+    result = repack_model(model, dequantize_from_rows=load_settings().int4_dequantize_rows)
     _release()  # the torch-kernel layers just replaced
-    warnings = [f"Batches use tinygemm: {result.triton_reason}."] if result.triton_reason else []
+    warnings = [f"Long prompts use tinygemm: {result.dequantize_reason}."] if result.dequantize_reason else []
     if result.reason is None:
         return warnings
     return warnings + [f"{result.left} GPTQ layers stay on the gptq_torch kernel ({result.layers} moved to the int4 "

@@ -44,10 +44,10 @@ class Settings:
     packed_gqa_decode: bool
     """QUANT_PACKED_GQA_DECODE ("1" by default, "0" turns it off): on the compiled path, grouped-query models attend
     without copying the KV cache once per query head (quant.attention.packed_gqa_sdpa)."""
-    int4_triton_rows: int
-    """QUANT_INT4_TRITON_ROWS: on a GPU, gptq_int4pack layers called with this many rows or more (a batch's decode
-    step, a prefill) use the Triton kernel of quant.int4pack_triton instead of tinygemm, which slows with every 16
-    rows (bench/results/int4mm-shapes.md). Default 16; 0 keeps tinygemm for everything."""
+    int4_dequantize_rows: int
+    """QUANT_INT4_DEQUANTIZE_ROWS: on a GPU, gptq_int4pack layers called with this many rows or more (a long prompt's
+    or a batch's prefill) dequantize their weight with one compiled kernel and multiply with cuBLAS, where tinygemm
+    slows with every 16 rows (bench/results/int4mm-shapes.md: even at 256 rows). Default 256; 0 keeps tinygemm."""
     compile_backend: str
     """QUANT_COMPILE_BACKEND: torch.compile backend of the fast path (default "inductor")."""
     kernel_cache: str
@@ -65,7 +65,7 @@ def load_settings() -> Settings:
         static_cache_tokens=_int_list(os.environ.get("QUANT_STATIC_CACHE_TOKENS", "512,2048")) or (2048,),
         compiled_batch_sizes=_int_list(os.environ.get("QUANT_COMPILED_BATCH_SIZES", "1")),
         packed_gqa_decode=not _flag_off("QUANT_PACKED_GQA_DECODE"),
-        int4_triton_rows=int(os.environ.get("QUANT_INT4_TRITON_ROWS", "16")),
+        int4_dequantize_rows=int(os.environ.get("QUANT_INT4_DEQUANTIZE_ROWS", "256")),
         compile_backend=os.environ.get("QUANT_COMPILE_BACKEND", "inductor").strip() or "inductor",
         kernel_cache=os.environ.get("QUANT_KERNEL_CACHE")
         or os.path.join(os.path.expanduser("~"), ".cache", "quant-playground", "kernels"),
