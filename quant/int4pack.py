@@ -19,7 +19,6 @@ original; a layer that does not match, or has a shape the kernel does not take, 
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass
 
@@ -65,11 +64,18 @@ def dequantize_cuda_packed(packed: torch.Tensor, scales_and_zeros: torch.Tensor,
     return weight.view(out_features, in_features).to(torch.bfloat16)
 
 
-@functools.cache
+_dequantize_kernel = None
+
+
 def _compiled_dequantize():
-    """dequantize_cuda_packed as one fused kernel (eager, it is eight passes over the weight: 2.9 ms against 0.45 ms
-    for the 8B gate projection). Shapes are symbolic: one compilation serves every layer."""
-    return torch.compile(dequantize_cuda_packed, dynamic=True)
+    """dequantize_cuda_packed as one fused kernel (eager, it is eight passes over the weight: 2.9 ms against 0.47 ms
+    for the 8B gate projection, bench/results/int4mm-shapes-first.md). torch.compile's default shape handling: each
+    layer shape compiles once, at load (repack_layer's check). Marking every size dynamic from the start (group size
+    included) gave a kernel 3x slower (int4mm-shapes.md)."""
+    global _dequantize_kernel
+    if _dequantize_kernel is None:
+        _dequantize_kernel = torch.compile(dequantize_cuda_packed)
+    return _dequantize_kernel
 
 
 class Int4PackError(ValueError):
