@@ -49,9 +49,9 @@ EAGER = "eager"
 # Quantized kernels that are torch ops (bitsandbytes 4-bit registers torch.library ops, gptqmodel builds Marlin as
 # torch.ops) or plain torch code, so they can trace under torch.compile (transformers' quantizers for them say "not
 # compileable", which only matters to transformers' own compiled generate, not used here). Each was measured faster
-# through the compiled decode loop on an H100, Llama-8B shape, batch 1 / 32 tok/s: GPTQ Marlin eager 24.4 / 652 ->
-# compiled 198.5 / 2,151 (gpu-bench-8b-marlin.md); int4pack 41.0 / 737 -> 255.9 / 824 (gpu-bench-8b-recheck.md);
-# nf4 -> 186.0 / 1,397 (gpu-bench-8b-graphloop-nf4.md). (Under transformers' compiled generate with cudagraph trees,
+# through the compiled decode loop on an H100, Llama-8B shape, batch 1 / 32 tok/s, one run (gpu-bench-8b-allmodes.md):
+# GPTQ Marlin eager 27.3 / 674 -> compiled 204.0 / 2,729; int4pack 36.4 / 984 -> 272.7 / 1,580; nf4 18.7 / 447 ->
+# 190.6 / 1,610. (Under transformers' compiled generate with cudagraph trees,
 # session 5, Marlin had run slower compiled than eager: gpu-bench-1b-compiled.md.)
 # gptq_int4pack is PyTorch's own int4 matmul (quant.int4pack), made for CUDA graphs (gpt-fast's int4 path).
 _TRACEABLE_GPTQ_BACKENDS = {"gptq_marlin", "gptq_torch", "gptq_int4pack"}

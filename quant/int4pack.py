@@ -15,6 +15,9 @@ sorting the input features by group once, and permuting each input the same way.
 
 Each converted layer is checked on random inputs against gptqmodel's dequantized weight before it replaces the
 original; a layer that does not match, or has a shape the kernel does not take, stays as loaded, with the reason.
+
+tinygemm's time grows with every 16 rows, so long inputs (a prefill) dequantize the packed weight instead
+(`unpack_cuda_codes`, read from PyTorch's packing kernel) and use cuBLAS: see Int4PackedLinear.
 """
 
 from __future__ import annotations
@@ -86,11 +89,11 @@ class Int4PackedLinear(nn.Module):
     """A linear layer whose 4-bit grouped weight is in tinygemm's layout; computes in bfloat16.
 
     Inputs of another dtype are cast to bfloat16 and the output back, so it can replace a layer of an fp16 model.
-    tinygemm's time grows with every 16 rows (bench/results/int4mm-shapes.md: the Llama-8B gate projection takes
-    0.026 ms for 1 row, 4.0 ms for 1024, where bf16 cuBLAS takes 0.17 ms). So on a GPU, calls of `dequantize_from_rows`
-    rows or more (a prefill: a long prompt, or a batch's prompts) dequantize the weight to bf16 with one compiled
-    kernel and multiply with cuBLAS (0.57 ms for those 1024 rows); fewer rows (decode steps) stay on tinygemm.
-    0 keeps tinygemm for everything.
+    tinygemm's time grows with every 16 rows (bench/results/int4mm-shapes-static.md, H100: the Llama-8B gate
+    projection takes 0.03 ms for 1 row and 4.1 ms for 1024, where bf16 cuBLAS takes 0.06 and 0.16 ms). So on a GPU,
+    calls of `dequantize_from_rows` rows or more (a prefill: a long prompt, or a batch's prompts) dequantize the
+    weight to bf16 with one compiled kernel and multiply with cuBLAS (0.55 ms for those 1024 rows); fewer rows (decode
+    steps) stay on tinygemm. 0 keeps tinygemm for everything. The bf16 weight exists only during the call.
     """
 
     def __init__(self, packed: torch.Tensor, scales_and_zeros: torch.Tensor, *, group_size: int, in_features: int,

@@ -117,9 +117,9 @@ def default_gptq_backend(checkpoint_quantization: dict | None = None, on_cuda: b
 
     On an H100, Llama-8B shape, batch 1 tok/s: int4pack 25.9 eager and 152.1 compiled, on the same decode path as
     the torch kernel's 15.3 and 40.0 (bench/results/gpu-bench-8b-int4pack.md, gpu-bench-8b-compiled.md; int4pack
-    compiles to 260.1 with the decode loop of quant.decode, gpu-bench-8b-graphloop.md); on the CPU, 30.0 against
+    compiles to 272.7 with the decode loop of quant.decode, gpu-bench-8b-allmodes.md); on the CPU, 30.0 against
     0.27 (gptq-kernels-cpu-1b-4layers.md). ExLlamaV2 does not compile. Marlin compiles and is the batch kernel
-    (198.5 tok/s at batch 1, 2,151 at batch 32 against int4pack's 824: gpu-bench-8b-marlin.md), but needs a
+    (204.0 tok/s at batch 1, 2,729 at batch 32 against int4pack's 1,580: gpu-bench-8b-allmodes.md), but needs a
     3.5-minute build and is not the faster at batch 1, the chat's size.
     """
     return "gptq_torch" if int4pack_refusal(checkpoint_quantization, on_cuda) else "gptq_int4pack"

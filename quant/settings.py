@@ -47,8 +47,8 @@ class Settings:
     int4_dequantize_rows: int
     """QUANT_INT4_DEQUANTIZE_ROWS: on a GPU, gptq_int4pack layers called with this many rows or more (a long prompt's
     or a batch's prefill) dequantize their weight with one compiled kernel and multiply with cuBLAS, where tinygemm
-    slows with every 16 rows (bench/results/int4mm-shapes*.md: Llama-8B layers at 1024 rows, 15.2 ms a layer against
-    2.9 ms, and 8.0 ms with a slower dequantization kernel). Default 512; 0 keeps tinygemm."""
+    slows with every 16 rows. Llama-8B, H100 (bench/results/int4mm-shapes-static.md), one decoder layer's seven
+    projections: 2.05 ms against 2.13 ms at 128 rows, 3.97 against 2.20 at 256. Default 256; 0 keeps tinygemm."""
     compile_backend: str
     """QUANT_COMPILE_BACKEND: torch.compile backend of the fast path (default "inductor")."""
     kernel_cache: str
@@ -66,7 +66,7 @@ def load_settings() -> Settings:
         static_cache_tokens=_int_list(os.environ.get("QUANT_STATIC_CACHE_TOKENS", "512,2048")) or (2048,),
         compiled_batch_sizes=_int_list(os.environ.get("QUANT_COMPILED_BATCH_SIZES", "1")),
         packed_gqa_decode=not _flag_off("QUANT_PACKED_GQA_DECODE"),
-        int4_dequantize_rows=int(os.environ.get("QUANT_INT4_DEQUANTIZE_ROWS", "512")),
+        int4_dequantize_rows=int(os.environ.get("QUANT_INT4_DEQUANTIZE_ROWS", "256")),
         compile_backend=os.environ.get("QUANT_COMPILE_BACKEND", "inductor").strip() or "inductor",
         kernel_cache=os.environ.get("QUANT_KERNEL_CACHE")
         or os.path.join(os.path.expanduser("~"), ".cache", "quant-playground", "kernels"),
