@@ -8,6 +8,7 @@ import html
 import inspect
 import logging
 import os
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -37,7 +38,7 @@ from quant.modes import GPTQ_BACKENDS, Mode, QuantOptions
 from quant.placement import DEVICE_MAP_CHOICES
 from quant.prompts import parse_lines, read_prompt_file, write_results
 from quant.registry import default_registry
-from quant.settings import load_settings
+from quant.settings import SettingsError, load_settings
 from quant.ui_strings import EN, KO
 from quant.source import demo_models, hub_reachable
 
@@ -816,20 +817,26 @@ TABLE_CSS = "table th, table th * { overflow-wrap: normal !important; word-break
 def launch_options(**overrides) -> dict:
     """How the app is served (the tests serve it the same way, on their own port)."""
     options = dict(i18n=t, css=TABLE_CSS, server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
-                   server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+                   server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),  # gradio reads it at import too
                    max_file_size=os.environ.get("QUANT_MAX_UPLOAD", "20mb"))
     return {**options, **overrides}
 
 
 def configure_queue(demo: gr.Blocks) -> gr.Blocks:
     """Requests wait in one queue; each event type has its own concurrency (model loads one at a time)."""
-    return demo.queue(default_concurrency_limit=int(os.environ.get("QUANT_CONCURRENCY", "4")),
-                      max_size=int(os.environ.get("QUANT_QUEUE_SIZE", "64")))
+    settings = load_settings()
+    return demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.queue_size)
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO)
-    configure_queue(build_app()).launch(**launch_options())
+    try:  # every operator setting is read once here, so a malformed one stops the start with its name
+        load_settings()
+        options = launch_options()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    configure_queue(build_app()).launch(**options)
 
 
 if __name__ == "__main__":

@@ -10,15 +10,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import QuantError
+from .settings import load_settings
 
-MAX_PROMPTS = int(os.environ.get("QUANT_BATCH_MAX_PROMPTS", "1000"))
-MAX_UPLOAD_BYTES = int(os.environ.get("QUANT_BATCH_MAX_UPLOAD_BYTES", str(2 * 2**20)))
 MAX_PROMPT_CHARS = 20_000
 FORMATS = (".txt", ".csv", ".jsonl")
 
@@ -55,9 +53,10 @@ class DataFileSpec:
 
 
 def prompt_spec() -> DataFileSpec:
-    """Batch prompts. Built at call time so that the module limits (and tests that lower them) apply."""
-    return DataFileSpec("prompt", FORMATS, MAX_UPLOAD_BYTES, MAX_PROMPTS, MAX_PROMPT_CHARS, "prompt",
-                        limit_hint="Split it, or raise QUANT_BATCH_MAX_PROMPTS.")
+    """Batch prompts, with the operator's limits (QUANT_BATCH_MAX_PROMPTS, QUANT_BATCH_MAX_UPLOAD_BYTES)."""
+    settings = load_settings()
+    return DataFileSpec("prompt", FORMATS, settings.batch_max_upload_bytes, settings.batch_max_prompts,
+                        MAX_PROMPT_CHARS, "prompt", limit_hint="Split it, or raise QUANT_BATCH_MAX_PROMPTS.")
 
 
 def _decode(data: bytes, name: str, formats: Iterable[str] = FORMATS) -> str:

@@ -5,7 +5,40 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from .errors import QuantError
+
 DEFAULT_HUB_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
+
+
+class SettingsError(QuantError):
+    """An operator setting (environment variable) that cannot be read; the app and the CLI refuse to start on it."""
+
+
+def int_setting(name: str, default: int, minimum: int = 1) -> int:
+    """An integer environment variable, or `default` when unset; a clear error naming it when it is not one."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise SettingsError(f"{name}={text!r} is not a whole number.", f"Unset it for the default, {default}.") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={value} is below {minimum}.", f"Unset it for the default, {default}.")
+    return value
+
+
+def _int_list_setting(name: str, default: str) -> tuple[int, ...]:
+    """A comma-separated list of positive integers, sorted, without repeats."""
+    text = os.environ.get(name, "").strip() or default
+    try:
+        values = {int(part) for part in text.replace(" ", "").split(",") if part}
+    except ValueError:
+        raise SettingsError(f"{name}={text!r} is not a comma-separated list of whole numbers.",
+                            f"For example {name}={default}.") from None
+    if not values or min(values) < 1:
+        raise SettingsError(f"{name}={text!r} needs whole numbers of at least 1.", f"For example {name}={default}.")
+    return tuple(sorted(values))
 
 
 def _flag(name: str) -> bool:
@@ -49,6 +82,14 @@ class Settings:
     or a batch's prefill) dequantize their weight with one compiled kernel and multiply with cuBLAS, where tinygemm
     slows with every 16 rows. Llama-8B, H100 (bench/results/int4mm-shapes-static.md), one decoder layer's seven
     projections: 2.05 ms against 2.13 ms at 128 rows, 3.97 against 2.20 at 256. Default 256; 0 keeps tinygemm."""
+    batch_max_prompts: int
+    """QUANT_BATCH_MAX_PROMPTS: most prompts in one Batch run (default 1000)."""
+    batch_max_upload_bytes: int
+    """QUANT_BATCH_MAX_UPLOAD_BYTES: largest prompt file the Batch tab reads (default 2 MiB)."""
+    concurrency: int
+    """QUANT_CONCURRENCY: Gradio events that run at once (default 4; model loads run one at a time regardless)."""
+    queue_size: int
+    """QUANT_QUEUE_SIZE: requests that may wait in Gradio's queue (default 64)."""
     compile_backend: str
     """QUANT_COMPILE_BACKEND: torch.compile backend of the fast path (default "inductor")."""
     kernel_cache: str
@@ -61,17 +102,18 @@ def load_settings() -> Settings:
         default_model=os.environ.get("QUANT_DEFAULT_MODEL", DEFAULT_HUB_MODEL),
         trust_remote_code=_flag("QUANT_TRUST_REMOTE_CODE"),
         memory_budget=os.environ.get("QUANT_MEMORY_BUDGET") or None,
-        max_loaded_models=int(os.environ.get("QUANT_MAX_LOADED_MODELS", "3")),
+        max_loaded_models=int_setting("QUANT_MAX_LOADED_MODELS", 3),
         fast_generation=os.environ.get("QUANT_FAST_GENERATION", "auto").strip().lower() or "auto",
-        static_cache_tokens=_int_list(os.environ.get("QUANT_STATIC_CACHE_TOKENS", "512,2048")) or (2048,),
-        compiled_batch_sizes=_int_list(os.environ.get("QUANT_COMPILED_BATCH_SIZES", "1")),
+        static_cache_tokens=_int_list_setting("QUANT_STATIC_CACHE_TOKENS", "512,2048"),
+        compiled_batch_sizes=_int_list_setting("QUANT_COMPILED_BATCH_SIZES", "1"),
         packed_gqa_decode=not _flag_off("QUANT_PACKED_GQA_DECODE"),
-        int4_dequantize_rows=int(os.environ.get("QUANT_INT4_DEQUANTIZE_ROWS", "256")),
+        int4_dequantize_rows=int_setting("QUANT_INT4_DEQUANTIZE_ROWS", 256, minimum=0),
+        batch_max_prompts=int_setting("QUANT_BATCH_MAX_PROMPTS", 1000),
+        batch_max_upload_bytes=int_setting("QUANT_BATCH_MAX_UPLOAD_BYTES", 2 * 2**20),
+        concurrency=int_setting("QUANT_CONCURRENCY", 4),
+        queue_size=int_setting("QUANT_QUEUE_SIZE", 64),
         compile_backend=os.environ.get("QUANT_COMPILE_BACKEND", "inductor").strip() or "inductor",
         kernel_cache=os.environ.get("QUANT_KERNEL_CACHE")
         or os.path.join(os.path.expanduser("~"), ".cache", "quant-playground", "kernels"),
     )
 
-
-def _int_list(text: str) -> tuple[int, ...]:
-    return tuple(sorted({int(part) for part in text.replace(" ", "").split(",") if part}))

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from quant import prompts as prompt_files
 from quant.prompts import PromptFileError, parse_lines, read_prompt_file, write_results
 
 
@@ -71,10 +70,10 @@ def test_binary_and_non_utf8_files(tmp_path):
 
 
 def test_limits(tmp_path, monkeypatch):
-    monkeypatch.setattr(prompt_files, "MAX_PROMPTS", 3)
+    monkeypatch.setenv("QUANT_BATCH_MAX_PROMPTS", "3")
     with pytest.raises(PromptFileError, match="holds 4 prompts; the limit is 3"):
         parse_lines("a\nb\nc\nd")
-    monkeypatch.setattr(prompt_files, "MAX_UPLOAD_BYTES", 100)
+    monkeypatch.setenv("QUANT_BATCH_MAX_UPLOAD_BYTES", "100")
     with pytest.raises(PromptFileError, match="the limit is"):
         read_prompt_file(write(tmp_path, "big.txt", "x" * 200))
 
