@@ -1,7 +1,7 @@
 """How PyTorch's int4 kernel (tinygemm, `aten._weight_int4pack_mm`) scales with the number of rows, against bf16.
 
-gptq_int4pack decodes one sequence at 1.8x the bf16 rate, but a padded batch of 32 only 1.12x faster than eager
-(gpu-bench-8b-int4pack.md). A batch's time is its prefill (batch x prompt rows) plus its decode steps (batch rows).
+gptq_int4pack decodes one sequence at 1.8x the bf16 rate, but a padded batch of 32 ran only 1.12x faster than eager
+on tinygemm alone (gpu-bench-8b-int4pack.md). A batch's time is its prefill (batch x prompt rows) plus its decode steps (batch rows).
 This times each kernel alone on the Llama-8B linear shapes, for row counts from one token to a batch's prefill:
 
 - `int4`: tinygemm on the packed weight, as `quant.int4pack.Int4PackedLinear` calls it;
@@ -66,11 +66,13 @@ def bench_shape(name: str, n: int, k: int, generator: torch.Generator) -> list[d
     copies = max(2, math.ceil(200e6 / (n * k * 2)))
     int4 = [packed_weight(n, k, generator) for _ in range(copies)]
     bf16 = [torch.randn(n, k, generator=generator).to(torch.bfloat16).cuda() * 0.02 for _ in range(copies)]
+
     def eager_dequant_linear(x, packed, scales_and_zeros):
         return F.linear(x, dequantize_cuda_packed(packed, scales_and_zeros, GROUP))
 
     def dequant_linear(x, packed, scales_and_zeros):  # Int4PackedLinear.forward from QUANT_INT4_DEQUANTIZE_ROWS rows
         return F.linear(x, _compiled_dequantize()(packed, scales_and_zeros, GROUP))
+
     rows = []
     for m in ROWS:
         x = (torch.randn(m, k, generator=generator) * 0.5).to(torch.bfloat16).cuda()

@@ -74,7 +74,7 @@ def _compiled_dequantize():
     """dequantize_cuda_packed as one fused kernel (eager, it is eight passes over the weight: 2.9 ms against 0.47 ms
     for the 8B gate projection, bench/results/int4mm-shapes-first.md). torch.compile's default shape handling: each
     layer shape compiles once, at load (repack_layer's check). Marking every size dynamic from the start (group size
-    included) gave a kernel 3x slower (int4mm-shapes.md)."""
+    included) gave a kernel 3x slower (int4mm-shapes-dynamic.md)."""
     global _dequantize_kernel
     if _dequantize_kernel is None:
         _dequantize_kernel = torch.compile(dequantize_cuda_packed)
