@@ -21,7 +21,6 @@ static cache's length, to see what attending over a longer cache costs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -31,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.results_files import write_results  # noqa: E402
 from quant.generation import start_generate  # noqa: E402
 from quant.loader import LoadRequest, load_model  # noqa: E402
 
@@ -189,7 +189,6 @@ def main() -> None:
     if args.profile:
         stem += "-profile"
     stem += args.tag
-    (args.out / f"{stem}.json").write_text(json.dumps(summary, indent=1))
     lines = [f"# Time per decode step: forward vs. `generate` around it ({summary['device']}, torch {torch.__version__})",
              "", f"{args.model}, {args.mode}, batch {args.batch_size}, greedy, {args.new_tokens} new tokens, best of "
              f"{args.repeats}; tok/s counts every row of the batch.",
@@ -207,8 +206,7 @@ def main() -> None:
                       "| kernel / op | calls | ms per token | share of busy |", "|---|---|---|---|"]
             lines += [f"| `{k['name']}` | {k['calls']} | {k['ms_per_token']:.3f} | {k['share']:.0%} |"
                       for k in table["top"]]
-    (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, stem, summary, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
 
 from bench.generate_overhead import generate_once  # noqa: E402 - the app's generation path, timed
 from bench.llama_shapes import build_checkpoint  # noqa: E402
+from bench.results_files import write_results  # noqa: E402
 from quant.gptq import GPTQRecipe, builtin_textsets, quantize_gptq  # noqa: E402
 from quant.loader import LoadRequest, load_model, release_memory  # noqa: E402
 from quant.modes import QuantOptions  # noqa: E402
@@ -82,8 +83,6 @@ def main() -> None:
                "quantize_seconds": quantize_seconds, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     tag = "cuda" if on_cuda else "cpu"
-    stem = args.out / f"gptq-kernels-{tag}-{args.shape}"
-    stem.with_suffix(".json").write_text(json.dumps(summary, indent=1))
     lines = [f"# GPTQ kernels without a build, {device}, torch {torch.__version__}", "",
              f"Llama-{args.shape} shape, 4-bit g128 GPTQ, greedy, batch 1, {args.new_tokens} new tokens, best of 3.",
              "", "| kernel | tok/s | load s | footprint MiB | GPU allocated / peak MiB | dtype | layers | path |",
@@ -92,8 +91,7 @@ def main() -> None:
               + (f"{r['gpu_allocated_mib']:,.0f} / {r['gpu_peak_mib']:,.0f}" if "gpu_peak_mib" in r else "n/a")
               + f" | {r['dtype']} | {', '.join(f'{k}×{v}' for k, v in r['layers'].items())} | {r['path']} |"
               for r in rows]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, f"gptq-kernels-{tag}-{args.shape}", summary, "\n".join(lines))
 
 
 if __name__ == "__main__":

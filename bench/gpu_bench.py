@@ -11,7 +11,6 @@ Batch tab's path (32 prompts through run_batch) and, with --attention, eager vs 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -23,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.llama_shapes import build_checkpoint  # noqa: E402
+from bench.results_files import write_results  # noqa: E402
 from quant.compare import ModeSpec, compare  # noqa: E402
 from quant.generation import GenerationSettings, run_batch  # noqa: E402
 from quant.gptq import GPTQRecipe, builtin_textsets, quantize_gptq  # noqa: E402
@@ -236,11 +236,7 @@ def main() -> None:
         summary["shapes"].append(bench_shape(shape, args.work, args, bandwidth))
     if args.attention:
         summary["attention"] = bench_attention(args.work, args)
-    stem = f"gpu-bench-{args.shapes.replace(',', '-')}{args.tag}"
-    (args.out / f"{stem}.json").write_text(json.dumps(summary, indent=1))
-    text = markdown(summary)
-    (args.out / f"{stem}.md").write_text(text)
-    print(text)
+    write_results(args.out, f"gpu-bench-{args.shapes.replace(',', '-')}{args.tag}", summary, markdown(summary))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ each layer's weight is read once per step.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.results_files import write_results  # noqa: E402
 from quant.int4pack import _compiled_dequantize, dequantize_cuda_packed  # noqa: E402
 
 SHAPES = {"q/o 4096x4096": (4096, 4096), "k/v 1024x4096": (1024, 4096), "gate/up 14336x4096": (14336, 4096),
@@ -113,17 +113,12 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("int4mm_shapes needs a CUDA GPU (tinygemm's CUDA layout)")
-    args.out.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(0)
     summary = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "group_size": GROUP, "rows": []}
     with torch.inference_mode():
         for name, (n, k) in SHAPES.items():
             summary["rows"] += bench_shape(name, n, k, generator)
-    stem = f"int4mm-shapes{args.tag}"
-    (args.out / f"{stem}.json").write_text(json.dumps(summary, indent=1))
-    text = markdown(summary)
-    (args.out / f"{stem}.md").write_text(text)
-    print(text)
+    write_results(args.out, f"int4mm-shapes{args.tag}", summary, markdown(summary))
 
 
 if __name__ == "__main__":
