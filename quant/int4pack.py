@@ -242,15 +242,15 @@ def repack_model(model: nn.Module, dequantize_from_rows: int = 0) -> RepackResul
     targets = [(name, module) for name, module in model.named_modules() if is_gptq_layer(module)]
     if not targets:
         return RepackResult(0, 0.0, 0, "the model has no GPTQ layers loaded with the torch kernel")
-    dequantize_reason = None
+    dequantize_reason, first = None, None
     if dequantize_from_rows and targets[0][1].qweight.is_cuda:
-        dequantize_reason = _dequantize_refusal(targets[0][1], dtype, dequantize_from_rows)
+        dequantize_reason, first = _try_dequantized(targets[0][1], dtype, dequantize_from_rows)
         if dequantize_reason:
             dequantize_from_rows = 0
     worst = 0.0
     for done, (name, layer) in enumerate(targets):
         try:
-            new, error = repack_layer(layer, dtype, dequantize_from_rows)
+            new, error = first if done == 0 and first else repack_layer(layer, dtype, dequantize_from_rows)
             if not error <= _MAX_RELATIVE_ERROR:
                 raise Int4PackError(f"the repacked layer differs from the original by {error:.1%}")
         except (Int4PackError, RuntimeError) as exc:  # RuntimeError: offloaded (meta) weights, out of memory
@@ -264,14 +264,17 @@ def repack_model(model: nn.Module, dequantize_from_rows: int = 0) -> RepackResul
     return RepackResult(len(targets), worst, dequantize_reason=dequantize_reason)
 
 
-def _dequantize_refusal(layer: nn.Module, dtype: torch.dtype, dequantize_from_rows: int) -> str | None:
-    """Why long inputs cannot go through the dequantized weight (tried on the model's first layer), or None."""
+def _try_dequantized(layer: nn.Module, dtype: torch.dtype,
+                     dequantize_from_rows: int) -> tuple[str | None, tuple[Int4PackedLinear, float] | None]:
+    """The model's first layer repacked with the dequantized path for long inputs: (None, (layer, error)) where that
+    path works, else (why not, None); (None, None) where the layer cannot be repacked at all (repack_model reports
+    that when it repacks it)."""
     try:
-        _, error = repack_layer(layer, dtype, dequantize_from_rows)
+        new, error = repack_layer(layer, dtype, dequantize_from_rows)
     except Int4PackError:
-        return None  # the layer itself cannot be repacked: repack_model reports that
+        return None, None
     except Exception as exc:  # noqa: BLE001 - e.g. torch.compile failing: prefills keep tinygemm
-        return f"dequantizing for long inputs failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        return f"dequantizing for long inputs failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})", None
     if not error <= _MAX_RELATIVE_ERROR:
-        return f"the dequantized weight differs from the original by {error:.1%}"
-    return None
+        return f"the dequantized weight differs from the original by {error:.1%}", None
+    return None, (new, error)
