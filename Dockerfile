@@ -31,9 +31,9 @@ ENV VIRTUAL_ENV=/opt/venv \
 
 WORKDIR /home/user/app
 
-# The README's install recipe, as root (it apt-installs the PCRE2 headers). Only its inputs are copied first, so
-# editing the code does not reinstall torch.
-COPY --chown=user:user requirements.txt ./
+# The README's install recipe, as root (it apt-installs the PCRE2 headers), with the exact versions CI tested
+# (constraints.txt). Only its inputs are copied first, so editing the code does not reinstall torch.
+COPY --chown=user:user requirements.txt constraints.txt ./
 COPY --chown=user:user scripts/setup.sh scripts/
 RUN PIP_NO_CACHE_DIR=1 bash scripts/setup.sh \
     && rm -rf /var/lib/apt/lists/*

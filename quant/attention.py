@@ -71,6 +71,13 @@ PACKED_GQA_SDPA = "sdpa_packed_gqa_decode"
 KV heads as they are."""
 
 
+def _fold_query_heads(query: torch.Tensor, groups: int) -> torch.Tensor:
+    """[batch, heads, 1, dim] -> [batch, kv heads, groups, dim]: the query heads that share a KV head become its rows
+    (transformers' `repeat_kv` gives KV head i to query heads i*groups ... i*groups+groups-1)."""
+    batch, heads, _, dim = query.shape
+    return query.reshape(batch, heads // groups, groups, dim)
+
+
 def packed_gqa_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                     attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                     **kwargs) -> tuple[torch.Tensor, None]:
@@ -88,7 +95,7 @@ def packed_gqa_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: torch
     Everything else (prefill, masks with one row per head, position bias, paged caches, dropout) goes to
     transformers' sdpa unchanged.
     """
-    from transformers.integrations.sdpa_attention import pack_gqa, sdpa_attention_forward
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     groups = getattr(module, "num_key_value_groups", 1)
     if (groups == 1 or query.shape[2] != 1 or dropout or kwargs.get("position_bias") is not None
@@ -97,7 +104,7 @@ def packed_gqa_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: torch
                                       **kwargs)
     batch, heads, _, dim = query.shape
     scale = scaling if scaling is not None else dim ** -0.5
-    scores = torch.matmul(pack_gqa(query, groups), key.transpose(-1, -2)) * scale  # [batch, kv heads, groups, slots]
+    scores = torch.matmul(_fold_query_heads(query, groups), key.transpose(-1, -2)) * scale  # [b, kv, groups, slots]
     if attention_mask is not None:  # [batch, 1, 1, slots]: True (or 0.0) where a slot may be attended
         scores = (scores.masked_fill(~attention_mask, float("-inf")) if attention_mask.dtype == torch.bool
                   else scores + attention_mask)
@@ -106,19 +113,43 @@ def packed_gqa_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: torch
     return output.reshape(batch, heads, 1, value.shape[-1]).transpose(1, 2).contiguous(), None
 
 
-def use_packed_gqa_decode(model) -> bool:
-    """Switch a loaded sdpa model with grouped KV heads to `packed_gqa_sdpa`; False (nothing changed) otherwise."""
+def is_grouped_query_sdpa(model) -> bool:
+    """An sdpa model whose query heads share KV heads (Llama 3, Qwen, Mistral...): what packed decode is for."""
     config = model.config
     heads, kv_heads = getattr(config, "num_attention_heads", None), getattr(config, "num_key_value_heads", None)
-    if getattr(config, "_attn_implementation", None) != "sdpa" or not heads or not kv_heads or heads == kv_heads:
-        return False
+    return getattr(config, "_attn_implementation", None) == "sdpa" and bool(heads and kv_heads) and heads != kv_heads
+
+
+def packed_gqa_unavailable() -> str | None:
+    """Why this transformers cannot run `packed_gqa_sdpa` (the attention and mask registries it plugs into, and the
+    sdpa function it hands every other call to), or None when it can."""
+    try:
+        from transformers import AttentionInterface  # noqa: F401
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward  # noqa: F401
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask  # noqa: F401
+    except ImportError as exc:
+        import transformers
+
+        return f"transformers {transformers.__version__} lacks what it plugs into ({exc})"
+    return None
+
+
+def use_packed_gqa_decode(model) -> tuple[bool, str]:
+    """Switch a loaded grouped-query sdpa model to `packed_gqa_sdpa`. Returns whether it did and, where a
+    grouped-query model stays on transformers' own sdpa (this transformers cannot take the packed function), why:
+    the compiled path still runs then, copying the KV cache per query head, and the load report says so."""
+    if not is_grouped_query_sdpa(model):
+        return False, ""
+    missing = packed_gqa_unavailable()
+    if missing:
+        return False, f"grouped-query decode on transformers' sdpa (repeats the KV cache per head): {missing}"
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(PACKED_GQA_SDPA, packed_gqa_sdpa)
     AttentionMaskInterface.register(PACKED_GQA_SDPA, sdpa_mask)  # the masks sdpa gets
     model.set_attn_implementation(PACKED_GQA_SDPA)
-    return True
+    return True, ""
 
 
 def restore_sdpa(model) -> None:

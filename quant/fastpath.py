@@ -154,12 +154,15 @@ class GenerationPath:
     _tokenizer: Any = field(default=None, repr=False)
     packed_gqa: bool = False
     """Decode attention folds query heads onto their KV heads instead of repeating the cache (see attention.py)."""
+    packed_gqa_note: str = ""
+    """Why a grouped-query model's compiled decode stays on transformers' sdpa (empty otherwise)."""
 
     def describe(self) -> str:
         """One line for the UI and reports: which path, and for what (or why not)."""
         if self.compiled:
             sizes = ", ".join(map(str, self.batch_sizes))
-            packed = "; grouped-query decode without repeated KV" if self.packed_gqa else ""
+            packed = ("; grouped-query decode without repeated KV" if self.packed_gqa else
+                      f"; {self.packed_gqa_note}" if self.packed_gqa_note else "")
             graphs = "; one CUDA graph per step" if self.captured else ""
             lengths = (f"up to {self.max_cache_len} tokens" if len(self.cache_lengths) == 1 else
                        f"caches of {', '.join(map(str, self.cache_lengths))} tokens")
@@ -309,9 +312,10 @@ def prepare_generation_path(model, tokenizer, *, mode: Mode, gptq_backend: str |
     # No "reduce-overhead": the decode loop captures its own CUDA graph (decode.py), without cudagraph trees.
     compile_config = CompileConfig(backend=settings.compile_backend, dynamic=False,
                                    mode="default" if settings.compile_backend == "inductor" else None)
+    packed, packed_note = use_packed_gqa_decode(model) if settings.packed_gqa_decode else (False, "")
     path = GenerationPath(compiled=True, cache_lengths=cache_lengths, batch_sizes=settings.compiled_batch_sizes,
                           compile_config=compile_config, _open=True, _model=weakref.ref(model), _tokenizer=tokenizer,
-                          packed_gqa=settings.packed_gqa_decode and use_packed_gqa_decode(model))
+                          packed_gqa=packed, packed_gqa_note=packed_note)
     started = time.perf_counter()
     try:
         path.warm_up(progress)

@@ -252,6 +252,8 @@ def load_model(request: LoadRequest, progress: ProgressFn | None = None) -> Load
         progress=lambda message: progress(0.95, message),
     )
     report.generation_path = path.describe()
+    if path.packed_gqa_note:
+        report.warnings.append(f"Compiled decode: {path.packed_gqa_note}.")
     report.compile_seconds = path.warmup_seconds
     report.static_cache_bytes = path.cache_bytes
     progress(1.0, "Loaded")

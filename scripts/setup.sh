@@ -17,6 +17,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-python3 -m pip install -q -r requirements.txt
-[ "$target" = test ] && python3 -m pip install -q -r requirements-dev.txt
+# One resolver run over everything the target needs, held to the exact set CI tests (constraints.txt says why).
+requirements=(-r requirements.txt)
+[ "$target" = test ] && requirements+=(-r requirements-dev.txt)
+python3 -m pip install -q "${requirements[@]}" -c constraints.txt
 echo "setup ($target) done"

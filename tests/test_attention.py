@@ -110,9 +110,10 @@ def test_the_compiled_path_uses_packed_decode_only_for_grouped_kv_sdpa_models():
 
     sdpa = load_model(LoadRequest(model=LLAMA, mode="fp32", attn_implementation="sdpa"))  # 4 heads, 2 KV heads
     want = greedy(sdpa, "The with statement is used to")
-    assert use_packed_gqa_decode(sdpa.model) and sdpa.model.config._attn_implementation == PACKED_GQA_SDPA
+    assert use_packed_gqa_decode(sdpa.model) == (True, "")
+    assert sdpa.model.config._attn_implementation == PACKED_GQA_SDPA
     assert greedy(sdpa, "The with statement is used to") == want
     restore_sdpa(sdpa.model)
     assert sdpa.model.config._attn_implementation == "sdpa"
     eager = load_model(LoadRequest(model=LLAMA, mode="fp32", attn_implementation="eager"))
-    assert not use_packed_gqa_decode(eager.model) and eager.model.config._attn_implementation == "eager"
+    assert use_packed_gqa_decode(eager.model) == (False, "") and eager.model.config._attn_implementation == "eager"

@@ -236,6 +236,8 @@ def check_install_recipe(instructions: list[Instruction]) -> None:
     copied = {src for c in of(instructions[:index], "COPY") for src in flags_and_operands(c.args)[1][:-1]}
     assert copied & {SETUP, "scripts", "scripts/", "."} and copied & {"requirements.txt", "."}, (
         f"{SETUP} and requirements.txt must be copied in before {SETUP} runs")
+    assert copied & {"constraints.txt", "."}, (
+        f"constraints.txt (the tested versions {SETUP} installs) must be copied in before {SETUP} runs")
 
 
 def check_expose(instructions: list[Instruction]) -> None:
@@ -400,6 +402,7 @@ BROKEN = {
     "pip instead of setup.sh": (check_install_recipe, _replace(
         f"bash {SETUP}", "python3 -m pip install -r requirements.txt")),
     "setup.sh test target": (check_install_recipe, _replace(f"bash {SETUP}", f"bash {SETUP} test")),
+    "constraints not copied": (check_install_recipe, _replace("requirements.txt constraints.txt", "requirements.txt")),
     "extra pip install": (check_install_recipe, _append("RUN", "pip install torch")),
     "no venv on PATH": (check_install_recipe, _replace("PATH=/opt/venv/bin:$PATH", "PATH=$PATH:/opt/venv/bin")),
     "setup.sh as the user": (check_install_recipe, lambda ins: (

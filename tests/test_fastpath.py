@@ -98,6 +98,35 @@ def test_load_warms_the_compiled_path_up_and_reports_it(models):
     assert eager.report.generation_path == "eager (QUANT_FAST_GENERATION=off)"
 
 
+def test_without_the_packed_decode_the_compiled_path_uses_transformers_sdpa_and_says_so(models, monkeypatch,
+                                                                                         tmp_path):
+    """A transformers that lacks what the packed grouped-query decode plugs into (5.17 lacked a helper it once
+    imported) must not send the whole model to eager: it compiles with transformers' own sdpa, and the report says so."""
+    import sys
+
+    _, eager, _ = models
+    monkeypatch.setenv("QUANT_FAST_GENERATION", "all")
+    monkeypatch.setenv("QUANT_COMPILE_BACKEND", "eager")
+    monkeypatch.setenv("QUANT_COMPILED_BATCH_SIZES", "1")
+    monkeypatch.setenv("QUANT_STATIC_CACHE_TOKENS", "64")
+    monkeypatch.setenv("QUANT_KERNEL_CACHE", str(tmp_path / "kernels"))
+    registry = ModelRegistry(max_models=1)
+    with monkeypatch.context() as failing:  # only this load: the fixture's model is compiled again at the unload
+        failing.setitem(sys.modules, "transformers.integrations.sdpa_attention", None)  # the import fails
+        stock = registry.load(LoadRequest(model=LLAMA, mode="fp32", attn_implementation="sdpa"))
+    try:
+        assert stock.path.compiled and not stock.path.packed_gqa
+        assert stock.model.config._attn_implementation == "sdpa"
+        assert "grouped-query decode on transformers' sdpa" in stock.report.generation_path
+        assert any("transformers' sdpa" in w for w in stock.report.warnings)
+        history = [{"role": "user", "content": PROMPTS[0]}]
+        want = list(stream_chat(eager, history, settings=GREEDY))[-1]
+        got = list(stream_chat(stock, history, settings=GREEDY))[-1]
+        assert got.stats.path == "compiled" and got.text == want.text
+    finally:
+        registry.unload_all()
+
+
 def test_chat_on_the_compiled_path_gives_the_eager_reply(models):
     _, eager, fast = models
     for prompt in PROMPTS[:2]:

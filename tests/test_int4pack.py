@@ -30,10 +30,13 @@ def act_order_dir(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def eager_dequantization(monkeypatch):
+def eager_dequantization():
     """gptqmodel's TorchLinear wraps its dequantization in torch.compile, which takes ~10 s per model on the CPU;
-    run it eagerly (same arithmetic) to keep the suite short."""
-    monkeypatch.setattr(torch._dynamo.config, "disable", True)
+    run it eagerly (same arithmetic) to keep the suite short. Through torch's own `config.patch`, which restores the
+    setting itself: a test runner's attribute swap on torch's config module is undone differently by each pytest
+    release (pytest 9.2 deletes the entry)."""
+    with torch._dynamo.config.patch(disable=True):
+        yield
 
 
 def load(folder, backend: str):
