@@ -9,7 +9,6 @@ import inspect
 import logging
 import os
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import gradio as gr
 import torch
 from gradio.utils import get_space
 
+from quant.access import served_folders
 from quant.attention import IMPLEMENTATIONS
 from quant.errors import ModelNotLoadedError, QuantError
 from quant.compare import (
@@ -29,14 +29,30 @@ from quant.compare import (
     relative_to_baseline,
     write_json,
 )
-from quant.generation import SEED_MAX, GenerationSettings, at_most_every, run_batch, stream_chat
+from quant.generation import (
+    SEED_MAX,
+    GenerationSettings,
+    at_most_every,
+    check_message_size,
+    run_batch,
+    stream_chat,
+)
 from quant.gptq import GPTQRecipe
 from quant.hub import default_repo_id, push_folder
-from quant.quantize import CALIBRATION_TEXTSETS, CalibrationData, output_root, quantize
+from quant.quantize import CALIBRATION_TEXTSETS, CalibrationData, output_folder, quantize
 from quant.loader import LoadRequest
 from quant.modes import GPTQ_BACKENDS, Mode, QuantOptions
 from quant.placement import DEVICE_MAP_CHOICES
-from quant.prompts import parse_lines, read_prompt_file, write_results
+from quant.prompts import (
+    MAX_PROMPT_CHARS,
+    SCRATCH_MAX_AGE_SECONDS,
+    check_text_items,
+    parse_lines,
+    read_prompt_file,
+    scratch_folder,
+    spreadsheet_safe,
+    write_results,
+)
 from quant.registry import default_registry
 from quant.settings import SettingsError, load_settings
 from quant.ui_strings import EN, KO
@@ -49,23 +65,32 @@ ON_SPACE = get_space() is not None
 DEFAULT_ATTN = "(model default)"
 
 
+def _as_text(message: str) -> str:
+    """A message shown as the text it is: Gradio renders toasts as (sanitized) HTML."""
+    return html.escape(message, quote=False)
+
+
 def _as_ui_error(fn_name: str, exc: Exception) -> gr.Error:
+    if isinstance(exc, gr.Error):
+        return gr.Error(_as_text(str(exc.message)), print_exception=False)
     if isinstance(exc, QuantError):
-        return gr.Error(str(exc), print_exception=False)
+        return gr.Error(_as_text(str(exc)), print_exception=False)
     log.exception("unexpected error in %s", fn_name)
     first_line = str(exc).splitlines()[0] if str(exc) else ""
-    return gr.Error(f"Unexpected error ({type(exc).__name__}): {first_line}", print_exception=False)
+    return gr.Error(_as_text(f"Unexpected error ({type(exc).__name__}): {first_line}"), print_exception=False)
 
 
 def user_errors(fn):
-    """Turn errors into messages in the UI: QuantError as it is, anything else as one line (details in the log)."""
+    """Turn errors into messages in the UI: QuantError as it is, anything else as one line (details in the log).
+
+    Messages are HTML-escaped: Gradio renders a toast's text as (sanitized) HTML, and messages quote what users typed
+    (a model id, a seed), which must show as text, never as markup that fetches an image.
+    """
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def generator_wrapper(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
-            except gr.Error:
-                raise
             except Exception as exc:  # noqa: BLE001 - the app must keep serving
                 raise _as_ui_error(fn.__name__, exc) from None
 
@@ -75,8 +100,6 @@ def user_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
         except Exception as exc:  # noqa: BLE001 - the app must keep serving; the log has the traceback
             raise _as_ui_error(fn.__name__, exc) from None
 
@@ -97,15 +120,23 @@ def model_choices() -> tuple[list[str], str, str]:
     return demos, demos[0], f"`{settings.default_model}`: " + t("offline.note")
 
 
-def loaded_choices() -> list[tuple[str, str]]:
-    return [(m.label, m.key) for m in default_registry().loaded()]
+def visitor_of(request: gr.Request | None) -> str:
+    """Who a request comes from: the signed-in Hugging Face user (a Space with login), else the browser session (or
+    API client). Models loaded with a visitor's token, their load history and their outputs are theirs alone."""
+    if request is not None and getattr(request, "username", None):
+        return f"user:{request.username}"
+    return f"session:{getattr(request, 'session_hash', None) or 'anonymous'}"
 
 
-def loaded_table() -> list[list]:
+def loaded_choices(visitor: str) -> list[tuple[str, str]]:
+    return [(m.label, m.key) for m in default_registry().loaded(visitor)]
+
+
+def loaded_table(visitor: str) -> list[list]:
     registry = default_registry()
     return [
         [m.label, round(m.report.footprint_bytes / 2**20, 1), m.report.dtype, registry.in_use(m.key)]
-        for m in registry.loaded()
+        for m in registry.loaded(visitor)
     ]
 
 
@@ -114,23 +145,37 @@ HISTORY_HEADERS = ["model", "mode", "params (M)", "footprint (MiB)", "RAM before
 """Columns of LoadReport.summary_row shown in the Model tab."""
 
 
-def history_table() -> list[list]:
-    """One row per load, by header name: a column added to the report's summary cannot shift the others."""
-    rows = [r.summary_row() for r in default_registry().history()]
+def history_table(visitor: str) -> list[list]:
+    """One row per load of this visitor's, by header name: a column added to the report's summary cannot shift the
+    others."""
+    rows = [r.summary_row() for r in default_registry().history(visitor)]
     return [[row.get(h) for h in HISTORY_HEADERS] for row in rows]
 
 
+def number(value, cast, name: str):
+    """A number from a form field, or a message naming the field (an emptied box, or null over the API). Ranges,
+    NaN included, are checked by `quant` where the number is used."""
+    try:
+        return cast(value)
+    except (TypeError, ValueError, OverflowError):
+        raise gr.Error(f"{name} must be a number.", print_exception=False) from None
+
+
 def build_request(model, revision, token, mode, int8_threshold, skip_modules, int8_offload, double_quant,
-                  compute_dtype, quant_storage, gptq_backend, device_map, max_memory, attn) -> LoadRequest:
+                  compute_dtype, quant_storage, gptq_backend, device_map, max_memory, attn,
+                  visitor: str) -> LoadRequest:
     return LoadRequest(
         model=model or "",
+        owner=visitor,
+        folders=served_folders(),
         mode=mode,
         revision=(revision or "").strip() or None,
         device_map=device_map or "auto",
         max_memory=max_memory or None,
         attn_implementation=None if attn in (None, "", DEFAULT_ATTN) else attn,
         options=QuantOptions(
-            int8_threshold=float(int8_threshold if int8_threshold is not None else 6.0),
+            int8_threshold=number(int8_threshold if int8_threshold is not None else 6.0, float,
+                                  "The LLM.int8 outlier threshold"),
             int8_skip_modules=tuple(m.strip() for m in (skip_modules or "").split(",") if m.strip()),
             int8_cpu_offload=bool(int8_offload),
             bnb4_double_quant=bool(double_quant),
@@ -152,10 +197,12 @@ LOAD_FIELDS = ("model", "revision", "token", "mode", "int8_threshold", "skip_mod
 
 @user_errors
 def load(model, revision, token, mode, int8_threshold, skip_modules, int8_offload, double_quant, compute_dtype,
-         quant_storage, gptq_backend, device_map, max_memory, attn, progress=gr.Progress(track_tqdm=True)):
+         quant_storage, gptq_backend, device_map, max_memory, attn, request: gr.Request,
+         progress=gr.Progress(track_tqdm=True)):
     """Load a model (or reuse it if this exact load is already in memory) and show its load report."""
+    visitor = visitor_of(request)
     request = build_request(model, revision, token, mode, int8_threshold, skip_modules, int8_offload, double_quant,
-                            compute_dtype, quant_storage, gptq_backend, device_map, max_memory, attn)
+                            compute_dtype, quant_storage, gptq_backend, device_map, max_memory, attn, visitor)
     registry = default_registry()
     evicted_before = len(registry.evicted)
     loaded = registry.load(request, progress=_progress_fn(progress))
@@ -163,54 +210,67 @@ def load(model, revision, token, mode, int8_threshold, skip_modules, int8_offloa
         gr.Info(f"Unloaded {label} (idle) to make room.")
     for warning in loaded.report.warnings:
         gr.Warning(warning)
-    status = f"**{loaded.label}** loaded in {loaded.report.load_seconds:.1f} s."
-    return (status, loaded.report.to_text(), gr.Dropdown(choices=loaded_choices(), value=loaded.key),
-            loaded.key, loaded_table(), history_table())
+    status = f"**{_as_text(loaded.label)}** loaded in {loaded.report.load_seconds:.1f} s."
+    return (status, loaded.report.to_text(), gr.Dropdown(choices=loaded_choices(visitor), value=loaded.key),
+            loaded.key, loaded_table(visitor), history_table(visitor))
 
 
 @user_errors
 def measure_modes(modes, model, revision, token, mode, int8_threshold, skip_modules, int8_offload, double_quant,
-                  compute_dtype, quant_storage, gptq_backend, device_map, max_memory, attn,
+                  compute_dtype, quant_storage, gptq_backend, device_map, max_memory, attn, request: gr.Request,
                   progress=gr.Progress(track_tqdm=True)):
     """Load the model in each ticked mode one after another (unloading each), to fill the comparison table."""
     if not modes:
         raise gr.Error("Tick at least one mode to measure.")
+    visitor = visitor_of(request)
     registry = default_registry()
     failures = []
     for i, mode in enumerate(modes):
         progress(i / len(modes), desc=f"Loading in {mode}")
-        request = build_request(model, revision, token, mode, int8_threshold, skip_modules, int8_offload,
-                                double_quant, compute_dtype, quant_storage, gptq_backend, device_map, max_memory, attn)
+        load_request = build_request(model, revision, token, mode, int8_threshold, skip_modules, int8_offload,
+                                     double_quant, compute_dtype, quant_storage, gptq_backend, device_map, max_memory,
+                                     attn, visitor)
+        already_loaded = {m.key for m in registry.loaded(visitor)}
         try:
-            loaded = registry.load(request)
+            loaded = registry.load(load_request)
         except QuantError as exc:
             failures.append(f"{mode}: {exc}")
             continue
-        if registry.in_use(loaded.key) == 0:
-            registry.unload(loaded.key)
+        if loaded.key not in already_loaded and registry.in_use(loaded.key) == 0:
+            registry.unload(loaded.key, visitor)
     for failure in failures:
-        gr.Warning(failure)
+        gr.Warning(_as_text(failure))
     done = len(modes) - len(failures)
-    return (f"Measured {done} of {len(modes)} mode(s).", gr.Dropdown(choices=loaded_choices()),
-            loaded_table(), history_table())
+    return (f"Measured {done} of {len(modes)} mode(s).", gr.Dropdown(choices=loaded_choices(visitor)),
+            loaded_table(visitor), history_table(visitor))
 
 
 @user_errors
-def unload(key):
+def unload(key, request: gr.Request):
     if not key:
         raise gr.Error("Pick a loaded model to unload.")
-    label = default_registry().unload(key)
-    choices = loaded_choices()
+    visitor = visitor_of(request)
+    label = default_registry().unload(key, visitor)
+    choices = loaded_choices(visitor)
     new_key = choices[-1][1] if choices else None
-    return f"Unloaded **{label}**.", gr.Dropdown(choices=choices, value=new_key), new_key, loaded_table()
+    return (f"Unloaded **{_as_text(label)}**.", gr.Dropdown(choices=choices, value=new_key), new_key,
+            loaded_table(visitor))
 
 
 def select_model(key):
     return key
 
 
-def refresh():
-    return gr.Dropdown(choices=loaded_choices()), loaded_table(), history_table()
+def model_notes(key, request: gr.Request):
+    """The Chat and Batch tabs' line saying which model answers this tab."""
+    note = active_model_note(key, visitor_of(request))
+    return note, note
+
+
+def refresh(request: gr.Request):
+    """The Model tab's shared tables as this visitor may see them (a new or reloaded tab too)."""
+    visitor = visitor_of(request)
+    return gr.Dropdown(choices=loaded_choices(visitor)), loaded_table(visitor), history_table(visitor)
 
 
 def toggle_mode_options(mode):
@@ -250,23 +310,29 @@ def request_stop(request: gr.Request):
         event.set()
 
 
-def model_for_session(key: str | None) -> str:
-    """The key of this session's model: the one chosen in the Model tab, else the most recently used loaded one."""
+def model_for_session(key: str | None, visitor: str) -> str:
+    """The key of this session's model: the one chosen in the Model tab, else the most recently used one this visitor
+    may use. A chosen model that is gone is an error, never silently another model (whose answers the tab would
+    attribute to the one it names)."""
     registry = default_registry()
-    if key and any(m.key == key for m in registry.loaded()):
-        return key
-    loaded = registry.loaded()
-    if not loaded:
+    visible = registry.loaded(visitor)
+    if key:
+        if any(m.key == key for m in visible):
+            return key
+        raise ModelNotLoadedError(
+            "The model this tab was using is no longer loaded (another session unloaded it, or it was evicted to "
+            "make room).", "Load it again, or pick a loaded model in the Model tab.")
+    if not visible:
         raise ModelNotLoadedError("No model is loaded.", "Load one in the Model tab first.")
-    return loaded[-1].key
+    return visible[-1].key
 
 
-def active_model_note(key) -> str:
+def active_model_note(key, visitor: str) -> str:
     try:
-        label = default_registry().get(model_for_session(key)).label
+        label = default_registry().get(model_for_session(key, visitor), visitor).label
     except QuantError:
-        return str(t("no_model"))
-    return t("answering") + f" **{label}**"
+        return t("model.gone") if key else t("no_model")
+    return t("answering") + f" **{_as_text(label)}**"
 
 
 
@@ -292,12 +358,6 @@ def parse_seed(value) -> int | None:
 
 def settings_from_ui(max_new_tokens, do_sample, temperature, top_p, top_k, repetition_penalty, no_repeat_ngram,
                      seed) -> GenerationSettings:
-    def number(value, cast, name):
-        try:
-            return cast(value)
-        except (TypeError, ValueError):
-            raise gr.Error(f"{name} must be a number.") from None
-
     return GenerationSettings(
         max_new_tokens=number(max_new_tokens, int, "Max new tokens"), do_sample=bool(do_sample),
         temperature=number(temperature, float, "Temperature"), top_p=number(top_p, float, "Top-p"),
@@ -322,9 +382,19 @@ UI_UPDATE_SECONDS = 0.04
 """The chat redraws at most 25 times a second; the reply's own speed is measured on the server, token by token."""
 
 
-def add_user_message(message, messages):
+@user_errors
+def add_user_message(message, messages, key, request: gr.Request):
+    """Add the message to this session's conversation, once it is known to fit: a refused message never enters the
+    conversation (every later reply would encode it again)."""
     if not (message or "").strip():
         raise gr.Error("Type a message first.")
+    visitor = visitor_of(request)
+    registry = default_registry()
+    try:
+        loaded = registry.get(model_for_session(key, visitor), visitor)
+    except QuantError:
+        loaded = None  # the reply says which model is missing
+    check_message_size(loaded, message, "The message")
     messages = [*messages, {"role": "user", "content": message.strip()}]
     return "", messages, chat_display(messages)
 
@@ -339,7 +409,8 @@ def respond(key, messages, system_prompt, max_new_tokens, do_sample, temperature
         raise gr.Error("Type a message first.")
     stop = _new_stop_event(request)
     registry = default_registry()
-    with registry.use(model_for_session(key)) as loaded:
+    visitor = visitor_of(request)
+    with registry.use(model_for_session(key, visitor), visitor) as loaded:
         history = [{"role": m["role"], "content": m["content"]} for m in messages]
         reply = {"role": "assistant", "content": "", "footer": "…"}
         chunks = stream_chat(loaded, history, system_prompt=system_prompt, settings=settings, stop=stop)
@@ -348,7 +419,7 @@ def respond(key, messages, system_prompt, max_new_tokens, do_sample, temperature
                      "footer": chunk.stats.summary() if chunk.done else f"{chunk.stats.new_tokens} tokens…"}
             if chunk.done:
                 for notice in chunk.notices:
-                    gr.Warning(notice)
+                    gr.Warning(_as_text(notice))
             updated = [*messages, reply]
             yield chat_display(updated), updated
 
@@ -373,6 +444,8 @@ def undo(messages):
 
 
 BATCH_HEADERS = ["line", "prompt", "output", "new tokens", "seconds", "error"]
+BATCH_COLUMN_WIDTHS = ["6%", "27%", "37%", "8%", "8%", "14%"]
+"""Fixed shares, so long outputs wrap inside their column and the error column stays on screen."""
 
 
 def _batch_table(rows) -> list[list]:
@@ -387,16 +460,17 @@ def run_batch_ui(key, pasted, upload, column, use_template, system_prompt, batch
     settings = settings_from_ui(max_new_tokens, do_sample, temperature, top_p, top_k, repetition_penalty,
                                 no_repeat_ngram, seed)
     prompts = read_prompt_file(upload, column) if upload else parse_lines(pasted or "")
+    batch_size = number(batch_size, int, "Batch size")
     stop = _new_stop_event(request)
-    with default_registry().use(model_for_session(key)) as loaded:
+    visitor = visitor_of(request)
+    with default_registry().use(model_for_session(key, visitor), visitor) as loaded:
         result = None
         progress(0, desc=f"0/{len(prompts)} prompts")
-        for result in run_batch(loaded, prompts, settings, batch_size=int(batch_size),
+        for result in run_batch(loaded, prompts, settings, batch_size=batch_size,
                                 use_chat_template=bool(use_template), system_prompt=system_prompt, stop=stop):
             progress(result.done / result.total, desc=f"{result.done}/{result.total} prompts")
             yield _batch_table(result.rows), result.totals(), None
-    out_dir = Path(tempfile.mkdtemp(prefix="quant-batch-"))
-    files = write_results(result.rows, out_dir)
+    files = write_results(result.rows, scratch_folder("batch"))
     yield _batch_table(result.rows), result.totals(), [str(f) for f in files]
 
 
@@ -419,10 +493,14 @@ def _token(typed: str | None, oauth=None) -> str | None:
 @user_errors
 def run_quantize(model, revision, token, method, bits, group_size, desc_act, sym, damp_percent, num_samples, seq_len,
                  calibration_source, calibration_text, calibration_file, request: gr.Request,
-                 progress=gr.Progress()):
-    """Quantize, save, measure; returns the comparison, the folder and its files (for download)."""
-    recipe = GPTQRecipe(bits=int(bits), group_size=int(group_size), desc_act=bool(desc_act), sym=bool(sym),
-                        damp_percent=float(damp_percent), num_samples=int(num_samples), seq_len=int(seq_len))
+                 progress=gr.Progress(), oauth=None):
+    """Quantize, save, measure; returns the comparison, the folder and its files (for download). `token` reads the
+    source model (gated or private), from the Quantize tab's own token box, or the visitor's login on a Space."""
+    recipe = GPTQRecipe(bits=number(bits, int, "Bits"), group_size=number(group_size, int, "Group size"),
+                        desc_act=bool(desc_act), sym=bool(sym),
+                        damp_percent=number(damp_percent, float, "Damp percent"),
+                        num_samples=number(num_samples, int, "Calibration samples"),
+                        seq_len=number(seq_len, int, "Calibration length"))
     if calibration_source == "paste" and not (calibration_text or "").strip():
         raise gr.Error("Paste some calibration text, or choose the built-in set.")
     if calibration_source == "upload" and not calibration_file:
@@ -431,41 +509,46 @@ def run_quantize(model, revision, token, method, bits, group_size, desc_act, sym
                                   text=calibration_text if calibration_source == "paste" else None,
                                   file=calibration_file if calibration_source == "upload" else None)
     stop = _new_stop_event(request)
-    result = quantize(model, method=method, recipe=recipe, calibration=calibration,
-                      revision=(revision or "").strip() or None, token=_token(token),
-                      progress=lambda f, m: progress(f, desc=m), stop=stop)
+    result = quantize(model or "", method=method, recipe=recipe, calibration=calibration,
+                      revision=(revision or "").strip() or None, token=_token(token, oauth),
+                      progress=lambda f, m: progress(f, desc=m), stop=stop, visitor=visitor_of(request),
+                      folders=served_folders())
     folder = Path(result.out_dir)
     files = sorted(str(p) for p in folder.iterdir() if p.is_file())
-    status = (f"Saved to `{folder}` in {result.seconds:.0f} s"
+    status = (f"Saved to `{_as_text(folder.name)}` in {result.seconds:.0f} s"
               + (f"; the quantized model loads with {result.kernel} layers." if result.kernel else "."))
-    return (status, result.comparison_rows(), str(folder), files, default_repo_id(None, folder))
+    username = getattr(request, "username", None)
+    # With a login the repo id is proposed whole; without one, the Push box stays empty (its placeholder shows the
+    # form), rather than holding a "<user>/..." that Push would refuse.
+    return (status, result.comparison_rows(), str(folder), files, default_repo_id(username, folder) if username else "")
 
 
 @user_errors
-def run_push(folder, repo_id, private, overwrite, token, progress=gr.Progress(), oauth=None):
-    """Push a quantized folder (only folders under the output directory) to the Hub."""
+def run_push(folder, repo_id, private, overwrite, token, request: gr.Request, progress=gr.Progress(), oauth=None):
+    """Push a quantized folder (only this visitor's own, under the output directory) to the Hub."""
     folder_path = Path((folder or "").strip()).expanduser().resolve()
-    root = output_root()
+    root = output_folder(visitor_of(request))
     if not folder or root not in folder_path.parents:
-        raise gr.Error(f"Only folders under the output directory ({root}) can be pushed: quantize first.")
+        raise gr.Error("Only folders this session quantized (under the output directory) can be pushed: quantize "
+                       "first.")
     result = push_folder(folder_path, repo_id, token=_token(token, oauth), private=bool(private), overwrite=bool(overwrite),
                          progress=lambda f, m: progress(f, desc=m))
     return f"Pushed to [{result.repo_id}]({result.url}) (commit {result.commit[:10]})."
 
 
-def run_push_with_login(folder, repo_id, private, overwrite, token, oauth_token: gr.OAuthToken | None,
-                        progress=gr.Progress()):
+def run_push_with_login(folder, repo_id, private, overwrite, token, request: gr.Request,
+                        oauth_token: gr.OAuthToken | None, progress=gr.Progress()):
     """run_push on a Space: the visitor's OAuth token (Gradio injects it from their login)."""
-    return run_push(folder, repo_id, private, overwrite, token, progress=progress, oauth=oauth_token)
+    return run_push(folder, repo_id, private, overwrite, token, request, progress=progress, oauth=oauth_token)
 
 
 def run_quantize_with_login(model, revision, token, method, bits, group_size, desc_act, sym, damp_percent, num_samples,
                             seq_len, calibration_source, calibration_text, calibration_file, request: gr.Request,
                             oauth_token: gr.OAuthToken | None, progress=gr.Progress()):
     """run_quantize on a Space, downloading the source with the visitor's login."""
-    return run_quantize(model, revision, oauth_token.token if oauth_token else token, method, bits, group_size,
-                        desc_act, sym, damp_percent, num_samples, seq_len, calibration_source, calibration_text,
-                        calibration_file, request, progress=progress)
+    return run_quantize(model, revision, token, method, bits, group_size, desc_act, sym, damp_percent, num_samples,
+                        seq_len, calibration_source, calibration_text, calibration_file, request, progress=progress,
+                        oauth=oauth_token)
 
 
 def toggle_quant_method(method):
@@ -477,6 +560,9 @@ def toggle_calibration(source):
 
 
 # --- compare ------------------------------------------------------------------------------------------------------
+
+COMPARE_MAX_PROMPTS = 16
+"""Each Compare prompt is answered greedily by every mode and feeds the batch measurement: a handful is plenty."""
 
 COMPARE_HEADERS = ["mode", "error", "footprint (MiB)", "load (s)", "RAM (MiB)", "peak GPU (MiB)", "first token (s)",
                    "decode b1 (tok/s)", "batch (tok/s)", "perplexity", "quantized layers", "attention", "compile (s)",
@@ -546,37 +632,44 @@ def _answers_html(prompts, results) -> str:
 def run_compare(model, modes, gptq_checkpoints, gptq_backend, attn_variants, prompts_text, batch_size, new_tokens,
                 request: gr.Request, progress=gr.Progress()):
     """Measure the model in every chosen mode, one after another; rows appear as each mode finishes."""
+    model = model or ""
     items = list(modes or []) + [f"gptq:{line.strip()}" for line in (gptq_checkpoints or "").splitlines()
                                  if line.strip()]
     specs = parse_mode_specs(model, items, gptq_backend or None)
     if attn_variants:
         specs = [ModeSpec(f"{attn}:{s.label}", s.mode, s.model, s.options, attn) for s in specs for attn in attn_variants]
-    prompts = [p.strip() for p in (prompts_text or "").splitlines() if p.strip()] or None
+    batch_size, new_tokens = number(batch_size, int, "Batch size"), number(new_tokens, int, "New tokens")
+    # The same limits as a Batch run's prompts: before anything loads, and before any prompt is encoded.
+    prompts = [text for _, text in check_text_items(
+        [(i, p.strip()) for i, p in enumerate((prompts_text or "").splitlines(), 1) if p.strip()],
+        "the Compare prompts", max_items=COMPARE_MAX_PROMPTS, max_chars=MAX_PROMPT_CHARS, allow_empty=True)] or None
     stop = _new_stop_event(request)
     results = []
-    for result in compare(model, specs, registry=default_registry(), prompts=prompts, batch_size=int(batch_size),
-                          new_tokens=int(new_tokens), progress=lambda f, m: progress(f, desc=m), stop=stop):
+    for result in compare(model, specs, registry=default_registry(), prompts=prompts, batch_size=batch_size,
+                          new_tokens=new_tokens, progress=lambda f, m: progress(f, desc=m), stop=stop,
+                          visitor=visitor_of(request), folders=served_folders()):
         results.append(result)
         if result.error:
-            gr.Warning(f"{result.label}: {result.error}")
+            gr.Warning(_as_text(f"{result.label}: {result.error}"))
         yield _compare_rows(results), *_relative_plots(results), "", None
     used_prompts = prompts or list(DEFAULT_PROMPTS)
-    comparison = Comparison(model=model, prompts=used_prompts, batch_size=int(batch_size), new_tokens=int(new_tokens),
+    comparison = Comparison(model=model, prompts=used_prompts, batch_size=batch_size, new_tokens=new_tokens,
                             device="cuda" if torch.cuda.is_available() else "cpu", results=results)
-    out_dir = Path(tempfile.mkdtemp(prefix="quant-compare-"))
+    out_dir = scratch_folder("compare")
     json_path = write_json(comparison, out_dir / "comparison.json")
     csv_path = out_dir / "comparison.csv"
     with csv_path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(COMPARE_HEADERS)
-        writer.writerows(_compare_rows(results))
+        writer.writerows([[spreadsheet_safe(cell) for cell in row] for row in _compare_rows(results)])
     yield (_compare_rows(results), *_relative_plots(results), _answers_html(used_prompts, results),
            [str(json_path), str(csv_path)])
 
 
 def build_app() -> gr.Blocks:
     choices, first, offline_note = model_choices()
-    with gr.Blocks(title="Quantization Playground") as demo:
+    # Gradio's own cache (uploads, files handed out for download) is swept hourly of what is a day old.
+    with gr.Blocks(title="Quantization Playground", delete_cache=(3600, SCRATCH_MAX_AGE_SECONDS)) as demo:
         active_key = gr.State(None)  # this browser session's selected model (a key; the registry owns models)
         with gr.Row():
             gr.Markdown(f"# {EN['title']} · {KO['title']}\n{EN['subtitle']} / {KO['subtitle']}")
@@ -631,18 +724,20 @@ def build_app() -> gr.Blocks:
                             measure_btn = gr.Button(t("measure"))
                     with gr.Column(scale=2):
                         status = gr.Markdown()
-                        loaded_dd = gr.Dropdown(choices=loaded_choices(), label=t("loaded"))
+                        # Keys are checked by the registry (a visitor's own models only): an API client may name one
+                        # before its page has the choices.
+                        loaded_dd = gr.Dropdown(choices=[], label=t("loaded"), allow_custom_value=True)
                         unload_btn = gr.Button(t("unload"))
-                        loaded_df = gr.Dataframe(loaded_table(), headers=["model", "footprint (MiB)", "dtype", "in use"],
+                        loaded_df = gr.Dataframe([], headers=["model", "footprint (MiB)", "dtype", "in use"],
                                                  label=t("loaded.table"),
                                                  interactive=False)
                 report_box = gr.Code(label=t("report"), language=None, lines=14)
-                history_df = gr.Dataframe(history_table(), headers=HISTORY_HEADERS, interactive=False,
+                history_df = gr.Dataframe([], headers=HISTORY_HEADERS, interactive=False,
                                           label=t("history"))
                 refresh_btn = gr.Button(t("refresh"), size="sm")
 
             with gr.Tab(t("tab.chat"), id="chat"):
-                chat_note = gr.Markdown(active_model_note(None))
+                chat_note = gr.Markdown(t("no_model"))
                 chat_state = gr.State([])  # this session's conversation: role, content, and a footer per reply
                 chatbot = gr.Chatbot(label=t("chat.label"), height=420, buttons=["copy"])
                 with gr.Row():
@@ -669,7 +764,7 @@ def build_app() -> gr.Blocks:
                         no_repeat_ngram = gr.Slider(0, 10, value=0, step=1, label=t("no_repeat"))
 
             with gr.Tab(t("tab.batch"), id="batch"):
-                batch_note = gr.Markdown(active_model_note(None))
+                batch_note = gr.Markdown(t("no_model"))
                 with gr.Row():
                     batch_text = gr.Textbox(label=t("batch.prompts"), lines=8)
                     with gr.Column():
@@ -685,7 +780,8 @@ def build_app() -> gr.Blocks:
                     batch_btn = gr.Button(t("batch.run"), variant="primary")
                     batch_stop_btn = gr.Button(t("stop"))
                 batch_totals = gr.Markdown()
-                batch_table = gr.Dataframe(headers=BATCH_HEADERS, interactive=False, wrap=True, label=t("batch.results"))
+                batch_table = gr.Dataframe(headers=BATCH_HEADERS, interactive=False, wrap=True, label=t("batch.results"),
+                                           column_widths=BATCH_COLUMN_WIDTHS)
                 batch_files = gr.File(label=t("batch.download"), file_count="multiple", interactive=False)
 
             with gr.Tab(t("tab.compare"), id="compare"):
@@ -722,6 +818,7 @@ def build_app() -> gr.Blocks:
                     q_model = gr.Dropdown(choices=choices, value=first, allow_custom_value=True,
                                           label=t("quantize.source"))
                     q_revision = gr.Textbox(label=t("revision"), placeholder="main")
+                    q_token = gr.Textbox(label=t("token"), type="password", placeholder=t("token.placeholder"))
                 q_method = gr.Radio(QUANT_METHODS, value="gptq", label=t("quantize.method"))
                 with gr.Group() as gptq_recipe:
                     with gr.Row():
@@ -764,26 +861,33 @@ def build_app() -> gr.Blocks:
                        compute_dtype, quant_storage, gptq_backend, device_map, max_memory, attn]
         mode.change(toggle_mode_options, mode, [bnb_group, int8_group, bnb4_group, gptq_group, mode_help],
                     api_name=False)
+        notes = [chat_note, batch_note]
+        # A failed load shows its message once (the toast) and marks the status line only: the report, the tables
+        # and the dropdown keep what they showed.
         load_btn.click(load, load_inputs, [status, report_box, loaded_dd, active_key, loaded_df, history_df],
-                       api_name="load_model", concurrency_limit=1, concurrency_id="model-load")
+                       api_name="load_model", concurrency_limit=1, concurrency_id="model-load",
+                       show_progress_on=[status])
         measure_btn.click(measure_modes, [measure_modes_box, *load_inputs],
                           [status, loaded_dd, loaded_df, history_df],
-                          api_name="measure_modes", concurrency_limit=1, concurrency_id="model-load")
-        unload_btn.click(unload, loaded_dd, [status, loaded_dd, active_key, loaded_df], api_name="unload_model")
+                          api_name="measure_modes", concurrency_limit=1, concurrency_id="model-load",
+                          show_progress_on=[status])
+        unload_btn.click(unload, loaded_dd, [status, loaded_dd, active_key, loaded_df],
+                         api_name="unload_model", show_progress_on=[status])
         loaded_dd.input(select_model, loaded_dd, active_key, api_name=False)
+        active_key.change(model_notes, active_key, notes, api_name=False)
         refresh_btn.click(refresh, None, [loaded_dd, loaded_df, history_df], api_name="refresh")
-        demo.load(refresh, None, [loaded_dd, loaded_df, history_df], api_name=False)  # a new visitor sees the server's models
+        # A new or reloaded tab: the models this visitor may use, and notes that say which one answers.
+        demo.load(refresh, None, [loaded_dd, loaded_df, history_df], api_name=False).then(
+            model_notes, active_key, notes, api_name=False)
         demo.unload(forget_session)
         generation_inputs = [max_new_tokens, do_sample, temperature, top_p, top_k, repetition_penalty,
                              no_repeat_ngram, seed]
-        for note in (chat_note, batch_note):
-            active_key.change(active_model_note, active_key, note, api_name=False)
         chat_run = dict(fn=respond, inputs=[active_key, chat_state, system_prompt, *generation_inputs],
                         outputs=[chatbot, chat_state], concurrency_id="generate")
-        send_btn.click(add_user_message, [chat_box, chat_state], [chat_box, chat_state, chatbot],
-                       api_name="chat_add_message").then(**chat_run, api_name="chat_respond")
-        chat_box.submit(add_user_message, [chat_box, chat_state], [chat_box, chat_state, chatbot],
-                        api_name=False).then(**chat_run, api_name=False)
+        send_btn.click(add_user_message, [chat_box, chat_state, active_key], [chat_box, chat_state, chatbot],
+                       api_name="chat_add_message").success(**chat_run, api_name="chat_respond")
+        chat_box.submit(add_user_message, [chat_box, chat_state, active_key], [chat_box, chat_state, chatbot],
+                        api_name=False).success(**chat_run, api_name=False)
         regen_btn.click(regenerate_prepare, chat_state, [chat_state, chatbot], api_name=False).then(
             **chat_run, api_name=False)
         undo_btn.click(undo, chat_state, [chat_box, chat_state, chatbot], api_name=False)
@@ -793,14 +897,15 @@ def build_app() -> gr.Blocks:
         batch_stop_btn.click(request_stop, None, None, queue=False, api_name="batch_stop")
         c_btn.click(run_compare, [c_model, c_modes, c_gptq, c_backend, c_attn, c_prompts, c_batch, c_tokens],
                     [c_table, *c_plots, c_answers, c_files], api_name="compare", concurrency_limit=1,
-                    concurrency_id="model-load")
+                    concurrency_id="model-load", show_progress_on=[c_table])
         c_stop_btn.click(request_stop, None, None, queue=False, api_name="compare_stop")
         q_method.change(toggle_quant_method, q_method, gptq_recipe, api_name=False)
         q_cal_source.change(toggle_calibration, q_cal_source, [q_cal_text, q_cal_file], api_name=False)
-        q_btn.click(run_quantize_with_login if ON_SPACE else run_quantize, [q_model, q_revision, push_token, q_method, q_bits, q_group, q_desc_act, q_sym,
-                                   q_damp, q_samples, q_seq_len, q_cal_source, q_cal_text, q_cal_file],
+        q_btn.click(run_quantize_with_login if ON_SPACE else run_quantize,
+                    [q_model, q_revision, q_token, q_method, q_bits, q_group, q_desc_act, q_sym, q_damp, q_samples,
+                     q_seq_len, q_cal_source, q_cal_text, q_cal_file],
                     [q_status, q_table, push_folder_box, q_files, push_repo], api_name="quantize",
-                    concurrency_limit=1, concurrency_id="quantize")
+                    concurrency_limit=1, concurrency_id="quantize", show_progress_on=[q_status])
         q_stop_btn.click(request_stop, None, None, queue=False, api_name="quantize_stop")
         push_btn.click(run_push_with_login if ON_SPACE else run_push, [push_folder_box, push_repo, push_private, push_overwrite, push_token],
                        push_status, api_name="push", concurrency_limit=2, concurrency_id="push")
@@ -815,8 +920,10 @@ TABLE_CSS = "table th, table th * { overflow-wrap: normal !important; word-break
 
 
 def launch_options(**overrides) -> dict:
-    """How the app is served (the tests serve it the same way, on their own port)."""
-    options = dict(i18n=t, css=TABLE_CSS, server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
+    """How the app is served (the tests serve it the same way, on their own port). It listens on this machine only
+    unless GRADIO_SERVER_NAME says otherwise (the Dockerfile sets 0.0.0.0) or it runs as a Space."""
+    default_host = "0.0.0.0" if ON_SPACE else "127.0.0.1"
+    options = dict(i18n=t, css=TABLE_CSS, server_name=os.environ.get("GRADIO_SERVER_NAME", default_host),
                    server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),  # gradio reads it at import too
                    max_file_size=os.environ.get("QUANT_MAX_UPLOAD", "20mb"))
     return {**options, **overrides}

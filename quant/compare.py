@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 import torch
 from transformers import TextIteratorStreamer
 
+from .access import LocalFolders
 from .errors import QuantError
 from .generation import GenerationSettings, generate_batch, start_generate
 from .gptq import builtin_textsets
@@ -194,25 +195,28 @@ class Comparison:
                 "results": [asdict(r) for r in self.results]}
 
 
-def _measure_in_registry(registry: ModelRegistry, key: str, result: ModeResult, **measure) -> None:
+def _measure_in_registry(registry: ModelRegistry, key: str, visitor: str | None, result: ModeResult,
+                         **measure) -> None:
     """Measure a loaded model while lending it from the registry.
 
     A function of its own so that no reference to the model outlives the measurement: a `with ... as loaded` in
     `compare`'s loop kept the name bound after the block, so each mode's weights stayed allocated through the next
     mode's load (an 8B bf16 model's 15 GiB showed up in the next row's peak GPU memory on an H100).
     """
-    with registry.use(key) as loaded:
+    with registry.use(key, visitor) as loaded:
         measure_mode(loaded, result, **measure)
 
 
 def compare(model: str, specs: list[ModeSpec], *, registry: ModelRegistry, prompts: list[str] | None = None,
             eval_text: str | None = None, batch_size: int = 8, new_tokens: int = 32, answer_tokens: int = 32,
             device_map: str = "auto", max_memory: str | None = None, progress: ProgressFn | None = None,
-            stop: threading.Event | None = None) -> Iterator[ModeResult]:
+            stop: threading.Event | None = None, visitor: str | None = None,
+            folders: LocalFolders | None = None) -> Iterator[ModeResult]:
     """Load each mode in turn through the registry, measure it, unload it (unless it was loaded before); yield rows.
 
     A mode that fails is yielded with its error and the others still run. `device_map` and `max_memory` place every
-    mode alike (e.g. split over two GPUs with "0=20GiB, 1=20GiB").
+    mode alike (e.g. split over two GPUs with "0=20GiB, 1=20GiB"). `visitor` and `folders`: who asks, and which local
+    folders they may name (a served app's visitor; None: the CLI's rules).
     """
     progress = progress or (lambda fraction, message: None)
     prompts = [p for p in (prompts or DEFAULT_PROMPTS) if p.strip()]
@@ -226,15 +230,16 @@ def compare(model: str, specs: list[ModeSpec], *, registry: ModelRegistry, promp
         progress(index / len(specs), f"{spec.label}: loading")
         result = ModeResult(label=spec.label, mode=spec.mode.value, model=spec.model)
         request = LoadRequest(model=spec.model, mode=spec.mode, options=spec.options, device_map=device_map,
-                              max_memory=max_memory, attn_implementation=spec.attn_implementation)
-        already_loaded = any(m.key == request.key for m in registry.loaded())
+                              max_memory=max_memory, attn_implementation=spec.attn_implementation, owner=visitor,
+                              folders=folders)
+        already_loaded = {m.key for m in registry.loaded(visitor)}
         try:
             key = registry.load(request).key
             progress((index + 0.3) / len(specs), f"{spec.label}: measuring")
-            _measure_in_registry(registry, key, result, prompts=prompts, eval_text=eval_text, batch_size=batch_size,
-                                 new_tokens=new_tokens, answer_tokens=answer_tokens)
-            if not already_loaded and registry.in_use(key) == 0:
-                registry.unload(key)
+            _measure_in_registry(registry, key, visitor, result, prompts=prompts, eval_text=eval_text,
+                                 batch_size=batch_size, new_tokens=new_tokens, answer_tokens=answer_tokens)
+            if key not in already_loaded and registry.in_use(key) == 0:
+                registry.unload(key, visitor)
         except QuantError as exc:
             result.error = str(exc)
         except Exception as exc:  # noqa: BLE001 - one mode's failure is reported in its row

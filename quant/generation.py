@@ -27,6 +27,9 @@ END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>", "<
 MAX_NEW_TOKENS_LIMIT = 4096
 MAX_CHARS_PER_TOKEN = 64
 """No tokenizer packs more characters than this into one token on average: longer messages cannot fit the context."""
+MAX_MESSAGE_CHARS = 200_000
+"""Most characters in one chat message or system prompt (about 50k tokens of English), whatever the context: the
+check happens before anything is tokenized, so a pasted book costs nothing."""
 SEED_MAX = 2**32 - 1
 """Seeds are 32-bit, as in most tools (torch takes 64 bits, numpy 32): one range for the UI, the CLI and the API."""
 
@@ -176,12 +179,65 @@ def _plain_prompt(messages: list[dict]) -> str:
     return "\n".join(lines) + "\nAssistant:"
 
 
+def check_message_size(loaded: LoadedModel | None, text: str | None, what: str = "The message") -> None:
+    """Refuse a chat message or system prompt that cannot fit, from its length alone (before it is tokenized):
+    over MAX_MESSAGE_CHARS, or over what the model's context could hold at MAX_CHARS_PER_TOKEN."""
+    size = len(text or "")
+    limit = context_length(loaded) if loaded is not None else None
+    if size > MAX_MESSAGE_CHARS:
+        raise GenerationError(f"{what} is too long: {size:,} characters; the limit is {MAX_MESSAGE_CHARS:,}.",
+                              "Shorten it, or use the Batch tab for text as data.")
+    if limit is not None and size > limit * MAX_CHARS_PER_TOKEN:
+        raise GenerationError(f"{what} is too long for this model: {size:,} characters, far past its context of "
+                              f"{limit} tokens.", "Shorten it.")
+
+
+def _special_strings(tokenizer) -> list[str]:
+    """The texts that a tokenizer turns into special tokens (<|eot_id|>, <|im_start|>, </s>...)."""
+    strings = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    strings |= {str(token) for token in decoder.values() if getattr(token, "special", False)}
+    return sorted((s for s in strings if s), key=len, reverse=True)
+
+
+def _encode_as_text(tokenizer, text: str) -> list[int]:
+    """Token ids of user text in which special-token strings stay text (never a real end-of-turn or role marker)."""
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+
+def _encode_template_with_user_text(tokenizer, messages: list[dict]) -> torch.Tensor:
+    """The chat template applied around the messages, with the messages' contents encoded as plain text.
+
+    Each content is replaced by a unique marker, the template is rendered and encoded with its own special tokens,
+    and each marker's place gets its content encoded with special tokens split (`split_special_tokens`). Used only
+    when a message holds a special-token string, so ordinary prompts encode exactly as `apply_chat_template` does.
+    """
+    markers = [f"\ue000QUANTMSG{i}\ue001" for i in range(len(messages))]
+    rendered = tokenizer.apply_chat_template(
+        [{**m, "content": marker} for m, marker in zip(messages, markers)], add_generation_prompt=True,
+        tokenize=False)
+    ids: list[int] = []
+    rest = rendered
+    for marker, message in zip(markers, messages):
+        before, found, rest = rest.partition(marker)
+        if not found:  # a template that rewrites contents: it cannot be spliced, so encode the text as plain text
+            return torch.tensor([_encode_as_text(tokenizer, rendered.replace(marker, message["content"]))])
+        ids += tokenizer(before, add_special_tokens=False)["input_ids"] + _encode_as_text(tokenizer, message["content"])
+    ids += tokenizer(rest, add_special_tokens=False)["input_ids"]
+    return torch.tensor([ids])
+
+
 def _encode_chat(tokenizer, messages: list[dict]) -> tuple[torch.Tensor, bool]:
+    specials = _special_strings(tokenizer)
+    user_specials = any(s in m["content"] for m in messages for s in specials)
     if getattr(tokenizer, "chat_template", None):
+        if user_specials:
+            return _encode_template_with_user_text(tokenizer, messages), True
         encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                                 return_dict=True)
         return encoded["input_ids"], True
-    return tokenizer(_plain_prompt(messages), return_tensors="pt")["input_ids"], False
+    return tokenizer(_plain_prompt(messages), return_tensors="pt",
+                     split_special_tokens=user_specials)["input_ids"], False
 
 
 def build_chat_prompt(loaded: LoadedModel, history: list[dict], system_prompt: str | None,
@@ -196,11 +252,9 @@ def build_chat_prompt(loaded: LoadedModel, history: list[dict], system_prompt: s
         encoded = loaded.tokenizer(turns[-1]["content"], return_tensors="pt", truncation=True)
         return ChatPrompt(encoded["input_ids"], encoded["attention_mask"], False, len(turns) // 2, max_new_tokens)
     limit = context_length(loaded)
-    if limit is not None and len(turns[-1]["content"]) > limit * MAX_CHARS_PER_TOKEN:
-        # Refused before tokenizing: a pasted book would otherwise be encoded (slowly) only to be refused after.
-        raise GenerationError(
-            f"The message is too long for this model: {len(turns[-1]['content']):,} characters, far past its "
-            f"context of {limit} tokens.", "Shorten the message.")
+    # Refused before tokenizing: a pasted book would otherwise be encoded (slowly) only to be refused after.
+    check_message_size(loaded, turns[-1]["content"], "The message")
+    check_message_size(loaded, system_prompt, "The system prompt")
     dropped = 0
     while True:
         input_ids, used_template = _encode_chat(loaded.tokenizer, system + turns)

@@ -13,6 +13,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel
 
+from .access import LocalFolders
 from .attention import check_attention
 from .errors import PlacementError, QuantError
 from .fastpath import GenerationPath, configure_kernel_cache, eager_path, prepare_generation_path
@@ -51,6 +52,11 @@ class LoadRequest:
     options: QuantOptions = field(default_factory=QuantOptions)
     attn_implementation: str | None = None
     token: str | None = field(default=None, repr=False, compare=False)
+    owner: str | None = None
+    """Who asked (a served app's visitor). A model that needs the token to be read stays theirs: the registry keeps
+    this for such loads and drops it for public ones (quant.registry)."""
+    folders: LocalFolders | None = field(default=None, compare=False)
+    """Which local folders `model` may name (None: the CLI's rule, `access.cli_folders`)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", parse_mode(self.mode))
@@ -58,8 +64,8 @@ class LoadRequest:
 
     @property
     def key(self) -> str:
-        """A stable id of this load: model, revision, mode and every option (never the token)."""
-        identity = {k: v for k, v in self.__dict__.items() if k != "token"}
+        """A stable id of this load: model, revision, mode, every option and the owner (never the token)."""
+        identity = {k: v for k, v in self.__dict__.items() if k not in ("token", "folders")}
         identity["mode"] = self.mode.value
         identity["options"] = self.options.__dict__
         digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
@@ -136,9 +142,8 @@ def prepare(request: LoadRequest) -> Prepared:
     device_map = parse_device_map(request.device_map)
     max_memory = parse_max_memory(request.max_memory)
     on_cuda = target_is_cuda(device_map)
-    source = resolve_source(
-        request.model, revision=request.revision, token=request.token, trust_remote_code=settings.trust_remote_code
-    )
+    source = resolve_source(request.model, revision=request.revision, token=request.token,
+                            trust_remote_code=settings.trust_remote_code, folders=request.folders)
     options = resolve_gptq_backend(request.options, request.mode, source.checkpoint_quantization, on_cuda)
     warnings = check_mode(request.mode, options, checkpoint_quantization=source.checkpoint_quantization, on_cuda=on_cuda)
     if getattr(source.config, "auto_map", None) and not settings.trust_remote_code:
@@ -171,15 +176,18 @@ def prepare(request: LoadRequest) -> Prepared:
     return Prepared(source, kwargs, warnings, options)
 
 
-def load_model(request: LoadRequest, progress: ProgressFn | None = None) -> LoadedModel:
-    """Load `request.model` in `request.mode` and return it with its load report.
+def load_model(request: LoadRequest, progress: ProgressFn | None = None,
+               prepared: Prepared | None = None) -> LoadedModel:
+    """Load `request.model` in `request.mode` and return it with its load report. `prepared`: the request's plan
+    when the caller made it already (the registry plans before it decides whether to load).
 
     Raises QuantError (and its subclasses) with a message for the user; nothing stays allocated on failure.
     """
     progress = progress or (lambda fraction, message: None)
     configure_kernel_cache()  # before any kernel is built (gptqmodel builds Marlin/ExLlama on first load)
     progress(0.0, f"Reading the config of {request.model}")
-    source, kwargs, warnings, options = prepare(request)
+    source, kwargs, warnings, options = prepared or prepare(request)
+    warnings = list(warnings)
     gptq_backend = options.gptq_backend if request.mode is Mode.GPTQ else None
     progress(0.1, "Loading the tokenizer")
     tokenizer = load_tokenizer(source, request.token, kwargs["trust_remote_code"])
@@ -245,6 +253,8 @@ def load_model(request: LoadRequest, progress: ProgressFn | None = None) -> Load
         quantization=_quantization_record(quant, gptq_backend),
         warnings=warnings,
     )
+    progress(0.91, "A first forward pass")
+    _first_forward(model, tokenizer, source.kind)
     progress(0.92, "Preparing generation")
     path = prepare_generation_path(
         model, tokenizer, mode=request.mode, kind=source.kind, context=model_context_length(model, tokenizer),
@@ -259,6 +269,21 @@ def load_model(request: LoadRequest, progress: ProgressFn | None = None) -> Load
     progress(1.0, "Loaded")
     # The token served this load only: it is not kept with a model that every session can see.
     return LoadedModel(request.key, replace(request, token=None), source, model, tokenizer, report, path)
+
+
+def _first_forward(model: PreTrainedModel, tokenizer: Any, kind: str) -> None:
+    """Run the model once on one token while it is still this load's alone.
+
+    Some kernels prepare their weights on their first call and change them in place: bitsandbytes' 4-bit layers on
+    the CPU repack each weight and delete its nested quantization state (`state2`) at their first forward. Two
+    sessions' first messages arriving together on a fresh model raced there ("'QuantState' object has no attribute
+    'state2'", seen with 20 sessions chatting at once). After this call every such preparation is done.
+    """
+    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.pad_token_id
+    ids = torch.tensor([[token if token is not None else 0]], device=model.get_input_embeddings().weight.device)
+    extra = {"decoder_input_ids": ids} if kind == "seq2seq" else {}
+    with torch.inference_mode():
+        model(input_ids=ids, **extra)
 
 
 def model_context_length(model: PreTrainedModel, tokenizer: Any) -> int | None:

@@ -10,6 +10,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
+import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,21 +75,30 @@ def _decode(data: bytes, name: str, formats: Iterable[str] = FORMATS) -> str:
         raise DataFileError(f"{name} is not UTF-8 text (line {line}).", "Save it as UTF-8.") from None
 
 
+def check_text_items(items: list[tuple[int, str]], name: str, *, max_items: int, max_chars: int | None,
+                     noun: str = "prompt", hint: str | None = None,
+                     allow_empty: bool = False) -> list[tuple[int, str]]:
+    """The one limit on text taken as data (batch files, pasted prompts, Compare's prompts, calibration texts):
+    too many items, or one too long, is refused before anything encodes it."""
+    if not items and not allow_empty:
+        raise DataFileError(f"{name} holds no {noun}s.", hint)
+    if len(items) > max_items:
+        raise DataFileError(f"{name} holds {len(items)} {noun}s; the limit is {max_items}.", hint)
+    if max_chars is not None:
+        for line, text in items:
+            if len(text) > max_chars:
+                raise DataFileError(f"Line {line} of {name} is {len(text)} characters; the limit is {max_chars}.")
+    return items
+
+
 def _check(items: list[tuple[int, str]], name: str, spec: DataFileSpec | None = None) -> list[tuple[int, str]]:
     """Refuse an empty file, too many items, or an item too long for the spec's limits."""
     spec = spec or prompt_spec()
     if not items:
         hint = f"Write one {spec.noun} per line." if spec.txt_per_line else f"Give some {spec.noun}."
         raise DataFileError(f"{name} holds no {spec.plural}.", hint)
-    if len(items) > spec.max_items:
-        raise DataFileError(f"{name} holds {len(items)} {spec.plural}; the limit is {spec.max_items}.",
-                            spec.limit_hint)
-    if spec.max_item_chars is not None:
-        for line, text in items:
-            if len(text) > spec.max_item_chars:
-                raise DataFileError(
-                    f"Line {line} of {name} is {len(text)} characters; the limit is {spec.max_item_chars}.")
-    return items
+    return check_text_items(items, name, max_items=spec.max_items, max_chars=spec.max_item_chars, noun=spec.noun,
+                            hint=spec.limit_hint)
 
 
 def parse_lines(text: str, name: str = "the pasted text") -> list[tuple[int, str]]:
@@ -184,8 +196,21 @@ def read_prompt_file(path: str | Path, column: str | None = None) -> list[tuple[
     return read_data_file(path, prompt_spec(), column)
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""What makes a spreadsheet read a cell as a formula (OWASP's CSV injection list)."""
+
+
+def spreadsheet_safe(value):
+    """A CSV cell that a spreadsheet shows as the text it is: one that would start a formula (`=HYPERLINK(...)`,
+    `+cmd|...`, `@SUM(...)`, typed by a user or written by a model) gets a leading apostrophe, which spreadsheets
+    hide. Numbers stay numbers; the JSONL export keeps every text exactly."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def write_results(rows, directory: Path, stem: str = "batch-results") -> tuple[Path, Path]:
-    """Write batch rows as CSV and JSONL; returns both paths."""
+    """Write batch rows as CSV (cells made spreadsheet-safe) and JSONL (exact); returns both paths."""
     directory.mkdir(parents=True, exist_ok=True)
     fields = ["line", "prompt", "output", "new_tokens", "seconds", "error"]
     csv_path, jsonl_path = directory / f"{stem}.csv", directory / f"{stem}.jsonl"
@@ -193,8 +218,31 @@ def write_results(rows, directory: Path, stem: str = "batch-results") -> tuple[P
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: getattr(row, k) for k in fields})
+            writer.writerow({k: spreadsheet_safe(getattr(row, k)) for k in fields})
     with jsonl_path.open("w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps({k: getattr(row, k) for k in fields}, ensure_ascii=False) + "\n")
     return csv_path, jsonl_path
+
+
+SCRATCH_MAX_AGE_SECONDS = 24 * 3600
+"""How long a result file handed out for download (batch, compare) is kept."""
+
+
+def scratch_root() -> Path:
+    return Path(tempfile.gettempdir()) / "quant-playground"
+
+
+def scratch_folder(kind: str, max_age: float = SCRATCH_MAX_AGE_SECONDS) -> Path:
+    """A new folder for one run's result files, under one root whose folders older than `max_age` are removed on the
+    way: a server that runs for weeks does not fill its disk with old downloads."""
+    root = scratch_root()
+    root.mkdir(parents=True, exist_ok=True)
+    cutoff = time.time() - max_age
+    for old in root.iterdir():
+        try:
+            if old.is_dir() and old.stat().st_mtime < cutoff:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            continue  # removed by another run meanwhile
+    return Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=root))

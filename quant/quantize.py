@@ -21,6 +21,7 @@ from .metrics import perplexity, size_on_disk
 from .modes import Mode, QuantOptions
 from .placement import cuda_device_count
 from .prompts import DataFileError, DataFileSpec, read_data_file
+from .access import ANY_FOLDER, LocalFolders, visitor_folder_name
 from .source import resolve_location, resolve_source
 
 ProgressFn = Callable[[float, str], None]
@@ -120,19 +121,25 @@ def library_versions() -> dict[str, str]:
     return found
 
 
-def default_output_dir(base_model: str, label: str) -> Path:
+def output_folder(visitor: str | None = None) -> Path:
+    """Where `visitor`'s quantized models go: a folder of their own under the output folder on a served app (no
+    visitor sees, loads or pushes another's), the output folder itself for the CLI (None)."""
+    return output_root() / visitor_folder_name(visitor) if visitor else output_root()
+
+
+def default_output_dir(base_model: str, label: str, visitor: str | None = None) -> Path:
     name = re.sub(r"[^\w.-]+", "-", base_model.removeprefix("demo:").rstrip("/").split("/")[-1]).strip("-.")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return output_root() / f"{name}-{label}-{stamp}"
+    return output_folder(visitor) / f"{name}-{label}-{stamp}"
 
 
 def gptq_label(recipe: GPTQRecipe) -> str:
     return f"GPTQ-{recipe.bits}bit-g{recipe.group_size if recipe.group_size != -1 else 'col'}"
 
 
-def _local_copy(model: str, revision: str | None, token: str | None) -> str:
+def _local_copy(model: str, revision: str | None, token: str | None, folders: LocalFolders | None) -> str:
     """A local folder of the source checkpoint (downloaded once into the HF cache for a Hub id)."""
-    location, is_local = resolve_location(model)
+    location, is_local = resolve_location(model, folders)
     if is_local:
         return location
     from huggingface_hub import snapshot_download
@@ -158,16 +165,19 @@ def _evaluate(request: LoadRequest, text: str) -> tuple[float, str]:
 def quantize(model: str, *, method: str, recipe: GPTQRecipe | None = None,
              calibration: CalibrationData | None = None, out_dir: Path | None = None, revision: str | None = None,
              token: str | None = None, evaluate: bool = True, progress: ProgressFn | None = None,
-             stop: threading.Event | None = None) -> QuantizeResult:
+             stop: threading.Event | None = None, visitor: str | None = None,
+             folders: LocalFolders | None = None) -> QuantizeResult:
     """Quantize `model` with `method` ("gptq", "int8" or "nf4"), save it with a model card, measure it.
 
-    The folder is complete on disk when this returns (pushing is a separate step that only reads it).
+    The folder is complete on disk when this returns (pushing is a separate step that only reads it). `visitor` and
+    `folders`: who asks on a served app (their outputs go to a folder of their own) and which local folders they may
+    name; None for both: the CLI's rules.
     """
     from .hub import write_model_card
 
     progress = progress or (lambda fraction, message: None)
     stop = stop or threading.Event()
-    source = resolve_source(model, revision=revision, token=token)
+    source = resolve_source(model, revision=revision, token=token, folders=folders)
     if source.checkpoint_quant_method:
         raise QuantError(f"{model} is already quantized ({source.checkpoint_quant_method}).",
                          "Start from the original, unquantized checkpoint.")
@@ -178,7 +188,7 @@ def quantize(model: str, *, method: str, recipe: GPTQRecipe | None = None,
     # Whole-model loads (bnb quantization, the perplexity checks) spread over every GPU, so a model larger than one
     # GPU can be quantized and measured.
     placement = "auto" if cuda_device_count() > 1 else device
-    local = _local_copy(model, revision, token)
+    local = _local_copy(model, revision, token, folders)
     eval_text = builtin_textsets()[EVAL_TEXTSET].read_text(encoding="utf-8")
     started = time.perf_counter()
 
@@ -189,16 +199,16 @@ def quantize(model: str, *, method: str, recipe: GPTQRecipe | None = None,
         recipe = recipe or GPTQRecipe()
         calibration = calibration or CalibrationData()
         texts = calibration.texts()
-        out_dir = Path(out_dir or default_output_dir(model, gptq_label(recipe)))
+        out_dir = Path(out_dir or default_output_dir(model, gptq_label(recipe), visitor))
         quantize_gptq(local, recipe, texts, out_dir, device=device,
                       progress=lambda f, m: progress(0.05 + 0.75 * f, m), stop=stop)
-        quantized_request = LoadRequest(model=str(out_dir), mode=Mode.GPTQ, device_map=placement)
+        quantized_request = LoadRequest(model=str(out_dir), mode=Mode.GPTQ, device_map=placement, folders=ANY_FOLDER)
         recipe_dict, calibration_text, method_name = asdict(recipe), calibration.describe(), "gptq"
     else:
         mode = Mode(method)
-        out_dir = Path(out_dir or default_output_dir(model, f"bnb-{method}"))
+        out_dir = Path(out_dir or default_output_dir(model, f"bnb-{method}", visitor))
         progress(0.1, f"Loading {model} in {method}")
-        loaded = load_model(LoadRequest(model=local, mode=mode, device_map=placement,
+        loaded = load_model(LoadRequest(model=local, mode=mode, device_map=placement, folders=ANY_FOLDER,
                                         options=QuantOptions(bnb4_compute_dtype="fp16" if on_cuda else "bf16")))
         if stop.is_set():
             raise QuantizationCancelled("Quantization stopped; nothing was saved.")
@@ -212,7 +222,7 @@ def quantize(model: str, *, method: str, recipe: GPTQRecipe | None = None,
         recipe_dict = loaded.report.quantization or {}
         del loaded
         release_memory()
-        quantized_request = LoadRequest(model=str(out_dir), mode=mode, device_map=placement)
+        quantized_request = LoadRequest(model=str(out_dir), mode=mode, device_map=placement, folders=ANY_FOLDER)
         calibration_text, method_name = "none (bitsandbytes quantizes at load time, no calibration)", f"bitsandbytes-{method}"
     seconds = time.perf_counter() - started
 
@@ -226,7 +236,8 @@ def quantize(model: str, *, method: str, recipe: GPTQRecipe | None = None,
             raise QuantizationCancelled("Stopped before the quality check; the quantized folder is saved.")
         progress(0.82, "Perplexity of the original model")
         result.original_perplexity, _ = _evaluate(
-            LoadRequest(model=local, mode=Mode.FP16 if on_cuda else Mode.BF16, device_map=placement), eval_text)
+            LoadRequest(model=local, mode=Mode.FP16 if on_cuda else Mode.BF16, device_map=placement,
+                        folders=ANY_FOLDER), eval_text)
         progress(0.91, "Perplexity of the quantized model")
         result.quantized_perplexity, result.kernel = _evaluate(quantized_request, eval_text)
     write_model_card(result, out_dir)

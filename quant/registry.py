@@ -11,7 +11,7 @@ import threading
 import time
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import psutil
@@ -20,13 +20,13 @@ from accelerate import init_empty_weights
 from accelerate.utils import convert_file_size_to_int
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-from .errors import ModelBusyError, ModelNotLoadedError, PlacementError
-from .loader import LoadedModel, LoadRequest, ProgressFn, load_model, prepare, release_memory
+from .errors import ModelBusyError, ModelNotLoadedError, PlacementError, QuantError
+from .loader import LoadedModel, LoadRequest, Prepared, ProgressFn, load_model, prepare, release_memory
 from .modes import Mode
 from .placement import check_fits
 from .report import MiB, LoadReport
 from .settings import load_settings
-from .source import ModelSource
+from .source import ModelSource, resolve_source
 
 _BYTES_PER_WEIGHT = {Mode.FP32: 4.0, Mode.INT8: 1.0, Mode.NF4: 0.53, Mode.FP4: 0.53}
 
@@ -62,6 +62,27 @@ class _Entry:
     leases: int = 0
     last_used: float = field(default_factory=time.monotonic)
 
+    @property
+    def owner(self) -> str | None:
+        """The visitor this model belongs to (loaded with their token, not readable without one), or None: shared."""
+        return self.loaded.request.owner
+
+    def visible_to(self, visitor: str | None) -> bool:
+        """`visitor` None is the process's own user (the CLI, tests): it sees every model."""
+        return visitor is None or self.owner is None or self.owner == visitor
+
+
+def _needs_its_token(prepared: Prepared, request: LoadRequest) -> bool:
+    """Whether the model could only be read with the request's token (gated or private on the Hub): then it is the
+    requester's alone. A public model loaded with a token is shared like any other (memory is scarce)."""
+    if not request.token or prepared.source.is_local:
+        return False
+    try:
+        resolve_source(request.model, revision=request.revision, token=False)
+    except QuantError:
+        return True
+    return False
+
 
 class ModelRegistry:
     """Loads, lends, evicts and unloads models. Thread-safe; one load runs at a time (loads are memory peaks)."""
@@ -74,28 +95,37 @@ class ModelRegistry:
         self._state = threading.Condition()
         self._load_lock = threading.Lock()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._history: list[LoadReport] = []
+        self._history: list[tuple[str | None, LoadReport]] = []
+        """(who asked, the report) per load."""
         self.evicted: list[str] = []
         """Labels of models evicted to make room, newest last (shown to users)."""
 
     # --- loading -------------------------------------------------------------------------------------------------
     def load(self, request: LoadRequest, progress: ProgressFn | None = None) -> LoadedModel:
-        """Return the model for `request`, loading it (and evicting idle models for room) if it is not loaded."""
+        """Return the model for `request`, loading it (and evicting idle models for room) if it is not loaded.
+
+        The source is resolved with the requester's own token (and folder rule) every time, also when the model is
+        loaded already: that is the access check. A model only readable with that token is kept for the request's
+        owner (its key carries the owner); others get their own copy after their own check, or are refused.
+        """
+        requester = request.owner
         with self._load_lock:
+            prepared = prepare(request)
+            request = replace(request, owner=requester if _needs_its_token(prepared, request) else None)
             with self._state:
                 entry = self._entries.get(request.key)
                 if entry is not None:
                     entry.last_used = time.monotonic()
                     self._entries.move_to_end(request.key)
+                    self._history.append((requester, entry.loaded.report))  # served from memory, still this ask
                     return entry.loaded
-            prepared = prepare(request)
             estimate = estimate_footprint(prepared.source, request.mode)
             check_fits(prepared.kwargs.get("max_memory"), estimate)
             self._make_room(request, estimate)
-            loaded = load_model(request, progress)
+            loaded = load_model(request, progress, prepared=prepared)
             with self._state:
                 self._entries[loaded.key] = _Entry(loaded, estimate)
-                self._history.append(loaded.report)
+                self._history.append((requester, loaded.report))
             return loaded
 
     def _make_room(self, request: LoadRequest, needed: int) -> None:
@@ -128,11 +158,17 @@ class ModelRegistry:
             release_memory()
 
     # --- using ---------------------------------------------------------------------------------------------------
+    def _entry(self, key: str, visitor: str | None) -> _Entry | None:
+        """The entry under `key` if `visitor` may see it (call with the state lock held). Another visitor's model
+        is answered as not loaded: nothing tells that it exists."""
+        entry = self._entries.get(key)
+        return entry if entry is not None and entry.visible_to(visitor) else None
+
     @contextmanager
-    def use(self, key: str) -> Iterator[LoadedModel]:
+    def use(self, key: str, visitor: str | None = None) -> Iterator[LoadedModel]:
         """Lend a loaded model; it cannot be unloaded or evicted until the block ends."""
         with self._state:
-            entry = self._entries.get(key)
+            entry = self._entry(key, visitor)
             if entry is None:
                 raise ModelNotLoadedError(
                     "That model is no longer loaded (it was unloaded, or evicted to make room).", "Load it again."
@@ -147,10 +183,10 @@ class ModelRegistry:
                 entry.last_used = time.monotonic()
                 self._state.notify_all()
 
-    def unload(self, key: str) -> str:
+    def unload(self, key: str, visitor: str | None = None) -> str:
         """Free a model now; refused while a generation uses it. Returns its label."""
         with self._state:
-            entry = self._entries.get(key)
+            entry = self._entry(key, visitor)
             if entry is None:
                 raise ModelNotLoadedError("That model is not loaded.")
             if entry.leases:
@@ -173,26 +209,29 @@ class ModelRegistry:
                 pass
 
     # --- looking -------------------------------------------------------------------------------------------------
-    def get(self, key: str) -> LoadedModel:
+    def get(self, key: str, visitor: str | None = None) -> LoadedModel:
         with self._state:
-            if key not in self._entries:
+            entry = self._entry(key, visitor)
+            if entry is None:
                 raise ModelNotLoadedError("That model is not loaded.", "Load it first.")
-            return self._entries[key].loaded
+            return entry.loaded
 
-    def loaded(self) -> list[LoadedModel]:
-        """Loaded models, least recently used first."""
+    def loaded(self, visitor: str | None = None) -> list[LoadedModel]:
+        """Loaded models `visitor` may use (None: all), least recently used first."""
         with self._state:
-            return [e.loaded for e in sorted(self._entries.values(), key=lambda e: e.last_used)]
+            return [e.loaded for e in sorted(self._entries.values(), key=lambda e: e.last_used)
+                    if e.visible_to(visitor)]
 
     def in_use(self, key: str) -> int:
         with self._state:
             entry = self._entries.get(key)
             return entry.leases if entry else 0
 
-    def history(self) -> list[LoadReport]:
-        """Reports of every load in this process, oldest first, including models since unloaded."""
+    def history(self, visitor: str | None = None) -> list[LoadReport]:
+        """Reports of the loads `visitor` asked for in this process (None: everyone's), oldest first, including
+        models since unloaded and loads served by a model already in memory."""
         with self._state:
-            return list(self._history)
+            return [report for requester, report in self._history if visitor is None or requester == visitor]
 
 
 def _free_memory(request: LoadRequest) -> int:

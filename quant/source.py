@@ -6,7 +6,6 @@ the checkpoint already carries are known before a single weight is loaded, so re
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from huggingface_hub.errors import (
 )
 from transformers import AutoConfig, PretrainedConfig
 
+from .access import LocalFolders, cli_folders
 from .errors import ModelSourceError
 
 DEMO_PREFIX = "demo:"
@@ -65,41 +65,60 @@ class ModelSource:
         return self.ref.removeprefix(DEMO_PREFIX) if self.ref.startswith(DEMO_PREFIX) else self.ref.rstrip("/")
 
 
-def local_models_root() -> Path | None:
-    """QUANT_LOCAL_MODELS_ROOT: on a public deployment, the only folder tree local models may be loaded from."""
-    value = os.environ.get("QUANT_LOCAL_MODELS_ROOT", "").strip()
-    return Path(value).expanduser().resolve() if value else None
+MAX_REFERENCE_CHARS = 1000
+"""Longer than any Hub id (96 + 1 + 96) or sensible path: refused before it reaches the file system or the Hub."""
 
 
-def _inside_root(path: Path, root: Path, ref: str) -> Path:
-    """The real path of `path` (symlinks followed) if it lies under `root`; refuse `..` tricks and links out."""
+def _not_allowed(ref: str, folders: LocalFolders) -> ModelSourceError:
+    """The one refusal for every path a visitor may not read, whether or not it exists, so that the message tells
+    nothing about the server's disk."""
+    where = (f"local models must be under {folders.root}" if folders.root is not None
+             else "this server loads no local folders")
+    return ModelSourceError(f"{ref[:100]!r} is not a model this server can load: {where}.",
+                            f"Give a Hub id such as Qwen/Qwen2.5-0.5B-Instruct or a demo model "
+                            f"({', '.join(demo_models())}).")
+
+
+def _inside_root(path: Path, folders: LocalFolders, ref: str) -> Path:
+    """The real path of `path` (symlinks followed) if it lies under the root; refuse `..` tricks and links out."""
+    root = folders.root
     candidate = (root / path) if not path.is_absolute() else path
     real = candidate.resolve()
     if real != root and root not in real.parents:
-        raise ModelSourceError(f"{ref} is outside the folder this server loads local models from.",
-                               f"Local models must be under {root}; give a Hub id otherwise.")
+        raise _not_allowed(ref, folders)
     return real
 
 
 def _looks_like_path(ref: str) -> bool:
-    return ref.startswith(("/", "./", "../", "~")) or ref.count("/") > 1 or "\\" in ref
+    return ref.startswith(("/", "./", "../", "~")) or ref.count("/") > 1 or "\\" in ref or ref in (".", "..")
 
 
-def resolve_location(ref: str) -> tuple[str, bool]:
-    """Map a reference to (location, is_local) without touching the network."""
+def resolve_location(ref: str, folders: LocalFolders | None = None) -> tuple[str, bool]:
+    """Map a reference to (location, is_local) without touching the network. `folders` says which local folders it
+    may name (default: the CLI's, `access.cli_folders`)."""
     ref = ref.strip()
     if not ref:
         raise ModelSourceError("No model given.", "Type a Hub id such as Qwen/Qwen2.5-0.5B-Instruct or a local folder.")
+    if len(ref) > MAX_REFERENCE_CHARS:
+        raise ModelSourceError(f"The model reference is {len(ref):,} characters long; the limit is "
+                               f"{MAX_REFERENCE_CHARS:,}.", "Give a Hub id such as org/model or a folder.")
     if ref.startswith(DEMO_PREFIX):
         # Only the shipped names: `demo:/abs/path` or `demo:../..` would otherwise reach any folder on the server,
         # past QUANT_LOCAL_MODELS_ROOT.
         if ref not in demo_models():
-            raise ModelSourceError(f"There is no demo model {ref!r}.", f"Demo models: {', '.join(demo_models())}.")
+            raise ModelSourceError(f"There is no demo model {ref[:100]!r}.",
+                                   f"Demo models: {', '.join(demo_models())}.")
         return str(DEMO_DIR / ref.removeprefix(DEMO_PREFIX)), True
+    folders = folders or cli_folders()
+    if not folders.allowed:
+        if _looks_like_path(ref) or not _HUB_ID.match(ref):
+            raise _not_allowed(ref, folders)
+        return ref, False  # a Hub id: a folder of that name under the server's working folder is never read
     path = Path(ref).expanduser()
-    root = local_models_root()
-    if root is not None and (path.exists() or _looks_like_path(ref)):
-        path = _inside_root(path, root, ref)
+    if folders.root is not None:
+        candidate = path if path.is_absolute() else folders.root / path
+        if candidate.exists() or _looks_like_path(ref):
+            path = _inside_root(path, folders, ref)
     if path.exists():
         if not path.is_dir():
             raise ModelSourceError(f"{ref} is a file, not a model folder.", "Give the folder that holds config.json.")
@@ -137,7 +156,7 @@ def _detect_kind(config: PretrainedConfig, ref: str) -> tuple[ModelKind, str]:
     if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         return "causal", MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[config.model_type]
     raise ModelSourceError(
-        f"{ref} ({config.model_type}) is not a model type that generates text.",
+        f"{ref} is not a model type that generates text.",
         "This tool loads causal LMs and seq2seq models (T5, BART).",
     )
 
@@ -176,10 +195,11 @@ def _hub_error(ref: str, revision: str | None, exc: BaseException) -> ModelSourc
 
 
 def resolve_source(
-    ref: str, *, revision: str | None = None, token: str | None = None, trust_remote_code: bool = False
+    ref: str, *, revision: str | None = None, token: str | None = None, trust_remote_code: bool = False,
+    folders: LocalFolders | None = None,
 ) -> ModelSource:
     """Resolve a model reference and read its config; raise ModelSourceError with a clear message otherwise."""
-    location, is_local = resolve_location(ref)
+    location, is_local = resolve_location(ref, folders)
     try:
         config = AutoConfig.from_pretrained(
             location, revision=None if is_local else revision, token=token, trust_remote_code=trust_remote_code

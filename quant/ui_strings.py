@@ -36,6 +36,8 @@ EN = {
     "loaded.table": "Loaded in this server (shared by all sessions)", "report": "Load report",
     "history": "Every load in this server, side by side",
     "answering": "Answering:", "no_model": "*No model loaded yet: load one in the Model tab.*",
+    "model.gone": "*The model this tab was using is no longer loaded (unloaded by another session, or evicted to make "
+                  "room): load it again, or pick a loaded one in the Model tab.*",
     "chat.label": "Chat",
     "send": "Send", "stop": "Stop", "regenerate": "Regenerate", "undo": "Undo", "clear": "Clear",
     "message": "Message", "system": "System prompt", "system.placeholder": "e.g. You are a concise assistant.",
@@ -117,6 +119,8 @@ KO = {
     "loaded.table": "이 서버에 올라간 모델 (모든 세션 공유)", "report": "로드 리포트",
     "history": "이 서버의 모든 로드 비교",
     "answering": "답변 모델:", "no_model": "*아직 불러온 모델이 없습니다. 모델 탭에서 불러오세요.*",
+    "model.gone": "*이 탭에서 쓰던 모델이 더 이상 로드되어 있지 않습니다 (다른 세션이 내렸거나 공간 확보를 위해 내려졌습니다). "
+                  "다시 불러오거나 모델 탭에서 로드된 모델을 고르세요.*",
     "chat.label": "채팅",
     "send": "보내기", "stop": "중지", "regenerate": "다시 생성", "undo": "되돌리기", "clear": "지우기",
     "message": "메시지", "system": "시스템 프롬프트", "system.placeholder": "예: 당신은 간결하게 답하는 어시스턴트입니다.",

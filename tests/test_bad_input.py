@@ -55,7 +55,13 @@ class World:
     outputs: Path
     """QUANT_OUTPUT_DIR for this module; pushes may only come from here and quantize writes here."""
     pushable: Path
-    """A model folder under `outputs`: the only kind of folder a push accepts."""
+    """A model folder in the `client` session's own folder under `outputs`: the only kind of folder its push
+    accepts (set by the `client` fixture)."""
+    mine: Path
+    """The `client` session's own output folder."""
+    base: Path
+    """The tests' temporary folder, holding every folder the cases name: QUANT_LOCAL_MODELS_ROOT in the "local"
+    cases (the app loads no local folder without a root)."""
     root: Path
     """QUANT_LOCAL_MODELS_ROOT in the "rooted" cases."""
     secret: Path
@@ -129,9 +135,7 @@ def world(app_url, request, tmp_path_factory):
     root.mkdir()
     (root / "link").symlink_to(secret)
     outputs = tmp / "outputs"
-    pushable = outputs / "tiny-llama-chat-GPTQ-4bit-g128"
-    pushable.mkdir(parents=True)
-    (pushable / "config.json").write_text("{}")
+    outputs.mkdir()
     with pytest.MonkeyPatch.context() as mp, FakeHub(tokens={MEMBER: "meta", STRANGER: "bob"}) as hub:
         mp.setenv("QUANT_OUTPUT_DIR", str(outputs))
         mp.delenv("HF_TOKEN", raising=False)
@@ -141,8 +145,8 @@ def world(app_url, request, tmp_path_factory):
         hub.add_repo("meta/gated-llama", gated=True)
         hub.put_files("meta/gated-llama", {"config.json": config})
         hub.put_files("alice/tiny", {"config.json": config})
-        w = World(app_url, tmp, outputs, pushable, root, secret, Path(), hub, tmp / "hf_home", marker,
-                  _endpoints(app_url))
+        w = World(app_url, tmp, outputs, Path(), Path(), tmp_path_factory.getbasetemp(), root, secret, Path(), hub,
+                  tmp / "hf_home", marker, _endpoints(app_url))
         for name, path in _make_model_folders(tmp, marker).items():
             setattr(w, name, path)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -162,8 +166,15 @@ def world(app_url, request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(world) -> Client:
-    """A browser-like session with the demo Llama as its model."""
-    return _session(world)
+    """A browser-like session with the demo Llama as its model, and a quantized folder of its own to push."""
+    from quant.quantize import output_folder
+
+    session = _session(world)
+    world.mine = output_folder(f"session:{session.session_hash}")
+    world.pushable = world.mine / "tiny-llama-chat-GPTQ-4bit-g128"
+    world.pushable.mkdir(parents=True)
+    (world.pushable / "config.json").write_text("{}")
+    return session
 
 
 def _session(world: World) -> Client:
@@ -188,9 +199,12 @@ class Case:
     expect: str = ""
     """A regex the message must match."""
     via: str = "client"
-    """client: gradio_client; json: a raw JSON body (NaN); upload: a raw upload; row: the batch runs, its row says."""
+    """client: gradio_client; json: a raw JSON body (NaN); upload: a raw upload; row: the batch runs, its row says;
+    compare-row: the Compare run answers, its one row says."""
     env: str = ""
-    """hub: the Hugging Face client points at the fake Hub; rooted: QUANT_LOCAL_MODELS_ROOT is set."""
+    """hub: the Hugging Face client points at the fake Hub; rooted: QUANT_LOCAL_MODELS_ROOT is the world's `root`;
+    local: it is the tests' temporary folder (every folder the cases name). Otherwise it is unset: a served app then
+    loads no local folder."""
     before: Callable[[Client, World], Any] | None = None
     """Puts a fresh session where the input matters (a chat message to answer)."""
     cli: Callable[[World], list[str]] | None = None
@@ -225,12 +239,12 @@ def respond(name: str, expect: str, settings: tuple, message: str = "Explain the
 
 
 def quantize(name: str, expect: str, model: str = LLAMA, method: str = "gptq", source: str = "builtin",
-             text: str = "", upload: tuple[str, Any] | None = None) -> Case:
+             text: str = "", upload: tuple[str, Any] | None = None, env: str = "", damp: Any = 0.05) -> Case:
     def args(w: World) -> tuple:
-        return (model.format(w=w), "", "", method, 4, 128, False, True, 0.05, 8, 64, source, text,
+        return (model.format(w=w), "", "", method, 4, 128, False, True, damp, 8, 64, source, text,
                 w.upload(*upload) if upload else None)
 
-    return Case(name, "/quantize", args, expect)
+    return Case(name, "/quantize", args, expect, env=env)
 
 
 def push(name: str, expect: str, repo: str = "alice/tiny-gptq", folder: str = "{w.pushable}",
@@ -256,26 +270,35 @@ NULL_SLIDER = ("gradio's Slider.preprocess fails on null (what a browser's JSON 
                "without show_error=True in app.launch_options the client gets no message (app.py)")
 SEED_RE = "Seed must be a whole number"  # app.parse_seed
 NOT_REPO = "is not a valid repo id"
-PUSH_ROOT = r"Only folders under the output directory \(.*\) can be pushed"
+PUSH_ROOT = r"Only folders this session quantized \(under the output directory\) can be pushed"
+REFUSED = r"is not a model this server can load: this server loads no local folders.*Give a Hub id"
+"""The one refusal for every local path on a server without a models root (whether it exists or not)."""
+OUTSIDE = r"is not a model this server can load: local models must be under"
 
 CASES: list[Case] = [
     # --- what to load -------------------------------------------------------------------------------------------
     load("empty model box", "", "No model given"),
     load("blank model box", "   ", "No model given"),
-    load("missing folder", "{w.tmp}/missing", "No such folder", cli="main"),
-    load("folder without config.json", "{w.junk}", "has no config.json"),
-    load("a file instead of a folder", "{w.vit}/config.json", "is a file, not a model folder"),
-    load("repo id with too many parts", "a/b/c", "No such folder: a/b/c"),
+    load("missing folder", "{w.tmp}/missing", "No such folder", env="local", cli="main"),
+    load("folder without config.json", "{w.junk}", "has no config.json", env="local"),
+    load("a file instead of a folder", "{w.vit}/config.json", "is a file, not a model folder", env="local"),
+    load("repo id with too many parts", "a/b/c", REFUSED),
+    load("a model id of 5,000 characters", "org/" + "m" * 4996, "The model reference is 5,000 characters long"),
+    load("markup in the model box", "<img src=x onerror=alert(1)>", r"&lt;img src=x onerror=alert\(1\)&gt;"),
+    load("a folder without a models root", "{w.secret}", REFUSED),
+    load("a missing folder without a models root", "{w.tmp}/missing", REFUSED),
+    load("a system file without a models root", "/etc/shadow", REFUSED),
+    load("a relative folder without a models root", "outputs/x/y", REFUSED),
     load("demo name with ../", "demo:../x", "There is no demo model 'demo:../x'.*demo:tiny-llama-chat"),
     load("demo name that is an absolute path", "demo:{w.secret}", "There is no demo model", cli="process"),
     load("demo name climbing out", "demo:../../../../../../..{w.secret}", "There is no demo model"),
-    load(".. without a models root", "..", "The folder .. has no config.json"),
-    load(".. under a models root", "..", "outside the folder this server loads local models from", env="rooted"),
-    load("folder outside the models root", "{w.secret}", "outside the folder this server loads", env="rooted"),
-    load("root/../ outside the models root", "{w.root}/../secret", "outside the folder this server", env="rooted"),
-    load("link out of the models root", "{w.root}/link", "outside the folder this server loads", env="rooted"),
-    load("../ relative to the models root", "../secret", "outside the folder this server loads", env="rooted"),
-    load("system folder under a models root", "/etc", "outside the folder this server loads", env="rooted"),
+    load(".. without a models root", "..", REFUSED),
+    load(".. under a models root", "..", OUTSIDE, env="rooted"),
+    load("folder outside the models root", "{w.secret}", OUTSIDE, env="rooted"),
+    load("root/../ outside the models root", "{w.root}/../secret", OUTSIDE, env="rooted"),
+    load("link out of the models root", "{w.root}/link", OUTSIDE, env="rooted"),
+    load("../ relative to the models root", "../secret", OUTSIDE, env="rooted"),
+    load("system folder under a models root", "/etc", OUTSIDE, env="rooted"),
     load("unknown repo, Hub unreachable", "someone/not-cached", "Hub cannot be reached.*demo:tiny-llama-chat"),
     load("unknown repo", "nobody/nothing", "nobody/nothing was not found on the Hub", env="hub"),
     load("gated repo without a token", "meta/gated-llama", GATED_RE + ": it needs the token", env="hub"),
@@ -284,15 +307,20 @@ CASES: list[Case] = [
     load("token the Hub does not know", "alice/tiny", "Hub rejected the token.*401", env="hub", token="hf_typo"),
     load("revision that does not exist", "alice/tiny", "alice/tiny has no revision 'no-such-branch'", env="hub",
          revision="no-such-branch"),
-    load("custom code while trust_remote_code is off", "{w.remote}", "own modelling code.*QUANT_TRUST_REMOTE_CODE"),
-    load("vision model (ViT)", "{w.vit}", "not a text-generation model.*ViTForImageClassification"),
-    load("vision tower (CLIP)", "{w.clip}", r"\(clip_vision_model\) is not a model type that generates text"),
-    load("GPTQ checkpoint in nf4", "{w.gptq}", "already quantized with GPTQ.*mode gptq", mode="nf4"),
-    load("GPTQ checkpoint in int8", "{w.gptq}", "already quantized with GPTQ.*mode gptq", mode="int8"),
+    load("custom code while trust_remote_code is off", "{w.remote}", "own modelling code.*QUANT_TRUST_REMOTE_CODE",
+         env="local"),
+    load("vision model (ViT)", "{w.vit}", "not a text-generation model.*ViTForImageClassification", env="local"),
+    load("vision tower (CLIP)", "{w.clip}", r"clip is not a model type that generates text", env="local"),
+    load("GPTQ checkpoint in nf4", "{w.gptq}", "already quantized with GPTQ.*mode gptq", mode="nf4", env="local"),
+    load("GPTQ checkpoint in int8", "{w.gptq}", "already quantized with GPTQ.*mode gptq", mode="int8", env="local"),
+    Case("unload a key this session never saw", "/unload_model", lambda w: ("someone@main:bf16:12345678",),
+         "That model is not loaded"),
     load("plain checkpoint in gptq mode", LLAMA, "already GPTQ-quantized, and this one is not", mode="gptq"),
     load("max_memory that is no size", LLAMA, "not a memory size", max_memory="cpu=plenty"),
     # --- chat ---------------------------------------------------------------------------------------------------
     Case("empty chat message", "/chat_add_message", lambda w: ("   ",), "Type a message first"),
+    Case("chat message over the length limit", "/chat_add_message", lambda w: ("x" * 300_000,),
+         "The message is too long: 300,000 characters; the limit is 200,000"),
     Case("reply with no message", "/chat_respond", lambda w: ("", *SETTINGS), "Type a message first"),
     respond("max new tokens 0", "less than minimum value 1", (0, *SETTINGS[1:])),
     respond("max new tokens negative", "less than minimum value 1", (-5, *SETTINGS[1:])),
@@ -350,7 +378,9 @@ CASES: list[Case] = [
     # --- quantize -----------------------------------------------------------------------------------------------
     quantize("quantize with an empty model box", "No model given", model=""),
     quantize("quantize a demo name with ../", "There is no demo model", model="demo:../x"),
-    quantize("quantize a GPTQ checkpoint", "already quantized", model="{w.gptq}"),
+    quantize("quantize a GPTQ checkpoint", "already quantized", model="{w.gptq}", env="local"),
+    quantize("quantize a local folder without a models root", REFUSED, model="{w.secret}"),
+    quantize("quantize with the damp percent box emptied", "Damp percent must be a number", damp=None),
     quantize("GPTQ of a seq2seq model", "causal LMs only.*int8 or nf4", model=T5),
     quantize("calibration: paste chosen, nothing pasted", "Paste some calibration text", source="paste", text=" \n"),
     quantize("calibration: upload chosen, no file", "Upload a .txt or .jsonl calibration file", source="upload"),
@@ -384,8 +414,18 @@ CASES: list[Case] = [
     push("push an empty folder box", PUSH_ROOT, folder=""),
     push("push a system folder", PUSH_ROOT, folder="/etc"),
     push("push outputs/../elsewhere", PUSH_ROOT, folder="{w.outputs}/../secret"),
+    push("push another session's output", PUSH_ROOT, folder="{w.outputs}/v-0123456789abcdef/model"),
     push("push a folder that is not a model", r"missing is not a saved model folder \(no config.json\)",
-         folder="{w.outputs}/missing"),
+         folder="{w.mine}/missing"),
+    # --- compare ------------------------------------------------------------------------------------------------
+    Case("compare with too many prompts", "/compare",
+         lambda w: (LLAMA, ["bf16"], "", "", [], "p\n" * 17, 1, 4), "the Compare prompts holds 17 prompts; the limit "
+         "is 16"),
+    Case("compare a prompt over the length limit", "/compare",
+         lambda w: (LLAMA, ["bf16"], "", "", [], "x" * 20_001, 1, 4), "Line 1 of the Compare prompts is 20001 "
+         "characters; the limit is 20000"),
+    Case("compare a local folder without a models root", "/compare",
+         lambda w: ("{w.secret}".format(w=w), ["bf16"], "", "", [], "", 1, 4), REFUSED, via="compare-row"),
     push("push without a token", "Pushing needs a Hugging Face token", token=""),
 ]
 
@@ -444,6 +484,10 @@ def message_of(case: Case, session: Client, world: World) -> str:
         assert all(row[2] and not row[5] for row in rows[1:]), rows  # the good prompts still got answers
         assert f"{len(rows)}/{len(rows)} prompts" in totals
         return rows[0][5]
+    if case.via == "compare-row":  # a mode that cannot load fails its row; the run itself answers
+        table, *_plots, _answers, _files = session.predict(*args, api_name=case.api)
+        [row] = table["data"]
+        return row[1]
     with pytest.raises(AppError) as info:
         session.predict(*args, api_name=case.api)
     return str(info.value)
@@ -489,6 +533,8 @@ def test_bad_input_over_http(case: Case, world: World, client: Client, monkeypat
         world.hub.patch_client(monkeypatch, world.hf_home)
     elif case.env == "rooted":
         monkeypatch.setenv("QUANT_LOCAL_MODELS_ROOT", str(world.root))
+    elif case.env == "local":
+        monkeypatch.setenv("QUANT_LOCAL_MODELS_ROOT", str(world.base))
     session = client
     if case.before is not None:
         session = _session(world)

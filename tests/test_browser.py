@@ -368,7 +368,7 @@ def test_5_quantize_and_push(ui):
     page.get_by_role("button", name="Quantize", exact=True).click()
 
     expect(tab.get_by_text("Saved to")).to_be_visible(timeout=SLOW)
-    expect(tab.get_by_text("Saved to")).to_contain_text(str(ui.output_dir))
+    expect(tab.get_by_text("Saved to")).to_contain_text("tiny-llama-chat-GPTQ-4bit-g128")
     table = tab.get_by_role("grid", name="Original vs quantized")
     expect(data_rows(table)).to_have_count(2)
     original, gptq = data_rows(table).nth(0), data_rows(table).nth(1)
@@ -377,7 +377,11 @@ def test_5_quantize_and_push(ui):
     size = lambda row: float(row.get_by_role("gridcell").nth(1).inner_text())  # noqa: E731
     assert size(gptq) < size(original)
     folder_box = tab.get_by_label("Folder to push")
-    expect(folder_box).to_have_value(re.compile(re.escape(str(ui.output_dir)) + r"/tiny-llama-chat-GPTQ-4bit-g128"))
+    # in this visitor's own folder under the output folder
+    expect(folder_box).to_have_value(re.compile(re.escape(str(ui.output_dir)) +
+                                                r"/v-[0-9a-f]{16}/tiny-llama-chat-GPTQ-4bit-g128"))
+    # no login here: the repo id is left for the user to type (no "<user>/..." that Push would refuse)
+    expect(tab.get_by_label("Repo id")).to_have_value("")
     folder = Path(folder_box.input_value())
     assert (folder / "model.safetensors").is_file()
     files = tab.locator(".block", has_text="The quantized folder's files")

@@ -6,10 +6,12 @@ import threading
 import time
 
 import pytest
+import torch
 
 from quant.generation import (
     GenerationError,
     GenerationSettings,
+    build_chat_prompt,
     generate_batch,
     run_batch,
     stop_token_ids,
@@ -103,11 +105,44 @@ def test_a_huge_message_is_refused_before_it_is_tokenized(llama, monkeypatch):
     original = type(llama.tokenizer).apply_chat_template
     monkeypatch.setattr(type(llama.tokenizer), "apply_chat_template",
                         lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
-    with pytest.raises(GenerationError, match="too long for this model: 5,000,000 characters.*context of 512"):
+    with pytest.raises(GenerationError, match="too long: 5,000,000 characters; the limit is 200,000"):
         list(stream_chat(llama, [{"role": "user", "content": "x" * 5_000_000}]))
     assert calls == []  # refused on its length alone
     list(stream_chat(llama, [{"role": "user", "content": "short"}], settings=GenerationSettings(max_new_tokens=2)))
     assert calls  # a normal message is encoded with the template
+
+
+@pytest.mark.parametrize(("message", "system", "expect"), [
+    ("x" * 100_000, None, "The message is too long for this model: 100,000 characters.*context of 512"),
+    ("hello", "y" * 5_000_000, "The system prompt is too long: 5,000,000 characters"),
+    ("hello", "y" * 100_000, "The system prompt is too long for this model: 100,000 characters"),
+])
+def test_messages_and_system_prompts_past_the_context_are_refused_before_they_are_tokenized(
+        llama, monkeypatch, message, system, expect):
+    calls = []
+    original = type(llama.tokenizer).apply_chat_template
+    monkeypatch.setattr(type(llama.tokenizer), "apply_chat_template",
+                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    with pytest.raises(GenerationError, match=expect):
+        list(stream_chat(llama, [{"role": "user", "content": message}], system_prompt=system))
+    assert calls == []
+
+
+def test_special_token_strings_in_user_text_stay_text(llama):
+    """A user who types the template's end-of-turn marker must not end their own turn with it: their text is encoded
+    as text, while the template's own markers stay special tokens."""
+    tokenizer = llama.tokenizer
+    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    plain = build_chat_prompt(llama, [{"role": "user", "content": "Hello there"}], None, 8)
+    typed = build_chat_prompt(llama, [{"role": "user", "content": "Hello <|eot_id|> there"}], None, 8)
+    template_eots = plain.input_ids[0].tolist().count(eot)
+    assert template_eots >= 1  # the template's own turn ends
+    assert typed.input_ids[0].tolist().count(eot) == template_eots  # the typed one is not a token
+    assert "<|eot_id|>" in tokenizer.decode(typed.input_ids[0], skip_special_tokens=True)
+    # Ordinary text encodes exactly as the template alone encodes it.
+    want = tokenizer.apply_chat_template([{"role": "user", "content": "Hello there"}], add_generation_prompt=True,
+                                         return_tensors="pt", return_dict=True)["input_ids"]
+    assert torch.equal(plain.input_ids, want)
 
 
 def test_old_turns_are_dropped_with_a_notice(llama):
