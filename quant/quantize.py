@@ -22,7 +22,7 @@ from .modes import Mode, QuantOptions
 from .placement import cuda_device_count
 from .prompts import DataFileError, DataFileSpec, read_data_file
 from .access import ANY_FOLDER, LocalFolders, visitor_folder_name
-from .source import resolve_location, resolve_source
+from .source import check_hub_access, resolve_location, resolve_source
 
 ProgressFn = Callable[[float, str], None]
 EVAL_TEXTSET = "python-reference-heldout"
@@ -146,8 +146,8 @@ def _local_copy(model: str, revision: str | None, token: str | None, folders: Lo
 
     try:
         return snapshot_download(model, revision=revision, token=token)
-    except Exception as exc:  # noqa: BLE001 - resolve_source below gives the precise reason
-        resolve_source(model, revision=revision, token=token)
+    except Exception as exc:  # noqa: BLE001 - the Hub's own answer gives the precise reason
+        check_hub_access(model, revision, token)
         raise QuantError(f"Downloading {model} failed: {str(exc).splitlines()[0]}") from None
 
 
@@ -178,6 +178,8 @@ def quantize(model: str, *, method: str, recipe: GPTQRecipe | None = None,
     progress = progress or (lambda fraction, message: None)
     stop = stop or threading.Event()
     source = resolve_source(model, revision=revision, token=token, folders=folders)
+    if not source.is_local:  # a config in the local cache is no proof that this token may read the repo
+        check_hub_access(source.location, source.revision, token)
     if source.checkpoint_quant_method:
         raise QuantError(f"{model} is already quantized ({source.checkpoint_quant_method}).",
                          "Start from the original, unquantized checkpoint.")

@@ -26,7 +26,7 @@ from .modes import Mode
 from .placement import check_fits
 from .report import MiB, LoadReport
 from .settings import load_settings
-from .source import ModelSource, resolve_source
+from .source import ModelSource, check_hub_access
 
 _BYTES_PER_WEIGHT = {Mode.FP32: 4.0, Mode.INT8: 1.0, Mode.NF4: 0.53, Mode.FP4: 0.53}
 
@@ -72,16 +72,21 @@ class _Entry:
         return visitor is None or self.owner is None or self.owner == visitor
 
 
-def _needs_its_token(prepared: Prepared, request: LoadRequest) -> bool:
-    """Whether the model could only be read with the request's token (gated or private on the Hub): then it is the
-    requester's alone. A public model loaded with a token is shared like any other (memory is scarce)."""
-    if not request.token or prepared.source.is_local:
+def _check_access(prepared: Prepared, request: LoadRequest) -> bool:
+    """Check with the Hub that the requester may read the model (every load, also of a model in memory: cached files
+    are no proof), and return whether it needs their token (gated or private): then it is the requester's alone.
+    A public model loaded with a token is shared like any other (memory is scarce). Local folders were checked
+    against the folder rule when the request was prepared."""
+    if prepared.source.is_local:
+        return False
+    check_hub_access(prepared.source.location, prepared.source.revision, request.token)
+    if not request.token:
         return False
     try:
-        resolve_source(request.model, revision=request.revision, token=False)
+        asked = check_hub_access(prepared.source.location, prepared.source.revision, False)
     except QuantError:
         return True
-    return False
+    return not asked  # when the Hub cannot be asked, a load made with a token stays its requester's
 
 
 class ModelRegistry:
@@ -111,7 +116,7 @@ class ModelRegistry:
         requester = request.owner
         with self._load_lock:
             prepared = prepare(request)
-            request = replace(request, owner=requester if _needs_its_token(prepared, request) else None)
+            request = replace(request, owner=requester if _check_access(prepared, request) else None)
             with self._state:
                 entry = self._entries.get(request.key)
                 if entry is not None:

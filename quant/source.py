@@ -162,7 +162,7 @@ def _detect_kind(config: PretrainedConfig, ref: str) -> tuple[ModelKind, str]:
 
 
 def _hub_error(ref: str, revision: str | None, exc: BaseException) -> ModelSourceError:
-    cause = exc.__cause__ or exc
+    cause = exc if isinstance(exc, HfHubHTTPError) else (exc.__cause__ or exc)  # transformers wraps hub errors
     status = getattr(getattr(cause, "response", None), "status_code", None)
     if isinstance(cause, GatedRepoError):
         who = "this token has no access to it" if status == 403 else "it needs the token of an account with access"
@@ -230,6 +230,29 @@ def resolve_source(
         architecture=architecture,
         checkpoint_quantization=quantization,
     )
+
+
+def check_hub_access(ref: str, revision: str | None, token: str | bool | None) -> bool:
+    """Ask the Hub now whether `token` may read the repo `ref` (False: no token at all; None: the implicit one).
+
+    Loading is no such check: when the Hub refuses a gated or private file (401/403), huggingface_hub serves the
+    copy already in the local cache, so on a shared server a model one visitor's token fetched would load for anyone.
+    Returns False when the Hub cannot be asked (offline, unreachable): then nothing is known either way. Raises
+    ModelSourceError when the Hub refuses.
+    """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    try:
+        get_hf_file_metadata(hf_hub_url(ref, "config.json", revision=revision), token=token, timeout=10)
+    except (OfflineModeIsEnabled, ConnectionError, TimeoutError):
+        return False
+    except HfHubHTTPError as exc:
+        raise _hub_error(ref, revision, exc) from None
+    except Exception as exc:  # noqa: BLE001 - httpx's connection errors are not ConnectionError subclasses
+        if "connect" in type(exc).__name__.lower() or "timeout" in type(exc).__name__.lower():
+            return False
+        raise _hub_error(ref, revision, exc) from None
+    return True
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
