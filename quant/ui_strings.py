@@ -33,8 +33,8 @@ EN = {
     "attention.default": "(model default)", "attention.note": BETTERTRANSFORMER_NOTE,
     "load": "Load", "measure": "Measure these modes", "measure.modes": "Compare load cost of modes",
     "unload": "Unload selected", "refresh": "Refresh", "loaded": "Loaded models (this tab's model)",
-    "loaded.table": "Loaded in this server (shared by all sessions)", "report": "Load report",
-    "history": "Every load in this server, side by side",
+    "loaded.table": "Loaded models you can use (public ones are shared by all sessions)", "report": "Load report",
+    "history": "Your loads, side by side",
     "answering": "Answering:", "no_model": "*No model loaded yet: load one in the Model tab.*",
     "model.gone": "*The model this tab was using is no longer loaded (unloaded by another session, or evicted to make "
                   "room): load it again, or pick a loaded one in the Model tab.*",
@@ -116,8 +116,8 @@ KO = {
                       "flash-attn이 설치되어 있으면 `flash_attention_2`를 고르세요.",
     "load": "불러오기", "measure": "이 모드들 측정", "measure.modes": "모드별 로드 비용 비교",
     "unload": "선택한 모델 내리기", "refresh": "새로 고침", "loaded": "불러온 모델 (이 탭의 모델)",
-    "loaded.table": "이 서버에 올라간 모델 (모든 세션 공유)", "report": "로드 리포트",
-    "history": "이 서버의 모든 로드 비교",
+    "loaded.table": "사용할 수 있는 로드된 모델 (공개 모델은 모든 세션이 공유)", "report": "로드 리포트",
+    "history": "내 로드 기록 비교",
     "answering": "답변 모델:", "no_model": "*아직 불러온 모델이 없습니다. 모델 탭에서 불러오세요.*",
     "model.gone": "*이 탭에서 쓰던 모델이 더 이상 로드되어 있지 않습니다 (다른 세션이 내렸거나 공간 확보를 위해 내려졌습니다). "
                   "다시 불러오거나 모델 탭에서 로드된 모델을 고르세요.*",

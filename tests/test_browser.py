@@ -152,7 +152,7 @@ def test_1_model_tab_loads_in_two_modes(ui):
     expect(page.get_by_text("The Hugging Face Hub cannot be reached from this server")).to_be_visible()
     expect(page.get_by_label("Model: Hub id, local folder or demo model")).to_have_value(LLAMA)
     expect(page.get_by_role("radio", name="bf16")).to_be_checked()
-    history = page.get_by_role("grid", name="Every load in this server, side by side")
+    history = page.get_by_role("grid", name="Your loads, side by side")
     loads_before = data_rows(history).count()  # earlier modules' loads in this server, if any
 
     page.get_by_role("button", name="Load", exact=True).click()
@@ -191,7 +191,7 @@ def test_1_model_tab_loads_in_two_modes(ui):
     footprint = lambda row: float(row.get_by_role("gridcell").nth(3).inner_text())  # noqa: E731
     assert footprint(nf4_row) < footprint(bf16_row)
     # both stay loaded, and the session's model is the last one loaded
-    loaded = page.get_by_role("grid", name="Loaded in this server (shared by all sessions)")
+    loaded = page.get_by_role("grid", name="Loaded models you can use (public ones are shared by all sessions)")
     expect(data_rows(loaded)).to_have_count(2)
     expect(page.get_by_label("Loaded models (this tab's model)")).to_have_value(f"{LLAMA} [nf4]")
     shot(page, "model.png")
@@ -462,7 +462,7 @@ def test_6b_a_new_visitor_sees_the_loaded_models(server, browser):
     try:
         page = context.new_page()
         page.goto(server.url, wait_until="domcontentloaded")
-        grid = page.get_by_role("grid", name="Loaded in this server (shared by all sessions)")
+        grid = page.get_by_role("grid", name="Loaded models you can use (public ones are shared by all sessions)")
         expect(grid).to_be_visible(timeout=SLOW)
         expect(data_rows(grid)).to_have_count(len(labels), timeout=5_000)
     finally:
