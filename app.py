@@ -39,7 +39,7 @@ from quant.generation import (
 )
 from quant.gptq import GPTQRecipe
 from quant.hub import default_repo_id, push_folder
-from quant.quantize import CALIBRATION_TEXTSETS, CalibrationData, output_folder, quantize
+from quant.quantize import CALIBRATION_TEXTSETS, CalibrationData, expire_visitor_outputs, output_folder, quantize
 from quant.loader import LoadRequest
 from quant.modes import GPTQ_BACKENDS, Mode, QuantOptions
 from quant.placement import DEVICE_MAP_CHOICES
@@ -509,6 +509,7 @@ def run_quantize(model, revision, token, method, bits, group_size, desc_act, sym
                                   text=calibration_text if calibration_source == "paste" else None,
                                   file=calibration_file if calibration_source == "upload" else None)
     stop = _new_stop_event(request)
+    expire_visitor_outputs(load_settings().output_max_age_hours)  # this server's disk holds every visitor's outputs
     result = quantize(model or "", method=method, recipe=recipe, calibration=calibration,
                       revision=(revision or "").strip() or None, token=_token(token, oauth),
                       progress=lambda f, m: progress(f, desc=m), stop=stop, visitor=visitor_of(request),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -14,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
+from .access import ANY_FOLDER, LocalFolders, visitor_folder_name
 from .errors import QuantError
 from .gptq import GPTQRecipe, QuantizationCancelled, builtin_textsets, quantize_gptq, save_atomically
 from .loader import LoadRequest, load_model, release_memory
@@ -21,7 +23,6 @@ from .metrics import perplexity, size_on_disk
 from .modes import Mode, QuantOptions
 from .placement import cuda_device_count
 from .prompts import DataFileError, DataFileSpec, read_data_file
-from .access import ANY_FOLDER, LocalFolders, visitor_folder_name
 from .source import check_hub_access, resolve_location, resolve_source
 
 ProgressFn = Callable[[float, str], None]
@@ -125,6 +126,24 @@ def output_folder(visitor: str | None = None) -> Path:
     """Where `visitor`'s quantized models go: a folder of their own under the output folder on a served app (no
     visitor sees, loads or pushes another's), the output folder itself for the CLI (None)."""
     return output_root() / visitor_folder_name(visitor) if visitor else output_root()
+
+
+def expire_visitor_outputs(max_age_hours: float) -> list[Path]:
+    """Remove visitors' quantized folders (under their own folders of the output folder) last changed more than
+    `max_age_hours` ago; 0 keeps them. The CLI's outputs (directly in the output folder) are never touched.
+    Returns what was removed."""
+    if max_age_hours <= 0 or not output_root().is_dir():
+        return []
+    cutoff = time.time() - max_age_hours * 3600
+    removed = []
+    for folder in output_root().glob("v-*/*"):
+        try:
+            if folder.is_dir() and folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+        except OSError:
+            continue
+    return removed
 
 
 def default_output_dir(base_model: str, label: str, visitor: str | None = None) -> Path:

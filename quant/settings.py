@@ -92,6 +92,9 @@ class Settings:
     """QUANT_QUEUE_SIZE: requests that may wait in Gradio's queue (default 64)."""
     compile_backend: str
     """QUANT_COMPILE_BACKEND: torch.compile backend of the fast path (default "inductor")."""
+    output_max_age_hours: int
+    """QUANT_OUTPUT_MAX_AGE_HOURS: on a served app, visitors' quantized folders older than this are removed (0: kept;
+    the default, except on a Hugging Face Space, where it is 24: a public Space's disk fills up otherwise)."""
     kernel_cache: str
     """QUANT_KERNEL_CACHE: folder for compiled kernels (Inductor, Triton, gptqmodel's Marlin/ExLlama builds), kept
     across restarts. Default ~/.cache/quant-playground/kernels."""
@@ -113,6 +116,8 @@ def load_settings() -> Settings:
         concurrency=int_setting("QUANT_CONCURRENCY", 4),
         queue_size=int_setting("QUANT_QUEUE_SIZE", 64),
         compile_backend=os.environ.get("QUANT_COMPILE_BACKEND", "inductor").strip() or "inductor",
+        output_max_age_hours=int_setting("QUANT_OUTPUT_MAX_AGE_HOURS", 24 if os.environ.get("SPACE_ID") else 0,
+                                         minimum=0),
         kernel_cache=os.environ.get("QUANT_KERNEL_CACHE")
         or os.path.join(os.path.expanduser("~"), ".cache", "quant-playground", "kernels"),
     )

@@ -282,6 +282,10 @@ def test_3_batch_runs_and_downloads(ui):
         expect(row.get_by_role("gridcell").nth(0)).to_have_text(str(i + 1))
         expect(row.get_by_role("gridcell").nth(1)).to_have_text(prompt)
         expect(row.get_by_role("gridcell").nth(2)).not_to_be_empty()  # an answer
+    # long answers wrap inside their column: the error column's header stays on screen
+    error_header = results.get_by_role("columnheader").filter(has_text="error")
+    box = error_header.bounding_box()
+    assert box and box["x"] + box["width"] <= page.viewport_size["width"], box
 
     files = tab.locator(".block", has_text="Download results")
     csv_row = files.get_by_role("row").filter(has_text=".csv")

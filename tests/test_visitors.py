@@ -195,3 +195,21 @@ def test_old_result_folders_expire(tmp_path, monkeypatch):
     recent = scratch_folder("batch")
     newest = scratch_folder("compare")
     assert not old.exists() and recent.exists() and newest.exists()
+
+
+def test_visitors_old_outputs_expire_and_the_clis_stay(tmp_path, monkeypatch):
+    import os
+    import time
+
+    from quant.quantize import expire_visitor_outputs, output_folder
+
+    monkeypatch.setenv("QUANT_OUTPUT_DIR", str(tmp_path))
+    old, recent, cli = output_folder("session:a") / "old", output_folder("session:b") / "recent", tmp_path / "cli"
+    for folder in (old, recent, cli):
+        folder.mkdir(parents=True)
+    two_days = time.time() - 48 * 3600
+    for folder in (old, cli):
+        os.utime(folder, (two_days, two_days))
+    assert expire_visitor_outputs(0) == [] and old.exists()  # 0 keeps everything
+    assert expire_visitor_outputs(24) == [old]
+    assert not old.exists() and recent.exists() and cli.exists()
