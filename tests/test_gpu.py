@@ -23,17 +23,21 @@ def free_per_process_caches() -> None:
     """Free what libraries allocate once per process and keep for its life, whatever was loaded:
     - cuBLAS's workspaces, one per (handle, stream), sized by PyTorch for the GPU (32 MiB each on an H100; 96 MiB in
       all stayed after a first cycle on an H200);
-    - bitsandbytes' 4-bit code tables (16 floats per quant type and device, cached at the first 4-bit matmul).
-    Both through the libraries' own handles on them; where a future release renames one, its bytes stay and the
-    check below names them."""
+    - bitsandbytes' 4-bit code tables (16 floats per quant type and device, cached at the first 4-bit matmul) and
+      its 8-bit dynamic map (256 floats, cached on the device of the first blockwise quantization: nf4's double
+      quantization).
+    All through the libraries' own handles on them; where a future release renames one, its bytes stay and the
+    check below names them (on an H200: 1,024 bytes left, the dynamic map, before it was freed here too)."""
     clear_workspaces = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
     if clear_workspaces is not None:
         clear_workspaces()
     try:
+        from bitsandbytes import functional
         from bitsandbytes.backends.utils import _code_4bit_cache
     except ImportError:
         return
     _code_4bit_cache.clear()
+    functional.name2qmap.clear()
 
 
 def assert_memory_returned(cycle, repeats: int = 3) -> None:
