@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import logging
+import os
 import sys
-from typing import Callable
+import tempfile
+import traceback
+from typing import Callable, Iterator, TextIO
 
 from .errors import QuantError
 from .loader import LoadRequest
@@ -61,7 +67,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     from .loader import load_model
 
     loaded = load_model(load_request_from_args(args), progress=None if args.json else _stderr_progress)
-    print(json.dumps(loaded.report.to_dict(), indent=2) if args.json else loaded.report.to_text())
+    print(json.dumps(loaded.report.to_dict(), indent=2) if args.json else loaded.report.to_text(), file=args.results)
     return 0
 
 
@@ -160,7 +166,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
     failed = [r for r in result.rows if r.error]
     for row in failed:
         print(f"line {row.line}: {row.error}", file=sys.stderr)
-    print(output)
+    if args.json:
+        print(json.dumps({"output": str(output), "prompts": result.total, "done": result.done,
+                          "generated_tokens": result.generated_tokens, "seconds": round(result.seconds, 3),
+                          "failed": [{"line": r.line, "error": r.error} for r in failed]}, indent=2), file=args.results)
+    else:
+        print(output, file=args.results)
     return 1 if failed else 0
 
 
@@ -195,11 +206,12 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if args.json:
         from dataclasses import asdict
 
-        print(json.dumps(asdict(result), indent=2))
+        print(json.dumps(asdict(result), indent=2), file=args.results)
         return 0
     for name, size, ppl in result.comparison_rows():
-        print(f"{name:<22} {size:>10} MiB   perplexity {ppl}")
-    print(f"saved to {result.out_dir} in {result.seconds:.0f} s" + (f" (loads as {result.kernel})" if result.kernel else ""))
+        print(f"{name:<22} {size:>10} MiB   perplexity {ppl}", file=args.results)
+    print(f"saved to {result.out_dir} in {result.seconds:.0f} s" + (f" (loads as {result.kernel})" if result.kernel else ""),
+          file=args.results)
     return 0
 
 
@@ -215,7 +227,8 @@ def cmd_push(args: argparse.Namespace) -> int:
                              overwrite=args.overwrite, progress=update)
     finally:
         bar.close()
-    print(result.url)
+    print(json.dumps({"repo_id": result.repo_id, "url": result.url, "commit": result.commit}, indent=2) if args.json
+          else result.url, file=args.results)
     return 0
 
 
@@ -242,22 +255,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
             results.append(result)
     finally:
         bar.close()
+    table = sys.stderr if args.json == "-" else args.results  # `--json -`: stdout holds the JSON alone
     header = (f"{'mode':<24}{'MiB':>9}{'load s':>8}{'TTFT s':>8}{'b1 tok/s':>10}{'batch tok/s':>12}{'ppl':>9}"
               "  generation path")
-    print(header)
+    print(header, file=table)
     for r in results:
         if r.error:
-            print(f"{r.label:<24} failed: {r.error}")
+            print(f"{r.label:<24} failed: {r.error}", file=table)
             continue
         print(f"{r.label:<24}{r.footprint_bytes / 2**20:>9.1f}{r.load_seconds:>8.2f}{r.time_to_first_token_s:>8.3f}"
               f"{r.decode_tokens_per_s:>10.1f}{r.batch_tokens_per_s:>12.1f}"
-              f"{(r.perplexity if r.perplexity is not None else float('nan')):>9.2f}  {r.generation_path}")
+              f"{(r.perplexity if r.perplexity is not None else float('nan')):>9.2f}  {r.generation_path}", file=table)
     if args.json:
         from .compare import DEFAULT_PROMPTS
 
         comparison = Comparison(args.model, prompts or list(DEFAULT_PROMPTS), args.batch_size, args.new_tokens,
                                 "cuda" if torch.cuda.is_available() else "cpu", results)
-        print(f"wrote {write_json(comparison, args.json)}", file=sys.stderr)
+        if args.json == "-":
+            print(json.dumps(comparison.to_json(), indent=1), file=args.results)
+        else:
+            print(f"wrote {write_json(comparison, args.json)}", file=sys.stderr)
     return 1 if any(r.error for r in results) else 0
 
 
@@ -283,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--column", help="CSV column / JSONL field holding the prompt (default: prompt)")
     batch.add_argument("--batch-size", type=int, default=8)
     batch.add_argument("--chat-template", action="store_true", help="wrap each prompt in the chat template")
+    batch.add_argument("--json", action="store_true", help="print a JSON summary (the output file, counts, failures)")
     batch.set_defaults(func=cmd_batch)
 
     quantize = commands.add_parser("quantize", help="quantize a model and save it with a model card")
@@ -311,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--new-tokens", type=int, default=32)
     cmp.add_argument("--device-map", default="auto")
     cmp.add_argument("--max-memory", help='per-device limits for every mode, e.g. "0=20GiB, 1=20GiB, cpu=64GiB"')
-    cmp.add_argument("--json", help="write the full comparison as JSON to this file")
+    cmp.add_argument("--json", help="write the full comparison as JSON to this file ('-': to stdout)")
     cmp.set_defaults(func=cmd_compare)
 
     push = commands.add_parser("push", help="push a quantized folder to the Hugging Face Hub")
@@ -319,18 +337,75 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--repo", required=True, help="user/name")
     push.add_argument("--private", action="store_true")
     push.add_argument("--overwrite", action="store_true", help="push on top of an existing repo")
+    push.add_argument("--json", action="store_true", help="print the repo id, URL and commit as JSON")
     push.set_defaults(func=cmd_push)
     return parser
+
+
+@contextlib.contextmanager
+def results_only_on_stdout() -> Iterator[TextIO]:
+    """Yield the stream a command's results go to, and send everything else written to stdout to stderr meanwhile.
+
+    Libraries print banners and log lines on stdout (gptqmodel does at import), which would break `--json | jq`.
+    When stdout is the process's file descriptor 1, the descriptor itself is pointed at stderr (C code and loggers
+    that hold the original stream included) and results go to a duplicate of it; otherwise (a caller that captured
+    sys.stdout) Python's own stdout is redirected.
+    """
+    results = sys.stdout
+    try:
+        is_fd1 = results.fileno() == 1
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        is_fd1 = False
+    if not is_fd1:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield results
+        return
+    results.flush()
+    saved = os.dup(1)
+    stream = os.fdopen(os.dup(saved), "w", encoding=results.encoding or "utf-8", errors="replace")
+    os.dup2(sys.stderr.fileno(), 1)
+    try:
+        yield stream
+    finally:
+        stream.flush()
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        stream.close()
+
+
+def _unexpected(exc: BaseException) -> str:
+    """One line for an error nobody foresaw; its traceback goes to a log file that the line names."""
+    folder = os.path.join(tempfile.gettempdir(), "quant-playground")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, "cli-errors.log")
+        with open(path, "a", encoding="utf-8") as log:
+            log.write("".join(traceback.format_exception(exc)) + "\n")
+        where = f" (traceback in {path})"
+    except OSError:
+        where = ""
+    logging.getLogger("quant.cli").debug("unexpected error", exc_info=exc)
+    text = str(exc).strip()
+    first = text.splitlines()[0][:300] if text else ""
+    return f"unexpected {type(exc).__name__}: {first}{where}"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
-    try:
-        return func(args)
-    except QuantError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    # chat talks to the terminal; every other command keeps stdout for its results alone
+    redirect = contextlib.nullcontext(sys.stdout) if args.command == "chat" else results_only_on_stdout()
+    with redirect as out:
+        args.results = out
+        try:
+            return func(args)
+        except QuantError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        except Exception as exc:  # noqa: BLE001 - one clear line, never a traceback on the terminal
+            print(f"error: {_unexpected(exc)}", file=sys.stderr)
+            return 2

@@ -19,7 +19,7 @@ from transformers import TextIteratorStreamer
 
 from .access import LocalFolders
 from .errors import QuantError
-from .generation import GenerationSettings, generate_batch, start_generate
+from .generation import GenerationSettings, end_stream_when_failed, generate_batch, start_generate
 from .gptq import builtin_textsets
 from .loader import LoadedModel, LoadRequest
 from .metrics import perplexity
@@ -114,6 +114,7 @@ def measure_decode(loaded: LoadedModel, prompt: str, new_tokens: int) -> tuple[f
     started = time.perf_counter()
     future, compiled = start_generate(loaded, kwargs, batch_size=1,
                                       total_tokens=inputs["input_ids"].shape[1] + new_tokens)
+    end_stream_when_failed(future, streamer)  # a failing mode fails its row at once, never hangs on the stream
     for _ in streamer:
         pass
     future.result()

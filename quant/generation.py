@@ -148,6 +148,7 @@ def start_generate(loaded: LoadedModel, kwargs: dict, *, batch_size: int, total_
         raise GenerationError(f"Internal: a batch of {batch_size} must be padded to {compiled_batch} first.")
 
     def generate(**call_kwargs):
+        _check_token_ids(loaded, call_kwargs.get("input_ids"))
         seeded = seed is not None and _seed(seed)  # on the generating thread, right before it samples
         try:
             with torch.inference_mode():
@@ -157,6 +158,25 @@ def start_generate(loaded: LoadedModel, kwargs: dict, *, batch_size: int, total_
                 torch.seed()  # the next unseeded reply (any session's) must not follow from this seed
 
     return loaded.path.submit(generate, kwargs, compiled_batch, total_tokens), compiled_batch is not None
+
+
+def _check_token_ids(loaded: LoadedModel, input_ids: torch.Tensor | None) -> None:
+    """Refuse token ids past the model's embedding table (a tokenizer with added tokens the checkpoint never got
+    rows for): the embedding lookup would fail with an IndexError, or read out of bounds in a compiled kernel."""
+    if input_ids is None or input_ids.numel() == 0:
+        return
+    rows = loaded.model.get_input_embeddings().num_embeddings
+    largest = int(input_ids.max())
+    if largest >= rows:
+        raise GenerationError(f"The prompt holds token id {largest}, but the model's embedding table has {rows} rows: "
+                              "its tokenizer does not match the checkpoint (tokens added without resizing the "
+                              "embeddings).", "Use the tokenizer saved with this model, or avoid those tokens.")
+
+
+def end_stream_when_failed(future: Future, streamer: TextIteratorStreamer) -> None:
+    """A `generate` that fails never ends its streamer: end it then, so that whoever reads the stream stops waiting
+    (and sees the failure through the future) instead of hanging until the streamer's timeout."""
+    future.add_done_callback(lambda done: None if done.cancelled() or done.exception() is None else streamer.end())
 
 
 # --- chat ---------------------------------------------------------------------------------------------------------
@@ -341,8 +361,7 @@ def stream_chat(loaded: LoadedModel, history: list[dict], *, system_prompt: str 
     started = time.perf_counter()  # time to first token includes waiting for the model's runner
     future, compiled = start_generate(loaded, kwargs, batch_size=1, seed=settings,
                                       total_tokens=prompt.input_ids.shape[1] + prompt.max_new_tokens)
-    # A generate that fails never ends the stream itself.
-    future.add_done_callback(lambda done: None if done.cancelled() or done.exception() is None else streamer.end())
+    end_stream_when_failed(future, streamer)
     stats = GenerationStats(mode=loaded.request.mode.value, path="compiled" if compiled else "eager")
     # Timestamps of a reply's life on the server (bench/chat_latency.py lines them up with what a client receives).
     log.debug("chat reply started: %d prompt tokens, %s path", prompt.input_ids.shape[1], stats.path)
@@ -434,7 +453,8 @@ def _batch_texts(loaded: LoadedModel, prompts: list[str], use_chat_template: boo
     if not use_chat_template:
         return prompts
     if not getattr(loaded.tokenizer, "chat_template", None):
-        raise GenerationError("This tokenizer has no chat template.", "Untick 'apply the chat template'.")
+        raise GenerationError("This tokenizer has no chat template, so the prompts cannot be wrapped in one.",
+                              "Run the prompts as they are (without the chat template option).")
     system = [{"role": "system", "content": system_prompt}] if system_prompt and system_prompt.strip() else []
     return [loaded.tokenizer.apply_chat_template(system + [{"role": "user", "content": p}], tokenize=False,
                                                  add_generation_prompt=True) for p in prompts]

@@ -54,3 +54,59 @@ def test_malformed_setting_stops_the_cli_and_the_app_with_its_name():
     assert app.stderr.strip().splitlines()[-1] == (
         "error: QUANT_MAX_LOADED_MODELS='three' is not a whole number. Unset it for the default, 3.")
     assert "Traceback" not in app.stderr and "Running on" not in app.stdout
+
+
+def test_every_subcommand_with_json_prints_json_alone_on_stdout(tmp_path, gptq_llama_dir):
+    """Libraries' banners and log lines (gptqmodel's at import) go to stderr: stdout parses as JSON, in separate
+    processes as a user's shell runs them (the push goes to tests/hub_server.FakeHub over HTTP)."""
+    from tests.hub_server import FakeHub
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("The with statement\nA class\n")
+    with FakeHub(tokens={"hf_cli_token_0123456": "alice"}) as hub:
+        hub_env = {"HF_ENDPOINT": hub.url.rstrip("/"), "HF_TOKEN": "hf_cli_token_0123456", "HF_HUB_OFFLINE": "0",
+                   "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(tmp_path / "hf_home")}
+        commands = {
+            "load": ["load", str(gptq_llama_dir), "--mode", "gptq", "--json"],
+            "batch": ["batch", LLAMA, "--input", str(prompts), "--output", str(tmp_path / "out.jsonl"),
+                      "--max-new-tokens", "4", "--json"],
+            "quantize": ["quantize", LLAMA, "--samples", "4", "--seq-len", "32", "--no-eval", "--out",
+                         str(tmp_path / "q"), "--json"],
+            "compare": ["compare", LLAMA, "--modes", f"bf16,gptq:{gptq_llama_dir}", "--new-tokens", "4",
+                        "--batch-size", "2", "--json", "-"],
+            "push": ["push", str(gptq_llama_dir), "--repo", "alice/tiny-gptq", "--json"],
+        }
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **hub_env}
+        running = {name: subprocess.Popen([sys.executable, "-m", "quant", *argv], stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+                   for name, argv in commands.items()}
+        outputs = {name: proc.communicate(timeout=600) for name, proc in running.items()}
+    for name, (stdout, stderr) in outputs.items():
+        assert running[name].returncode == 0, (name, stderr[-2000:])
+        json.loads(stdout)  # nothing else on stdout
+    assert json.loads(outputs["load"][0])["quantization"]["backend"] == "gptq_int4pack"
+    assert json.loads(outputs["batch"][0])["done"] == 2
+    assert json.loads(outputs["quantize"][0])["method"] == "gptq"
+    assert [r["label"] for r in json.loads(outputs["compare"][0])["results"]] == ["bf16", f"gptq:{gptq_llama_dir}"]
+    assert json.loads(outputs["push"][0])["repo_id"] == "alice/tiny-gptq"
+
+
+def test_an_unforeseen_error_is_one_line_with_the_traceback_in_a_log(tmp_path):
+    """A checkpoint whose weights file is not safetensors at all: the library's own exception type is nothing the
+    CLI knows, and still ends as one line naming where the traceback went."""
+    import shutil
+
+    from quant.source import resolve_location
+
+    broken = tmp_path / "broken"
+    shutil.copytree(resolve_location(LLAMA)[0], broken)
+    (broken / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("The with statement\n")
+    result = run_cli("batch", str(broken), "--input", str(prompts), "--output", str(tmp_path / "o.jsonl"))
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: unexpected SafetensorError: Error while deserializing header"), result.stderr
+    assert "Traceback" not in result.stderr
+    log = last.split("(traceback in ")[1].rstrip(")")
+    assert "SafetensorError" in open(log, encoding="utf-8").read().split("Traceback")[-1]

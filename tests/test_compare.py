@@ -117,3 +117,30 @@ def test_cli_compare_writes_json(tmp_path):
     assert result.returncode == 0, result.stderr
     assert [r["label"] for r in json.loads(out.read_text())["results"]] == ["bf16", "nf4"]
     assert "b1 tok/s" in result.stdout
+
+
+@pytest.mark.timeout(120)
+def test_a_mode_whose_generation_fails_fails_its_row_at_once_and_the_others_are_measured(tmp_path):
+    """A checkpoint whose tokenizer has tokens past its embedding table: its generation fails inside `generate`.
+    Its row carries the error (the decode measurement used to wait forever on a stream nothing ended); the next mode
+    is still measured."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from quant.compare import ModeSpec
+    from quant.modes import Mode, QuantOptions
+    from quant.source import resolve_location
+
+    broken = tmp_path / "tokenizer-past-the-embeddings"
+    shutil.copytree(resolve_location(LLAMA)[0], broken)
+    tokenizer = AutoTokenizer.from_pretrained(broken)
+    tokenizer.add_tokens(["<brand-new-token>"])
+    tokenizer.save_pretrained(broken)
+    specs = [ModeSpec("broken bf16", Mode.BF16, str(broken), QuantOptions()),
+             *parse_mode_specs(LLAMA, "bf16")]
+    rows = list(compare(LLAMA, specs, registry=ModelRegistry(max_models=2), prompts=["<brand-new-token> with"],
+                        batch_size=2, new_tokens=4, answer_tokens=4))
+    assert [r.label for r in rows] == ["broken bf16", "bf16"]
+    assert "embedding table has" in rows[0].error and "tokenizer does not match" in rows[0].error
+    assert not rows[1].error and rows[1].decode_tokens_per_s > 0
