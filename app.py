@@ -41,6 +41,7 @@ from quant.gptq import GPTQRecipe
 from quant.hub import default_repo_id, push_folder
 from quant.quantize import CALIBRATION_TEXTSETS, CalibrationData, expire_visitor_outputs, output_folder, quantize
 from quant.loader import LoadRequest
+from quant.openai_api import api_key, build_router
 from quant.modes import GPTQ_BACKENDS, Mode, QuantOptions
 from quant.placement import DEVICE_MAP_CHOICES
 from quant.prompts import (
@@ -262,9 +263,25 @@ def select_model(key):
 
 
 def model_notes(key, request: gr.Request):
-    """The Chat and Batch tabs' line saying which model answers this tab."""
-    note = active_model_note(key, visitor_of(request))
-    return note, note
+    """The Chat and Batch tabs' line saying which model answers this tab, and the Model tab's API line."""
+    visitor = visitor_of(request)
+    note = active_model_note(key, visitor)
+    return note, note, api_note(key, visitor, request)
+
+
+def api_note(key, visitor: str, request: gr.Request | None) -> str:
+    """Where the OpenAI-compatible API is and which model id to send (or that it is off, and how to turn it on)."""
+    if api_key() is None:
+        return t("api.off")
+    base = str(getattr(request, "base_url", "") or "").rstrip("/") or "http://<this server>"
+    model = ""
+    try:
+        loaded = default_registry().get(model_for_session(key, visitor), visitor)
+        if loaded.request.owner is None:
+            model = f" · model `{loaded.label}`"
+    except QuantError:
+        pass
+    return t("api.on") + f" `{base}/v1`{model}"
 
 
 def refresh(request: gr.Request):
@@ -729,6 +746,7 @@ def build_app() -> gr.Blocks:
                         # before its page has the choices.
                         loaded_dd = gr.Dropdown(choices=[], label=t("loaded"), allow_custom_value=True)
                         unload_btn = gr.Button(t("unload"))
+                        api_line = gr.Markdown(t("api.off"))
                         loaded_df = gr.Dataframe([], headers=["model", "footprint (MiB)", "dtype", "in use"],
                                                  label=t("loaded.table"),
                                                  interactive=False)
@@ -875,11 +893,11 @@ def build_app() -> gr.Blocks:
         unload_btn.click(unload, loaded_dd, [status, loaded_dd, active_key, loaded_df],
                          api_name="unload_model", show_progress_on=[status])
         loaded_dd.input(select_model, loaded_dd, active_key, api_name=False)
-        active_key.change(model_notes, active_key, notes, api_name=False)
+        active_key.change(model_notes, active_key, [*notes, api_line], api_name=False)
         refresh_btn.click(refresh, None, [loaded_dd, loaded_df, history_df], api_name="refresh")
         # A new or reloaded tab: the models this visitor may use, and notes that say which one answers.
         demo.load(refresh, None, [loaded_dd, loaded_df, history_df], api_name=False).then(
-            model_notes, active_key, notes, api_name=False)
+            model_notes, active_key, [*notes, api_line], api_name=False)
         demo.unload(forget_session)
         generation_inputs = [max_new_tokens, do_sample, temperature, top_p, top_k, repetition_penalty,
                              no_repeat_ngram, seed]
@@ -924,7 +942,9 @@ def launch_options(**overrides) -> dict:
     """How the app is served (the tests serve it the same way, on their own port). It listens on this machine only
     unless GRADIO_SERVER_NAME says otherwise (the Dockerfile sets 0.0.0.0) or it runs as a Space."""
     default_host = "0.0.0.0" if ON_SPACE else "127.0.0.1"
+    # The OpenAI-compatible API (quant.openai_api) is served by the same server, on the same models and queue limits.
     options = dict(i18n=t, css=TABLE_CSS, server_name=os.environ.get("GRADIO_SERVER_NAME", default_host),
+                   app_kwargs={"routes": build_router().routes},
                    server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),  # gradio reads it at import too
                    max_file_size=os.environ.get("QUANT_MAX_UPLOAD", "20mb"))
     return {**options, **overrides}

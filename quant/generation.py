@@ -301,6 +301,13 @@ class GenerationStats:
     path: str = ""
     """"compiled" or "eager": which generation path served this reply."""
     stopped: bool = False
+    prompt_tokens: int = 0
+    max_new_tokens: int = 0
+    """The reply's budget: a reply of this many tokens ended on the limit, not on its own."""
+
+    @property
+    def hit_the_limit(self) -> bool:
+        return not self.stopped and self.max_new_tokens > 0 and self.new_tokens >= self.max_new_tokens
 
     @property
     def tokens_per_second(self) -> float:
@@ -352,19 +359,48 @@ def stream_chat(loaded: LoadedModel, history: list[dict], *, system_prompt: str 
                        "were left out.")
     if prompt.max_new_tokens < settings.max_new_tokens:
         notices.append(f"Max new tokens lowered to {prompt.max_new_tokens} to fit the model's context.")
+    yield from _stream(loaded, prompt.input_ids, prompt.attention_mask, settings, prompt.max_new_tokens, stop, notices)
+
+
+def stream_completion(loaded: LoadedModel, text: str, *, settings: GenerationSettings = GenerationSettings(),
+                      stop: threading.Event | None = None) -> Iterator[ChatChunk]:
+    """Stream the continuation of `text` as it is (no chat template): a completion, as OpenAI's /v1/completions
+    gives. The same path, streamer, stop and limits as a chat reply."""
+    settings.validate()
+    if not text:
+        raise GenerationError("The prompt is empty.")
+    check_message_size(loaded, text, "The prompt")
+    encoded = loaded.tokenizer(text, return_tensors="pt")
+    input_ids = encoded["input_ids"]
+    limit = context_length(loaded)
+    room = settings.max_new_tokens
+    if limit is not None and loaded.source.kind == "causal":
+        room = min(room, limit - input_ids.shape[1])
+        if room < 1:
+            raise GenerationError(f"The prompt is too long for this model: {input_ids.shape[1]} tokens leave no room "
+                                  f"in its context of {limit}.", "Shorten the prompt.")
+    notices = [f"Max new tokens lowered to {room} to fit the model's context."] if room < settings.max_new_tokens else []
+    yield from _stream(loaded, input_ids, encoded.get("attention_mask", torch.ones_like(input_ids)), settings, room,
+                       stop, notices)
+
+
+def _stream(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, settings: GenerationSettings,
+            max_new_tokens: int, stop: threading.Event | None, notices: list[str]) -> Iterator[ChatChunk]:
+    """Generate from encoded inputs on the model's path, yielding the text as it grows, then a final chunk."""
     stop = stop or threading.Event()
     streamer = _CountingStreamer(loaded.tokenizer, timeout=600)
-    kwargs = dict(input_ids=prompt.input_ids.to(loaded.device), attention_mask=prompt.attention_mask.to(loaded.device),
+    kwargs = dict(input_ids=input_ids.to(loaded.device), attention_mask=attention_mask.to(loaded.device),
                   streamer=streamer, stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]),
                   eos_token_id=stop_token_ids(loaded), pad_token_id=loaded.tokenizer.pad_token_id,
-                  **{**settings.generate_kwargs(), "max_new_tokens": prompt.max_new_tokens})
+                  **{**settings.generate_kwargs(), "max_new_tokens": max_new_tokens})
     started = time.perf_counter()  # time to first token includes waiting for the model's runner
     future, compiled = start_generate(loaded, kwargs, batch_size=1, seed=settings,
-                                      total_tokens=prompt.input_ids.shape[1] + prompt.max_new_tokens)
+                                      total_tokens=input_ids.shape[1] + max_new_tokens)
     end_stream_when_failed(future, streamer)
-    stats = GenerationStats(mode=loaded.request.mode.value, path="compiled" if compiled else "eager")
+    stats = GenerationStats(mode=loaded.request.mode.value, path="compiled" if compiled else "eager",
+                            prompt_tokens=int(input_ids.shape[1]), max_new_tokens=max_new_tokens)
     # Timestamps of a reply's life on the server (bench/chat_latency.py lines them up with what a client receives).
-    log.debug("chat reply started: %d prompt tokens, %s path", prompt.input_ids.shape[1], stats.path)
+    log.debug("chat reply started: %d prompt tokens, %s path", input_ids.shape[1], stats.path)
     text = ""
     try:
         for piece in streamer:
@@ -384,6 +420,8 @@ def stream_chat(loaded: LoadedModel, history: list[dict], *, system_prompt: str 
         wait([future])
     failure = None if future.cancelled() else future.exception()
     if failure is not None:
+        if isinstance(failure, GenerationError):
+            raise failure
         first_line = str(failure).splitlines()[0] if str(failure) else type(failure).__name__
         raise GenerationError(f"Generation failed: {first_line}")
     stats.new_tokens = streamer.generated

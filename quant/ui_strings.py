@@ -36,6 +36,8 @@ EN = {
     "loaded.table": "Loaded models you can use (public ones are shared by all sessions)", "report": "Load report",
     "history": "Your loads, side by side",
     "answering": "Answering:", "no_model": "*No model loaded yet: load one in the Model tab.*",
+    "api.off": "*OpenAI-compatible API: off (the operator turns it on with QUANT_API_KEY).*",
+    "api.on": "OpenAI-compatible API (bearer key: QUANT_API_KEY):",
     "model.gone": "*The model this tab was using is no longer loaded (unloaded by another session, or evicted to make "
                   "room): load it again, or pick a loaded one in the Model tab.*",
     "chat.label": "Chat",
@@ -119,6 +121,8 @@ KO = {
     "loaded.table": "사용할 수 있는 로드된 모델 (공개 모델은 모든 세션이 공유)", "report": "로드 리포트",
     "history": "내 로드 기록 비교",
     "answering": "답변 모델:", "no_model": "*아직 불러온 모델이 없습니다. 모델 탭에서 불러오세요.*",
+    "api.off": "*OpenAI 호환 API: 꺼짐 (운영자가 QUANT_API_KEY로 켭니다).*",
+    "api.on": "OpenAI 호환 API (베어러 키: QUANT_API_KEY):",
     "model.gone": "*이 탭에서 쓰던 모델이 더 이상 로드되어 있지 않습니다 (다른 세션이 내렸거나 공간 확보를 위해 내려졌습니다). "
                   "다시 불러오거나 모델 탭에서 로드된 모델을 고르세요.*",
     "chat.label": "채팅",

@@ -39,6 +39,7 @@ def server(tmp_path_factory):
         mp.setenv("QUANT_OUTPUT_DIR", str(tmp / "outputs"))
         mp.delenv("QUANT_LOCAL_MODELS_ROOT", raising=False)
         mp.delenv("HF_TOKEN", raising=False)
+        mp.setenv("QUANT_API_KEY", "sk-operator-key-for-the-browser-test")
         hub.patch_client(mp, tmp / "hf_home")
         hub.add_repo(GATED, gated=True, granted={"carol"})
         hub.put_files(GATED, demo_files())
@@ -91,6 +92,11 @@ def test_what_one_visitor_loads_with_their_token_the_other_cannot_use_list_or_do
         expect(alice.page.get_by_text(re.compile(re.escape(LLAMA) + r" \[bf16\] loaded in"))).to_be_visible(
             timeout=SLOW)
         expect(data_rows(alice.page.get_by_role("grid", name=LOADED))).to_have_count(2)
+        # The Model tab says where the OpenAI-compatible API is and which id names her (shared) model; never the key.
+        api = re.compile(r"OpenAI-compatible API \(bearer key: QUANT_API_KEY\): " + re.escape(server.url) +
+                         r"v1 · model " + re.escape(f"{LLAMA} [bf16]"))
+        expect(alice.page.get_by_text(api)).to_be_visible()
+        assert "sk-operator-key-for-the-browser-test" not in alice.page.content()
 
         # Mallory opens the app afterwards: only the public model is listed, and her tabs say it answers them.
         mallory.page.reload(wait_until="domcontentloaded")
