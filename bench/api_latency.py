@@ -1,0 +1,191 @@
+"""Does the OpenAI-compatible API stream at the rate of the generation underneath? Time to first token and decode
+rate seen by an HTTP client in a process of its own (streamed `/v1/chat/completions`, greedy) against
+`quant.generation.stream_chat` called directly in the server's process, on the same loaded model and prompts, in one
+run. Token counts come from the API's `usage` and the generation's own statistics, not from re-encoding text (a
+random-weight model's text does not encode back to its tokens). The HTTP round trip is timed with `GET /v1/models`.
+
+The server is `quant.openai_api`'s routes on FastAPI + uvicorn, as the app serves them (without Gradio, which the GPU
+image lacks).
+
+    python bench/api_latency.py --model demo:tiny-llama-chat --mode fp32 --out bench/results          # CPU
+    python bench/api_latency.py --shape 8b --mode bf16 --device-map cuda:0 --out bench/results       # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+PROMPTS = ["Explain what a generator is in Python.", "What does the with statement do?",
+           "Describe how a class definition is executed.", "What is a decorator?"]
+KEY = "sk-bench-key"
+
+
+def _rate(tokens: int, first: float | None, last: float | None) -> float | None:
+    """Decode rate: the tokens after the first over the time after the first."""
+    if first is None or last is None or tokens < 2 or last <= first:
+        return None
+    return (tokens - 1) / (last - first)
+
+
+def direct(loaded, prompt: str, new_tokens: int) -> dict:
+    from quant.generation import GenerationSettings, stream_chat
+
+    started = time.perf_counter()
+    first = last = final = None
+    for chunk in stream_chat(loaded, [{"role": "user", "content": prompt}],
+                             settings=GenerationSettings(max_new_tokens=new_tokens)):
+        now = time.perf_counter()
+        if chunk.stats.new_tokens and first is None:
+            first = now
+        last, final = now, chunk
+    tokens = final.stats.new_tokens
+    return {"tokens": tokens, "ttft_s": (first - started) if first else None, "rate": _rate(tokens, first, last),
+            "path": final.stats.path}
+
+
+def client(url: str, model: str, new_tokens: int, runs: int) -> dict:
+    """The HTTP side (run in a process of its own): every prompt `runs` times, and 20 round trips of /v1/models."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {KEY}"}
+    rows = []
+    with httpx.Client(timeout=600) as http:
+        trips = []
+        for _ in range(20):
+            started = time.perf_counter()
+            http.get(f"{url}/v1/models", headers=headers).raise_for_status()
+            trips.append(time.perf_counter() - started)
+        for run in range(runs):
+            for prompt in PROMPTS:
+                body = {"model": model, "messages": [{"role": "user", "content": prompt}], "temperature": 0,
+                        "max_tokens": new_tokens, "stream": True, "stream_options": {"include_usage": True}}
+                started = time.perf_counter()
+                first = last = None
+                tokens = 0
+                with http.stream("POST", f"{url}/v1/chat/completions", json=body, headers=headers) as response:
+                    response.raise_for_status()
+                    for line in response.iter_lines():
+                        if not line.startswith("data: ") or line == "data: [DONE]":
+                            continue
+                        event = json.loads(line[6:])
+                        now = time.perf_counter()
+                        if event.get("choices") and event["choices"][0]["delta"].get("content"):
+                            first = first or now
+                            last = now
+                        if event.get("usage"):
+                            tokens = event["usage"]["completion_tokens"]
+                rows.append({"tokens": tokens, "ttft_s": (first - started) if first else None,
+                             "rate": _rate(tokens, first, last), "warm_up": run == 0})
+    return {"round_trip_s": statistics.median(trips), "rows": rows}
+
+
+def serve(registry) -> tuple[str, object]:
+    """The API's routes on uvicorn, on a free local port, in this process (the model's process)."""
+    import socket
+
+    import uvicorn
+    from fastapi import FastAPI
+
+    from quant.openai_api import OpenAIService, build_router
+
+    with socket.socket() as probe:  # a free port (bench.load_test's helper imports gradio, absent on the GPU image)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app = FastAPI(routes=build_router(OpenAIService(lambda: registry)).routes)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{port}", server
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="demo:tiny-llama-chat")
+    parser.add_argument("--shape", help="build a random-weight Llama of this shape (bench/llama_shapes.py) instead")
+    parser.add_argument("--mode", default="bf16")
+    parser.add_argument("--device-map", default="auto")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--client", help=argparse.SUPPRESS)  # URL: run as the HTTP client process
+    parser.add_argument("--served-model", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client:
+        print(json.dumps(client(args.client, args.served_model, args.new_tokens, args.runs)))
+        return
+
+    import torch
+
+    from bench.results_files import write_results
+    from quant.loader import LoadRequest
+    from quant.registry import ModelRegistry
+
+    os.environ["QUANT_API_KEY"] = KEY
+    model = args.model
+    if args.shape:
+        from bench.llama_shapes import build_checkpoint
+
+        model = str(build_checkpoint(args.shape, Path("/tmp/bench") / f"llama-{args.shape}"))
+    registry = ModelRegistry(max_models=1)
+    loaded = registry.load(LoadRequest(model=model, mode=args.mode, device_map=args.device_map))
+    print(f"loaded {loaded.label}: {loaded.report.generation_path}", flush=True)
+    direct_rows = []
+    for run in range(args.runs):
+        for prompt in PROMPTS:
+            direct_rows.append({**direct(loaded, prompt, args.new_tokens), "warm_up": run == 0})
+    url, server = serve(registry)
+    process = subprocess.run([sys.executable, __file__, "--client", url, "--served-model", loaded.label,
+                              "--new-tokens", str(args.new_tokens), "--runs", str(args.runs)],
+                             capture_output=True, text=True, timeout=1800)
+    if process.returncode:
+        raise SystemExit(process.stderr)
+    http = json.loads(process.stdout)
+    server.should_exit = True
+
+    def median(rows, field):
+        values = [r[field] for r in rows if not r["warm_up"] and r[field] is not None]
+        return statistics.median(values) if values else None
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+    d_rate, a_rate = median(direct_rows, "rate"), median(http["rows"], "rate")
+    d_ttft, a_ttft = median(direct_rows, "ttft_s"), median(http["rows"], "ttft_s")
+    data = {"device": device, "model": loaded.label, "generation_path": loaded.report.generation_path,
+            "new_tokens": args.new_tokens, "runs": args.runs, "direct": direct_rows, "api": http["rows"],
+            "round_trip_s": http["round_trip_s"], "direct_rate": d_rate, "api_rate": a_rate,
+            "direct_ttft_s": d_ttft, "api_ttft_s": a_ttft}
+    ratio = a_rate / d_rate if a_rate and d_rate else None
+    markdown = "\n".join([
+        f"# OpenAI-compatible API vs `stream_chat`, {loaded.label}, {device}",
+        "",
+        f"`python bench/api_latency.py {' '.join(sys.argv[1:])}`; generation path: {loaded.report.generation_path}; "
+        f"greedy, {args.new_tokens} new tokens, {len(PROMPTS)} prompts x {args.runs} runs (the first run is a "
+        "warm-up, left out of the medians). The HTTP client runs in a process of its own.",
+        "",
+        "| | time to first token (s) | decode (tok/s) |",
+        "|---|---|---|",
+        f"| `stream_chat` in the server's process | {d_ttft:.4f} | {d_rate:.1f} |" if d_rate and d_ttft else "",
+        f"| `/v1/chat/completions`, streamed, HTTP client | {a_ttft:.4f} | {a_rate:.1f} |" if a_rate and a_ttft else "",
+        "",
+        f"- API decode rate / direct: **{ratio:.3f}x** (goal: within 5%)" if ratio else "",
+        f"- API first token - direct first token: **{(a_ttft - d_ttft) * 1000:.1f} ms**; one HTTP round trip "
+        f"(`GET /v1/models`, median of 20): {http['round_trip_s'] * 1000:.1f} ms" if a_ttft and d_ttft else "",
+    ])
+    tag = (args.shape or Path(model).name.replace("demo:", "")) + f"-{args.mode}-" + ("cuda" if "cuda" in device.lower()
+                                                                                         or torch.cuda.is_available()
+                                                                                         else "cpu")
+    write_results(args.out, f"api-latency-{tag}", data, markdown)
+
+
+if __name__ == "__main__":
+    main()
