@@ -188,6 +188,20 @@ def build_request(model, revision, token, mode, int8_threshold, skip_modules, in
     )
 
 
+class Slider(gr.Slider):
+    """gr.Slider whose missing value (null over the API, which is what a browser's JSON carries for NaN) is refused
+    with a message naming the slider: Gradio's own bounds check fails on it before any app code, with no message.
+    A template of gr.Slider (`is_template`): the browser draws the same slider."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        if payload is None:
+            key = getattr(self.label, "key", None)
+            raise gr.Error(f"{EN.get(key, key or 'This slider')} must be a number.", print_exception=False)
+        return super().preprocess(payload)
+
+
 def _progress_fn(progress: gr.Progress):
     return lambda fraction, message: progress(fraction, desc=message)
 
@@ -770,17 +784,17 @@ def build_app() -> gr.Blocks:
                 system_prompt = gr.Textbox(label=t("system"), lines=2, placeholder=t("system.placeholder"))
                 with gr.Accordion(t("settings"), open=False):
                     with gr.Row():
-                        max_new_tokens = gr.Slider(1, 2048, value=256, step=1, label=t("max_new_tokens"))
+                        max_new_tokens = Slider(1, 2048, value=256, step=1, label=t("max_new_tokens"))
                         do_sample = gr.Checkbox(value=False, label=t("sample"))
                         seed = gr.Textbox(label=t("seed"), placeholder=t("seed.placeholder"), info=t("seed.info"),
                                           max_lines=1)
                     with gr.Row():
-                        temperature = gr.Slider(0.05, 2.0, value=0.7, step=0.05, label=t("temperature"))
-                        top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label=t("top_p"))
-                        top_k = gr.Slider(0, 200, value=50, step=1, label=t("top_k"))
+                        temperature = Slider(0.05, 2.0, value=0.7, step=0.05, label=t("temperature"))
+                        top_p = Slider(0.05, 1.0, value=0.9, step=0.05, label=t("top_p"))
+                        top_k = Slider(0, 200, value=50, step=1, label=t("top_k"))
                     with gr.Row():
-                        repetition_penalty = gr.Slider(0.5, 2.0, value=1.0, step=0.05, label=t("repetition_penalty"))
-                        no_repeat_ngram = gr.Slider(0, 10, value=0, step=1, label=t("no_repeat"))
+                        repetition_penalty = Slider(0.5, 2.0, value=1.0, step=0.05, label=t("repetition_penalty"))
+                        no_repeat_ngram = Slider(0, 10, value=0, step=1, label=t("no_repeat"))
 
             with gr.Tab(t("tab.batch"), id="batch"):
                 batch_note = gr.Markdown(t("no_model"))
@@ -793,7 +807,7 @@ def build_app() -> gr.Blocks:
                 with gr.Row():
                     batch_template = gr.Checkbox(value=False, label=t("batch.template"))
                     batch_system = gr.Textbox(label=t("batch.system"))
-                    batch_size = gr.Slider(1, 64, value=8, step=1, label=t("batch.size"))
+                    batch_size = Slider(1, 64, value=8, step=1, label=t("batch.size"))
                 gr.Markdown(t("batch.note"))
                 with gr.Row():
                     batch_btn = gr.Button(t("batch.run"), variant="primary")
@@ -817,8 +831,8 @@ def build_app() -> gr.Blocks:
                     c_attn = gr.CheckboxGroup(["sdpa", "eager"], value=[], label=t("compare.attention"))
                 with gr.Row():
                     c_prompts = gr.Textbox(label=t("compare.prompts"), lines=3)
-                    c_batch = gr.Slider(1, 64, value=8, step=1, label=t("compare.batch"))
-                    c_tokens = gr.Slider(4, 512, value=32, step=4, label=t("compare.tokens"))
+                    c_batch = Slider(1, 64, value=8, step=1, label=t("compare.batch"))
+                    c_tokens = Slider(4, 512, value=32, step=4, label=t("compare.tokens"))
                 with gr.Row():
                     c_btn = gr.Button(t("compare.run"), variant="primary")
                     c_stop_btn = gr.Button(t("stop"))
@@ -849,8 +863,8 @@ def build_app() -> gr.Blocks:
                         q_sym = gr.Checkbox(value=True, label=t("quantize.sym"))
                         q_damp = gr.Number(value=0.05, label=t("quantize.damp"))
                     with gr.Row():
-                        q_samples = gr.Slider(1, 1024, value=128, step=1, label=t("quantize.samples"))
-                        q_seq_len = gr.Slider(32, 4096, value=512, step=32, label=t("quantize.seq_len"))
+                        q_samples = Slider(1, 1024, value=128, step=1, label=t("quantize.samples"))
+                        q_seq_len = Slider(32, 4096, value=512, step=32, label=t("quantize.seq_len"))
                         q_cal_source = gr.Radio([(t(f"quantize.calibration.{source}"), source)
                                                  for source in ("builtin", "paste", "upload")],
                                                 value="builtin", label=t("quantize.calibration"))

@@ -266,8 +266,6 @@ BINARY = b"PK\x03\x04\x00\x00binary\x00\x01\x02"
 LATIN1 = "Caf\xe9 au lait\n".encode("latin-1")
 OVER_CONTEXT = "word " * 2000
 GATED_RE = r"meta/gated-llama is a gated repository"
-NULL_SLIDER = ("gradio's Slider.preprocess fails on null (what a browser's JSON carries for NaN) before any app code; "
-               "without show_error=True in app.launch_options the client gets no message (app.py)")
 SEED_RE = "Seed must be a whole number"  # app.parse_seed
 NOT_REPO = "is not a valid repo id"
 PUSH_ROOT = r"Only folders this session quantized \(under the output directory\) can be pushed"
@@ -341,7 +339,8 @@ CASES: list[Case] = [
     batch("temperature NaN while sampling", "temperature must be a number", pasted="hi",
           settings=(8, True, float("nan"), 0.9, 50, 1.0, 0, ""), via="json",
           cli=cli_batch("--sample", "--temperature", "nan")),
-    batch("max new tokens null", "Max new tokens", pasted="hi", settings=(None, *SETTINGS[1:]), xfail=NULL_SLIDER),
+    batch("max new tokens null", "Max new tokens must be a number", pasted="hi", settings=(None, *SETTINGS[1:])),
+    batch("batch size null", "Batch size must be a number", pasted="hi", size=None),
     batch("seed beyond 64 bits", SEED_RE, pasted="hi", settings=(8, True, 0.7, 0.9, 50, 1.0, 0, str(10**30))),
     batch("seed that is a word", SEED_RE, pasted="hi", settings=(8, True, 0.7, 0.9, 50, 1.0, 0, "abc")),
     batch("negative seed", SEED_RE, pasted="hi", settings=(8, True, 0.7, 0.9, 50, 1.0, 0, "-1")),

@@ -370,6 +370,9 @@ def test_5_quantize_and_push(ui):
     set_number(tab, "Calibration samples", 8)
     set_number(tab, "Sample length (tokens)", 64)
     page.get_by_role("button", name="Quantize", exact=True).click()
+    # the progress shows once, on the status line (it was drawn over each of the four outputs)
+    expect(page.locator(".progress-level")).to_have_count(1, timeout=QUICK)
+    assert page.locator(".progress-level").count() == 1
 
     expect(tab.get_by_text("Saved to")).to_be_visible(timeout=SLOW)
     expect(tab.get_by_text("Saved to")).to_contain_text("tiny-llama-chat-GPTQ-4bit-g128")
