@@ -353,15 +353,16 @@ def build_router(service: OpenAIService | None = None):
 
         async def events() -> AsyncIterator[str]:
             last = first
+            # The role opens the stream in the same write as the first words: one packet, not two.
+            opening = event({"role": "assistant", "content": ""}, None, None) if kind == "chat" else ""
             try:
-                if kind == "chat":
-                    yield event({"role": "assistant", "content": ""}, None, None)
                 current = first
                 while current is not None:
                     last = current
                     piece = cut.update(current.text, current.done)
-                    if piece:
-                        yield event({"content": piece}, piece, None)
+                    if piece or opening:
+                        yield opening + (event({"content": piece}, piece, None) if piece else "")
+                        opening = ""
                     if cut.stopped_by_sequence:
                         break
                     current = await chunks.__anext__() if not current.done else None
