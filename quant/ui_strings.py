@@ -15,7 +15,8 @@ EN = {
     "title": "Quantization Playground",
     "subtitle": "What int8, nf4 and GPTQ buy and cost on a Hugging Face model.",
     "offline.note": "The Hugging Face Hub cannot be reached from this server, so this model is unavailable. The demo "
-                    "models that ship with the app are offered instead; local folders work too.",
+                    "models that ship with the app are offered instead (and local folders, where the operator named "
+                    "QUANT_LOCAL_MODELS_ROOT).",
     "tab.model": "Model", "tab.chat": "Chat", "tab.batch": "Batch", "tab.compare": "Compare", "tab.quantize": "Quantize",
     "model.box": "Model: Hub id, local folder or demo model",
     "revision": "Revision", "token": "Hugging Face token (private or gated repos)",
@@ -89,7 +90,7 @@ KO = {
     "title": "양자화 플레이그라운드",
     "subtitle": "Hugging Face 모델에서 int8, nf4, GPTQ가 얻는 것과 잃는 것.",
     "offline.note": "이 서버에서 Hugging Face Hub에 연결할 수 없어 이 모델을 쓸 수 없습니다. 대신 앱에 포함된 데모 "
-                    "모델을 제공합니다. 로컬 폴더도 쓸 수 있습니다.",
+                    "모델을 제공합니다 (운영자가 QUANT_LOCAL_MODELS_ROOT를 지정했다면 그 아래 로컬 폴더도).",
     "tab.model": "모델", "tab.chat": "채팅", "tab.batch": "일괄 처리", "tab.compare": "비교", "tab.quantize": "양자화",
     "model.box": "모델: Hub ID, 로컬 폴더 또는 데모 모델",
     "revision": "리비전", "token": "Hugging Face 토큰 (비공개·게이트 저장소)",
