@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import threading
+import uuid
 from pathlib import Path
 
 import gradio as gr
@@ -126,7 +127,9 @@ def visitor_of(request: gr.Request | None) -> str:
     API client). Models loaded with a visitor's token, their load history and their outputs are theirs alone."""
     if request is not None and getattr(request, "username", None):
         return f"user:{request.username}"
-    return f"session:{getattr(request, 'session_hash', None) or 'anonymous'}"
+    session = getattr(request, "session_hash", None)
+    # No session (a bare HTTP call): a visitor of one request, so that nothing it loads with a token is shared.
+    return f"session:{session}" if session else f"request:{uuid.uuid4().hex}"
 
 
 def loaded_choices(visitor: str) -> list[tuple[str, str]]:
