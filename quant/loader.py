@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokeni
 from .access import LocalFolders
 from .attention import check_attention
 from .errors import PlacementError, QuantError
+from .families import layout_hint, loading_problems, names_text
 from .fastpath import GenerationPath, configure_kernel_cache, eager_path, prepare_generation_path
 from .modes import (
     Mode,
@@ -198,7 +199,8 @@ def load_model(request: LoadRequest, progress: ProgressFn | None = None,
     progress(0.2, f"Loading weights in {request.mode.value}" + _kernel_build_note(gptq_backend))
     started = time.perf_counter()
     try:
-        model = _model_class(source).from_pretrained(source.location, **kwargs)
+        model, loading_info = _model_class(source).from_pretrained(source.location, output_loading_info=True,
+                                                                    **kwargs)
     except torch.cuda.OutOfMemoryError:
         _release()
         raise PlacementError(
@@ -220,6 +222,12 @@ def load_model(request: LoadRequest, progress: ProgressFn | None = None,
             f"Loading {request.model} in {request.mode.value} failed: {str(exc).splitlines()[0]}"
         ) from None
     model.eval()
+    try:
+        warnings.extend(_check_loaded_weights(loading_info, request, source))
+    except QuantError:
+        model = None  # the only reference: freed by _release
+        _release()
+        raise
     if gptq_backend == "gptq_int4pack":
         progress(0.85, "Repacking the GPTQ layers for PyTorch's int4 kernel")
         warnings.extend(_repack_int4(model))
@@ -269,6 +277,48 @@ def load_model(request: LoadRequest, progress: ProgressFn | None = None,
     progress(1.0, "Loaded")
     # The token served this load only: it is not kept with a model that every session can see.
     return LoadedModel(request.key, replace(request, token=None), source, model, tokenizer, report, path)
+
+
+def _check_loaded_weights(loading_info: dict, request: LoadRequest, source: ModelSource) -> list[str]:
+    """Weights the load did not fill from the checkpoint, from transformers' own loading info.
+
+    A quantized checkpoint (GPTQ, serialized bitsandbytes) with weights missing (transformers initialises them with
+    random values), unexpected (left unused) or of the wrong shape is refused: the model would generate garbage while
+    every step reported success (gptqmodel saves Phi-3's gate_up_proj split and Mixtral's experts one by one, which
+    transformers' classes do not have). An unquantized checkpoint loads with a warning naming them.
+    """
+    missing, unexpected, mismatched = loading_problems(loading_info)
+    if not (missing or unexpected or mismatched):
+        return []
+    if source.checkpoint_quant_method:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} weights the model needs are MISSING from the checkpoint and would be random "
+                         f"({names_text(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} weights in the checkpoint fit nowhere in the model "
+                         f"({names_text(unexpected)})")
+        if mismatched:
+            parts.append(f"{len(mismatched)} weights have the wrong shape ({names_text(mismatched)})")
+        from importlib.metadata import version
+
+        raise QuantError(
+            f"{request.model} cannot be loaded in {request.mode.value}: " + "; ".join(parts) + "."
+            + layout_hint(missing, unexpected),
+            f"The checkpoint does not match transformers {version('transformers')}'s {source.architecture}. "
+            "Quantize the original model with this tool (it refuses what it cannot save in a form that loads), or "
+            "use a checkpoint made for this architecture.")
+    warnings = []
+    if missing:
+        warnings.append(f"{len(missing)} weights are not in the checkpoint and were initialised with random values: "
+                        f"{names_text(missing)}.")
+    if unexpected:
+        warnings.append(f"{len(unexpected)} weights in the checkpoint are not used by {source.architecture}: "
+                        f"{names_text(unexpected)}.")
+    if mismatched:
+        warnings.append(f"{len(mismatched)} weights had the wrong shape and were initialised with random values: "
+                        f"{names_text(mismatched)}.")
+    return warnings
 
 
 def _first_forward(model: PreTrainedModel, tokenizer: Any, kind: str) -> None:
