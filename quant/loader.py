@@ -198,6 +198,8 @@ def load_model(request: LoadRequest, progress: ProgressFn | None = None,
     prefer_fast_sdpa_backends()
     progress(0.2, f"Loading weights in {request.mode.value}" + _kernel_build_note(gptq_backend))
     started = time.perf_counter()
+    if gptq_backend:
+        _mark_gptq_weights_as_loaded()
     try:
         model, loading_info = _model_class(source).from_pretrained(source.location, output_loading_info=True,
                                                                     **kwargs)
@@ -319,6 +321,24 @@ def _check_loaded_weights(loading_info: dict, request: LoadRequest, source: Mode
         warnings.append(f"{len(mismatched)} weights had the wrong shape and were initialised with random values: "
                         f"{names_text(mismatched)}.")
     return warnings
+
+
+def _mark_gptq_weights_as_loaded() -> None:
+    """Let transformers' weight initialisation skip gptqmodel's stand-in `weight` of its torch-kernel layers.
+
+    TorchLinear.weight is a shape/dtype shim (gptqmodel/nn_modules/qlinear/torch.py, `_LinearWeightMetadata`), not a
+    tensor, and carries no `_is_hf_initialized` flag. After loading, transformers runs each model's `_init_weights`
+    on modules not marked initialised, and GPT-2's reaches into its children (modeling_gpt2.py,
+    GPT2PreTrainedModel._init_weights: `init.normal_(module.c_proj.weight, ...)` for every attention and MLP block),
+    so every GPT-2 GPTQ load failed with "'_LinearWeightMetadata' object has no attribute 'normal_'". The quantized
+    weights always come from the checkpoint (a missing one is refused by _check_loaded_weights), so marking the shim
+    initialised is exact.
+    """
+    try:
+        from gptqmodel.nn_modules.qlinear.torch import _LinearWeightMetadata
+    except ImportError:  # another gptqmodel layout: nothing to mark
+        return
+    _LinearWeightMetadata._is_hf_initialized = True
 
 
 def _first_forward(model: PreTrainedModel, tokenizer: Any, kind: str) -> None:
