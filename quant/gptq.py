@@ -11,9 +11,10 @@ import errno
 import shutil
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from .errors import QuantError
 
@@ -85,7 +86,7 @@ def _layer_count(model) -> int:
 def save_atomically(write: Callable[[Path], None], out_dir: Path) -> Path:
     """Write a folder under a temporary name, then rename it: a folder under its final name is always complete.
 
-    A full disk (or any write error) removes the partial folder and says so.
+    Any failure removes the partial folder; a write error says what the disk said (`_save_error`).
     """
     out_dir = Path(out_dir)
     partial = out_dir.with_name(out_dir.name + ".partial")
@@ -94,12 +95,74 @@ def save_atomically(write: Callable[[Path], None], out_dir: Path) -> Path:
         write(partial)
     except OSError as exc:
         shutil.rmtree(partial, ignore_errors=True)
-        reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-        raise QuantError(f"Saving to {out_dir} failed: {reason}. Nothing was kept.",
-                         "Free some space (or choose another output folder) and run again.") from None
+        raise _save_error(exc, out_dir) from None
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     shutil.rmtree(out_dir, ignore_errors=True)
     partial.rename(out_dir)
     return out_dir
+
+
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _save_error(exc: OSError, out_dir: Path) -> QuantError:
+    """The message for a failed save: what the disk said, or what the library said when it was not the disk.
+
+    Only a full disk (or quota) is told to free space. An OSError without an errno is raised by library code about its
+    own files (gptqmodel's "Offloaded tensor 'lm_head.weight' not found in offload directory"), not by the disk."""
+    if exc.errno in _DISK_FULL:
+        return QuantError(f"Saving to {out_dir} failed: the disk is full. Nothing was kept.",
+                          "Free some space (or choose another output folder) and run again.")
+    if exc.errno in _NOT_WRITABLE:
+        return QuantError(f"Saving to {out_dir} failed: {exc.strerror or exc} (the folder is not writable). "
+                          "Nothing was kept.", "Choose an output folder you can write to.")
+    if exc.errno is not None:
+        return QuantError(f"Saving to {out_dir} failed: {exc.strerror or exc}. Nothing was kept.",
+                          "Check the output folder and run again.")
+    first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return QuantError(f"Saving to {out_dir} failed inside gptqmodel, not on the disk: {first_line} Nothing was kept.",
+                      "This is a fault of gptqmodel with this model family; freeing space will not help.")
+
+
+@contextmanager
+def _checkpoint_names_for_gptqmodel(config) -> Iterator[None]:
+    """Give gptqmodel the checkpoint-name renames that transformers registers under the model's class name.
+
+    gptqmodel materializes each module's weights from the checkpoint by its runtime name, translated through
+    transformers' checkpoint conversion mapping, which it looks up by model type only
+    (gptqmodel/utils/structure.py, LazyTurtle.infer_hf_conversion_map_reversed, `get_checkpoint_conversion_mapping(
+    model_type)`). transformers 5.23 files some renames under the class name instead (conversion_mapping.py:
+    "GPTNeoXForCausalLM": `embed_out.` -> `lm_head.`), so for GPT-NeoX (Pythia) the output head `lm_head` was never
+    found under the checkpoint's `embed_out.weight`, stayed on the meta device, and saving failed with "Offloaded
+    tensor 'lm_head.weight' not found in offload directory". For the duration of one quantization, the model's
+    gptqmodel definition gets the class's renames, reversed as gptqmodel expects them (HF_CONVERSION_MAP_REVERSED).
+    """
+    from gptqmodel.models.auto import MODEL_MAP
+    from gptqmodel.utils.structure import LazyTurtle
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+
+    definition = MODEL_MAP.get(getattr(config, "model_type", None))
+    renames = None
+    if (definition is not None and "HF_CONVERSION_MAP_REVERSED" not in vars(definition)
+            and getattr(definition, "HF_CONVERSION_MAP_REVERSED", None) is None
+            and not getattr(definition, "hf_conversion_model_type_alias", None)
+            and get_checkpoint_conversion_mapping(config.model_type) is None):
+        for architecture in getattr(config, "architectures", None) or []:
+            by_class = get_checkpoint_conversion_mapping(architecture)
+            if by_class:
+                renames = LazyTurtle.reverse_hf_conversion_map(by_class)
+                break
+    if not renames:
+        yield
+        return
+    definition.HF_CONVERSION_MAP_REVERSED = renames
+    try:
+        yield
+    finally:
+        del definition.HF_CONVERSION_MAP_REVERSED
 
 
 def quantize_gptq(model_location: str, recipe: GPTQRecipe, texts: list[str], out_dir: Path,
@@ -113,41 +176,43 @@ def quantize_gptq(model_location: str, recipe: GPTQRecipe, texts: list[str], out
     recipe.validate()
     from gptqmodel import BACKEND, GPTQModel, QuantizeConfig
     from gptqmodel.looper.module_looper import StopMainLoop
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     progress = progress or (lambda fraction, message: None)
     stop = stop or threading.Event()
+    model_config = AutoConfig.from_pretrained(model_location)
     tokenizer = AutoTokenizer.from_pretrained(model_location)
     samples = calibration_samples(texts, tokenizer, recipe.num_samples, recipe.seq_len)
     config = QuantizeConfig(bits=recipe.bits, group_size=recipe.group_size, desc_act=recipe.desc_act,
                             sym=recipe.sym, damp_percent=recipe.damp_percent)
     started = time.perf_counter()
-    progress(0.0, f"Loading {model_location} for quantization")
-    model = GPTQModel.load(model_location, config, device=device)
-    layers = _layer_count(model) or 1
-    quant_started = time.perf_counter()
+    with _checkpoint_names_for_gptqmodel(model_config):
+        progress(0.0, f"Loading {model_location} for quantization")
+        model = GPTQModel.load(model_location, config, device=device)
+        layers = _layer_count(model) or 1
+        quant_started = time.perf_counter()
 
-    def on_layer(layer_idx: int, submodule_finalized: bool):
+        def on_layer(layer_idx: int, submodule_finalized: bool):
+            if stop.is_set():
+                return StopMainLoop
+            if submodule_finalized:
+                done = layer_idx + 1
+                elapsed = time.perf_counter() - quant_started
+                remaining = elapsed / done * (layers - done)
+                progress(done / layers, f"Layer {done}/{layers} · {elapsed:.0f} s elapsed · ~{remaining:.0f} s left")
+            return None
+
+        model.layer_callback = on_layer
+        progress(0.0, f"Quantizing {layers} layers on {len(samples)} samples")
+        model.quantize(samples, batch_size=1, backend=BACKEND.GPTQ_TORCH)
         if stop.is_set():
-            return StopMainLoop
-        if submodule_finalized:
-            done = layer_idx + 1
-            elapsed = time.perf_counter() - quant_started
-            remaining = elapsed / done * (layers - done)
-            progress(done / layers, f"Layer {done}/{layers} · {elapsed:.0f} s elapsed · ~{remaining:.0f} s left")
-        return None
+            del model
+            raise QuantizationCancelled("Quantization stopped; nothing was saved.")
+        progress(1.0, "Saving")
 
-    model.layer_callback = on_layer
-    progress(0.0, f"Quantizing {layers} layers on {len(samples)} samples")
-    model.quantize(samples, batch_size=1, backend=BACKEND.GPTQ_TORCH)
-    if stop.is_set():
-        del model
-        raise QuantizationCancelled("Quantization stopped; nothing was saved.")
-    progress(1.0, "Saving")
+        def write(folder: Path) -> None:
+            model.save(str(folder))
+            tokenizer.save_pretrained(folder)
 
-    def write(folder: Path) -> None:
-        model.save(str(folder))
-        tokenizer.save_pretrained(folder)
-
-    save_atomically(write, out_dir)
+        save_atomically(write, out_dir)
     return GPTQResult(Path(out_dir), time.perf_counter() - started, len(samples), asdict(recipe))
