@@ -1,6 +1,7 @@
 """What a model family's architecture allows, read before weights are loaded or calibration starts, and what a load
 really produced.
 
+- `gptq_refusal`: families gptqmodel cannot quantize into a checkpoint that transformers loads, refused before any work.
 - `loading_problems`: weights a load found missing (newly initialised), unexpected or mis-shaped, from transformers'
   own loading info; for a quantized checkpoint that is an error (QuantError), never a silent success.
 """
@@ -8,7 +9,58 @@ really produced.
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+
+def skeleton(config: Any, kind: str = "causal") -> nn.Module | None:
+    """The transformers model of `config` on the meta device (no memory, no weights), or None where transformers
+    cannot build it (remote code, an unknown type)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
+    try:
+        with torch.device("meta"):
+            return auto.from_config(config)
+    except Exception:  # noqa: BLE001 - no skeleton: the checks that need one are skipped, the load-time checks remain
+        return None
+
+
+def fused_expert_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Modules holding stacked (3-D or more) weight tensors: the MoE experts of transformers 5 (MixtralExperts,
+    Qwen3MoeExperts...), which keeps every expert's projections in one tensor instead of nn.Linear layers."""
+    return [(name, module) for name, module in model.named_modules()
+            if any(p.dim() >= 3 for p in module.parameters(recurse=False))]
+
+
+def gptq_refusal(config: Any, kind: str = "causal") -> str | None:
+    """Why GPTQ quantization of this architecture is refused (read from the config alone), or None.
+
+    - gptqmodel has no definition for the model type: it would fail after loading the model.
+    - The model keeps MoE experts as stacked 3-D tensors (transformers 5's Mixtral, Qwen-MoE...). gptqmodel defuses
+      them into one nn.Linear per expert and projection and saves those (gptqmodel.models.loader,
+      `_convert_model_with_defuser`), but transformers' GPTQ loader (optimum's GPTQQuantizer.convert_model) replaces
+      nn.Linear layers only: the experts would load MISSING, with random weights.
+    """
+    from importlib.metadata import version
+
+    from gptqmodel.models.auto import MODEL_MAP
+
+    model_type = getattr(config, "model_type", None)
+    architecture = (getattr(config, "architectures", None) or [type(config).__name__])[0]
+    if model_type not in MODEL_MAP:
+        return (f"gptqmodel {version('gptqmodel')} cannot quantize {architecture} (model type {model_type!r}): it has "
+                "no definition of that architecture's layers.")
+    model = skeleton(config, kind)
+    experts = fused_expert_modules(model) if model is not None else []
+    if experts:
+        return (f"GPTQ of {architecture} is refused: transformers {version('transformers')} keeps its experts as "
+                f"stacked 3-D tensors ({_names(n for n, _ in experts)}, {type(experts[0][1]).__name__}). gptqmodel "
+                "quantizes them as one linear layer per expert, but transformers' GPTQ loader only fills linear "
+                "layers, so the saved checkpoint would load with every expert missing (random weights).")
+    return None
 
 
 def loading_problems(info: dict) -> tuple[list[str], list[str], list[str]]:

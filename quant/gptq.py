@@ -165,22 +165,32 @@ def _checkpoint_names_for_gptqmodel(config) -> Iterator[None]:
         del definition.HF_CONVERSION_MAP_REVERSED
 
 
+GPTQ_REFUSAL_HINT = ("Quantize it with bitsandbytes (int8 or nf4) instead: its linear layers are quantized and the "
+                     "load report names what stays 16-bit. Or load it in bf16.")
+
+
 def quantize_gptq(model_location: str, recipe: GPTQRecipe, texts: list[str], out_dir: Path,
                   device: str = "cpu", progress: ProgressFn | None = None,
                   stop: threading.Event | None = None) -> GPTQResult:
     """Quantize `model_location` with `recipe` on `texts`, save the checkpoint with its tokenizer to `out_dir`.
 
-    `progress(fraction, message)` is called as each layer finishes; setting `stop` ends the work after the current
-    layer and raises QuantizationCancelled (nothing is saved).
+    A family gptqmodel cannot quantize into a checkpoint that transformers loads is refused first (QuantError, from
+    the config alone: quant.families.gptq_refusal). `progress(fraction, message)` is called as each layer finishes;
+    setting `stop` ends the work after the current layer and raises QuantizationCancelled (nothing is saved).
     """
     recipe.validate()
     from gptqmodel import BACKEND, GPTQModel, QuantizeConfig
     from gptqmodel.looper.module_looper import StopMainLoop
     from transformers import AutoConfig, AutoTokenizer
 
+    from .families import gptq_refusal
+
     progress = progress or (lambda fraction, message: None)
     stop = stop or threading.Event()
     model_config = AutoConfig.from_pretrained(model_location)
+    refusal = gptq_refusal(model_config)
+    if refusal:
+        raise QuantError(refusal, GPTQ_REFUSAL_HINT)
     tokenizer = AutoTokenizer.from_pretrained(model_location)
     samples = calibration_samples(texts, tokenizer, recipe.num_samples, recipe.seq_len)
     config = QuantizeConfig(bits=recipe.bits, group_size=recipe.group_size, desc_act=recipe.desc_act,
