@@ -8,6 +8,7 @@ time): packing uses the portable torch kernel, and the checkpoint is in the stan
 from __future__ import annotations
 
 import errno
+import json
 import shutil
 import threading
 import time
@@ -165,6 +166,119 @@ def _checkpoint_names_for_gptqmodel(config) -> Iterator[None]:
         del definition.HF_CONVERSION_MAP_REVERSED
 
 
+_FUSED_SUFFIXES = {"qweight": 1, "scales": 1, "qzeros": 1, "bias": 0}
+"""Tensors of a GPTQ layer and the dimension that runs over its output features (qweight is [in * bits / 32, out],
+scales [groups, out], qzeros [groups, out * bits / 32]); g_idx runs over the input and must match."""
+
+
+def _split_gate_up_orders() -> dict[str, tuple[str, str]]:
+    """MLP classes with a fused gate_up_proj that gptqmodel splits before quantizing, and the order of the halves in
+    the fused weight (defuser's registry, gptqmodel's own dependency: `_STANDARD_SPLIT_GATE_UP_CLASSES`)."""
+    try:
+        from defuser.modeling.model_patches import _STANDARD_SPLIT_GATE_UP_CLASSES as variants
+    except ImportError:
+        variants = {"transformers.models.phi3.modeling_phi3.Phi3MLP": "standard"}
+    orders = {"standard": ("gate_proj", "up_proj"), "phi4_audio": ("up_proj", "gate_proj")}
+    return {path: orders[variant] for path, variant in variants.items() if variant in orders}
+
+
+def fuse_split_projections(folder: Path, config) -> list[str]:
+    """Put back together, in a saved GPTQ checkpoint, the fused projections gptqmodel split to quantize them.
+
+    gptqmodel replaces Phi-3's `mlp.gate_up_proj` by `gate_proj` and `up_proj` before quantizing (defuser, called from
+    gptqmodel/models/loader.py `_convert_model_with_defuser`) and saves them so, but transformers' Phi3MLP has only
+    `gate_up_proj`: loaded with transformers, the quantized MLPs were MISSING (uninitialised buffers; the int4 repack
+    failed with an IndexError, and with gptq_torch the first chat aborted the process in a compiled kernel). Both
+    halves read the same input, so GPTQ quantized them with the same Hessian: the fused layer is their output columns
+    side by side (qweight, scales, qzeros, bias along the output; the same g_idx), exactly what quantizing
+    gate_up_proj whole would give. Returns the fused layers' names; raises QuantError where the halves cannot be
+    joined (different g_idx, or zero points not packed on a word boundary).
+    """
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from .families import skeleton
+
+    model = skeleton(config)
+    if model is None:
+        return []
+    orders = _split_gate_up_orders()
+    targets = {}
+    for name, module in model.named_modules():
+        order = orders.get(f"{type(module).__module__}.{type(module).__name__}")
+        if order and hasattr(module, "gate_up_proj"):
+            targets[name] = order
+    if not targets:
+        return []
+    folder = Path(folder)
+    index_path = folder / "model.safetensors.index.json"
+    if index_path.is_file():
+        index = json.loads(index_path.read_text())
+        where = dict(index["weight_map"])
+    else:
+        index = None
+        with safe_open(folder / "model.safetensors", "pt") as f:
+            where = {key: "model.safetensors" for key in f.keys()}
+    plans = [(parent, order) for parent, order in targets.items()
+             if f"{parent}.{order[0]}.qweight" in where and f"{parent}.{order[1]}.qweight" in where
+             and f"{parent}.gate_up_proj.qweight" not in where]
+    if not plans:
+        return []
+    bits = json.loads((folder / "config.json").read_text())["quantization_config"]["bits"]
+    shards: dict[str, dict] = {}
+    metadata: dict[str, dict | None] = {}
+
+    def tensors_of(file: str) -> dict:
+        if file not in shards:
+            with safe_open(folder / file, "pt") as f:
+                metadata[file] = f.metadata()
+                shards[file] = {key: f.get_tensor(key) for key in f.keys()}
+        return shards[file]
+
+    def take(key: str):
+        return tensors_of(where[key]).pop(key)
+
+    fused = []
+    for parent, (first, second) in plans:
+        halves = [f"{parent}.{first}", f"{parent}.{second}"]
+        suffixes = {key.rpartition(".")[2] for key in where if key.rpartition(".")[0] in halves}
+        unknown = suffixes - set(_FUSED_SUFFIXES) - {"g_idx"}
+        if unknown:
+            raise QuantError(f"{parent}: gptqmodel saved {first}/{second} with tensors this tool cannot join "
+                             f"({', '.join(sorted(unknown))}).")
+        home = where[f"{halves[0]}.qweight"]
+        out = {}
+        g_idx = [take(f"{h}.g_idx") for h in halves] if "g_idx" in suffixes else None
+        if g_idx is not None:
+            if not torch.equal(g_idx[0], g_idx[1]):
+                raise QuantError(f"{parent}: gptqmodel quantized {first} and {second} with different group orders "
+                                 "(g_idx), so they cannot be joined into the gate_up_proj transformers loads.")
+            out["g_idx"] = g_idx[0]
+        parts = {suffix: [take(f"{h}.{suffix}") for h in halves] for suffix in _FUSED_SUFFIXES if suffix in suffixes}
+        if "qzeros" in parts and "scales" in parts and any(
+                zeros.shape[1] * 32 != scales.shape[1] * bits
+                for zeros, scales in zip(parts["qzeros"], parts["scales"])):
+            raise QuantError(f"{parent}: the zero points of {first}/{second} do not end on a word boundary "
+                             f"({bits}-bit), so they cannot be joined into gate_up_proj.")
+        for suffix, pair in parts.items():
+            out[suffix] = torch.cat(pair, dim=_FUSED_SUFFIXES[suffix]).contiguous()
+        for suffix, tensor in out.items():
+            tensors_of(home)[f"{parent}.gate_up_proj.{suffix}"] = tensor
+        for h in halves:
+            for suffix in suffixes:
+                where.pop(f"{h}.{suffix}", None)
+        for suffix in out:
+            where[f"{parent}.gate_up_proj.{suffix}"] = home
+        fused.append(f"{parent}.gate_up_proj")
+    for file, tensors in shards.items():
+        save_file(tensors, folder / file, metadata=metadata[file] or {"format": "pt"})
+    if index is not None:
+        index["weight_map"] = dict(sorted(where.items()))
+        index_path.write_text(json.dumps(index, indent=2))
+    return fused
+
+
 GPTQ_REFUSAL_HINT = ("Quantize it with bitsandbytes (int8 or nf4) instead: its linear layers are quantized and the "
                      "load report names what stays 16-bit. Or load it in bf16.")
 
@@ -222,6 +336,7 @@ def quantize_gptq(model_location: str, recipe: GPTQRecipe, texts: list[str], out
 
         def write(folder: Path) -> None:
             model.save(str(folder))
+            fuse_split_projections(folder, model_config)
             tokenizer.save_pretrained(folder)
 
         save_atomically(write, out_dir)
