@@ -4,6 +4,8 @@ really produced.
 - `gptq_refusal`: families gptqmodel cannot quantize into a checkpoint that transformers loads, refused before any work.
 - `loading_problems`: weights a load found missing (newly initialised), unexpected or mis-shaped, from transformers'
   own loading info; for a quantized checkpoint that is an error (QuantError), never a silent success.
+- `unquantized_weights_note`: modules a quantized mode left in 16-bit (MoE experts held as 3-D tensors), for the
+  load report.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any, Iterable
 
 import torch
 from torch import nn
+
+from .report import logical_parameter_count
 
 
 def skeleton(config: Any, kind: str = "causal") -> nn.Module | None:
@@ -111,4 +115,37 @@ def _names(keys: Iterable[str], limit: int = 6) -> str:
     shown = parts[:limit]
     return ", ".join(shown) + (f" and {len(parts) - limit} more" if len(parts) > limit else "")
 
+
+def unquantized_weights_note(model: nn.Module, mode: str, skipped: Iterable[str] = ()) -> str | None:
+    """A report line naming the weight-holding modules a quantized mode left unquantized, or None.
+
+    bitsandbytes and GPTQ quantize linear layers; transformers 5 keeps MoE experts as stacked tensors in modules of
+    their own (Mixtral's experts are most of its weights), and a router is a module of its own too. The output head,
+    embeddings and modules the user asked to skip are left unquantized on purpose and not named.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    skipped = tuple(skipped)
+    left: list[tuple[str, nn.Module, int]] = []
+    total = logical_parameter_count(model)
+    for name, module in model.named_modules():
+        kind = type(module).__name__
+        if module is head or isinstance(module, (nn.Embedding, nn.Linear)) or "Linear" in kind:
+            continue  # quantized layers (bnb, GPTQ, int4pack), and linear layers left as they are on purpose
+        if any(part in name.split(".") for part in skipped):
+            continue
+        count = sum(p.numel() for p in module.parameters(recurse=False) if p.dim() >= 2)
+        if count:
+            left.append((name, module, count))
+    if not left:
+        return None
+    kept = sum(count for _, _, count in left)
+    dtype = str(next(left[0][1].parameters()).dtype).removeprefix("torch.")
+    by_class: dict[str, list[str]] = {}
+    for name, module, _ in left:
+        by_class.setdefault(type(module).__name__, []).append(name)
+    listed = "; ".join(f"{len(names)} {cls} ({_names(names, 3)})" for cls, names in by_class.items())
+    why = ("bitsandbytes quantizes nn.Linear layers only" if mode in ("int8", "nf4", "fp4")
+           else "GPTQ quantizes linear layers only")
+    return (f"{listed} stay in {dtype}, unquantized: {kept / max(total, 1):.0%} of the weights. {why}, and "
+            "transformers keeps these as tensors of their own (MoE experts are stacked 3-D tensors).")
 

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokeni
 from .access import LocalFolders
 from .attention import check_attention
 from .errors import PlacementError, QuantError
-from .families import layout_hint, loading_problems, names_text
+from .families import layout_hint, loading_problems, names_text, unquantized_weights_note
 from .fastpath import GenerationPath, configure_kernel_cache, eager_path, prepare_generation_path
 from .modes import (
     Mode,
@@ -236,6 +236,10 @@ def load_model(request: LoadRequest, progress: ProgressFn | None = None,
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     load_seconds = time.perf_counter() - started
+    if request.mode.is_bitsandbytes or request.mode is Mode.GPTQ:
+        note = unquantized_weights_note(model, request.mode.value, skipped=options.int8_skip_modules)
+        if note:
+            warnings.append(note)
     progress(0.9, "Measuring")
     after = MemorySnapshot.take()
 
