@@ -240,6 +240,9 @@ def load_model(request: LoadRequest, progress: ProgressFn | None = None,
         note = unquantized_weights_note(model, request.mode.value, skipped=options.int8_skip_modules)
         if note:
             warnings.append(note)
+    note = _single_sequence_generation(model)
+    if note:
+        warnings.append(note)
     progress(0.9, "Measuring")
     after = MemorySnapshot.take()
 
@@ -325,6 +328,33 @@ def _check_loaded_weights(loading_info: dict, request: LoadRequest, source: Mode
         warnings.append(f"{len(mismatched)} weights had the wrong shape and were initialised with random values: "
                         f"{names_text(mismatched)}.")
     return warnings
+
+
+_BEAM_KEYS = ("num_beams", "num_beam_groups")
+
+
+def _single_sequence_generation(model: PreTrainedModel) -> str | None:
+    """Drop beam search from the checkpoint's generation defaults, saying so; None when there was none.
+
+    This tool generates one sequence per prompt, greedy or sampled (chat streams it token by token), and offers no
+    beam search; but `generate` takes every default of the checkpoint's generation_config.json that a call leaves
+    unset. Summarisers ship beams (facebook/bart-large-cnn: num_beams=4, min_length=56, no_repeat_ngram_size=3): chat
+    then failed ("`streamer` cannot be used with beam search") and batches ran a 4-beam search while reporting
+    greedy decoding. The checkpoint's other defaults (minimum length, n-gram blocking) stay, and are named.
+    """
+    config = getattr(model, "generation_config", None)
+    if config is None or (getattr(config, "num_beams", 1) or 1) <= 1:
+        return None
+    beams = config.num_beams
+    for key in _BEAM_KEYS:
+        setattr(config, key, 1)
+    defaults = type(config)()
+    kept = {key: getattr(config, key, None) for key in ("min_length", "min_new_tokens", "no_repeat_ngram_size",
+                                                         "repetition_penalty")}
+    kept = {key: value for key, value in kept.items() if value is not None and value != getattr(defaults, key, None)}
+    return (f"The checkpoint's generation config asks for beam search (num_beams={beams}); this tool generates one "
+            "greedy or sampled sequence, so num_beams is 1 here."
+            + (f" Its other defaults still apply: {', '.join(f'{k}={v}' for k, v in kept.items())}." if kept else ""))
 
 
 def _mark_gptq_weights_as_loaded() -> None:
