@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokeni
 
 from .access import LocalFolders
 from .attention import check_attention
-from .errors import PlacementError, QuantError
+from .errors import PlacementError, QuantError, UnsupportedModeError
 from .families import layout_hint, loading_problems, names_text, unquantized_weights_note
 from .fastpath import GenerationPath, configure_kernel_cache, eager_path, prepare_generation_path
 from .modes import (
@@ -240,6 +240,12 @@ def load_model(request: LoadRequest, progress: ProgressFn | None = None,
         note = unquantized_weights_note(model, request.mode.value, skipped=options.int8_skip_modules)
         if note:
             warnings.append(note)
+    try:
+        _check_cpu_4bit_blocks(model, request)
+    except QuantError:
+        model = None  # the only reference: freed by _release
+        _release()
+        raise
     note = _single_sequence_generation(model)
     if note:
         warnings.append(note)
@@ -271,7 +277,15 @@ def load_model(request: LoadRequest, progress: ProgressFn | None = None,
         warnings=warnings,
     )
     progress(0.91, "A first forward pass")
-    _first_forward(model, tokenizer, source.kind)
+    try:
+        _first_forward(model, tokenizer, source.kind)
+    except (RuntimeError, ValueError, IndexError, TypeError, AttributeError) as exc:
+        model = None  # the only reference: freed by _release
+        _release()
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise QuantError(f"{request.model} loaded in {request.mode.value} but cannot run: its first forward pass "
+                         f"failed ({type(exc).__name__}: {first_line}).",
+                         "Try another mode (bf16, int8) or GPTQ kernel.") from None
     progress(0.92, "Preparing generation")
     path = prepare_generation_path(
         model, tokenizer, mode=request.mode, kind=source.kind, context=model_context_length(model, tokenizer),
@@ -328,6 +342,30 @@ def _check_loaded_weights(loading_info: dict, request: LoadRequest, source: Mode
         warnings.append(f"{len(mismatched)} weights had the wrong shape and were initialised with random values: "
                         f"{names_text(mismatched)}.")
     return warnings
+
+
+def _check_cpu_4bit_blocks(model: PreTrainedModel, request: LoadRequest) -> None:
+    """Refuse a 4-bit model that bitsandbytes' CPU kernel cannot run, before its first call.
+
+    On CPUs with AVX512-BF16, Linear4bit's first forward repacks its weight for the CPU kernel
+    (bitsandbytes/functional.py, `_convert_weight_packed_for_cpu`), which reshapes the scales as [out, in // blocksize]
+    and fails ("shape '[96, 1]' is invalid for input of size 144") on a layer whose input size is not a multiple of
+    the block size (64). Most real checkpoints' sizes are multiples of 64; a layer that is not would otherwise fail at
+    the first message.
+    """
+    bad = []
+    for name, module in model.named_modules():
+        state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if (type(module).__name__ in ("Linear4bit", "LinearNF4", "LinearFP4") and state is not None
+                and getattr(module, "support_avx512bf16_for_cpu", False) and module.weight.device.type == "cpu"
+                and module.in_features % state.blocksize):
+            bad.append((name, module.in_features, state.blocksize))
+    if bad:
+        raise UnsupportedModeError(
+            f"bitsandbytes' 4-bit CPU kernel cannot run {len(bad)} layers of {request.model}: their input size is not "
+            f"a multiple of its block size {bad[0][2]} ({names_text(name for name, _, _ in bad)}: "
+            f"{sorted({n for _, n, _ in bad})}).",
+            "Load it in int8, bf16 or fp32 here, or keep those layers unquantized (skip modules).")
 
 
 _BEAM_KEYS = ("num_beams", "num_beam_groups")
