@@ -8,12 +8,14 @@ time): packing uses the portable torch kernel, and the checkpoint is in the stan
 from __future__ import annotations
 
 import errno
+import json
 import shutil
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from .errors import QuantError
 
@@ -85,7 +87,7 @@ def _layer_count(model) -> int:
 def save_atomically(write: Callable[[Path], None], out_dir: Path) -> Path:
     """Write a folder under a temporary name, then rename it: a folder under its final name is always complete.
 
-    A full disk (or any write error) removes the partial folder and says so.
+    Any failure removes the partial folder; a write error says what the disk said (`_save_error`).
     """
     out_dir = Path(out_dir)
     partial = out_dir.with_name(out_dir.name + ".partial")
@@ -94,12 +96,191 @@ def save_atomically(write: Callable[[Path], None], out_dir: Path) -> Path:
         write(partial)
     except OSError as exc:
         shutil.rmtree(partial, ignore_errors=True)
-        reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-        raise QuantError(f"Saving to {out_dir} failed: {reason}. Nothing was kept.",
-                         "Free some space (or choose another output folder) and run again.") from None
+        raise _save_error(exc, out_dir) from None
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     shutil.rmtree(out_dir, ignore_errors=True)
     partial.rename(out_dir)
     return out_dir
+
+
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _save_error(exc: OSError, out_dir: Path) -> QuantError:
+    """The message for a failed save: what the disk said, or what the library said when it was not the disk.
+
+    Only a full disk (or quota) is told to free space. An OSError without an errno is raised by library code about its
+    own files (gptqmodel's "Offloaded tensor 'lm_head.weight' not found in offload directory"), not by the disk."""
+    if exc.errno in _DISK_FULL:
+        return QuantError(f"Saving to {out_dir} failed: the disk is full. Nothing was kept.",
+                          "Free some space (or choose another output folder) and run again.")
+    if exc.errno in _NOT_WRITABLE:
+        return QuantError(f"Saving to {out_dir} failed: {exc.strerror or exc} (the folder is not writable). "
+                          "Nothing was kept.", "Choose an output folder you can write to.")
+    if exc.errno is not None:
+        return QuantError(f"Saving to {out_dir} failed: {exc.strerror or exc}. Nothing was kept.",
+                          "Check the output folder and run again.")
+    first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return QuantError(f"Saving to {out_dir} failed inside gptqmodel, not on the disk: {first_line} Nothing was kept.",
+                      "This is a fault of gptqmodel with this model family; freeing space will not help.")
+
+
+@contextmanager
+def _checkpoint_names_for_gptqmodel(config) -> Iterator[None]:
+    """Give gptqmodel the checkpoint-name renames that transformers registers under the model's class name.
+
+    gptqmodel materializes each module's weights from the checkpoint by its runtime name, translated through
+    transformers' checkpoint conversion mapping, which it looks up by model type only
+    (gptqmodel/utils/structure.py, LazyTurtle.infer_hf_conversion_map_reversed, `get_checkpoint_conversion_mapping(
+    model_type)`). transformers 5.23 files some renames under the class name instead (conversion_mapping.py:
+    "GPTNeoXForCausalLM": `embed_out.` -> `lm_head.`), so for GPT-NeoX (Pythia) the output head `lm_head` was never
+    found under the checkpoint's `embed_out.weight`, stayed on the meta device, and saving failed with "Offloaded
+    tensor 'lm_head.weight' not found in offload directory". For the duration of one quantization, the model's
+    gptqmodel definition gets the class's renames, reversed as gptqmodel expects them (HF_CONVERSION_MAP_REVERSED).
+    """
+    from gptqmodel.models.auto import MODEL_MAP
+    from gptqmodel.utils.structure import LazyTurtle
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+
+    definition = MODEL_MAP.get(getattr(config, "model_type", None))
+    renames = None
+    if (definition is not None and "HF_CONVERSION_MAP_REVERSED" not in vars(definition)
+            and getattr(definition, "HF_CONVERSION_MAP_REVERSED", None) is None
+            and not getattr(definition, "hf_conversion_model_type_alias", None)
+            and get_checkpoint_conversion_mapping(config.model_type) is None):
+        for architecture in getattr(config, "architectures", None) or []:
+            by_class = get_checkpoint_conversion_mapping(architecture)
+            if by_class:
+                renames = LazyTurtle.reverse_hf_conversion_map(by_class)
+                break
+    if not renames:
+        yield
+        return
+    definition.HF_CONVERSION_MAP_REVERSED = renames
+    try:
+        yield
+    finally:
+        del definition.HF_CONVERSION_MAP_REVERSED
+
+
+_FUSED_SUFFIXES = {"qweight": 1, "scales": 1, "qzeros": 1, "bias": 0}
+"""Tensors of a GPTQ layer and the dimension that runs over its output features (qweight is [in * bits / 32, out],
+scales [groups, out], qzeros [groups, out * bits / 32]); g_idx runs over the input and must match."""
+
+
+def _split_gate_up_orders() -> dict[str, tuple[str, str]]:
+    """MLP classes with a fused gate_up_proj that gptqmodel splits before quantizing, and the order of the halves in
+    the fused weight (defuser's registry, gptqmodel's own dependency: `_STANDARD_SPLIT_GATE_UP_CLASSES`)."""
+    try:
+        from defuser.modeling.model_patches import _STANDARD_SPLIT_GATE_UP_CLASSES as variants
+    except ImportError:
+        variants = {"transformers.models.phi3.modeling_phi3.Phi3MLP": "standard"}
+    orders = {"standard": ("gate_proj", "up_proj"), "phi4_audio": ("up_proj", "gate_proj")}
+    return {path: orders[variant] for path, variant in variants.items() if variant in orders}
+
+
+def fuse_split_projections(folder: Path, config) -> list[str]:
+    """Put back together, in a saved GPTQ checkpoint, the fused projections gptqmodel split to quantize them.
+
+    gptqmodel replaces Phi-3's `mlp.gate_up_proj` by `gate_proj` and `up_proj` before quantizing (defuser, called from
+    gptqmodel/models/loader.py `_convert_model_with_defuser`) and saves them so, but transformers' Phi3MLP has only
+    `gate_up_proj`: loaded with transformers, the quantized MLPs were MISSING (uninitialised buffers; the int4 repack
+    failed with an IndexError, and with gptq_torch the first chat aborted the process in a compiled kernel). Both
+    halves read the same input, so GPTQ quantized them with the same Hessian: the fused layer is their output columns
+    side by side (qweight, scales, qzeros, bias along the output; the same g_idx), exactly what quantizing
+    gate_up_proj whole would give. Returns the fused layers' names; raises QuantError where the halves cannot be
+    joined (different g_idx, or zero points not packed on a word boundary).
+    """
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from .families import skeleton
+
+    model = skeleton(config)
+    if model is None:
+        return []
+    orders = _split_gate_up_orders()
+    targets = {}
+    for name, module in model.named_modules():
+        order = orders.get(f"{type(module).__module__}.{type(module).__name__}")
+        if order and hasattr(module, "gate_up_proj"):
+            targets[name] = order
+    if not targets:
+        return []
+    folder = Path(folder)
+    index_path = folder / "model.safetensors.index.json"
+    if index_path.is_file():
+        index = json.loads(index_path.read_text())
+        where = dict(index["weight_map"])
+    else:
+        index = None
+        with safe_open(folder / "model.safetensors", "pt") as f:
+            where = {key: "model.safetensors" for key in f.keys()}
+    plans = [(parent, order) for parent, order in targets.items()
+             if f"{parent}.{order[0]}.qweight" in where and f"{parent}.{order[1]}.qweight" in where
+             and f"{parent}.gate_up_proj.qweight" not in where]
+    if not plans:
+        return []
+    bits = json.loads((folder / "config.json").read_text())["quantization_config"]["bits"]
+    shards: dict[str, dict] = {}
+    metadata: dict[str, dict | None] = {}
+
+    def tensors_of(file: str) -> dict:
+        if file not in shards:
+            with safe_open(folder / file, "pt") as f:
+                metadata[file] = f.metadata()
+                shards[file] = {key: f.get_tensor(key) for key in f.keys()}
+        return shards[file]
+
+    def take(key: str):
+        return tensors_of(where[key]).pop(key)
+
+    fused = []
+    for parent, (first, second) in plans:
+        halves = [f"{parent}.{first}", f"{parent}.{second}"]
+        suffixes = {key.rpartition(".")[2] for key in where if key.rpartition(".")[0] in halves}
+        unknown = suffixes - set(_FUSED_SUFFIXES) - {"g_idx"}
+        if unknown:
+            raise QuantError(f"{parent}: gptqmodel saved {first}/{second} with tensors this tool cannot join "
+                             f"({', '.join(sorted(unknown))}).")
+        home = where[f"{halves[0]}.qweight"]
+        out = {}
+        g_idx = [take(f"{h}.g_idx") for h in halves] if "g_idx" in suffixes else None
+        if g_idx is not None:
+            if not torch.equal(g_idx[0], g_idx[1]):
+                raise QuantError(f"{parent}: gptqmodel quantized {first} and {second} with different group orders "
+                                 "(g_idx), so they cannot be joined into the gate_up_proj transformers loads.")
+            out["g_idx"] = g_idx[0]
+        parts = {suffix: [take(f"{h}.{suffix}") for h in halves] for suffix in _FUSED_SUFFIXES if suffix in suffixes}
+        if "qzeros" in parts and "scales" in parts and any(
+                zeros.shape[1] * 32 != scales.shape[1] * bits
+                for zeros, scales in zip(parts["qzeros"], parts["scales"])):
+            raise QuantError(f"{parent}: the zero points of {first}/{second} do not end on a word boundary "
+                             f"({bits}-bit), so they cannot be joined into gate_up_proj.")
+        for suffix, pair in parts.items():
+            out[suffix] = torch.cat(pair, dim=_FUSED_SUFFIXES[suffix]).contiguous()
+        for suffix, tensor in out.items():
+            tensors_of(home)[f"{parent}.gate_up_proj.{suffix}"] = tensor
+        for h in halves:
+            for suffix in suffixes:
+                where.pop(f"{h}.{suffix}", None)
+        for suffix in out:
+            where[f"{parent}.gate_up_proj.{suffix}"] = home
+        fused.append(f"{parent}.gate_up_proj")
+    for file, tensors in shards.items():
+        save_file(tensors, folder / file, metadata=metadata[file] or {"format": "pt"})
+    if index is not None:
+        index["weight_map"] = dict(sorted(where.items()))
+        index_path.write_text(json.dumps(index, indent=2))
+    return fused
+
+
+GPTQ_REFUSAL_HINT = ("Quantize it with bitsandbytes (int8 or nf4) instead: its linear layers are quantized and the "
+                     "load report names what stays 16-bit. Or load it in bf16.")
 
 
 def quantize_gptq(model_location: str, recipe: GPTQRecipe, texts: list[str], out_dir: Path,
@@ -107,47 +288,56 @@ def quantize_gptq(model_location: str, recipe: GPTQRecipe, texts: list[str], out
                   stop: threading.Event | None = None) -> GPTQResult:
     """Quantize `model_location` with `recipe` on `texts`, save the checkpoint with its tokenizer to `out_dir`.
 
-    `progress(fraction, message)` is called as each layer finishes; setting `stop` ends the work after the current
-    layer and raises QuantizationCancelled (nothing is saved).
+    A family gptqmodel cannot quantize into a checkpoint that transformers loads is refused first (QuantError, from
+    the config alone: quant.families.gptq_refusal). `progress(fraction, message)` is called as each layer finishes;
+    setting `stop` ends the work after the current layer and raises QuantizationCancelled (nothing is saved).
     """
     recipe.validate()
     from gptqmodel import BACKEND, GPTQModel, QuantizeConfig
     from gptqmodel.looper.module_looper import StopMainLoop
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
+
+    from .families import gptq_refusal
 
     progress = progress or (lambda fraction, message: None)
     stop = stop or threading.Event()
+    model_config = AutoConfig.from_pretrained(model_location)
+    refusal = gptq_refusal(model_config)
+    if refusal:
+        raise QuantError(refusal, GPTQ_REFUSAL_HINT)
     tokenizer = AutoTokenizer.from_pretrained(model_location)
     samples = calibration_samples(texts, tokenizer, recipe.num_samples, recipe.seq_len)
     config = QuantizeConfig(bits=recipe.bits, group_size=recipe.group_size, desc_act=recipe.desc_act,
                             sym=recipe.sym, damp_percent=recipe.damp_percent)
     started = time.perf_counter()
-    progress(0.0, f"Loading {model_location} for quantization")
-    model = GPTQModel.load(model_location, config, device=device)
-    layers = _layer_count(model) or 1
-    quant_started = time.perf_counter()
+    with _checkpoint_names_for_gptqmodel(model_config):
+        progress(0.0, f"Loading {model_location} for quantization")
+        model = GPTQModel.load(model_location, config, device=device)
+        layers = _layer_count(model) or 1
+        quant_started = time.perf_counter()
 
-    def on_layer(layer_idx: int, submodule_finalized: bool):
+        def on_layer(layer_idx: int, submodule_finalized: bool):
+            if stop.is_set():
+                return StopMainLoop
+            if submodule_finalized:
+                done = layer_idx + 1
+                elapsed = time.perf_counter() - quant_started
+                remaining = elapsed / done * (layers - done)
+                progress(done / layers, f"Layer {done}/{layers} · {elapsed:.0f} s elapsed · ~{remaining:.0f} s left")
+            return None
+
+        model.layer_callback = on_layer
+        progress(0.0, f"Quantizing {layers} layers on {len(samples)} samples")
+        model.quantize(samples, batch_size=1, backend=BACKEND.GPTQ_TORCH)
         if stop.is_set():
-            return StopMainLoop
-        if submodule_finalized:
-            done = layer_idx + 1
-            elapsed = time.perf_counter() - quant_started
-            remaining = elapsed / done * (layers - done)
-            progress(done / layers, f"Layer {done}/{layers} · {elapsed:.0f} s elapsed · ~{remaining:.0f} s left")
-        return None
+            del model
+            raise QuantizationCancelled("Quantization stopped; nothing was saved.")
+        progress(1.0, "Saving")
 
-    model.layer_callback = on_layer
-    progress(0.0, f"Quantizing {layers} layers on {len(samples)} samples")
-    model.quantize(samples, batch_size=1, backend=BACKEND.GPTQ_TORCH)
-    if stop.is_set():
-        del model
-        raise QuantizationCancelled("Quantization stopped; nothing was saved.")
-    progress(1.0, "Saving")
+        def write(folder: Path) -> None:
+            model.save(str(folder))
+            fuse_split_projections(folder, model_config)
+            tokenizer.save_pretrained(folder)
 
-    def write(folder: Path) -> None:
-        model.save(str(folder))
-        tokenizer.save_pretrained(folder)
-
-    save_atomically(write, out_dir)
+        save_atomically(write, out_dir)
     return GPTQResult(Path(out_dir), time.perf_counter() - started, len(samples), asdict(recipe))

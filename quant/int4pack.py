@@ -127,7 +127,10 @@ class Int4PackedLinear(nn.Module):
             )
         out = out.to(x.dtype)
         if self.bias is not None:
-            out = out + self.bias
+            # The bias keeps the checkpoint's dtype (GPTQ saves fp16 biases; the model here computes in bf16). Added
+            # as is, fp16 + bf16 promotes to fp32 and the next layer fails on a dtype mismatch (Qwen2's q/k/v and
+            # OPT's every projection have biases), so it is added in the activations' dtype.
+            out = out + self.bias.to(out.dtype)
         return out.reshape(shape)
 
     def extra_repr(self) -> str:
@@ -210,7 +213,7 @@ def repack_layer(layer: nn.Module, dtype: torch.dtype = torch.bfloat16,
     else:
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
         dequantize_from_rows = 0
-    bias = None if layer.bias is None else layer.bias.detach().clone()
+    bias = None if layer.bias is None else layer.bias.detach().to(dtype).clone()  # the activations' dtype
     new = Int4PackedLinear(packed, scales_and_zeros, group_size=group, in_features=k, out_features=n,
                            input_order=None if identity else order.to(torch.int64), bias=bias,
                            dequantize_from_rows=dequantize_from_rows)

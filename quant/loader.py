@@ -15,7 +15,8 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokeni
 
 from .access import LocalFolders
 from .attention import check_attention
-from .errors import PlacementError, QuantError
+from .errors import PlacementError, QuantError, UnsupportedModeError
+from .families import layout_hint, loading_problems, names_text, unquantized_weights_note
 from .fastpath import GenerationPath, configure_kernel_cache, eager_path, prepare_generation_path
 from .modes import (
     Mode,
@@ -197,8 +198,11 @@ def load_model(request: LoadRequest, progress: ProgressFn | None = None,
     prefer_fast_sdpa_backends()
     progress(0.2, f"Loading weights in {request.mode.value}" + _kernel_build_note(gptq_backend))
     started = time.perf_counter()
+    if gptq_backend:
+        _mark_gptq_weights_as_loaded()
     try:
-        model = _model_class(source).from_pretrained(source.location, **kwargs)
+        model, loading_info = _model_class(source).from_pretrained(source.location, output_loading_info=True,
+                                                                    **kwargs)
     except torch.cuda.OutOfMemoryError:
         _release()
         raise PlacementError(
@@ -220,12 +224,31 @@ def load_model(request: LoadRequest, progress: ProgressFn | None = None,
             f"Loading {request.model} in {request.mode.value} failed: {str(exc).splitlines()[0]}"
         ) from None
     model.eval()
+    try:
+        warnings.extend(_check_loaded_weights(loading_info, request, source))
+    except QuantError:
+        model = None  # the only reference: freed by _release
+        _release()
+        raise
     if gptq_backend == "gptq_int4pack":
         progress(0.85, "Repacking the GPTQ layers for PyTorch's int4 kernel")
         warnings.extend(_repack_int4(model))
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     load_seconds = time.perf_counter() - started
+    if request.mode.is_bitsandbytes or request.mode is Mode.GPTQ:
+        note = unquantized_weights_note(model, request.mode.value, skipped=options.int8_skip_modules)
+        if note:
+            warnings.append(note)
+    try:
+        _check_cpu_4bit_blocks(model, request)
+    except QuantError:
+        model = None  # the only reference: freed by _release
+        _release()
+        raise
+    note = _single_sequence_generation(model)
+    if note:
+        warnings.append(note)
     progress(0.9, "Measuring")
     after = MemorySnapshot.take()
 
@@ -254,7 +277,15 @@ def load_model(request: LoadRequest, progress: ProgressFn | None = None,
         warnings=warnings,
     )
     progress(0.91, "A first forward pass")
-    _first_forward(model, tokenizer, source.kind)
+    try:
+        _first_forward(model, tokenizer, source.kind)
+    except (RuntimeError, ValueError, IndexError, TypeError, AttributeError) as exc:
+        model = None  # the only reference: freed by _release
+        _release()
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise QuantError(f"{request.model} loaded in {request.mode.value} but cannot run: its first forward pass "
+                         f"failed ({type(exc).__name__}: {first_line}).",
+                         "Try another mode (bf16, int8) or GPTQ kernel.") from None
     progress(0.92, "Preparing generation")
     path = prepare_generation_path(
         model, tokenizer, mode=request.mode, kind=source.kind, context=model_context_length(model, tokenizer),
@@ -269,6 +300,117 @@ def load_model(request: LoadRequest, progress: ProgressFn | None = None,
     progress(1.0, "Loaded")
     # The token served this load only: it is not kept with a model that every session can see.
     return LoadedModel(request.key, replace(request, token=None), source, model, tokenizer, report, path)
+
+
+def _check_loaded_weights(loading_info: dict, request: LoadRequest, source: ModelSource) -> list[str]:
+    """Weights the load did not fill from the checkpoint, from transformers' own loading info.
+
+    A quantized checkpoint (GPTQ, serialized bitsandbytes) with weights missing (transformers initialises them with
+    random values), unexpected (left unused) or of the wrong shape is refused: the model would generate garbage while
+    every step reported success (gptqmodel saves Phi-3's gate_up_proj split and Mixtral's experts one by one, which
+    transformers' classes do not have). An unquantized checkpoint loads with a warning naming them.
+    """
+    missing, unexpected, mismatched = loading_problems(loading_info)
+    if not (missing or unexpected or mismatched):
+        return []
+    if source.checkpoint_quant_method:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} weights the model needs are MISSING from the checkpoint and would be random "
+                         f"({names_text(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} weights in the checkpoint fit nowhere in the model "
+                         f"({names_text(unexpected)})")
+        if mismatched:
+            parts.append(f"{len(mismatched)} weights have the wrong shape ({names_text(mismatched)})")
+        from importlib.metadata import version
+
+        raise QuantError(
+            f"{request.model} cannot be loaded in {request.mode.value}: " + "; ".join(parts) + "."
+            + layout_hint(missing, unexpected),
+            f"The checkpoint does not match transformers {version('transformers')}'s {source.architecture}. "
+            "Quantize the original model with this tool (it refuses what it cannot save in a form that loads), or "
+            "use a checkpoint made for this architecture.")
+    warnings = []
+    if missing:
+        warnings.append(f"{len(missing)} weights are not in the checkpoint and were initialised with random values: "
+                        f"{names_text(missing)}.")
+    if unexpected:
+        warnings.append(f"{len(unexpected)} weights in the checkpoint are not used by {source.architecture}: "
+                        f"{names_text(unexpected)}.")
+    if mismatched:
+        warnings.append(f"{len(mismatched)} weights had the wrong shape and were initialised with random values: "
+                        f"{names_text(mismatched)}.")
+    return warnings
+
+
+def _check_cpu_4bit_blocks(model: PreTrainedModel, request: LoadRequest) -> None:
+    """Refuse a 4-bit model that bitsandbytes' CPU kernel cannot run, before its first call.
+
+    On CPUs with AVX512-BF16, Linear4bit's first forward repacks its weight for the CPU kernel
+    (bitsandbytes/functional.py, `_convert_weight_packed_for_cpu`), which reshapes the scales as [out, in // blocksize]
+    and fails ("shape '[96, 1]' is invalid for input of size 144") on a layer whose input size is not a multiple of
+    the block size (64). Most real checkpoints' sizes are multiples of 64; a layer that is not would otherwise fail at
+    the first message.
+    """
+    bad = []
+    for name, module in model.named_modules():
+        state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if (type(module).__name__ in ("Linear4bit", "LinearNF4", "LinearFP4") and state is not None
+                and getattr(module, "support_avx512bf16_for_cpu", False) and module.weight.device.type == "cpu"
+                and module.in_features % state.blocksize):
+            bad.append((name, module.in_features, state.blocksize))
+    if bad:
+        raise UnsupportedModeError(
+            f"bitsandbytes' 4-bit CPU kernel cannot run {len(bad)} layers of {request.model}: their input size is not "
+            f"a multiple of its block size {bad[0][2]} ({names_text(name for name, _, _ in bad)}: "
+            f"{sorted({n for _, n, _ in bad})}).",
+            "Load it in int8, bf16 or fp32 here, or keep those layers unquantized (skip modules).")
+
+
+_BEAM_KEYS = ("num_beams", "num_beam_groups")
+
+
+def _single_sequence_generation(model: PreTrainedModel) -> str | None:
+    """Drop beam search from the checkpoint's generation defaults, saying so; None when there was none.
+
+    This tool generates one sequence per prompt, greedy or sampled (chat streams it token by token), and offers no
+    beam search; but `generate` takes every default of the checkpoint's generation_config.json that a call leaves
+    unset. Summarisers ship beams (facebook/bart-large-cnn: num_beams=4, min_length=56, no_repeat_ngram_size=3): chat
+    then failed ("`streamer` cannot be used with beam search") and batches ran a 4-beam search while reporting
+    greedy decoding. The checkpoint's other defaults (minimum length, n-gram blocking) stay, and are named.
+    """
+    config = getattr(model, "generation_config", None)
+    if config is None or (getattr(config, "num_beams", 1) or 1) <= 1:
+        return None
+    beams = config.num_beams
+    for key in _BEAM_KEYS:
+        setattr(config, key, 1)
+    defaults = type(config)()
+    kept = {key: getattr(config, key, None) for key in ("min_length", "min_new_tokens", "no_repeat_ngram_size",
+                                                         "repetition_penalty")}
+    kept = {key: value for key, value in kept.items() if value is not None and value != getattr(defaults, key, None)}
+    return (f"The checkpoint's generation config asks for beam search (num_beams={beams}); this tool generates one "
+            "greedy or sampled sequence, so num_beams is 1 here."
+            + (f" Its other defaults still apply: {', '.join(f'{k}={v}' for k, v in kept.items())}." if kept else ""))
+
+
+def _mark_gptq_weights_as_loaded() -> None:
+    """Let transformers' weight initialisation skip gptqmodel's stand-in `weight` of its torch-kernel layers.
+
+    TorchLinear.weight is a shape/dtype shim (gptqmodel/nn_modules/qlinear/torch.py, `_LinearWeightMetadata`), not a
+    tensor, and carries no `_is_hf_initialized` flag. After loading, transformers runs each model's `_init_weights`
+    on modules not marked initialised, and GPT-2's reaches into its children (modeling_gpt2.py,
+    GPT2PreTrainedModel._init_weights: `init.normal_(module.c_proj.weight, ...)` for every attention and MLP block),
+    so every GPT-2 GPTQ load failed with "'_LinearWeightMetadata' object has no attribute 'normal_'". The quantized
+    weights always come from the checkpoint (a missing one is refused by _check_loaded_weights), so marking the shim
+    initialised is exact.
+    """
+    try:
+        from gptqmodel.nn_modules.qlinear.torch import _LinearWeightMetadata
+    except ImportError:  # another gptqmodel layout: nothing to mark
+        return
+    _LinearWeightMetadata._is_hf_initialized = True
 
 
 def _first_forward(model: PreTrainedModel, tokenizer: Any, kind: str) -> None:

@@ -17,7 +17,15 @@ from typing import Callable
 
 from .access import ANY_FOLDER, LocalFolders, visitor_folder_name
 from .errors import QuantError
-from .gptq import GPTQRecipe, QuantizationCancelled, builtin_textsets, quantize_gptq, save_atomically
+from .families import gptq_refusal
+from .gptq import (
+    GPTQ_REFUSAL_HINT,
+    GPTQRecipe,
+    QuantizationCancelled,
+    builtin_textsets,
+    quantize_gptq,
+    save_atomically,
+)
 from .loader import LoadRequest, load_model, release_memory
 from .metrics import perplexity, size_on_disk
 from .modes import Mode, QuantOptions
@@ -170,12 +178,32 @@ def _local_copy(model: str, revision: str | None, token: str | None, folders: Lo
         raise QuantError(f"Downloading {model} failed: {str(exc).splitlines()[0]}") from None
 
 
-def _evaluate(request: LoadRequest, text: str) -> tuple[float, str]:
+def _evaluate(request: LoadRequest, text: str) -> float:
     loaded = load_model(request)
     try:
-        ppl = perplexity(loaded, text, max_tokens=4096).value
-        quantized = [k for k in loaded.report.linear_layers if k != "Linear"]
-        return ppl, ", ".join(quantized) or "Linear"
+        return perplexity(loaded, text, max_tokens=4096).value
+    finally:
+        del loaded
+        release_memory()
+
+
+def _kernel(loaded) -> str:
+    """The linear layer classes a quantized model loads with (e.g. Int4PackedLinear)."""
+    return ", ".join(k for k in loaded.report.linear_layers if k != "Linear") or "Linear"
+
+
+def _check_saved(request: LoadRequest, out_dir: Path, text: str | None):
+    """Load the folder just saved, as a user will (quant.loader refuses missing, unexpected or mis-shaped weights),
+    and measure its perplexity on `text` (None: no measure). Returns (kernel, perplexity). A folder that does not load
+    is removed: nothing is left that looks like a finished quantization, and no card is written for it."""
+    try:
+        loaded = load_model(request)
+    except QuantError as exc:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise QuantError(f"The quantized model does not load correctly, so {out_dir} was removed: {exc.message}",
+                         exc.hint) from None
+    try:
+        return _kernel(loaded), (perplexity(loaded, text, max_tokens=4096).value if text is not None else None)
     finally:
         del loaded
         release_memory()
@@ -209,14 +237,18 @@ def quantize(model: str, *, method: str, recipe: GPTQRecipe | None = None,
     # Whole-model loads (bnb quantization, the perplexity checks) spread over every GPU, so a model larger than one
     # GPU can be quantized and measured.
     placement = "auto" if cuda_device_count() > 1 else device
+    if method == "gptq":
+        if source.kind != "causal":
+            raise QuantError("GPTQ quantization here supports causal LMs only.",
+                             "Quantize T5/BART with int8 or nf4 (bitsandbytes) instead.")
+        refusal = gptq_refusal(source.config, source.kind)
+        if refusal:  # before anything is downloaded or loaded
+            raise QuantError(refusal, GPTQ_REFUSAL_HINT)
     local = _local_copy(model, revision, token, folders)
     eval_text = builtin_textsets()[EVAL_TEXTSET].read_text(encoding="utf-8")
     started = time.perf_counter()
 
     if method == "gptq":
-        if source.kind != "causal":
-            raise QuantError("GPTQ quantization here supports causal LMs only.",
-                             "Quantize T5/BART with int8 or nf4 (bitsandbytes) instead.")
         recipe = recipe or GPTQRecipe()
         calibration = calibration or CalibrationData()
         texts = calibration.texts()
@@ -252,15 +284,17 @@ def quantize(model: str, *, method: str, recipe: GPTQRecipe | None = None,
         calibration=calibration_text, seconds=seconds, original_bytes=size_on_disk(local),
         quantized_bytes=size_on_disk(out_dir), eval_text=f"built-in '{EVAL_TEXTSET}' (held out of calibration)",
         versions=library_versions(), kind=source.kind)
+    measure = evaluate and source.kind == "causal" and not stop.is_set()
+    progress(0.82, "Loading the quantized model" + (" and its perplexity" if measure else ""))
+    result.kernel, result.quantized_perplexity = _check_saved(quantized_request, out_dir,
+                                                              eval_text if measure else None)
     if evaluate and source.kind == "causal":
         if stop.is_set():
             raise QuantizationCancelled("Stopped before the quality check; the quantized folder is saved.")
-        progress(0.82, "Perplexity of the original model")
-        result.original_perplexity, _ = _evaluate(
+        progress(0.91, "Perplexity of the original model")
+        result.original_perplexity = _evaluate(
             LoadRequest(model=local, mode=Mode.FP16 if on_cuda else Mode.BF16, device_map=placement,
                         folders=ANY_FOLDER), eval_text)
-        progress(0.91, "Perplexity of the quantized model")
-        result.quantized_perplexity, result.kernel = _evaluate(quantized_request, eval_text)
     write_model_card(result, out_dir)
     (Path(out_dir) / "quantization_report.json").write_text(json.dumps(asdict(result), indent=1))
     progress(1.0, "Done")
