@@ -75,10 +75,11 @@ class GenerationSettings:
             raise GenerationError(f"Seed must be a whole number from 0 to {SEED_MAX}, or none for a random seed.")
 
     def generate_kwargs(self) -> dict:
+        # Every setting the user sees is passed, 0 and 1 included: `generate` would otherwise take the checkpoint's
+        # own defaults (facebook/bart-large-cnn ships num_beams=4 and no_repeat_ngram_size=3).
         kwargs: dict = {"max_new_tokens": int(self.max_new_tokens), "do_sample": bool(self.do_sample),
-                        "repetition_penalty": float(self.repetition_penalty)}
-        if self.no_repeat_ngram_size:
-            kwargs["no_repeat_ngram_size"] = int(self.no_repeat_ngram_size)
+                        "repetition_penalty": float(self.repetition_penalty), "num_beams": 1,
+                        "no_repeat_ngram_size": int(self.no_repeat_ngram_size)}
         if self.do_sample:
             kwargs.update(temperature=float(self.temperature), top_p=float(self.top_p), top_k=int(self.top_k))
         else:  # keep the checkpoint's sampling defaults from leaking into greedy runs (and warnings about them)
