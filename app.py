@@ -191,18 +191,24 @@ def build_request(model, revision, token, mode, int8_threshold, skip_modules, in
     )
 
 
-class Slider(gr.Slider):
-    """gr.Slider whose missing value (null over the API, which is what a browser's JSON carries for NaN) is refused
+def Slider(*args, **kwargs) -> gr.Slider:  # noqa: N802 - used in place of gr.Slider
+    """A gr.Slider whose missing value (null over the API, which is what a browser's JSON carries for NaN) is refused
     with a message naming the slider: Gradio's own bounds check fails on it before any app code, with no message.
-    A template of gr.Slider (`is_template`): the browser draws the same slider."""
 
-    is_template = True
+    The check wraps this instance's `preprocess`: a subclass would be a new component class, for which Gradio writes a
+    type-stub file (app.pyi) beside this module at every import (and fails where the folder is read-only).
+    """
+    slider = gr.Slider(*args, **kwargs)
+    preprocess = slider.preprocess
 
-    def preprocess(self, payload):
+    def refuse_missing(payload):
         if payload is None:
-            key = getattr(self.label, "key", None)
+            key = getattr(slider.label, "key", None)
             raise gr.Error(f"{EN.get(key, key or 'This slider')} must be a number.", print_exception=False)
-        return super().preprocess(payload)
+        return preprocess(payload)
+
+    slider.preprocess = refuse_missing
+    return slider
 
 
 def _progress_fn(progress: gr.Progress):

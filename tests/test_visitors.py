@@ -213,3 +213,12 @@ def test_visitors_old_outputs_expire_and_the_clis_stay(tmp_path, monkeypatch):
     assert expire_visitor_outputs(0) == [] and old.exists()  # 0 keeps everything
     assert expire_visitor_outputs(24) == [old]
     assert not old.exists() and recent.exists() and cli.exists()
+
+
+def test_building_the_app_writes_nothing_beside_it():
+    """Gradio writes a type-stub file beside any module that defines a component class: the app defines none, so it
+    also starts where its folder is read-only."""
+    import app as app_module
+
+    app_module.build_app()
+    assert not (ROOT / "app.pyi").exists()
