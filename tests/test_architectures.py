@@ -224,6 +224,29 @@ def test_a_phi3_checkpoint_with_split_gate_up_is_refused_not_run(kernel, gptq_ou
     assert "MISSING" in text and "mlp.gate_up_proj" in text and "gate_proj and up_proj separately" in text
 
 
+def test_the_server_survives_a_user_loading_that_phi3_checkpoint_and_chatting(app_url, gptq_outputs, tmp_path,
+                                                                             monkeypatch):
+    """The whole server used to go down (an abort in a compiled CPU kernel at the first message) when a visitor chatted
+    with this checkpoint on gptq_torch: now the load is refused with its reason and the server keeps answering."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    from tests.conftest import LLAMA
+    from tests.test_app_model_tab import load_args
+
+    split = tmp_path / "models" / "phi3-split"
+    split.parent.mkdir()
+    _split_gate_up(Path(gptq_outputs("phi3").out_dir), split)
+    monkeypatch.setenv("QUANT_LOCAL_MODELS_ROOT", str(split.parent))
+    visitor = Client(app_url, verbose=False)
+    with pytest.raises(AppError, match="MISSING"):
+        visitor.predict(*load_args(str(split), "gptq", gptq_backend="gptq_torch"), api_name="/load_model")
+    visitor.predict(*load_args(LLAMA, "bf16"), api_name="/load_model")
+    visitor.predict("Explain the with statement.", api_name="/chat_add_message")
+    reply = visitor.predict("", 8, False, 0.7, 0.9, 50, 1.0, 0, "", api_name="/chat_respond")
+    assert reply[-1]["role"] == "assistant" and reply[-1]["content"]
+
+
 def test_quantize_checks_its_output_by_loading_it_and_removes_a_folder_that_does_not_load(gptq_outputs, tmp_path):
     """quantize() loads what it saved before writing a card (result.kernel comes from that load, perplexity or not);
     a folder that does not load, like gptqmodel's split Phi-3, is removed with the loader's reason."""
