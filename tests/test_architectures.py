@@ -78,10 +78,11 @@ def linear_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
 
 
 def direct_greedy(loaded, input_ids: torch.Tensor, new_tokens: int) -> list[int]:
-    """transformers' generate on the same model: greedy, one sequence, the same stop tokens."""
+    """transformers' generate on the same model: greedy, one sequence, the same stop tokens, and no n-gram blocking
+    (the settings' 0, which quant passes over a checkpoint's own default: bart-large-cnn ships 3)."""
     with torch.inference_mode():
         out = loaded.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                    max_new_tokens=new_tokens, do_sample=False, num_beams=1,
+                                    max_new_tokens=new_tokens, do_sample=False, num_beams=1, no_repeat_ngram_size=0,
                                     temperature=None, top_p=None, top_k=None,
                                     eos_token_id=stop_token_ids(loaded), pad_token_id=loaded.tokenizer.pad_token_id)
     return out[0, 1 if loaded.source.kind == "seq2seq" else input_ids.shape[1]:].tolist()  # seq2seq: decoder start
