@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import html
 import inspect
 import logging
 import os
+import socket
 import sys
 import threading
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import gradio as gr
 import torch
@@ -977,6 +980,25 @@ def configure_queue(demo: gr.Blocks) -> gr.Blocks:
     """Requests wait in one queue; each event type has its own concurrency (model loads one at a time)."""
     settings = load_settings()
     return demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.queue_size)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_in_process() -> Iterator[str]:
+    """The real app (queue configured from the environment as at start-up), served over HTTP on a free local port in
+    this process: how the tests and the benchmarks serve it."""
+    demo = configure_queue(build_app())
+    port = free_port()
+    demo.launch(**launch_options(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True))
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
 
 
 def main() -> None:

@@ -264,7 +264,7 @@ def main() -> None:
     import torch
     from quant.loader import LoadRequest
     from quant.registry import default_registry
-    from bench.load_test import serve_app
+    from app import serve_in_process
 
     loaded = default_registry().load(LoadRequest(model=args.model, mode=args.mode, device_map=args.device_map))
     timeline = _ServerTimeline()
@@ -273,7 +273,7 @@ def main() -> None:
     generation_log.addHandler(timeline)
     generation_log.propagate = False
     rows = {"direct": [], "http": []}
-    with serve_app() as url:
+    with serve_in_process() as url:
         for run in range(args.runs):  # the first pass warms caches: dropped
             for prompt in PROMPTS:
                 row = direct(loaded, prompt, args.new_tokens)

@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from gradio_client import Client
 
@@ -105,28 +102,6 @@ def run_sessions(url: str, sessions: int, turns: int = 1, max_new_tokens: int = 
     return result
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def serve_app() -> Iterator[str]:
-    """The real app (queue configured from the environment as at start-up), served over HTTP on a free local port
-    in this process (the tests serve it the same way)."""
-    import app as app_module
-
-    demo = app_module.configure_queue(app_module.build_app())
-    port = free_port()
-    demo.launch(**app_module.launch_options(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
-                                            quiet=True))
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
-
-
 def load_over_http(url: str, model: str, mode: str, device_map: str) -> dict:
     """Load `model` as the Model tab does; returns the status line and the load report."""
     status, report, *_ = Client(url, verbose=False).predict(
@@ -162,7 +137,9 @@ def main() -> None:
     else:
         import gc
 
-        with serve_app() as url:
+        from app import serve_in_process
+
+        with serve_in_process() as url:
             loaded = load_over_http(url, args.model, args.mode, args.device_map)
             print(loaded["status"], flush=True)
             before = server_memory()

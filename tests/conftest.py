@@ -77,7 +77,7 @@ def registry():
 @pytest.fixture(scope="session")
 def app_url():
     """The real app, served over HTTP for the whole test session."""
-    from bench.load_test import serve_app  # imports gradio: not at module level, the GPU machine runs without it
+    from app import serve_in_process  # imports gradio: not at module level, the GPU machine runs without it
 
-    with serve_app() as url:
+    with serve_in_process() as url:
         yield url

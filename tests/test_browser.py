@@ -19,7 +19,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from bench.load_test import free_port
 from tests.conftest import LLAMA, ROOT
 from tests.hub_server import FakeHub
 
@@ -59,7 +58,7 @@ def server(tmp_path_factory):
         hub.drop_next(r"^/api/models$", method="HEAD")
         demo = app_module.configure_queue(app_module.build_app())
         assert hub.pending_faults() == [], "the app did not probe the Hub while building the UI"
-        port = free_port()
+        port = app_module.free_port()
         demo.launch(**app_module.launch_options(server_name="127.0.0.1", server_port=port,
                                                 prevent_thread_lock=True, quiet=True))
         try:

@@ -13,7 +13,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from bench.load_test import free_port
 from tests.conftest import LLAMA
 from tests.hub_server import FakeHub
 from tests.test_browser import QUICK, SLOW, browser, data_rows  # noqa: F401 - `browser` is a fixture
@@ -45,7 +44,7 @@ def server(tmp_path_factory):
         hub.put_files(GATED, demo_files())
         hub.drop_next(r"^/api/models$", method="HEAD")  # the start-up probe finds no Hub, as offline
         demo = app_module.configure_queue(app_module.build_app())
-        port = free_port()
+        port = app_module.free_port()
         demo.launch(**app_module.launch_options(server_name="127.0.0.1", server_port=port,
                                                 prevent_thread_lock=True, quiet=True))
         try:

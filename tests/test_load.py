@@ -8,7 +8,8 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from bench.load_test import run_sessions, serve_app
+from app import serve_in_process
+from bench.load_test import run_sessions
 from quant.report import process_rss
 from tests.conftest import LLAMA
 from tests.test_app_model_tab import load_args
@@ -36,7 +37,7 @@ def small_queue_app(monkeypatch_module):
     """A second server with a queue of 2 and one generation at a time: the overflow must be refused, not hang."""
     monkeypatch_module.setenv("QUANT_QUEUE_SIZE", "2")
     monkeypatch_module.setenv("QUANT_CONCURRENCY", "1")
-    with serve_app() as url:
+    with serve_in_process() as url:
         yield url
 
 
