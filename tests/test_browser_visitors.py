@@ -29,7 +29,7 @@ HISTORY = "Your loads, side by side"
 def server(tmp_path_factory):
     import transformers  # noqa: F401 - imported before patching, as hub_server.point_client_at requires
 
-    import app as app_module
+    from app import serve_in_process
     from quant.registry import default_registry
 
     default_registry().unload_all()
@@ -43,14 +43,10 @@ def server(tmp_path_factory):
         hub.add_repo(GATED, gated=True, granted={"carol"})
         hub.put_files(GATED, demo_files())
         hub.drop_next(r"^/api/models$", method="HEAD")  # the start-up probe finds no Hub, as offline
-        demo = app_module.configure_queue(app_module.build_app())
-        port = app_module.free_port()
-        demo.launch(**app_module.launch_options(server_name="127.0.0.1", server_port=port,
-                                                prevent_thread_lock=True, quiet=True))
         try:
-            yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", hub=hub, outputs=tmp / "outputs")
+            with serve_in_process() as url:
+                yield SimpleNamespace(url=url, hub=hub, outputs=tmp / "outputs")
         finally:
-            demo.close()
             default_registry().unload_all()
         assert hub.server_errors == []
 
