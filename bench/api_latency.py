@@ -26,32 +26,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-PROMPTS = ["Explain what a generator is in Python.", "What does the with statement do?",
-           "Describe how a class definition is executed.", "What is a decorator?"]
+from bench.chat_latency import PROMPTS, direct  # noqa: E402 - the same prompts and direct measurement
+
 KEY = "sk-bench-key"
 
 
 def _rate(tokens: int, first: float | None, last: float | None) -> float | None:
-    """Decode rate: the tokens after the first over the time after the first."""
+    """Decode rate: the tokens after the first over the time after the first (as chat_latency's rows count it)."""
     if first is None or last is None or tokens < 2 or last <= first:
         return None
     return (tokens - 1) / (last - first)
-
-
-def direct(loaded, prompt: str, new_tokens: int) -> dict:
-    from quant.generation import GenerationSettings, stream_chat
-
-    started = time.perf_counter()
-    first = last = final = None
-    for chunk in stream_chat(loaded, [{"role": "user", "content": prompt}],
-                             settings=GenerationSettings(max_new_tokens=new_tokens)):
-        now = time.perf_counter()
-        if chunk.stats.new_tokens and first is None:
-            first = now
-        last, final = now, chunk
-    tokens = final.stats.new_tokens
-    return {"tokens": tokens, "ttft_s": (first - started) if first else None, "rate": _rate(tokens, first, last),
-            "path": final.stats.path}
 
 
 def client(url: str, model: str, new_tokens: int, runs: int) -> dict:
@@ -87,7 +71,7 @@ def client(url: str, model: str, new_tokens: int, runs: int) -> dict:
                         if event.get("usage"):
                             tokens = event["usage"]["completion_tokens"]
                 rows.append({"tokens": tokens, "ttft_s": (first - started) if first else None,
-                             "rate": _rate(tokens, first, last), "warm_up": run == 0, "first_wall": first_wall})
+                             "tok_s": _rate(tokens, first, last), "warm_up": run == 0, "first_wall": first_wall})
     return {"round_trip_s": statistics.median(trips), "rows": rows}
 
 
@@ -158,7 +142,7 @@ def main() -> None:
     direct_rows = []
     for run in range(args.runs):
         for prompt in PROMPTS:
-            direct_rows.append({**direct(loaded, prompt, args.new_tokens), "warm_up": run == 0})
+            direct_rows.append({**direct(loaded, prompt, args.new_tokens), "warm_up": run == 0})  # chat_latency's
     first_text = FirstText()
     generation_log = logging.getLogger("quant.generation")
     generation_log.setLevel(logging.DEBUG)
@@ -180,7 +164,7 @@ def main() -> None:
         return statistics.median(values) if values else None
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
-    d_rate, a_rate = median(direct_rows, "rate"), median(http["rows"], "rate")
+    d_rate, a_rate = median(direct_rows, "tok_s"), median(http["rows"], "tok_s")
     d_ttft, a_ttft = median(direct_rows, "ttft_s"), median(http["rows"], "ttft_s")
     delivery = median(http["rows"], "delivery_s")
     data = {"device": device, "delivery_s": delivery, "model": loaded.label, "generation_path": loaded.report.generation_path,
