@@ -10,7 +10,7 @@ that asked (each session's conversation must hold its own message and no other s
 and adds the server's memory before and after the sessions (GPU allocated and process RSS) to the result:
 
     python bench/load_test.py serve --model /tmp/bench/llama-1b --mode bf16 --device-map cuda:0 --sessions 64 \
-        --turns 2 --out bench/results/load-gpu-1b-bf16.json
+        --turns 2 --out bench/results/load-gpu-1b-bf16-64-sessions.json
 """
 
 from __future__ import annotations
