@@ -56,7 +56,8 @@ EN = {
     "batch.note": "Greedy unless sampling is on; generation settings are those of the Chat tab.",
     "batch.size": "Batch size", "batch.run": "Run batch", "batch.results": "Results", "batch.download": "Download results",
     "compare.intro": "Load one model in several modes, one after another, and measure each on the same prompts: "
-                     "memory, speed, perplexity on held-out text, and the answers side by side.",
+                     "memory, speed, perplexity on held-out text, how far each mode's next-token predictions are "
+                     "from 16-bit (KL, top-1 agreement), and the answers side by side.",
     "compare.model": "Model",
     "compare.gptq": "GPTQ checkpoints of this model (folder or repo, one per line)",
     "compare.attention": "Attention implementations (each mode with each; none: default)",
@@ -141,7 +142,8 @@ KO = {
     "batch.note": "샘플링을 켜지 않으면 그리디로 생성합니다. 생성 설정은 채팅 탭의 설정을 따릅니다.",
     "batch.size": "배치 크기", "batch.run": "일괄 실행", "batch.results": "결과", "batch.download": "결과 내려받기",
     "compare.intro": "한 모델을 여러 모드로 차례로 불러와 같은 프롬프트로 각각 측정합니다: 메모리, 속도, 학습에 "
-                     "쓰지 않은 텍스트의 퍼플렉서티, 그리고 나란히 놓은 답변.",
+                     "쓰지 않은 텍스트의 퍼플렉서티, 16비트 대비 다음 토큰 예측의 차이 (KL, top-1 일치율), 그리고 "
+                     "나란히 놓은 답변.",
     "compare.model": "모델",
     "compare.gptq": "이 모델의 GPTQ 체크포인트 (폴더 또는 저장소, 한 줄에 하나)",
     "compare.attention": "어텐션 구현 (모든 모드를 각각으로 측정; 선택하지 않으면 기본값)",
