@@ -61,7 +61,7 @@ def test_a_mode_against_itself_is_identical(reference, bf16):
 def test_fp32_is_close_to_bf16(reference):
     q = measure_quality(load_model(LoadRequest(model=LLAMA, mode="fp32")), reference)
     assert 0 < q.kl_mean < 0.005 and q.top1_agreement > 97 and abs(q.dp_mean) < 1e-3
-    assert verdict(q.top1_agreement, q.kl_mean) .endswith(": close to bf16")
+    assert verdict(q.top1_agreement, q.kl_mean).endswith(": close to bf16")
 
 
 def test_round_to_nearest_is_farther_than_gptq(reference, rtn4, gptq_llama_dir):
