@@ -33,6 +33,7 @@ from quant.compare import (
     relative_to_baseline,
     write_json,
 )
+from quant.quality import THRESHOLDS_TEXT
 from quant.generation import (
     SEED_MAX,
     GenerationSettings,
@@ -561,6 +562,10 @@ def run_quantize(model, revision, token, method, bits, group_size, desc_act, sym
     files = sorted(str(p) for p in folder.iterdir() if p.is_file())
     status = (f"Saved to `{_as_text(folder.name)}` in {result.seconds:.0f} s"
               + (f"; the quantized model loads with {result.kernel} layers." if result.kernel else "."))
+    if result.quality:
+        status += f"\n\nNext-token quality against the original: {result.quality['verdict']}."
+    for warning in result.warnings:
+        status += f"\n\n**Warning:** {_as_text(warning)}"
     username = getattr(request, "username", None)
     # With a login the repo id is proposed whole; without one, the Push box stays empty (its placeholder shows the
     # form), rather than holding a "<user>/..." that Push would refuse.
@@ -609,8 +614,9 @@ COMPARE_MAX_PROMPTS = 16
 """Each Compare prompt is answered greedily by every mode and feeds the batch measurement: a handful is plenty."""
 
 COMPARE_HEADERS = ["mode", "error", "footprint (MiB)", "load (s)", "RAM (MiB)", "peak GPU (MiB)", "first token (s)",
-                   "decode b1 (tok/s)", "batch (tok/s)", "perplexity", "quantized layers", "attention", "compile (s)",
-                   "generation path"]
+                   "decode b1 (tok/s)", "batch (tok/s)", "perplexity", "ppl ratio", "KL mean", "KL p99", "top-1 (%)",
+                   "Δp mean", "Δp p1", "verdict", "quantized layers", "attention", "compile (s)", "generation path"]
+"""The quality columns (ppl ratio ... verdict) are against the 16-bit reference of the same model (quant.quality)."""
 
 
 def _compare_rows(results) -> list[list]:
@@ -623,7 +629,9 @@ def _compare_rows(results) -> list[list]:
             "" if r.error else "none")
         rows.append([r.label, r.error or "", num(r.footprint_bytes, 2**20, 1), num(r.load_seconds),
                      num(r.ram_bytes, 2**20, 0), num(r.peak_gpu_bytes, 2**20, 1), num(r.time_to_first_token_s, 1, 3),
-                     num(r.decode_tokens_per_s, 1, 1), num(r.batch_tokens_per_s, 1, 1), num(r.perplexity), layers,
+                     num(r.decode_tokens_per_s, 1, 1), num(r.batch_tokens_per_s, 1, 1), num(r.perplexity),
+                     num(r.perplexity_ratio, 1, 4), num(r.kl_mean, 1, 5), num(r.kl_p99, 1, 5),
+                     num(r.top1_agreement, 1, 2), num(r.dp_mean, 1, 5), num(r.dp_p1, 1, 5), r.verdict, layers,
                      r.attn_implementation or "", num(r.compile_seconds, 1, 1), r.generation_path])
     return rows
 
@@ -654,6 +662,32 @@ def _relative_plots(results) -> list[gr.BarPlot]:
                               if relative[label].get(metric) is not None], columns=["mode", "× 16-bit"])
         plots.append(gr.BarPlot(value=frame, color_map=colours, sort=order))
     return plots
+
+
+def _kl_plot(results) -> gr.LinePlot:
+    """Mean KL(reference || mode) of each evaluation window, a line per mode (x: the window's first token)."""
+    import pandas as pd
+
+    order = [r.label for r in results if not r.error and r.kl_per_window]
+    colours = {label: MODE_COLOURS[i % len(MODE_COLOURS)] for i, label in enumerate(order)}
+    frame = pd.DataFrame([{"mode": r.label, "token position": i * (r.quality_stride or 0), "KL": kl}
+                          for r in results if r.label in colours for i, kl in enumerate(r.kl_per_window)],
+                         columns=["mode", "token position", "KL"])
+    return gr.LinePlot(value=frame, color_map=colours)
+
+
+def _quality_markdown(results) -> str:
+    """Which reference, on which windows, the thresholds, and each mode's one-line verdict."""
+    measured = [r for r in results if not r.error and r.reference]
+    if not measured:
+        failed = next((r.quality_error for r in results if r.quality_error), None)
+        return f"No next-token quality: {failed}" if failed else ""
+    first = measured[0]
+    lines = [f"**Next-token quality against {first.reference}** on {first.quality_positions} positions "
+             f"(windows of {first.quality_window} tokens, stride {first.quality_stride}). "
+             f"Verdict thresholds: {THRESHOLDS_TEXT}.", ""]
+    lines += [f"- **{r.label}**: {r.verdict}" for r in measured]
+    return "\n".join(lines)
 
 
 def _answers_html(prompts, results) -> str:
@@ -695,7 +729,8 @@ def run_compare(model, modes, gptq_checkpoints, gptq_backend, attn_variants, pro
         results.append(result)
         if result.error:
             gr.Warning(_as_text(f"{result.label}: {result.error}"))
-        yield _compare_rows(results), *_relative_plots(results), "", None
+        yield (_compare_rows(results), *_relative_plots(results), _kl_plot(results), _quality_markdown(results), "",
+               None)
     used_prompts = prompts or list(DEFAULT_PROMPTS)
     comparison = Comparison(model=model, prompts=used_prompts, batch_size=batch_size, new_tokens=new_tokens,
                             device="cuda" if torch.cuda.is_available() else "cpu", results=results)
@@ -706,7 +741,8 @@ def run_compare(model, modes, gptq_checkpoints, gptq_backend, attn_variants, pro
         writer = csv.writer(f)
         writer.writerow(COMPARE_HEADERS)
         writer.writerows([[spreadsheet_safe(cell) for cell in row] for row in _compare_rows(results)])
-    yield (_compare_rows(results), *_relative_plots(results), _answers_html(used_prompts, results),
+    yield (_compare_rows(results), *_relative_plots(results), _kl_plot(results), _quality_markdown(results),
+           _answers_html(used_prompts, results),
            [str(json_path), str(csv_path)])
 
 
@@ -855,6 +891,9 @@ def build_app() -> gr.Blocks:
                     c_plots = [gr.BarPlot(x="mode", y="× 16-bit", color="mode", label=t(f"compare.plot.{metric}"),
                                           y_lim=[0, None], colors_in_legend=[], height=260, min_width=200)
                                for metric in COMPARE_METRICS]
+                c_quality = gr.Markdown()
+                c_kl_plot = gr.LinePlot(x="token position", y="KL", color="mode", label=t("compare.plot.kl"),
+                                        colors_in_legend=[], height=260)
                 c_answers = gr.HTML()
                 c_files = gr.File(label=t("compare.export"), file_count="multiple", interactive=False)
 
@@ -941,8 +980,8 @@ def build_app() -> gr.Blocks:
         chat_stop_btn.click(request_stop, None, None, queue=False, api_name="stop")
         batch_stop_btn.click(request_stop, None, None, queue=False, api_name="batch_stop")
         c_btn.click(run_compare, [c_model, c_modes, c_gptq, c_backend, c_attn, c_prompts, c_batch, c_tokens],
-                    [c_table, *c_plots, c_answers, c_files], api_name="compare", concurrency_limit=1,
-                    concurrency_id="model-load", show_progress_on=[c_table])
+                    [c_table, *c_plots, c_kl_plot, c_quality, c_answers, c_files], api_name="compare",
+                    concurrency_limit=1, concurrency_id="model-load", show_progress_on=[c_table])
         c_stop_btn.click(request_stop, None, None, queue=False, api_name="compare_stop")
         q_method.change(toggle_quant_method, q_method, gptq_recipe, api_name=False)
         q_cal_source.change(toggle_calibration, q_cal_source, [q_cal_text, q_cal_file], api_name=False)

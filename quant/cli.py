@@ -210,6 +210,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         return 0
     for name, size, ppl in result.comparison_rows():
         print(f"{name:<22} {size:>10} MiB   perplexity {ppl}", file=args.results)
+    if result.quality:
+        print(f"next-token quality vs the original: {result.quality['verdict']}", file=args.results)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"saved to {result.out_dir} in {result.seconds:.0f} s" + (f" (loads as {result.kernel})" if result.kernel else ""),
           file=args.results)
     return 0
@@ -266,6 +270,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"{r.label:<24}{r.footprint_bytes / 2**20:>9.1f}{r.load_seconds:>8.2f}{r.time_to_first_token_s:>8.3f}"
               f"{r.decode_tokens_per_s:>10.1f}{r.batch_tokens_per_s:>12.1f}"
               f"{(r.perplexity if r.perplexity is not None else float('nan')):>9.2f}  {r.generation_path}", file=table)
+    quality = [r for r in results if not r.error and r.reference]
+    if quality:
+        r0 = quality[0]
+        print(f"\nnext-token quality vs {r0.reference} ({r0.quality_positions} positions, windows of "
+              f"{r0.quality_window} tokens, stride {r0.quality_stride}):", file=table)
+        for r in quality:
+            print(f"{r.label:<24}ppl ×{r.perplexity_ratio or float('nan'):.3f}  KL p99 {r.kl_p99:.4f}  "
+                  f"Δp mean {r.dp_mean:+.4f}  Δp p1 {r.dp_p1:+.4f}  {r.verdict}", file=table)
+    elif results and results[0].quality_error:
+        print(f"\nno next-token quality: {results[0].quality_error}", file=table)
     if args.json:
         from .compare import DEFAULT_PROMPTS
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import difflib
 import html
+import shutil
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,12 +25,14 @@ from .generation import GenerationSettings, end_stream_when_failed, generate_bat
 from .gptq import builtin_textsets
 from .loader import LoadedModel, LoadRequest
 from .metrics import perplexity
+from .quality import THRESHOLDS_TEXT, VERDICT_THRESHOLDS, Reference, measure_quality, verdict, write_reference
 from .modes import Mode, QuantOptions, parse_mode
 from .registry import ModelRegistry
 from .report import process_rss
 
 ProgressFn = Callable[[float, str], None]
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: next-token quality against the 16-bit reference (ModeResult's kl_*/top1/dp_*/verdict, a top-level "quality")."""
 DEFAULT_PROMPTS = ("The with statement is used to", "A class definition defines",
                    "Explain what a generator is in Python.")
 
@@ -87,6 +91,24 @@ class ModeResult:
     generation_path: str = ""
     """Which generation path the speed measurements ran on (compiled or eager, and why)."""
     answers: list[str] = field(default_factory=list)
+    # Next-token quality against the 16-bit reference of the same model, on the same windows (quant.quality).
+    reference: str | None = None
+    reference_perplexity: float | None = None
+    perplexity_ratio: float | None = None
+    kl_mean: float | None = None
+    kl_p99: float | None = None
+    top1_agreement: float | None = None
+    """% of positions where the mode and the reference pick the same most likely token."""
+    dp_mean: float | None = None
+    dp_p1: float | None = None
+    """Mean and 1st percentile of p_mode(next token) - p_ref(next token)."""
+    kl_per_window: list[float] = field(default_factory=list)
+    quality_window: int | None = None
+    quality_stride: int | None = None
+    quality_positions: int | None = None
+    verdict: str = ""
+    quality_error: str | None = None
+    """Why the quality columns are empty (the reference failed), if they are."""
 
 
 def _cuda_sync() -> None:
@@ -145,7 +167,8 @@ def measure_batch(loaded: LoadedModel, prompts: list[str], batch_size: int, new_
 
 
 def measure_mode(loaded: LoadedModel, result: ModeResult, *, prompts: list[str], eval_text: str | None,
-                 batch_size: int, new_tokens: int, answer_tokens: int) -> None:
+                 batch_size: int, new_tokens: int, answer_tokens: int, reference: Reference | None = None,
+                 reference_perplexity: float | None = None) -> None:
     """Fill `result` with measurements of a loaded model (warm-up first, so one-time costs stay out)."""
     report = loaded.report
     result.footprint_bytes = report.footprint_bytes
@@ -167,8 +190,27 @@ def measure_mode(loaded: LoadedModel, result: ModeResult, *, prompts: list[str],
     result.ram_bytes = process_rss()
     if eval_text and loaded.source.kind == "causal":
         result.perplexity = perplexity(loaded, eval_text, max_tokens=4096).value
+        if reference is not None:
+            fill_quality(loaded, result, reference, reference_perplexity)
     settings = GenerationSettings(max_new_tokens=answer_tokens)
     result.answers = [text for text, _ in generate_batch(loaded, list(prompts), settings)]
+
+
+def fill_quality(loaded: LoadedModel, result: ModeResult, reference: Reference,
+                 reference_perplexity: float | None) -> None:
+    """The next-token metrics of a loaded model against the reference file, into `result`."""
+    quality = measure_quality(loaded, reference)
+    result.reference = quality.reference
+    result.reference_perplexity = reference_perplexity
+    if result.perplexity is not None and reference_perplexity:
+        result.perplexity_ratio = result.perplexity / reference_perplexity
+    result.kl_mean, result.kl_p99 = quality.kl_mean, quality.kl_p99
+    result.top1_agreement = quality.top1_agreement
+    result.dp_mean, result.dp_p1 = quality.dp_mean, quality.dp_p1
+    result.kl_per_window = quality.kl_per_window
+    result.quality_window, result.quality_stride = quality.window, quality.stride
+    result.quality_positions = quality.positions
+    result.verdict = verdict(quality.top1_agreement, quality.kl_mean, quality.reference)
 
 
 def _path_used(loaded: LoadedModel, decode_compiled: bool, batch_compiled: bool, batch_size: int) -> str:
@@ -191,8 +233,16 @@ class Comparison:
     results: list[ModeResult]
 
     def to_json(self) -> dict:
+        measured = next((r for r in self.results if r.reference), None)
+        failed = next((r.quality_error for r in self.results if r.quality_error), None)
+        quality = {"reference": measured.reference if measured else None,
+                   "window": measured.quality_window if measured else None,
+                   "stride": measured.quality_stride if measured else None,
+                   "positions": measured.quality_positions if measured else None,
+                   "reference_perplexity": measured.reference_perplexity if measured else None,
+                   "thresholds": VERDICT_THRESHOLDS, "thresholds_text": THRESHOLDS_TEXT, "error": failed}
         return {"schema": SCHEMA_VERSION, "model": self.model, "device": self.device, "prompts": self.prompts,
-                "batch_size": self.batch_size, "new_tokens": self.new_tokens,
+                "batch_size": self.batch_size, "new_tokens": self.new_tokens, "quality": quality,
                 "results": [asdict(r) for r in self.results]}
 
 
@@ -208,6 +258,32 @@ def _measure_in_registry(registry: ModelRegistry, key: str, visitor: str | None,
         measure_mode(loaded, result, **measure)
 
 
+def reference_spec(model: str, specs: list[ModeSpec]) -> ModeSpec:
+    """The 16-bit reference of `model`: its bf16 (else fp16) spec if the comparison has one, else bf16 of `model`."""
+    for mode in (Mode.BF16, Mode.FP16):
+        for spec in specs:
+            if spec.mode is mode and spec.model == model and spec.attn_implementation is None:
+                return spec
+    return ModeSpec("bf16", Mode.BF16, model)
+
+
+def _write_reference_in_registry(registry: ModelRegistry, request: LoadRequest, visitor: str | None, label: str,
+                                 eval_text: str, folder: Path) -> tuple[Reference | None, float | None]:
+    """Load the reference, write its log-probs to `folder` and measure its perplexity, release it (unless it was
+    loaded before). None for a seq2seq model (no next-token quality)."""
+    already_loaded = {m.key for m in registry.loaded(visitor)}
+    key = registry.load(request).key
+    try:
+        with registry.use(key, visitor) as loaded:
+            if loaded.source.kind != "causal":
+                return None, None
+            reference = write_reference(loaded, eval_text, folder, label=label)
+            return reference, perplexity(loaded, eval_text, max_tokens=4096).value
+    finally:
+        if key not in already_loaded and registry.in_use(key) == 0:
+            registry.unload(key, visitor)
+
+
 def compare(model: str, specs: list[ModeSpec], *, registry: ModelRegistry, prompts: list[str] | None = None,
             eval_text: str | None = None, batch_size: int = 8, new_tokens: int = 32, answer_tokens: int = 32,
             device_map: str = "auto", max_memory: str | None = None, progress: ProgressFn | None = None,
@@ -215,9 +291,13 @@ def compare(model: str, specs: list[ModeSpec], *, registry: ModelRegistry, promp
             folders: LocalFolders | None = None) -> Iterator[ModeResult]:
     """Load each mode in turn through the registry, measure it, unload it (unless it was loaded before); yield rows.
 
-    A mode that fails is yielded with its error and the others still run. `device_map` and `max_memory` place every
-    mode alike (e.g. split over two GPUs with "0=20GiB, 1=20GiB"). `visitor` and `folders`: who asks, and which local
-    folders they may name (a served app's visitor; None: the CLI's rules).
+    First the 16-bit reference of `model` (`reference_spec`) is loaded alone, its next-token log-probs on the
+    evaluation windows are written to a temporary folder (quant.quality) and it is released; every mode is then
+    measured against that file, so no two models are held at once. A mode that fails is yielded with its error and
+    the others still run; a failing reference leaves the quality columns empty with its reason (`quality_error`).
+    `device_map` and `max_memory` place every mode alike (e.g. split over two GPUs with "0=20GiB, 1=20GiB").
+    `visitor` and `folders`: who asks, and which local folders they may name (a served app's visitor; None: the CLI's
+    rules).
     """
     progress = progress or (lambda fraction, message: None)
     prompts = [p for p in (prompts or DEFAULT_PROMPTS) if p.strip()]
@@ -225,27 +305,48 @@ def compare(model: str, specs: list[ModeSpec], *, registry: ModelRegistry, promp
         eval_text = builtin_textsets()["python-reference-heldout"].read_text(encoding="utf-8")
     if not 1 <= batch_size <= 256 or not 1 <= new_tokens <= 2048:
         raise QuantError("Batch size must be 1-256 and new tokens 1-2048.")
-    for index, spec in enumerate(specs):
-        if stop is not None and stop.is_set():
-            break
-        progress(index / len(specs), f"{spec.label}: loading")
-        result = ModeResult(label=spec.label, mode=spec.mode.value, model=spec.model)
-        request = LoadRequest(model=spec.model, mode=spec.mode, options=spec.options, device_map=device_map,
-                              max_memory=max_memory, attn_implementation=spec.attn_implementation, owner=visitor,
-                              folders=folders)
-        already_loaded = {m.key for m in registry.loaded(visitor)}
-        try:
-            key = registry.load(request).key
-            progress((index + 0.3) / len(specs), f"{spec.label}: measuring")
-            _measure_in_registry(registry, key, visitor, result, prompts=prompts, eval_text=eval_text,
-                                 batch_size=batch_size, new_tokens=new_tokens, answer_tokens=answer_tokens)
-            if key not in already_loaded and registry.in_use(key) == 0:
-                registry.unload(key, visitor)
-        except QuantError as exc:
-            result.error = str(exc)
-        except Exception as exc:  # noqa: BLE001 - one mode's failure is reported in its row
-            result.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        yield result
+
+    def request_of(spec: ModeSpec) -> LoadRequest:
+        return LoadRequest(model=spec.model, mode=spec.mode, options=spec.options, device_map=device_map,
+                           max_memory=max_memory, attn_implementation=spec.attn_implementation, owner=visitor,
+                           folders=folders)
+
+    folder = Path(tempfile.mkdtemp(prefix="quant-reference-"))
+    try:
+        reference, reference_ppl, quality_error = None, None, None
+        if eval_text and specs and not (stop is not None and stop.is_set()):
+            ref_spec = reference_spec(model, specs)
+            progress(0.0, f"reference ({ref_spec.label}): next-token log-probs")
+            try:
+                reference, reference_ppl = _write_reference_in_registry(registry, request_of(ref_spec), visitor,
+                                                                        ref_spec.label, eval_text, folder)
+            except QuantError as exc:
+                quality_error = f"reference {ref_spec.label}: {exc}"
+            except Exception as exc:  # noqa: BLE001 - the rows are still measured, without the quality columns
+                first_line = str(exc).splitlines()[0] if str(exc) else ""
+                quality_error = f"reference {ref_spec.label}: {type(exc).__name__}: {first_line}"
+        for index, spec in enumerate(specs):
+            if stop is not None and stop.is_set():
+                break
+            progress(index / len(specs), f"{spec.label}: loading")
+            result = ModeResult(label=spec.label, mode=spec.mode.value, model=spec.model, quality_error=quality_error)
+            request = request_of(spec)
+            already_loaded = {m.key for m in registry.loaded(visitor)}
+            try:
+                key = registry.load(request).key
+                progress((index + 0.3) / len(specs), f"{spec.label}: measuring")
+                _measure_in_registry(registry, key, visitor, result, prompts=prompts, eval_text=eval_text,
+                                     batch_size=batch_size, new_tokens=new_tokens, answer_tokens=answer_tokens,
+                                     reference=reference, reference_perplexity=reference_ppl)
+                if key not in already_loaded and registry.in_use(key) == 0:
+                    registry.unload(key, visitor)
+            except QuantError as exc:
+                result.error = str(exc)
+            except Exception as exc:  # noqa: BLE001 - one mode's failure is reported in its row
+                result.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            yield result
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     progress(1.0, "Done")
 
 

@@ -15,6 +15,7 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id as hub_validate_repo_id
 
 from .errors import QuantError
+from .quality import THRESHOLDS_TEXT
 
 ProgressFn = Callable[[float, str], None]
 
@@ -48,6 +49,23 @@ Calibration data: {{ calibration }}.
 | {{ row[0] }} | {{ row[1] }} | {{ row[2] }} |
 {% endfor %}
 Perplexity on {{ eval_text }}. Quantization took {{ seconds }} s.
+{% if quality %}
+### Next-token quality against the original
+
+Against {{ quality.reference }} on the same {{ quality.positions }} token positions (windows of {{ quality.window }}
+tokens, stride {{ quality.stride }}): **{{ quality.verdict }}**.
+
+| perplexity ratio | KL mean | KL p99 | top-1 agreement | Δp mean | Δp p1 |
+|---|---|---|---|---|---|
+| {{ quality.ratio }} | {{ quality.kl_mean }} | {{ quality.kl_p99 }} | {{ quality.top1 }} | {{ quality.dp_mean }} | {{ quality.dp_p1 }} |
+
+KL = KL(original ‖ quantized) of the next-token distributions (nats); top-1 agreement: positions where both pick
+the same most likely token; Δp: p_quantized(next) − p_original(next) of the text's actual next token (p1: 1st
+percentile). Verdict thresholds: {{ thresholds }}.
+{% endif %}
+{% for warning in warnings -%}
+> **Warning:** {{ warning }}
+{% endfor %}
 
 ## Use it with transformers
 
@@ -75,6 +93,17 @@ def _recipe_rows(result) -> dict:
     return {k: v for k, v in result.recipe.items() if k in keep}
 
 
+def _quality_cells(quality: dict | None) -> dict | None:
+    """The card's formatted next-token quality numbers (QuantizeResult.quality)."""
+    if not quality:
+        return None
+    ratio = quality.get("perplexity_ratio")
+    return {**quality, "ratio": f"{ratio:.4f}" if ratio is not None else "n/a",
+            "kl_mean": f"{quality['kl_mean']:.5f}", "kl_p99": f"{quality['kl_p99']:.5f}",
+            "top1": f"{quality['top1_agreement']:.2f}%", "dp_mean": f"{quality['dp_mean']:+.5f}",
+            "dp_p1": f"{quality['dp_p1']:+.5f}"}
+
+
 def build_model_card(result, repo_id: str | None = None) -> ModelCard:
     """The model card of a quantized folder: metadata (base_model, quantized relation) and what was measured."""
     gptq = result.method == "gptq"
@@ -95,6 +124,8 @@ def build_model_card(result, repo_id: str | None = None) -> ModelCard:
         repo_id=repo_id or "<user>/<repo>", base_model=result.base_model, method=result.method,
         recipe=_recipe_rows(result), calibration=result.calibration, rows=result.comparison_rows(),
         eval_text=result.eval_text, seconds=f"{result.seconds:.0f}", versions=result.versions,
+        quality=_quality_cells(getattr(result, "quality", None)), warnings=getattr(result, "warnings", []),
+        thresholds=THRESHOLDS_TEXT,
         model_class=model_class, extra_kwargs="", requirements=requirements)
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,7 @@ from .gptq import (
 )
 from .loader import LoadRequest, load_model, release_memory
 from .metrics import perplexity, size_on_disk
+from .quality import Reference, measure_quality, verdict, write_reference
 from .modes import Mode, QuantOptions
 from .placement import cuda_device_count
 from .prompts import DataFileError, DataFileSpec, read_data_file
@@ -108,6 +110,11 @@ class QuantizeResult:
     """Layer class the quantized model loads with (e.g. Int4PackedLinear for gptq_int4pack, the 4-bit default)."""
     versions: dict = field(default_factory=dict)
     kind: str = "causal"
+    quality: dict | None = None
+    """Next-token quality of the quantized model against the original (quant.quality): reference, window, stride,
+    positions, perplexity_ratio, kl_mean, kl_p99, top1_agreement, dp_mean, dp_p1, verdict."""
+    warnings: list[str] = field(default_factory=list)
+    """E.g. the evaluation text overlaps the calibration text (the measured quality is then optimistic)."""
 
     def comparison_rows(self) -> list[list]:
         def fmt(v):
@@ -178,13 +185,34 @@ def _local_copy(model: str, revision: str | None, token: str | None, folders: Lo
         raise QuantError(f"Downloading {model} failed: {str(exc).splitlines()[0]}") from None
 
 
-def _evaluate(request: LoadRequest, text: str) -> float:
+def _evaluate(request: LoadRequest, text: str, folder: Path | None = None,
+              label: str = "original") -> tuple[float, Reference | None]:
+    """The original's perplexity on `text` and, with `folder`, its next-token log-probs written there (quant.quality)."""
     loaded = load_model(request)
     try:
-        return perplexity(loaded, text, max_tokens=4096).value
+        reference = write_reference(loaded, text, folder, label=label) if folder is not None else None
+        return perplexity(loaded, text, max_tokens=4096).value, reference
     finally:
         del loaded
         release_memory()
+
+
+MIN_OVERLAP_LINE = 40
+"""Lines of the evaluation text shorter than this (blank lines, headings, short code) are not counted as overlap."""
+
+
+def overlap_warning(eval_text: str, calibration_texts: list[str]) -> str | None:
+    """A warning when lines of the evaluation text (at least MIN_OVERLAP_LINE characters) also appear in the
+    calibration text: the measured quality is then optimistic (the model was fitted on what it is scored on)."""
+    lines = {line.strip() for line in eval_text.splitlines() if len(line.strip()) >= MIN_OVERLAP_LINE}
+    if not lines:
+        return None
+    seen = {line.strip() for text in calibration_texts for line in text.splitlines()}
+    shared = lines & seen
+    if not shared:
+        return None
+    return (f"{len(shared)} of the evaluation text's {len(lines)} lines (of {MIN_OVERLAP_LINE}+ characters) also "
+            "appear in the calibration text: the perplexity and next-token quality are optimistic.")
 
 
 def _kernel(loaded) -> str:
@@ -192,10 +220,11 @@ def _kernel(loaded) -> str:
     return ", ".join(k for k in loaded.report.linear_layers if k != "Linear") or "Linear"
 
 
-def _check_saved(request: LoadRequest, out_dir: Path, text: str | None):
+def _check_saved(request: LoadRequest, out_dir: Path, text: str | None, reference: Reference | None = None):
     """Load the folder just saved, as a user will (quant.loader refuses missing, unexpected or mis-shaped weights),
-    and measure its perplexity on `text` (None: no measure). Returns (kernel, perplexity). A folder that does not load
-    is removed: nothing is left that looks like a finished quantization, and no card is written for it."""
+    and measure its perplexity on `text` (None: no measure) and its next-token quality against `reference`. Returns
+    (kernel, perplexity, quality or None). A folder that does not load is removed: nothing is left that looks like a
+    finished quantization, and no card is written for it."""
     try:
         loaded = load_model(request)
     except QuantError as exc:
@@ -203,7 +232,9 @@ def _check_saved(request: LoadRequest, out_dir: Path, text: str | None):
         raise QuantError(f"The quantized model does not load correctly, so {out_dir} was removed: {exc.message}",
                          exc.hint) from None
     try:
-        return _kernel(loaded), (perplexity(loaded, text, max_tokens=4096).value if text is not None else None)
+        ppl = perplexity(loaded, text, max_tokens=4096).value if text is not None else None
+        quality = measure_quality(loaded, reference) if text is not None and reference is not None else None
+        return _kernel(loaded), ppl, quality
     finally:
         del loaded
         release_memory()
@@ -284,17 +315,39 @@ def quantize(model: str, *, method: str, recipe: GPTQRecipe | None = None,
         calibration=calibration_text, seconds=seconds, original_bytes=size_on_disk(local),
         quantized_bytes=size_on_disk(out_dir), eval_text=f"built-in '{EVAL_TEXTSET}' (held out of calibration)",
         versions=library_versions(), kind=source.kind)
+    if method == "gptq":
+        warning = overlap_warning(eval_text, texts)
+        if warning:
+            result.warnings.append(warning)
+            result.eval_text = f"built-in '{EVAL_TEXTSET}'"
     measure = evaluate and source.kind == "causal" and not stop.is_set()
-    progress(0.82, "Loading the quantized model" + (" and its perplexity" if measure else ""))
-    result.kernel, result.quantized_perplexity = _check_saved(quantized_request, out_dir,
-                                                              eval_text if measure else None)
-    if evaluate and source.kind == "causal":
-        if stop.is_set():
-            raise QuantizationCancelled("Stopped before the quality check; the quantized folder is saved.")
-        progress(0.91, "Perplexity of the original model")
-        result.original_perplexity = _evaluate(
-            LoadRequest(model=local, mode=Mode.FP16 if on_cuda else Mode.BF16, device_map=placement,
-                        folders=ANY_FOLDER), eval_text)
+    reference_dir = Path(tempfile.mkdtemp(prefix="quant-reference-"))
+    try:
+        reference = None
+        if measure:
+            # The original first: its perplexity and its next-token log-probs, kept on disk (quant.quality) while
+            # the quantized model loads, so the two are never held at once.
+            progress(0.82, "Perplexity and next-token log-probs of the original model")
+            original_mode = Mode.FP16 if on_cuda else Mode.BF16
+            result.original_perplexity, reference = _evaluate(
+                LoadRequest(model=local, mode=original_mode, device_map=placement, folders=ANY_FOLDER), eval_text,
+                reference_dir, f"original ({original_mode.value})")
+        measure = measure and not stop.is_set()
+        progress(0.91, "Loading the quantized model" + (" and its quality" if measure else ""))
+        result.kernel, result.quantized_perplexity, quality = _check_saved(
+            quantized_request, out_dir, eval_text if measure else None, reference)
+    finally:
+        shutil.rmtree(reference_dir, ignore_errors=True)
+    if evaluate and source.kind == "causal" and stop.is_set():
+        raise QuantizationCancelled("Stopped before the quality check; the quantized folder is saved.")
+    if quality is not None:
+        ratio = (result.quantized_perplexity / result.original_perplexity
+                 if result.quantized_perplexity and result.original_perplexity else None)
+        result.quality = {"reference": quality.reference, "window": quality.window, "stride": quality.stride,
+                          "positions": quality.positions, "perplexity_ratio": ratio, "kl_mean": quality.kl_mean,
+                          "kl_p99": quality.kl_p99, "top1_agreement": quality.top1_agreement,
+                          "dp_mean": quality.dp_mean, "dp_p1": quality.dp_p1,
+                          "verdict": verdict(quality.top1_agreement, quality.kl_mean, "the original")}
     write_model_card(result, out_dir)
     (Path(out_dir) / "quantization_report.json").write_text(json.dumps(asdict(result), indent=1))
     progress(1.0, "Done")

@@ -56,7 +56,8 @@ EN = {
     "batch.note": "Greedy unless sampling is on; generation settings are those of the Chat tab.",
     "batch.size": "Batch size", "batch.run": "Run batch", "batch.results": "Results", "batch.download": "Download results",
     "compare.intro": "Load one model in several modes, one after another, and measure each on the same prompts: "
-                     "memory, speed, perplexity on held-out text, and the answers side by side.",
+                     "memory, speed, perplexity on held-out text, how far each mode's next-token predictions are "
+                     "from 16-bit (KL, top-1 agreement), and the answers side by side.",
     "compare.model": "Model",
     "compare.gptq": "GPTQ checkpoints of this model (folder or repo, one per line)",
     "compare.attention": "Attention implementations (each mode with each; none: default)",
@@ -67,6 +68,7 @@ EN = {
                      "better, higher speeds are better.",
     "compare.plot.memory": "Memory footprint", "compare.plot.decode": "Decode speed (one prompt)",
     "compare.plot.batch": "Batch throughput", "compare.plot.perplexity": "Perplexity",
+    "compare.plot.kl": "KL(16-bit ‖ mode) per evaluation window (mean over the window's tokens)",
     "compare.export": "Export (JSON, CSV)",
     "quantize.source": "Source model (unquantized): Hub id, local folder or demo model",
     "quantize.method": "Method", "quantize.run": "Quantize", "quantize.bits": "Bits", "quantize.group": "Group size",
@@ -140,7 +142,8 @@ KO = {
     "batch.note": "샘플링을 켜지 않으면 그리디로 생성합니다. 생성 설정은 채팅 탭의 설정을 따릅니다.",
     "batch.size": "배치 크기", "batch.run": "일괄 실행", "batch.results": "결과", "batch.download": "결과 내려받기",
     "compare.intro": "한 모델을 여러 모드로 차례로 불러와 같은 프롬프트로 각각 측정합니다: 메모리, 속도, 학습에 "
-                     "쓰지 않은 텍스트의 퍼플렉서티, 그리고 나란히 놓은 답변.",
+                     "쓰지 않은 텍스트의 퍼플렉서티, 16비트 대비 다음 토큰 예측의 차이 (KL, top-1 일치율), 그리고 "
+                     "나란히 놓은 답변.",
     "compare.model": "모델",
     "compare.gptq": "이 모델의 GPTQ 체크포인트 (폴더 또는 저장소, 한 줄에 하나)",
     "compare.attention": "어텐션 구현 (모든 모드를 각각으로 측정; 선택하지 않으면 기본값)",
@@ -150,6 +153,7 @@ KO = {
     "compare.plots": "16비트 기준 대비 각 모드 (1 = 같음): 메모리와 퍼플렉서티는 낮을수록, 속도는 높을수록 좋습니다.",
     "compare.plot.memory": "메모리 사용량", "compare.plot.decode": "디코딩 속도 (프롬프트 하나)",
     "compare.plot.batch": "배치 처리량", "compare.plot.perplexity": "퍼플렉서티",
+    "compare.plot.kl": "평가 구간별 KL(16비트 ‖ 모드) (구간 토큰의 평균)",
     "compare.export": "내보내기 (JSON, CSV)",
     "quantize.source": "원본 모델 (양자화 전): Hub ID, 로컬 폴더 또는 데모 모델",
     "quantize.method": "방법", "quantize.run": "양자화", "quantize.bits": "비트", "quantize.group": "그룹 크기",

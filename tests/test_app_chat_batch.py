@@ -114,9 +114,25 @@ def test_batch_from_an_uploaded_jsonl_file(session, tmp_path):
 
 def test_compare_tab_over_http(app_url):
     client = Client(app_url, verbose=False)
-    table, *plots, answers, files = client.predict(
+    table, *plots, kl_plot, quality, answers, files = client.predict(
         LLAMA, ["bf16", "nf4"], "/no/such/gptq", "", [], "The with statement\nA class", 2, 8, api_name="/compare")
     rows = {row[0]: row for row in table["data"]}
+    # next-token quality against bf16: the new columns, the verdict line with its thresholds and windows, KL plot
+    col = {name: table["headers"].index(name) for name in ("ppl ratio", "KL mean", "KL p99", "top-1 (%)", "Δp mean",
+                                                             "Δp p1", "verdict")}
+    bf16, nf4 = rows["bf16"], rows["nf4"]
+    assert bf16[col["KL mean"]] == 0 and bf16[col["top-1 (%)"]] == 100 and bf16[col["ppl ratio"]] == 1
+    assert nf4[col["KL p99"]] >= nf4[col["KL mean"]] > 0 and 50 < nf4[col["top-1 (%)"]] < 100
+    assert nf4[col["Δp p1"]] < 0 and 0.9 < nf4[col["ppl ratio"]] < 1.2 and nf4[col["Δp mean"]] is not None
+    assert bf16[col["verdict"]] == "top-1 agreement 100.0%, KL 0.0000: close to bf16"
+    assert nf4[col["verdict"]].startswith("top-1 agreement ") and nf4[col["verdict"]].endswith("bf16")
+    assert rows["gptq:/no/such/gptq"][col["verdict"]] == ""
+    assert "windows of 512 tokens, stride 512" in quality and "close: top-1 ≥ 95% and mean KL ≤ 0.02" in quality
+    assert nf4[col["verdict"]] in quality
+    points = kl_plot["value"]["data"]
+    assert {p[0] for p in points} == {"bf16", "nf4"} and len(points) == 16  # 8 windows a mode
+    assert [p[1] for p in points if p[0] == "nf4"] == list(range(0, 4096, 512))
+    assert all(p[2] == 0 for p in points if p[0] == "bf16") and all(p[2] > 0 for p in points if p[0] == "nf4")
     # one plot per metric (memory, decode, batch, perplexity): a bar per mode that ran, relative to bf16
     # (each an update that also carries the colour of every mode so far, which makes the plot redraw its legend)
     assert len(plots) == 4

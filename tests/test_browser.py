@@ -333,7 +333,8 @@ def test_4_compare_two_modes(ui):
     bf16, nf4 = data_rows(results).nth(0), data_rows(results).nth(1)
     expect(bf16.get_by_role("gridcell").nth(0)).to_have_text("bf16")
     expect(nf4.get_by_role("gridcell").nth(0)).to_have_text("nf4")
-    expect(nf4.get_by_role("gridcell").nth(10)).to_have_text("Linear4bit×28")
+    expect(nf4.get_by_role("gridcell").nth(17)).to_have_text("Linear4bit×28")  # after the 7 quality columns
+    expect(bf16.get_by_role("gridcell").nth(16)).to_have_text("top-1 agreement 100.0%, KL 0.0000: close to bf16")
     for row in (bf16, nf4):
         expect(row.get_by_role("gridcell").nth(1)).to_have_text("")  # no error
     # the run is over when the exports and the side-by-side answers are there
@@ -344,8 +345,9 @@ def test_4_compare_two_modes(ui):
     expect(page.get_by_role("heading", name="A class")).to_be_visible()
     # one bar plot per metric (memory, decode, batch, perplexity), a bar per mode side by side; looked at as the
     # streamed run left them, without redrawing (test_4b)
+    expect(tab.get_by_text("Next-token quality against bf16")).to_be_visible()
     plots = tab.locator(".block").filter(has=page.locator(".vega-embed"))
-    expect(plots).to_have_count(len(PLOTS))
+    expect(plots).to_have_count(len(PLOTS) + 1)  # and the line plot of KL per window, after them
     expect(tab.locator(".vega-embed svg .mark-rect path")).to_have_count(2 * len(PLOTS))
     SEEN["plots"] = [bars(plots.nth(i)) for i in range(len(PLOTS))]
     shot(page, "compare.png")

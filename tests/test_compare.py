@@ -41,6 +41,34 @@ def test_every_number_is_present_and_plausible(llama_results):
     assert "Linear4bit" in by["nf4"].linear_layers and "Linear8bitLt" in by["int8"].linear_layers
 
 
+def test_every_mode_is_measured_against_the_bf16_reference(llama_results):
+    """The reference (bf16 of the same model) was written once, before the modes; each row carries its metrics."""
+    by = {r.label: r for r in llama_results if not r.error}
+    for r in by.values():
+        assert r.reference == "bf16" and (r.quality_window, r.quality_stride, r.quality_positions) == (512, 512, 4088)
+        assert r.reference_perplexity == by["bf16"].perplexity and r.quality_error is None
+        assert len(r.kl_per_window) == 8 and r.verdict.startswith(f"top-1 agreement {r.top1_agreement:.1f}%")
+    bf16 = by["bf16"]  # the reference against itself
+    assert bf16.kl_mean == 0 and bf16.top1_agreement == 100 and bf16.perplexity_ratio == 1 and bf16.dp_p1 == 0
+    assert bf16.verdict.endswith("close to bf16")
+    assert 0 < by["int8"].kl_mean < by["nf4"].kl_mean and by["int8"].top1_agreement > by["nf4"].top1_agreement
+    gptq = next(label for label in by if label.startswith("gptq:"))
+    for label in ("int8", "nf4", gptq):
+        r = by[label]
+        assert r.kl_p99 >= r.kl_mean > 0 and r.dp_p1 < 0 and 0 < r.top1_agreement < 100
+        assert r.perplexity_ratio == pytest.approx(r.perplexity / bf16.perplexity)
+    failed = llama_results[-1]
+    assert failed.error and failed.kl_mean is None and failed.verdict == ""
+
+
+def test_without_a_16bit_mode_the_reference_is_loaded_for_itself_and_released():
+    registry = ModelRegistry(max_models=1)
+    rows = list(compare(LLAMA, parse_mode_specs(LLAMA, "fp32"), registry=registry, prompts=PROMPTS[:1],
+                        batch_size=1, new_tokens=2, answer_tokens=2))
+    assert registry.loaded() == []
+    assert rows[0].reference == "bf16" and rows[0].verdict.endswith("close to bf16") and rows[0].kl_mean > 0
+
+
 def test_every_row_says_which_generation_path_it_measured(llama_results):
     for r in (r for r in llama_results if not r.error):
         assert r.generation_path.startswith("eager (CPU")  # CPU: the compiled path is off, with its reason
@@ -89,12 +117,19 @@ def test_relative_numbers_and_difference_highlighting(llama_results):
 
 def test_json_schema(llama_results, tmp_path):
     data = Comparison(LLAMA, PROMPTS, 2, 8, "cpu", llama_results).to_json()
-    assert data["schema"] == 1 and data["model"] == LLAMA and data["prompts"] == PROMPTS
+    assert data["schema"] == 2 and data["model"] == LLAMA and data["prompts"] == PROMPTS
+    quality = data["quality"]
+    assert (quality["reference"], quality["window"], quality["stride"], quality["positions"]) == ("bf16", 512, 512,
+                                                                                                  4088)
+    assert quality["thresholds"] == {"close": {"top1": 95.0, "kl": 0.02}, "noticeable": {"top1": 85.0, "kl": 0.1}}
     row = data["results"][0]
     for key in ("label", "mode", "model", "error", "footprint_bytes", "load_seconds", "ram_bytes", "peak_gpu_bytes",
                 "time_to_first_token_s", "decode_tokens_per_s", "batch_size", "batch_tokens_per_s", "perplexity",
-                "linear_layers", "attn_implementation", "generation_path", "answers"):
+                "linear_layers", "attn_implementation", "generation_path", "answers", "reference",
+                "reference_perplexity", "perplexity_ratio", "kl_mean", "kl_p99", "top1_agreement", "dp_mean", "dp_p1",
+                "kl_per_window", "quality_window", "quality_stride", "verdict"):
         assert key in row
+    assert data["results"][1]["kl_mean"] > 0 and data["results"][1]["verdict"]
     json.dumps(data)  # serializable as it is
 
 
@@ -112,11 +147,15 @@ def test_cli_compare_writes_json(tmp_path):
                             capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert result.returncode == 2 and "Unknown mode 'int3'" in result.stderr  # refused before loading anything
     result = subprocess.run([sys.executable, "-m", "quant", "compare", LLAMA, "--modes", "bf16,nf4",
-                             "--batch-size", "2", "--new-tokens", "4", "--json", str(out)],
+                             "--batch-size", "2", "--new-tokens", "4", "--json", "-"],
                             capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr
-    assert [r["label"] for r in json.loads(out.read_text())["results"]] == ["bf16", "nf4"]
-    assert "b1 tok/s" in result.stdout
+    data = json.loads(result.stdout)  # `--json -`: stdout is the JSON alone, the table goes to stderr
+    assert [r["label"] for r in data["results"]] == ["bf16", "nf4"]
+    assert data["schema"] == 2 and data["quality"]["window"] == data["quality"]["stride"] == 512
+    nf4 = data["results"][1]
+    assert nf4["kl_mean"] > 0 and nf4["top1_agreement"] < 100 and nf4["verdict"].endswith("bf16")
+    assert "b1 tok/s" in result.stderr and "next-token quality vs bf16" in result.stderr and nf4["verdict"] in result.stderr
 
 
 @pytest.mark.timeout(120)

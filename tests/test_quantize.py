@@ -21,8 +21,9 @@ from tests.conftest import LLAMA, T5
 HELD_OUT = builtin_textsets()["python-reference-heldout"].read_text()
 
 
-def rtn_perplexity(bits: int, group_size: int) -> float:
-    """Round-to-nearest baseline: each group of weights min-max quantized to `bits` (asymmetric), no calibration."""
+def rtn_model(bits: int, group_size: int):
+    """Round-to-nearest baseline: each group of weights min-max quantized to `bits` (asymmetric), no calibration;
+    the demo Llama in bf16 (the dtype the GPTQ model is evaluated in on the CPU)."""
     loaded = load_model(LoadRequest(model=LLAMA, mode="fp32"))
     levels = 2**bits - 1
     with torch.no_grad():
@@ -35,7 +36,11 @@ def rtn_perplexity(bits: int, group_size: int) -> float:
                 q = torch.round((groups - low) / scale).clamp(0, levels)
                 module.weight.data = (q * scale + low).reshape_as(w)
     loaded.model.to(torch.bfloat16)  # evaluated in the same dtype as the GPTQ model on the CPU
-    return perplexity(loaded, HELD_OUT, max_tokens=4096).value
+    return loaded
+
+
+def rtn_perplexity(bits: int, group_size: int) -> float:
+    return perplexity(rtn_model(bits, group_size), HELD_OUT, max_tokens=4096).value
 
 
 @pytest.mark.parametrize("bits", [4, 3])
@@ -61,8 +66,40 @@ def test_quantized_folder_is_complete_with_card_and_report(quantized_llama):
     assert "gptqmodel" in card and "AutoModelForCausalLM.from_pretrained" in card
     report = json.loads((out / "quantization_report.json").read_text())
     assert report["method"] == "gptq" and report["kernel"] == "Int4PackedLinear"  # the default for 4-bit g128
+    # next-token quality against the original (bf16 on the CPU), in the report and the card
+    quality = report["quality"]
+    assert quality == result.quality and quality["reference"] == "original (bf16)"
+    assert (quality["window"], quality["stride"], quality["positions"]) == (512, 512, 4088)
+    assert quality["kl_p99"] > quality["kl_mean"] > 0 and 50 < quality["top1_agreement"] < 100
+    assert quality["dp_p1"] < 0 and quality["perplexity_ratio"] == pytest.approx(
+        result.quantized_perplexity / result.original_perplexity)
+    assert quality["verdict"].startswith(f"top-1 agreement {quality['top1_agreement']:.1f}%")
+    assert quality["verdict"].endswith("the original")
+    assert "Next-token quality against the original" in card and quality["verdict"] in card
+    assert f"{quality['kl_mean']:.5f}" in card and "close: top-1 ≥ 95%" in card
+    # the built-in "held-out" set shares many wrapped lines with the built-in calibration set (the same paragraphs of
+    # the language reference appear in both): the card says so instead of claiming held-out text
+    assert len(report["warnings"]) == 1 and "also appear in the calibration text" in report["warnings"][0]
+    assert report["warnings"][0] in card and "held out of calibration" not in card
     loaded = load_model(LoadRequest(model=str(out), mode="gptq"))
     assert loaded.report.quantization["bits"] == 4
+
+
+def test_evaluation_text_overlapping_the_calibration_is_warned_about(tmp_path):
+    from quant.quantize import overlap_warning
+
+    long_lines = [line for line in HELD_OUT.splitlines() if len(line.strip()) >= 40]
+    unrelated = "A text about something else entirely, long enough to count.\n" * 3
+    assert overlap_warning(HELD_OUT, [unrelated]) is None
+    warning = overlap_warning(HELD_OUT, [unrelated, "\n".join(long_lines[:3])])
+    assert warning.startswith(f"3 of the evaluation text's {len(set(l.strip() for l in long_lines))} lines")
+    # through quantize: pasted calibration that contains held-out text is warned about in the report and card
+    result = quantize(LLAMA, method="gptq", recipe=GPTQRecipe(num_samples=4, seq_len=32),
+                      calibration=CalibrationData(text=HELD_OUT[:5000]), out_dir=tmp_path / "q", evaluate=False)
+    assert len(result.warnings) == 1 and "also appear in the calibration text" in result.warnings[0]
+    assert result.warnings[0] in (tmp_path / "q" / "README.md").read_text()
+    assert "held out of calibration" not in result.eval_text
+    assert json.loads((tmp_path / "q" / "quantization_report.json").read_text())["warnings"] == result.warnings
 
 
 def test_calibration_from_an_uploaded_jsonl(tmp_path):
