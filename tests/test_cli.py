@@ -72,7 +72,7 @@ def test_every_subcommand_with_json_prints_json_alone_on_stdout(tmp_path, gptq_l
                       "--max-new-tokens", "4", "--json"],
             "quantize": ["quantize", LLAMA, "--samples", "4", "--seq-len", "32", "--no-eval", "--out",
                          str(tmp_path / "q"), "--json"],
-            "compare": ["compare", LLAMA, "--modes", f"bf16,gptq:{gptq_llama_dir}", "--new-tokens", "4",
+            "compare": ["compare", LLAMA, "--modes", f"bf16,nf4,gptq:{gptq_llama_dir}", "--new-tokens", "4",
                         "--batch-size", "2", "--json", "-"],
             "push": ["push", str(gptq_llama_dir), "--repo", "alice/tiny-gptq", "--json"],
         }
@@ -87,11 +87,16 @@ def test_every_subcommand_with_json_prints_json_alone_on_stdout(tmp_path, gptq_l
     assert json.loads(outputs["load"][0])["quantization"]["backend"] == "gptq_int4pack"
     assert json.loads(outputs["batch"][0])["done"] == 2
     assert json.loads(outputs["quantize"][0])["method"] == "gptq"
-    assert [r["label"] for r in json.loads(outputs["compare"][0])["results"]] == ["bf16", f"gptq:{gptq_llama_dir}"]
+    compared, table = json.loads(outputs["compare"][0]), outputs["compare"][1]  # the table goes to stderr
+    assert [r["label"] for r in compared["results"]] == ["bf16", "nf4", f"gptq:{gptq_llama_dir}"]
+    assert compared["schema"] == 2 and compared["quality"]["window"] == compared["quality"]["stride"] == 512
+    nf4 = compared["results"][1]
+    assert nf4["kl_mean"] > 0 and nf4["top1_agreement"] < 100 and nf4["verdict"].endswith("bf16")
+    assert "b1 tok/s" in table and "next-token quality vs bf16" in table and nf4["verdict"] in table
     assert json.loads(outputs["push"][0])["repo_id"] == "alice/tiny-gptq"
 
 
-def test_an_unforeseen_error_is_one_line_with_the_traceback_in_a_log(tmp_path):
+def test_an_unforeseen_error_is_one_line_with_the_traceback_in_a_log(tmp_path, capsys):
     """A checkpoint whose weights file is not safetensors at all: the library's own exception type is nothing the
     CLI knows, and still ends as one line naming where the traceback went."""
     import shutil
@@ -103,10 +108,13 @@ def test_an_unforeseen_error_is_one_line_with_the_traceback_in_a_log(tmp_path):
     (broken / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("The with statement\n")
-    result = run_cli("batch", str(broken), "--input", str(prompts), "--output", str(tmp_path / "o.jsonl"))
-    assert result.returncode == 2, result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: unexpected SafetensorError: Error while deserializing header"), result.stderr
-    assert "Traceback" not in result.stderr
+    from quant.cli import main  # in this process: the same code as `python -m quant`, without its imports' time
+
+    status = main(["batch", str(broken), "--input", str(prompts), "--output", str(tmp_path / "o.jsonl")])
+    stderr = capsys.readouterr().err
+    assert status == 2, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: unexpected SafetensorError: Error while deserializing header"), stderr
+    assert "Traceback" not in stderr
     log = last.split("(traceback in ")[1].rstrip(")")
     assert "SafetensorError" in open(log, encoding="utf-8").read().split("Traceback")[-1]

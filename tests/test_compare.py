@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from quant.compare import Comparison, compare, highlight_differences, parse_mode_specs, relative_to_baseline
 from quant.registry import ModelRegistry
-from tests.conftest import LLAMA, ROOT, T5
+from tests.conftest import LLAMA, T5
 
 PROMPTS = ["The with statement is used to", "A class definition defines"]
 
@@ -139,23 +136,17 @@ def test_seq2seq_compare_has_no_perplexity_but_answers():
     assert all(not r.error and r.perplexity is None and r.answers for r in rows)
 
 
-def test_cli_compare_writes_json(tmp_path):
-    out = tmp_path / "out.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-m", "quant", "compare", LLAMA, "--modes", "bf16,nf4,int3",
-                             "--batch-size", "2", "--new-tokens", "4", "--json", str(out)],
-                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
-    assert result.returncode == 2 and "Unknown mode 'int3'" in result.stderr  # refused before loading anything
-    result = subprocess.run([sys.executable, "-m", "quant", "compare", LLAMA, "--modes", "bf16,nf4",
-                             "--batch-size", "2", "--new-tokens", "4", "--json", "-"],
-                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
-    assert result.returncode == 0, result.stderr
-    data = json.loads(result.stdout)  # `--json -`: stdout is the JSON alone, the table goes to stderr
-    assert [r["label"] for r in data["results"]] == ["bf16", "nf4"]
-    assert data["schema"] == 2 and data["quality"]["window"] == data["quality"]["stride"] == 512
-    nf4 = data["results"][1]
-    assert nf4["kl_mean"] > 0 and nf4["top1_agreement"] < 100 and nf4["verdict"].endswith("bf16")
-    assert "b1 tok/s" in result.stderr and "next-token quality vs bf16" in result.stderr and nf4["verdict"] in result.stderr
+def test_cli_compare_refuses_an_unknown_mode_before_loading_anything(capsys):
+    """(`quant compare --json -` as a process, with its quality fields: tests/test_cli.py's JSON test.)"""
+    from quant.cli import main
+    from quant.registry import default_registry
+
+    loads = len(default_registry().history())
+    assert main(["compare", LLAMA, "--modes", "bf16,nf4,int3", "--batch-size", "2", "--new-tokens", "4",
+                 "--json", "-"]) == 2
+    captured = capsys.readouterr()
+    assert "Unknown mode 'int3'" in captured.err and captured.out == ""
+    assert len(default_registry().history()) == loads
 
 
 @pytest.mark.timeout(120)
