@@ -268,19 +268,23 @@ def reference_spec(model: str, specs: list[ModeSpec]) -> ModeSpec:
 
 
 def _write_reference_in_registry(registry: ModelRegistry, request: LoadRequest, visitor: str | None, label: str,
-                                 eval_text: str, folder: Path) -> tuple[Reference | None, float | None]:
-    """Load the reference, write its log-probs to `folder` and measure its perplexity, release it (unless it was
-    loaded before). None for a seq2seq model (no next-token quality)."""
+                                 eval_text: str, folder: Path,
+                                 keep: bool) -> tuple[Reference | None, float | None, str | None]:
+    """Load the reference, write its log-probs to `folder` and measure its perplexity; release it unless it was
+    loaded before, or `keep` (it is also a row of the comparison: measured next without a second load). Returns the
+    reference (None for a seq2seq model: no next-token quality), its perplexity, and the key of a model this call
+    loaded and kept (the caller releases it)."""
     already_loaded = {m.key for m in registry.loaded(visitor)}
     key = registry.load(request).key
+    ours = key not in already_loaded
     try:
         with registry.use(key, visitor) as loaded:
             if loaded.source.kind != "causal":
-                return None, None
+                return None, None, key if ours and keep else None
             reference = write_reference(loaded, eval_text, folder, label=label)
-            return reference, perplexity(loaded, eval_text, max_tokens=4096).value
+            return reference, perplexity(loaded, eval_text, max_tokens=4096).value, key if ours and keep else None
     finally:
-        if key not in already_loaded and registry.in_use(key) == 0:
+        if ours and not keep and registry.in_use(key) == 0:
             registry.unload(key, visitor)
 
 
@@ -292,7 +296,8 @@ def compare(model: str, specs: list[ModeSpec], *, registry: ModelRegistry, promp
     """Load each mode in turn through the registry, measure it, unload it (unless it was loaded before); yield rows.
 
     First the 16-bit reference of `model` (`reference_spec`) is loaded alone, its next-token log-probs on the
-    evaluation windows are written to a temporary folder (quant.quality) and it is released; every mode is then
+    evaluation windows are written to a temporary folder (quant.quality) and it is released (or, when it is the first
+    row, measured as that row without loading it again); every mode is then
     measured against that file, so no two models are held at once. A mode that fails is yielded with its error and
     the others still run; a failing reference leaves the quality columns empty with its reason (`quality_error`).
     `device_map` and `max_memory` place every mode alike (e.g. split over two GPUs with "0=20GiB, 1=20GiB").
@@ -313,13 +318,14 @@ def compare(model: str, specs: list[ModeSpec], *, registry: ModelRegistry, promp
 
     folder = Path(tempfile.mkdtemp(prefix="quant-reference-"))
     try:
-        reference, reference_ppl, quality_error = None, None, None
+        reference, reference_ppl, quality_error, kept = None, None, None, None
         if eval_text and specs and not (stop is not None and stop.is_set()):
             ref_spec = reference_spec(model, specs)
             progress(0.0, f"reference ({ref_spec.label}): next-token log-probs")
             try:
-                reference, reference_ppl = _write_reference_in_registry(registry, request_of(ref_spec), visitor,
-                                                                        ref_spec.label, eval_text, folder)
+                reference, reference_ppl, kept = _write_reference_in_registry(
+                    registry, request_of(ref_spec), visitor, ref_spec.label, eval_text, folder,
+                    keep=specs[0] == ref_spec)  # kept only for the very next row: never two models at once
             except QuantError as exc:
                 quality_error = f"reference {ref_spec.label}: {exc}"
             except Exception as exc:  # noqa: BLE001 - the rows are still measured, without the quality columns
@@ -331,7 +337,7 @@ def compare(model: str, specs: list[ModeSpec], *, registry: ModelRegistry, promp
             progress(index / len(specs), f"{spec.label}: loading")
             result = ModeResult(label=spec.label, mode=spec.mode.value, model=spec.model, quality_error=quality_error)
             request = request_of(spec)
-            already_loaded = {m.key for m in registry.loaded(visitor)}
+            already_loaded = {m.key for m in registry.loaded(visitor)} - {kept}  # the reference this run kept
             try:
                 key = registry.load(request).key
                 progress((index + 0.3) / len(specs), f"{spec.label}: measuring")
@@ -347,6 +353,8 @@ def compare(model: str, specs: list[ModeSpec], *, registry: ModelRegistry, promp
             yield result
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+        if kept is not None and registry.in_use(kept) == 0 and any(m.key == kept for m in registry.loaded(visitor)):
+            registry.unload(kept, visitor)  # stopped before its row
     progress(1.0, "Done")
 
 
