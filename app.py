@@ -47,7 +47,7 @@ from quant.hub import default_repo_id, push_folder
 from quant.quantize import CALIBRATION_TEXTSETS, CalibrationData, expire_visitor_outputs, output_folder, quantize
 from quant.loader import LoadRequest
 from quant.openai_api import api_key, build_router
-from quant.modes import GPTQ_BACKENDS, Mode, QuantOptions
+from quant.methods import GPTQ_BACKENDS, Mode, QuantOptions
 from quant.placement import DEVICE_MAP_CHOICES
 from quant.prompts import (
     MAX_PROMPT_CHARS,

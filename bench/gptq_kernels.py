@@ -29,7 +29,7 @@ from bench.llama_shapes import build_checkpoint  # noqa: E402
 from bench.results_files import write_results  # noqa: E402
 from quant.gptq import GPTQRecipe, builtin_textsets, quantize_gptq  # noqa: E402
 from quant.loader import LoadRequest, load_model, release_memory  # noqa: E402
-from quant.modes import QuantOptions  # noqa: E402
+from quant.methods import QuantOptions  # noqa: E402
 
 
 def measure(folder: Path, backend: str, device_map: str, new_tokens: int) -> dict:

@@ -27,7 +27,7 @@ from quant.compare import ModeSpec, compare  # noqa: E402
 from quant.generation import GenerationSettings, run_batch  # noqa: E402
 from quant.gptq import GPTQRecipe, builtin_textsets, quantize_gptq  # noqa: E402
 from quant.loader import LoadRequest  # noqa: E402
-from quant.modes import Mode, QuantOptions  # noqa: E402
+from quant.methods import Mode, QuantOptions  # noqa: E402
 from quant.registry import ModelRegistry  # noqa: E402
 
 MiB = 2**20

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.llama_shapes import build_checkpoint  # noqa: E402
 from quant.generation import GenerationSettings, stream_chat  # noqa: E402
 from quant.loader import LoadRequest  # noqa: E402
-from quant.modes import QuantOptions  # noqa: E402
+from quant.methods import QuantOptions  # noqa: E402
 from quant.registry import ModelRegistry  # noqa: E402
 
 MiB = 2**20

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.llama_shapes import build_checkpoint  # noqa: E402
 from quant.gptq import GPTQRecipe, builtin_textsets, quantize_gptq  # noqa: E402
 from quant.loader import LoadRequest  # noqa: E402
-from quant.modes import QuantOptions  # noqa: E402
+from quant.methods import QuantOptions  # noqa: E402
 from quant.registry import ModelRegistry  # noqa: E402
 
 MiB = 2**20

@@ -25,7 +25,7 @@ from bench.gpu_bench import prompts_from_text  # noqa: E402
 from bench.llama_shapes import build_checkpoint  # noqa: E402
 from quant.compare import ModeSpec, compare  # noqa: E402
 from quant.gptq import GPTQRecipe, builtin_textsets, quantize_gptq  # noqa: E402
-from quant.modes import Mode, QuantOptions  # noqa: E402
+from quant.methods import Mode, QuantOptions  # noqa: E402
 from quant.registry import ModelRegistry  # noqa: E402
 from quant.source import resolve_source  # noqa: E402
 from quant.registry import estimate_footprint  # noqa: E402

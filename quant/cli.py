@@ -15,48 +15,26 @@ from typing import Callable, Iterator, TextIO
 
 from .errors import QuantError
 from .loader import LoadRequest
-from .modes import GPTQ_BACKENDS, Mode, QuantOptions
+from .forms import LoadForm, add_option_arguments
+from .methods import GPTQ_BACKENDS, METHODS, quantize_methods
 
 
 def add_load_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options that say how to load a model, shared by every subcommand that loads one."""
+    """The options that say how to load a model, shared by every subcommand that loads one; each method's own flags
+    come from its options (quant.methods)."""
     parser.add_argument("model", help="Hub id (org/name), local folder, or demo:<name>")
-    parser.add_argument("--mode", default="bf16", choices=[m.value for m in Mode])
+    parser.add_argument("--mode", default="bf16", choices=list(METHODS))
     parser.add_argument("--revision", help="branch, tag or commit on the Hub")
     parser.add_argument("--device-map", default="auto", help="auto, balanced, balanced_low_0, sequential, cpu, cuda:N")
     parser.add_argument("--max-memory", help='per-device limits, e.g. "0=20GiB,cpu=30GiB"')
     parser.add_argument("--attn", dest="attn_implementation",
                         help="attention implementation: sdpa, eager, flash_attention_2, flex_attention "
                              "(default: flash_attention_2 where installed on a GPU, else sdpa)")
-    group = parser.add_argument_group("quantized modes")
-    group.add_argument("--int8-threshold", type=float, default=6.0, help="LLM.int8 outlier threshold")
-    group.add_argument("--skip-modules", default="", help="comma-separated modules kept unquantized")
-    group.add_argument("--int8-cpu-offload", action="store_true", help="keep CPU-offloaded modules in fp32")
-    group.add_argument("--no-double-quant", action="store_true", help="4-bit: quantize the scales too (off)")
-    group.add_argument("--compute-dtype", default="bf16", choices=["fp32", "fp16", "bf16"], help="4-bit compute dtype")
-    group.add_argument("--quant-storage", default="uint8", choices=["uint8", "bf16", "fp16", "fp32"])
-    group.add_argument("--gptq-backend", choices=list(GPTQ_BACKENDS),
-                       help="GPTQ kernel (default: gptq_int4pack for 4-bit with group size 32-256, else gptq_torch)")
+    add_option_arguments(parser)
 
 
 def load_request_from_args(args: argparse.Namespace) -> LoadRequest:
-    return LoadRequest(
-        model=args.model,
-        mode=args.mode,
-        revision=args.revision,
-        device_map=args.device_map,
-        max_memory=args.max_memory,
-        attn_implementation=args.attn_implementation,
-        options=QuantOptions(
-            int8_threshold=args.int8_threshold,
-            int8_skip_modules=tuple(m.strip() for m in args.skip_modules.split(",") if m.strip()),
-            int8_cpu_offload=args.int8_cpu_offload,
-            bnb4_double_quant=not args.no_double_quant,
-            bnb4_compute_dtype=args.compute_dtype,
-            bnb4_quant_storage=args.quant_storage,
-            gptq_backend=args.gptq_backend,
-        ),
-    )
+    return LoadForm.from_args(args).to_request()
 
 
 def _stderr_progress(fraction: float, message: str) -> None:
@@ -320,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     quantize = commands.add_parser("quantize", help="quantize a model and save it with a model card")
     quantize.add_argument("model", help="Hub id, local folder or demo:<name> of an unquantized model")
     quantize.add_argument("--revision")
-    quantize.add_argument("--method", default="gptq", choices=["gptq", "int8", "nf4"])
+    quantize.add_argument("--method", default="gptq", choices=quantize_methods())
     quantize.add_argument("--bits", type=int, default=4, choices=[2, 3, 4, 8])
     quantize.add_argument("--group-size", type=int, default=128, help="-1 for per-column")
     quantize.add_argument("--desc-act", action="store_true", help="act-order")

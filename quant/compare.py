@@ -26,7 +26,7 @@ from .gptq import builtin_textsets
 from .loader import LoadedModel, LoadRequest
 from .metrics import perplexity
 from .quality import THRESHOLDS_TEXT, VERDICT_THRESHOLDS, Reference, measure_quality, verdict, write_reference
-from .modes import Mode, QuantOptions, parse_mode
+from .methods import METHODS, Mode, QuantOptions, parse_mode
 from .registry import ModelRegistry
 from .report import process_rss
 
@@ -49,17 +49,18 @@ class ModeSpec:
 
 
 def parse_mode_specs(model: str, text: str | list[str], gptq_backend: str | None = None) -> list[ModeSpec]:
-    """Parse "bf16,int8,nf4,gptq:DIR" (and "sdpa:bf16" / "eager:bf16" to vary attention) into mode specs."""
+    """Parse "bf16,int8,nf4,gptq:DIR" (and "sdpa:bf16" / "eager:bf16" to vary attention) into mode specs. A method
+    that loads only its own checkpoints (GPTQ) is named with one: `<method>:FOLDER` or `<method>:user/repo`."""
     items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t and t.strip()]
     if not items:
         raise QuantError("Pick at least one mode to compare.")
     specs = []
     for item in items:
         head, _, rest = item.partition(":")
-        if head == "gptq":
+        if head in METHODS and METHODS[head].needs_quantized_checkpoint:
             if not rest:
-                raise QuantError("gptq needs a quantized checkpoint: write gptq:FOLDER or gptq:user/repo.")
-            specs.append(ModeSpec(item, Mode.GPTQ, rest, QuantOptions(gptq_backend=gptq_backend)))
+                raise QuantError(f"{head} needs a quantized checkpoint: write {head}:FOLDER or {head}:user/repo.")
+            specs.append(ModeSpec(item, parse_mode(head), rest, QuantOptions(gptq_backend=gptq_backend)))
         elif head in {"sdpa", "eager", "flash_attention_2", "flex_attention"} and rest:
             specs.append(ModeSpec(item, parse_mode(rest), model, attn_implementation=head))
         else:

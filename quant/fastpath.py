@@ -38,23 +38,12 @@ from transformers.generation import CompileConfig
 
 from .attention import restore_sdpa, use_packed_gqa_decode
 from .decode import DecodeLoop
-from .modes import Mode
 from .settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
 
 COMPILED = "static cache + torch.compile"
 EAGER = "eager"
-
-# Quantized kernels that are torch ops (bitsandbytes 4-bit registers torch.library ops, gptqmodel builds Marlin as
-# torch.ops) or plain torch code, so they can trace under torch.compile (transformers' quantizers for them say "not
-# compileable", which only matters to transformers' own compiled generate, not used here). Each was measured faster
-# through the compiled decode loop on an H100, Llama-8B shape, batch 1 / 32 tok/s, one run (gpu-bench-8b-allmodes.md):
-# GPTQ Marlin eager 27.3 / 674 -> compiled 204.0 / 2,729; int4pack 36.4 / 984 -> 272.7 / 1,580; nf4 18.7 / 447 ->
-# 190.6 / 1,610. (Under transformers' compiled generate with cudagraph trees,
-# session 5, Marlin had run slower compiled than eager: gpu-bench-1b-compiled.md.)
-# gptq_int4pack is PyTorch's own int4 matmul (quant.int4pack), made for CUDA graphs (gpt-fast's int4 path).
-_TRACEABLE_GPTQ_BACKENDS = {"gptq_marlin", "gptq_torch", "gptq_int4pack"}
 
 
 def configure_kernel_cache(settings: Settings | None = None) -> str:
@@ -82,13 +71,13 @@ def _library_defaults() -> dict[str, str]:
     return {"TORCHINDUCTOR_CACHE_DIR": default_cache_dir()}
 
 
-def fast_path_refusal(*, mode: Mode, gptq_backend: str | None, kind: str, devices: set[str],
+def fast_path_refusal(*, method_refusal: str | None, kind: str, devices: set[str],
                       settings: Settings) -> str | None:
     """Why the compiled path is not used for this model, or None when it is.
 
     QUANT_FAST_GENERATION: "auto" compiles on a GPU what was measured faster compiled (16/32-bit, nf4/fp4, GPTQ's
     torch, int4pack and Marlin kernels) through the compiled decode loop (decode.py); "all" also allows the CPU;
-    "off" never compiles.
+    "off" never compiles. `method_refusal`: the quantization method's own reason (QuantMethod.compile_refusal).
     """
     choice = settings.fast_generation
     if choice == "off":
@@ -101,12 +90,7 @@ def fast_path_refusal(*, mode: Mode, gptq_backend: str | None, kind: str, device
         return f"the model is split over {', '.join(sorted(devices))}: compiled decode needs one device"
     if next(iter(devices)).startswith("cpu") and choice != "all":
         return "CPU: compiling the decode step takes minutes there and gains little"
-    if mode is Mode.INT8:
-        return "LLM.int8 (bitsandbytes int8) cannot be compiled: its outlier split is data-dependent"
-    if mode is Mode.GPTQ and gptq_backend not in _TRACEABLE_GPTQ_BACKENDS:
-        return (f"the {gptq_backend} kernel does not trace under torch.compile (choose gptq_int4pack, gptq_marlin "
-                "or gptq_torch for the compiled path)")
-    return None
+    return method_refusal
 
 
 _runner_guard = threading.Lock()
@@ -294,7 +278,7 @@ def eager_path(reason: str) -> GenerationPath:
     return GenerationPath(compiled=False, reason=reason)
 
 
-def prepare_generation_path(model, tokenizer, *, mode: Mode, gptq_backend: str | None, kind: str,
+def prepare_generation_path(model, tokenizer, *, method_refusal: str | None, kind: str,
                             context: int | None, progress: Callable[[str], None] | None = None,
                             settings: Settings | None = None) -> GenerationPath:
     """Decide the path for a freshly loaded model and, when compiled, warm every batch size up now.
@@ -303,7 +287,7 @@ def prepare_generation_path(model, tokenizer, *, mode: Mode, gptq_backend: str |
     """
     settings = settings or load_settings()
     devices = {str(p.device) for p in model.parameters()}
-    refusal = fast_path_refusal(mode=mode, gptq_backend=gptq_backend, kind=kind, devices=devices, settings=settings)
+    refusal = fast_path_refusal(method_refusal=method_refusal, kind=kind, devices=devices, settings=settings)
     if refusal:
         return eager_path(refusal)
     configure_kernel_cache(settings)

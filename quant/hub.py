@@ -15,6 +15,7 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id as hub_validate_repo_id
 
 from .errors import QuantError
+from .methods import METHODS
 from .quality import THRESHOLDS_TEXT
 
 ProgressFn = Callable[[float, str], None]
@@ -106,27 +107,22 @@ def _quality_cells(quality: dict | None) -> dict | None:
 
 def build_model_card(result, repo_id: str | None = None) -> ModelCard:
     """The model card of a quantized folder: metadata (base_model, quantized relation) and what was measured."""
-    gptq = result.method == "gptq"
-    tags = ["quantized", "gptq" if gptq else "bitsandbytes"]
-    if gptq:
-        tags.append(f"{result.recipe.get('bits')}-bit")
-    else:
-        tags.append("8-bit" if "int8" in result.method else "4-bit")
+    method = METHODS[result.method]
+    tags = ["quantized", *method.card_tags(result.recipe)]
     local = result.base_model.startswith("demo:") or Path(result.base_model).expanduser().exists()
     base = None if local else result.base_model  # base_model metadata must be a Hub id
     data = ModelCardData(base_model=base, library_name="transformers", pipeline_tag="text-generation", tags=tags,
                          base_model_relation="quantized" if base else None)
-    requirements = ("Loading needs `optimum` and `gptqmodel` (`pip install optimum gptqmodel`)." if gptq
-                    else "Loading needs `bitsandbytes` (`pip install bitsandbytes`).")
     model_class = "AutoModelForSeq2SeqLM" if result.kind == "seq2seq" else "AutoModelForCausalLM"
     return ModelCard.from_template(
         data, template_str=CARD_TEMPLATE, repo_name=(repo_id or Path(result.out_dir).name).split("/")[-1],
-        repo_id=repo_id or "<user>/<repo>", base_model=result.base_model, method=result.method,
+        repo_id=repo_id or "<user>/<repo>", base_model=result.base_model,
+        method=method.card_name,
         recipe=_recipe_rows(result), calibration=result.calibration, rows=result.comparison_rows(),
         eval_text=result.eval_text, seconds=f"{result.seconds:.0f}", versions=result.versions,
         quality=_quality_cells(getattr(result, "quality", None)), warnings=getattr(result, "warnings", []),
         thresholds=THRESHOLDS_TEXT,
-        model_class=model_class, extra_kwargs="", requirements=requirements)
+        model_class=model_class, extra_kwargs="", requirements=method.card_requirements)
 
 
 def write_model_card(result, folder: str | Path, repo_id: str | None = None) -> Path:

@@ -7,8 +7,9 @@ import hashlib
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel
@@ -18,15 +19,7 @@ from .attention import check_attention
 from .errors import PlacementError, QuantError, UnsupportedModeError
 from .families import layout_hint, loading_problems, names_text, unquantized_weights_note
 from .fastpath import GenerationPath, configure_kernel_cache, eager_path, prepare_generation_path
-from .modes import (
-    Mode,
-    QuantOptions,
-    check_mode,
-    parse_mode,
-    quantization_config,
-    resolve_gptq_backend,
-    torch_dtype,
-)
+from .methods import Mode, QuantMethod, QuantOptions, check_mode, parse_mode
 from .placement import parse_device_map, parse_max_memory, target_is_cuda
 from .report import (
     LoadReport,
@@ -76,6 +69,10 @@ class LoadRequest:
     def label(self) -> str:
         return f"{self.model} [{self.mode.value}]"
 
+    @property
+    def method(self) -> QuantMethod:
+        return self.mode.method
+
 
 @dataclass
 class LoadedModel:
@@ -87,8 +84,8 @@ class LoadedModel:
     model: PreTrainedModel
     tokenizer: Any
     report: LoadReport
-    path: GenerationPath = field(default_factory=lambda: eager_path(""))
-    """How `generate` runs on it (compiled or eager), decided and warmed up at load time."""
+    path: GenerationPath = field(default_factory=lambda: eager_path("loaded for measuring, not for generation"))
+    """How `generate` runs on it (compiled or eager), decided and warmed up by `attach_generation_path`."""
 
     @property
     def label(self) -> str:
@@ -98,6 +95,16 @@ class LoadedModel:
     def device(self) -> torch.device:
         """Where inputs go: the device of the input embeddings."""
         return self.model.get_input_embeddings().weight.device
+
+    @property
+    def method_refusal(self) -> str | None:
+        """Why this model's quantization method cannot take the compiled decode path, or None."""
+        return self.request.method.compile_refusal(self.request.options)
+
+    def close(self) -> None:
+        """Free what generation prepared for this model (compiled graphs, static caches hold GPU memory of their
+        own); the weights go when the last reference to this object does."""
+        self.path.close()
 
 
 def prefer_fast_sdpa_backends() -> None:
@@ -129,12 +136,15 @@ def load_tokenizer(source: ModelSource, token: str | None, trust_remote_code: bo
 
 
 class Prepared(NamedTuple):
+    """A load planned: every refusal is behind it, nothing is loaded yet."""
+
     source: ModelSource
     kwargs: dict[str, Any]
     """For `from_pretrained`."""
     warnings: list[str]
     options: QuantOptions
     """The request's options with the defaults that depend on the checkpoint filled in (the GPTQ kernel)."""
+    on_cuda: bool
 
 
 def prepare(request: LoadRequest) -> Prepared:
@@ -145,7 +155,8 @@ def prepare(request: LoadRequest) -> Prepared:
     on_cuda = target_is_cuda(device_map)
     source = resolve_source(request.model, revision=request.revision, token=request.token,
                             trust_remote_code=settings.trust_remote_code, folders=request.folders)
-    options = resolve_gptq_backend(request.options, request.mode, source.checkpoint_quantization, on_cuda)
+    method = request.method
+    options = method.resolve(request.options, source.checkpoint_quantization, on_cuda)
     warnings = check_mode(request.mode, options, checkpoint_quantization=source.checkpoint_quantization, on_cuda=on_cuda)
     if getattr(source.config, "auto_map", None) and not settings.trust_remote_code:
         warnings.append(
@@ -157,7 +168,7 @@ def prepare(request: LoadRequest) -> Prepared:
             raise PlacementError("max_memory names a GPU, but the model is placed on the CPU.")
         device_map = {"": "cpu"}
     kwargs: dict[str, Any] = {
-        "dtype": torch_dtype(request.mode, options, on_cuda),
+        "dtype": method.dtype(options, on_cuda),
         "device_map": device_map,
         "revision": source.revision,
         "token": request.token,
@@ -165,41 +176,39 @@ def prepare(request: LoadRequest) -> Prepared:
     }
     if max_memory:
         kwargs["max_memory"] = max_memory
-    qconfig = quantization_config(
-        request.mode, options, checkpoint_quantization=source.checkpoint_quantization, on_cuda=on_cuda
-    )
+    qconfig = method.config(options, source.checkpoint_quantization, on_cuda)
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
     model_class = _model_class(source)._model_mapping.get(type(source.config), None)
     attention = check_attention(request.attn_implementation, model_class, on_cuda=on_cuda, dtype=kwargs["dtype"])
     if attention:
         kwargs["attn_implementation"] = attention
-    return Prepared(source, kwargs, warnings, options)
+    return Prepared(source, kwargs, warnings, options, on_cuda)
 
 
-def load_model(request: LoadRequest, progress: ProgressFn | None = None,
-               prepared: Prepared | None = None) -> LoadedModel:
-    """Load `request.model` in `request.mode` and return it with its load report. `prepared`: the request's plan
-    when the caller made it already (the registry plans before it decides whether to load).
+def load_weights(request: LoadRequest, progress: ProgressFn | None = None,
+                 prepared: Prepared | None = None) -> LoadedModel:
+    """Load `request.model` in `request.mode` and measure the load; nothing is compiled (generation runs eager until
+    `attach_generation_path`). `prepared`: the request's plan when the caller made it already (the registry plans
+    before it decides whether to load).
 
     Raises QuantError (and its subclasses) with a message for the user; nothing stays allocated on failure.
     """
     progress = progress or (lambda fraction, message: None)
     configure_kernel_cache()  # before any kernel is built (gptqmodel builds Marlin/ExLlama on first load)
     progress(0.0, f"Reading the config of {request.model}")
-    source, kwargs, warnings, options = prepared or prepare(request)
+    source, kwargs, warnings, options, _on_cuda = prepared or prepare(request)
+    method = request.method
     warnings = list(warnings)
-    gptq_backend = options.gptq_backend if request.mode is Mode.GPTQ else None
     progress(0.1, "Loading the tokenizer")
     tokenizer = load_tokenizer(source, request.token, kwargs["trust_remote_code"])
 
     gc.collect()
     before = MemorySnapshot.take()
     prefer_fast_sdpa_backends()
-    progress(0.2, f"Loading weights in {request.mode.value}" + _kernel_build_note(gptq_backend))
+    progress(0.2, f"Loading weights in {request.mode.value}" + method.load_note(options))
     started = time.perf_counter()
-    if gptq_backend:
-        _mark_gptq_weights_as_loaded()
+    method.before_load(options)
     try:
         model, loading_info = _model_class(source).from_pretrained(source.location, output_loading_info=True,
                                                                     **kwargs)
@@ -226,21 +235,14 @@ def load_model(request: LoadRequest, progress: ProgressFn | None = None,
     model.eval()
     try:
         warnings.extend(_check_loaded_weights(loading_info, request, source))
-    except QuantError:
-        model = None  # the only reference: freed by _release
-        _release()
-        raise
-    if gptq_backend == "gptq_int4pack":
-        progress(0.85, "Repacking the GPTQ layers for PyTorch's int4 kernel")
-        warnings.extend(_repack_int4(model))
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    load_seconds = time.perf_counter() - started
-    if request.mode.is_bitsandbytes or request.mode is Mode.GPTQ:
-        note = unquantized_weights_note(model, request.mode.value, skipped=options.int8_skip_modules)
-        if note:
-            warnings.append(note)
-    try:
+        warnings.extend(method.after_load(model, options, progress))
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        load_seconds = time.perf_counter() - started
+        if method.quantizes_weights:
+            note = unquantized_weights_note(model, request.mode.value, skipped=options.int8_skip_modules)
+            if note:
+                warnings.append(note)
         _check_cpu_4bit_blocks(model, request)
     except QuantError:
         model = None  # the only reference: freed by _release
@@ -273,7 +275,8 @@ def load_model(request: LoadRequest, progress: ProgressFn | None = None,
         load_seconds=load_seconds,
         linear_layers=linear_layer_types(model),
         device_map={k: str(v) for k, v in device_map.items()},
-        quantization=_quantization_record(quant, gptq_backend),
+        quantization=method.report_record(_jsonable(quant.to_dict() if hasattr(quant, "to_dict") else quant),
+                                          options),
         warnings=warnings,
     )
     progress(0.91, "A first forward pass")
@@ -286,20 +289,49 @@ def load_model(request: LoadRequest, progress: ProgressFn | None = None,
         raise QuantError(f"{request.model} loaded in {request.mode.value} but cannot run: its first forward pass "
                          f"failed ({type(exc).__name__}: {first_line}).",
                          "Try another mode (bf16, int8) or GPTQ kernel.") from None
+    progress(1.0, "Loaded")
+    # The token served this load only: it is not kept with a model that every session can see.
+    return LoadedModel(request.key, replace(request, token=None, options=options), source, model, tokenizer, report)
+
+
+def attach_generation_path(loaded: LoadedModel, progress: ProgressFn | None = None) -> LoadedModel:
+    """Decide how `generate` runs on a model loaded for serving, and compile and capture it now when that is the
+    compiled path (minutes on a cold kernel cache); the report says which path and what it cost."""
+    progress = progress or (lambda fraction, message: None)
     progress(0.92, "Preparing generation")
     path = prepare_generation_path(
-        model, tokenizer, mode=request.mode, kind=source.kind, context=model_context_length(model, tokenizer),
-        gptq_backend=gptq_backend,
+        loaded.model, loaded.tokenizer, method_refusal=loaded.method_refusal, kind=loaded.source.kind,
+        context=model_context_length(loaded.model, loaded.tokenizer),
         progress=lambda message: progress(0.95, message),
     )
+    loaded.path = path
+    report = loaded.report
     report.generation_path = path.describe()
     if path.packed_gqa_note:
         report.warnings.append(f"Compiled decode: {path.packed_gqa_note}.")
     report.compile_seconds = path.warmup_seconds
     report.static_cache_bytes = path.cache_bytes
-    progress(1.0, "Loaded")
-    # The token served this load only: it is not kept with a model that every session can see.
-    return LoadedModel(request.key, replace(request, token=None), source, model, tokenizer, report, path)
+    progress(1.0, "Ready")
+    return loaded
+
+
+def load_model(request: LoadRequest, progress: ProgressFn | None = None) -> LoadedModel:
+    """A model ready to generate, for a caller that owns it alone (the CLI's chat and batch): load, then attach the
+    generation path. A served app loads through the registry, which plans, makes room, and does these two steps."""
+    return attach_generation_path(load_weights(request, progress), progress)
+
+
+@contextmanager
+def loaded_for_measuring(request: LoadRequest, progress: ProgressFn | None = None) -> Iterator[LoadedModel]:
+    """A model loaded to be inspected or evaluated (quantize's checks, perplexity, reference log-probs): nothing is
+    compiled, and everything it took is released when the block ends, also when it fails."""
+    loaded = load_weights(request, progress)
+    try:
+        yield loaded
+    finally:
+        loaded.close()
+        del loaded
+        release_memory()
 
 
 def _check_loaded_weights(loading_info: dict, request: LoadRequest, source: ModelSource) -> list[str]:
@@ -395,24 +427,6 @@ def _single_sequence_generation(model: PreTrainedModel) -> str | None:
             + (f" Its other defaults still apply: {', '.join(f'{k}={v}' for k, v in kept.items())}." if kept else ""))
 
 
-def _mark_gptq_weights_as_loaded() -> None:
-    """Let transformers' weight initialisation skip gptqmodel's stand-in `weight` of its torch-kernel layers.
-
-    TorchLinear.weight is a shape/dtype shim (gptqmodel/nn_modules/qlinear/torch.py, `_LinearWeightMetadata`), not a
-    tensor, and carries no `_is_hf_initialized` flag. After loading, transformers runs each model's `_init_weights`
-    on modules not marked initialised, and GPT-2's reaches into its children (modeling_gpt2.py,
-    GPT2PreTrainedModel._init_weights: `init.normal_(module.c_proj.weight, ...)` for every attention and MLP block),
-    so every GPT-2 GPTQ load failed with "'_LinearWeightMetadata' object has no attribute 'normal_'". The quantized
-    weights always come from the checkpoint (a missing one is refused by _check_loaded_weights), so marking the shim
-    initialised is exact.
-    """
-    try:
-        from gptqmodel.nn_modules.qlinear.torch import _LinearWeightMetadata
-    except ImportError:  # another gptqmodel layout: nothing to mark
-        return
-    _LinearWeightMetadata._is_hf_initialized = True
-
-
 def _first_forward(model: PreTrainedModel, tokenizer: Any, kind: str) -> None:
     """Run the model once on one token while it is still this load's alone.
 
@@ -436,37 +450,6 @@ def model_context_length(model: PreTrainedModel, tokenizer: Any) -> int | None:
             return value
     limit = getattr(tokenizer, "model_max_length", None)
     return limit if isinstance(limit, int) and limit < 1_000_000 else None
-
-
-def _repack_int4(model: PreTrainedModel) -> list[str]:
-    """Move the GPTQ layers to PyTorch's int4 kernel (quant.int4pack); warnings for layers that stay as loaded."""
-    from .int4pack import repack_model
-
-    result = repack_model(model, dequantize_from_rows=load_settings().int4_dequantize_rows)
-    _release()  # the torch-kernel layers just replaced
-    warnings = [f"Long prompts use tinygemm: {result.dequantize_reason}."] if result.dequantize_reason else []
-    if result.reason is None:
-        return warnings
-    return warnings + [f"{result.left} GPTQ layers stay on the gptq_torch kernel ({result.layers} moved to the int4 "
-                       f"kernel): {result.reason}."]
-
-
-def _kernel_build_note(backend: str | None) -> str:
-    """GPTQ kernels that gptqmodel compiles on first use: say so, since that load takes minutes once."""
-    if backend not in ("gptq_marlin", "gptq_exllama_v2"):
-        return ""
-    minutes = "about 3.5 min" if backend == "gptq_marlin" else "about 30 s"
-    return (f" (the {backend} kernel is built on its first use: {minutes}, then cached in "
-            f"{os.environ.get('GPTQMODEL_TORCH_EXTENSIONS_DIR', 'the kernel cache')})")
-
-
-def _quantization_record(config: Any, gptq_backend: str | None) -> dict | None:
-    """The model's quantization config as loaded, naming the GPTQ kernel that runs (gptq_int4pack loads through
-    gptq_torch, so the config itself names that one)."""
-    record = _jsonable(config.to_dict() if hasattr(config, "to_dict") else config)
-    if gptq_backend and isinstance(record, dict):
-        record["backend"] = gptq_backend
-    return record
 
 
 def _jsonable(value: Any) -> Any:

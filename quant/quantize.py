@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -18,19 +19,11 @@ from typing import Callable
 
 from .access import ANY_FOLDER, LocalFolders, visitor_folder_name
 from .errors import QuantError
-from .families import gptq_refusal
-from .gptq import (
-    GPTQ_REFUSAL_HINT,
-    GPTQRecipe,
-    QuantizationCancelled,
-    builtin_textsets,
-    quantize_gptq,
-    save_atomically,
-)
-from .loader import LoadRequest, load_model, release_memory
+from .gptq import GPTQRecipe, QuantizationCancelled, builtin_textsets
+from .loader import LoadRequest, loaded_for_measuring
+from .methods import METHODS, QuantizeJob, quantize_methods
 from .metrics import perplexity, size_on_disk
 from .quality import Reference, measure_quality, verdict, write_reference
-from .modes import Mode, QuantOptions
 from .placement import cuda_device_count
 from .prompts import DataFileError, DataFileSpec, read_data_file
 from .source import check_hub_access, resolve_location, resolve_source
@@ -96,7 +89,7 @@ class QuantizeResult:
 
     base_model: str
     method: str
-    """gptq, bitsandbytes-int8 or bitsandbytes-nf4"""
+    """The method's name (a key of quant.methods.METHODS: gptq, int8, nf4...)."""
     out_dir: str
     recipe: dict
     calibration: str
@@ -167,10 +160,6 @@ def default_output_dir(base_model: str, label: str, visitor: str | None = None) 
     return output_folder(visitor) / f"{name}-{label}-{stamp}"
 
 
-def gptq_label(recipe: GPTQRecipe) -> str:
-    return f"GPTQ-{recipe.bits}bit-g{recipe.group_size if recipe.group_size != -1 else 'col'}"
-
-
 def _local_copy(model: str, revision: str | None, token: str | None, folders: LocalFolders | None) -> str:
     """A local folder of the source checkpoint (downloaded once into the HF cache for a Hub id)."""
     location, is_local = resolve_location(model, folders)
@@ -188,13 +177,9 @@ def _local_copy(model: str, revision: str | None, token: str | None, folders: Lo
 def _evaluate(request: LoadRequest, text: str, folder: Path | None = None,
               label: str = "original") -> tuple[float, Reference | None]:
     """The original's perplexity on `text` and, with `folder`, its next-token log-probs written there (quant.quality)."""
-    loaded = load_model(request)
-    try:
+    with loaded_for_measuring(request) as loaded:
         reference = write_reference(loaded, text, folder, label=label) if folder is not None else None
         return perplexity(loaded, text, max_tokens=4096).value, reference
-    finally:
-        del loaded
-        release_memory()
 
 
 MIN_OVERLAP_LINE = 40
@@ -225,19 +210,16 @@ def _check_saved(request: LoadRequest, out_dir: Path, text: str | None, referenc
     and measure its perplexity on `text` (None: no measure) and its next-token quality against `reference`. Returns
     (kernel, perplexity, quality or None). A folder that does not load is removed: nothing is left that looks like a
     finished quantization, and no card is written for it."""
-    try:
-        loaded = load_model(request)
-    except QuantError as exc:
-        shutil.rmtree(out_dir, ignore_errors=True)
-        raise QuantError(f"The quantized model does not load correctly, so {out_dir} was removed: {exc.message}",
-                         exc.hint) from None
-    try:
+    with ExitStack() as stack:
+        try:
+            loaded = stack.enter_context(loaded_for_measuring(request))
+        except QuantError as exc:
+            shutil.rmtree(out_dir, ignore_errors=True)
+            raise QuantError(f"The quantized model does not load correctly, so {out_dir} was removed: {exc.message}",
+                             exc.hint) from None
         ppl = perplexity(loaded, text, max_tokens=4096).value if text is not None else None
         quality = measure_quality(loaded, reference) if text is not None and reference is not None else None
         return _kernel(loaded), ppl, quality
-    finally:
-        del loaded
-        release_memory()
 
 
 def quantize(model: str, *, method: str, recipe: GPTQRecipe | None = None,
@@ -245,7 +227,8 @@ def quantize(model: str, *, method: str, recipe: GPTQRecipe | None = None,
              token: str | None = None, evaluate: bool = True, progress: ProgressFn | None = None,
              stop: threading.Event | None = None, visitor: str | None = None,
              folders: LocalFolders | None = None) -> QuantizeResult:
-    """Quantize `model` with `method` ("gptq", "int8" or "nf4"), save it with a model card, measure it.
+    """Quantize `model` with `method` (a name of `quantize_methods()`: gptq, int8, nf4...), save it with a model card,
+    measure it.
 
     The folder is complete on disk when this returns (pushing is a separate step that only reads it). `visitor` and
     `folders`: who asks on a served app (their outputs go to a folder of their own) and which local folders they may
@@ -255,67 +238,46 @@ def quantize(model: str, *, method: str, recipe: GPTQRecipe | None = None,
 
     progress = progress or (lambda fraction, message: None)
     stop = stop or threading.Event()
+    if method not in quantize_methods():
+        raise QuantError(f"Unknown quantization method {method!r}.", f"Use one of {', '.join(quantize_methods())}.")
+    quant_method = METHODS[method]
     source = resolve_source(model, revision=revision, token=token, folders=folders)
     if not source.is_local:  # a config in the local cache is no proof that this token may read the repo
         check_hub_access(source.location, source.revision, token)
     if source.checkpoint_quant_method:
         raise QuantError(f"{model} is already quantized ({source.checkpoint_quant_method}).",
                          "Start from the original, unquantized checkpoint.")
-    if method not in {"gptq", "int8", "nf4"}:
-        raise QuantError(f"Unknown quantization method {method!r}.", "Use gptq, int8 or nf4.")
+    refusal = quant_method.quantize_refusal(source.config, source.kind)
+    if refusal:  # before anything is downloaded or loaded
+        raise QuantError(*refusal)
     on_cuda = cuda_device_count() > 0
-    device = "cuda:0" if on_cuda else "cpu"  # where GPTQ works, one layer at a time
-    # Whole-model loads (bnb quantization, the perplexity checks) spread over every GPU, so a model larger than one
-    # GPU can be quantized and measured.
+    device = "cuda:0" if on_cuda else "cpu"  # where calibrated methods work, one layer at a time
+    # Whole-model loads (load-time quantization, the perplexity checks) spread over every GPU, so a model larger than
+    # one GPU can be quantized and measured.
     placement = "auto" if cuda_device_count() > 1 else device
-    if method == "gptq":
-        if source.kind != "causal":
-            raise QuantError("GPTQ quantization here supports causal LMs only.",
-                             "Quantize T5/BART with int8 or nf4 (bitsandbytes) instead.")
-        refusal = gptq_refusal(source.config, source.kind)
-        if refusal:  # before anything is downloaded or loaded
-            raise QuantError(refusal, GPTQ_REFUSAL_HINT)
     local = _local_copy(model, revision, token, folders)
     eval_text = builtin_textsets()[EVAL_TEXTSET].read_text(encoding="utf-8")
     started = time.perf_counter()
 
-    if method == "gptq":
+    texts = None
+    if quant_method.calibrated:
         recipe = recipe or GPTQRecipe()
         calibration = calibration or CalibrationData()
         texts = calibration.texts()
-        out_dir = Path(out_dir or default_output_dir(model, gptq_label(recipe), visitor))
-        quantize_gptq(local, recipe, texts, out_dir, device=device,
-                      progress=lambda f, m: progress(0.05 + 0.75 * f, m), stop=stop)
-        quantized_request = LoadRequest(model=str(out_dir), mode=Mode.GPTQ, device_map=placement, folders=ANY_FOLDER)
-        recipe_dict, calibration_text, method_name = asdict(recipe), calibration.describe(), "gptq"
-    else:
-        mode = Mode(method)
-        out_dir = Path(out_dir or default_output_dir(model, f"bnb-{method}", visitor))
-        progress(0.1, f"Loading {model} in {method}")
-        loaded = load_model(LoadRequest(model=local, mode=mode, device_map=placement, folders=ANY_FOLDER,
-                                        options=QuantOptions(bnb4_compute_dtype="fp16" if on_cuda else "bf16")))
-        if stop.is_set():
-            raise QuantizationCancelled("Quantization stopped; nothing was saved.")
-        progress(0.5, "Saving serialized bitsandbytes weights")
-
-        def write(folder: Path) -> None:
-            loaded.model.save_pretrained(folder)
-            loaded.tokenizer.save_pretrained(folder)
-
-        save_atomically(write, out_dir)
-        recipe_dict = loaded.report.quantization or {}
-        del loaded
-        release_memory()
-        quantized_request = LoadRequest(model=str(out_dir), mode=mode, device_map=placement, folders=ANY_FOLDER)
-        calibration_text, method_name = "none (bitsandbytes quantizes at load time, no calibration)", f"bitsandbytes-{method}"
+    out_dir = Path(out_dir or default_output_dir(model, quant_method.output_label(recipe), visitor))
+    outcome = quant_method.quantize(QuantizeJob(
+        source_folder=local, out_dir=out_dir, device=device, placement=placement, progress=progress, stop=stop,
+        recipe=recipe, calibration_texts=texts,
+        calibration_description=calibration.describe() if quant_method.calibrated else ""))
+    quantized_request = LoadRequest(model=str(out_dir), mode=method, device_map=placement, folders=ANY_FOLDER)
     seconds = time.perf_counter() - started
 
     result = QuantizeResult(
-        base_model=model, method=method_name, out_dir=str(out_dir), recipe=recipe_dict,
-        calibration=calibration_text, seconds=seconds, original_bytes=size_on_disk(local),
+        base_model=model, method=method, out_dir=str(out_dir), recipe=outcome.recipe,
+        calibration=outcome.calibration, seconds=seconds, original_bytes=size_on_disk(local),
         quantized_bytes=size_on_disk(out_dir), eval_text=f"built-in '{EVAL_TEXTSET}' (held out of calibration)",
         versions=library_versions(), kind=source.kind)
-    if method == "gptq":
+    if texts is not None:
         warning = overlap_warning(eval_text, texts)
         if warning:
             result.warnings.append(warning)
@@ -328,10 +290,10 @@ def quantize(model: str, *, method: str, recipe: GPTQRecipe | None = None,
             # The original first: its perplexity and its next-token log-probs, kept on disk (quant.quality) while
             # the quantized model loads, so the two are never held at once.
             progress(0.82, "Perplexity and next-token log-probs of the original model")
-            original_mode = Mode.FP16 if on_cuda else Mode.BF16
+            original_mode = METHODS["fp16" if on_cuda else "bf16"]
             result.original_perplexity, reference = _evaluate(
-                LoadRequest(model=local, mode=original_mode, device_map=placement, folders=ANY_FOLDER), eval_text,
-                reference_dir, f"original ({original_mode.value})")
+                LoadRequest(model=local, mode=original_mode.name, device_map=placement, folders=ANY_FOLDER), eval_text,
+                reference_dir, f"original ({original_mode.name})")
         measure = measure and not stop.is_set()
         progress(0.91, "Loading the quantized model" + (" and its quality" if measure else ""))
         result.kernel, result.quantized_perplexity, quality = _check_saved(

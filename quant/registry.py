@@ -21,17 +21,23 @@ from accelerate.utils import convert_file_size_to_int
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from .errors import ModelBusyError, ModelNotLoadedError, PlacementError, QuantError
-from .loader import LoadedModel, LoadRequest, Prepared, ProgressFn, load_model, prepare, release_memory
-from .modes import Mode
+from .loader import (
+    LoadedModel,
+    LoadRequest,
+    Prepared,
+    ProgressFn,
+    attach_generation_path,
+    load_weights,
+    prepare,
+    release_memory,
+)
+from .methods import Mode, method_of
 from .placement import check_fits
 from .report import MiB, LoadReport
 from .settings import load_settings
 from .source import ModelSource, check_hub_access
 
-_BYTES_PER_WEIGHT = {Mode.FP32: 4.0, Mode.INT8: 1.0, Mode.NF4: 0.53, Mode.FP4: 0.53}
-
-
-def estimate_footprint(source: ModelSource, mode: Mode) -> int:
+def estimate_footprint(source: ModelSource, mode: Mode | str) -> int:
     """Bytes the weights will take in `mode`, from the config alone (the model is built on the meta device).
 
     Linear layers inside the blocks are quantized; embeddings, norms and the output head stay in 16 bits.
@@ -47,12 +53,9 @@ def estimate_footprint(source: ModelSource, mode: Mode) -> int:
         m.weight.numel() for m in skeleton.modules() if isinstance(m, torch.nn.Linear) and m is not out_head
     )
     total = sum(p.numel() for p in skeleton.parameters())
-    if mode is Mode.GPTQ:
-        per_weight = (source.checkpoint_quantization or {}).get("bits", 4) / 8 + 0.02
-    else:
-        per_weight = _BYTES_PER_WEIGHT.get(mode, 2.0)
-    rest_bytes = 4.0 if mode is Mode.FP32 else 2.0
-    return int(quantized * per_weight + (total - quantized) * rest_bytes)
+    method = method_of(mode)
+    per_weight = method.bytes_per_weight(source.checkpoint_quantization)
+    return int(quantized * per_weight + (total - quantized) * method.rest_bytes_per_weight)
 
 
 @dataclass
@@ -127,7 +130,14 @@ class ModelRegistry:
             estimate = estimate_footprint(prepared.source, request.mode)
             check_fits(prepared.kwargs.get("max_memory"), estimate)
             self._make_room(request, estimate)
-            loaded = load_model(request, progress, prepared=prepared)
+            loaded = load_weights(request, progress, prepared=prepared)
+            try:
+                attach_generation_path(loaded, progress)
+            except BaseException:
+                loaded.close()
+                del loaded
+                release_memory()
+                raise
             with self._state:
                 self._entries[loaded.key] = _Entry(loaded, estimate)
                 self._history.append((requester, loaded.report))
@@ -158,7 +168,7 @@ class ModelRegistry:
                 victim_key = min(idle, key=lambda k: self._entries[k].last_used)
                 victim = self._entries.pop(victim_key)
                 self.evicted.append(victim.loaded.label)
-            victim.loaded.path.close()
+            victim.loaded.close()
             del victim
             release_memory()
 
@@ -201,7 +211,7 @@ class ModelRegistry:
                 )
             del self._entries[key]
         label = entry.loaded.label
-        entry.loaded.path.close()  # compiled graphs and static caches hold GPU memory of their own
+        entry.loaded.close()  # compiled graphs and static caches hold GPU memory of their own
         del entry
         release_memory()
         return label

@@ -9,7 +9,7 @@ that 배치 alone never means both; "batch size" keeps the usual ML term 배치 
 """
 
 from .attention import BETTERTRANSFORMER_NOTE
-from .modes import GPTQ_BACKENDS, Mode
+from .methods import GPTQ_BACKENDS, Mode
 
 EN = {
     "title": "Quantization Playground",

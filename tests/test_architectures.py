@@ -28,7 +28,7 @@ from quant.generation import (
 from quant.gptq import GPTQRecipe, save_atomically
 from quant.int4pack import Int4PackedLinear
 from quant.loader import LoadRequest, load_model
-from quant.modes import QuantOptions
+from quant.methods import QuantOptions
 from quant.quantize import quantize
 from tests.architectures import CAUSAL, FAMILIES, build, build_all
 

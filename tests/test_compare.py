@@ -161,7 +161,7 @@ def test_a_mode_whose_generation_fails_fails_its_row_at_once_and_the_others_are_
     from transformers import AutoTokenizer
 
     from quant.compare import ModeSpec
-    from quant.modes import Mode, QuantOptions
+    from quant.methods import Mode, QuantOptions
     from quant.source import resolve_location
 
     broken = tmp_path / "tokenizer-past-the-embeddings"

@@ -9,7 +9,7 @@ import pytest
 
 from quant.errors import PlacementError, UnsupportedModeError
 from quant.loader import LoadRequest, load_model
-from quant.modes import QuantOptions
+from quant.methods import QuantOptions
 from quant.placement import parse_max_memory
 from tests.conftest import LLAMA
 

@@ -17,7 +17,7 @@ from quant.attention import PACKED_GQA_SDPA
 from quant.fastpath import configure_kernel_cache, fast_path_refusal
 from quant.generation import GenerationSettings, generate_batch, start_generate, stream_chat
 from quant.loader import LoadRequest
-from quant.modes import Mode
+from quant.methods import Mode, QuantOptions
 from quant.registry import ModelRegistry
 from quant.settings import load_settings
 from tests.conftest import LLAMA, T5
@@ -45,7 +45,8 @@ GREEDY = GenerationSettings(max_new_tokens=24)
 ])
 def test_which_models_take_the_compiled_path(monkeypatch, choice, mode, backend, kind, devices, reason):
     monkeypatch.setenv("QUANT_FAST_GENERATION", choice)
-    got = fast_path_refusal(mode=mode, gptq_backend=backend, kind=kind, devices=devices, settings=load_settings())
+    refusal = mode.method.compile_refusal(QuantOptions(gptq_backend=backend))
+    got = fast_path_refusal(method_refusal=refusal, kind=kind, devices=devices, settings=load_settings())
     assert got == reason if reason is None else reason in got
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from quant.loader import LoadRequest
-from quant.modes import QuantOptions
+from quant.methods import QuantOptions
 from quant.registry import ModelRegistry
 from tests.conftest import LLAMA
 

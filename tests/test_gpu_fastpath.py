@@ -12,7 +12,7 @@ import torch
 
 from quant.generation import GenerationSettings, generate_batch, start_generate, stream_chat
 from quant.loader import LoadRequest
-from quant.modes import QuantOptions
+from quant.methods import QuantOptions
 from quant.registry import ModelRegistry
 from tests.conftest import LLAMA
 

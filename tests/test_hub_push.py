@@ -11,7 +11,7 @@ import torch
 
 from quant.hub import PushError, build_model_card, push_folder
 from quant.loader import LoadRequest, load_model
-from quant.modes import QuantOptions
+from quant.methods import QuantOptions
 from tests.hub_server import FakeHub
 
 WRITER = "hf_writer_token_0123456789"

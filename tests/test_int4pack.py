@@ -11,7 +11,7 @@ import torch
 from quant.errors import UnsupportedModeError
 from quant.int4pack import Int4PackedLinear, repack_model
 from quant.loader import LoadRequest, load_model
-from quant.modes import Mode, QuantOptions, check_mode
+from quant.methods import Mode, QuantOptions, check_mode
 from tests.conftest import CALIBRATION_TEXT, LLAMA
 
 PROMPT = "def fibonacci(n):\n    "
@@ -112,9 +112,9 @@ def test_checkpoints_the_int4_kernel_cannot_run_are_refused_before_loading(bits,
     ({"bits": 3, "group_size": 128}, "gptq_torch"),
 ])
 def test_the_default_gptq_kernel_is_the_int4_one_where_it_runs(saved, kernel):
-    from quant.modes import default_gptq_backend, resolve_gptq_backend
-
-    assert default_gptq_backend({"quant_method": "gptq", **saved}) == kernel
+    gptq = Mode.GPTQ.method
+    assert gptq.default_backend({"quant_method": "gptq", **saved}) == kernel
+    assert gptq.resolve(QuantOptions(), saved, on_cuda=False).gptq_backend == kernel
     chosen = QuantOptions(gptq_backend="gptq_triton")
-    assert resolve_gptq_backend(chosen, Mode.GPTQ, saved, on_cuda=True) is chosen  # a choice is kept
-    assert resolve_gptq_backend(QuantOptions(), Mode.NF4, saved, on_cuda=False).gptq_backend is None
+    assert gptq.resolve(chosen, saved, on_cuda=True) is chosen  # a choice is kept
+    assert Mode.NF4.method.resolve(QuantOptions(), saved, on_cuda=False).gptq_backend is None
