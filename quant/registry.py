@@ -130,14 +130,7 @@ class ModelRegistry:
             estimate = estimate_footprint(prepared.source, request.mode)
             check_fits(prepared.kwargs.get("max_memory"), estimate)
             self._make_room(request, estimate)
-            loaded = load_weights(request, progress, prepared=prepared)
-            try:
-                attach_generation_path(loaded, progress)
-            except BaseException:
-                loaded.close()
-                del loaded
-                release_memory()
-                raise
+            loaded = attach_generation_path(load_weights(request, progress, prepared=prepared), progress)
             with self._state:
                 self._entries[loaded.key] = _Entry(loaded, estimate)
                 self._history.append((requester, loaded.report))

@@ -1,0 +1,117 @@
+"""bitsandbytes: LLM.int8() and 4-bit nf4 / fp4, quantized at load time (or loaded from their serialized checkpoints)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import BitsAndBytesConfig
+
+from ..errors import UnsupportedModeError
+from .base import DTYPES, QUANT_STORAGE, Option, QuantMethod, QuantOptions, saved_method_name
+
+SKIP_MODULES = Option("int8_skip_modules", "--skip-modules", "names", "Modules kept unquantized")
+INT8_THRESHOLD = Option("int8_threshold", "--int8-threshold", "number", "The LLM.int8 outlier threshold")
+INT8_CPU_OFFLOAD = Option("int8_cpu_offload", "--int8-cpu-offload", "bool", "Keep CPU-offloaded modules in fp32")
+BNB4_DOUBLE_QUANT = Option("bnb4_double_quant", "--double-quant", "bool", "4-bit: quantize the scales too",
+                           negative_flag="--no-double-quant")
+BNB4_COMPUTE_DTYPE = Option("bnb4_compute_dtype", "--compute-dtype", "choice", "4-bit compute dtype",
+                            (("bf16", "bfloat16"), ("fp16", "float16"), ("fp32", "float32")))
+BNB4_QUANT_STORAGE = Option("bnb4_quant_storage", "--quant-storage", "choice", "Quant storage",
+                            tuple((name, name) for name in QUANT_STORAGE))
+
+
+
+class BitsAndBytesMethod(QuantMethod):
+    """bitsandbytes, quantizing at load time (or loading its own serialized checkpoint)."""
+
+    packages = (("bitsandbytes", "bitsandbytes"),)
+    hub_tags = ("bitsandbytes",)
+    card_requirements = "Loading needs `bitsandbytes` (`pip install bitsandbytes`)."
+
+    def loads_checkpoint(self, checkpoint_quantization):
+        if saved_method_name(checkpoint_quantization) == "bitsandbytes":
+            return self.name == self._saved_variant(checkpoint_quantization)
+        return super().loads_checkpoint(checkpoint_quantization)
+
+    @staticmethod
+    def _saved_variant(checkpoint_quantization: dict) -> str:
+        if checkpoint_quantization.get("load_in_8bit"):
+            return "int8"
+        return checkpoint_quantization.get("bnb_4bit_quant_type", "fp4")
+
+    def check(self, options, checkpoint_quantization, on_cuda):
+        warnings = super().check(options, checkpoint_quantization, on_cuda)
+        if not on_cuda:
+            warnings.append(f"{self.name} runs on bitsandbytes' CPU backend here: it saves memory but is slower than "
+                            "on a GPU.")
+        return warnings
+
+    @property
+    def card_name(self):
+        return f"bitsandbytes-{self.name}"
+
+    def card_tags(self, recipe):
+        return [*self.hub_tags, "8-bit" if self.name == "int8" else "4-bit"]
+
+    def saving_options(self, on_cuda):
+        return QuantOptions(bnb4_compute_dtype="fp16" if on_cuda else "bf16")
+
+
+class Int8Method(BitsAndBytesMethod):
+    name = "int8"
+    description = "bitsandbytes LLM.int8(): int8 weights, fp16 outlier columns"
+    options = (SKIP_MODULES, INT8_THRESHOLD, INT8_CPU_OFFLOAD)
+    quantize_label = "bnb-int8"
+
+    def check(self, options, checkpoint_quantization, on_cuda):
+        warnings = super().check(options, checkpoint_quantization, on_cuda)
+        if not 0 < options.int8_threshold <= 1000:
+            raise UnsupportedModeError("The int8 outlier threshold must be a positive number (6.0 is the default).")
+        return warnings
+
+    def dtype(self, options, on_cuda):
+        if options.compute_dtype:
+            return DTYPES[options.compute_dtype]
+        return torch.float16  # LLM.int8() matmuls run in fp16; other dtypes are cast on every call
+
+    def config(self, options, checkpoint_quantization, on_cuda):
+        return BitsAndBytesConfig(
+            load_in_8bit=True,
+            llm_int8_threshold=options.int8_threshold,
+            llm_int8_skip_modules=list(options.int8_skip_modules) or None,
+            llm_int8_enable_fp32_cpu_offload=options.int8_cpu_offload,
+        )
+
+    def bytes_per_weight(self, checkpoint_quantization):
+        return 1.0
+
+    def compile_refusal(self, options):
+        return "LLM.int8 (bitsandbytes int8) cannot be compiled: its outlier split is data-dependent"
+
+
+class FourBitMethod(BitsAndBytesMethod):
+    """bitsandbytes 4-bit: NormalFloat (nf4) or float (fp4)."""
+
+    options = (SKIP_MODULES, BNB4_DOUBLE_QUANT, BNB4_COMPUTE_DTYPE, BNB4_QUANT_STORAGE)
+
+    def __init__(self, name: str, description: str, quantize_label: str | None) -> None:
+        self.name, self.description, self.quantize_label = name, description, quantize_label
+
+    def check(self, options, checkpoint_quantization, on_cuda):
+        warnings = super().check(options, checkpoint_quantization, on_cuda)
+        if on_cuda and "bf16" in (options.bnb4_compute_dtype, options.compute_dtype) \
+                and not torch.cuda.is_bf16_supported():
+            raise UnsupportedModeError("This GPU does not support bfloat16.", "Use fp16 (or fp16 compute dtype).")
+        return warnings
+
+    def config(self, options, checkpoint_quantization, on_cuda):
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=self.name,
+            bnb_4bit_use_double_quant=options.bnb4_double_quant,
+            bnb_4bit_compute_dtype=DTYPES[options.bnb4_compute_dtype],
+            bnb_4bit_quant_storage=QUANT_STORAGE[options.bnb4_quant_storage],
+            llm_int8_skip_modules=list(options.int8_skip_modules) or None,
+        )
+
+    def bytes_per_weight(self, checkpoint_quantization):
+        return 0.53  # 4 bits and a 32-bit absmax per 64 weights (nested: 8-bit absmax, less)
