@@ -16,7 +16,6 @@ and adds the server's memory before and after the sessions (GPU allocated and pr
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app_client import load_over_http, run_sessions  # noqa: E402
+from bench.common import bench_parser, write_json  # noqa: E402
 
 
 def server_memory() -> dict:
@@ -38,15 +38,14 @@ def server_memory() -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, out=None, model="demo:tiny-llama-chat", mode="nf4", device_map="auto",
+                          helps={"out": "the JSON file to write (a file, not a folder: this result has no table)",
+                                 "model": "with `serve`: the model to load", "mode": "with `serve`",
+                                 "device_map": "with `serve`"})
     parser.add_argument("url", help="a running app's URL, or `serve`")
-    parser.add_argument("--model", default="demo:tiny-llama-chat", help="with `serve`: the model to load")
-    parser.add_argument("--mode", default="nf4", help="with `serve`")
-    parser.add_argument("--device-map", default="auto", help="with `serve`")
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--turns", type=int, default=1)
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--out")
     args = parser.parse_args()
     if args.url != "serve":
         summary = run_sessions(args.url, args.sessions, args.turns, args.max_new_tokens).summary()
@@ -65,8 +64,7 @@ def main() -> None:
                         "memory_after": server_memory()}
     print(json.dumps({k: v for k, v in summary.items() if k != "load"}, indent=1))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(summary, f, indent=1)
+        write_json(args.out, summary)
 
 
 if __name__ == "__main__":
