@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.chat_latency import PROMPTS, direct  # noqa: E402 - the same prompts and direct measurement
+from bench.common import WORK, bench_parser, result_stem, write_results  # noqa: E402
 
 KEY = "sk-bench-key"
 
@@ -97,7 +98,7 @@ def serve(registry) -> tuple[str, object]:
 
     from quant.openai_api import OpenAIService, build_router
 
-    with socket.socket() as probe:  # a free port (bench.load_test's helper imports gradio, absent on the GPU image)
+    with socket.socket() as probe:  # a free port (app.free_port: importing app imports gradio, absent on the GPU image)
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     app = FastAPI(routes=build_router(OpenAIService(lambda: registry)).routes)
@@ -109,14 +110,11 @@ def serve(registry) -> tuple[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default="demo:tiny-llama-chat")
-    parser.add_argument("--shape", help="build a random-weight Llama of this shape (bench/llama_shapes.py) instead")
-    parser.add_argument("--mode", default="bf16")
-    parser.add_argument("--device-map", default="auto")
-    parser.add_argument("--new-tokens", type=int, default=128)
+    parser = bench_parser(__doc__, out=Path("bench/results"), tag="", work=WORK, model="demo:tiny-llama-chat",
+                          shape=None, mode="bf16", device_map="auto", new_tokens=128,
+                          helps={"shape": "build a random-weight Llama of this shape (bench/llama_shapes.py) in "
+                                          "--work instead of --model"})
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--client", help=argparse.SUPPRESS)  # URL: run as the HTTP client process
     parser.add_argument("--served-model", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -126,7 +124,6 @@ def main() -> None:
 
     import torch
 
-    from bench.results_files import write_results
     from quant.loader import LoadRequest
     from quant.registry import ModelRegistry
 
@@ -135,7 +132,7 @@ def main() -> None:
     if args.shape:
         from bench.llama_shapes import build_checkpoint
 
-        model = str(build_checkpoint(args.shape, Path("/tmp/bench") / f"llama-{args.shape}"))
+        model = str(build_checkpoint(args.shape, args.work / f"llama-{args.shape}"))
     registry = ModelRegistry(max_models=1)
     loaded = registry.load(LoadRequest(model=model, mode=args.mode, device_map=args.device_map))
     print(f"loaded {loaded.label}: {loaded.report.generation_path}", flush=True)
@@ -192,10 +189,9 @@ def main() -> None:
         "weights the first word boundary falls after a different number of tokens from reply to reply, so this "
         "difference is noisy; the delivery line above is the same reply's)" if a_ttft and d_ttft else "",
     ])
-    tag = (args.shape or Path(model).name.replace("demo:", "")) + f"-{args.mode}-" + ("cuda" if "cuda" in device.lower()
-                                                                                         or torch.cuda.is_available()
-                                                                                         else "cpu")
-    write_results(args.out, f"api-latency-{tag}", data, markdown)
+    on = "cuda" if "cuda" in device.lower() or torch.cuda.is_available() else "cpu"
+    stem = result_stem("api-latency", args.shape or Path(model).name.replace("demo:", ""), args.mode, on, tag=args.tag)
+    write_results(args.out, stem, data, markdown)
 
 
 if __name__ == "__main__":

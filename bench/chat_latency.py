@@ -23,6 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import bench_parser, result_stem, write_json  # noqa: E402
+
 PROMPTS = ["Explain what a generator is in Python.", "What does the with statement do?",
            "Describe how a class definition is executed.", "What is a decorator?"]
 
@@ -237,15 +239,10 @@ def _row(text: str, tokens: int, started: float, first: float | None, last: floa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="demo:tiny-llama-chat")
-    parser.add_argument("--mode", default="fp32")
-    parser.add_argument("--device-map", default="auto")
-    parser.add_argument("--new-tokens", type=int, default=64)
+    parser = bench_parser(__doc__, out=None, tag="", model="demo:tiny-llama-chat", mode="fp32", device_map="auto",
+                          new_tokens=64, helps={"out": "folder for the result file (<stem>.json); required"})
     parser.add_argument("--runs", type=int, default=3, help="passes over the prompts (the first is a warm-up)")
-    parser.add_argument("--out", type=Path)
     parser.add_argument("--switch-interval", type=float, help="the server process's sys.setswitchinterval (s)")
-    parser.add_argument("--tag", default="", help="appended to the result file's name")
     parser.add_argument("--browser", action="store_true",
                         help="also time the tab in Debian's chromium (Playwright): click to first rendering")
     parser.add_argument("--client", metavar="URL", help=argparse.SUPPRESS)  # the HTTP client's own process
@@ -319,9 +316,9 @@ def main() -> None:
         # the server's own rate for the same replies (their footers): a browser on the same CPUs slows generation
         summary["browser_server_tok_s"] = median("browser", "server_tok_s")
     summary["http_noop_round_trip_s"] = noop  # what any call costs through gradio_client here, generation aside
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"chat-latency-{summary['device'].replace(' ', '-').lower()}-{args.mode}-{args.new_tokens}{args.tag}"
-    (args.out / f"{stem}.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+    stem = result_stem("chat-latency", summary["device"].replace(" ", "-").lower(), args.mode, str(args.new_tokens),
+                       tag=args.tag)
+    write_json(args.out / f"{stem}.json", {"summary": summary, "rows": rows})
     print(json.dumps(summary, indent=1))
 
 

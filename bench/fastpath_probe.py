@@ -1,4 +1,5 @@
 """Why does the compiled path fail or succeed on this GPU? Tries the variants on the tiny demo model, with tracebacks.
+It prints what it finds and writes no result files.
 
     python bench/fastpath_probe.py      # on the device machine
 """
@@ -17,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from transformers import StaticCache  # noqa: E402
 from transformers.generation import CompileConfig  # noqa: E402
 
+from bench.common import bench_parser  # noqa: E402
 from quant.loader import LoadRequest, load_model  # noqa: E402
 
 
@@ -30,6 +32,7 @@ def attempt(name, fn):
 
 
 def main() -> None:
+    bench_parser(__doc__).parse_args()  # no options: --help
     import os
     os.environ["QUANT_FAST_GENERATION"] = "off"
     loaded = load_model(LoadRequest(model="demo:tiny-llama-chat", mode="fp16", device_map="cuda:0"))

@@ -20,7 +20,6 @@ static cache's length, to see what attending over a longer cache costs.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -30,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.results_files import write_results  # noqa: E402
+from bench.common import REQUIRED, bench_parser, result_stem, write_results  # noqa: E402
 from quant.generation import start_generate  # noqa: E402
 from quant.loader import LoadRequest, load_model  # noqa: E402
 
@@ -148,17 +147,12 @@ def split(row: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="demo:tiny-llama-chat")
-    parser.add_argument("--mode", default="fp32")
-    parser.add_argument("--device-map", default="cpu")
-    parser.add_argument("--new-tokens", type=int, default=64)
+    parser = bench_parser(__doc__, out=REQUIRED, tag="", model="demo:tiny-llama-chat", mode="fp32", device_map="cpu",
+                          new_tokens=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--paths", default="eager,compiled")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--profile", action="store_true", help="add a profiled run: device busy time and top kernels")
-    parser.add_argument("--tag", default="", help="appended to the result files' names")
-    parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ["QUANT_COMPILED_BATCH_SIZES"] = str(args.batch_size)
@@ -183,12 +177,9 @@ def main() -> None:
                "new_tokens": args.new_tokens, "batch_size": args.batch_size,
                "static_cache_tokens": os.environ.get("QUANT_STATIC_CACHE_TOKENS", "default"),
                "packed_gqa_decode": os.environ.get("QUANT_PACKED_GQA_DECODE", "1"), "rows": rows}
-    stem = f"generate-overhead-{Path(args.model.split(':')[-1]).name}-{args.mode}-{args.device_map.split(':')[0]}"
-    if args.batch_size != 1:
-        stem += f"-b{args.batch_size}"
-    if args.profile:
-        stem += "-profile"
-    stem += args.tag
+    stem = result_stem("generate-overhead", Path(args.model.split(":")[-1]).name, args.mode,
+                       args.device_map.split(":")[0], f"b{args.batch_size}" if args.batch_size != 1 else "",
+                       "profile" if args.profile else "", tag=args.tag)
     lines = [f"# Time per decode step: forward vs. `generate` around it ({summary['device']}, torch {torch.__version__})",
              "", f"{args.model}, {args.mode}, batch {args.batch_size}, greedy, {args.new_tokens} new tokens, best of "
              f"{args.repeats}; tok/s counts every row of the batch.",

@@ -11,7 +11,6 @@ to 4-bit g128 here with quant.gptq the first time. Greedy, batch 1, best of 3, t
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -24,9 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
 
+from bench.common import REQUIRED, WORK, bench_parser, result_stem, write_results  # noqa: E402
 from bench.generate_overhead import generate_once  # noqa: E402 - the app's generation path, timed
 from bench.llama_shapes import build_checkpoint  # noqa: E402
-from bench.results_files import write_results  # noqa: E402
 from quant.gptq import GPTQRecipe, builtin_textsets, quantize_gptq  # noqa: E402
 from quant.loader import LoadRequest, load_model, release_memory  # noqa: E402
 from quant.methods import QuantOptions  # noqa: E402
@@ -58,13 +57,9 @@ def measure(folder: Path, backend: str, device_map: str, new_tokens: int) -> dic
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", default="1b-4layers")
-    parser.add_argument("--device-map", default="cpu")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/bench"))
-    parser.add_argument("--new-tokens", type=int, default=32)
+    parser = bench_parser(__doc__, out=REQUIRED, tag="", work=WORK, shape="1b-4layers", device_map="cpu",
+                          new_tokens=32)
     parser.add_argument("--backends", default="gptq_torch,gptq_int4pack")
-    parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
     on_cuda = args.device_map.startswith("cuda")
@@ -81,8 +76,6 @@ def main() -> None:
     device = torch.cuda.get_device_name() if on_cuda else f"CPU ({os.cpu_count()} cores)"
     summary = {"device": device, "torch": torch.__version__, "shape": args.shape, "new_tokens": args.new_tokens,
                "quantize_seconds": quantize_seconds, "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    tag = "cuda" if on_cuda else "cpu"
     lines = [f"# GPTQ kernels without a build, {device}, torch {torch.__version__}", "",
              f"Llama-{args.shape} shape, 4-bit g128 GPTQ, greedy, batch 1, {args.new_tokens} new tokens, best of 3.",
              "", "| kernel | tok/s | load s | footprint MiB | GPU allocated / peak MiB | dtype | layers | path |",
@@ -91,7 +84,8 @@ def main() -> None:
               + (f"{r['gpu_allocated_mib']:,.0f} / {r['gpu_peak_mib']:,.0f}" if "gpu_peak_mib" in r else "n/a")
               + f" | {r['dtype']} | {', '.join(f'{k}×{v}' for k, v in r['layers'].items())} | {r['path']} |"
               for r in rows]
-    write_results(args.out, f"gptq-kernels-{tag}-{args.shape}", summary, "\n".join(lines))
+    write_results(args.out, result_stem("gptq-kernels", "cuda" if on_cuda else "cpu", args.shape, tag=args.tag),
+                  summary, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ Batch tab's path (32 prompts through run_batch) and, with --attention, eager vs 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -22,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.llama_shapes import build_checkpoint  # noqa: E402
-from bench.results_files import write_results  # noqa: E402
+from bench.common import REQUIRED, WORK, bench_parser, result_stem, write_results  # noqa: E402
 from quant.compare import ModeSpec, compare  # noqa: E402
 from quant.generation import GenerationSettings, run_batch  # noqa: E402
 from quant.gptq import GPTQRecipe, builtin_textsets, quantize_gptq  # noqa: E402
@@ -212,16 +211,11 @@ def markdown(summary: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", default="1b")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/bench"))
-    parser.add_argument("--out", type=Path, required=True)
+    parser = bench_parser(__doc__, out=REQUIRED, tag="", work=WORK, shapes="1b", modes=None, new_tokens=64,
+                          helps={"modes": "only these labels, e.g. fp16,int8,nf4,gptq"})
     parser.add_argument("--gptq-backends", default="gptq_torch,gptq_triton,gptq_exllama_v2")
     parser.add_argument("--gptq-samples", type=int, default=64)
-    parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--attention", action="store_true", help="also eager vs sdpa with 1k-token prompts")
-    parser.add_argument("--tag", default="")
-    parser.add_argument("--modes", help="only these labels, e.g. fp16,int8,nf4,gptq")
     parser.add_argument("--paths", default="eager,compiled", help="generation paths to measure: eager,compiled")
     parser.add_argument("--no-batch-tab", dest="batch_tab", action="store_false", help="skip the run_batch rows")
     args = parser.parse_args()
@@ -236,7 +230,7 @@ def main() -> None:
         summary["shapes"].append(bench_shape(shape, args.work, args, bandwidth))
     if args.attention:
         summary["attention"] = bench_attention(args.work, args)
-    write_results(args.out, f"gpu-bench-{args.shapes.replace(',', '-')}{args.tag}", summary, markdown(summary))
+    write_results(args.out, result_stem("gpu-bench", args.shapes.replace(",", "-"), tag=args.tag), summary, markdown)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,6 @@ the registry's `empty_cache`). Run on the device machine:
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -19,6 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import REQUIRED, WORK, bench_parser, result_stem, write_results  # noqa: E402
 from bench.llama_shapes import build_checkpoint  # noqa: E402
 from quant.generation import GenerationSettings, stream_chat  # noqa: E402
 from quant.loader import LoadRequest  # noqa: E402
@@ -44,12 +43,8 @@ def cycles(registry: ModelRegistry, request: LoadRequest, count: int) -> list[di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", default="1b")
+    parser = bench_parser(__doc__, out=REQUIRED, tag="", work=WORK, shape="1b", modes="fp16,int8,nf4")
     parser.add_argument("--cycles", type=int, default=20)
-    parser.add_argument("--modes", default="fp16,int8,nf4")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/bench"))
-    parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint = build_checkpoint(args.shape, args.work / f"llama-{args.shape}")
@@ -67,10 +62,7 @@ def main() -> None:
               f"{last['reserved'] / MiB:.1f} MiB; path {last['path']}", flush=True)
     summary = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "shape": args.shape,
                "cycles": args.cycles, "start": start, "modes": results}
-    (args.out / f"gpu-cycles-{args.shape}.json").write_text(json.dumps(summary, indent=1))
-    text = markdown(summary)
-    (args.out / f"gpu-cycles-{args.shape}.md").write_text(text)
-    print(text)
+    write_results(args.out, result_stem("gpu-cycles", args.shape, tag=args.tag), summary, markdown)
 
 
 def markdown(summary: dict) -> str:

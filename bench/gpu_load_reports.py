@@ -8,8 +8,6 @@ gave the GPU memory back. Run on the device machine:
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -18,6 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import REQUIRED, WORK, bench_parser, result_stem, write_results  # noqa: E402
 from bench.llama_shapes import build_checkpoint  # noqa: E402
 from quant.gptq import GPTQRecipe, builtin_textsets, quantize_gptq  # noqa: E402
 from quant.loader import LoadRequest  # noqa: E402
@@ -39,10 +38,7 @@ def greedy_decode_rate(loaded, new_tokens: int = 64) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--shape", default="1b")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/bench"))
-    parser.add_argument("--out", type=Path, required=True)
+    parser = bench_parser(__doc__, out=REQUIRED, tag="", work=WORK, shape="1b")
     parser.add_argument("--gptq-backends", default="gptq_triton,gptq_exllama_v2")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -81,14 +77,17 @@ def main() -> None:
     device = torch.cuda.get_device_name(0)
     summary = {"device": device, "torch": torch.__version__, "shape": args.shape,
                "gptq_quantize_seconds": result.seconds, "gptq_samples": result.samples, "runs": rows}
-    (args.out / f"gpu-load-reports-{args.shape}.json").write_text(json.dumps(summary, indent=1))
-    lines = [f"# Load reports: Llama-{args.shape} shape (random weights) on {device}", "",
-             f"torch {torch.__version__}; GPTQ 4-bit g128 quantization took {result.seconds:.0f} s "
-             f"({result.samples} samples x 512 tokens).", "",
+    write_results(args.out, result_stem("gpu-load-reports", args.shape, tag=args.tag), summary, markdown)
+
+
+def markdown(summary: dict) -> str:
+    lines = [f"# Load reports: Llama-{summary['shape']} shape (random weights) on {summary['device']}", "",
+             f"torch {summary['torch']}; GPTQ 4-bit g128 quantization took {summary['gptq_quantize_seconds']:.0f} s "
+             f"({summary['gptq_samples']} samples x 512 tokens).", "",
              "| mode | params | footprint MiB | GPU alloc MiB | RAM before→after MiB | load s | linear layers "
              "| decode b1 tok/s | GPU MiB left after unload |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for row in rows:
+    for row in summary["runs"]:
         if "error" in row:
             lines.append(f"| {row['label']} | failed: {row['error']} |||||||")
             continue
@@ -99,8 +98,7 @@ def main() -> None:
             f"{sum(r['gpu_allocated_bytes'].values()) / MiB:,.0f} | {r['ram_before_bytes'] / MiB:,.0f}→"
             f"{r['ram_after_bytes'] / MiB:,.0f} | {r['load_seconds']:.1f} | {layers} | "
             f"{row['decode_tok_s_b1']:.1f} | {row['allocated_after_unload_mib']:.1f} |")
-    (args.out / f"gpu-load-reports-{args.shape}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

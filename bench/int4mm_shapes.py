@@ -18,7 +18,6 @@ each layer's weight is read once per step.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.results_files import write_results  # noqa: E402
+from bench.common import REQUIRED, bench_parser, result_stem, write_results  # noqa: E402
 from quant.int4pack import _compiled_dequantize, dequantize_cuda_packed  # noqa: E402
 
 SHAPES = {"q/o 4096x4096": (4096, 4096), "k/v 1024x4096": (1024, 4096), "gate/up 14336x4096": (14336, 4096),
@@ -107,9 +106,7 @@ def markdown(summary: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--tag", default="")
+    parser = bench_parser(__doc__, out=REQUIRED, tag="")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("int4mm_shapes needs a CUDA GPU (tinygemm's CUDA layout)")
@@ -118,7 +115,7 @@ def main() -> None:
     with torch.inference_mode():
         for name, (n, k) in SHAPES.items():
             summary["rows"] += bench_shape(name, n, k, generator)
-    write_results(args.out, f"int4mm-shapes{args.tag}", summary, markdown(summary))
+    write_results(args.out, result_stem("int4mm-shapes", tag=args.tag), summary, markdown)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,14 @@
 
 No weights can be downloaded on the benchmark machines; memory and speed depend on shapes, not on values. Quality
 is measured on the trained demo model instead. The demo tokenizer is saved beside the weights (its ids are a subset
-of the vocabulary), so every code path that needs a tokenizer works.
+of the vocabulary), so every code path that needs a tokenizer works. The scripts build theirs in --work; by hand:
+
+    python bench/llama_shapes.py 1b-4layers /tmp/cpu-1b4l --device cpu
 """
 
 from __future__ import annotations
 
-import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -61,7 +63,10 @@ def build_checkpoint(shape: str, out: Path, dtype: torch.dtype = torch.float16, 
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from bench.common import bench_parser
+
+    parser = bench_parser(__doc__)
     parser.add_argument("shape", choices=list(SHAPES))
     parser.add_argument("out", type=Path)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

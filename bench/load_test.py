@@ -1,4 +1,5 @@
-"""Drive a running app from many concurrent gradio_client sessions, as many browser users would.
+"""Drive a running app from many concurrent gradio_client sessions, as many browser users would (the driver,
+`app_client.run_sessions`, lives beside app.py: tests/test_load.py uses it too).
 
 Each session loads nothing (it uses the model already loaded on the server), sends its own numbered message and
 streams a reply. Every request must be answered or refused cleanly by the queue; a reply must land in the session
@@ -15,99 +16,14 @@ and adds the server's memory before and after the sessions (GPU allocated and pr
 
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
 import sys
-import threading
-import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-from gradio_client import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
-@dataclass
-class LoadResult:
-    sessions: int
-    requests: int = 0
-    answered: int = 0
-    refused_busy: int = 0
-    failed: list[str] = field(default_factory=list)
-    wrong_session: int = 0
-    seconds: float = 0.0
-    latencies: list[float] = field(default_factory=list)
-
-    def summary(self) -> dict:
-        data = asdict(self)
-        data.pop("latencies")
-        if self.latencies:
-            data["latency_p50_s"] = statistics.median(self.latencies)
-            data["latency_max_s"] = max(self.latencies)
-        return data
-
-
-def _text(message) -> str:
-    content = message["content"]
-    if isinstance(content, list):
-        return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return str(content)
-
-
-def run_sessions(url: str, sessions: int, turns: int = 1, max_new_tokens: int = 16) -> LoadResult:
-    """Run `sessions` concurrent users, each sending `turns` messages; count what happened to every request."""
-    result = LoadResult(sessions)
-    lock = threading.Lock()
-    start_gate = threading.Barrier(sessions)
-
-    def user(index: int) -> None:
-        client = Client(url, verbose=False)
-        start_gate.wait()
-        for turn in range(turns):
-            marker = f"session-{index}-turn-{turn}"
-            started = time.perf_counter()
-            with lock:
-                result.requests += 1
-            try:
-                client.predict(f"Explain {marker}", api_name="/chat_add_message")
-                history = client.predict("", max_new_tokens, False, 0.7, 0.9, 50, 1.0, 0, None,
-                                         api_name="/chat_respond")
-            except Exception as exc:  # noqa: BLE001 - counted, the run goes on
-                with lock:
-                    if "queue is full" in str(exc).lower():  # Gradio's queue refusing cleanly (QueueError)
-                        result.refused_busy += 1
-                    else:
-                        result.failed.append(f"{type(exc).__name__}: {str(exc)[:200]}")
-                continue
-            users = [_text(m) for m in history if m["role"] == "user"]
-            own = [f"session-{index}-turn-{t}" for t in range(turn + 1)]
-            mine = all(any(o in u for u in users) for o in own) and len(users) == turn + 1
-            strangers = any(f"session-{j}-" in u for u in users for j in range(sessions) if j != index)
-            with lock:
-                result.latencies.append(time.perf_counter() - started)
-                if mine and not strangers and history[-1]["role"] == "assistant":
-                    result.answered += 1
-                else:
-                    result.wrong_session += 1
-
-    threads = [threading.Thread(target=user, args=(i,)) for i in range(sessions)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=900)
-    result.seconds = time.perf_counter() - started
-    return result
-
-
-def load_over_http(url: str, model: str, mode: str, device_map: str) -> dict:
-    """Load `model` as the Model tab does; returns the status line and the load report."""
-    status, report, *_ = Client(url, verbose=False).predict(
-        model=model, revision="", token="", mode=mode, skip_modules="", device_map=device_map, max_memory="",
-        api_name="/load_model")
-    return {"status": status, "report": report}
+from app_client import load_over_http, run_sessions  # noqa: E402
+from bench.common import bench_parser, write_json  # noqa: E402
 
 
 def server_memory() -> dict:
@@ -122,15 +38,14 @@ def server_memory() -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, out=None, model="demo:tiny-llama-chat", mode="nf4", device_map="auto",
+                          helps={"out": "the JSON file to write (a file, not a folder: this result has no table)",
+                                 "model": "with `serve`: the model to load", "mode": "with `serve`",
+                                 "device_map": "with `serve`"})
     parser.add_argument("url", help="a running app's URL, or `serve`")
-    parser.add_argument("--model", default="demo:tiny-llama-chat", help="with `serve`: the model to load")
-    parser.add_argument("--mode", default="nf4", help="with `serve`")
-    parser.add_argument("--device-map", default="auto", help="with `serve`")
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--turns", type=int, default=1)
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--out")
     args = parser.parse_args()
     if args.url != "serve":
         summary = run_sessions(args.url, args.sessions, args.turns, args.max_new_tokens).summary()
@@ -149,8 +64,7 @@ def main() -> None:
                         "memory_after": server_memory()}
     print(json.dumps({k: v for k, v in summary.items() if k != "load"}, indent=1))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(summary, f, indent=1)
+        write_json(args.out, summary)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,6 @@ machine with two GPUs:
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 from dataclasses import asdict
@@ -21,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import REQUIRED, WORK, bench_parser, result_stem, write_results  # noqa: E402
 from bench.gpu_bench import prompts_from_text  # noqa: E402
 from bench.llama_shapes import build_checkpoint  # noqa: E402
 from quant.compare import ModeSpec, compare  # noqa: E402
@@ -72,12 +71,8 @@ def bench_shape(shape: str, args) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", default="1b")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/bench"))
-    parser.add_argument("--out", type=Path, required=True)
+    parser = bench_parser(__doc__, out=REQUIRED, tag="", work=WORK, shapes="1b", new_tokens=64)
     parser.add_argument("--gptq-backend", default="gptq_triton")
-    parser.add_argument("--new-tokens", type=int, default=64)
     args = parser.parse_args()
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     if torch.cuda.device_count() < 2:
@@ -85,11 +80,14 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = [row for shape in args.shapes.split(",") for row in bench_shape(shape, args)]
     names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    (args.out / "multi-gpu.json").write_text(json.dumps({"devices": names, "rows": rows}, indent=1))
-    lines = [f"# One GPU vs two ({', '.join(names)})", "",
+    write_results(args.out, result_stem("multi-gpu", tag=args.tag), {"devices": names, "rows": rows}, markdown)
+
+
+def markdown(summary: dict) -> str:
+    lines = [f"# One GPU vs two ({', '.join(summary['devices'])})", "",
              "| shape | mode | placement | max_memory | weights per device (MiB) | peak GPU MiB | b1 tok/s | b32 tok/s "
              "| path |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+    for r in summary["rows"]:
         if r["error"]:
             lines.append(f"| {r['shape']} | {r['mode']} | {r['placement']} | {r['max_memory'] or ''} | "
                          f"failed: {r['error']} |||||")
@@ -98,8 +96,7 @@ def main() -> None:
         lines.append(f"| {r['shape']} | {r['mode']} | {r['placement']} | {r['max_memory'] or ''} | {per_device} | "
                      f"{r['peak_gpu_bytes'] / MiB:,.0f} | {r['decode_tokens_per_s']:.1f} | "
                      f"{r['batch_tokens_per_s']:,.0f} | {r['generation_path']} |")
-    (args.out / "multi-gpu.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,22 @@
-"""Why is sdpa slower than eager in HF generate here? Time the pieces of one decode step on the GPU.
+"""Why is sdpa slower than eager in HF generate here? Time the pieces of one decode step on the GPU. It prints what it
+finds and writes no result files.
 
     python bench/sdpa_probe.py
 """
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import bench_parser  # noqa: E402
 
 
 def timed(fn, n=200) -> float:
@@ -24,6 +31,7 @@ def timed(fn, n=200) -> float:
 
 
 def main() -> None:
+    bench_parser(__doc__).parse_args()  # no options: --help
     dev, dt = "cuda", torch.float16
     q = torch.randn(1, 32, 1, 64, device=dev, dtype=dt)
     k = torch.randn(1, 8, 300, 64, device=dev, dtype=dt)

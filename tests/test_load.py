@@ -9,7 +9,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 from app import serve_in_process
-from bench.load_test import run_sessions
+from app_client import run_sessions
 from quant.report import process_rss
 from tests.conftest import LLAMA
 from tests.test_app_model_tab import load_args

@@ -1,0 +1,120 @@
+"""What every bench script shares: its command line's common arguments, how a result is named, and how it is written.
+
+- `bench_parser(__doc__, out=REQUIRED, tag="", model=..., ...)`: an argument parser with the common arguments this
+  script takes, each with this script's own default (they differ: the demo model on the CPU, a Llama shape on the
+  GPU), so every command line in README.md and the notes keeps working. An argument left out is not added.
+- `result_stem("gpu-bench", "1b", tag=args.tag)`: the parts joined by "-", then the tag as given (`--tag=-compiled`
+  gives `gpu-bench-1b-compiled`), the way every result in bench/results/ is named.
+- `write_results(out, stem, data, markdown)`: `out/<stem>.json` (the numbers, plus `machine_facts()` under
+  "machine") and `out/<stem>.md` (the table a note quotes, or the function that makes it from the data), and the
+  Markdown printed. `write_json` for a script that writes one JSON file only.
+
+Each script runs as `python bench/x.py` (it puts the repository root on sys.path, then imports this as
+`bench.common`). Nothing here imports torch or transformers until a result is written: the HTTP client processes of
+chat_latency and api_latency import this too, and have no use for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Callable
+
+REQUIRED = object()
+"""The value of `out=` (or another keyword of `bench_parser`) for an argument the command line must give."""
+_ABSENT = object()
+WORK = Path("/tmp/bench")
+"""Where the scripts build and keep their random-weight checkpoints (--work)."""
+
+_HELP = {
+    "out": "folder for the result files (<stem>.json and <stem>.md)",
+    "tag": "appended to the result files' names as given, e.g. --tag=-compiled",
+    "work": "folder for the built checkpoints (bench/llama_shapes.py) and their GPTQ copies",
+    "model": "model reference: a Hub id, a local folder or demo:NAME",
+    "shape": "random-weight Llama shape (bench/llama_shapes.py)",
+    "shapes": "random-weight Llama shapes, comma-separated (bench/llama_shapes.py)",
+    "mode": "load mode, as the Model tab and `python -m quant` name it",
+    "modes": "modes, comma-separated",
+    "device_map": "device map: cpu, cuda:0, auto",
+    "new_tokens": "new tokens per generation (greedy, fixed length)",
+}
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written (its example command lines), and each argument's default where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        nothing_to_say = action.default == "" or any(action.default is v
+                                                     for v in (None, False, True, argparse.SUPPRESS))
+        if action.required or nothing_to_say or not action.option_strings or "%(default)" in help_text:
+            return help_text
+        return f"{help_text} (default: %(default)s)".lstrip()
+
+
+def bench_parser(description: str | None, *, out=_ABSENT, tag=_ABSENT, work=_ABSENT, model=_ABSENT,
+                 shape=_ABSENT, shapes=_ABSENT, mode=_ABSENT, modes=_ABSENT, device_map=_ABSENT,
+                 new_tokens=_ABSENT, helps: dict[str, str] | None = None) -> argparse.ArgumentParser:
+    """An ArgumentParser with the common arguments given here, each defaulting to the value passed (`REQUIRED`: the
+    command line must give it). `helps` replaces an argument's help where a script means something narrower."""
+    result = argparse.ArgumentParser(description=description, formatter_class=_Formatter)
+    helps = {**_HELP, **(helps or {})}
+    given = {"out": out, "tag": tag, "work": work, "model": model, "shape": shape, "shapes": shapes, "mode": mode,
+             "modes": modes, "device_map": device_map, "new_tokens": new_tokens}
+    types = {"out": Path, "work": Path, "new_tokens": int}
+    for dest, default in given.items():
+        if default is _ABSENT:
+            continue
+        flag = "--" + dest.replace("_", "-")
+        if default is REQUIRED:
+            result.add_argument(flag, type=types.get(dest), required=True, help=helps[dest])
+        else:
+            result.add_argument(flag, type=types.get(dest), default=default, help=helps[dest])
+    return result
+
+
+def result_stem(*parts: str, tag: str = "") -> str:
+    """A result's file name without its suffix: the non-empty parts joined by "-", then `tag` unchanged."""
+    return "-".join(str(part) for part in parts if part) + (tag or "")
+
+
+def machine_facts() -> dict:
+    """What every result carries about where and when it was measured: the GPU (by torch.cuda.get_device_name, None
+    without one), the CPU count, the torch, CUDA, transformers and Python versions, and the date (UTC)."""
+    import torch
+
+    try:
+        import transformers
+
+        transformers_version = transformers.__version__
+    except ImportError:  # a client-only environment
+        transformers_version = None
+    on_gpu = torch.cuda.is_available()
+    return {"gpu": torch.cuda.get_device_name(0) if on_gpu else None,
+            "gpu_count": torch.cuda.device_count() if on_gpu else 0,
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "transformers": transformers_version, "python": platform.python_version(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write `data` with `machine_facts()` under "machine" to `path` (its folder is made if needed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"machine": machine_facts(), **data}, indent=1))
+
+
+def write_results(out: Path, stem: str, data: dict, markdown: str | Callable[[dict], str]) -> None:
+    """Write `out/<stem>.json` (with the machine facts) and `out/<stem>.md` (the folder is made if needed) and print
+    the Markdown. `markdown` may be the function that makes the table from `data`: it is called after the JSON is
+    written, so a run's numbers survive a mistake in its table (a GPU run is not cheap to repeat)."""
+    out = Path(out)
+    write_json(out / f"{stem}.json", data)
+    if callable(markdown):
+        markdown = markdown(data)
+    (out / f"{stem}.md").write_text(markdown if markdown.endswith("\n") else markdown + "\n")
+    print(markdown)
