@@ -60,7 +60,7 @@ def main() -> None:
     from quant.fastpath import prepare_generation_path
 
     attempt("prepare_generation_path", lambda: prepare_generation_path(
-        model, tok, mode=loaded.request.mode, gptq_backend=None, kind="causal", context=2048).describe())
+        model, tok, method_refusal=loaded.method_refusal, kind="causal", context=2048).describe())
 
 
 if __name__ == "__main__":
