@@ -27,6 +27,7 @@ from .report import (
     bytes_by_device,
     linear_layer_types,
     logical_parameter_count,
+    memory_footprint,
 )
 from .settings import load_settings
 from .source import ModelSource, resolve_source
@@ -267,7 +268,7 @@ def load_weights(request: LoadRequest, progress: ProgressFn | None = None,
         dtype=str(model.dtype).removeprefix("torch."),
         attn_implementation=getattr(model.config, "_attn_implementation", None),
         parameters=logical_parameter_count(model),
-        footprint_bytes=model.get_memory_footprint(),
+        footprint_bytes=memory_footprint(model),
         bytes_by_device=bytes_by_device(model),
         gpu_allocated_bytes={d: after.gpu[d] - before.gpu.get(d, 0) for d in after.gpu},
         ram_before_bytes=before.rss,
