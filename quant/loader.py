@@ -304,6 +304,7 @@ def attach_generation_path(loaded: LoadedModel, progress: ProgressFn | None = No
         loaded.model, loaded.tokenizer, method_refusal=loaded.method_refusal, kind=loaded.source.kind,
         context=model_context_length(loaded.model, loaded.tokenizer),
         progress=lambda message: progress(0.95, message),
+        compile_options=loaded.request.method.compile_options(loaded.request.options),
     )
     loaded.path = path
     report = loaded.report

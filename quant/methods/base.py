@@ -172,7 +172,11 @@ class QuantMethod:
         return None
 
     def bytes_per_weight(self, checkpoint_quantization: dict | None) -> float:
-        """Bytes a quantized linear weight takes (scales included), for the estimate made before loading."""
+        """Bytes a quantized linear weight takes (scales included), for the estimate made before loading.
+
+        `checkpoint_quantization`: the quantization the weights will have, as a config dict: the checkpoint's own,
+        or, for a method that quantizes at load time, the `config()` it loads with (`to_dict()`), so options such
+        as a group size count (quant.registry.estimate_footprint)."""
         return 2.0
 
     rest_bytes_per_weight: ClassVar[float] = 2.0
@@ -197,6 +201,11 @@ class QuantMethod:
     def compile_refusal(self, options: QuantOptions) -> str | None:
         """Why the compiled decode path (quant.fastpath) cannot run this method, or None."""
         return None
+
+    def compile_options(self, options: QuantOptions) -> dict[str, Any]:
+        """Inductor settings for this method's compiled decode step (`torch.compile(options=...)`), applied to that
+        compilation only; empty for the defaults."""
+        return {}
 
     def kernel(self, options: QuantOptions) -> str | None:
         """The kernel the method's layers run on, where the user picks one (GPTQ), else None."""
