@@ -178,6 +178,7 @@ _QUANT_KEYS_SHOWN = {
     "quant_method", "bits", "group_size", "desc_act", "sym", "backend", "load_in_8bit", "load_in_4bit",
     "llm_int8_threshold", "llm_int8_skip_modules", "llm_int8_enable_fp32_cpu_offload", "bnb_4bit_quant_type",
     "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype", "bnb_4bit_quant_storage",
+    "torchao_config", "int4_packing_format", "granularity", "weight_dtype", "activation_dtype",
 }
 
 

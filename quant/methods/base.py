@@ -35,6 +35,10 @@ class QuantOptions:
     bnb4_quant_storage: str = "uint8"
     gptq_backend: str | None = None
     """None picks the default for the checkpoint (see GPTQMethod.default_backend)."""
+    torchao_group_size: str = "128"
+    """torchao int4: weights per scale and zero point ("32", "64", "128", "256"; a choice, hence text)."""
+    fp8_activation: str = "none"
+    """fp8: "none" (weight-only) or "dynamic" (activations quantized to fp8 per token at run time)."""
     compute_dtype: str | None = field(default=None)
     """dtype of the non-quantized parts for quantized modes (None: the method's default)."""
 
