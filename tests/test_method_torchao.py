@@ -250,3 +250,21 @@ def test_options_are_cli_flags_and_card_tags():
     assert {"torchao_int8", "torchao_int4", "fp8"} <= set(
         name for name, m in METHODS.items() if m.quantize_label)
     assert Path(METHODS["torchao_int4"].output_label(None)) == Path("torchao-int4wo-g128")
+
+
+def test_the_gpu_configs_are_what_the_gpu_kernels_take():
+    """Built here without a GPU (torchao builds configs anywhere): the GPU's int4 layout is tinygemm's, fp8 per row;
+    the estimate reads their group size; none changes Inductor's settings process-wide."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, Float8WeightOnlyConfig, PerRow
+
+    int4 = METHODS["torchao_int4"].config(QuantOptions(torchao_group_size="256"), None, on_cuda=True)
+    record = int4.to_dict()
+    assert METHODS["torchao_int4"].report_record(record, QuantOptions())["int4_packing_format"] == "tile_packed_to_4d"
+    assert METHODS["torchao_int4"].bytes_per_weight(record) == 0.5 + 4 / 256
+    for activation, kind in (("none", Float8WeightOnlyConfig), ("dynamic", Float8DynamicActivationFloat8WeightConfig)):
+        config = METHODS["fp8"].config(QuantOptions(fp8_activation=activation), None, on_cuda=True).quant_type
+        assert isinstance(config, kind) and not config.set_inductor_config
+        assert all(isinstance(g, PerRow) for g in (config.granularity if activation == "dynamic"
+                                                    else [config.granularity]))
+    assert METHODS["fp8"].config(QuantOptions(), {"quant_method": "torchao", "quant_type": {
+        "default": {"_type": "Float8WeightOnlyConfig"}}}, on_cuda=True) is None  # the checkpoint's own config

@@ -274,8 +274,9 @@ class TorchAoInt4Method(TorchAoMethod):
         group_size = int(options.torchao_group_size)
         if on_cuda:
             from torchao.quantization import Int4WeightOnlyConfig
+            from torchao.quantization.quantize_.workflows import Int4PackingFormat
 
-            return Int4WeightOnlyConfig(group_size=group_size, int4_packing_format="tile_packed_to_4d",
+            return Int4WeightOnlyConfig(group_size=group_size, int4_packing_format=Int4PackingFormat.TILE_PACKED_TO_4D,
                                         set_inductor_config=False)
         from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
 
