@@ -109,6 +109,15 @@ def test_chat_and_batch(int4_model):
     assert all(text.strip() for text, _ in batch)
 
 
+def test_layers_torchao_leaves_unquantized_are_named(int4_model):
+    """torchao skips a layer whose shape its kernel does not take with a log line only; the load report names it."""
+    method = METHODS["torchao_int4"]
+    assert method.after_load(int4_model.model, QuantOptions(), None) == []
+    [warning] = method.after_load(load_model(LoadRequest(model=LLAMA, mode="bf16")).model, QuantOptions(), None)
+    assert warning.startswith("torchao left 28 linear layers in bf16, unquantized (model.layers.{0")
+    assert "input size is a multiple of the group size" in warning
+
+
 @pytest.mark.parametrize("mode", ["torchao_int8", "torchao_int4"])
 def test_the_compiled_decode_step_traces_the_torchao_weights(mode, monkeypatch, tmp_path):
     """compile_refusal is None: dynamo traces torchao's tensor subclasses. On the CPU with the "eager" backend (the
