@@ -30,6 +30,10 @@ SHAPES = {
     # The head reads 0.017 GB a token instead of 1.05 GB, of 16 GB in all.
     "8b-demo-vocab": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                           num_key_value_heads=8, vocab_size=2048, tie_word_embeddings=False),
+    # A seconds-long CPU check of a benchmark script (bench/methods_bench.py): Llama's layout, widths that every
+    # quantization method takes (multiples of 256: int4 groups up to 256, fp8's multiples of 16)
+    "tiny": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=2048, tie_word_embeddings=False),
     # CPU-sized: the 1B's attention and MLP shapes in 4 layers, a vocabulary just past the demo tokenizer's
     "1b-4layers": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=4, num_attention_heads=32,
                        num_key_value_heads=8, vocab_size=8192, tie_word_embeddings=True),

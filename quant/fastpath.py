@@ -280,10 +280,13 @@ def eager_path(reason: str) -> GenerationPath:
 
 def prepare_generation_path(model, tokenizer, *, method_refusal: str | None, kind: str,
                             context: int | None, progress: Callable[[str], None] | None = None,
-                            settings: Settings | None = None) -> GenerationPath:
+                            settings: Settings | None = None,
+                            compile_options: dict[str, Any] | None = None) -> GenerationPath:
     """Decide the path for a freshly loaded model and, when compiled, warm every batch size up now.
 
-    A failure to compile is not an error: the model stays usable on the eager path, with the reason shown.
+    `compile_options`: the quantization method's Inductor settings for this model's compilation only
+    (QuantMethod.compile_options); other backends take none. A failure to compile is not an error: the model stays
+    usable on the eager path, with the reason shown.
     """
     settings = settings or load_settings()
     devices = {str(p.device) for p in model.parameters()}
@@ -294,8 +297,11 @@ def prepare_generation_path(model, tokenizer, *, method_refusal: str | None, kin
     _allow_more_recompiles()
     cache_lengths = tuple(sorted({min(n, context or n) for n in settings.static_cache_tokens}))
     # No "reduce-overhead": the decode loop captures its own CUDA graph (decode.py), without cudagraph trees.
+    inductor = settings.compile_backend == "inductor"
+    # torch.compile takes a mode or options, not both; "default" is no options.
+    options = dict(compile_options or {}) if inductor else {}
     compile_config = CompileConfig(backend=settings.compile_backend, dynamic=False,
-                                   mode="default" if settings.compile_backend == "inductor" else None)
+                                   mode="default" if inductor and not options else None, options=options or None)
     packed, packed_note = use_packed_gqa_decode(model) if settings.packed_gqa_decode else (False, "")
     path = GenerationPath(compiled=True, cache_lengths=cache_lengths, batch_sizes=settings.compiled_batch_sizes,
                           compile_config=compile_config, _open=True, _model=weakref.ref(model), _tokenizer=tokenizer,

@@ -27,6 +27,7 @@ from .report import (
     bytes_by_device,
     linear_layer_types,
     logical_parameter_count,
+    memory_footprint,
 )
 from .settings import load_settings
 from .source import ModelSource, resolve_source
@@ -267,7 +268,7 @@ def load_weights(request: LoadRequest, progress: ProgressFn | None = None,
         dtype=str(model.dtype).removeprefix("torch."),
         attn_implementation=getattr(model.config, "_attn_implementation", None),
         parameters=logical_parameter_count(model),
-        footprint_bytes=model.get_memory_footprint(),
+        footprint_bytes=memory_footprint(model),
         bytes_by_device=bytes_by_device(model),
         gpu_allocated_bytes={d: after.gpu[d] - before.gpu.get(d, 0) for d in after.gpu},
         ram_before_bytes=before.rss,
@@ -303,6 +304,7 @@ def attach_generation_path(loaded: LoadedModel, progress: ProgressFn | None = No
         loaded.model, loaded.tokenizer, method_refusal=loaded.method_refusal, kind=loaded.source.kind,
         context=model_context_length(loaded.model, loaded.tokenizer),
         progress=lambda message: progress(0.95, message),
+        compile_options=loaded.request.method.compile_options(loaded.request.options),
     )
     loaded.path = path
     report = loaded.report

@@ -1,5 +1,6 @@
-"""The Quantize tab's pipeline: quantize (GPTQ, or bitsandbytes int8 / nf4 serialized), check quality, write the
-model card, and leave a complete folder on disk before anything is pushed.
+"""The Quantize tab's pipeline: quantize (GPTQ, or a method that quantizes at load time serialized: bitsandbytes int8
+/ nf4, torchao int8 / int4, fp8), check quality, write the model card, and leave a complete folder on disk before
+anything is pushed.
 """
 
 from __future__ import annotations
@@ -133,7 +134,8 @@ def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}
-    for name in ("transformers", "torch", "gptqmodel", "optimum", "bitsandbytes", "accelerate", "huggingface-hub"):
+    for name in ("transformers", "torch", "gptqmodel", "optimum", "bitsandbytes", "torchao", "accelerate",
+                 "huggingface-hub"):
         try:
             found[name] = version(name)
         except PackageNotFoundError:

@@ -37,10 +37,12 @@ from .report import MiB, LoadReport
 from .settings import load_settings
 from .source import ModelSource, check_hub_access
 
-def estimate_footprint(source: ModelSource, mode: Mode | str) -> int:
+def estimate_footprint(source: ModelSource, mode: Mode | str, quantization_config=None) -> int:
     """Bytes the weights will take in `mode`, from the config alone (the model is built on the meta device).
 
     Linear layers inside the blocks are quantized; embeddings, norms and the output head stay in 16 bits.
+    `quantization_config`: the config the load passes to `from_pretrained`, for a method that quantizes at load
+    time (its options, a group size say, set the bytes per weight); a quantized checkpoint's own config comes first.
     """
     model_class = AutoModelForSeq2SeqLM if source.kind == "seq2seq" else AutoModelForCausalLM
     try:
@@ -54,7 +56,8 @@ def estimate_footprint(source: ModelSource, mode: Mode | str) -> int:
     )
     total = sum(p.numel() for p in skeleton.parameters())
     method = method_of(mode)
-    per_weight = method.bytes_per_weight(source.checkpoint_quantization)
+    planned = quantization_config.to_dict() if hasattr(quantization_config, "to_dict") else quantization_config
+    per_weight = method.bytes_per_weight(source.checkpoint_quantization or planned)
     return int(quantized * per_weight + (total - quantized) * method.rest_bytes_per_weight)
 
 
@@ -127,7 +130,7 @@ class ModelRegistry:
                     self._entries.move_to_end(request.key)
                     self._history.append((requester, entry.loaded.report))  # served from memory, still this ask
                     return entry.loaded
-            estimate = estimate_footprint(prepared.source, request.mode)
+            estimate = estimate_footprint(prepared.source, request.mode, prepared.kwargs.get("quantization_config"))
             check_fits(prepared.kwargs.get("max_memory"), estimate)
             self._make_room(request, estimate)
             loaded = attach_generation_path(load_weights(request, progress, prepared=prepared), progress)

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import psutil
 import torch
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 MiB = 2**20
 
@@ -52,21 +53,47 @@ def logical_parameter_count(model: torch.nn.Module) -> int:
     return total
 
 
+def _layer_name(module: torch.nn.Module) -> str:
+    """A layer's class, with the class of its weight where that is a quantized tensor subclass: torchao keeps
+    nn.Linear and swaps the weight for one (`Linear[Int4OpaqueTensor]`)."""
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor) and is_traceable_wrapper_subclass(weight):
+        return f"{type(module).__name__}[{type(weight).__name__}]"
+    return type(module).__name__
+
+
 def linear_layer_types(model: torch.nn.Module) -> dict[str, int]:
-    """How many layers of each linear class the model holds (Linear8bitLt, Linear4bit, TorchQuantLinear, Linear...)."""
+    """How many layers of each linear class the model holds (Linear8bitLt, Linear4bit, TorchQuantLinear,
+    Linear[Int8Tensor], Linear...)."""
     counts = Counter(
-        type(m).__name__
+        _layer_name(m)
         for m in model.modules()
         if isinstance(m, torch.nn.Linear) or "Linear" in type(m).__name__ and hasattr(m, "in_features")
     )
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
+def tensor_bytes(tensor: torch.Tensor) -> int:
+    """Bytes a tensor really holds. A tensor subclass that wraps others (torchao's Int8Tensor, Int4OpaqueTensor,
+    Float8Tensor...) reports the shape and dtype of the weight it stands for (an int4 weight "is" bf16, 2 bytes a
+    value), so its size is that of the tensors it is made of (`__tensor_flatten__`: packed data, scales, zeros)."""
+    if is_traceable_wrapper_subclass(tensor):
+        names, _ = tensor.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(tensor, name)) for name in names)
+    return tensor.numel() * tensor.element_size()
+
+
+def memory_footprint(model: torch.nn.Module) -> int:
+    """Bytes of the parameters and buffers: transformers' `get_memory_footprint`, with tensor subclasses counted at
+    what they hold (it counts a torchao int4 weight as a bf16 one)."""
+    return sum(tensor_bytes(t) for t in list(model.parameters()) + list(model.buffers()))
+
+
 def bytes_by_device(model: torch.nn.Module) -> dict[str, int]:
     """Bytes of parameters and buffers on each device, measured on the tensors themselves."""
     sizes: Counter[str] = Counter()
     for tensor in list(model.parameters()) + list(model.buffers()):
-        sizes[str(tensor.device)] += tensor.numel() * tensor.element_size()
+        sizes[str(tensor.device)] += tensor_bytes(tensor)
     return dict(sizes)
 
 
@@ -151,6 +178,7 @@ _QUANT_KEYS_SHOWN = {
     "quant_method", "bits", "group_size", "desc_act", "sym", "backend", "load_in_8bit", "load_in_4bit",
     "llm_int8_threshold", "llm_int8_skip_modules", "llm_int8_enable_fp32_cpu_offload", "bnb_4bit_quant_type",
     "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype", "bnb_4bit_quant_storage",
+    "torchao_config", "int4_packing_format", "granularity", "weight_dtype", "activation_dtype",
 }
 
 

@@ -10,6 +10,10 @@ that 배치 alone never means both; "batch size" keeps the usual ML term 배치 
 
 from .attention import BETTERTRANSFORMER_NOTE
 from .methods import GPTQ_BACKENDS, Mode
+from .methods.torchao import FP8_ACTIVATION, TORCHAO_GROUP_SIZE
+
+_NEW_OPTIONS = (TORCHAO_GROUP_SIZE, FP8_ACTIVATION)
+"""Options with `option.<field>` labels (and `option.<field>.<value>` for their choices), English from the Option."""
 
 EN = {
     "title": "Quantization Playground",
@@ -31,6 +35,8 @@ EN = {
     "bnb4.quant_storage": "Quant storage",
     "gptq.kernel": "GPTQ kernel", "gptq.auto": "automatic: int4pack for 4-bit with group size 32-256, else torch",
     **{f"gptq.{k}": f"{k}: {v}" for k, v in GPTQ_BACKENDS.items()},
+    **{f"option.{o.field}": o.help for o in _NEW_OPTIONS},
+    **{f"option.{o.field}.{value}": text for o in _NEW_OPTIONS for value, text in o.choices},
     "attention.default": "(model default)", "attention.note": BETTERTRANSFORMER_NOTE,
     "load": "Load", "measure": "Measure these modes", "measure.modes": "Compare load cost of modes",
     "unload": "Unload selected", "refresh": "Refresh", "loaded": "Loaded models (this tab's model)",
@@ -74,6 +80,9 @@ EN = {
     "quantize.method": "Method", "quantize.run": "Quantize", "quantize.bits": "Bits", "quantize.group": "Group size",
     "quantize.method.gptq": "GPTQ (calibrated, gptqmodel)", "quantize.method.int8": "bitsandbytes int8 (serialized)",
     "quantize.method.nf4": "bitsandbytes nf4 (serialized)",
+    "quantize.method.torchao_int8": "torchao int8 weight-only (serialized)",
+    "quantize.method.torchao_int4": "torchao int4 weight-only, group size 128 (serialized; on a GPU)",
+    "quantize.method.fp8": "torchao fp8 weight-only (serialized; on a GPU of compute capability 8.9+)",
     "quantize.group.column": "per column (-1)", "quantize.desc_act": "Act-order (desc_act)",
     "quantize.sym": "Symmetric", "quantize.damp": "Damp percent",
     "quantize.samples": "Calibration samples", "quantize.seq_len": "Sample length (tokens)",
@@ -104,6 +113,20 @@ KO = {
     "mode.int8": "bitsandbytes LLM.int8(): int8 가중치, 이상치 열은 fp16",
     "mode.nf4": "bitsandbytes 4비트 NormalFloat", "mode.fp4": "bitsandbytes 4비트 부동소수점",
     "mode.gptq": "이미 GPTQ로 양자화된 체크포인트",
+    "mode.torchao_int8": "torchao int8 가중치 전용: int8 가중치, 행마다 스케일 하나; CPU와 GPU",
+    "mode.torchao_int4": "torchao int4 가중치 전용: 4비트 가중치, 그룹마다 스케일과 영점 하나; CPU와 Ampere 이상 "
+                         "GPU에서 PyTorch의 int4 커널",
+    "mode.fp8": "fp8 (e4m3) 가중치, 행마다 스케일 하나, 가중치 전용 또는 동적 fp8 활성값 (torchao); 연산 능력 8.9 "
+                "이상의 GPU",
+    "option.torchao_group_size": "int4 그룹 크기 (스케일과 영점 하나가 맡는 가중치 수)",
+    "option.torchao_group_size.32": "32: 가장 정확함, 가중치당 0.625바이트",
+    "option.torchao_group_size.64": "64: 가중치당 0.5625바이트",
+    "option.torchao_group_size.128": "128: 보통의 선택, 가중치당 0.53바이트",
+    "option.torchao_group_size.256": "256: 가장 작음, 가중치당 0.516바이트 (GPU 전용)",
+    "option.fp8_activation": "fp8 활성값",
+    "option.fp8_activation.none": "가중치 전용: fp8 가중치를 행렬곱마다 bf16으로 변환",
+    "option.fp8_activation.dynamic": "동적: 실행 중에 토큰마다 활성값을 fp8로 스케일링, fp8 x fp8 행렬곱 "
+                                     "(torch._scaled_mm)",
     "skip_modules": "양자화하지 않을 모듈 (쉼표로 구분)", "skip_modules.placeholder": "lm_head는 항상 양자화하지 않음",
     "int8.threshold": "LLM.int8 이상치 임계값", "int8.offload": "CPU에 놓인 모듈은 fp32로 CPU 오프로드",
     "bnb4.double_quant": "이중 양자화", "bnb4.compute_dtype": "연산 dtype",
@@ -160,6 +183,9 @@ KO = {
     "quantize.method.gptq": "GPTQ (보정 데이터 사용, gptqmodel)",
     "quantize.method.int8": "bitsandbytes int8 (직렬화하여 저장)",
     "quantize.method.nf4": "bitsandbytes nf4 (직렬화하여 저장)",
+    "quantize.method.torchao_int8": "torchao int8 가중치 전용 (직렬화하여 저장)",
+    "quantize.method.torchao_int4": "torchao int4 가중치 전용, 그룹 크기 128 (직렬화하여 저장; GPU에서)",
+    "quantize.method.fp8": "torchao fp8 가중치 전용 (직렬화하여 저장; 연산 능력 8.9 이상의 GPU에서)",
     "quantize.group.column": "열 단위 (-1)", "quantize.desc_act": "활성값 순서 (desc_act)",
     "quantize.sym": "대칭", "quantize.damp": "감쇠 비율 (damp percent)",
     "quantize.samples": "보정 샘플 수", "quantize.seq_len": "샘플 길이 (토큰)",

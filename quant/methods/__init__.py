@@ -31,6 +31,7 @@ from .base import (
 from .bitsandbytes import FourBitMethod, Int8Method
 from .floats import FloatMethod
 from .gptq import GPTQ_BACKENDS, GPTQMethod
+from .torchao import Fp8Method, TorchAoInt4Method, TorchAoInt8Method
 
 __all__ = ["ALL_OPTIONS", "DTYPES", "GPTQ_BACKENDS", "METHODS", "QUANT_STORAGE", "Mode", "Option", "QuantMethod",
            "QuantOptions", "QuantizeJob", "QuantizeOutcome", "check_mode", "checkpoint_refusal", "is_installed",
@@ -46,6 +47,9 @@ METHODS: dict[str, QuantMethod] = {
         FourBitMethod("nf4", "bitsandbytes 4-bit NormalFloat", "bnb-nf4"),
         FourBitMethod("fp4", "bitsandbytes 4-bit float", None),
         GPTQMethod(),
+        TorchAoInt8Method(),
+        TorchAoInt4Method(),
+        Fp8Method(),
     )
 }
 """Every load mode by name, in the order the UI and the CLI list them."""

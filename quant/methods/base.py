@@ -35,6 +35,10 @@ class QuantOptions:
     bnb4_quant_storage: str = "uint8"
     gptq_backend: str | None = None
     """None picks the default for the checkpoint (see GPTQMethod.default_backend)."""
+    torchao_group_size: str = "128"
+    """torchao int4: weights per scale and zero point ("32", "64", "128", "256"; a choice, hence text)."""
+    fp8_activation: str = "none"
+    """fp8: "none" (weight-only) or "dynamic" (activations quantized to fp8 per token at run time)."""
     compute_dtype: str | None = field(default=None)
     """dtype of the non-quantized parts for quantized modes (None: the method's default)."""
 
@@ -172,7 +176,11 @@ class QuantMethod:
         return None
 
     def bytes_per_weight(self, checkpoint_quantization: dict | None) -> float:
-        """Bytes a quantized linear weight takes (scales included), for the estimate made before loading."""
+        """Bytes a quantized linear weight takes (scales included), for the estimate made before loading.
+
+        `checkpoint_quantization`: the quantization the weights will have, as a config dict: the checkpoint's own,
+        or, for a method that quantizes at load time, the `config()` it loads with (`to_dict()`), so options such
+        as a group size count (quant.registry.estimate_footprint)."""
         return 2.0
 
     rest_bytes_per_weight: ClassVar[float] = 2.0
@@ -197,6 +205,11 @@ class QuantMethod:
     def compile_refusal(self, options: QuantOptions) -> str | None:
         """Why the compiled decode path (quant.fastpath) cannot run this method, or None."""
         return None
+
+    def compile_options(self, options: QuantOptions) -> dict[str, Any]:
+        """Inductor settings for this method's compiled decode step (`torch.compile(options=...)`), applied to that
+        compilation only; empty for the defaults."""
+        return {}
 
     def kernel(self, options: QuantOptions) -> str | None:
         """The kernel the method's layers run on, where the user picks one (GPTQ), else None."""
