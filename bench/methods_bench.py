@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.gpu_bench import copy_bandwidth, prompts_from_text  # noqa: E402
 from bench.llama_shapes import SHAPES, build_checkpoint  # noqa: E402
-from bench.results_files import write_results  # noqa: E402
+from bench.common import write_results  # noqa: E402
 from quant.compare import ModeSpec, compare  # noqa: E402
 from quant.errors import QuantError  # noqa: E402
 from quant.loader import LoadRequest, prepare  # noqa: E402
