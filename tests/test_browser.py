@@ -439,7 +439,7 @@ def test_6_korean_ui(server, browser):
         expect(page.get_by_text(f"bf16: {KO['mode.bf16']}", exact=True)).to_be_visible()
         page.get_by_role("radio", name="nf4").check()
         expect(page.get_by_text(f"nf4: {KO['mode.nf4']}", exact=True)).to_be_visible()
-        expect(page.get_by_label(KO["bnb4.double_quant"])).to_be_checked()
+        expect(page.get_by_label(KO["option.bnb4_double_quant"])).to_be_checked()
         expect(page.get_by_role("button", name=KO["placement"])).to_be_visible()
         page.get_by_role("tab", name=KO["tab.chat"]).click()
         expect(page.get_by_role("button", name=KO["send"], exact=True)).to_be_visible()
