@@ -116,10 +116,23 @@ def mode_help(mode: str) -> str:
     return f"*{mode}*: " + t(f"mode.{mode}")
 
 
+WIDE_KINDS = ("names",)
+"""Option kinds that get a row of their own (a list of module names needs the width); the others share a row."""
+OPTION_ROWS = [row for row in ([o for o in ALL_OPTIONS if o.kind in WIDE_KINDS],
+                               [o for o in ALL_OPTIONS if o.kind not in WIDE_KINDS]) if row]
+"""The option fields' rows, each option once, in ALL_OPTIONS order within a row."""
+
+
+def _own_options(mode: str) -> set[str]:
+    return {o.field for o in METHODS[mode].options} if mode in METHODS else set()
+
+
 def show_options(mode):
-    """The chosen mode's options, and only those; the group around them when it has any; its help line."""
-    own = {o.field for o in METHODS[mode].options} if mode in METHODS else set()
-    return (gr.Group(visible=bool(own)), *(gr.update(visible=o.field in own) for o in ALL_OPTIONS), mode_help(mode))
+    """The chosen mode's options, and only those; the group and rows around them where they have any; its help
+    line. In the order of the outputs: the group, each row, each option (ALL_OPTIONS order), the help line."""
+    own = _own_options(mode)
+    return (gr.Group(visible=bool(own)), *(gr.Row(visible=any(o.field in own for o in row)) for row in OPTION_ROWS),
+            *(gr.update(visible=o.field in own) for o in ALL_OPTIONS), mode_help(mode))
 
 
 # --- the tab --------------------------------------------------------------------------------------------------------
@@ -151,7 +164,7 @@ def option_field(option: Option, value, visible: bool) -> gr.components.Componen
 
 def build(shared: Shared) -> None:
     start = LoadForm(model=shared.first_model).to_values()
-    first_options = {o.field for o in METHODS[start["mode"]].options}
+    first_options = _own_options(start["mode"])
     with gr.Tab(t("tab.model"), id="model"):
         with gr.Row():
             with gr.Column(scale=3):
@@ -162,10 +175,14 @@ def build(shared: Shared) -> None:
                     token = gr.Textbox(label=t("token"), type="password", placeholder=t("token.placeholder"))
                 mode = gr.Radio(list(METHODS), value=start["mode"], label=t("mode"))
                 help_line = gr.Markdown(mode_help(start["mode"]))
+                options, option_rows = {}, []
                 with gr.Group(visible=bool(first_options)) as options_group:
-                    with gr.Row():
-                        options = {o.field: option_field(o, start[o.field], o.field in first_options)
-                                   for o in ALL_OPTIONS}
+                    for row in OPTION_ROWS:
+                        with gr.Row(visible=any(o.field in first_options for o in row)) as row_block:
+                            options.update({o.field: option_field(o, start[o.field], o.field in first_options)
+                                            for o in row})
+                        option_rows.append(row_block)
+                options = {o.field: options[o.field] for o in ALL_OPTIONS}
                 with gr.Accordion(t("placement"), open=False):
                     with gr.Row():
                         device_map = gr.Dropdown(list(DEVICE_MAP_CHOICES), value=start["device_map"],
@@ -201,7 +218,7 @@ def build(shared: Shared) -> None:
     form = {name: named[name] for name in LoadForm.INPUTS}
     active_key = shared.active_key
 
-    mode.change(show_options, mode, [options_group, *options.values(), help_line], api_name=False)
+    mode.change(show_options, mode, [options_group, *option_rows, *options.values(), help_line], api_name=False)
     # A failed load shows its message once (the toast) and marks the status line only: the report, the tables and
     # the dropdown keep what they showed.
     load_btn.click(load, inputs_kwargs=form, outputs=[status, report_box, loaded_dd, active_key, loaded_df, history_df],
