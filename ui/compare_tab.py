@@ -21,7 +21,7 @@ from quant.compare import (
     write_json,
 )
 from quant.forms import number
-from quant.methods import GPTQ_BACKEND, load_time_methods
+from quant.methods import GPTQ_BACKENDS, load_time_methods
 from quant.prompts import MAX_PROMPT_CHARS, check_text_items, scratch_folder, spreadsheet_safe
 from quant.quality import THRESHOLDS_TEXT
 from quant.registry import default_registry
@@ -178,7 +178,7 @@ def build(shared: Shared) -> None:
         with gr.Row():
             gptq_checkpoints = gr.Textbox(label=t("compare.gptq"), lines=2)
             gptq_backend = gr.Dropdown([(t("option.gptq_backend.auto"), "")] +
-                                       [(value, value) for value, _ in GPTQ_BACKEND.choices if value],
+                                       [(kernel, kernel) for kernel in GPTQ_BACKENDS],
                                        value="", label=t("option.gptq_backend"))
             attention = gr.CheckboxGroup(["sdpa", "eager"], value=[], label=t("compare.attention"))
         with gr.Row():
