@@ -51,3 +51,15 @@ def test_measure_modes_fills_the_comparison_table(client):
 def test_token_typed_in_the_ui_is_not_sent_back(client):
     outputs = client.predict(*load_args(LLAMA, "fp32", token="hf_dontleakme123"), api_name="/load_model")
     assert "hf_dontleakme123" not in repr(outputs)
+
+
+def test_the_load_endpoint_takes_the_forms_fields_in_order_or_by_name(client):
+    """/load_model's parameters are LoadForm's fields in LoadForm.INPUTS order (what load_args relies on), and a
+    client may name only the fields it sets: every other starts at the Model tab's value."""
+    from quant.forms import LoadForm
+
+    parameters = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/load_model"]["parameters"]
+    assert [p["parameter_name"] for p in parameters] == list(LoadForm.INPUTS)
+    assert all(p["parameter_has_default"] for p in parameters)
+    status, report, *_ = client.predict(model=LLAMA, mode="int8", int8_threshold=4.0, api_name="/load_model")
+    assert f"{LLAMA} [int8]" in status and "llm_int8_threshold=4.0" in report

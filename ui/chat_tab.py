@@ -96,7 +96,7 @@ def generation_settings() -> dict[str, gr.components.Component]:
             max_new_tokens = Slider(1, 2048, value=start.max_new_tokens, step=1, label=t("max_new_tokens"))
             do_sample = gr.Checkbox(value=start.do_sample, label=t("sample"))
             # Text, not a gr.Number: a Number shows and sends 0 when empty (every sampled reply seeded with 0).
-            seed = gr.Textbox(label=t("seed"), placeholder=t("seed.placeholder"), info=t("seed.info"), max_lines=1)
+            seed = gr.Textbox("", label=t("seed"), placeholder=t("seed.placeholder"), info=t("seed.info"), max_lines=1)
         with gr.Row():
             temperature = Slider(0.05, 2.0, value=start.temperature, step=0.05, label=t("temperature"))
             top_p = Slider(0.05, 1.0, value=start.top_p, step=0.05, label=t("top_p"))

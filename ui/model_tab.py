@@ -171,8 +171,9 @@ def build(shared: Shared) -> None:
                 model_box = gr.Dropdown(choices=shared.model_choices, value=start["model"], allow_custom_value=True,
                                         label=t("model.box"))
                 with gr.Row():
-                    revision = gr.Textbox(label=t("revision"), placeholder="main")
-                    token = gr.Textbox(label=t("token"), type="password", placeholder=t("token.placeholder"))
+                    revision = gr.Textbox(start["revision"], label=t("revision"), placeholder="main")
+                    token = gr.Textbox(start["token"], label=t("token"), type="password",
+                                       placeholder=t("token.placeholder"))
                 mode = gr.Radio(list(METHODS), value=start["mode"], label=t("mode"))
                 help_line = gr.Markdown(mode_help(start["mode"]))
                 options, option_rows = {}, []
@@ -188,8 +189,8 @@ def build(shared: Shared) -> None:
                         device_map = gr.Dropdown(list(DEVICE_MAP_CHOICES), value=start["device_map"],
                                                  allow_custom_value=True, label="device_map",
                                                  info=t("device_map.info"))
-                        max_memory = gr.Textbox(label="max_memory", placeholder="0=20GiB, 1=20GiB, cpu=30GiB",
-                                                info=t("max_memory.info"))
+                        max_memory = gr.Textbox(start["max_memory"], label="max_memory",
+                                                placeholder="0=20GiB, 1=20GiB, cpu=30GiB", info=t("max_memory.info"))
                         attention = gr.Dropdown([(t("attention.default"), DEFAULT_ATTENTION),
                                                  *((name, name) for name in IMPLEMENTATIONS)],
                                                 value=start["attention"], label=t("attention"))
@@ -212,7 +213,8 @@ def build(shared: Shared) -> None:
         history_df = gr.Dataframe([], headers=HISTORY_HEADERS, interactive=False, label=t("history"))
         refresh_btn = gr.Button(t("refresh"), size="sm")
 
-    # The one place the tab's fields are named: LoadForm's fields, in its order (the endpoints' order).
+    # The one place the tab's fields are named: LoadForm's fields, in its order (the endpoints' order). Each field
+    # starts with a value, so an API client may name only the fields it sets (the others take these values).
     named = {"model": model_box, "revision": revision, "token": token, "mode": mode, **options,
              "device_map": device_map, "max_memory": max_memory, "attention": attention}
     form = {name: named[name] for name in LoadForm.INPUTS}
