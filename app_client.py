@@ -97,7 +97,7 @@ def run_sessions(url: str, sessions: int, turns: int = 1, max_new_tokens: int = 
 
 def load_over_http(url: str, model: str, mode: str, device_map: str) -> dict:
     """Load `model` as the Model tab does; returns the status line and the load report."""
-    status, report, *_ = Client(url, verbose=False).predict(
-        model=model, revision="", token="", mode=mode, skip_modules="", device_map=device_map, max_memory="",
-        api_name="/load_model")
+    # By name (LoadForm's fields): the fields not named take the Model tab's starting values.
+    status, report, *_ = Client(url, verbose=False).predict(model=model, mode=mode, device_map=device_map,
+                                                            api_name="/load_model")
     return {"status": status, "report": report}

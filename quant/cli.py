@@ -15,7 +15,7 @@ from typing import Callable, Iterator, TextIO
 
 from .errors import QuantError
 from .loader import LoadRequest
-from .forms import LoadForm, add_option_arguments
+from .forms import GenerationForm, LoadForm, QuantizeForm, add_option_arguments
 from .methods import GPTQ_BACKENDS, METHODS, quantize_methods
 
 
@@ -63,14 +63,7 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def generation_settings_from_args(args: argparse.Namespace):
-    from .generation import GenerationSettings
-
-    settings = GenerationSettings(
-        max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature, top_p=args.top_p,
-        top_k=args.top_k, repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
-        seed=args.seed)
-    settings.validate()
-    return settings
+    return GenerationForm.from_args(args).to_settings()
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -169,16 +162,14 @@ def _tqdm_progress(total_label: str):
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     """Quantize (GPTQ, or bitsandbytes int8/nf4), save with a model card, print the comparison."""
-    from .gptq import GPTQRecipe
-    from .quantize import CalibrationData, quantize
+    from .quantize import quantize
 
-    recipe = GPTQRecipe(bits=args.bits, group_size=args.group_size, desc_act=args.desc_act, sym=not args.asym,
-                        damp_percent=args.damp_percent, num_samples=args.samples, seq_len=args.seq_len)
-    calibration = CalibrationData(file=args.calibration) if args.calibration else CalibrationData()
+    form = QuantizeForm.from_args(args)
+    recipe, calibration = form.recipe(), form.calibration()
     bar, update = _tqdm_progress("quantize")
     try:
-        result = quantize(args.model, method=args.method, recipe=recipe, calibration=calibration,
-                          out_dir=args.out, revision=args.revision, evaluate=not args.no_eval, progress=update)
+        result = quantize(form.model, method=form.method, recipe=recipe, calibration=calibration,
+                          out_dir=args.out, revision=form.revision, evaluate=not args.no_eval, progress=update)
     finally:
         bar.close()
     if args.json:

@@ -4,6 +4,11 @@ The team that asked for this tool works in Korean; the browser's language picks 
 tables (tests/test_ui_strings.py checks it). The English texts that also serve the command line (mode and kernel
 descriptions, the BetterTransformer note) are taken from where they are defined, so the two cannot drift apart.
 
+A method option's field (quant.methods.Option) is labelled `option.<field>`; where they exist, `option.<field>.info`
+and `option.<field>.placeholder` say more, and `option.<field>.<value>` names a choice (`option.<field>.auto` the
+automatic one, value ""); a choice without a key shows its value. A mode's help line is `mode.<name>`, a Quantize
+method's name `quantize.method.<name>`.
+
 Korean terms: "Batch" (prompting many prompts at once) is 일괄 처리 and "Placement" (device_map) is 장치 배치, so
 that 배치 alone never means both; "batch size" keeps the usual ML term 배치 크기.
 """
@@ -29,12 +34,15 @@ EN = {
     "device_map.info": "Which device each layer goes to: a strategy of accelerate, or one device (cpu, cuda:0)",
     "max_memory.info": "Most memory each device may take (empty: what is free)",
     **{f"mode.{m.value}": m.description for m in Mode},
-    "skip_modules": "Modules kept unquantized (comma-separated)", "skip_modules.placeholder": "lm_head is always kept",
-    "int8.threshold": "LLM.int8 outlier threshold", "int8.offload": "fp32 CPU offload for modules placed on the CPU",
-    "bnb4.double_quant": "Double quantization", "bnb4.compute_dtype": "Compute dtype",
-    "bnb4.quant_storage": "Quant storage",
-    "gptq.kernel": "GPTQ kernel", "gptq.auto": "automatic: int4pack for 4-bit with group size 32-256, else torch",
-    **{f"gptq.{k}": f"{k}: {v}" for k, v in GPTQ_BACKENDS.items()},
+    "option.int8_skip_modules": "Modules kept unquantized (comma-separated)",
+    "option.int8_skip_modules.placeholder": "lm_head is always kept",
+    "option.int8_threshold": "LLM.int8 outlier threshold",
+    "option.int8_cpu_offload": "fp32 CPU offload for modules placed on the CPU",
+    "option.bnb4_double_quant": "Double quantization", "option.bnb4_compute_dtype": "Compute dtype",
+    "option.bnb4_quant_storage": "Quant storage",
+    "option.gptq_backend": "GPTQ kernel",
+    "option.gptq_backend.auto": "automatic: int4pack for 4-bit with group size 32-256, else torch",
+    **{f"option.gptq_backend.{k}": f"{k}: {v}" for k, v in GPTQ_BACKENDS.items()},
     **{f"option.{o.field}": o.help for o in _NEW_OPTIONS},
     **{f"option.{o.field}.{value}": text for o in _NEW_OPTIONS for value, text in o.choices},
     "attention.default": "(model default)", "attention.note": BETTERTRANSFORMER_NOTE,
@@ -127,16 +135,18 @@ KO = {
     "option.fp8_activation.none": "가중치 전용: fp8 가중치를 행렬곱마다 bf16으로 변환",
     "option.fp8_activation.dynamic": "동적: 실행 중에 토큰마다 활성값을 fp8로 스케일링, fp8 x fp8 행렬곱 "
                                      "(torch._scaled_mm)",
-    "skip_modules": "양자화하지 않을 모듈 (쉼표로 구분)", "skip_modules.placeholder": "lm_head는 항상 양자화하지 않음",
-    "int8.threshold": "LLM.int8 이상치 임계값", "int8.offload": "CPU에 놓인 모듈은 fp32로 CPU 오프로드",
-    "bnb4.double_quant": "이중 양자화", "bnb4.compute_dtype": "연산 dtype",
-    "bnb4.quant_storage": "양자화 저장 dtype",
-    "gptq.kernel": "GPTQ 커널", "gptq.auto": "자동: 그룹 크기 32-256의 4비트는 int4pack, 그 외에는 torch",
-    "gptq.gptq_torch": "gptq_torch: PyTorch 커널: CPU와 GPU, 빌드 없음; GPU에서 컴파일된 빠른 경로",
-    "gptq.gptq_int4pack": "gptq_int4pack: PyTorch int4 행렬곱 (tinygemm): CPU와 GPU, 4비트, 그룹 크기 32-256, 빌드 없음; bf16",
-    "gptq.gptq_triton": "gptq_triton: Triton 커널: GPU, 몇 초 만에 컴파일",
-    "gptq.gptq_exllama_v2": "gptq_exllama_v2: ExLlamaV2: GPU, 4비트, 처음 쓸 때 빌드 (~30초)",
-    "gptq.gptq_marlin": "gptq_marlin: Marlin: GPU (Ampere 이상), 4/8비트, 처음 쓸 때 빌드 (~3.5분); 배치에 가장 빠름",
+    "option.int8_skip_modules": "양자화하지 않을 모듈 (쉼표로 구분)",
+    "option.int8_skip_modules.placeholder": "lm_head는 항상 양자화하지 않음",
+    "option.int8_threshold": "LLM.int8 이상치 임계값", "option.int8_cpu_offload": "CPU에 놓인 모듈은 fp32로 CPU 오프로드",
+    "option.bnb4_double_quant": "이중 양자화", "option.bnb4_compute_dtype": "연산 dtype",
+    "option.bnb4_quant_storage": "양자화 저장 dtype",
+    "option.gptq_backend": "GPTQ 커널",
+    "option.gptq_backend.auto": "자동: 그룹 크기 32-256의 4비트는 int4pack, 그 외에는 torch",
+    "option.gptq_backend.gptq_torch": "gptq_torch: PyTorch 커널: CPU와 GPU, 빌드 없음; GPU에서 컴파일된 빠른 경로",
+    "option.gptq_backend.gptq_int4pack": "gptq_int4pack: PyTorch int4 행렬곱 (tinygemm): CPU와 GPU, 4비트, 그룹 크기 32-256, 빌드 없음; bf16",
+    "option.gptq_backend.gptq_triton": "gptq_triton: Triton 커널: GPU, 몇 초 만에 컴파일",
+    "option.gptq_backend.gptq_exllama_v2": "gptq_exllama_v2: ExLlamaV2: GPU, 4비트, 처음 쓸 때 빌드 (~30초)",
+    "option.gptq_backend.gptq_marlin": "gptq_marlin: Marlin: GPU (Ampere 이상), 4/8비트, 처음 쓸 때 빌드 (~3.5분); 배치에 가장 빠름",
     "attention.default": "(모델 기본값)",
     "attention.note": "`model.to_bettertransformer()`를 쓰는 가이드를 보고 오셨나요? 그 API는 transformers 5와 "
                       "optimum 2에서 사라졌습니다. 그 빠른 경로는 이제 PyTorch의 scaled-dot-product attention이며, "

@@ -7,16 +7,17 @@ from gradio_client import Client
 
 from tests.conftest import LLAMA
 
-DEFAULTS = dict(revision="", token="", int8_threshold=6.0, skip_modules="", int8_offload=False, double_quant=True,
-                compute_dtype="bf16", quant_storage="uint8", gptq_backend="", device_map="auto", max_memory="",
-                attn="(model default)")
+def load_args(model: str, mode: str, **fields):
+    """The Model tab's fields as a user who typed `model`, picked `mode` and changed `fields` (by LoadForm field
+    name: revision, token, a method option such as gptq_backend, max_memory...) sends them: in the app's own order
+    (LoadForm.INPUTS, the order /load_model takes them), the others at what the tab starts with."""
+    from quant.forms import LoadForm
 
-
-def load_args(model: str, mode: str, **overrides):
-    values = {**DEFAULTS, **overrides}
-    return (model, values["revision"], values["token"], mode, values["int8_threshold"], values["skip_modules"],
-            values["int8_offload"], values["double_quant"], values["compute_dtype"], values["quant_storage"],
-            values["gptq_backend"], values["device_map"], values["max_memory"], values["attn"])
+    values = LoadForm(model=model, mode=mode).to_values()
+    unknown = set(fields) - set(values)
+    assert not unknown, f"the Model tab has no field {sorted(unknown)}"
+    values.update(fields)
+    return tuple(values[name] for name in LoadForm.INPUTS)
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +51,15 @@ def test_measure_modes_fills_the_comparison_table(client):
 def test_token_typed_in_the_ui_is_not_sent_back(client):
     outputs = client.predict(*load_args(LLAMA, "fp32", token="hf_dontleakme123"), api_name="/load_model")
     assert "hf_dontleakme123" not in repr(outputs)
+
+
+def test_the_load_endpoint_takes_the_forms_fields_in_order_or_by_name(client):
+    """/load_model's parameters are LoadForm's fields in LoadForm.INPUTS order (what load_args relies on), and a
+    client may name only the fields it sets: every other starts at the Model tab's value."""
+    from quant.forms import LoadForm
+
+    parameters = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/load_model"]["parameters"]
+    assert [p["parameter_name"] for p in parameters] == list(LoadForm.INPUTS)
+    assert all(p["parameter_has_default"] for p in parameters)
+    status, report, *_ = client.predict(model=LLAMA, mode="int8", int8_threshold=4.0, api_name="/load_model")
+    assert f"{LLAMA} [int8]" in status and "llm_int8_threshold=4.0" in report

@@ -197,6 +197,25 @@ def test_1_model_tab_loads_in_two_modes(ui):
     no_js_errors(ui)
 
 
+def test_1b_each_mode_shows_exactly_its_options(ui):
+    """The option fields are generated from quant.methods: picking a mode shows its help line and its options, each
+    labelled from ui_strings (`option.<field>`), and hides every other option."""
+    from quant.methods import ALL_OPTIONS, METHODS
+    from quant.ui_strings import EN
+
+    page = ui.page
+    tab = page.get_by_role("tabpanel")  # the shown tab's content only
+    for name, method in METHODS.items():
+        page.get_by_role("radio", name=name, exact=True).check()
+        expect(tab.get_by_text(f"{name}: {EN[f'mode.{name}']}", exact=True)).to_be_visible()
+        own = {o.field for o in method.options}
+        for option in ALL_OPTIONS:
+            field = tab.get_by_label(EN[f"option.{option.field}"], exact=True)
+            (expect(field).to_be_visible if option.field in own else expect(field).to_be_hidden)()
+    page.get_by_role("radio", name="nf4", exact=True).check()  # the session's model's mode, as test_1 left it
+    no_js_errors(ui)
+
+
 # --- 2. Chat tab ----------------------------------------------------------------------------------------------------
 
 def test_2_chat_streams_and_stops(ui):
@@ -439,7 +458,7 @@ def test_6_korean_ui(server, browser):
         expect(page.get_by_text(f"bf16: {KO['mode.bf16']}", exact=True)).to_be_visible()
         page.get_by_role("radio", name="nf4").check()
         expect(page.get_by_text(f"nf4: {KO['mode.nf4']}", exact=True)).to_be_visible()
-        expect(page.get_by_label(KO["bnb4.double_quant"])).to_be_checked()
+        expect(page.get_by_label(KO["option.bnb4_double_quant"])).to_be_checked()
         expect(page.get_by_role("button", name=KO["placement"])).to_be_visible()
         page.get_by_role("tab", name=KO["tab.chat"]).click()
         expect(page.get_by_role("button", name=KO["send"], exact=True)).to_be_visible()

@@ -305,8 +305,8 @@ def check_copies(instructions: list[Instruction], root: Path, dockerignore: str)
         assert (root / source).exists(), f"COPY {source}: not in the repository"
         if source not in {".", "./"}:
             assert not is_ignored(source, patterns), f"COPY {source}: excluded by .dockerignore"
-    # What the app needs at run time must reach the image: the CMD's script and the package with its demo models.
-    needed = ["app.py", "quant/__init__.py", "quant/demo_models/tiny-llama-chat/model.safetensors"]
+    # What the app needs at run time must reach the image: the CMD's script, its tabs, the package and its demo models.
+    needed = ["app.py", "ui/__init__.py", "quant/__init__.py", "quant/demo_models/tiny-llama-chat/model.safetensors"]
     for path in needed:
         assert (root / path).exists(), f"{path} missing from the repository"
         assert not is_ignored(path, patterns), f"{path} is excluded by .dockerignore"

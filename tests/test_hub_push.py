@@ -119,3 +119,45 @@ def test_server_errors_and_a_dying_server_leave_the_folder_and_retry_works(hub, 
     assert folder_digest(folder) == digest
     push_folder(folder, "alice/a", token=WRITER, overwrite=True)
     assert "model.safetensors" in hub.files("alice/a")
+
+
+def test_on_a_space_a_push_takes_the_visitors_login_and_never_the_spaces_token(hub, monkeypatch, tmp_path):
+    """One push handler for every case, taking the login when there is one: on a Space, Gradio hands it the
+    signed-in visitor's token (a `gr.OAuthToken | None` parameter), which pushes with the token box left empty; a
+    visitor who is not signed in gets a message, never the Space's own HF_TOKEN. (Off a Space the parameter is None:
+    the other push tests go through the same handler.)"""
+    import time
+
+    import gradio.oauth
+    import httpx
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    from app import serve_in_process
+    from quant.quantize import output_folder
+    from ui import common
+
+    monkeypatch.setattr(common, "ON_SPACE", True)  # what a Space's SPACE_ID sets: the app shows Gradio's LoginButton
+    # Off a Space, Gradio's login routes sign in a mocked profile (the machine's own Hub login): this visitor's.
+    monkeypatch.setattr(gradio.oauth, "_get_mocked_oauth_info", lambda: {
+        "access_token": WRITER, "scope": "openid profile write-repos", "expires_at": int(time.time()) + 3600,
+        "userinfo": {"preferred_username": "alice", "name": "Alice", "sub": "1", "picture": "", "profile": "",
+                     "website": "", "email": ""}})
+    monkeypatch.setenv("HF_TOKEN", READER)  # the Space owner's secret
+    monkeypatch.setenv("QUANT_OUTPUT_DIR", str(tmp_path / "outputs"))
+    with serve_in_process() as url:
+        login = httpx.get(url + "login/callback", params={"_target_url": "/"}, follow_redirects=False)
+        cookie = login.headers["set-cookie"].split(";")[0]  # Secure (https only): handed over as the browser would
+        signed_in, anonymous = Client(url, verbose=False, headers={"Cookie": cookie}), Client(url, verbose=False)
+        folders = {}
+        for client in (signed_in, anonymous):  # a folder each of them quantized (the only kind Push accepts)
+            folders[client] = output_folder(f"session:{client.session_hash}") / "tiny"
+            folders[client].mkdir(parents=True)
+            (folders[client] / "config.json").write_text("{}")
+        status = signed_in.predict(str(folders[signed_in]), "alice/from-login", True, False, "", api_name="/push")
+        assert status.startswith("Pushed to [alice/from-login]")
+        with pytest.raises(AppError, match="Pushing needs a Hugging Face token"):
+            anonymous.predict(str(folders[anonymous]), "alice/anonymous", True, False, "", api_name="/push")
+    assert hub.find_requests(pattern="/commit/")
+    assert {r.authorization for r in hub.requests if r.authorization} == {f"Bearer {WRITER}"}  # never READER
+    assert ("model", "alice/anonymous") not in hub.repos

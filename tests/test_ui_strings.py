@@ -47,10 +47,45 @@ def _translated(text) -> bool:
 
 
 @pytest.fixture(scope="module")
-def blocks():
+def demo():
     import app
 
-    return list(app.build_app().blocks.values())
+    return app.build_app()
+
+
+@pytest.fixture(scope="module")
+def blocks(demo):
+    return list(demo.blocks.values())
+
+
+def _event(demo, api_name: str):
+    return next(fn for fn in demo.fns.values() if fn.api_name == api_name)
+
+
+def test_every_method_and_option_has_its_field_and_words_in_both_languages(demo):
+    """The UI is generated from quant.methods: each option of each method is one field of the Model tab's load
+    (labelled `option.<field>`, named by its field in the endpoint), each mode is offered where it applies, and each
+    has its words in English and Korean. A new method or option needs only its strings."""
+    from quant.forms import LoadForm
+    from quant.methods import ALL_OPTIONS, METHODS, load_time_methods, quantize_methods
+
+    keys = ([f"option.{o.field}" for o in ALL_OPTIONS] + [f"mode.{name}" for name in METHODS]
+            + [f"quantize.method.{name}" for name in quantize_methods()]
+            + [f"option.{o.field}.auto" for o in ALL_OPTIONS if any(value == "" for value, _ in o.choices)])
+    assert [k for k in keys if k not in EN or k not in KO] == []
+
+    load = _event(demo, "load_model")
+    fields = dict(zip(load.input_keyword_names, load.inputs, strict=True))
+    assert list(fields) == list(LoadForm.INPUTS)
+    assert {name: getattr(fields[name].label, "key", None) for name in (o.field for o in ALL_OPTIONS)} == {
+        o.field: f"option.{o.field}" for o in ALL_OPTIONS}
+    assert [value for _, value in fields["mode"].choices] == list(METHODS)
+
+    [measured] = _event(demo, "measure_modes").inputs[:1]
+    compared = _event(demo, "compare").inputs[1]
+    assert [value for _, value in measured.choices] == [value for _, value in compared.choices] == load_time_methods()
+    method = next(c for c in _event(demo, "quantize").inputs if getattr(c.label, "key", None) == "quantize.method")
+    assert [value for _, value in method.choices] == quantize_methods()
 
 
 def test_every_label_placeholder_and_info_is_translated(blocks):

@@ -216,9 +216,10 @@ def test_visitors_old_outputs_expire_and_the_clis_stay(tmp_path, monkeypatch):
 
 
 def test_building_the_app_writes_nothing_beside_it():
-    """Gradio writes a type-stub file beside any module that defines a component class: the app defines none, so it
-    also starts where its folder is read-only."""
+    """Gradio writes a type-stub file beside any module that defines a component class: the app and its tabs (ui/)
+    define none, so it also starts where its folder is read-only."""
     import app as app_module
 
     app_module.build_app()
     assert not (ROOT / "app.pyi").exists()
+    assert list((ROOT / "ui").glob("*.pyi")) == []
