@@ -80,7 +80,23 @@ def tensor_bytes(tensor: torch.Tensor) -> int:
     if is_traceable_wrapper_subclass(tensor):
         names, _ = tensor.__tensor_flatten__()
         return sum(tensor_bytes(getattr(tensor, name)) for name in names)
-    return tensor.numel() * tensor.element_size()
+    return tensor.numel() * tensor.element_size() + sum(t.numel() * t.element_size() for t in _scales_beside(tensor))
+
+
+def _scales_beside(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """Tensors bitsandbytes keeps as attributes of a quantized weight, outside the parameters and buffers that
+    `get_memory_footprint` counts: a 4-bit weight's absmax per block (with double quant: 8-bit absmax and the fp32
+    absmax of those), an int8 weight's scale per row (SCB)."""
+    found = []
+    state = getattr(tensor, "quant_state", None)
+    for holder in (state, getattr(state, "state2", None)):
+        absmax = getattr(holder, "absmax", None)
+        if isinstance(absmax, torch.Tensor):
+            found.append(absmax)
+    scb = getattr(tensor, "SCB", None)
+    if isinstance(scb, torch.Tensor):
+        found.append(scb)
+    return found
 
 
 def memory_footprint(model: torch.nn.Module) -> int:

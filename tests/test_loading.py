@@ -87,11 +87,14 @@ def test_footprints_follow_bytes_per_weight():
     rest = n_params - block_linear
 
     nf4 = load_model(LoadRequest(model=LLAMA, mode="nf4")).report
-    # 4 bits a weight plus an absmax per 64 weights (double-quantized to 8 bits): between 0.5 and 0.53 bytes.
-    assert 0.5 * block_linear + 2 * rest <= nf4.footprint_bytes <= 0.53 * block_linear + 2 * rest + buffers
+    # 4 bits a weight plus an absmax per 64 weights, counted though bitsandbytes keeps it beside the parameters: at
+    # least 8 bits (double quant), at most 32 (bitsandbytes' CPU kernel keeps it in bf16, un-nested).
+    assert (0.5 + 1 / 64) * block_linear + 2 * rest <= nf4.footprint_bytes
+    assert nf4.footprint_bytes <= (0.5 + 4 / 64) * block_linear + 2 * rest + buffers
     int8 = load_model(LoadRequest(model=LLAMA, mode="int8")).report
-    # int8 weights plus one fp32 scale per output row; the rest in fp16.
-    assert block_linear + 2 * rest <= int8.footprint_bytes <= 1.02 * block_linear + 2 * rest + buffers
+    # int8 weights plus one fp32 scale per output row (counted, though kept beside the parameters); the rest in fp16.
+    rows = layers * (2 * h + 2 * kv + 2 * ff + h)  # q,o + k,v + gate,up + down
+    assert block_linear + 4 * rows + 2 * rest <= int8.footprint_bytes <= block_linear + 4 * rows + 2 * rest + buffers
     assert bf16.footprint_bytes > int8.footprint_bytes > nf4.footprint_bytes
 
 
