@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import pytest
 
 from tests.conftest import LLAMA
-from tests.support.hub_server import FakeHub
 from tests.support.browser import CHROMIUM, QUICK, SLOW, data_rows
+from tests.support.hub_server import FakeHub
 from tests.support.visitors import CAROL, GATED, demo_files
 
 sync_api = pytest.importorskip("playwright.sync_api")
