@@ -3,7 +3,7 @@
 
 It lives beside app.py, not in bench/ nor in tests/, because it is a client of the app's own endpoints
 (/chat_add_message, /chat_respond, /load_model): whoever changes their parameters in app.py finds it here. Both
-users import it from here: tests/test_load.py (the many-sessions checks, against `app.serve_in_process`) and
+users import it from here: tests/app/test_load.py (the many-sessions checks, against `app.serve_in_process`) and
 bench/load_test.py (the same load at other sizes, with the server's memory); tests import nothing from bench/. Like
 app.py it is not part of `quant`, which imports no Gradio.
 """

@@ -1,5 +1,5 @@
 """Drive a running app from many concurrent gradio_client sessions, as many browser users would (the driver,
-`app_client.run_sessions`, lives beside app.py: tests/test_load.py uses it too).
+`app_client.run_sessions`, lives beside app.py: tests/app/test_load.py uses it too).
 
 Each session loads nothing (it uses the model already loaded on the server), sends its own numbered message and
 streams a reply. Every request must be answered or refused cleanly by the queue; a reply must land in the session

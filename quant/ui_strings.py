@@ -1,7 +1,7 @@
 """The UI's words in English and Korean (plain dicts; app.py hands them to gr.I18n).
 
 The team that asked for this tool works in Korean; the browser's language picks the table. Every key is in both
-tables (tests/test_ui_strings.py checks it). The English texts that also serve the command line (mode and kernel
+tables (tests/unit/test_ui_strings.py checks it). The English texts that also serve the command line (mode and kernel
 descriptions, the BetterTransformer note) are taken from where they are defined, so the two cannot drift apart.
 
 A method option's field (quant.methods.Option) is labelled `option.<field>`; where they exist, `option.<field>.info`

@@ -1,4 +1,17 @@
-"""Shared fixtures. Tests never reach the Hub: they use the demo models that ship in quant/demo_models."""
+"""Shared fixtures. Tests never reach the Hub: they use the demo models that ship in quant/demo_models.
+
+The tests are laid out by axis:
+- tests/unit/: the package and the CLI without a served app (quant.* functions, methods, architectures, the Dockerfile,
+  pushes to the local Hub look-alike and that look-alike's own tests);
+- tests/app/: the app served over HTTP (gradio_client, the openai client, load) and in a real browser (Playwright and
+  Debian's chromium); tests/app/conftest.py has the `browser` fixture;
+- tests/gpu/: tests that need a CUDA GPU (marked `gpu`, skipped below where there is none); tests/gpu/conftest.py has
+  `kernel_cache`;
+- tests/support/: plain modules that tests of any axis import (`from tests.support.<module> import ...`), never a test
+  module from another: the Hub look-alike, the model families, the Model tab's fields, browser, GPU-memory and
+  compiled-path helpers.
+This file puts the repository root on sys.path, so everything imports as `tests.<...>` and `quant`.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,54 @@
+"""The Model tab driven over HTTP with gradio_client, as a remote user would."""
+
+from __future__ import annotations
+
+import pytest
+from gradio_client import Client
+
+from tests.conftest import LLAMA
+from tests.support.model_tab import load_args
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    return Client(app_url, verbose=False)
+
+
+def test_load_report_and_unload_over_http(client):
+    # gr.State outputs stay on the server: the client sees status, report, dropdown, loaded table, history.
+    status, report, dropdown, loaded, history = client.predict(*load_args(LLAMA, "nf4"), api_name="/load_model")
+    key = dropdown["value"]  # the dropdown comes back as an update: new choices and the selected key
+    assert "loaded" in status and LLAMA in status
+    assert "Linear4bit x28" in report and "mode             nf4" in report
+    assert any(row[0] == f"{LLAMA} [nf4]" for row in loaded["data"])
+    assert history["data"][-1][1] == "nf4"
+
+    status, _dd, loaded = client.predict(key, api_name="/unload_model")
+    assert "Unloaded" in status
+    assert all(row[0] != f"{LLAMA} [nf4]" for row in loaded["data"])
+
+
+def test_measure_modes_fills_the_comparison_table(client):
+    status, _dd, _loaded, history = client.predict(["bf16", "nf4"], *load_args(LLAMA, "bf16"),
+                                                   api_name="/measure_modes")
+    assert "Measured 2 of 2" in status
+    rows = {row[1]: row for row in history["data"] if row[0] == LLAMA}  # the latest load of each mode
+    footprint = history["headers"].index("footprint (MiB)")
+    assert float(rows["bf16"][footprint]) > float(rows["nf4"][footprint])
+
+
+def test_token_typed_in_the_ui_is_not_sent_back(client):
+    outputs = client.predict(*load_args(LLAMA, "fp32", token="hf_dontleakme123"), api_name="/load_model")
+    assert "hf_dontleakme123" not in repr(outputs)
+
+
+def test_the_load_endpoint_takes_the_forms_fields_in_order_or_by_name(client):
+    """/load_model's parameters are LoadForm's fields in LoadForm.INPUTS order (what load_args relies on), and a
+    client may name only the fields it sets: every other starts at the Model tab's value."""
+    from quant.forms import LoadForm
+
+    parameters = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/load_model"]["parameters"]
+    assert [p["parameter_name"] for p in parameters] == list(LoadForm.INPUTS)
+    assert all(p["parameter_has_default"] for p in parameters)
+    status, report, *_ = client.predict(model=LLAMA, mode="int8", int8_threshold=4.0, api_name="/load_model")
+    assert f"{LLAMA} [int8]" in status and "llm_int8_threshold=4.0" in report

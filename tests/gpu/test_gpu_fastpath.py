@@ -1,0 +1,173 @@
+"""On a CUDA GPU: the compiled generation path (static cache, compiled decode step captured as a CUDA graph) gives
+the eager path's greedy tokens, is chosen where it is supported, falls back with a reason where it is not, and gives
+its memory back on unload."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from quant.generation import GenerationSettings, start_generate, stream_chat
+from quant.loader import LoadRequest
+from quant.methods import QuantOptions
+from quant.registry import ModelRegistry
+from tests.conftest import LLAMA, ROOT
+from tests.support.fastpath import PROMPTS, assert_same_up_to_noise, check_against_eager, greedy_ids, load
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.parametrize("mode", ["fp16", "bf16", "nf4"])
+def test_compiled_path_matches_eager(mode, kernel_cache):
+    check_against_eager(LoadRequest(model=LLAMA, mode=mode, device_map="cuda:0"))
+    assert any(p.is_file() for p in kernel_cache.rglob("*")), "nothing was written to the kernel cache"
+
+
+@pytest.mark.parametrize("backend", ["gptq_marlin", "gptq_torch", "gptq_int4pack"])
+def test_compiled_gptq_matches_eager(gpu_gptq_llama_dir, backend, kernel_cache):
+    check_against_eager(LoadRequest(model=str(gpu_gptq_llama_dir), mode="gptq", device_map="cuda:0",
+                                    options=QuantOptions(gptq_backend=backend)))
+
+
+def test_int4pack_gives_the_torch_kernels_tokens(gpu_gptq_llama_dir, kernel_cache):
+    """PyTorch's int4 kernel (CUDA tinygemm) against gptqmodel's torch kernel, both eager and in bf16."""
+    folder = str(gpu_gptq_llama_dir)
+    reference = load(LoadRequest(model=folder, mode="gptq", device_map="cuda:0",
+                                 options=QuantOptions(gptq_backend="gptq_torch", compute_dtype="bf16")), fast=False)
+    repacked = load(LoadRequest(model=folder, mode="gptq", device_map="cuda:0",
+                                options=QuantOptions(gptq_backend="gptq_int4pack")), fast=False)
+    assert repacked.report.linear_layers["Int4PackedLinear"] == 28 and not repacked.report.warnings
+    assert repacked.report.quantization["backend"] == "gptq_int4pack"
+    for prompts in ([PROMPTS[0]], PROMPTS):
+        encoded, expected, _ = greedy_ids(reference, prompts)
+        _, got, _ = greedy_ids(repacked, prompts)
+        for row, (want, have) in enumerate(zip(expected, got)):
+            assert_same_up_to_noise(reference, encoded, row, want, have)
+
+
+@pytest.mark.parametrize("inner_k_tiles", [2, 4, 8])
+@pytest.mark.parametrize("group_size", [32, 128, 256])
+def test_int4_layout_reader_matches_tinygemm(inner_k_tiles, group_size):
+    """unpack_cuda_codes inverts the real `_convert_weight_to_int4pack`, and the dequantized weight (compiled, as
+    long inputs use it) multiplies as tinygemm does."""
+    from quant.int4pack import _compiled_dequantize, unpack_cuda_codes
+
+    generator = torch.Generator().manual_seed(inner_k_tiles * group_size)
+    n, k = 96, 1024
+    codes = torch.randint(0, 16, (n, k), generator=generator, dtype=torch.int32).cuda()
+    packed = torch.ops.aten._convert_weight_to_int4pack(
+        (codes[:, ::2] << 4 | codes[:, 1::2]).to(torch.uint8).contiguous(), inner_k_tiles)
+    assert torch.equal(unpack_cuda_codes(packed), codes)
+    scales_and_zeros = torch.stack([torch.rand(k // group_size, n, generator=generator) * 0.02 + 0.001,
+                                    torch.randn(k // group_size, n, generator=generator) * 0.01], dim=-1)
+    scales_and_zeros = scales_and_zeros.to(torch.bfloat16).cuda().contiguous()
+    weight = _compiled_dequantize()(packed, scales_and_zeros, group_size)
+    for rows in (1, 33, 300):
+        x = torch.randn(rows, k, generator=generator).to(torch.bfloat16).cuda()
+        tinygemm = torch.ops.aten._weight_int4pack_mm(x, packed, group_size, scales_and_zeros).float()
+        dequantized = torch.nn.functional.linear(x, weight).float()
+        assert (dequantized - tinygemm).norm() / tinygemm.norm() < 1e-2, rows
+
+
+def test_int4pack_on_the_dequantized_weight_gives_tinygemms_tokens(gpu_gptq_llama_dir, kernel_cache, monkeypatch):
+    """Every call through the dequantized weight (QUANT_INT4_DEQUANTIZE_ROWS=1: prefill and the compiled, CUDA-graphed
+    decode steps at batch 1 and 4) against tinygemm for every call, eager."""
+    request = LoadRequest(model=str(gpu_gptq_llama_dir), mode="gptq", device_map="cuda:0",
+                          options=QuantOptions(gptq_backend="gptq_int4pack"))
+    monkeypatch.setenv("QUANT_INT4_DEQUANTIZE_ROWS", "0")
+    tinygemm = load(request, fast=False)
+    monkeypatch.setenv("QUANT_INT4_DEQUANTIZE_ROWS", "1")
+    dequantized = load(request, fast=True)
+    assert dequantized.path.captured and not dequantized.report.warnings, dequantized.report.warnings
+    layers = [m for m in dequantized.model.modules() if type(m).__name__ == "Int4PackedLinear"]
+    assert layers and all(m.dequantize_from_rows == 1 for m in layers)
+    for prompts in ([PROMPTS[0]], PROMPTS):
+        encoded, expected, _ = greedy_ids(tinygemm, prompts)
+        _, got, compiled = greedy_ids(dequantized, prompts)
+        assert compiled
+        for row, (want, have) in enumerate(zip(expected, got)):
+            assert_same_up_to_noise(tinygemm, encoded, row, want, have)
+    dequantized.path.close()
+
+
+def test_deferred_stop_ends_where_the_sequences_end_and_streams_every_token(kernel_cache):
+    """On CUDA the loop learns of an end-of-sequence one step late: the extra step is dropped, rows that ended first
+    are padded, and the streamer gets exactly the kept tokens."""
+    from transformers import TextIteratorStreamer
+
+    fast = load(LoadRequest(model=LLAMA, mode="bf16", device_map="cuda:0"), fast=True)
+    assert fast.path.captured, fast.path.describe()
+    pad = fast.tokenizer.pad_token_id
+    for prompts in ([PROMPTS[0]], PROMPTS):
+        encoded, free, compiled = greedy_ids(fast, prompts, new_tokens=40)
+        assert compiled
+        eos = sorted({row[6] for row in free})
+        ends = [next(i for i, token in enumerate(row) if token in eos) for row in free]
+        expected = [row[:end + 1] + [pad] * (max(ends) - end) for row, end in zip(free, ends)]
+        streamer = TextIteratorStreamer(fast.tokenizer, skip_prompt=True, skip_special_tokens=True) \
+            if len(prompts) == 1 else None
+        kwargs = dict(**encoded, max_new_tokens=40, do_sample=False, temperature=None, top_p=None, top_k=None,
+                      pad_token_id=pad, eos_token_id=eos, streamer=streamer)
+        future, compiled = start_generate(fast, kwargs, batch_size=len(prompts),
+                                          total_tokens=encoded["input_ids"].shape[1] + 40)
+        streamed = "".join(streamer) if streamer else None
+        got = future.result()[:, encoded["input_ids"].shape[1]:].tolist()
+        assert compiled and got == expected
+        if streamer:
+            assert streamed == fast.tokenizer.decode(expected[0], skip_special_tokens=True)
+    fast.path.close()
+
+
+def test_seeded_sampling_on_the_graph_repeats(kernel_cache):
+    fast = load(LoadRequest(model=LLAMA, mode="bf16", device_map="cuda:0"), fast=True)
+    settings = GenerationSettings(max_new_tokens=24, do_sample=True, seed=3, temperature=1.2, top_k=0, top_p=1.0)
+    history = [{"role": "user", "content": PROMPTS[1]}]
+    first, second = (list(stream_chat(fast, history, settings=settings))[-1] for _ in range(2))
+    other = list(stream_chat(fast, history, settings=GenerationSettings(**{**settings.__dict__, "seed": 4})))[-1]
+    assert first.stats.path == "compiled" and first.text == second.text and other.text != first.text
+    fast.path.close()
+
+
+def test_int8_and_unsupported_kernels_stay_eager_with_a_reason(gpu_gptq_llama_dir, kernel_cache):
+    int8 = load(LoadRequest(model=LLAMA, mode="int8", device_map="cuda:0"), fast=True)
+    assert not int8.path.compiled and "LLM.int8" in int8.path.reason
+    assert "eager" in int8.report.generation_path
+    exllama = load(LoadRequest(model=str(gpu_gptq_llama_dir), mode="gptq", device_map="cuda:0",
+                               options=QuantOptions(gptq_backend="gptq_exllama_v2")), fast=True)
+    assert not exllama.path.compiled and "gptq_exllama_v2" in exllama.path.reason
+
+
+def test_compiled_model_gives_its_memory_back(kernel_cache):
+    registry = ModelRegistry(max_models=1)
+
+    def cycle() -> None:
+        loaded = registry.load(LoadRequest(model=LLAMA, mode="fp16", device_map="cuda:0"))
+        assert loaded.path.compiled
+        list(stream_chat(loaded, [{"role": "user", "content": "hi"}], settings=GenerationSettings(max_new_tokens=8)))
+        key = loaded.key
+        del loaded
+        registry.unload(key)
+
+    cycle()
+    after_first = torch.cuda.memory_allocated()
+    for _ in range(3):
+        cycle()
+    assert torch.cuda.memory_allocated() <= after_first + 2**20
+
+
+def test_kernel_cache_survives_a_restart(kernel_cache, tmp_path):
+    """A second process finds the compiled kernels on disk and warms up faster than the first."""
+    import subprocess
+    import sys
+
+    script = ("import os, sys; sys.path.insert(0, os.getcwd());"
+              "from quant.loader import LoadRequest, load_model;"
+              "m = load_model(LoadRequest(model='demo:tiny-llama-chat', mode='fp16', device_map='cuda:0'));"
+              "print(m.report.compile_seconds)")
+    env = {**os.environ, "QUANT_FAST_GENERATION": "auto"}
+    first, second = (float(subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, check=True,
+                                          capture_output=True, text=True).stdout.strip().splitlines()[-1])
+                     for _ in range(2))
+    assert second < first, (first, second)

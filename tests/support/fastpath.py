@@ -1,0 +1,77 @@
+"""The compiled generation path against the eager one, token for token up to numerical noise: the GPU tests
+(tests/gpu/) and their CPU twins (tests/unit/test_method_torchao.py). Imports without a GPU."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from quant.generation import GenerationSettings, generate_batch, start_generate, stream_chat
+from quant.loader import LoadRequest
+from quant.registry import ModelRegistry
+
+PROMPTS = ["The with statement is used to", "A class definition defines", "def main():", "import os"]
+NOISE = 0.05
+"""Top-1 minus top-2 logit below which the two paths may pick differently: that choice is numerical noise."""
+ROUNDINGS = 8
+"""In 16-bit arithmetic the noise floor scales with the logits: this many roundings (eps of the logits' dtype) of
+the top logit. bf16's eps is 8x fp16's, so a fixed 0.05 is below one bf16 rounding of a logit of 10."""
+
+
+def load(request: LoadRequest, fast: bool):
+    previous = os.environ.get("QUANT_FAST_GENERATION")
+    os.environ["QUANT_FAST_GENERATION"] = "all" if fast else "off"
+    try:
+        return ModelRegistry(max_models=2).load(request)
+    finally:
+        os.environ.pop("QUANT_FAST_GENERATION") if previous is None else os.environ.update(
+            QUANT_FAST_GENERATION=previous)
+
+
+def greedy_ids(loaded, prompts: list[str], new_tokens: int = 24) -> tuple[torch.Tensor, list[list[int]], bool]:
+    """Inputs and greedy new token ids per row through `start_generate` (the path chat and batch use)."""
+    encoded = loaded.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(loaded.device)
+    kwargs = dict(**encoded, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, temperature=None,
+                  top_p=None, top_k=None, pad_token_id=loaded.tokenizer.pad_token_id)
+    future, compiled = start_generate(loaded, kwargs, batch_size=len(prompts),
+                                      total_tokens=encoded["input_ids"].shape[1] + new_tokens)
+    out = future.result()[:, encoded["input_ids"].shape[1]:]
+    return encoded, out.tolist(), compiled
+
+
+def assert_same_up_to_noise(eager, encoded, row: int, expected: list[int], got: list[int]) -> None:
+    """Equal greedy tokens, or a first difference where eager's top two logits are within NOISE of each other."""
+    if expected == got:
+        return
+    split = next(i for i, (x, y) in enumerate(zip(expected, got)) if x != y)
+    ids = torch.cat([encoded["input_ids"][row], torch.tensor(expected[:split], device=eager.device)])
+    mask = torch.cat([encoded["attention_mask"][row], torch.ones(split, dtype=torch.long, device=eager.device)])
+    with torch.inference_mode():
+        logits = eager.model(input_ids=ids[None], attention_mask=mask[None]).logits[0, -1]
+    top = logits.float().topk(2).values
+    tolerance = max(NOISE, ROUNDINGS * torch.finfo(logits.dtype).eps * top[0].abs().item())
+    gap = (top[0] - top[1]).item()
+    assert gap < tolerance, f"the paths diverged at a clear choice (token {split}, top-2 gap {gap:.4f} >= " \
+                            f"{tolerance:.4f} in {logits.dtype}):\n{expected}\n{got}"
+
+
+def check_against_eager(request: LoadRequest) -> None:
+    eager, fast = load(request, fast=False), load(request, fast=True)
+    assert not eager.path.compiled and eager.path.reason == "QUANT_FAST_GENERATION=off"
+    assert fast.path.compiled and fast.path.captured, fast.path.describe()
+    assert "one CUDA graph per step" in fast.report.generation_path
+    assert fast.report.compile_seconds > 0 and fast.report.static_cache_bytes > 0
+    # Batch 1 (the chat path) and a batch of 3 padded up to the compiled 4 as generate_batch does.
+    for prompts in ([PROMPTS[0]], [PROMPTS[1]], PROMPTS[:3] + [PROMPTS[2]]):
+        encoded, expected, eager_compiled = greedy_ids(eager, prompts)
+        _, got, compiled = greedy_ids(fast, prompts)
+        assert compiled and not eager_compiled
+        for row, (want, have) in enumerate(zip(expected, got)):
+            assert_same_up_to_noise(eager, encoded, row, want, have)
+    settings = GenerationSettings(max_new_tokens=24)
+    # generate_batch pads 3 prompts to the compiled 4 with a copy and drops its row: same as sending the 4 ourselves.
+    assert generate_batch(fast, PROMPTS[:3], settings) == generate_batch(fast, PROMPTS[:3] + [PROMPTS[2]], settings)[:3]
+    reply = list(stream_chat(fast, [{"role": "user", "content": PROMPTS[0]}], settings=settings))[-1]
+    assert reply.stats.path == "compiled" and reply.text
+    fast.path.close()

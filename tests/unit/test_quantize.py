@@ -1,0 +1,155 @@
+"""GPTQ beats round-to-nearest; the quantize pipeline saves complete folders with a card; stop and disk-full."""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from quant.errors import QuantError
+from quant.gptq import GPTQRecipe, QuantizationCancelled, builtin_textsets, save_atomically
+from quant.loader import LoadRequest, load_model
+from quant.metrics import perplexity
+from quant.quantize import CalibrationData, quantize
+from tests.conftest import LLAMA, T5
+from tests.support.rtn import rtn_model
+
+HELD_OUT = builtin_textsets()["python-reference-heldout"].read_text()
+
+
+def rtn_perplexity(bits: int, group_size: int) -> float:
+    return perplexity(rtn_model(bits, group_size), HELD_OUT, max_tokens=4096).value
+
+
+@pytest.mark.parametrize("bits", [4, 3])
+def test_gptq_beats_round_to_nearest(bits, tmp_path):
+    recipe = GPTQRecipe(bits=bits, group_size=128, sym=False, num_samples=32, seq_len=256)
+    result = quantize(LLAMA, method="gptq", recipe=recipe, out_dir=tmp_path / f"gptq-{bits}")
+    rtn = rtn_perplexity(bits, 128)
+    assert math.isfinite(result.quantized_perplexity)
+    assert result.quantized_perplexity < rtn, (result.quantized_perplexity, rtn)
+    assert result.original_perplexity < result.quantized_perplexity  # quantization costs something
+    assert result.quantized_bytes < result.original_bytes
+
+
+def test_quantized_folder_is_complete_with_card_and_report(quantized_llama):
+    result = quantized_llama
+    out = Path(result.out_dir)
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md", "quantization_report.json"} <= names
+    assert not out.with_name(out.name + ".partial").exists()
+    card = (out / "README.md").read_text()
+    assert "quantized with **gptq**" in card and "| bits | 4 |" in card and "| group_size | 128 |" in card
+    assert f"{result.quantized_perplexity:.2f}" in card and "built-in text set 'python-reference'" in card
+    assert "gptqmodel" in card and "AutoModelForCausalLM.from_pretrained" in card
+    report = json.loads((out / "quantization_report.json").read_text())
+    assert report["method"] == "gptq" and report["kernel"] == "Int4PackedLinear"  # the default for 4-bit g128
+    # next-token quality against the original (bf16 on the CPU), in the report and the card
+    quality = report["quality"]
+    assert quality == result.quality and quality["reference"] == "original (bf16)"
+    assert (quality["window"], quality["stride"], quality["positions"]) == (512, 512, 4088)
+    assert quality["kl_p99"] > quality["kl_mean"] > 0 and 50 < quality["top1_agreement"] < 100
+    assert quality["dp_p1"] < 0 and quality["perplexity_ratio"] == pytest.approx(
+        result.quantized_perplexity / result.original_perplexity)
+    assert quality["verdict"].startswith(f"top-1 agreement {quality['top1_agreement']:.1f}%")
+    assert quality["verdict"].endswith("the original")
+    assert "Next-token quality against the original" in card and quality["verdict"] in card
+    assert f"{quality['kl_mean']:.5f}" in card and "close: top-1 ≥ 95%" in card
+    # the built-in calibration leaves out every line of the built-in evaluation text: the card may say held out
+    assert report["warnings"] == [] and "held out of calibration" in card
+    loaded = load_model(LoadRequest(model=str(out), mode="gptq"))
+    assert loaded.report.quantization["bits"] == 4
+
+
+def test_evaluation_text_overlapping_the_calibration_is_warned_about(tmp_path):
+    from quant.quantize import overlap_warning
+
+    long_lines = [line for line in HELD_OUT.splitlines() if len(line.strip()) >= 40]
+    unrelated = "A text about something else entirely, long enough to count.\n" * 3
+    assert overlap_warning(HELD_OUT, [unrelated]) is None
+    warning = overlap_warning(HELD_OUT, [unrelated, "\n".join(long_lines[:3])])
+    assert warning.startswith(f"3 of the evaluation text's {len(set(l.strip() for l in long_lines))} lines")
+    # through quantize: pasted calibration that contains held-out text is warned about in the report and card
+    result = quantize(LLAMA, method="gptq", recipe=GPTQRecipe(num_samples=4, seq_len=32),
+                      calibration=CalibrationData(text=HELD_OUT[:5000]), out_dir=tmp_path / "q", evaluate=False)
+    assert len(result.warnings) == 1 and "also appear in the calibration text" in result.warnings[0]
+    assert result.warnings[0] in (tmp_path / "q" / "README.md").read_text()
+    assert "held out of calibration" not in result.eval_text
+    assert json.loads((tmp_path / "q" / "quantization_report.json").read_text())["warnings"] == result.warnings
+
+
+def test_the_builtin_calibration_text_shares_no_line_with_the_builtin_evaluation_text(quantized_llama):
+    from quant.quantize import CalibrationData, overlap_warning
+
+    assert overlap_warning(HELD_OUT, CalibrationData().texts()) is None
+    assert quantized_llama.warnings == [] and "held out of calibration" in quantized_llama.eval_text
+
+
+def test_calibration_from_an_uploaded_jsonl(tmp_path):
+    source = tmp_path / "cal.jsonl"
+    lines = [json.dumps({"text": p}) for p in HELD_OUT.split("\n\n") if len(p) > 100]
+    source.write_text("\n".join(lines))
+    result = quantize(LLAMA, method="gptq", recipe=GPTQRecipe(num_samples=8, seq_len=64),
+                      calibration=CalibrationData(file=str(source)), out_dir=tmp_path / "q", evaluate=False)
+    assert result.calibration == "uploaded file cal.jsonl"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"text": 5}\n')
+    with pytest.raises(QuantError, match="Line 2 of bad.jsonl"):
+        quantize(LLAMA, method="gptq", calibration=CalibrationData(file=str(bad)), out_dir=tmp_path / "x")
+
+
+def test_stop_cancels_without_leaving_a_folder(tmp_path):
+    stop = threading.Event()
+
+    def progress(fraction, message):
+        if message.startswith("Layer 1/"):
+            stop.set()
+
+    with pytest.raises(QuantizationCancelled):
+        quantize(LLAMA, method="gptq", recipe=GPTQRecipe(num_samples=8, seq_len=64), out_dir=tmp_path / "q",
+                 progress=progress, stop=stop)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_full_while_saving_leaves_nothing_presented_as_complete(tmp_path):
+    def write(folder):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(QuantError, match="the disk is full. Nothing was kept"):
+        save_atomically(write, tmp_path / "model")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("model", "method"), [(LLAMA, "nf4"), (T5, "int8")])
+def test_bitsandbytes_quantize_saves_serialized_weights(model, method, tmp_path):
+    result = quantize(model, method=method, out_dir=tmp_path / "bnb")
+    folder = tmp_path / "bnb"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "bitsandbytes"
+    assert result.quantized_bytes < result.original_bytes
+    reloaded = load_model(LoadRequest(model=str(folder), mode=method))
+    direct = load_model(LoadRequest(model=model, mode=method))
+    prompt = "reverse: the value of x" if model == T5 else "The with statement"
+    outputs = []
+    for loaded in (reloaded, direct):
+        inputs = loaded.tokenizer(prompt, return_tensors="pt")
+        outputs.append(loaded.model.generate(**inputs, max_new_tokens=8, do_sample=False).tolist())
+    assert outputs[0] == outputs[1]
+    assert "AutoModelForSeq2SeqLM" in (folder / "README.md").read_text() if model == T5 else True
+
+
+def test_quantizing_a_quantized_checkpoint_is_refused(gptq_llama_dir):
+    with pytest.raises(QuantError, match="already quantized"):
+        quantize(str(gptq_llama_dir), method="gptq")
+
+
+def test_gptq_of_a_seq2seq_model_is_refused_with_the_alternative():
+    with pytest.raises(QuantError, match="causal LMs only.*int8 or nf4"):
+        quantize(T5, method="gptq")
