@@ -9,6 +9,7 @@ that 배치 alone never means both; "batch size" keeps the usual ML term 배치 
 """
 
 from .attention import BETTERTRANSFORMER_NOTE
+from .hqq import BACKENDS as HQQ_BACKENDS
 from .methods import GPTQ_BACKENDS, Mode
 
 EN = {
@@ -31,6 +32,10 @@ EN = {
     "bnb4.quant_storage": "Quant storage",
     "gptq.kernel": "GPTQ kernel", "gptq.auto": "automatic: int4pack for 4-bit with group size 32-256, else torch",
     **{f"gptq.{k}": f"{k}: {v}" for k, v in GPTQ_BACKENDS.items()},
+    "option.hqq_bits": "HQQ bits", "option.hqq_group_size": "HQQ group size (weights per scale and zero)",
+    "option.hqq_backend": "HQQ kernel",
+    "hqq.auto": "automatic: int4pack for 4-bit with group size 32-256, else torch",
+    **{f"hqq.{k}": f"{k}: {v}" for k, v in HQQ_BACKENDS.items()},
     "attention.default": "(model default)", "attention.note": BETTERTRANSFORMER_NOTE,
     "load": "Load", "measure": "Measure these modes", "measure.modes": "Compare load cost of modes",
     "unload": "Unload selected", "refresh": "Refresh", "loaded": "Loaded models (this tab's model)",
@@ -104,6 +109,7 @@ KO = {
     "mode.int8": "bitsandbytes LLM.int8(): int8 가중치, 이상치 열은 fp16",
     "mode.nf4": "bitsandbytes 4비트 NormalFloat", "mode.fp4": "bitsandbytes 4비트 부동소수점",
     "mode.gptq": "이미 GPTQ로 양자화된 체크포인트",
+    "mode.hqq": "HQQ: 보정 데이터 없이 8/4/3/2비트, 불러올 때 양자화 (hqq)",
     "skip_modules": "양자화하지 않을 모듈 (쉼표로 구분)", "skip_modules.placeholder": "lm_head는 항상 양자화하지 않음",
     "int8.threshold": "LLM.int8 이상치 임계값", "int8.offload": "CPU에 놓인 모듈은 fp32로 CPU 오프로드",
     "bnb4.double_quant": "이중 양자화", "bnb4.compute_dtype": "연산 dtype",
@@ -114,6 +120,12 @@ KO = {
     "gptq.gptq_triton": "gptq_triton: Triton 커널: GPU, 몇 초 만에 컴파일",
     "gptq.gptq_exllama_v2": "gptq_exllama_v2: ExLlamaV2: GPU, 4비트, 처음 쓸 때 빌드 (~30초)",
     "gptq.gptq_marlin": "gptq_marlin: Marlin: GPU (Ampere 이상), 4/8비트, 처음 쓸 때 빌드 (~3.5분); 배치에 가장 빠름",
+    "option.hqq_bits": "HQQ 비트", "option.hqq_group_size": "HQQ 그룹 크기 (스케일·영점 하나당 가중치 수)",
+    "option.hqq_backend": "HQQ 커널",
+    "hqq.auto": "자동: 그룹 크기 32-256의 4비트는 int4pack, 그 외에는 torch",
+    "hqq.hqq_int4pack": "hqq_int4pack: PyTorch int4 행렬곱 (tinygemm): CPU와 GPU, 4비트, 그룹 크기 32-256; bf16; 컴파일됨",
+    "hqq.hqq_torch": "hqq_torch: 호출마다 역양자화한 뒤 행렬곱 (hqq의 PyTorch 백엔드): CPU와 GPU, 모든 비트 수",
+    "hqq.hqq_gemlite": "hqq_gemlite: gemlite (HQQ의 Triton 커널): GPU, 8/4/2비트",
     "attention.default": "(모델 기본값)",
     "attention.note": "`model.to_bettertransformer()`를 쓰는 가이드를 보고 오셨나요? 그 API는 transformers 5와 "
                       "optimum 2에서 사라졌습니다. 그 빠른 경로는 이제 PyTorch의 scaled-dot-product attention이며, "

@@ -31,9 +31,10 @@ from .base import (
 from .bitsandbytes import FourBitMethod, Int8Method
 from .floats import FloatMethod
 from .gptq import GPTQ_BACKENDS, GPTQMethod
+from .hqq import HQQMethod
 
-__all__ = ["ALL_OPTIONS", "DTYPES", "GPTQ_BACKENDS", "METHODS", "QUANT_STORAGE", "Mode", "Option", "QuantMethod",
-           "QuantOptions", "QuantizeJob", "QuantizeOutcome", "check_mode", "checkpoint_refusal", "is_installed",
+__all__ = ["ALL_OPTIONS", "DTYPES", "GPTQ_BACKENDS", "METHODS", "QUANT_STORAGE", "Mode", "Option",
+           "QuantMethod", "QuantOptions", "QuantizeJob", "QuantizeOutcome", "check_mode", "checkpoint_refusal", "is_installed",
            "load_time_methods", "method_of", "parse_mode", "quantize_methods", "saved_method_name"]
 
 METHODS: dict[str, QuantMethod] = {
@@ -46,6 +47,7 @@ METHODS: dict[str, QuantMethod] = {
         FourBitMethod("nf4", "bitsandbytes 4-bit NormalFloat", "bnb-nf4"),
         FourBitMethod("fp4", "bitsandbytes 4-bit float", None),
         GPTQMethod(),
+        HQQMethod(),
     )
 }
 """Every load mode by name, in the order the UI and the CLI list them."""

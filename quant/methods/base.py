@@ -35,6 +35,10 @@ class QuantOptions:
     bnb4_quant_storage: str = "uint8"
     gptq_backend: str | None = None
     """None picks the default for the checkpoint (see GPTQMethod.default_backend)."""
+    hqq_bits: int = 4
+    hqq_group_size: int = 64
+    hqq_backend: str | None = None
+    """None picks the default for the bits and group size (see HQQMethod.default_backend)."""
     compute_dtype: str | None = field(default=None)
     """dtype of the non-quantized parts for quantized modes (None: the method's default)."""
 
@@ -75,7 +79,7 @@ class Option:
         if text not in {value for value, _ in self.choices}:
             raise UnsupportedModeError(f"Unknown {self.help.lower()} {text!r}.",
                                        f"Use one of {', '.join(v for v, _ in self.choices if v)}.")
-        return text
+        return int(text) if isinstance(self.default, int) and not isinstance(self.default, bool) else text
 
 
 # --- methods --------------------------------------------------------------------------------------------------------
