@@ -10,7 +10,7 @@ that 배치 alone never means both; "batch size" keeps the usual ML term 배치 
 
 from .attention import BETTERTRANSFORMER_NOTE
 from .hqq import BACKENDS as HQQ_BACKENDS
-from .methods import GPTQ_BACKENDS, Mode
+from .methods import AWQ_BACKENDS, GPTQ_BACKENDS, Mode
 
 EN = {
     "title": "Quantization Playground",
@@ -36,6 +36,9 @@ EN = {
     "option.hqq_backend": "HQQ kernel",
     "hqq.auto": "automatic: int4pack for 4-bit with group size 32-256, else torch",
     **{f"hqq.{k}": f"{k}: {v}" for k, v in HQQ_BACKENDS.items()},
+    "option.awq_backend": "AWQ kernel",
+    "awq.auto": "automatic: int4pack for 4-bit with group size 32-256, else torch",
+    **{f"awq.{k}": f"{k}: {v}" for k, v in AWQ_BACKENDS.items()},
     "attention.default": "(model default)", "attention.note": BETTERTRANSFORMER_NOTE,
     "load": "Load", "measure": "Measure these modes", "measure.modes": "Compare load cost of modes",
     "unload": "Unload selected", "refresh": "Refresh", "loaded": "Loaded models (this tab's model)",
@@ -79,6 +82,7 @@ EN = {
     "quantize.method": "Method", "quantize.run": "Quantize", "quantize.bits": "Bits", "quantize.group": "Group size",
     "quantize.method.gptq": "GPTQ (calibrated, gptqmodel)", "quantize.method.int8": "bitsandbytes int8 (serialized)",
     "quantize.method.nf4": "bitsandbytes nf4 (serialized)",
+    "quantize.method.awq": "AWQ (calibrated, 4-bit, gptqmodel)",
     "quantize.group.column": "per column (-1)", "quantize.desc_act": "Act-order (desc_act)",
     "quantize.sym": "Symmetric", "quantize.damp": "Damp percent",
     "quantize.samples": "Calibration samples", "quantize.seq_len": "Sample length (tokens)",
@@ -110,6 +114,7 @@ KO = {
     "mode.nf4": "bitsandbytes 4비트 NormalFloat", "mode.fp4": "bitsandbytes 4비트 부동소수점",
     "mode.gptq": "이미 GPTQ로 양자화된 체크포인트",
     "mode.hqq": "HQQ: 보정 데이터 없이 8/4/3/2비트, 불러올 때 양자화 (hqq)",
+    "mode.awq": "이미 AWQ로 양자화된 체크포인트",
     "skip_modules": "양자화하지 않을 모듈 (쉼표로 구분)", "skip_modules.placeholder": "lm_head는 항상 양자화하지 않음",
     "int8.threshold": "LLM.int8 이상치 임계값", "int8.offload": "CPU에 놓인 모듈은 fp32로 CPU 오프로드",
     "bnb4.double_quant": "이중 양자화", "bnb4.compute_dtype": "연산 dtype",
@@ -126,6 +131,11 @@ KO = {
     "hqq.hqq_int4pack": "hqq_int4pack: PyTorch int4 행렬곱 (tinygemm): CPU와 GPU, 4비트, 그룹 크기 32-256; bf16; 컴파일됨",
     "hqq.hqq_torch": "hqq_torch: 호출마다 역양자화한 뒤 행렬곱 (hqq의 PyTorch 백엔드): CPU와 GPU, 모든 비트 수",
     "hqq.hqq_gemlite": "hqq_gemlite: gemlite (HQQ의 Triton 커널): GPU, 8/4/2비트",
+    "option.awq_backend": "AWQ 커널",
+    "awq.auto": "자동: 그룹 크기 32-256의 4비트는 int4pack, 그 외에는 torch",
+    "awq.awq_int4pack": "awq_int4pack: PyTorch int4 행렬곱 (tinygemm): CPU와 GPU, 4비트, 그룹 크기 32-256, 빌드 없음; bf16",
+    "awq.awq_torch": "awq_torch: gptqmodel의 PyTorch 커널: CPU와 GPU, 호출마다 역양자화, 빌드 없음",
+    "awq.awq_marlin": "awq_marlin: Marlin: GPU (Ampere 이상), 4/8비트, 처음 쓸 때 빌드 (~3.5분); 배치에 가장 빠름",
     "attention.default": "(모델 기본값)",
     "attention.note": "`model.to_bettertransformer()`를 쓰는 가이드를 보고 오셨나요? 그 API는 transformers 5와 "
                       "optimum 2에서 사라졌습니다. 그 빠른 경로는 이제 PyTorch의 scaled-dot-product attention이며, "
@@ -172,6 +182,7 @@ KO = {
     "quantize.method.gptq": "GPTQ (보정 데이터 사용, gptqmodel)",
     "quantize.method.int8": "bitsandbytes int8 (직렬화하여 저장)",
     "quantize.method.nf4": "bitsandbytes nf4 (직렬화하여 저장)",
+    "quantize.method.awq": "AWQ (보정 데이터 사용, 4비트, gptqmodel)",
     "quantize.group.column": "열 단위 (-1)", "quantize.desc_act": "활성값 순서 (desc_act)",
     "quantize.sym": "대칭", "quantize.damp": "감쇠 비율 (damp percent)",
     "quantize.samples": "보정 샘플 수", "quantize.seq_len": "샘플 길이 (토큰)",

@@ -39,6 +39,8 @@ class QuantOptions:
     hqq_group_size: int = 64
     hqq_backend: str | None = None
     """None picks the default for the bits and group size (see HQQMethod.default_backend)."""
+    awq_backend: str | None = None
+    """None picks the default for the checkpoint (see AWQMethod.default_backend)."""
     compute_dtype: str | None = field(default=None)
     """dtype of the non-quantized parts for quantized modes (None: the method's default)."""
 
