@@ -146,7 +146,7 @@ def unquantized_weights_note(model: nn.Module, mode: str, skipped: Iterable[str]
         by_class.setdefault(type(module).__name__, []).append(name)
     listed = "; ".join(f"{len(names)} {cls} ({_names(names, 3)})" for cls, names in by_class.items())
     why = ("bitsandbytes quantizes nn.Linear layers only" if mode in ("int8", "nf4", "fp4")
-           else "GPTQ quantizes linear layers only")
+           else f"{mode.upper()} quantizes linear layers only")
     return (f"{listed} stay in {dtype}, unquantized: {kept / max(total, 1):.0%} of the weights. {why}, and "
             "transformers keeps these as tensors of their own (MoE experts are stacked 3-D tensors).")
 
