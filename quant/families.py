@@ -39,8 +39,9 @@ def fused_expert_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
             if any(p.dim() >= 3 for p in module.parameters(recurse=False))]
 
 
-def gptq_refusal(config: Any, kind: str = "causal") -> str | None:
-    """Why GPTQ quantization of this architecture is refused (read from the config alone), or None.
+def gptq_refusal(config: Any, kind: str = "causal", method: str = "GPTQ") -> str | None:
+    """Why GPTQ (or AWQ, `method`: both through gptqmodel, both loaded by transformers into its linear layers)
+    quantization of this architecture is refused (read from the config alone), or None.
 
     - gptqmodel has no definition for the model type: it would fail after loading the model.
     - The model keeps MoE experts as stacked 3-D tensors (transformers 5's Mixtral, Qwen-MoE...). gptqmodel defuses
@@ -60,9 +61,9 @@ def gptq_refusal(config: Any, kind: str = "causal") -> str | None:
     model = skeleton(config, kind)
     experts = fused_expert_modules(model) if model is not None else []
     if experts:
-        return (f"GPTQ of {architecture} is refused: transformers {version('transformers')} keeps its experts as "
-                f"stacked 3-D tensors ({_names(n for n, _ in experts)}, {type(experts[0][1]).__name__}). gptqmodel "
-                "quantizes them as one linear layer per expert, but transformers' GPTQ loader only fills linear "
+        return (f"{method} of {architecture} is refused: transformers {version('transformers')} keeps its experts "
+                f"as stacked 3-D tensors ({_names(n for n, _ in experts)}, {type(experts[0][1]).__name__}). gptqmodel "
+                f"quantizes them as one linear layer per expert, but transformers' {method} loader only fills linear "
                 "layers, so the saved checkpoint would load with every expert missing (random weights).")
     return None
 
@@ -145,7 +146,7 @@ def unquantized_weights_note(model: nn.Module, mode: str, skipped: Iterable[str]
         by_class.setdefault(type(module).__name__, []).append(name)
     listed = "; ".join(f"{len(names)} {cls} ({_names(names, 3)})" for cls, names in by_class.items())
     why = ("bitsandbytes quantizes nn.Linear layers only" if mode in ("int8", "nf4", "fp4")
-           else "GPTQ quantizes linear layers only" if mode == "gptq" else f"{mode} quantizes linear layers only")
+           else "GPTQ quantizes linear layers only" if mode == "gptq" else f"{mode.upper()} quantizes linear layers only")
     return (f"{listed} stay in {dtype}, unquantized: {kept / max(total, 1):.0%} of the weights. {why}, and "
             "transformers keeps these as tensors of their own (MoE experts are stacked 3-D tensors).")
 

@@ -31,11 +31,12 @@ def number(value: Any, cast: type, name: str) -> Any:
 
 
 def shown_value(option: Option, value: Any) -> Any:
-    """An option's value as its form field shows it: a list of names as text, automatic (None) as ""."""
+    """An option's value as its form field shows it: a list of names as text, a choice as the text of its value
+    (automatic, None, as "")."""
     if option.kind == "names":
         return ", ".join(value) if isinstance(value, (list, tuple)) else value or ""
-    if option.kind == "choice" and value is None:
-        return ""
+    if option.kind == "choice":
+        return "" if value is None else str(value)
     return value
 
 

@@ -88,7 +88,8 @@ model = {{ model_class }}.from_pretrained(model_id, device_map="auto"{{ extra_kw
 
 
 def _recipe_rows(result) -> dict:
-    keep = ("bits", "group_size", "desc_act", "sym", "damp_percent", "num_samples", "seq_len", "load_in_8bit",
+    keep = ("bits", "group_size", "desc_act", "sym", "zero_point", "version", "damp_percent", "num_samples", "seq_len",
+            "load_in_8bit",
             "load_in_4bit", "llm_int8_threshold", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant",
             "bnb_4bit_compute_dtype", "torchao_config", "int4_packing_format", "granularity", "weight_dtype",
             "activation_dtype")

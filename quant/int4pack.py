@@ -1,4 +1,5 @@
-"""GPTQ 4-bit layers repacked for PyTorch's own int4 matmul (`aten._weight_int4pack_mm`, the "tinygemm" kernel).
+"""GPTQ (and AWQ, HQQ) 4-bit layers repacked for PyTorch's own int4 matmul (`aten._weight_int4pack_mm`, the
+"tinygemm" kernel).
 
 Why: the GPTQ kernels of gptqmodel 7.6 that need no download either dequantize the whole weight at every step
 (TorchLinear: 0.56x the bf16 rate, compiled, on an H100) or do not trace (Triton, ExLlamaV2), or need a 3.5-minute
@@ -163,10 +164,9 @@ def check_layer(layer: nn.Module) -> str | None:
         return f"the int4 kernel runs 4-bit GPTQ only; this checkpoint is {bits}-bit"
     if group not in GROUP_SIZES:
         return f"the int4 kernel takes group sizes {', '.join(map(str, GROUP_SIZES))}; this checkpoint uses {group}"
-    if k % group or k % (2 * _K_TILE):
-        return f"in_features {k} is not a multiple of the group size {group} and of {2 * _K_TILE}"
-    if n % _N_TILE:
-        return f"out_features {n} is not a multiple of {_N_TILE}"
+    shape = check_shape(k, n, group)
+    if shape:
+        return shape
     if getattr(layer, "adapter", None):
         return "a layer with a LoRA adapter cannot be repacked"
     return None
@@ -204,21 +204,51 @@ def repack_layer(layer: nn.Module, dtype: torch.dtype = torch.bfloat16,
     if codes.max() > 15:
         raise Int4PackError("the weights do not sit on a 16-level grid per group")
     zeros = scales * (8 + low)
-    codes = codes.view(k, n).t().contiguous().to(torch.int32)  # [out, in]
-    scales_and_zeros = torch.stack([scales, zeros], dim=-1).to(torch.bfloat16).contiguous()  # [groups, out, 2]
-    if weight.is_cuda:
+    codes = codes.view(k, n).t()  # [out, in]
+    bias = None if layer.bias is None else layer.bias.detach().to(dtype).clone()  # the activations' dtype
+    new = pack_int4_linear(codes, scales, zeros, group_size=group, bias=bias,
+                           input_order=None if identity else order.to(torch.int64),
+                           dequantize_from_rows=dequantize_from_rows)
+    rows_checked = (4, new.dequantize_from_rows) if new.dequantize_from_rows else (4,)
+    return new, max(_relative_error(new, original, bias, dtype, rows) for rows in rows_checked)
+
+
+def check_shape(in_features: int, out_features: int, group_size: int) -> str | None:
+    """Why tinygemm cannot take a layer of this shape and group size, or None."""
+    if group_size not in GROUP_SIZES:
+        return f"the int4 kernel takes group sizes {', '.join(map(str, GROUP_SIZES))}, not {group_size}"
+    if in_features % group_size or in_features % (2 * _K_TILE):
+        return f"in_features {in_features} is not a multiple of the group size {group_size} and of {2 * _K_TILE}"
+    if out_features % _N_TILE:
+        return f"out_features {out_features} is not a multiple of {_N_TILE}"
+    return None
+
+
+def pack_int4_linear(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *, group_size: int,
+                     bias: torch.Tensor | None, input_order: torch.Tensor | None = None,
+                     dequantize_from_rows: int = 0) -> Int4PackedLinear:
+    """An Int4PackedLinear (on the codes' device) computing w = scale * (code - 8) + zero per group.
+
+    `codes`: [out, in] integers 0..15; `scales`, `zeros`: [in / group_size, out]. Any 4-bit format with a scale and a
+    (possibly fractional) zero point per group of consecutive input features maps onto this exactly: a format that
+    computes scale * (q - z) has zero = scale * (8 - z) (GPTQ: quant.int4pack.repack_layer; AWQ: repack_awq_layer;
+    HQQ: quant.hqq)."""
+    out_features, in_features = codes.shape
+    reason = check_shape(in_features, out_features, group_size)
+    if reason:
+        raise Int4PackError(reason)
+    codes = codes.to(torch.int32).contiguous()
+    scales_and_zeros = torch.stack([scales.float(), zeros.float()], dim=-1).to(torch.bfloat16).contiguous()
+    if codes.is_cuda:
         as_bytes = (codes[:, ::2] << 4 | codes[:, 1::2]).to(torch.uint8)
-        inner_k_tiles = next(t for t in (8, 4, 2) if k % (t * _K_TILE) == 0)
+        inner_k_tiles = next(t for t in (8, 4, 2) if in_features % (t * _K_TILE) == 0)
         packed = torch.ops.aten._convert_weight_to_int4pack(as_bytes.contiguous(), inner_k_tiles)
     else:
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
         dequantize_from_rows = 0
-    bias = None if layer.bias is None else layer.bias.detach().to(dtype).clone()  # the activations' dtype
-    new = Int4PackedLinear(packed, scales_and_zeros, group_size=group, in_features=k, out_features=n,
-                           input_order=None if identity else order.to(torch.int64), bias=bias,
-                           dequantize_from_rows=dequantize_from_rows)
-    rows_checked = (4, dequantize_from_rows) if dequantize_from_rows else (4,)
-    return new, max(_relative_error(new, original, bias, dtype, rows) for rows in rows_checked)
+    return Int4PackedLinear(packed, scales_and_zeros, group_size=group_size, in_features=in_features,
+                            out_features=out_features, input_order=input_order, bias=bias,
+                            dequantize_from_rows=dequantize_from_rows)
 
 
 def _relative_error(new: Int4PackedLinear, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype,
@@ -232,8 +262,46 @@ def _relative_error(new: Int4PackedLinear, weight: torch.Tensor, bias: torch.Ten
     return ((got - expected).norm() / expected.norm().clamp_min(1e-12)).item()
 
 
+def is_awq_layer(module: nn.Module) -> bool:
+    """gptqmodel's AWQ torch-kernel layer (GEMM layout), the one repack_awq_layer converts from."""
+    return type(module).__name__ == "AwqTorchLinear" and hasattr(module, "qweight") and hasattr(module, "qzeros")
+
+
+@torch.no_grad()
+def repack_awq_layer(layer: nn.Module, dtype: torch.dtype = torch.bfloat16,
+                     dequantize_from_rows: int = 0) -> tuple[Int4PackedLinear, float]:
+    """The int4-kernel equivalent of one gptqmodel AwqTorchLinear layer, and its relative error against the layer's
+    own dequantized weight (gptqmodel's `dequantize_gemm`, the arithmetic its torch kernel runs).
+
+    AWQ stores, per group of `group_size` input features and per output, an integer zero point z and a scale s, and
+    computes w = s * (q - z): tinygemm's zero is s * (8 - z), the codes are q. Read with gptqmodel's own unpacking
+    (the GEMM layout's column order included), so nothing here depends on how AWQ orders its nibbles."""
+    from gptqmodel.quantization.awq.utils.packing_utils import dequantize_gemm, reverse_awq_order, unpack_awq
+
+    bits, group, k, n = layer.bits, layer.group_size, layer.in_features, layer.out_features
+    if bits != 4:
+        raise Int4PackError(f"the int4 kernel runs 4-bit AWQ only; this checkpoint is {bits}-bit")
+    if group == -1:
+        group = k
+    scales = layer.scales.float()  # [groups, out]
+    codes, zero_points = unpack_awq(layer.qweight, layer.qzeros, bits, scales.shape[-1])
+    codes, zero_points = reverse_awq_order(codes, zero_points, bits)
+    codes, zero_points = codes & 15, zero_points & 15  # [in, out], [groups, out]
+    original = dequantize_gemm(layer.qweight, layer.qzeros, scales, bits, group)[:k].float()  # [in, out]
+    bias = None if layer.bias is None else layer.bias.detach().to(dtype).clone()
+    new = pack_int4_linear(codes.t(), scales, scales * (8 - zero_points.float()), group_size=group, bias=bias,
+                           dequantize_from_rows=dequantize_from_rows)
+    rows_checked = (4, new.dequantize_from_rows) if new.dequantize_from_rows else (4,)
+    return new, max(_relative_error(new, original, bias, dtype, rows) for rows in rows_checked)
+
+
+def _repack(layer: nn.Module, dtype: torch.dtype, dequantize_from_rows: int) -> tuple[Int4PackedLinear, float]:
+    return (repack_awq_layer if is_awq_layer(layer) else repack_layer)(layer, dtype, dequantize_from_rows)
+
+
 def repack_model(model: nn.Module, dequantize_from_rows: int = 0) -> RepackResult:
-    """Replace each gptqmodel TorchLinear of `model` with an Int4PackedLinear, after checking it against the original.
+    """Replace each gptqmodel TorchLinear (GPTQ) or AwqTorchLinear (AWQ) of `model` with an Int4PackedLinear, after
+    checking it against the original.
 
     Layers are swapped one at a time, so memory holds one extra layer at most. A layer that cannot be converted stops
     the work: the layers before it stay converted (each was checked), the rest stay as loaded, and the result says
@@ -242,9 +310,10 @@ def repack_model(model: nn.Module, dequantize_from_rows: int = 0) -> RepackResul
     the first layer, every layer keeps tinygemm and `dequantize_reason` says why.
     """
     dtype = getattr(model, "dtype", torch.bfloat16)
-    targets = [(name, module) for name, module in model.named_modules() if is_gptq_layer(module)]
+    targets = [(name, module) for name, module in model.named_modules()
+               if is_gptq_layer(module) or is_awq_layer(module)]
     if not targets:
-        return RepackResult(0, 0.0, 0, "the model has no GPTQ layers loaded with the torch kernel")
+        return RepackResult(0, 0.0, 0, "the model has no GPTQ or AWQ layers loaded with the torch kernel")
     dequantize_reason, first = None, None
     if dequantize_from_rows and targets[0][1].qweight.is_cuda:
         dequantize_reason, first = _try_dequantized(targets[0][1], dtype, dequantize_from_rows)
@@ -253,7 +322,7 @@ def repack_model(model: nn.Module, dequantize_from_rows: int = 0) -> RepackResul
     worst = 0.0
     for done, (name, layer) in enumerate(targets):
         try:
-            new, error = first if done == 0 and first else repack_layer(layer, dtype, dequantize_from_rows)
+            new, error = first if done == 0 and first else _repack(layer, dtype, dequantize_from_rows)
             if not error <= _MAX_RELATIVE_ERROR:
                 raise Int4PackError(f"the repacked layer differs from the original by {error:.1%}")
         except (Int4PackError, RuntimeError) as exc:  # RuntimeError: offloaded (meta) weights, out of memory
@@ -263,7 +332,7 @@ def repack_model(model: nn.Module, dequantize_from_rows: int = 0) -> RepackResul
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
         del layer
-    log.info("Repacked %d GPTQ layers for the int4 kernel (largest relative error %.2e)", len(targets), worst)
+    log.info("Repacked %d layers for the int4 kernel (largest relative error %.2e)", len(targets), worst)
     return RepackResult(len(targets), worst, dequantize_reason=dequantize_reason)
 
 
@@ -273,7 +342,7 @@ def _try_dequantized(layer: nn.Module, dtype: torch.dtype,
     path works, else (why not, None); (None, None) where the layer cannot be repacked at all (repack_model reports
     that when it repacks it)."""
     try:
-        new, error = repack_layer(layer, dtype, dequantize_from_rows)
+        new, error = _repack(layer, dtype, dequantize_from_rows)
     except Int4PackError:
         return None, None
     except Exception as exc:  # noqa: BLE001 - e.g. torch.compile failing: prefills keep tinygemm

@@ -251,9 +251,11 @@ def quantize(model: str, *, method: str, recipe: GPTQRecipe | None = None,
 
     progress = progress or (lambda fraction, message: None)
     stop = stop or threading.Event()
-    if method not in quantize_methods():
+    if method not in METHODS:
         raise QuantError(f"Unknown quantization method {method!r}.", f"Use one of {', '.join(quantize_methods())}.")
     quant_method = METHODS[method]
+    if method not in quantize_methods():  # a load mode that cannot be written to disk: its own reason
+        raise QuantError(*quant_method.quantize_refusal(None, "causal"))
     source = resolve_source(model, revision=revision, token=token, folders=folders)
     if not source.is_local:  # a config in the local cache is no proof that this token may read the repo
         check_hub_access(source.location, source.revision, token)

@@ -19,6 +19,8 @@ from .methods.torchao import FP8_ACTIVATION, TORCHAO_GROUP_SIZE
 
 _NEW_OPTIONS = (TORCHAO_GROUP_SIZE, FP8_ACTIVATION)
 """Options with `option.<field>` labels (and `option.<field>.<value>` for their choices), English from the Option."""
+from .hqq import BACKENDS as HQQ_BACKENDS
+from .methods import AWQ_BACKENDS
 
 EN = {
     "title": "Quantization Playground",
@@ -45,6 +47,13 @@ EN = {
     **{f"option.gptq_backend.{k}": f"{k}: {v}" for k, v in GPTQ_BACKENDS.items()},
     **{f"option.{o.field}": o.help for o in _NEW_OPTIONS},
     **{f"option.{o.field}.{value}": text for o in _NEW_OPTIONS for value, text in o.choices},
+    "option.hqq_bits": "HQQ bits", "option.hqq_group_size": "HQQ group size (weights per scale and zero)",
+    "option.hqq_backend": "HQQ kernel",
+    "option.hqq_backend.auto": "automatic: int4pack for 4-bit with group size 32-256, else torch",
+    **{f"option.hqq_backend.{k}": f"{k}: {v}" for k, v in HQQ_BACKENDS.items()},
+    "option.awq_backend": "AWQ kernel",
+    "option.awq_backend.auto": "automatic: int4pack for 4-bit with group size 32-256, else torch",
+    **{f"option.awq_backend.{k}": f"{k}: {v}" for k, v in AWQ_BACKENDS.items()},
     "attention.default": "(model default)", "attention.note": BETTERTRANSFORMER_NOTE,
     "load": "Load", "measure": "Measure these modes", "measure.modes": "Compare load cost of modes",
     "unload": "Unload selected", "refresh": "Refresh", "loaded": "Loaded models (this tab's model)",
@@ -91,6 +100,7 @@ EN = {
     "quantize.method.torchao_int8": "torchao int8 weight-only (serialized)",
     "quantize.method.torchao_int4": "torchao int4 weight-only, group size 128 (serialized; on a GPU)",
     "quantize.method.fp8": "torchao fp8 weight-only (serialized; on a GPU of compute capability 8.9+)",
+    "quantize.method.awq": "AWQ (calibrated, 4-bit, gptqmodel)",
     "quantize.group.column": "per column (-1)", "quantize.desc_act": "Act-order (desc_act)",
     "quantize.sym": "Symmetric", "quantize.damp": "Damp percent",
     "quantize.samples": "Calibration samples", "quantize.seq_len": "Sample length (tokens)",
@@ -147,6 +157,19 @@ KO = {
     "option.gptq_backend.gptq_triton": "gptq_triton: Triton 커널: GPU, 몇 초 만에 컴파일",
     "option.gptq_backend.gptq_exllama_v2": "gptq_exllama_v2: ExLlamaV2: GPU, 4비트, 처음 쓸 때 빌드 (~30초)",
     "option.gptq_backend.gptq_marlin": "gptq_marlin: Marlin: GPU (Ampere 이상), 4/8비트, 처음 쓸 때 빌드 (~3.5분); 배치에 가장 빠름",
+    "mode.hqq": "HQQ: 보정 데이터 없이 8/4/3/2비트, 불러올 때 양자화 (hqq)",
+    "mode.awq": "이미 AWQ로 양자화된 체크포인트",
+    "option.hqq_bits": "HQQ 비트", "option.hqq_group_size": "HQQ 그룹 크기 (스케일·영점 하나당 가중치 수)",
+    "option.hqq_backend": "HQQ 커널",
+    "option.hqq_backend.auto": "자동: 그룹 크기 32-256의 4비트는 int4pack, 그 외에는 torch",
+    "option.hqq_backend.hqq_int4pack": "hqq_int4pack: PyTorch int4 행렬곱 (tinygemm): CPU와 GPU, 4비트, 그룹 크기 32-256; bf16; 컴파일됨",
+    "option.hqq_backend.hqq_torch": "hqq_torch: 호출마다 역양자화한 뒤 행렬곱 (hqq의 PyTorch 백엔드): CPU와 GPU, 모든 비트 수",
+    "option.hqq_backend.hqq_gemlite": "hqq_gemlite: gemlite (HQQ의 Triton 커널): GPU, 8/4/2비트",
+    "option.awq_backend": "AWQ 커널",
+    "option.awq_backend.auto": "자동: 그룹 크기 32-256의 4비트는 int4pack, 그 외에는 torch",
+    "option.awq_backend.awq_int4pack": "awq_int4pack: PyTorch int4 행렬곱 (tinygemm): CPU와 GPU, 4비트, 그룹 크기 32-256, 빌드 없음; bf16",
+    "option.awq_backend.awq_torch": "awq_torch: gptqmodel의 PyTorch 커널: CPU와 GPU, 호출마다 역양자화, 빌드 없음",
+    "option.awq_backend.awq_marlin": "awq_marlin: Marlin: GPU (Ampere 이상), 4/8비트, 처음 쓸 때 빌드 (~3.5분); 배치에 가장 빠름",
     "attention.default": "(모델 기본값)",
     "attention.note": "`model.to_bettertransformer()`를 쓰는 가이드를 보고 오셨나요? 그 API는 transformers 5와 "
                       "optimum 2에서 사라졌습니다. 그 빠른 경로는 이제 PyTorch의 scaled-dot-product attention이며, "
@@ -196,6 +219,7 @@ KO = {
     "quantize.method.torchao_int8": "torchao int8 가중치 전용 (직렬화하여 저장)",
     "quantize.method.torchao_int4": "torchao int4 가중치 전용, 그룹 크기 128 (직렬화하여 저장; GPU에서)",
     "quantize.method.fp8": "torchao fp8 가중치 전용 (직렬화하여 저장; 연산 능력 8.9 이상의 GPU에서)",
+    "quantize.method.awq": "AWQ (보정 데이터 사용, 4비트, gptqmodel)",
     "quantize.group.column": "열 단위 (-1)", "quantize.desc_act": "활성값 순서 (desc_act)",
     "quantize.sym": "대칭", "quantize.damp": "감쇠 비율 (damp percent)",
     "quantize.samples": "보정 샘플 수", "quantize.seq_len": "샘플 길이 (토큰)",

@@ -20,5 +20,7 @@ fi
 # One resolver run over everything the target needs, held to the exact set CI tests (constraints.txt says why).
 requirements=(-r requirements.txt)
 [ "$target" = test ] && requirements+=(-r requirements-dev.txt)
-python3 -m pip install -q "${requirements[@]}" -c constraints.txt
+# DISABLE_CUDA=1: hqq's setup.py otherwise tries to build its optional CUDA kernel (hqq_aten, unused here) with
+# whatever nvcc and torch it finds, while pip builds it.
+DISABLE_CUDA=1 python3 -m pip install -q "${requirements[@]}" -c constraints.txt
 echo "setup ($target) done"

@@ -17,6 +17,7 @@ from __future__ import annotations
 from enum import Enum
 
 from ..errors import UnsupportedModeError
+from .awq import AWQ_BACKENDS, AWQMethod
 from .base import (
     DTYPES,
     QUANT_STORAGE,
@@ -31,10 +32,11 @@ from .base import (
 from .bitsandbytes import FourBitMethod, Int8Method
 from .floats import FloatMethod
 from .gptq import GPTQ_BACKENDS, GPTQMethod
+from .hqq import HQQMethod
 from .torchao import Fp8Method, TorchAoInt4Method, TorchAoInt8Method
 
-__all__ = ["ALL_OPTIONS", "DTYPES", "GPTQ_BACKENDS", "METHODS", "QUANT_STORAGE", "Mode", "Option", "QuantMethod",
-           "QuantOptions", "QuantizeJob", "QuantizeOutcome", "check_mode", "checkpoint_refusal", "is_installed",
+__all__ = ["ALL_OPTIONS", "AWQ_BACKENDS", "DTYPES", "GPTQ_BACKENDS", "METHODS", "QUANT_STORAGE", "Mode", "Option",
+           "QuantMethod", "QuantOptions", "QuantizeJob", "QuantizeOutcome", "check_mode", "checkpoint_refusal", "is_installed",
            "load_time_methods", "method_of", "parse_mode", "quantize_methods", "saved_method_name"]
 
 METHODS: dict[str, QuantMethod] = {
@@ -50,6 +52,8 @@ METHODS: dict[str, QuantMethod] = {
         TorchAoInt8Method(),
         TorchAoInt4Method(),
         Fp8Method(),
+        HQQMethod(),
+        AWQMethod(),
     )
 }
 """Every load mode by name, in the order the UI and the CLI list them."""
@@ -107,11 +111,13 @@ def checkpoint_refusal(method: QuantMethod, checkpoint_quantization: dict | None
             f"Use a checkpoint of one of these methods, or an unquantized one: "
             f"{', '.join(m.name for m in METHODS.values() if m.quantizes_weights)}.",
         )
-    what = f"GPTQ ({checkpoint_quantization.get('bits')}-bit)" if saved == "gptq" else f"{saved} ({loader.name})"
+    bits = checkpoint_quantization.get("bits")
+    what = (f"{saved.upper()} ({bits}-bit)" if loader.needs_quantized_checkpoint and bits
+            else f"{saved} ({loader.name})")
     raise UnsupportedModeError(
         f"This checkpoint is already quantized with {what}; it cannot be loaded as {method.name}.",
         f"Load it in mode {loader.name}"
-        + (", or load the original unquantized model for other modes." if saved == "gptq" else "."),
+        + (", or load the original unquantized model for other modes." if loader.needs_quantized_checkpoint else "."),
     )
 
 

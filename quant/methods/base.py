@@ -39,6 +39,12 @@ class QuantOptions:
     """torchao int4: weights per scale and zero point ("32", "64", "128", "256"; a choice, hence text)."""
     fp8_activation: str = "none"
     """fp8: "none" (weight-only) or "dynamic" (activations quantized to fp8 per token at run time)."""
+    hqq_bits: int = 4
+    hqq_group_size: int = 64
+    hqq_backend: str | None = None
+    """None picks the default for the bits and group size (see HQQMethod.default_backend)."""
+    awq_backend: str | None = None
+    """None picks the default for the checkpoint (see AWQMethod.default_backend)."""
     compute_dtype: str | None = field(default=None)
     """dtype of the non-quantized parts for quantized modes (None: the method's default)."""
 
@@ -79,7 +85,7 @@ class Option:
         if text not in {value for value, _ in self.choices}:
             raise UnsupportedModeError(f"Unknown {self.help.lower()} {text!r}.",
                                        f"Use one of {', '.join(v for v, _ in self.choices if v)}.")
-        return text
+        return int(text) if isinstance(self.default, int) and not isinstance(self.default, bool) else text
 
 
 # --- methods --------------------------------------------------------------------------------------------------------

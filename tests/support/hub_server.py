@@ -45,6 +45,10 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
+WRITER = "hf_writer_token_0123456789"
+READER = "hf_reader_token_0123456789"
+"""Tokens of the `hub` fixture's user alice (tests/unit/conftest.py): one that writes, one that only reads."""
+
 REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 INVALID_CREDENTIALS = "Invalid credentials in Authorization header"  # the exact text the client special-cases

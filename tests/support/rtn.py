@@ -3,10 +3,16 @@ checked on (tests/unit/test_quality.py)."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
+from quant.gptq import builtin_textsets
 from quant.loader import LoadRequest, load_model
+from quant.metrics import perplexity
 from tests.conftest import LLAMA
+
+HELD_OUT = builtin_textsets()["python-reference-heldout"].read_text()
 
 
 def rtn_model(bits: int, group_size: int):
@@ -25,3 +31,9 @@ def rtn_model(bits: int, group_size: int):
                 module.weight.data = (q * scale + low).reshape_as(w)
     loaded.model.to(torch.bfloat16)  # evaluated in the same dtype as the GPTQ model on the CPU
     return loaded
+
+
+@functools.cache
+def rtn_perplexity(bits: int, group_size: int) -> float:
+    """Held-out perplexity of the round-to-nearest baseline (computed once per setting for the whole session)."""
+    return perplexity(rtn_model(bits, group_size), HELD_OUT, max_tokens=4096).value

@@ -12,25 +12,12 @@ import torch
 from quant.hub import PushError, build_model_card, push_folder
 from quant.loader import LoadRequest, load_model
 from quant.methods import QuantOptions
-from tests.support.hub_server import FakeHub
-
-WRITER = "hf_writer_token_0123456789"
-READER = "hf_reader_token_0123456789"
+from tests.support.hub_server import READER, WRITER
 
 
 @pytest.fixture
 def quantized(quantized_llama):
     return quantized_llama
-
-
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
-    import transformers  # noqa: F401 - imported before patching, as the hub helper requires
-
-    with FakeHub(tokens={WRITER: "alice", READER: "alice"}, read_only=[READER]) as server:
-        server.patch_client(monkeypatch, tmp_path / "hf_home")
-        yield server
-        assert server.server_errors == []
 
 
 def folder_digest(folder) -> dict[str, str]:

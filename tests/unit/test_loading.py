@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import torch
 from quant.loader import LoadRequest, load_model
 from quant.source import resolve_location
 from tests.conftest import LLAMA, T5
+from tests.support.checkpoints import safetensors_parameter_count
 
 PROMPT = "The with statement is used to"
 
@@ -22,20 +22,6 @@ def greedy(loaded, prompt: str = PROMPT, new_tokens: int = 12) -> str:
         out = loaded.model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
     start = 0 if loaded.source.kind == "seq2seq" else inputs["input_ids"].shape[1]
     return loaded.tokenizer.decode(out[0, start:], skip_special_tokens=True)
-
-
-def safetensors_parameter_count(folder: Path) -> int:
-    """Count weights from the safetensors header alone: an independent measure of the model's size."""
-    with open(folder / "model.safetensors", "rb") as f:
-        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
-    total = 0
-    for name, meta in header.items():
-        if name != "__metadata__":
-            n = 1
-            for d in meta["shape"]:
-                n *= d
-            total += n
-    return total
 
 
 @pytest.mark.parametrize(
