@@ -28,7 +28,9 @@ case "${1:-}" in
       script=""
       for step in "$@"; do
         n=$((n + 1))
-        script+="echo \"\$(date +%T) step $n: ${step//\"/\\\"}\" >> $R/steps.log; ${step} > $R/step$n.log 2>&1; "
+        # Each step in a subshell that starts in the repo root: a `cd` in one step must not move the next (a step
+        # that ran `cd .whl/before` once made the following steps measure the old tree).
+        script+="echo \"\$(date +%T) step $n: ${step//\"/\\\"}\" >> $R/steps.log; (cd '$PWD' && ${step}) > $R/step$n.log 2>&1; "
       done
       setsid nohup bash -c "${script} echo \"\$(date +%T) done\" >> $R/steps.log; touch $R/done" \
         > /dev/null 2>&1 < /dev/null &
