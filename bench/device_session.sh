@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run GPU work as one detached job that outlives a single device `run` call (10 min each), and collect it.
 #
-#   run 1:  bash bench/device_session.sh start "python bench/gpu_cycles.py --out /tmp/sess" "python -m pytest tests/gpu -q"
+#   run 1:  bash bench/device_session.sh start "python bench/gpu_cycles.py --out /tmp/sess" "python -m pytest tests/gpu -q -n 0"
 #           (starts the steps one after another in the background, then waits like `wait`)
 #   run 2+: bash bench/device_session.sh wait 560      # waits up to 560 s more, copies /tmp/sess to $OUT
 #

@@ -117,7 +117,7 @@ def _names(keys: Iterable[str], limit: int = 6) -> str:
     return ", ".join(shown) + (f" and {len(parts) - limit} more" if len(parts) > limit else "")
 
 
-def unquantized_weights_note(model: nn.Module, mode: str, skipped: Iterable[str] = ()) -> str | None:
+def unquantized_weights_note(model: nn.Module, why: str, skipped: Iterable[str] = ()) -> str | None:
     """A report line naming the weight-holding modules a quantized mode left unquantized, or None.
 
     bitsandbytes and GPTQ quantize linear layers; transformers 5 keeps MoE experts as stacked tensors in modules of
@@ -145,8 +145,6 @@ def unquantized_weights_note(model: nn.Module, mode: str, skipped: Iterable[str]
     for name, module, _ in left:
         by_class.setdefault(type(module).__name__, []).append(name)
     listed = "; ".join(f"{len(names)} {cls} ({_names(names, 3)})" for cls, names in by_class.items())
-    why = ("bitsandbytes quantizes nn.Linear layers only" if mode in ("int8", "nf4", "fp4")
-           else "GPTQ quantizes linear layers only" if mode == "gptq" else f"{mode.upper()} quantizes linear layers only")
     return (f"{listed} stay in {dtype}, unquantized: {kept / max(total, 1):.0%} of the weights. {why}, and "
             "transformers keeps these as tensors of their own (MoE experts are stacked 3-D tensors).")
 

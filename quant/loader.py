@@ -241,7 +241,7 @@ def load_weights(request: LoadRequest, progress: ProgressFn | None = None,
             torch.cuda.synchronize()
         load_seconds = time.perf_counter() - started
         if method.quantizes_weights:
-            note = unquantized_weights_note(model, request.mode.value, skipped=options.int8_skip_modules)
+            note = unquantized_weights_note(model, method.quantizes_what, skipped=options.int8_skip_modules)
             if note:
                 warnings.append(note)
         _check_cpu_4bit_blocks(model, request)

@@ -137,6 +137,11 @@ class QuantMethod:
     """(module, pip name) the method needs."""
     quantizes_weights: ClassVar[bool] = True
     """False for plain dtypes: nothing to report as left unquantized."""
+
+    @property
+    def quantizes_what(self) -> str:
+        """Which layers it quantizes, for the load report's note on weights left unquantized."""
+        return f"{self.name.upper()} quantizes linear layers only"
     needs_quantized_checkpoint: ClassVar[bool] = False
     """It loads only checkpoints already quantized with it (GPTQ): Compare names them as `<name>:FOLDER`."""
     quantize_label: ClassVar[str | None] = None

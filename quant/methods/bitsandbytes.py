@@ -25,6 +25,7 @@ class BitsAndBytesMethod(QuantMethod):
 
     packages = (("bitsandbytes", "bitsandbytes"),)
     hub_tags = ("bitsandbytes",)
+    quantizes_what = "bitsandbytes quantizes nn.Linear layers only"
     card_requirements = "Loading needs `bitsandbytes` (`pip install bitsandbytes`)."
 
     def loads_checkpoint(self, checkpoint_quantization):

@@ -114,6 +114,7 @@ class TorchAoMethod(QuantMethod):
 
     packages = (("torchao", "torchao"),)
     hub_tags = ("torchao",)
+    quantizes_what = "torchao quantizes nn.Linear layers only"
     config_types: ClassVar[tuple[str, ...]] = ()
     """torchao config classes whose checkpoints this method loads."""
     precision_tag: ClassVar[str] = ""

@@ -361,3 +361,24 @@ def test_builds_are_the_real_configs_with_shrunk_sizes(families):
 
     with safe_open(families["gpt_neox"] / "model.safetensors", "pt") as f:
         assert "embed_out.weight" in f.keys()  # Pythia's own name for the head, as on the Hub
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_is_compared_in_every_cpu_mode(family, families):
+    """The Compare tab's work on each family: every CPU mode loads, answers, batches and is measured against the
+    16-bit reference (causal models: perplexity and next-token quality on a short text), one mode at a time."""
+    from quant.compare import compare, parse_mode_specs
+    from quant.registry import ModelRegistry
+
+    model = str(families[family])
+    registry = ModelRegistry(max_models=1)
+    results = list(compare(model, parse_mode_specs(model, list(MODE_LAYERS)), registry=registry, prompts=PROMPTS[:1],
+                           eval_text=PROMPTS[0] * 40, batch_size=2, new_tokens=4, answer_tokens=4, device_map="cpu"))
+    assert [r.label for r in results] == list(MODE_LAYERS) and not [r.error for r in results if r.error]
+    by_mode = {r.label: r for r in results}
+    assert by_mode["fp32"].footprint_bytes > by_mode["bf16"].footprint_bytes > by_mode["nf4"].footprint_bytes
+    assert all(len(r.answers) == 1 and r.decode_tokens_per_s > 0 and r.batch_tokens_per_s > 0 for r in results)
+    if FAMILIES[family].kind == "causal":  # (random seq2seq weights may answer with special tokens only: "")
+        assert all(r.answers[0].strip() and r.perplexity and r.kl_mean is not None and r.verdict for r in results)
+        assert by_mode["bf16"].kl_mean == 0 or by_mode["bf16"].reference == "bf16"
+    assert registry.loaded() == []  # each mode was released before the next loaded
