@@ -13,7 +13,7 @@ import shutil
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -77,6 +77,45 @@ class GPTQResult:
     seconds: float
     samples: int
     recipe: dict
+    layer_errors: list[dict] = field(default_factory=list)
+    """gptqmodel's per-module quantization error (`layer_errors`), one entry per quantized module."""
+
+
+def layer_errors(quant_log: list[dict] | None) -> list[dict]:
+    """gptqmodel's per-module quantization log (`model.quant_log`, gptqmodel/models/writer.py's keys) as
+    {"layer": int, "module": str, "loss": float | None}, in quantization order.
+
+    GPTQ's loss is the module's weight reconstruction error on the calibration Hessian (gptq_processor.py); AWQ's the
+    mean squared error of the output of the modules that share one scale search, at the best scale (awq_processor.py,
+    `_compute_best_scale`), so the modules of one group share it; AWQ writes "not applicable" for a module it did not
+    scale, kept here as None. gptqmodel writes the loss as text (`f"{loss:.10f}"`)."""
+    import math
+
+    from gptqmodel.models.writer import PROCESS_LOG_LAYER, PROCESS_LOG_MODULE, QUANT_LOG_LOSS
+
+    errors = []
+    for entry in quant_log or []:
+        layer, module = entry.get(PROCESS_LOG_LAYER), entry.get(PROCESS_LOG_MODULE)
+        if layer is None or module is None:
+            continue
+        try:
+            loss = float(entry.get(QUANT_LOG_LOSS))
+        except (TypeError, ValueError):
+            loss = None
+        errors.append({"layer": int(layer), "module": str(module),
+                       "loss": loss if loss is not None and math.isfinite(loss) else None})
+    return errors
+
+
+def layer_error_summary(errors: list[dict]) -> str | None:
+    """One line on the per-module quantization error: the mean and the worst module, or None without a loss."""
+    measured = [e for e in errors if e.get("loss") is not None]
+    if not measured:
+        return None
+    worst = max(measured, key=lambda e: e["loss"])
+    mean = sum(e["loss"] for e in measured) / len(measured)
+    return (f"mean loss {mean:.3g} over {len(measured)} modules; the worst is layer {worst['layer']} "
+            f"{worst['module']} ({worst['loss']:.3g})")
 
 
 def _layer_count(model) -> int:
@@ -389,4 +428,5 @@ def _quantize_with_gptqmodel(method: str, config, backend, model_location: str, 
             tokenizer.save_pretrained(folder)
 
         save_atomically(write, out_dir)
-    return GPTQResult(Path(out_dir), time.perf_counter() - started, len(samples), asdict(recipe))
+    return GPTQResult(Path(out_dir), time.perf_counter() - started, len(samples), asdict(recipe),
+                      layer_errors(getattr(model, "quant_log", None)))

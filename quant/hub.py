@@ -15,6 +15,7 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id as hub_validate_repo_id
 
 from .errors import QuantError
+from .gptq import layer_error_summary
 from .methods import METHODS
 from .quality import THRESHOLDS_TEXT
 
@@ -41,7 +42,9 @@ This is **{{ base_model }}** quantized with **{{ method }}** by the Quantization
 | {{ key }} | {{ value }} |
 {% endfor %}
 Calibration data: {{ calibration }}.
-
+{% if layer_errors %}
+Quantization error per module (gptqmodel's loss, in `quantization_report.json`): {{ layer_errors }}.
+{% endif %}
 ## Measured
 
 | | size on disk (MiB) | perplexity |
@@ -121,6 +124,7 @@ def build_model_card(result, repo_id: str | None = None) -> ModelCard:
         repo_id=repo_id or "<user>/<repo>", base_model=result.base_model,
         method=method.card_name,
         recipe=_recipe_rows(result), calibration=result.calibration, rows=result.comparison_rows(),
+        layer_errors=layer_error_summary(getattr(result, "layer_errors", None) or []),
         eval_text=result.eval_text, seconds=f"{result.seconds:.0f}", versions=result.versions,
         quality=_quality_cells(getattr(result, "quality", None)), warnings=getattr(result, "warnings", []),
         thresholds=THRESHOLDS_TEXT,

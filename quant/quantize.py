@@ -120,6 +120,9 @@ class QuantizeResult:
     positions, perplexity_ratio, kl_mean, kl_p99, top1_agreement, dp_mean, dp_p1, verdict."""
     warnings: list[str] = field(default_factory=list)
     """E.g. the evaluation text overlaps the calibration text (the measured quality is then optimistic)."""
+    layer_errors: list[dict] = field(default_factory=list)
+    """The quantization error gptqmodel computed per module (GPTQ, AWQ): {"layer", "module", "loss"} in the order
+    they were quantized (quant.gptq.layer_errors); empty for methods without calibration."""
 
     def comparison_rows(self) -> list[list]:
         def fmt(v):
@@ -291,7 +294,7 @@ def quantize(model: str, *, method: str, recipe: GPTQRecipe | None = None,
         base_model=model, method=method, out_dir=str(out_dir), recipe=outcome.recipe,
         calibration=outcome.calibration, seconds=seconds, original_bytes=size_on_disk(local),
         quantized_bytes=size_on_disk(out_dir), eval_text=f"built-in '{EVAL_TEXTSET}' (held out of calibration)",
-        versions=library_versions(), kind=source.kind)
+        versions=library_versions(), kind=source.kind, layer_errors=outcome.layer_errors)
     if texts is not None:
         warning = overlap_warning(eval_text, texts)
         if warning:

@@ -108,6 +108,7 @@ EN = {
     "quantize.calibration.paste": "Paste text", "quantize.calibration.upload": "Upload .txt / .jsonl",
     "quantize.calibration.text": "Calibration text", "quantize.calibration.file": "Calibration file",
     "quantize.table": "Original vs quantized",
+    "quantize.layer_errors": "Quantization error per layer and module (gptqmodel's loss; GPTQ and AWQ only)",
     "quantize.files": "The quantized folder's files",
     "push.intro": "### Push to the Hugging Face Hub\nThe folder is on disk first; a failed push can be retried from it.",
     "push.folder": "Folder to push", "push.repo": "Repo id", "push.token": "Hugging Face token (write)",
@@ -227,6 +228,7 @@ KO = {
     "quantize.calibration.paste": "텍스트 붙여넣기", "quantize.calibration.upload": ".txt / .jsonl 업로드",
     "quantize.calibration.text": "보정 텍스트", "quantize.calibration.file": "보정 파일",
     "quantize.table": "원본 대 양자화",
+    "quantize.layer_errors": "레이어·모듈별 양자화 오차 (gptqmodel의 손실; GPTQ와 AWQ만)",
     "quantize.files": "양자화된 폴더의 파일",
     "push.intro": "### Hugging Face Hub에 업로드\n폴더는 먼저 디스크에 저장됩니다. 업로드가 실패하면 그 폴더에서 다시 "
                   "시도할 수 있습니다.",

@@ -20,6 +20,16 @@ from .common import Slider, as_text, new_stop_event, stop_button, t, user_errors
 from .shared import Shared
 
 QUANTIZE_TABLE_HEADERS = ["model", "size on disk (MiB)", "perplexity (held-out text)"]
+LAYER_ERROR_COLUMNS = ["layer", "loss", "module"]
+
+
+def layer_error_frame(layer_errors: list[dict]):
+    """The layer-error plot's data: a row per quantized module with a loss (QuantizeResult.layer_errors); no rows
+    for a method without calibration (and for AWQ's modules it did not scale, which have no loss)."""
+    import pandas as pd
+
+    return pd.DataFrame([{"layer": e["layer"], "loss": e["loss"], "module": e["module"]}
+                         for e in layer_errors if e.get("loss") is not None], columns=LAYER_ERROR_COLUMNS)
 
 
 def token_for(typed: str | None, oauth_token: gr.OAuthToken | None) -> str | None:
@@ -39,7 +49,8 @@ def token_for(typed: str | None, oauth_token: gr.OAuthToken | None) -> str | Non
 
 @user_errors
 def run_quantize(request: gr.Request, oauth_token: gr.OAuthToken | None, progress=gr.Progress(), **fields):
-    """Quantize, save, measure; returns the comparison, the folder and its files (for download). The form's fields
+    """Quantize, save, measure; returns the comparison, the folder and its files (for download), the proposed repo id
+    and the per-module quantization error (plotted; empty without calibration). The form's fields
     arrive by QuantizeForm field name; its token reads the source model (gated or private), from the tab's own token
     box, or the visitor's login on a Space."""
     form = QuantizeForm.from_values(fields)
@@ -61,7 +72,8 @@ def run_quantize(request: gr.Request, oauth_token: gr.OAuthToken | None, progres
     username = getattr(request, "username", None)
     # With a login the repo id is proposed whole; without one, the Push box stays empty (its placeholder shows the
     # form), rather than holding a "<user>/..." that Push would refuse.
-    return (status, result.comparison_rows(), str(folder), files, default_repo_id(username, folder) if username else "")
+    return (status, result.comparison_rows(), str(folder), files, default_repo_id(username, folder) if username else "",
+            layer_error_frame(result.layer_errors))
 
 
 @user_errors
@@ -121,6 +133,7 @@ def build(shared: Shared) -> None:
             stop_btn = gr.Button(t("stop"))
         status = gr.Markdown()
         table = gr.Dataframe(headers=QUANTIZE_TABLE_HEADERS, interactive=False, label=t("quantize.table"))
+        layer_plot = gr.LinePlot(x="layer", y="loss", color="module", label=t("quantize.layer_errors"), height=260)
         files = gr.File(label=t("quantize.files"), file_count="multiple", interactive=False)
         gr.Markdown(t("push.intro"))
         with gr.Row():
@@ -143,7 +156,9 @@ def build(shared: Shared) -> None:
     method.change(show_recipe, method, recipe_group, api_name=False)
     calibration_source.change(show_calibration_source, calibration_source, [calibration_text, calibration_file],
                               api_name=False)
-    run_btn.click(run_quantize, inputs_kwargs=form, outputs=[status, table, push_folder_box, files, push_repo],
+    # The plot comes last: clients that read the first five outputs by position still get what they got before.
+    run_btn.click(run_quantize, inputs_kwargs=form,
+                  outputs=[status, table, push_folder_box, files, push_repo, layer_plot],
                   api_name="quantize", concurrency_limit=1, concurrency_id="quantize", show_progress_on=[status])
     stop_button(stop_btn, "quantize_stop")
     push_btn.click(run_push, [push_folder_box, push_repo, push_private, push_overwrite, push_token], push_status,

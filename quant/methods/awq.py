@@ -200,4 +200,4 @@ class AWQMethod(QuantMethod):
                               stop=job.stop)
         recipe = {"bits": job.recipe.bits, "group_size": job.recipe.group_size, "zero_point": True,
                   "version": "gemm", "num_samples": result.samples, "seq_len": job.recipe.seq_len}
-        return QuantizeOutcome(recipe, job.calibration_description)
+        return QuantizeOutcome(recipe, job.calibration_description, result.layer_errors)

@@ -115,6 +115,8 @@ class QuantizeOutcome:
     """What the card and the report record as the method's settings."""
     calibration: str
     """What it was calibrated on, or why there is no calibration."""
+    layer_errors: list[dict] = field(default_factory=list)
+    """The calibrated methods' per-module quantization error (quant.gptq.layer_errors); empty for the others."""
 
 def is_installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None

@@ -202,9 +202,10 @@ class GPTQMethod(QuantMethod):
     def quantize(self, job):
         from ..gptq import quantize_gptq
 
-        quantize_gptq(job.source_folder, job.recipe, job.calibration_texts or [], job.out_dir, device=job.device,
-                      progress=lambda f, m: job.progress(0.05 + 0.75 * f, m), stop=job.stop)
-        return QuantizeOutcome(asdict(job.recipe), job.calibration_description)
+        result = quantize_gptq(job.source_folder, job.recipe, job.calibration_texts or [], job.out_dir,
+                               device=job.device, progress=lambda f, m: job.progress(0.05 + 0.75 * f, m),
+                               stop=job.stop)
+        return QuantizeOutcome(asdict(job.recipe), job.calibration_description, result.layer_errors)
 
 
 def _mark_gptq_weights_as_loaded() -> None:

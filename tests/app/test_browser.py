@@ -386,6 +386,10 @@ def test_5_quantize_and_push(ui):
     expect(gptq.get_by_role("gridcell").nth(0)).to_have_text("gptq")
     size = lambda row: float(row.get_by_role("gridcell").nth(1).inner_text())  # noqa: E731
     assert size(gptq) < size(original)
+    # gptqmodel's error per module: a line per module of the Llama layers (q, k, v, o, gate, up, down)
+    layer_plot = tab.locator(".block").filter(has=page.locator(".vega-embed")).filter(
+        has_text="Quantization error per layer and module")
+    expect(layer_plot.locator(".vega-embed svg .mark-line path")).to_have_count(7)
     folder_box = tab.get_by_label("Folder to push")
     # in this visitor's own folder under the output folder
     expect(folder_box).to_have_value(re.compile(re.escape(str(ui.output_dir)) +

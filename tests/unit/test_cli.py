@@ -86,7 +86,9 @@ def test_every_subcommand_with_json_prints_json_alone_on_stdout(tmp_path, gptq_l
         json.loads(stdout)  # nothing else on stdout
     assert json.loads(outputs["load"][0])["quantization"]["backend"] == "gptq_int4pack"
     assert json.loads(outputs["batch"][0])["done"] == 2
-    assert json.loads(outputs["quantize"][0])["method"] == "gptq"
+    quantized = json.loads(outputs["quantize"][0])
+    assert quantized["method"] == "gptq" and len(quantized["layer_errors"]) == 4 * 7  # the demo Llama: 4 layers
+    assert all(e["loss"] >= 0 for e in quantized["layer_errors"])
     compared, table = json.loads(outputs["compare"][0]), outputs["compare"][1]  # the table goes to stderr
     assert [r["label"] for r in compared["results"]] == ["bf16", "nf4", f"gptq:{gptq_llama_dir}"]
     assert compared["schema"] == 2 and compared["quality"]["window"] == compared["quality"]["stride"] == 512

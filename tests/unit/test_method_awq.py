@@ -49,6 +49,15 @@ def test_the_quantize_pipeline_writes_an_awq_checkpoint_with_its_card(awq_llama)
     assert "| zero_point | True |" in card and "| version | gemm |" in card and "| num_samples | 64 |" in card
     assert "gptqmodel" in card and f"{awq_llama.quantized_perplexity:.2f}" in card
     assert awq_llama.versions.get("gptqmodel")
+    # AWQ's loss per module: the output error of its scale search, shared by the modules scaled together (q/k/v,
+    # gate/up); None where gptqmodel applied no scale ("not applicable": o_proj, when v_proj's output and o_proj's
+    # input differ in shape, as with grouped-query attention, or when gptqmodel skips it)
+    errors = json.loads((out / "quantization_report.json").read_text())["layer_errors"]
+    assert errors == awq_llama.layer_errors and {e["layer"] for e in errors} == {0, 1, 2, 3}
+    assert len(errors) == 4 * 7 and all(e["loss"] is None or e["loss"] >= 0 for e in errors)
+    scaled = [e for e in errors if e["loss"] is not None]
+    assert {e["module"] for e in scaled} >= {"self_attn.q_proj", "mlp.gate_proj", "mlp.down_proj"}
+    assert f"over {len(scaled)} modules; the worst is layer" in card
 
 
 @pytest.mark.parametrize(("backend", "layer", "per_weight"), [

@@ -66,6 +66,35 @@ def test_quantized_folder_is_complete_with_card_and_report(quantized_llama):
     assert loaded.report.quantization["bits"] == 4
 
 
+def test_the_report_and_card_carry_gptqmodels_error_per_module_and_the_tab_plots_it(quantized_llama):
+    """GPTQ's loss per module (gptqmodel's quant_log): one entry per quantized linear of every layer, finite and
+    non-negative, in the report as in the result; the card names the mean and the worst module; the Quantize tab's
+    plot has a row per entry."""
+    from transformers import AutoConfig
+
+    from quant.source import resolve_location
+    from ui.quantize_tab import LAYER_ERROR_COLUMNS, layer_error_frame
+
+    out = Path(quantized_llama.out_dir)
+    errors = json.loads((out / "quantization_report.json").read_text())["layer_errors"]
+    assert errors == quantized_llama.layer_errors
+    layers = AutoConfig.from_pretrained(resolve_location(LLAMA)[0]).num_hidden_layers
+    modules = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+               "mlp.up_proj", "mlp.down_proj"}
+    assert sorted((e["layer"], e["module"]) for e in errors) == sorted((i, m) for i in range(layers) for m in modules)
+    assert all(isinstance(e["loss"], float) and math.isfinite(e["loss"]) and e["loss"] >= 0 for e in errors)
+    assert any(e["loss"] > 0 for e in errors)
+    worst = max(errors, key=lambda e: e["loss"])
+    mean = sum(e["loss"] for e in errors) / len(errors)
+    card = (out / "README.md").read_text()
+    assert (f"Quantization error per module (gptqmodel's loss, in `quantization_report.json`): mean loss {mean:.3g} "
+            f"over {len(errors)} modules; the worst is layer {worst['layer']} {worst['module']} "
+            f"({worst['loss']:.3g}).") in card
+    frame = layer_error_frame(errors)
+    assert list(frame.columns) == LAYER_ERROR_COLUMNS and len(frame) == len(errors)
+    assert layer_error_frame([]).empty  # a method without calibration: an empty plot
+
+
 def test_evaluation_text_overlapping_the_calibration_is_warned_about(tmp_path):
     from quant.quantize import overlap_warning
 
