@@ -118,6 +118,7 @@ class QuantizeOutcome:
     layer_errors: list[dict] = field(default_factory=list)
     """The calibrated methods' per-module quantization error (quant.gptq.layer_errors); empty for the others."""
 
+
 def is_installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
