@@ -3,7 +3,6 @@ AWQ quantization with gptqmodel (quant.gptq.quantize_awq)."""
 
 from __future__ import annotations
 
-import gc
 import os
 from dataclasses import replace
 
@@ -12,6 +11,7 @@ import torch
 from ..errors import UnsupportedModeError
 from ..int4pack import GROUP_SIZES as INT4PACK_GROUP_SIZES
 from .base import DTYPES, Option, QuantizeOutcome, QuantMethod, is_installed, saved_method_name
+from .gptq import repack_for_int4_kernel
 
 AWQ_BACKENDS: dict[str, str] = {
     "awq_int4pack": "PyTorch's int4 matmul (tinygemm): CPU and GPU, 4-bit, group size 32-256, no build; bf16",
@@ -148,25 +148,7 @@ class AWQMethod(QuantMethod):
     def after_load(self, model, options, progress):
         if options.awq_backend != "awq_int4pack":
             return []
-        progress(0.85, "Repacking the AWQ layers for PyTorch's int4 kernel")
-        from ..int4pack import repack_model
-        from ..settings import load_settings
-
-        result = repack_model(model, dequantize_from_rows=load_settings().int4_dequantize_rows)
-        gc.collect()  # the torch-kernel layers just replaced
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        warnings = [f"Long prompts use tinygemm: {result.dequantize_reason}."] if result.dequantize_reason else []
-        if result.reason is None:
-            return warnings
-        return warnings + [f"{result.left} AWQ layers stay on the awq_torch kernel ({result.layers} moved to the "
-                           f"int4 kernel): {result.reason}."]
-
-    def report_record(self, record, options):
-        """awq_int4pack loads through gptqmodel's torch kernel, so the config names that one: name the one that runs."""
-        if isinstance(record, dict):
-            record = {**record, "backend": options.awq_backend}
-        return record
+        return repack_for_int4_kernel(model, progress, "AWQ", "awq_torch")
 
     def compile_refusal(self, options):
         if options.awq_backend in self.TRACEABLE_BACKENDS:

@@ -212,7 +212,12 @@ class QuantMethod:
         return []
 
     def report_record(self, record: dict | None, options: QuantOptions) -> dict | None:
-        """The load report's `quantization` entry, from the model's own quantization config."""
+        """The load report's `quantization` entry, from the model's own quantization config, naming the kernel that
+        runs where the user picks one (gptq_int4pack and awq_int4pack load through a torch kernel, which the config
+        names)."""
+        kernel = self.kernel(options)
+        if kernel and isinstance(record, dict):
+            record = {**record, "backend": kernel}
         return record
 
     # How it generates

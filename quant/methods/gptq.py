@@ -153,25 +153,7 @@ class GPTQMethod(QuantMethod):
     def after_load(self, model, options, progress):
         if options.gptq_backend != "gptq_int4pack":
             return []
-        progress(0.85, "Repacking the GPTQ layers for PyTorch's int4 kernel")
-        from ..int4pack import repack_model
-        from ..settings import load_settings
-
-        result = repack_model(model, dequantize_from_rows=load_settings().int4_dequantize_rows)
-        gc.collect()  # the torch-kernel layers just replaced
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        warnings = [f"Long prompts use tinygemm: {result.dequantize_reason}."] if result.dequantize_reason else []
-        if result.reason is None:
-            return warnings
-        return warnings + [f"{result.left} GPTQ layers stay on the gptq_torch kernel ({result.layers} moved to the "
-                           f"int4 kernel): {result.reason}."]
-
-    def report_record(self, record, options):
-        """gptq_int4pack loads through gptq_torch, so the config itself names that one: name the kernel that runs."""
-        if isinstance(record, dict):
-            record = {**record, "backend": options.gptq_backend}
-        return record
+        return repack_for_int4_kernel(model, progress, "GPTQ", "gptq_torch")
 
     def compile_refusal(self, options):
         if options.gptq_backend in self.TRACEABLE_BACKENDS:
@@ -206,6 +188,24 @@ class GPTQMethod(QuantMethod):
                                device=job.device, progress=lambda f, m: job.progress(0.05 + 0.75 * f, m),
                                stop=job.stop)
         return QuantizeOutcome(asdict(job.recipe), job.calibration_description, result.layer_errors)
+
+
+def repack_for_int4_kernel(model, progress, method: str, loaded_with: str) -> list[str]:
+    """Move a GPTQ or AWQ model's torch-kernel layers to PyTorch's int4 kernel (quant.int4pack) after loading;
+    warnings for long prompts and for layers that stay on `loaded_with`."""
+    from ..int4pack import repack_model
+    from ..settings import load_settings
+
+    progress(0.85, f"Repacking the {method} layers for PyTorch's int4 kernel")
+    result = repack_model(model, dequantize_from_rows=load_settings().int4_dequantize_rows)
+    gc.collect()  # the torch-kernel layers just replaced
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    warnings = [f"Long prompts use tinygemm: {result.dequantize_reason}."] if result.dequantize_reason else []
+    if result.reason is None:
+        return warnings
+    return warnings + [f"{result.left} {method} layers stay on the {loaded_with} kernel ({result.layers} moved to the "
+                       f"int4 kernel): {result.reason}."]
 
 
 def _mark_gptq_weights_as_loaded() -> None:
