@@ -136,9 +136,11 @@ def theory(request: LoadRequest) -> dict:
     planned = prepared.kwargs.get("quantization_config")
     quantization = prepared.source.checkpoint_quantization or (planned.to_dict() if planned is not None else None)
     quantized, total = weight_counts(prepared.source)
-    return {"theory_bytes": estimate_footprint(prepared.source, request.mode, planned),
-            "bytes_per_weight_theory": method.bytes_per_weight(quantization) if method.quantizes_weights
-            else method.rest_bytes_per_weight,
+    per_weight = (method.loaded_bytes_per_weight(quantization, request.options) if method.quantizes_weights
+                  else method.rest_bytes_per_weight)
+    return {"theory_bytes": int(quantized * per_weight + (total - quantized) * method.rest_bytes_per_weight),
+            "estimate_before_load_bytes": estimate_footprint(prepared.source, request.mode, planned),
+            "bytes_per_weight_theory": per_weight,
             "rest_bytes_per_weight": method.rest_bytes_per_weight,
             "quantized_weights": quantized, "total_weights": total}
 
@@ -172,13 +174,17 @@ def bench_shape(shape: str, args, bandwidth: float | None, modes: list[BenchMode
     for path in args.paths.split(","):
         os.environ["QUANT_FAST_GENERATION"] = {"eager": "off", "compiled": "all"}[path]
         registry = ModelRegistry(max_models=1)
-        for mode, row in zip(modes, compare(str(checkpoint), specs, registry=registry, prompts=prompt, eval_text="",
+        # --quality: the Compare tab's default measurement, next-token quality on the built-in held-out text included
+        row_started = time.perf_counter()
+        for mode, row in zip(modes, compare(str(checkpoint), specs, registry=registry, prompts=prompt,
+                                            eval_text=None if args.quality else "",
                                             batch_size=args.batch_size, new_tokens=args.new_tokens, answer_tokens=4,
                                             device_map=args.device_map)):
             record = asdict(row)
             record.pop("answers")
             record.update(path=path, method=mode.method, options=mode.options, goal=goal_of(mode),
-                          quantize_seconds=quantize_seconds.get(mode.label))
+                          quantize_seconds=quantize_seconds.get(mode.label),
+                          row_seconds=time.perf_counter() - row_started)
             spec = next(s for s in specs if s.label == mode.label)
             if not row.error:
                 try:
@@ -200,6 +206,7 @@ def bench_shape(shape: str, args, bandwidth: float | None, modes: list[BenchMode
                   f"({record.get('footprint_vs_theory', 0):+.2%} vs theory), load {row.load_seconds or 0:.1f} s, "
                   f"compile {row.compile_seconds or 0:.1f} s, {row.generation_path}", flush=True)
             (args.out / f"{args.stem}.partial.json").write_text(json.dumps(summary, indent=1))  # survives a timeout
+            row_started = time.perf_counter()
     os.environ.pop("QUANT_FAST_GENERATION", None)
     bf16 = {r["path"]: r["decode_tokens_per_s"] for r in rows if r["method"] == "bf16" and not r["error"]
             and not r["options"]}
@@ -207,6 +214,10 @@ def bench_shape(shape: str, args, bandwidth: float | None, modes: list[BenchMode
         base = bf16.get(r["path"])
         r["ratio_to_bf16"] = r["decode_tokens_per_s"] / base if base and not r["error"] else None
     return result
+
+
+def _number(value, spec: str) -> str:
+    return "" if value is None else format(value, spec)
 
 
 def markdown(summary: dict) -> str:
@@ -222,11 +233,12 @@ def markdown(summary: dict) -> str:
     for shape in summary["shapes"]:
         lines += [f"## Llama-{shape['shape']} shape", "",
                   "| mode | path | b1 tok/s | ratio to bf16 | goal | TTFT s | footprint MiB | vs theory | bytes/weight "
-                  "(theory) | load s | compile s | b{0} tok/s | layers | generation |".format(summary["batch_size"]),
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "(theory) | load s | compile s | b{0} tok/s | layers | generation | row s | ppl ratio | KL mean | "
+                  "top-1 % |".format(summary["batch_size"]),
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in shape["modes"]:
             if r["error"]:
-                lines.append(f"| {r['label']} | {r['path']} | failed: {r['error']} |||||||||||")
+                lines.append(f"| {r['label']} | {r['path']} | failed: {r['error']} |||||||||||||||")
                 continue
             layers = ", ".join(f"{k}×{v}" for k, v in r["linear_layers"].items() if k != "Linear") or "Linear"
             goal = r["goal"]
@@ -239,7 +251,8 @@ def markdown(summary: dict) -> str:
                 f"{r['footprint_bytes'] / MiB:,.1f} | {f'{vs:+.2%}' if vs is not None else 'n/a'} | "
                 f"{r.get('bytes_per_weight_measured', 0):.4f} ({r.get('bytes_per_weight_theory', 0):.4f}) | "
                 f"{r['load_seconds']:.1f} | {r['compile_seconds'] or 0:.1f} | {r['batch_tokens_per_s']:,.1f} | "
-                f"{layers} | {r['generation_path']} |")
+                f"{layers} | {r['generation_path']} | {r['row_seconds']:.1f} | {_number(r['perplexity_ratio'], '.3f')} | "
+                f"{_number(r['kl_mean'], '.4f')} | {_number(r['top1_agreement'], '.1f')} |")
         off = [r["label"] for r in shape["modes"] if r.get("footprint_vs_theory") is not None
                and abs(r["footprint_vs_theory"]) > FOOTPRINT_GOAL]
         lines += ["", f"Footprints within {FOOTPRINT_GOAL:.0%} of theory: "
@@ -264,6 +277,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prompt-words", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=8, help="batch throughput (eager unless compiled)")
+    parser.add_argument("--quality", action="store_true",
+                        help="measure next-token quality against bf16 on the built-in held-out text, as the Compare "
+                             "tab does (issue 25: its seconds per mode, the row_seconds column)")
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
     modes = parse_modes(args.modes)  # refuses an unknown mode or option before anything is built
@@ -284,7 +300,7 @@ def main() -> None:
     args.stem = (f"methods-bench-{args.shapes.replace(',', '-')}-{'cuda' if on_gpu else 'cpu'}{args.tag}")
     summary = {"device": device, "versions": versions, "bandwidth_gb_s": None, "new_tokens": args.new_tokens,
                "batch_size": args.batch_size, "cache_tokens": args.cache_tokens,
-               "compile_backend": args.compile_backend, "modes": args.modes, "shapes": []}
+               "compile_backend": args.compile_backend, "modes": args.modes, "quality": args.quality, "shapes": []}
     bandwidth = copy_bandwidth() if on_gpu else None
     summary["bandwidth_gb_s"] = bandwidth / 1e9 if bandwidth else None
     started = time.perf_counter()

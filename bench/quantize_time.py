@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.llama_shapes import build_checkpoint  # noqa: E402
-from bench.results_files import write_results  # noqa: E402
+from bench.common import write_results  # noqa: E402
 from quant.access import ANY_FOLDER  # noqa: E402
 from quant.gptq import GPTQRecipe  # noqa: E402
 from quant.loader import LoadRequest, loaded_for_measuring  # noqa: E402

@@ -200,6 +200,12 @@ class QuantMethod:
     rest_bytes_per_weight: ClassVar[float] = 2.0
     """Bytes a weight left unquantized takes (embeddings, norms, the output head)."""
 
+    def loaded_bytes_per_weight(self, checkpoint_quantization: dict | None, options: QuantOptions) -> float:
+        """Bytes a quantized linear weight takes once the model is loaded: what the load report's footprint is held
+        against (bench/methods_bench.py). The same as `bytes_per_weight` unless the method quantizes after the
+        weights have loaded in 16 bits (HQQ), when the estimate before loading must be the larger peak."""
+        return self.bytes_per_weight(checkpoint_quantization)
+
     def load_note(self, options: QuantOptions) -> str:
         """Said in the progress line while the weights load (e.g. a kernel that is built on first use)."""
         return ""

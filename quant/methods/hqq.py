@@ -101,6 +101,11 @@ class HQQMethod(QuantMethod):
         `quant.hqq.bytes_per_weight(bits, group_size)` (4-bit, group 64: 0.5625 bytes a weight)."""
         return 2.0
 
+    def loaded_bytes_per_weight(self, checkpoint_quantization, options):
+        from quant.hqq import bytes_per_weight
+
+        return bytes_per_weight(options.hqq_bits, options.hqq_group_size)
+
     def load_note(self, options):
         return f" (then quantized with HQQ, {options.hqq_bits}-bit, group size {options.hqq_group_size})"
 

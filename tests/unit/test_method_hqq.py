@@ -15,7 +15,7 @@ from quant.generation import GenerationSettings, stream_chat
 from quant.hqq import HQQDequantLinear, bytes_per_weight, layer_bytes, quantize_layer
 from quant.int4pack import Int4PackedLinear
 from quant.loader import LoadRequest, load_model
-from quant.methods import QuantOptions, check_mode
+from quant.methods import METHODS, QuantOptions, check_mode
 from quant.source import resolve_location
 from tests.conftest import LLAMA
 from tests.support.checkpoints import PROMPTS, assert_batch_matches_one_by_one, block_and_rest, safetensors_parameter_count
@@ -44,6 +44,12 @@ def test_each_bit_width_loads_with_the_footprint_of_its_bits(bits, group_size, l
                     if type(m).__name__ == layer)
     assert report.footprint_bytes == quantized + 2 * rest + buffers
     assert quantized == pytest.approx(block * bytes_per_weight(bits, group_size), rel=0.03 if bits == 3 else 0)
+    # What the method object says a loaded weight takes (the bench's theory), not the 16-bit peak it plans room for.
+    method = METHODS["hqq"]
+    options = loaded.request.options
+    assert method.bytes_per_weight(None) == 2.0
+    assert quantized == pytest.approx(block * method.loaded_bytes_per_weight(None, options), rel=0.03 if bits == 3
+                                      else 0)
     quantization = report.quantization
     assert (quantization["quant_method"], quantization["nbits"], quantization["group_size"]) == ("hqq", bits,
                                                                                                    group_size)

@@ -1,0 +1,51 @@
+"""Every script in bench/ starts and parses its arguments, run as the device session runs it (`python bench/x.py`):
+a GPU session must not be spent on an import error (one script imported a module that no longer existed). The
+scripts run as programs, not imported: tests do not import from bench/."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = sorted(p.name for p in (ROOT / "bench").glob("*.py") if "def main(" in p.read_text())
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+RUN_EACH_WITH_HELP = """
+import contextlib, io, runpy, sys
+failed = []
+for script in sys.argv[1:]:
+    sys.argv = [script, "--help"]
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(script, run_name="__main__")
+        failed.append(f"{script}: --help did not exit")
+    except SystemExit as exited:
+        if exited.code != 0 or "usage:" not in out.getvalue():
+            failed.append(f"{script}: exit {exited.code}")
+    except Exception as exc:
+        failed.append(f"{script}: {type(exc).__name__}: {exc}")
+print("\\n".join(failed))
+"""
+
+
+def test_every_bench_script_starts_and_prints_its_usage():
+    """One interpreter runs each script as __main__ with --help (one torch import instead of fifteen)."""
+    assert len(SCRIPTS) >= 10
+    done = run_script("-c", RUN_EACH_WITH_HELP, *(f"bench/{name}" for name in SCRIPTS))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "", done.stdout
+
+
+def test_methods_bench_refuses_an_unknown_option_before_building_anything(tmp_path):
+    done = run_script("bench/methods_bench.py", "--modes", "bf16,hqq[hqq_bitz=3]", "--out", str(tmp_path / "out"),
+                      "--work", str(tmp_path / "work"))
+    assert done.returncode != 0
+    assert "hqq has no option 'hqq_bitz'" in done.stderr
+    assert not (tmp_path / "work").exists()
