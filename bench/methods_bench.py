@@ -123,6 +123,7 @@ def weight_counts(source) -> tuple[int, int]:
 
     with init_empty_weights():
         skeleton = AutoModelForCausalLM.from_config(source.config)
+    skeleton.tie_weights()  # as quant.registry.estimate_footprint: a tied head is one tensor, not two
     head = skeleton.get_output_embeddings()
     quantized = sum(m.weight.numel() for m in skeleton.modules() if isinstance(m, torch.nn.Linear) and m is not head)
     return quantized, sum(p.numel() for p in skeleton.parameters())
