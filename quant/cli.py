@@ -239,6 +239,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"{r.label:<24}{r.footprint_bytes / 2**20:>9.1f}{r.load_seconds:>8.2f}{r.time_to_first_token_s:>8.3f}"
               f"{r.decode_tokens_per_s:>10.1f}{r.batch_tokens_per_s:>12.1f}"
               f"{(r.perplexity if r.perplexity is not None else float('nan')):>9.2f}  {r.generation_path}", file=table)
+    kept = [(r, group) for r in results if not r.error for group in r.kept]
+    if kept:
+        from .kept import kept_label
+
+        print("\nleft out of the mode (unquantized or wider dtype):", file=table)
+        for r, group in kept:
+            print(f"{r.label:<24}{kept_label(r.mode)}: {group['text']}", file=table)
     quality = [r for r in results if not r.error and r.reference]
     if quality:
         r0 = quality[0]

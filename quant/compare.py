@@ -88,6 +88,8 @@ class ModeResult:
     batch_tokens_per_s: float | None = None
     perplexity: float | None = None
     linear_layers: dict | None = None
+    kept: list[dict] = field(default_factory=list)
+    """Modules the load left unquantized or wider than the mode's dtype, one record per reason (the load report's)."""
     attn_implementation: str | None = None
     generation_path: str = ""
     """Which generation path the speed measurements ran on (compiled or eager, and why)."""
@@ -176,6 +178,7 @@ def measure_mode(loaded: LoadedModel, result: ModeResult, *, prompts: list[str],
     result.load_seconds = report.load_seconds
     result.compile_seconds = report.compile_seconds
     result.linear_layers = report.linear_layers
+    result.kept = report.kept
     result.attn_implementation = report.attn_implementation
     measure_decode(loaded, prompts[0], 4)  # warm-up: kernels, caches, allocator
     if torch.cuda.is_available():

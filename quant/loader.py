@@ -19,6 +19,7 @@ from .attention import check_attention
 from .errors import PlacementError, QuantError, UnsupportedModeError
 from .families import layout_hint, loading_problems, names_text, unquantized_weights_note
 from .fastpath import GenerationPath, configure_kernel_cache, eager_path, prepare_generation_path
+from .kept import kept_groups
 from .methods import Mode, QuantMethod, QuantOptions, check_mode, parse_mode
 from .placement import parse_device_map, parse_max_memory, target_is_cuda
 from .report import (
@@ -279,6 +280,9 @@ def load_weights(request: LoadRequest, progress: ProgressFn | None = None,
         quantization=method.report_record(_jsonable(quant.to_dict() if hasattr(quant, "to_dict") else quant),
                                           options),
         warnings=warnings,
+        kept=[group.to_dict(request.mode.value, kwargs["dtype"])
+              for group in kept_groups(model, kwargs["dtype"], method.quantizes_weights,
+                                       user_skips=options.int8_skip_modules)],
     )
     progress(0.91, "A first forward pass")
     try:

@@ -142,6 +142,9 @@ class LoadReport:
     """Compiling and warming the decode step at load time (0 on the eager path)."""
     static_cache_bytes: int = 0
     """KV cache held by the compiled path (one static cache per compiled batch size)."""
+    kept: list[dict] = field(default_factory=list)
+    """Modules left unquantized or wider than the mode's dtype, one record per reason with their count, parameters
+    and bytes (quant.kept.KeptGroup.to_dict)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -162,8 +165,11 @@ class LoadReport:
             "quantized layers": ", ".join(f"{k}×{v}" for k, v in quantized.items()) or "none",
         }
 
-    def to_text(self) -> str:
-        """Plain-text report, as `python -m quant load` prints it."""
+    def to_text(self, language: str = "en") -> str:
+        """Plain-text report, as `python -m quant load` prints it; `language` ("en" or "ko") is that of the lines on
+        modules left out of the mode (the Model tab shows them in the visitor's)."""
+        from .kept import kept_label, kept_line
+
         def mib(n: int) -> str:
             return f"{n / MiB:,.1f} MiB"
 
@@ -179,6 +185,7 @@ class LoadReport:
             f"load time        {self.load_seconds:.2f} s",
             f"generation       {self.generation_path}",
             "linear layers    " + ", ".join(f"{k} x{v}" for k, v in self.linear_layers.items()),
+            *(f"{kept_label(self.mode, language):<16} {kept_line(group, self.mode, language)}" for group in self.kept),
             "placement        " + _placement_text(self.device_map),
         ]
         if self.quantization:

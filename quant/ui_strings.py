@@ -59,6 +59,22 @@ EN = {
     "unload": "Unload selected", "refresh": "Refresh", "loaded": "Loaded models (this tab's model)",
     "loaded.table": "Loaded models you can use (public ones are shared by all sessions)", "report": "Load report",
     "history": "Your loads, side by side",
+    # The load report's lines on modules left out of the mode (quant.kept), formatted with str.format.
+    "kept.label": "not {mode}",
+    "kept.line": "{reason}: {modules}, {parameters} parameters, {size} in {dtype} (e.g. {examples})",
+    "kept.module": "{n} module", "kept.modules": "{n} modules",
+    "kept.keep_fp32": "kept in float32 by {source} ({attribute}: {patterns})",
+    "kept.keep_fp32_unquantized": "left unquantized because {source} lists them in {attribute} ({patterns}), "
+                                  "which transformers' quantizers never convert",
+    "kept.head": "the output head, which {method} leaves unquantized",
+    "kept.head_tied": "the output head, which {method} leaves unquantized (it is the input embeddings' weight, "
+                      "held once)",
+    "kept.skip_user": "kept unquantized as asked ({attribute}: {patterns})",
+    "kept.skip_method": "on {source}'s list of modules not to convert ({attribute}: {patterns})",
+    "kept.not_converted": "linear layers {method} did not convert (a shape its kernel does not take: see the "
+                          "warnings)",
+    "kept.not_linear": "weights outside linear layers ({source}), which {method} does not quantize",
+    "kept.wider": "in {dtype}, wider than the mode's {mode_dtype}",
     "answering": "Answering:", "no_model": "*No model loaded yet: load one in the Model tab.*",
     "api.off": "*OpenAI-compatible API: off (the operator turns it on with QUANT_API_KEY).*",
     "api.on": "OpenAI-compatible API (bearer key: QUANT_API_KEY):",
@@ -180,6 +196,20 @@ KO = {
     "unload": "선택한 모델 내리기", "refresh": "새로 고침", "loaded": "불러온 모델 (이 탭의 모델)",
     "loaded.table": "사용할 수 있는 로드된 모델 (공개 모델은 모든 세션이 공유)", "report": "로드 리포트",
     "history": "내 로드 기록 비교",
+    "kept.label": "{mode} 아님",
+    "kept.line": "{reason}: {modules}, 파라미터 {parameters}, {dtype} {size} (예: {examples})",
+    "kept.module": "모듈 {n}개", "kept.modules": "모듈 {n}개",
+    "kept.keep_fp32": "float32로 유지됨 ({source}의 {attribute}: {patterns})",
+    "kept.keep_fp32_unquantized": "양자화되지 않음 ({source}의 {attribute}: {patterns}; transformers의 양자화기는 "
+                                  "이 목록의 모듈을 변환하지 않음)",
+    "kept.head": "출력 헤드: {method} 방식은 양자화하지 않음",
+    "kept.head_tied": "출력 헤드: {method} 방식은 양자화하지 않음 (입력 임베딩과 가중치를 공유: 메모리는 한 번만 "
+                      "차지함)",
+    "kept.skip_user": "요청대로 양자화하지 않음 ({attribute}: {patterns})",
+    "kept.skip_method": "변환 제외 목록에 있음 ({source}의 {attribute}: {patterns})",
+    "kept.not_converted": "{method} 방식이 변환하지 않은 선형 레이어 (커널이 받지 않는 크기: 경고 참조)",
+    "kept.not_linear": "선형 레이어 밖의 가중치 ({source}): {method} 방식은 양자화하지 않음",
+    "kept.wider": "모드의 {mode_dtype}보다 넓은 {dtype}",
     "answering": "답변 모델:", "no_model": "*아직 불러온 모델이 없습니다. 모델 탭에서 불러오세요.*",
     "api.off": "*OpenAI 호환 API: 꺼짐 (운영자가 QUANT_API_KEY로 켭니다).*",
     "api.on": "OpenAI 호환 API (베어러 키: QUANT_API_KEY):",

@@ -7,6 +7,7 @@ import functools
 import html
 import inspect
 import logging
+import re
 import threading
 import uuid
 
@@ -72,6 +73,24 @@ def visitor_of(request: gr.Request | None) -> str:
     session = getattr(request, "session_hash", None)
     # No session (a bare HTTP call): a visitor of one request, so that nothing it loads with a token is shared.
     return f"session:{session}" if session else f"request:{uuid.uuid4().hex}"
+
+
+def language_of(request: gr.Request | None) -> str:
+    """"ko" or "en", whichever the browser ranks first (Accept-Language): text the server writes (the load report)
+    cannot go through gr.I18n, which picks its table by the browser's language on the page."""
+    header = ""
+    if request is not None:
+        header = (getattr(request, "headers", None) or {}).get("accept-language", "") or ""
+    ranked = []
+    for position, part in enumerate(header.split(",")):
+        tag, _, parameters = part.strip().partition(";")
+        weight = re.search(r"q\s*=\s*([0-9.]+)", parameters)
+        try:
+            quality = float(weight.group(1)) if weight else 1.0
+        except ValueError:
+            quality = 0.0
+        ranked.append((-quality, position, tag.strip().lower().split("-")[0]))
+    return next((language for _, _, language in sorted(ranked) if language in ("en", "ko")), "en")
 
 
 def Slider(*args, **kwargs) -> gr.Slider:  # noqa: N802 - used in place of gr.Slider

@@ -14,7 +14,7 @@ from quant.placement import DEVICE_MAP_CHOICES
 from quant.registry import default_registry
 from quant.ui_strings import EN
 
-from .common import as_text, progress_fn, t, user_errors, visitor_of
+from .common import as_text, language_of, progress_fn, t, user_errors, visitor_of
 from .shared import Shared
 
 HISTORY_HEADERS = ["model", "mode", "params (M)", "footprint (MiB)", "RAM before→after (MiB)", "GPU alloc (MiB)",
@@ -60,8 +60,9 @@ def load(request: gr.Request, progress=gr.Progress(track_tqdm=True), **fields):
     for warning in loaded.report.warnings:
         gr.Warning(warning)
     status = f"**{as_text(loaded.label)}** loaded in {loaded.report.load_seconds:.1f} s."
-    return (status, loaded.report.to_text(), gr.Dropdown(choices=loaded_choices(visitor), value=loaded.key),
-            loaded.key, loaded_table(visitor), history_table(visitor))
+    return (status, loaded.report.to_text(language_of(request)),
+            gr.Dropdown(choices=loaded_choices(visitor), value=loaded.key), loaded.key, loaded_table(visitor),
+            history_table(visitor))
 
 
 @user_errors

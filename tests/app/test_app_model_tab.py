@@ -20,6 +20,8 @@ def test_load_report_and_unload_over_http(client):
     key = dropdown["value"]  # the dropdown comes back as an update: new choices and the selected key
     assert "loaded" in status and LLAMA in status
     assert "Linear4bit x28" in report and "mode             nf4" in report
+    assert "not nf4          the output head, which nf4 leaves unquantized: 1 module" in report  # no other line
+    assert report.count("not nf4") == 1
     assert any(row[0] == f"{LLAMA} [nf4]" for row in loaded["data"])
     assert history["data"][-1][1] == "nf4"
 

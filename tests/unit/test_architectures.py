@@ -310,6 +310,13 @@ def test_every_family_loads_and_generates_greedily_in_every_cpu_mode(family, mod
         names = [n for n in linear_layers(loaded.model) if n.rpartition(".")[2] not in keep]
         assert report.linear_layers.get(layer) == len(names) > 0
         assert all(type(loaded.model.get_submodule(n)).__name__ == layer for n in names)
+        # The load report accounts for every linear layer left as it was: one line per reason (quant.kept).
+        plain = [n for n, m in loaded.model.named_modules() if type(m) in (torch.nn.Linear, Conv1D)]
+        linear_reasons = {"keep_fp32", "keep_fp32_unquantized", "head", "head_tied", "skip_method"}
+        assert sum(g["modules"] for g in report.kept if g["reason"] in linear_reasons) == len(plain) > 0
+        assert {g["reason"] for g in report.kept} <= linear_reasons | {"not_linear"}, report.kept
+        wo = [g for g in report.kept if g["patterns"] == ["wo"]]
+        assert len(wo) == (family == "t5") and all(g["modules"] == 4 for g in wo)
     unquantized = [w for w in report.warnings if "unquantized" in w]
     if family == "mixtral" and layer:
         # transformers keeps Mixtral's experts as 3-D tensors, which bitsandbytes does not quantize: said so.

@@ -84,7 +84,9 @@ def test_every_subcommand_with_json_prints_json_alone_on_stdout(tmp_path, gptq_l
     for name, (stdout, stderr) in outputs.items():
         assert running[name].returncode == 0, (name, stderr[-2000:])
         json.loads(stdout)  # nothing else on stdout
-    assert json.loads(outputs["load"][0])["quantization"]["backend"] == "gptq_int4pack"
+    loaded = json.loads(outputs["load"][0])
+    assert loaded["quantization"]["backend"] == "gptq_int4pack"
+    assert [(g["reason"], g["examples"]) for g in loaded["kept"]] == [("head", "lm_head")]  # GPTQ quantized the rest
     assert json.loads(outputs["batch"][0])["done"] == 2
     quantized = json.loads(outputs["quantize"][0])
     assert quantized["method"] == "gptq" and len(quantized["layer_errors"]) == 4 * 7  # the demo Llama: 4 layers
@@ -95,6 +97,8 @@ def test_every_subcommand_with_json_prints_json_alone_on_stdout(tmp_path, gptq_l
     nf4 = compared["results"][1]
     assert nf4["kl_mean"] > 0 and nf4["top1_agreement"] < 100 and nf4["verdict"].endswith("bf16")
     assert "b1 tok/s" in table and "next-token quality vs bf16" in table and nf4["verdict"] in table
+    assert [g["reason"] for g in nf4["kept"]] == ["head"] and compared["results"][0]["kept"] == []
+    assert "nf4                     not nf4: the output head, which nf4 leaves unquantized: 1 module" in table
     assert json.loads(outputs["push"][0])["repo_id"] == "alice/tiny-gptq"
 
 

@@ -136,6 +136,9 @@ def test_seq2seq_compare_has_no_perplexity_but_answers():
     rows = list(compare(T5, parse_mode_specs(T5, "bf16,int8"), registry=ModelRegistry(), prompts=["reverse: a b c"],
                         batch_size=2, new_tokens=4))
     assert all(not r.error and r.perplexity is None and r.answers for r in rows)
+    # int8 leaves T5's float32 `wo` projections as they are, and the row says so (the Compare JSON carries it)
+    bf16, int8 = rows
+    assert bf16.kept == [] and any(g["reason"] == "keep_fp32" and g["patterns"] == ["wo"] for g in int8.kept)
 
 
 def test_cli_compare_refuses_an_unknown_mode_before_loading_anything(capsys):
