@@ -126,3 +126,19 @@ def test_hqq_checkpoints_are_not_written_and_say_why():
 
     with pytest.raises(QuantError, match="transformers 5.23 cannot load them back.*Load the original model in mode"):
         quantize(LLAMA, method="hqq")
+
+
+def test_t5_loads_with_its_float32_wo_left_as_transformers_quantizers_leave_it():
+    """T5's feed-forward reads `self.wo.weight.dtype`: HQQ leaves the modules of `_keep_in_fp32_modules` unconverted,
+    as transformers' quantizers do (a replaced `wo` failed at the first forward), and the report says why."""
+    from tests.conftest import T5
+
+    loaded = load_model(LoadRequest(model=T5, mode="hqq"))
+    wo = [name for name, module in loaded.model.named_modules() if name.endswith("DenseReluDense.wo")]
+    assert wo and all(type(loaded.model.get_submodule(name)) is torch.nn.Linear for name in wo)
+    assert loaded.report.linear_layers.get("Int4PackedLinear", 0) > 0
+    kept = {group["reason"]: group for group in loaded.report.kept}
+    assert kept["keep_fp32_unquantized"]["modules"] == len(wo)
+    inputs = loaded.tokenizer("translate English to German: hello", return_tensors="pt")
+    out = loaded.model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    assert out.shape[1] > 1
