@@ -69,6 +69,8 @@ class QuantizationCancelled(QuantError):
 
 
 ProgressFn = Callable[[float, str], None]
+LayerErrorsFn = Callable[[list[dict]], None]
+"""Called with the per-module quantization error so far (`layer_errors`' entries), each time it grows."""
 
 
 @dataclass
@@ -105,6 +107,71 @@ def layer_errors(quant_log: list[dict] | None) -> list[dict]:
         errors.append({"layer": int(layer), "module": str(module),
                        "loss": loss if loss is not None and math.isfinite(loss) else None})
     return errors
+
+
+QUANT_LOG_PROCESSORS = ("gptq", "gptq v2", "awq")
+"""The processors whose log gptqmodel keeps as `model.quant_log` (gptqmodel/looper/module_looper.py, at the end of
+`_loop_impl`)."""
+
+
+def _running_quant_log() -> list[dict] | None:
+    """The quant_log gptqmodel is writing, read from inside its layer callback; None where it cannot be read.
+
+    gptqmodel 7.6 publishes its per-module log (`model.quant_log`) only when the whole model is done; while it runs,
+    the log is the `log` list of its processor (gptq_processor.py, awq_processor.py append a row per module as it is
+    quantized), which the ModuleLooper that calls the layer callback (`callbackup`) holds in `processors`. Neither is
+    public: the looper is found on the calling stack, and anything unexpected (another caller, renamed attributes,
+    an error) gives None, so that a change in gptqmodel costs the live view, never the quantization."""
+    import sys
+
+    try:
+        from gptqmodel.looper.module_looper import ModuleLooper
+
+        frame = sys._getframe(1)
+        for _ in range(12):  # a few frames up: the layer callback, then the looper's callbackup
+            if frame is None:
+                return None
+            looper = frame.f_locals.get("self")
+            if isinstance(looper, ModuleLooper):
+                for processor in looper.processors:
+                    log = getattr(processor, "log", None)
+                    if processor.name() in QUANT_LOG_PROCESSORS and isinstance(log, list):
+                        return list(log)
+                return None
+            frame = frame.f_back
+    except Exception:  # noqa: BLE001 - a gptqmodel change: no live view; the log at the end still comes
+        return None
+    return None
+
+
+class _LayerErrorReports:
+    """Reports the per-module error to `report` as it grows (from the layer callback, which gptqmodel calls from its
+    loop and its finalizer threads), and once more at the end: the last report is the result's list."""
+
+    def __init__(self, report: LayerErrorsFn | None):
+        self.report = report
+        self.sent: list[dict] = []
+        self.lock = threading.Lock()
+
+    def during(self) -> None:
+        if self.report is None:
+            return
+        try:
+            errors = layer_errors(_running_quant_log())
+        except Exception:  # noqa: BLE001 - rows of another shape: no live view (the result reads them again)
+            return
+        self._send(errors)
+
+    def final(self, errors: list[dict]) -> None:
+        if self.report is not None:
+            self._send(errors)
+
+    def _send(self, errors: list[dict]) -> None:
+        with self.lock:
+            if len(errors) <= len(self.sent) and self.sent[:len(errors)] == errors:
+                return  # nothing new
+            self.sent = errors
+            self.report(list(errors))
 
 
 def layer_error_summary(errors: list[dict]) -> str | None:
@@ -324,12 +391,14 @@ GPTQ_REFUSAL_HINT = ("Quantize it with bitsandbytes (int8 or nf4) instead: its l
 
 def quantize_gptq(model_location: str, recipe: GPTQRecipe, texts: list[str], out_dir: Path,
                   device: str = "cpu", progress: ProgressFn | None = None,
-                  stop: threading.Event | None = None) -> GPTQResult:
+                  stop: threading.Event | None = None, on_layer_errors: LayerErrorsFn | None = None) -> GPTQResult:
     """Quantize `model_location` with `recipe` on `texts`, save the checkpoint with its tokenizer to `out_dir`.
 
     A family gptqmodel cannot quantize into a checkpoint that transformers loads is refused first (QuantError, from
-    the config alone: quant.families.gptq_refusal). `progress(fraction, message)` is called as each layer finishes;
-    setting `stop` ends the work after the current layer and raises QuantizationCancelled (nothing is saved).
+    the config alone: quant.families.gptq_refusal). `progress(fraction, message)` is called as each layer finishes,
+    and `on_layer_errors(errors)` with the per-module error so far (`layer_errors`' entries) as it grows, the last
+    time with the result's list; setting `stop` ends the work after the current layer and raises
+    QuantizationCancelled (nothing is saved).
     """
     recipe.validate()
     from gptqmodel import BACKEND, QuantizeConfig
@@ -337,7 +406,7 @@ def quantize_gptq(model_location: str, recipe: GPTQRecipe, texts: list[str], out
     config = QuantizeConfig(bits=recipe.bits, group_size=recipe.group_size, desc_act=recipe.desc_act,
                             sym=recipe.sym, damp_percent=recipe.damp_percent)
     return _quantize_with_gptqmodel("GPTQ", config, BACKEND.GPTQ_TORCH, model_location, recipe, texts, out_dir,
-                                    device, progress, stop, batch_size=1)
+                                    device, progress, stop, on_layer_errors, batch_size=1)
 
 
 def validate_awq(recipe: GPTQRecipe) -> None:
@@ -361,12 +430,12 @@ AWQ_GROUP_SIZES = (32, 64, 128)
 
 def quantize_awq(model_location: str, recipe: GPTQRecipe, texts: list[str], out_dir: Path,
                  device: str = "cpu", progress: ProgressFn | None = None,
-                 stop: threading.Event | None = None) -> GPTQResult:
+                 stop: threading.Event | None = None, on_layer_errors: LayerErrorsFn | None = None) -> GPTQResult:
     """AWQ (activation-aware weight quantization) with gptqmodel: per input channel, the scale that minimises the
     layer's output error on the calibration activations is searched and folded into the previous operation, then the
     weights are quantized to 4 bits with a zero point per group (AWQ's asymmetric GEMM format, `quant_method: awq`,
-    `version: gemm`, which transformers loads through AwqConfig). Same calls, progress and stop as quantize_gptq;
-    `recipe.desc_act`, `sym` and `damp_percent` are GPTQ's and not used.
+    `version: gemm`, which transformers loads through AwqConfig). Same calls, progress, stop and on_layer_errors as
+    quantize_gptq; `recipe.desc_act`, `sym` and `damp_percent` are GPTQ's and not used.
     """
     validate_awq(recipe)
     from gptqmodel import BACKEND, QuantizeConfig
@@ -375,12 +444,13 @@ def quantize_awq(model_location: str, recipe: GPTQRecipe, texts: list[str], out_
     config = QuantizeConfig(quant_method=METHOD.AWQ, format=FORMAT.GEMM, bits=recipe.bits,
                             group_size=recipe.group_size, sym=False)
     return _quantize_with_gptqmodel("AWQ", config, BACKEND.AWQ_TORCH, model_location, recipe, texts, out_dir,
-                                    device, progress, stop, batch_size=AWQ_BATCH_SIZE)
+                                    device, progress, stop, on_layer_errors, batch_size=AWQ_BATCH_SIZE)
 
 
 def _quantize_with_gptqmodel(method: str, config, backend, model_location: str, recipe: GPTQRecipe,
                              texts: list[str], out_dir: Path, device: str, progress: ProgressFn | None,
-                             stop: threading.Event | None, batch_size: int) -> GPTQResult:
+                             stop: threading.Event | None, on_layer_errors: LayerErrorsFn | None,
+                             batch_size: int) -> GPTQResult:
     """Calibrated quantization through gptqmodel (`config`: its QuantizeConfig for GPTQ or AWQ; `backend`: the
     portable torch kernel it packs with), saved with the tokenizer to `out_dir`."""
     from gptqmodel import GPTQModel
@@ -403,10 +473,12 @@ def _quantize_with_gptqmodel(method: str, config, backend, model_location: str, 
         model = GPTQModel.load(model_location, config, device=device)
         layers = _layer_count(model) or 1
         quant_started = time.perf_counter()
+        reports = _LayerErrorReports(on_layer_errors)
 
         def on_layer(layer_idx: int, submodule_finalized: bool):
             if stop.is_set():
                 return StopMainLoop
+            reports.during()  # a layer's modules are logged before it is finalized (packed): report at both calls
             if submodule_finalized:
                 done = layer_idx + 1
                 elapsed = time.perf_counter() - quant_started
@@ -420,6 +492,8 @@ def _quantize_with_gptqmodel(method: str, config, backend, model_location: str, 
         if stop.is_set():
             del model
             raise QuantizationCancelled("Quantization stopped; nothing was saved.")
+        errors = layer_errors(getattr(model, "quant_log", None))
+        reports.final(errors)
         progress(1.0, "Saving")
 
         def write(folder: Path) -> None:
@@ -428,5 +502,4 @@ def _quantize_with_gptqmodel(method: str, config, backend, model_location: str, 
             tokenizer.save_pretrained(folder)
 
         save_atomically(write, out_dir)
-    return GPTQResult(Path(out_dir), time.perf_counter() - started, len(samples), asdict(recipe),
-                      layer_errors(getattr(model, "quant_log", None)))
+    return GPTQResult(Path(out_dir), time.perf_counter() - started, len(samples), asdict(recipe), errors)

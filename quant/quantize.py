@@ -20,7 +20,7 @@ from typing import Callable
 
 from .access import ANY_FOLDER, LocalFolders, visitor_folder_name
 from .errors import QuantError
-from .gptq import GPTQRecipe, QuantizationCancelled, builtin_textsets
+from .gptq import GPTQRecipe, LayerErrorsFn, QuantizationCancelled, builtin_textsets
 from .loader import LoadRequest, loaded_for_measuring
 from .methods import METHODS, QuantizeJob, quantize_methods
 from .metrics import perplexity, size_on_disk
@@ -242,13 +242,15 @@ def quantize(model: str, *, method: str, recipe: GPTQRecipe | None = None,
              calibration: CalibrationData | None = None, out_dir: Path | None = None, revision: str | None = None,
              token: str | None = None, evaluate: bool = True, progress: ProgressFn | None = None,
              stop: threading.Event | None = None, visitor: str | None = None,
-             folders: LocalFolders | None = None) -> QuantizeResult:
+             folders: LocalFolders | None = None, on_layer_errors: LayerErrorsFn | None = None) -> QuantizeResult:
     """Quantize `model` with `method` (a name of `quantize_methods()`: gptq, int8, nf4...), save it with a model card,
     measure it.
 
     The folder is complete on disk when this returns (pushing is a separate step that only reads it). `visitor` and
     `folders`: who asks on a served app (their outputs go to a folder of their own) and which local folders they may
-    name; None for both: the CLI's rules.
+    name; None for both: the CLI's rules. `on_layer_errors(errors)`: the calibrated methods' per-module error
+    (QuantizeResult.layer_errors' entries) so far, each time a layer adds to it while quantization runs; the last
+    call has the result's list.
     """
     from .hub import write_model_card
 
@@ -286,7 +288,8 @@ def quantize(model: str, *, method: str, recipe: GPTQRecipe | None = None,
     outcome = quant_method.quantize(QuantizeJob(
         source_folder=local, out_dir=out_dir, device=device, placement=placement, progress=progress, stop=stop,
         recipe=recipe, calibration_texts=texts,
-        calibration_description=calibration.describe() if quant_method.calibrated else ""))
+        calibration_description=calibration.describe() if quant_method.calibrated else "",
+        on_layer_errors=on_layer_errors))
     quantized_request = LoadRequest(model=str(out_dir), mode=method, device_map=placement, folders=ANY_FOLDER)
     seconds = time.perf_counter() - started
 

@@ -56,31 +56,53 @@ def gptq_llama_dir(tmp_path_factory) -> Path:
     return quantize_gptq(resolve_location(LLAMA)[0], recipe, [CALIBRATION_TEXT.read_text()], out).out_dir
 
 
-@pytest.fixture(scope="session")
-def quantized_llama(tmp_path_factory):
-    """The demo Llama through the whole Quantize tab's work (GPTQ 4-bit g128, perplexities, card, report): read-only
-    for the tests that share it."""
-    from quant.gptq import GPTQRecipe
+def quantize_recording(method: str, recipe, out: Path):
+    """The demo Llama through the whole Quantize tab's work (quant.quantize: quantization, perplexities, card,
+    report), and what it reported while it ran, in order: ("progress", fraction, message) and ("layer_errors",
+    errors)."""
     from quant.quantize import quantize
 
-    out = tmp_path_factory.mktemp("quantized") / "tiny-llama-chat-GPTQ-4bit-g128"
-    return quantize(LLAMA, method="gptq", recipe=GPTQRecipe(num_samples=16, seq_len=128), out_dir=out)
+    events = []  # list.append: the callbacks come from gptqmodel's threads too
+    result = quantize(LLAMA, method=method, recipe=recipe, out_dir=out,
+                      progress=lambda fraction, message: events.append(("progress", fraction, message)),
+                      on_layer_errors=lambda errors: events.append(("layer_errors", errors)))
+    return result, events
 
 
 @pytest.fixture(scope="session")
-def awq_llama(tmp_path_factory):
-    """The demo Llama through the whole Quantize tab's work with AWQ (4-bit g128, 64 samples of 128 tokens),
-    perplexities, card, report: read-only for the tests that share it.
+def quantized_llama_run(tmp_path_factory):
+    """GPTQ 4-bit g128 through quantize_recording: read-only for the tests that share it."""
+    from quant.gptq import GPTQRecipe
+
+    out = tmp_path_factory.mktemp("quantized") / "tiny-llama-chat-GPTQ-4bit-g128"
+    return quantize_recording("gptq", GPTQRecipe(num_samples=16, seq_len=128), out)
+
+
+@pytest.fixture(scope="session")
+def quantized_llama(quantized_llama_run):
+    """quantized_llama_run's result."""
+    return quantized_llama_run[0]
+
+
+@pytest.fixture(scope="session")
+def awq_llama_run(tmp_path_factory):
+    """AWQ 4-bit g128 with 64 samples of 128 tokens through quantize_recording: read-only for the tests that share
+    it.
 
     The sample count is what lets AWQ beat round-to-nearest on this small model (tests/unit/test_quantize.py): held-out
     perplexity 65.24 with 32 samples, 65.35 with 48, 65.05 with 64, 64.82 with 96, against 65.28 for round-to-nearest
     4-bit g128 and 64.74 for bf16 (gptqmodel 7.6, deterministic). Its 128-wide layers have no outlier channels for
     AWQ's scales to protect, so its gain over rounding is small and moves with the calibration set."""
     from quant.gptq import GPTQRecipe
-    from quant.quantize import quantize
 
     out = tmp_path_factory.mktemp("awq") / "tiny-llama-chat-AWQ-4bit-g128"
-    return quantize(LLAMA, method="awq", recipe=GPTQRecipe(num_samples=64, seq_len=128), out_dir=out)
+    return quantize_recording("awq", GPTQRecipe(num_samples=64, seq_len=128), out)
+
+
+@pytest.fixture(scope="session")
+def awq_llama(awq_llama_run):
+    """awq_llama_run's result."""
+    return awq_llama_run[0]
 
 
 @pytest.fixture(scope="session")

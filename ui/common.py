@@ -7,9 +7,11 @@ import functools
 import html
 import inspect
 import logging
+import queue
 import re
 import threading
 import uuid
+from typing import Any, Callable, Iterator
 
 import gradio as gr
 from gradio.utils import get_space
@@ -22,6 +24,11 @@ t = gr.I18n(en=EN, ko=KO)
 """The UI's words by key (quant/ui_strings.py): the browser's language picks English or Korean."""
 ON_SPACE = get_space() is not None
 """On a Hugging Face Space: visitors log in with OAuth, and the Space's own HF_TOKEN is never used for them."""
+
+
+PLOT_COLOURS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#eeca3b", "#ff9da6", "#9d755d",
+                "#bab0ac")
+"""Vega's tableau10, for the plots that give each series its colour themselves (ui.compare_tab says why)."""
 
 
 def as_text(message: str) -> str:
@@ -111,6 +118,45 @@ def Slider(*args, **kwargs) -> gr.Slider:  # noqa: N802 - used in place of gr.Sl
 
     slider.preprocess = refuse_missing
     return slider
+
+
+class InBackground:
+    """Run `work(emit)` in a thread and, iterated, give what it emits as it emits it; then `result` holds its return
+    value (its exception is raised to the iterating handler instead).
+
+    For a handler that streams updates from a long blocking call (quantization): the call's callbacks come from its
+    own threads, the handler yields from the thread Gradio runs it in. Closed early (Gradio closes a stream on its
+    event loop when the page goes or the run is cancelled), it sets `stop`, which ends the work at its next check,
+    and does not wait for it: waiting would hold the server's event loop."""
+
+    _DONE = object()
+
+    def __init__(self, work: Callable[[Callable[[Any], None]], Any], stop: threading.Event):
+        self.work, self.stop, self.result = work, stop, None
+
+    def __iter__(self) -> Iterator[Any]:
+        events: queue.SimpleQueue = queue.SimpleQueue()
+        outcome: dict[str, Any] = {}
+
+        def run():
+            try:
+                outcome["value"] = self.work(events.put)
+            except BaseException as exc:  # noqa: BLE001 - raised again in the handler's thread
+                outcome["error"] = exc
+            finally:
+                events.put(self._DONE)
+
+        thread = threading.Thread(target=run, name="quant-background", daemon=True)
+        thread.start()
+        try:
+            while (event := events.get()) is not self._DONE:
+                yield event
+        finally:
+            if thread.is_alive():
+                self.stop.set()
+        if "error" in outcome:
+            raise outcome["error"]
+        self.result = outcome.get("value")
 
 
 def progress_fn(progress: gr.Progress):

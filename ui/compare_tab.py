@@ -26,7 +26,7 @@ from quant.prompts import MAX_PROMPT_CHARS, check_text_items, scratch_folder, sp
 from quant.quality import THRESHOLDS_TEXT
 from quant.registry import default_registry
 
-from .common import Slider, as_text, new_stop_event, stop_button, t, user_errors, visitor_of
+from .common import PLOT_COLOURS, Slider, as_text, new_stop_event, stop_button, t, user_errors, visitor_of
 from .shared import Shared
 
 COMPARE_MAX_PROMPTS = 16
@@ -59,9 +59,8 @@ def _compare_rows(results) -> list[list]:
 
 COMPARE_METRICS = ("memory", "decode", "batch", "perplexity")
 """The Compare tab's bar plots, one per metric (keys of quant.compare.relative_to_baseline)."""
-MODE_COLOURS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#eeca3b", "#ff9da6", "#9d755d",
-                "#bab0ac")
-"""Vega's tableau10: a mode keeps its colour in every plot and as more modes finish."""
+MODE_COLOURS = PLOT_COLOURS
+"""A mode keeps its colour in every plot and as more modes finish."""
 
 
 def _relative_plots(results) -> list[gr.BarPlot]:

@@ -16,7 +16,7 @@ from quant.quantize import expire_visitor_outputs, output_folder, quantize
 from quant.settings import load_settings
 
 from . import common
-from .common import Slider, as_text, new_stop_event, stop_button, t, user_errors, visitor_of
+from .common import PLOT_COLOURS, InBackground, Slider, as_text, new_stop_event, stop_button, t, user_errors, visitor_of
 from .shared import Shared
 
 QUANTIZE_TABLE_HEADERS = ["model", "size on disk (MiB)", "perplexity (held-out text)"]
@@ -30,6 +30,17 @@ def layer_error_frame(layer_errors: list[dict]):
 
     return pd.DataFrame([{"layer": e["layer"], "loss": e["loss"], "module": e["module"]}
                          for e in layer_errors if e.get("loss") is not None], columns=LAYER_ERROR_COLUMNS)
+
+
+def layer_error_plot(layer_errors: list[dict]) -> gr.LinePlot:
+    """The plot's value with a colour per module seen so far, in the order they were quantized.
+
+    Gradio 6.31's LinePlot fixes its colour domain when it draws; a streamed value only swaps the data, so a module
+    that first appears in a later update (AWQ logs no loss where it applied no scale) would have no colour. A changed
+    colour map makes the plot draw itself again, with the new domain (as the Compare tab's plots do)."""
+    modules = list(dict.fromkeys(e["module"] for e in layer_errors if e.get("loss") is not None))
+    colours = {module: PLOT_COLOURS[i % len(PLOT_COLOURS)] for i, module in enumerate(modules)}
+    return gr.LinePlot(value=layer_error_frame(layer_errors), color_map=colours)
 
 
 def token_for(typed: str | None, oauth_token: gr.OAuthToken | None) -> str | None:
@@ -49,18 +60,29 @@ def token_for(typed: str | None, oauth_token: gr.OAuthToken | None) -> str | Non
 
 @user_errors
 def run_quantize(request: gr.Request, oauth_token: gr.OAuthToken | None, progress=gr.Progress(), **fields):
-    """Quantize, save, measure; returns the comparison, the folder and its files (for download), the proposed repo id
-    and the per-module quantization error (plotted; empty without calibration). The form's fields
-    arrive by QuantizeForm field name; its token reads the source model (gated or private), from the tab's own token
-    box, or the visitor's login on a Space."""
+    """Quantize, save, measure; yields the per-module quantization error plot as gptqmodel finishes each layer (the
+    other outputs unchanged), then the comparison, the folder and its files (for download), the proposed repo id and
+    the whole plot (empty without calibration). The form's fields arrive by QuantizeForm field name; its token reads
+    the source model (gated or private), from the tab's own token box, or the visitor's login on a Space."""
     form = QuantizeForm.from_values(fields)
     recipe, calibration = form.recipe(), form.calibration()
     stop = new_stop_event(request)
     expire_visitor_outputs(load_settings().output_max_age_hours)  # this server's disk holds every visitor's outputs
-    result = quantize(form.model or "", method=form.method, recipe=recipe, calibration=calibration,
-                      revision=(form.revision or "").strip() or None, token=token_for(form.token, oauth_token),
-                      progress=lambda f, m: progress(f, desc=m), stop=stop, visitor=visitor_of(request),
-                      folders=served_folders())
+    token, visitor = token_for(form.token, oauth_token), visitor_of(request)
+
+    def work(emit):
+        return quantize(form.model or "", method=form.method, recipe=recipe, calibration=calibration,
+                        revision=(form.revision or "").strip() or None, token=token,
+                        progress=lambda f, m: emit(("progress", f, m)), stop=stop, visitor=visitor,
+                        folders=served_folders(), on_layer_errors=lambda errors: emit(("layer_errors", errors)))
+
+    run = InBackground(work, stop)
+    for kind, *payload in run:
+        if kind == "progress":
+            progress(payload[0], desc=payload[1])
+        else:
+            yield (*(gr.skip(),) * 5, layer_error_plot(payload[0]))
+    result = run.result
     folder = Path(result.out_dir)
     files = sorted(str(p) for p in folder.iterdir() if p.is_file())
     status = (f"Saved to `{as_text(folder.name)}` in {result.seconds:.0f} s"
@@ -72,8 +94,8 @@ def run_quantize(request: gr.Request, oauth_token: gr.OAuthToken | None, progres
     username = getattr(request, "username", None)
     # With a login the repo id is proposed whole; without one, the Push box stays empty (its placeholder shows the
     # form), rather than holding a "<user>/..." that Push would refuse.
-    return (status, result.comparison_rows(), str(folder), files, default_repo_id(username, folder) if username else "",
-            layer_error_frame(result.layer_errors))
+    yield (status, result.comparison_rows(), str(folder), files, default_repo_id(username, folder) if username else "",
+           layer_error_plot(result.layer_errors))
 
 
 @user_errors
@@ -156,7 +178,8 @@ def build(shared: Shared) -> None:
     method.change(show_recipe, method, recipe_group, api_name=False)
     calibration_source.change(show_calibration_source, calibration_source, [calibration_text, calibration_file],
                               api_name=False)
-    # The plot comes last: clients that read the first five outputs by position still get what they got before.
+    # The plot comes last: clients that read the first five outputs by position still get what they got before (a
+    # stream now: the updates before the last one carry the plot only).
     run_btn.click(run_quantize, inputs_kwargs=form,
                   outputs=[status, table, push_folder_box, files, push_repo, layer_plot],
                   api_name="quantize", concurrency_limit=1, concurrency_id="quantize", show_progress_on=[status])

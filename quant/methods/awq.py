@@ -179,7 +179,7 @@ class AWQMethod(QuantMethod):
 
         result = quantize_awq(job.source_folder, job.recipe, job.calibration_texts or [], job.out_dir,
                               device=job.device, progress=lambda f, m: job.progress(0.05 + 0.75 * f, m),
-                              stop=job.stop)
+                              stop=job.stop, on_layer_errors=job.on_layer_errors)
         recipe = {"bits": job.recipe.bits, "group_size": job.recipe.group_size, "zero_point": True,
                   "version": "gemm", "num_samples": result.samples, "seq_len": job.recipe.seq_len}
         return QuantizeOutcome(recipe, job.calibration_description, result.layer_errors)

@@ -107,6 +107,8 @@ class QuantizeJob:
     """The calibrated methods' recipe (GPTQRecipe)."""
     calibration_texts: list[str] | None = None
     calibration_description: str = ""
+    on_layer_errors: Callable[[list[dict]], None] | None = None
+    """The calibrated methods report their per-module error here as it grows (quant.gptq.LayerErrorsFn)."""
 
 
 @dataclass(frozen=True)

@@ -186,7 +186,7 @@ class GPTQMethod(QuantMethod):
 
         result = quantize_gptq(job.source_folder, job.recipe, job.calibration_texts or [], job.out_dir,
                                device=job.device, progress=lambda f, m: job.progress(0.05 + 0.75 * f, m),
-                               stop=job.stop)
+                               stop=job.stop, on_layer_errors=job.on_layer_errors)
         return QuantizeOutcome(asdict(job.recipe), job.calibration_description, result.layer_errors)
 
 

@@ -376,6 +376,12 @@ def test_5_quantize_and_push(ui):
     # the progress shows once, on the status line (it was drawn over each of the four outputs)
     expect(page.locator(".progress-level")).to_have_count(1, timeout=QUICK)
     assert page.locator(".progress-level").count() == 1
+    # gptqmodel's error per module: the plot draws while quantization runs (a line per module of the Llama layers:
+    # q, k, v, o, gate, up, down), before the model is saved and measured
+    layer_plot = tab.locator(".block").filter(has=page.locator(".vega-embed")).filter(
+        has_text="Quantization error per layer and module")
+    expect(layer_plot.locator(".vega-embed svg .mark-line path")).to_have_count(7, timeout=SLOW)
+    assert tab.get_by_text("Saved to").count() == 0
 
     expect(tab.get_by_text("Saved to")).to_be_visible(timeout=SLOW)
     expect(tab.get_by_text("Saved to")).to_contain_text("tiny-llama-chat-GPTQ-4bit-g128")
@@ -386,10 +392,7 @@ def test_5_quantize_and_push(ui):
     expect(gptq.get_by_role("gridcell").nth(0)).to_have_text("gptq")
     size = lambda row: float(row.get_by_role("gridcell").nth(1).inner_text())  # noqa: E731
     assert size(gptq) < size(original)
-    # gptqmodel's error per module: a line per module of the Llama layers (q, k, v, o, gate, up, down)
-    layer_plot = tab.locator(".block").filter(has=page.locator(".vega-embed")).filter(
-        has_text="Quantization error per layer and module")
-    expect(layer_plot.locator(".vega-embed svg .mark-line path")).to_have_count(7)
+    expect(layer_plot.locator(".vega-embed svg .mark-line path")).to_have_count(7)  # and after
     folder_box = tab.get_by_label("Folder to push")
     # in this visitor's own folder under the output folder
     expect(folder_box).to_have_value(re.compile(re.escape(str(ui.output_dir)) +

@@ -73,7 +73,7 @@ def test_the_report_and_card_carry_gptqmodels_error_per_module_and_the_tab_plots
     from transformers import AutoConfig
 
     from quant.source import resolve_location
-    from ui.quantize_tab import LAYER_ERROR_COLUMNS, layer_error_frame
+    from ui.quantize_tab import LAYER_ERROR_COLUMNS, layer_error_frame, layer_error_plot
 
     out = Path(quantized_llama.out_dir)
     errors = json.loads((out / "quantization_report.json").read_text())["layer_errors"]
@@ -93,6 +93,61 @@ def test_the_report_and_card_carry_gptqmodels_error_per_module_and_the_tab_plots
     frame = layer_error_frame(errors)
     assert list(frame.columns) == LAYER_ERROR_COLUMNS and len(frame) == len(errors)
     assert layer_error_frame([]).empty  # a method without calibration: an empty plot
+    colours = layer_error_plot(errors).color_map  # a colour of its own per module, in the order they were quantized
+    assert list(colours) == list(dict.fromkeys(e["module"] for e in errors)) and len(set(colours.values())) == 7
+
+
+@pytest.mark.parametrize("run", ["quantized_llama_run", "awq_llama_run"])
+def test_the_error_per_module_reaches_the_callback_layer_by_layer_while_quantization_runs(run, request):
+    """While gptqmodel quantizes (GPTQ, AWQ), `on_layer_errors` gets the per-module error so far, growing by each
+    layer's modules (from gptqmodel's running log, read in its layer callback), each report before that layer's
+    progress line and all before the save; the last report is the result's list. The session's shared runs."""
+    result, events = request.getfixturevalue(run)
+    final = result.layer_errors
+    reports = [(index, event[1]) for index, event in enumerate(events) if event[0] == "layer_errors"]
+    messages = [(index, event[2]) for index, event in enumerate(events) if event[0] == "progress"]
+    assert len(reports) >= 4 and reports[-1][1] == final and len(final) == 4 * 7  # 4 layers of 7 linear modules
+    assert reports[0][1] == final[:7] and {e["layer"] for e in reports[0][1]} == {0}  # the first layer alone
+    lengths = [len(errors) for _, errors in reports]
+    assert lengths == sorted(set(lengths)), lengths  # growing, never repeated
+    assert all(errors == final[:len(errors)] for _, errors in reports)  # each one a beginning of the result's
+    saving = next(index for index, message in messages if message == "Saving")
+    assert reports[-1][0] < saving  # all of them while quantization ran, none after
+    for layer in range(4):  # layer N's modules are reported before the progress line "Layer N+1/4"
+        reported = next(index for index, errors in reports if any(e["layer"] == layer for e in errors))
+        line = next(index for index, message in messages if message.startswith(f"Layer {layer + 1}/4 "))
+        assert reported < line, (layer, reported, line)
+
+
+def test_without_gptqmodels_running_log_the_errors_come_once_after_quantization(monkeypatch, tmp_path):
+    """The running log is read where gptqmodel calls the layer callback (its ModuleLooper, up the stack): when a
+    gptqmodel calls it from elsewhere (here: another thread), there is no live report, quantization is unharmed and
+    the whole list still comes once, before the save, as in the result."""
+    from gptqmodel.looper.module_looper import ModuleLooper
+
+    from quant.gptq import _running_quant_log, quantize_gptq
+    from quant.source import resolve_location
+    from tests.conftest import CALIBRATION_TEXT
+
+    assert _running_quant_log() is None  # outside gptqmodel's loop
+
+    def callback_from_another_thread(self, layer_idx, submodule_finalized):
+        handler = self._resolve_layer_callback()
+        thread = threading.Thread(target=lambda: handler(layer_idx=layer_idx, submodule_finalized=submodule_finalized))
+        thread.start()
+        thread.join()
+
+    monkeypatch.setattr(ModuleLooper, "callbackup", callback_from_another_thread)
+    events = []
+    result = quantize_gptq(resolve_location(LLAMA)[0], GPTQRecipe(num_samples=4, seq_len=32),
+                           [CALIBRATION_TEXT.read_text()], tmp_path / "q",
+                           progress=lambda fraction, message: events.append(message),
+                           on_layer_errors=lambda errors: events.append(errors))
+    assert len(result.layer_errors) == 4 * 7 and (tmp_path / "q" / "model.safetensors").is_file()
+    reports = [event for event in events if isinstance(event, list)]
+    assert reports == [result.layer_errors]
+    assert events.index(reports[0]) == events.index("Saving") - 1
+    assert sum(isinstance(m, str) and m.startswith("Layer ") for m in events) == 4  # the progress still came
 
 
 def test_evaluation_text_overlapping_the_calibration_is_warned_about(tmp_path):
