@@ -29,6 +29,7 @@ from typing import Callable
 
 import torch
 from transformers import StaticCache
+from transformers.cache_utils import StaticLayer, StaticSlidingWindowLayer
 from transformers.generation.utils import DeferredStopCheck, StopCheck
 
 
@@ -48,6 +49,24 @@ def _capture_stream(device: torch.device) -> torch.cuda.Stream:
     return _capture_streams[device]
 
 
+def full_length_static_cache(config, max_cache_len: int) -> StaticCache:
+    """transformers' StaticCache for `config`, with every sliding-window layer holding all `max_cache_len` slots like
+    a full-attention layer: the window is kept by the attention mask alone.
+
+    Why: a StaticSlidingWindowLayer picks its branch (write in place, or roll once the window is full) and the mask
+    sizes it reports from a Python int that counts the tokens. Under torch.compile that int is a guard, so the decode
+    step of Phi-3 and Gemma 2/3 compiled again at every token until dynamo's recompile limit; and a captured CUDA graph
+    replays the branch it recorded, so past the window it kept writing at positions the layer does not have. A
+    full-length layer writes each token at its position (a tensor, as full-attention layers do), and transformers'
+    sliding-window mask, computed on those absolute positions, hides the slots outside the window: the same attention
+    as eager generation's, for `max_cache_len` slots instead of the window's in those layers.
+    """
+    cache = StaticCache(config=config, max_cache_len=max_cache_len)
+    cache.layers = [StaticLayer(max_cache_len=max_cache_len) if isinstance(layer, StaticSlidingWindowLayer) else layer
+                    for layer in cache.layers]
+    return cache
+
+
 class DecodeLoop:
     """One batch size's decode loop at one cache length: its static cache, its input buffers and (on CUDA) its
     captured step.
@@ -62,7 +81,7 @@ class DecodeLoop:
         self.max_cache_len = max_cache_len
         self.forward = forward
         """The compiled model call (`model.get_compiled_call`)."""
-        self.cache = StaticCache(config=model.config, max_cache_len=max_cache_len)
+        self.cache = full_length_static_cache(model.config, max_cache_len)
         device = next(model.parameters()).device
         self.device = device
         self.token = torch.zeros((batch_size, 1), dtype=torch.long, device=device)

@@ -56,6 +56,22 @@ def assert_same_up_to_noise(eager, encoded, row: int, expected: list[int], got: 
                             f"{tolerance:.4f} in {logits.dtype}):\n{expected}\n{got}"
 
 
+def assert_each_token_is_an_eager_choice(eager, prompt_ids: torch.Tensor, got: list[int]) -> None:
+    """Every token of `got` is, after the tokens before it, eager's most likely one up to noise (one eager forward
+    over the whole sequence). Stricter than `assert_same_up_to_noise`, which can judge the first difference only:
+    a path that goes wrong after a near-tie is caught too."""
+    ids = torch.cat([prompt_ids.reshape(-1), torch.tensor(got[:-1], device=prompt_ids.device)])
+    with torch.inference_mode():
+        logits = eager.model(input_ids=ids[None]).logits[0, prompt_ids.numel() - 1:].float()
+    top = logits.max(dim=-1).values
+    below = top - logits[torch.arange(len(got)), torch.tensor(got, device=logits.device)]
+    tolerance = torch.clamp(ROUNDINGS * torch.finfo(eager.model.dtype).eps * top.abs(), min=NOISE)
+    worst = int((below - tolerance).argmax())
+    assert (below < tolerance).all(), (f"{int((below >= tolerance).sum())} token(s) past noise below eager's choice, "
+                                       f"the worst {worst} ({got[worst]}: {below[worst]:.4f} below "
+                                       f"{int(logits[worst].argmax())}):\n{got}")
+
+
 def check_against_eager(request: LoadRequest) -> None:
     eager, fast = load(request, fast=False), load(request, fast=True)
     assert not eager.path.compiled and eager.path.reason == "QUANT_FAST_GENERATION=off"

@@ -287,6 +287,34 @@ def test_unload_and_reload_stay_compiled_and_free_the_model(models):
         assert reply.stats.path == "compiled" and reply.text == want
 
 
+def test_a_sliding_window_model_decodes_past_the_window_as_eager_does_without_compiling_again(tmp_path, monkeypatch):
+    """Gemma 3: sliding-window layers (window 32 here, 512 in gemma-3-1b) and a global one. transformers' sliding-window
+    cache layers branch on a Python token count, so the decode step compiled again at every token (Phi-3 and Gemma 2
+    too), and once the window was full the first layer's count stopped: the decode loop marked no new slot in the mask,
+    and the global layer never saw the reply (its tokens turned to 0s). The decode loop's cache keeps full-length
+    layers and leaves the window to the mask."""
+    from torch._dynamo.utils import counters
+
+    from tests.support.architectures import build
+    from tests.support.fastpath import assert_each_token_is_an_eager_choice, greedy_ids, load
+
+    monkeypatch.setenv("QUANT_COMPILE_BACKEND", "eager")
+    monkeypatch.setenv("QUANT_COMPILED_BATCH_SIZES", "1")
+    monkeypatch.setenv("QUANT_STATIC_CACHE_TOKENS", "128")
+    monkeypatch.setenv("QUANT_KERNEL_CACHE", str(tmp_path / "kernels"))
+    request = LoadRequest(model=str(build("gemma3", tmp_path / "gemma3")), mode="fp32")
+    eager, fast = load(request, fast=False), load(request, fast=True)
+    try:
+        assert fast.path.compiled, fast.path.describe()
+        for prompt in ("hello world " * 10, "def main():"):  # the window filled by the prompt, while decoding
+            graphs = counters["stats"]["unique_graphs"]
+            encoded, [got], compiled = greedy_ids(fast, [prompt], new_tokens=40)
+            assert compiled and counters["stats"]["unique_graphs"] == graphs, "the decode step compiled again"
+            assert_each_token_is_an_eager_choice(eager, encoded["input_ids"][0], got)
+    finally:
+        fast.path.close()
+
+
 def test_seq2seq_stays_eager():
     loaded = ModelRegistry(max_models=1).load(LoadRequest(model=T5, mode="fp32"))
     assert not loaded.path.compiled and "seq2seq" in loaded.path.reason
