@@ -176,7 +176,11 @@ def test_int8_decode_step_compiles_once_with_its_inductor_settings_for_that_comp
     monkeypatch.setenv("QUANT_COMPILE_BACKEND", "inductor")
     monkeypatch.setenv("QUANT_COMPILED_BATCH_SIZES", "1")
     monkeypatch.setenv("QUANT_STATIC_CACHE_TOKENS", "64")
-    monkeypatch.setenv("QUANT_KERNEL_CACHE", str(tmp_path / "kernels"))  # a cold cache: Inductor compiles
+    # A cold cache, or Inductor is not run at all (AOTAutograd's cache hit): an earlier load's folder is already in
+    # these variables, and the fast path takes QUANT_KERNEL_CACHE only where they are unset.
+    for variable in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("QUANT_KERNEL_CACHE", str(tmp_path / "kernels"))
     graphs, breaks = counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
     on_runner(lambda: setattr(inductor_config, "post_grad_custom_post_pass", observer))
     fast = None
@@ -185,7 +189,7 @@ def test_int8_decode_step_compiles_once_with_its_inductor_settings_for_that_comp
         assert fast.path.compiled, fast.report.generation_path
         assert counters["stats"]["unique_graphs"] == graphs + 1 and sum(counters["graph_break"].values()) == breaks
         assert observer.seen == [{"coordinate_descent_tuning": True, "coordinate_descent_check_all_directions": False,
-                                  "force_fuse_int_mm_with_mul": False}]
+                                  "force_fuse_int_mm_with_mul": False}], dict(counters["aot_autograd"])
         assert on_runner(settings) == before and settings() == before
         for prompt in PROMPTS:
             encoded = fast.tokenizer([prompt], return_tensors="pt")
