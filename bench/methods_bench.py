@@ -17,6 +17,8 @@ after a colon:
     gptq[gptq_backend=gptq_marlin]              gptq:/path/to/a/gptq/checkpoint
 
     python bench/methods_bench.py --shapes 8b --out bench/results                              # the GPU run
+    python bench/methods_bench.py --shapes 8b --modes torchao_int8 --tag=-torchao-settings --out bench/results \
+        --inductor-options '{"coordinate_descent_tuning": true, "coordinate_descent_check_all_directions": true}'
     python bench/methods_bench.py --shapes tiny --device-map cpu --compile-backend eager \\
         --modes bf16,torchao_int8,torchao_int4 --out /tmp/methods-bench                        # a CPU check
 
@@ -227,7 +229,9 @@ def markdown(summary: dict) -> str:
              f"torchao {summary['versions'].get('torchao', 'n/a')}; "
              + (f"measured copy bandwidth {summary['bandwidth_gb_s']:.0f} GB/s; " if summary["bandwidth_gb_s"] else "")
              + f"greedy, {summary['new_tokens']} new tokens at batch 1 (batch {summary['batch_size']} for throughput), "
-             f"static cache {summary['cache_tokens']} tokens, compile backend {summary['compile_backend']}; "
+             f"static cache {summary['cache_tokens']} tokens, compile backend {summary['compile_backend']}"
+             + (f" with Inductor settings {json.dumps(summary['inductor_options'])} for every mode"
+                if summary.get("inductor_options") is not None else " with each method's Inductor settings") + "; "
              "random-weight Llama shapes, demo tokenizer. Ratio: batch-1 decode / bf16's on the same path in this run. "
              "Theory: the method's bytes per weight (scales included) for the quantized linear weights + 2 bytes for "
              "every other weight.", ""]
@@ -281,9 +285,17 @@ def main() -> None:
     parser.add_argument("--quality", action="store_true",
                         help="measure next-token quality against bf16 on the built-in held-out text, as the Compare "
                              "tab does (issue 25: its seconds per mode, the row_seconds column)")
+    parser.add_argument("--inductor-options", default=None,
+                        help="JSON: Inductor settings for every mode's compiled decode step instead of its method's "
+                             "compile_options ('{}': Inductor's defaults), e.g. to measure torchao's whole "
+                             "recommendation against the methods' own; bf16 gets them too")
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
     modes = parse_modes(args.modes)  # refuses an unknown mode or option before anything is built
+    override = json.loads(args.inductor_options) if args.inductor_options is not None else None
+    if override is not None:
+        for method in METHODS.values():  # this process only: the app's loader asks the method
+            method.compile_options = lambda options, settings=override: dict(settings)
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
     os.environ["QUANT_COMPILE_BACKEND"] = args.compile_backend
@@ -301,7 +313,8 @@ def main() -> None:
     args.stem = (f"methods-bench-{args.shapes.replace(',', '-')}-{'cuda' if on_gpu else 'cpu'}{args.tag}")
     summary = {"device": device, "versions": versions, "bandwidth_gb_s": None, "new_tokens": args.new_tokens,
                "batch_size": args.batch_size, "cache_tokens": args.cache_tokens,
-               "compile_backend": args.compile_backend, "modes": args.modes, "quality": args.quality, "shapes": []}
+               "compile_backend": args.compile_backend, "inductor_options": override, "modes": args.modes,
+               "quality": args.quality, "shapes": []}
     bandwidth = copy_bandwidth() if on_gpu else None
     summary["bandwidth_gb_s"] = bandwidth / 1e9 if bandwidth else None
     started = time.perf_counter()

@@ -113,7 +113,9 @@ def _forget_compiled_code() -> None:
 
 
 def _allow_more_recompiles() -> None:
-    """One compiled entry per loaded model and batch size: dynamo's default limit of 8 is reached with a few models."""
+    """One compiled entry per loaded model and batch size: dynamo's default limit of 8 is reached with a few models.
+    Runs on the runner thread, where every compiled call runs: dynamo's and Inductor's settings are per thread (torch
+    2.14 keeps a setting in a ContextVar), so one made on the loading thread would not reach it."""
     config = torch._dynamo.config
     config.recompile_limit = max(getattr(config, "recompile_limit", 8), 64)
 
@@ -294,7 +296,7 @@ def prepare_generation_path(model, tokenizer, *, method_refusal: str | None, kin
     if refusal:
         return eager_path(refusal)
     configure_kernel_cache(settings)
-    _allow_more_recompiles()
+    compiled_runner().submit(_allow_more_recompiles).result()
     cache_lengths = tuple(sorted({min(n, context or n) for n in settings.static_cache_tokens}))
     # No "reduce-overhead": the decode loop captures its own CUDA graph (decode.py), without cudagraph trees.
     inductor = settings.compile_backend == "inductor"

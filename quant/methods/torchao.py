@@ -7,8 +7,7 @@ runs the matmul (`linear` dispatches to it). What runs where, read from torchao 
 
 - **int8 weight-only** (`Int8WeightOnlyConfig` -> `Int8Tensor`): int8 weights, one fp32 scale (and an int8 zero
   point) per output row. The matmul multiplies the activations by the weight converted to their dtype, in plain torch
-  ops: CPU and GPU alike. Under torch.compile with Inductor's coordinate-descent tuning (`compile_options`), a
-  one-row matmul becomes a reduction that reads the int8 weight directly (torch/_inductor/decomposition.py, `mm`).
+  ops: CPU and GPU alike. What Inductor makes of it in the compiled decode step: see GEMV_SETTINGS.
 - **int4 weight-only**: PyTorch's own int4 matmul (tinygemm, the kernel of quant.int4pack), in the layout of each
   device's kernel. GPU: `Int4WeightOnlyConfig(int4_packing_format="tile_packed_to_4d")` -> `Int4TilePackedTo4dTensor`,
   `aten._weight_int4pack_mm`, Ampere or newer, group size 32-256, bf16 only. (torchao's default "plain" packing runs
@@ -36,7 +35,8 @@ CPU's `Int4OpaqueTensor`: int4 checkpoints are written on a GPU only, and they l
 the GPU kernel's).
 
 The compiled decode path (quant.fastpath): torchao's tensor subclasses are made for torch.compile (their ops are torch
-ops behind `__torch_function__` / `__torch_dispatch__`, which dynamo traces); none of these methods is refused.
+ops behind `__torch_function__` / `__torch_dispatch__`, which dynamo traces: one graph, no graph break, no recompile
+across steps); none of these methods is refused.
 """
 
 from __future__ import annotations
@@ -64,18 +64,25 @@ FP8_ACTIVATION = Option(
     (("none", "weight-only: fp8 weights, converted to bf16 for each matmul"),
      ("dynamic", "dynamic: activations scaled to fp8 per token at run time, fp8 x fp8 matmuls (torch._scaled_mm)")))
 
-INDUCTOR_SETTINGS: dict[str, Any] = {
-    "coordinate_descent_tuning": True,
-    "coordinate_descent_check_all_directions": True,
-    "force_fuse_int_mm_with_mul": True,
-}
-"""torchao's recommended Inductor settings for quantized models (torchao.quantization.utils.
-recommended_inductor_config_setter), for the compiled decode step of a torchao model only. torchao's configs would
-set them process-wide at quantization (`set_inductor_config=True`), changing every later compilation of every model
-(a bf16 model compiled after a torchao load would differ from one compiled before); here they are passed with that
-model's torch.compile instead, and the configs get `set_inductor_config=False`. coordinate_descent_tuning is what
-turns a one-row matmul on an int8 or fp8 weight into one kernel that reads the quantized weight (without it, the
-weight is converted to bf16 in memory first: more bytes read per token than bf16 itself)."""
+GEMV_SETTINGS: dict[str, Any] = {"coordinate_descent_tuning": True}
+"""Inductor settings for the compiled decode step of the methods whose matmul is torch ops on a 1-byte weight (int8 and
+fp8 weight-only: `x @ w.to(bf16).t()` and the scale). With coordinate-descent tuning, Inductor decomposes a one-row
+matmul into a reduction (torch/_inductor/decomposition.py, `mm`): one Triton kernel per linear layer (k and v, gate and
+up, fused in pairs) that reads the int8 or fp8 weight and its scale, its block sizes tuned once per kernel. Without it,
+on CUDA (read from the code Inductor 2.14 generates: bench/cuda_codegen_probe.py): int8's matmul is rewritten to
+`aten._weight_int8pack_mm` (Inductor's weight-only pattern, on CUDA too since PyTorch #161680), whose CUDA kernel
+gives each output to one thread walking the inputs (uncoalesced reads); fp8's weight is dequantized into a bf16 copy in
+memory at every step before cuBLAS reads it. A batch of 2 or more (QUANT_COMPILED_BATCH_SIZES) is not decomposed:
+there int8 runs on `_weight_int8pack_mm` and fp8 on the bf16 copy whatever the settings.
+
+Not torchao's whole recommendation (torchao.quantization.utils.recommended_inductor_config_setter):
+`coordinate_descent_check_all_directions` has the tuner compile and benchmark every combination of neighbouring block
+sizes and warp counts once it has converged, 2-3x the Triton builds per kernel (with it the int8 and fp8 weight-only
+decode steps of an 8B took 437 and 509 s to compile on an H200, bf16's 62 s); `force_fuse_int_mm_with_mul` concerns
+int8 x int8 `_int_mm`, which no method here runs; `use_mixed_mm` is ignored by torch. Passed with the model's
+torch.compile (in force while it compiles, on the thread that compiles); the configs get `set_inductor_config=False`:
+torchao would set them at quantization, for every later compilation of every model (older torch) or on the loading
+thread only, which the fast path's runner thread never sees (torch 2.14 keeps Inductor's settings per thread)."""
 
 
 def torchao_config_type(checkpoint_quantization: dict | None) -> str | None:
@@ -158,7 +165,12 @@ class TorchAoMethod(QuantMethod):
         return TorchAoConfig(self.torchao_config(options, on_cuda))
 
     def compile_options(self, options):
-        return dict(INDUCTOR_SETTINGS)
+        """Inductor's defaults unless the matmul is torch ops (GEMV_SETTINGS): int4's tinygemm and fp8's `_scaled_mm`
+        are extern kernels that Inductor neither fuses nor tunes. Coordinate-descent tuning would tune only the norm
+        and rotary kernels and trade the bf16 output head's cuBLAS matmul for a Triton reduction (on an H200, 8B,
+        HQQ's tinygemm path without it decoded about as fast as torchao_int4 with it: 273.8 and 278.4 tok/s, compiled
+        in 57 and 97 s)."""
+        return {}
 
     def after_load(self, model, options, progress):
         """Name the linear layers torchao left unquantized: it skips, with a log line only, those whose shape its
@@ -211,6 +223,9 @@ class TorchAoInt8Method(TorchAoMethod):
         from torchao.quantization import Int8WeightOnlyConfig
 
         return Int8WeightOnlyConfig(set_inductor_config=False)
+
+    def compile_options(self, options):
+        return dict(GEMV_SETTINGS)
 
     def bytes_per_weight(self, checkpoint_quantization):
         # int8 weights; per output row an fp32 scale and an int8 zero point: 5 bytes a row of (at 8B) 4096 inputs
@@ -354,6 +369,9 @@ class Fp8Method(TorchAoMethod):
         if options.fp8_activation == "dynamic":
             return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
         return Float8WeightOnlyConfig(granularity=PerRow(), set_inductor_config=False)
+
+    def compile_options(self, options):
+        return dict(GEMV_SETTINGS) if options.fp8_activation == "none" else {}  # dynamic: `_scaled_mm`
 
     def bytes_per_weight(self, checkpoint_quantization):
         return 1 + 4 / 4096  # fp8 weights; an fp32 scale per output row of (at 8B) 4096 inputs

@@ -87,6 +87,45 @@ def test_compiled_path_matches_eager(mode, options, layer, kernel_cache):
     check_against_eager(LoadRequest(model=LLAMA, mode=mode, options=options, device_map="cuda:0"))
 
 
+@pytest.mark.parametrize(("mode", "options", "without_settings"), [
+    pytest.param("torchao_int8", QuantOptions(), "_weight_int8pack_mm(", id="int8"),
+    pytest.param("fp8", QuantOptions(fp8_activation="none"), "extern_kernels.mm(", id="fp8-weight-only", marks=FP8),
+])
+def test_a_batch1_matmul_reads_the_1_byte_weight_in_one_kernel(mode, options, without_settings):
+    """What the method's Inductor settings (quant/methods/torchao.py, GEMV_SETTINGS) are for, on this GPU's torch: a
+    one-row matmul on the int8 or fp8 weight is one Triton reduction reading it (no extern matmul, no bf16 copy of the
+    weight); with Inductor's defaults int8 goes to `aten._weight_int8pack_mm` and fp8 to a bf16 copy and cuBLAS
+    (bench/cuda_codegen_probe.py saw the same on a CPU, torch 2.14). The compiled output matches eager's."""
+    from torch._inductor.utils import fresh_cache, run_and_get_code
+    from torchao.quantization import quantize_
+
+    from quant.methods import METHODS
+
+    method = METHODS[mode]
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4096, 14336, bias=False, dtype=torch.bfloat16, device="cuda")
+    torch.nn.init.normal_(layer.weight, std=0.02)
+    quantize_(layer, method.torchao_config(options, on_cuda=True))
+    x = torch.randn(1, 1, 4096, dtype=torch.bfloat16, device="cuda")
+    bf16_copy = "empty_strided_cuda((4096, 14336)"
+
+    def generated(settings):
+        compiled = torch.compile(layer, dynamic=False, options=settings or None)
+        with fresh_cache(), torch.inference_mode():
+            out, sources = run_and_get_code(compiled, x)
+        return out, "\n".join(sources)
+
+    with torch.inference_mode():
+        want = layer(x)
+    got, code = generated(method.compile_options(options))
+    assert "triton_red_" in code or "triton_per_" in code
+    assert "_weight_int8pack_mm(" not in code and "extern_kernels.mm(" not in code and bf16_copy not in code
+    torch.testing.assert_close(got, want, rtol=2e-2, atol=3e-2)
+    _, defaults = generated({})
+    assert without_settings in defaults
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize(("mode", "layer"), [("torchao_int4", "Linear[Int4TilePackedTo4dTensor]"),
                                              pytest.param("fp8", "Linear[Float8Tensor]", marks=FP8),
                                              ("torchao_int8", "Linear[Int8Tensor]")])

@@ -99,6 +99,23 @@ def test_load_warms_the_compiled_path_up_and_reports_it(models):
     assert eager.report.generation_path == "eager (QUANT_FAST_GENERATION=off)"
 
 
+def test_the_recompile_limit_is_raised_where_the_compiled_calls_run(models):
+    """dynamo's settings are per thread (torch 2.14): the limit the fast path raises must be the runner thread's, where
+    every compiled call runs (a process of a few models and batch sizes passes dynamo's default of 8 entries)."""
+    import threading
+
+    import torch
+
+    from quant.fastpath import compiled_runner
+
+    assert compiled_runner().submit(lambda: torch._dynamo.config.recompile_limit).result() >= 64
+    elsewhere = {}
+    thread = threading.Thread(target=lambda: elsewhere.update(limit=torch._dynamo.config.recompile_limit))
+    thread.start()
+    thread.join()
+    assert elsewhere["limit"] == 8  # per thread indeed: a fresh thread has dynamo's default
+
+
 def test_without_the_packed_decode_the_compiled_path_uses_transformers_sdpa_and_says_so(models, monkeypatch,
                                                                                          tmp_path):
     """A transformers that lacks what the packed grouped-query decode plugs into (5.17 lacked a helper it once

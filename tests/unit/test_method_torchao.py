@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch._inductor.custom_graph_pass import CustomGraphPass
 
 from quant.compare import ModeSpec, compare
 from quant.errors import QuantError, UnsupportedModeError
@@ -118,20 +119,110 @@ def test_layers_torchao_leaves_unquantized_are_named(int4_model):
     assert "input size is a multiple of the group size" in warning
 
 
-@pytest.mark.parametrize("mode", ["torchao_int8", "torchao_int4"])
-def test_the_compiled_decode_step_traces_the_torchao_weights(mode, monkeypatch, tmp_path):
-    """compile_refusal is None: dynamo traces torchao's tensor subclasses. On the CPU with the "eager" backend (the
-    GPU's Inductor + CUDA graphs: tests/gpu/test_gpu_torchao.py); its tokens are eager's up to ties of bf16 logits."""
+def test_inductor_settings_go_where_the_matmul_is_torch_ops():
+    """int8 and fp8 weight-only run their matmul as torch ops on a 1-byte weight: coordinate-descent tuning is what has
+    Inductor read that weight in one kernel per layer at batch 1 (GEMV_SETTINGS). int4's tinygemm and fp8's
+    `_scaled_mm` are extern kernels: Inductor's defaults. None asks for the all-directions search (compile time)."""
+    settings = {"coordinate_descent_tuning": True}
+    assert METHODS["torchao_int8"].compile_options(QuantOptions()) == settings
+    assert METHODS["fp8"].compile_options(QuantOptions(fp8_activation="none")) == settings
+    assert METHODS["fp8"].compile_options(QuantOptions(fp8_activation="dynamic")) == {}
+    assert METHODS["torchao_int4"].compile_options(QuantOptions()) == {}
+    # a copy each time: the fast path may keep or change what it gets
+    METHODS["torchao_int8"].compile_options(QuantOptions())["coordinate_descent_tuning"] = False
+    assert METHODS["torchao_int8"].compile_options(QuantOptions()) == settings
+
+
+class InductorSettingsSeen(CustomGraphPass):
+    """Inductor's own hook for a pass after its post-grad passes (`post_grad_custom_post_pass`): it runs inside the
+    compilation, so it sees the settings that compilation runs under."""
+
+    KEYS = ("coordinate_descent_tuning", "coordinate_descent_check_all_directions", "force_fuse_int_mm_with_mul")
+
+    def __init__(self):
+        self.seen: list[dict] = []
+
+    def __call__(self, graph):
+        import torch._inductor.config as inductor_config
+
+        self.seen.append({key: getattr(inductor_config, key) for key in self.KEYS})
+
+    def uuid(self):
+        return "quant-test-inductor-settings-seen"
+
+
+def test_int8_decode_step_compiles_once_with_its_inductor_settings_for_that_compilation_only(monkeypatch, tmp_path):
+    """The app's compiled decode step of torchao_int8 through Inductor (on the CPU: C++ kernels, no CUDA graph): the
+    method's settings are in force while it compiles and gone after; dynamo makes one graph and no graph break, and
+    later generations reuse it (no recompile); its greedy tokens are eager generate's up to ties of bf16 logits.
+    (What the settings change on CUDA cannot be seen here: bench/cuda_codegen_probe.py reads Inductor's CUDA code.)
+    Inductor's settings are per thread (torch 2.14): the observer goes where the fast path compiles, its runner."""
+    import torch._inductor.config as inductor_config
+    from torch._dynamo.utils import counters
+
+    from quant.fastpath import compiled_runner
     from tests.support.fastpath import assert_same_up_to_noise
 
-    assert METHODS[mode].compile_refusal(QuantOptions()) is None
-    assert METHODS[mode].compile_options(QuantOptions())["coordinate_descent_tuning"] is True
+    def on_runner(fn):
+        return compiled_runner().submit(fn).result()
+
+    def settings():
+        return {key: getattr(inductor_config, key) for key in InductorSettingsSeen.KEYS}
+
+    before = on_runner(settings)
+    assert not before["coordinate_descent_tuning"]
+    observer = InductorSettingsSeen()
+    monkeypatch.setenv("QUANT_FAST_GENERATION", "all")
+    monkeypatch.setenv("QUANT_COMPILE_BACKEND", "inductor")
+    monkeypatch.setenv("QUANT_COMPILED_BATCH_SIZES", "1")
+    monkeypatch.setenv("QUANT_STATIC_CACHE_TOKENS", "64")
+    # A cold cache, or Inductor is not run at all (AOTAutograd's cache hit): an earlier load's folder is already in
+    # these variables, and the fast path takes QUANT_KERNEL_CACHE only where they are unset.
+    for variable in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("QUANT_KERNEL_CACHE", str(tmp_path / "kernels"))
+    graphs, breaks = counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+    on_runner(lambda: setattr(inductor_config, "post_grad_custom_post_pass", observer))
+    fast = None
+    try:
+        fast = load_model(LoadRequest(model=LLAMA, mode="torchao_int8"))
+        assert fast.path.compiled, fast.report.generation_path
+        assert counters["stats"]["unique_graphs"] == graphs + 1 and sum(counters["graph_break"].values()) == breaks
+        assert observer.seen == [{"coordinate_descent_tuning": True, "coordinate_descent_check_all_directions": False,
+                                  "force_fuse_int_mm_with_mul": False}], dict(counters["aot_autograd"])
+        assert on_runner(settings) == before and settings() == before
+        for prompt in PROMPTS:
+            encoded = fast.tokenizer([prompt], return_tensors="pt")
+            kwargs = dict(**encoded, max_new_tokens=12, min_new_tokens=12, do_sample=False, temperature=None,
+                          top_p=None, top_k=None, pad_token_id=fast.tokenizer.pad_token_id)
+            future, compiled = start_generate(fast, kwargs, batch_size=1,
+                                              total_tokens=encoded["input_ids"].shape[1] + 12)
+            got = future.result()[0, encoded["input_ids"].shape[1]:].tolist()
+            with torch.inference_mode():
+                want = fast.model.generate(**kwargs)[0, encoded["input_ids"].shape[1]:].tolist()  # eager generate
+            assert compiled
+            assert_same_up_to_noise(fast, encoded, 0, want, got)
+        assert counters["stats"]["unique_graphs"] == graphs + 1, "a generation compiled the decode step again"
+        assert len(observer.seen) == 1
+    finally:
+        on_runner(lambda: setattr(inductor_config, "post_grad_custom_post_pass", None))
+        if fast is not None:
+            fast.close()
+
+
+def test_the_compiled_decode_step_traces_the_torchao_int4_weights(monkeypatch, tmp_path):
+    """compile_refusal is None: dynamo traces torchao's tensor subclasses. On the CPU with the "eager" backend (the
+    GPU's Inductor + CUDA graphs: tests/gpu/test_gpu_torchao.py; int8 through Inductor: above); its tokens are eager's
+    up to ties of bf16 logits."""
+    from tests.support.fastpath import assert_same_up_to_noise
+
+    assert METHODS["torchao_int4"].compile_refusal(QuantOptions()) is None
     monkeypatch.setenv("QUANT_FAST_GENERATION", "all")
     monkeypatch.setenv("QUANT_COMPILE_BACKEND", "eager")
     monkeypatch.setenv("QUANT_COMPILED_BATCH_SIZES", "1")
     monkeypatch.setenv("QUANT_STATIC_CACHE_TOKENS", "64")
     monkeypatch.setenv("QUANT_KERNEL_CACHE", str(tmp_path / "kernels"))
-    fast = load_model(LoadRequest(model=LLAMA, mode=mode))
+    fast = load_model(LoadRequest(model=LLAMA, mode="torchao_int4"))
     try:
         assert fast.path.compiled, fast.report.generation_path
         encoded = fast.tokenizer([PROMPTS[0]], return_tensors="pt")
