@@ -350,7 +350,7 @@ def test_4_compare_two_modes(ui):
     expect(tab.get_by_text("Next-token quality against bf16")).to_be_visible()
     plots = tab.locator(".block").filter(has=page.locator(".vega-embed"))
     expect(plots).to_have_count(len(PLOTS) + 1)  # and the line plot of KL per window, after them
-    expect(tab.locator(".vega-embed svg .mark-rect path")).to_have_count(2 * len(PLOTS))
+    expect(tab.locator(".vega-embed svg .mark-rect path")).to_have_count(2 * len(PLOTS), timeout=SLOW)  # a busy box draws late
     SEEN["plots"] = [bars(plots.nth(i)) for i in range(len(PLOTS))]
     shot(page, "compare.png")
     no_js_errors(ui)
