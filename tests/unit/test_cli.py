@@ -85,7 +85,8 @@ def test_every_subcommand_with_json_prints_json_alone_on_stdout(tmp_path, gptq_l
         assert running[name].returncode == 0, (name, stderr[-2000:])
         json.loads(stdout)  # nothing else on stdout
     assert json.loads(outputs["load"][0])["quantization"]["backend"] == "gptq_int4pack"
-    assert json.loads(outputs["batch"][0])["done"] == 2
+    batch = json.loads(outputs["batch"][0])
+    assert batch["done"] == 2 and (batch["engine"], batch["engine_reason"]) == ("continuous", "")
     quantized = json.loads(outputs["quantize"][0])
     assert quantized["method"] == "gptq" and len(quantized["layer_errors"]) == 4 * 7  # the demo Llama: 4 layers
     assert all(e["loss"] >= 0 for e in quantized["layer_errors"])
