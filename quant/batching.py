@@ -185,6 +185,12 @@ class SharedModelManager(ContinuousBatchingManager):
         """Leave the model's attention as it is (`_attention_refusal` admitted it): switching it would switch every
         other session's generation on this model too."""
 
+    def _generation_step(self) -> None:
+        """One forward and sampling step, calling the model without `is_causal` (see `_CalledWithoutIsCausal`)."""
+        if self.batch_processor is None:
+            raise RuntimeError("Tried to perform a generation step before the batch processor was initialized.")
+        self.batch_processor._generation_step(_CalledWithoutIsCausal(self.model))
+
     def _create_batch_processor(self):
         """Where the compiled path decodes with `packed_gqa_sdpa` (quant.attention), the batch processor is made
         seeing the attention as sdpa, which that function is on a paged cache: transformers builds the masks its
@@ -196,6 +202,26 @@ class SharedModelManager(ContinuousBatchingManager):
             return super()._create_batch_processor()
         finally:
             self.model = model
+
+
+class _CalledWithoutIsCausal:
+    """The model, called without the `is_causal` argument that continuous batching passes.
+
+    transformers' `merge_with_config_defaults` writes a call's `is_causal` into the model's config for the call's
+    duration, then restores it. Other sessions generate on the same model from other threads meanwhile: with
+    `config.is_causal` False their masks turn bidirectional (masking_utils), and two such calls restoring out of
+    order leave it False for good. The argument changes nothing for continuous batching itself: False goes with the
+    4D masks it builds (which mask creation takes as they are), True with flash attention (its layers' own default).
+    """
+
+    def __init__(self, model) -> None:
+        self._model = model
+
+    def __call__(self, *args, is_causal: bool | None = None, **kwargs):
+        return self._model(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
 
 
 class _SdpaNamed:

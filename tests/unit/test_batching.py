@@ -13,7 +13,7 @@ from transformers.generation.continuous_batching import PagedAttentionCache
 
 from quant.attention import use_packed_gqa_decode
 from quant.batching import CONTINUOUS, PADDED, choose_engine, run_batch
-from quant.generation import GenerationSettings, generate_batch
+from quant.generation import GenerationSettings, generate_batch, stream_chat
 from quant.loader import LoadRequest, load_model
 from quant.settings import SettingsError, load_settings
 from tests.conftest import LLAMA, T5
@@ -79,6 +79,26 @@ def collector_off():
     gc.disable()
     yield
     gc.enable()
+
+
+def test_a_job_leaves_the_shared_model_as_other_sessions_see_it(fp32):
+    """Other sessions generate on the same model meanwhile: two continuous jobs must not change what a chat computes
+    (transformers writes a call's `is_causal` into the shared config for the call; with False there, other threads'
+    masks turned bidirectional, and the config could stay so)."""
+    history = [{"role": "user", "content": "What does the with statement do?"}]
+    alone = list(stream_chat(fp32, history, settings=GREEDY))[-1].text
+    before = fp32.model.config.to_dict()
+    jobs = [threading.Thread(target=lambda: list(run_batch(fp32, list(enumerate(RAGGED * 2, 1)), GREEDY,
+                                                           batch_size=3, engine=CONTINUOUS))) for _ in range(2)]
+    for job in jobs:
+        job.start()
+    seen = {getattr(fp32.model.config, "is_causal", None)}
+    during = list(stream_chat(fp32, history, settings=GREEDY))[-1].text
+    while any(job.is_alive() for job in jobs):
+        seen.add(getattr(fp32.model.config, "is_causal", None))
+        time.sleep(0.0005)  # a look every half millisecond: a forward step of the demo model takes several
+    assert seen == {before.get("is_causal")} and during == alone
+    assert fp32.model.config.to_dict() == before
 
 
 def live_caches() -> int:
