@@ -1,5 +1,5 @@
 """GPU benchmark of every mode on Llama-shaped checkpoints of real sizes, through the app's own code (quant.compare,
-quant.generation.run_batch, quant.gptq).
+quant.batching.run_batch, quant.gptq).
 
 For each shape: load, footprint, peak GPU memory, time to first token, batch-1 decode tok/s, batch-32 throughput,
 and the batch-1 bandwidth floor (weight bytes / measured copy bandwidth) with each mode's share of it. Also the
@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.llama_shapes import build_checkpoint  # noqa: E402
 from bench.common import REQUIRED, WORK, bench_parser, result_stem, write_results  # noqa: E402
 from quant.compare import ModeSpec, compare  # noqa: E402
-from quant.generation import GenerationSettings, run_batch  # noqa: E402
+from quant.batching import run_batch  # noqa: E402
+from quant.generation import GenerationSettings  # noqa: E402
 from quant.gptq import GPTQRecipe, builtin_textsets, quantize_gptq  # noqa: E402
 from quant.loader import LoadRequest  # noqa: E402
 from quant.methods import Mode, QuantOptions  # noqa: E402

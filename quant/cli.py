@@ -109,12 +109,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    """Run a prompt file in batches and write the results (.jsonl or .csv by the output's extension)."""
+    """Run a prompt file on the model's batching engine (quant.batching) and write the results (.jsonl or .csv by
+    the output's extension)."""
     from pathlib import Path
 
     from tqdm import tqdm
 
-    from .generation import run_batch
+    from .batching import run_batch
     from .loader import load_model
     from .prompts import read_prompt_file, write_results
 
@@ -140,6 +141,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"output": str(output), "prompts": result.total, "done": result.done,
                           "generated_tokens": result.generated_tokens, "seconds": round(result.seconds, 3),
+                          "engine": result.engine.engine, "engine_reason": result.engine.reason,
                           "failed": [{"line": r.line, "error": r.error} for r in failed]}, indent=2), file=args.results)
     else:
         print(output, file=args.results)
@@ -288,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--input", required=True, help=".txt (one prompt a line), .csv or .jsonl")
     batch.add_argument("--output", required=True, help="results file: .jsonl or .csv")
     batch.add_argument("--column", help="CSV column / JSONL field holding the prompt (default: prompt)")
-    batch.add_argument("--batch-size", type=int, default=8)
+    batch.add_argument("--batch-size", type=int, default=8, help="most prompts generating at once")
     batch.add_argument("--chat-template", action="store_true", help="wrap each prompt in the chat template")
     batch.add_argument("--json", action="store_true", help="print a JSON summary (the output file, counts, failures)")
     batch.set_defaults(func=cmd_batch)

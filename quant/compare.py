@@ -20,6 +20,7 @@ import torch
 from transformers import TextIteratorStreamer
 
 from .access import LocalFolders
+from .batching import CONTINUOUS, PADDED, ContinuousUnavailable, EngineChoice, choose_engine, measure_continuous
 from .errors import QuantError
 from .generation import GenerationSettings, end_stream_when_failed, generate_batch, start_generate
 from .gptq import builtin_textsets
@@ -93,6 +94,8 @@ class ModeResult:
     attn_implementation: str | None = None
     generation_path: str = ""
     """Which generation path the speed measurements ran on (compiled or eager, and why)."""
+    batch_engine: str = ""
+    """Which batch engine measured the batch column, as a Batch job would run (quant.batching)."""
     answers: list[str] = field(default_factory=list)
     # Next-token quality against the 16-bit reference of the same model, on the same windows (quant.quality).
     reference: str | None = None
@@ -151,11 +154,19 @@ def measure_decode(loaded: LoadedModel, prompt: str, new_tokens: int) -> tuple[f
     return first - started, decode, compiled
 
 
-def measure_batch(loaded: LoadedModel, prompts: list[str], batch_size: int, new_tokens: int) -> tuple[float, bool]:
-    """Generated tokens per second for one padded batch of `batch_size` prompts, `new_tokens` each, and whether the
-    compiled path served it."""
+def measure_batch(loaded: LoadedModel, prompts: list[str], batch_size: int,
+                  new_tokens: int) -> tuple[float, bool, EngineChoice]:
+    """Generated tokens per second for `batch_size` prompts (`prompts` over and over), `new_tokens` each, on the
+    engine a Batch job on this model uses (quant.batching.choose_engine); whether the compiled path served it, and
+    that engine. Padded: one batch of them all."""
     batch = [prompts[i % len(prompts)] for i in range(batch_size)]
     tokenizer = loaded.tokenizer
+    choice = choose_engine(loaded, GenerationSettings(max_new_tokens=new_tokens))
+    if choice.engine == CONTINUOUS:
+        try:
+            return measure_continuous(loaded, tokenizer(batch)["input_ids"], new_tokens), False, choice
+        except ContinuousUnavailable as exc:
+            choice = EngineChoice(PADDED, f"continuous batching: {exc}")
     causal = loaded.source.kind == "causal"
     encoded = tokenizer(batch, return_tensors="pt", padding=True, padding_side="left" if causal else "right")
     kwargs = dict(**encoded.to(loaded.device), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
@@ -166,7 +177,7 @@ def measure_batch(loaded: LoadedModel, prompts: list[str], batch_size: int, new_
                                       total_tokens=encoded["input_ids"].shape[1] + new_tokens)
     future.result()
     _cuda_sync()
-    return batch_size * new_tokens / (time.perf_counter() - started), compiled
+    return batch_size * new_tokens / (time.perf_counter() - started), compiled, choice
 
 
 def measure_mode(loaded: LoadedModel, result: ModeResult, *, prompts: list[str], eval_text: str | None,
@@ -187,8 +198,9 @@ def measure_mode(loaded: LoadedModel, result: ModeResult, *, prompts: list[str],
         loaded, prompts[0], new_tokens)
     result.batch_size = batch_size
     measure_batch(loaded, prompts, batch_size, 2)  # warm-up at this batch shape (kernel selection, workspaces)
-    result.batch_tokens_per_s, batch_compiled = measure_batch(loaded, prompts, batch_size, new_tokens)
-    result.generation_path = _path_used(loaded, decode_compiled, batch_compiled, batch_size)
+    result.batch_tokens_per_s, batch_compiled, engine = measure_batch(loaded, prompts, batch_size, new_tokens)
+    result.batch_engine = engine.describe()
+    result.generation_path = _path_used(loaded, decode_compiled, batch_compiled, batch_size, engine)
     if torch.cuda.is_available():
         result.peak_gpu_bytes = sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count()))
     result.ram_bytes = process_rss()
@@ -217,8 +229,12 @@ def fill_quality(loaded: LoadedModel, result: ModeResult, reference: Reference,
     result.verdict = verdict(quality.top1_agreement, quality.kl_mean, quality.reference)
 
 
-def _path_used(loaded: LoadedModel, decode_compiled: bool, batch_compiled: bool, batch_size: int) -> str:
-    """Which path the decode and batch measurements ran on, e.g. "compiled (b1, b8)" or "eager (reason)"."""
+def _path_used(loaded: LoadedModel, decode_compiled: bool, batch_compiled: bool, batch_size: int,
+               engine: EngineChoice) -> str:
+    """Which path the decode and batch measurements ran on, e.g. "compiled (b1, b8)", "eager (reason)" or
+    "compiled (b1); b8: continuous batching"."""
+    if engine.engine == CONTINUOUS:
+        return f"{'compiled (b1)' if decode_compiled else loaded.path.describe()}; b{batch_size}: {engine.label}"
     if decode_compiled and batch_compiled:
         return f"compiled (b1, b{batch_size})"
     if decode_compiled or batch_compiled:

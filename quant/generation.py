@@ -1,4 +1,5 @@
-"""Generation on a loaded model: a streamed chat turn and batches of prompts, for causal and seq2seq models.
+"""Generation on a loaded model: a streamed chat turn and one padded batch of prompts, for causal and seq2seq
+models (quant.batching runs whole batch jobs).
 
 Uses the libraries' own mechanisms: `apply_chat_template` for prompts, `TextIteratorStreamer` for streaming, a
 `StoppingCriteria` wired to an event so that "stop" ends the work on the server, not just the display.
@@ -149,7 +150,7 @@ def start_generate(loaded: LoadedModel, kwargs: dict, *, batch_size: int, total_
         raise GenerationError(f"Internal: a batch of {batch_size} must be padded to {compiled_batch} first.")
 
     def generate(**call_kwargs):
-        _check_token_ids(loaded, call_kwargs.get("input_ids"))
+        check_token_ids(loaded, call_kwargs.get("input_ids"))
         seeded = seed is not None and _seed(seed)  # on the generating thread, right before it samples
         try:
             with torch.inference_mode():
@@ -161,7 +162,7 @@ def start_generate(loaded: LoadedModel, kwargs: dict, *, batch_size: int, total_
     return loaded.path.submit(generate, kwargs, compiled_batch, total_tokens), compiled_batch is not None
 
 
-def _check_token_ids(loaded: LoadedModel, input_ids: torch.Tensor | None) -> None:
+def check_token_ids(loaded: LoadedModel, input_ids: torch.Tensor | None) -> None:
     """Refuse token ids past the model's embedding table (a tokenizer with added tokens the checkpoint never got
     rows for): the embedding lookup would fail with an IndexError, or read out of bounds in a compiled kernel."""
     if input_ids is None or input_ids.numel() == 0:
@@ -456,39 +457,9 @@ def at_most_every(chunks: Iterator[ChatChunk], seconds: float) -> Iterator[ChatC
 # --- batches ------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class BatchRow:
-    line: int
-    """Where the prompt came from (line number in the file or the pasted text)."""
-    prompt: str
-    output: str = ""
-    new_tokens: int = 0
-    seconds: float = 0.0
-    error: str = ""
-
-
-@dataclass
-class BatchProgress:
-    rows: list[BatchRow]
-    done: int
-    total: int
-    seconds: float
-    stopped: bool = False
-
-    @property
-    def generated_tokens(self) -> int:
-        return sum(r.new_tokens for r in self.rows)
-
-    def totals(self) -> str:
-        rate = self.done / self.seconds if self.seconds else 0.0
-        tok_rate = self.generated_tokens / self.seconds if self.seconds else 0.0
-        text = (f"{self.done}/{self.total} prompts in {self.seconds:.1f} s · {rate:.2f} prompts/s · "
-                f"{tok_rate:.1f} generated tokens/s")
-        return text + (" · stopped" if self.stopped else "")
-
-
-def _batch_texts(loaded: LoadedModel, prompts: list[str], use_chat_template: bool,
-                 system_prompt: str | None) -> list[str]:
+def batch_texts(loaded: LoadedModel, prompts: list[str], use_chat_template: bool,
+                system_prompt: str | None) -> list[str]:
+    """The prompts as the model gets them: wrapped in the chat template (with the system prompt) if asked."""
     if not use_chat_template:
         return prompts
     if not getattr(loaded.tokenizer, "chat_template", None):
@@ -509,7 +480,7 @@ def generate_batch(loaded: LoadedModel, prompts: list[str], settings: Generation
     the padding side is passed per call.
     """
     tokenizer = loaded.tokenizer
-    texts = _batch_texts(loaded, prompts, use_chat_template, system_prompt)
+    texts = batch_texts(loaded, prompts, use_chat_template, system_prompt)
     causal = loaded.source.kind == "causal"
     templated = use_chat_template  # the template already holds the BOS token
     encoded = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left" if causal else "right",
@@ -542,47 +513,3 @@ def generate_batch(loaded: LoadedModel, prompts: list[str], settings: Generation
                 break
         results.append((tokenizer.decode(row[:count], skip_special_tokens=True), count))
     return results
-
-
-def run_batch(loaded: LoadedModel, prompts: list[tuple[int, str]], settings: GenerationSettings, *,
-              batch_size: int = 8, use_chat_template: bool = False, system_prompt: str | None = None,
-              stop: threading.Event | None = None) -> Iterator[BatchProgress]:
-    """Generate for (line, prompt) pairs in batches of `batch_size`, yielding the table after each batch.
-
-    A batch that fails (a prompt past the context, say) is retried one prompt at a time so that only the bad rows
-    carry an error. Setting `stop` ends the current batch at its next token and skips the rest.
-    """
-    settings.validate()
-    if not prompts:
-        raise GenerationError("There are no prompts to run.")
-    if not 1 <= batch_size <= 256:
-        raise GenerationError("Batch size must be between 1 and 256.")
-    rows = [BatchRow(line, text) for line, text in prompts]
-    stop = stop or threading.Event()
-    started = time.perf_counter()
-    done = 0
-    for first in range(0, len(rows), batch_size):
-        if stop.is_set():
-            break
-        chunk = rows[first:first + batch_size]
-        batch_started = time.perf_counter()
-        try:
-            results = generate_batch(loaded, [r.prompt for r in chunk], settings, use_chat_template=use_chat_template,
-                                     system_prompt=system_prompt, stop=stop)
-            elapsed = time.perf_counter() - batch_started
-            for row, (text, count) in zip(chunk, results):
-                row.output, row.new_tokens, row.seconds = text, count, elapsed
-        except GenerationError:
-            for row in chunk:
-                one_started = time.perf_counter()
-                try:
-                    [(row.output, row.new_tokens)] = generate_batch(
-                        loaded, [row.prompt], settings, use_chat_template=use_chat_template,
-                        system_prompt=system_prompt, stop=stop)
-                except GenerationError as exc:
-                    row.error = str(exc)
-                row.seconds = time.perf_counter() - one_started
-        done += len(chunk)
-        yield BatchProgress(rows, done, len(rows), time.perf_counter() - started, stop.is_set())
-    if stop.is_set() and done < len(rows):
-        yield BatchProgress(rows, done, len(rows), time.perf_counter() - started, True)

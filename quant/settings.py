@@ -41,6 +41,18 @@ def _int_list_setting(name: str, default: str) -> tuple[int, ...]:
     return tuple(sorted(values))
 
 
+BATCH_ENGINES = ("auto", "continuous", "padded")
+
+
+def _choice_setting(name: str, choices: tuple[str, ...]) -> str:
+    """One of `choices` (the first is the default when unset); a clear error naming the setting otherwise."""
+    text = os.environ.get(name, "").strip().lower() or choices[0]
+    if text not in choices:
+        raise SettingsError(f"{name}={text!r} is not one of {', '.join(choices)}.",
+                            f"Unset it for the default, {choices[0]}.")
+    return text
+
+
 def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
@@ -84,6 +96,11 @@ class Settings:
     projections: 2.05 ms against 2.13 ms at 128 rows, 3.97 against 2.20 at 256. Default 256; 0 keeps tinygemm."""
     batch_max_prompts: int
     """QUANT_BATCH_MAX_PROMPTS: most prompts in one Batch run (default 1000)."""
+    batch_engine: str
+    """QUANT_BATCH_ENGINE: what runs a Batch job (the Batch tab, `python -m quant batch`, the Compare tab's batch
+    column). "auto" (default): transformers' continuous batching (a paged KV cache; prompts join and leave the running
+    batch as they finish) wherever it serves the loaded model, padded static batches elsewhere (quant.batching says
+    where and why); "continuous" or "padded" force one where it can run, to measure them against each other."""
     batch_max_upload_bytes: int
     """QUANT_BATCH_MAX_UPLOAD_BYTES: largest prompt file the Batch tab reads (default 2 MiB)."""
     concurrency: int
@@ -112,6 +129,7 @@ def load_settings() -> Settings:
         packed_gqa_decode=not _flag_off("QUANT_PACKED_GQA_DECODE"),
         int4_dequantize_rows=int_setting("QUANT_INT4_DEQUANTIZE_ROWS", 256, minimum=0),
         batch_max_prompts=int_setting("QUANT_BATCH_MAX_PROMPTS", 1000),
+        batch_engine=_choice_setting("QUANT_BATCH_ENGINE", BATCH_ENGINES),
         batch_max_upload_bytes=int_setting("QUANT_BATCH_MAX_UPLOAD_BYTES", 2 * 2**20),
         concurrency=int_setting("QUANT_CONCURRENCY", 4),
         queue_size=int_setting("QUANT_QUEUE_SIZE", 64),

@@ -92,7 +92,9 @@ EN = {
     "batch.prompts": "Prompts, one per line", "batch.upload": "…or upload .txt / .csv / .jsonl",
     "batch.column": "CSV column / JSONL field", "batch.template": "Apply the chat template to each prompt",
     "batch.system": "System prompt (with the chat template)",
-    "batch.note": "Greedy unless sampling is on; generation settings are those of the Chat tab.",
+    "batch.note": "Greedy unless sampling is on; generation settings are those of the Chat tab. Batch size is the "
+                  "most prompts generating at once. Each row fills in as its prompt finishes; Stop keeps the "
+                  "finished rows, and so does the download.",
     "batch.size": "Batch size", "batch.run": "Run batch", "batch.results": "Results", "batch.download": "Download results",
     "compare.intro": "Load one model in several modes, one after another, and measure each on the same prompts: "
                      "memory, speed, perplexity on held-out text, how far each mode's next-token predictions are "
@@ -226,7 +228,9 @@ KO = {
     "batch.prompts": "프롬프트 (한 줄에 하나)", "batch.upload": "…또는 .txt / .csv / .jsonl 업로드",
     "batch.column": "CSV 열 / JSONL 필드", "batch.template": "각 프롬프트에 채팅 템플릿 적용",
     "batch.system": "시스템 프롬프트 (채팅 템플릿과 함께)",
-    "batch.note": "샘플링을 켜지 않으면 그리디로 생성합니다. 생성 설정은 채팅 탭의 설정을 따릅니다.",
+    "batch.note": "샘플링을 켜지 않으면 그리디로 생성합니다. 생성 설정은 채팅 탭의 설정을 따릅니다. 배치 크기는 "
+                  "동시에 생성하는 프롬프트의 최대 수입니다. 각 행은 그 프롬프트가 끝나는 대로 채워지며, 중지하면 "
+                  "끝난 행은 그대로 남고 내려받기에도 들어갑니다.",
     "batch.size": "배치 크기", "batch.run": "일괄 실행", "batch.results": "결과", "batch.download": "결과 내려받기",
     "compare.intro": "한 모델을 여러 모드로 차례로 불러와 같은 프롬프트로 각각 측정합니다: 메모리, 속도, 학습에 "
                      "쓰지 않은 텍스트의 퍼플렉서티, 16비트 대비 다음 토큰 예측의 차이 (KL, top-1 일치율), 그리고 "

@@ -1,12 +1,15 @@
-"""The Batch tab: many prompts (pasted or uploaded) through the session's model in batches, with the Chat tab's
-generation settings; the results as a table and as CSV and JSONL files."""
+"""The Batch tab: many prompts (pasted or uploaded) through the session's model on its batching engine
+(quant.batching), with the Chat tab's generation settings; the results as a table that fills as prompts finish, and
+as CSV and JSONL files."""
 
 from __future__ import annotations
 
+import time
+
 import gradio as gr
 
+from quant.batching import run_batch
 from quant.forms import GenerationForm, number
-from quant.generation import run_batch
 from quant.prompts import parse_lines, read_prompt_file, scratch_folder, write_results
 from quant.registry import default_registry
 
@@ -16,6 +19,9 @@ from .shared import Shared, model_for_session
 BATCH_HEADERS = ["line", "prompt", "output", "new tokens", "seconds", "error"]
 BATCH_COLUMN_WIDTHS = ["6%", "27%", "37%", "8%", "8%", "14%"]
 """Fixed shares, so long outputs wrap inside their column and the error column stays on screen."""
+TABLE_UPDATE_SECONDS = 0.5
+"""At most one table redraw per this many seconds: prompts may finish at every step, and each redraw sends the whole
+table to the browser (1,000 rows at most)."""
 
 
 def _batch_table(rows) -> list[list]:
@@ -25,7 +31,7 @@ def _batch_table(rows) -> list[list]:
 @user_errors
 def run_batch_ui(key, pasted, upload, column, use_template, system_prompt, batch_size, request: gr.Request,
                  progress=gr.Progress(), **generation):
-    """Run the batch, filling the table as batches finish; then offer the CSV and JSONL files. The generation
+    """Run the batch, filling the table as prompts finish; then offer the CSV and JSONL files. The generation
     settings arrive by GenerationForm field name."""
     settings = GenerationForm.from_values(generation).to_settings()
     prompts = read_prompt_file(upload, column) if upload else parse_lines(pasted or "")
@@ -33,12 +39,14 @@ def run_batch_ui(key, pasted, upload, column, use_template, system_prompt, batch
     stop = new_stop_event(request)
     visitor = visitor_of(request)
     with default_registry().use(model_for_session(key, visitor), visitor) as loaded:
-        result = None
+        result, shown = None, 0.0
         progress(0, desc=f"0/{len(prompts)} prompts")
         for result in run_batch(loaded, prompts, settings, batch_size=batch_size,
                                 use_chat_template=bool(use_template), system_prompt=system_prompt, stop=stop):
             progress(result.done / result.total, desc=f"{result.done}/{result.total} prompts")
-            yield _batch_table(result.rows), result.totals(), None
+            if time.monotonic() - shown >= TABLE_UPDATE_SECONDS:  # the last table always comes below
+                shown = time.monotonic()
+                yield _batch_table(result.rows), result.totals(), None
     files = write_results(result.rows, scratch_folder("batch"))
     yield _batch_table(result.rows), result.totals(), [str(f) for f in files]
 

@@ -16,12 +16,12 @@ import pytest
 import torch
 from transformers.pytorch_utils import Conv1D
 
+from quant.batching import run_batch
 from quant.errors import QuantError, UnsupportedModeError
 from quant.generation import (
     GenerationSettings,
     build_chat_prompt,
     generate_batch,
-    run_batch,
     stop_token_ids,
     stream_chat,
 )

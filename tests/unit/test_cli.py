@@ -87,7 +87,8 @@ def test_every_subcommand_with_json_prints_json_alone_on_stdout(tmp_path, gptq_l
     loaded = json.loads(outputs["load"][0])
     assert loaded["quantization"]["backend"] == "gptq_int4pack"
     assert [(g["reason"], g["examples"]) for g in loaded["kept"]] == [("head", "lm_head")]  # GPTQ quantized the rest
-    assert json.loads(outputs["batch"][0])["done"] == 2
+    batch = json.loads(outputs["batch"][0])
+    assert batch["done"] == 2 and (batch["engine"], batch["engine_reason"]) == ("continuous", "")
     quantized = json.loads(outputs["quantize"][0])
     assert quantized["method"] == "gptq" and len(quantized["layer_errors"]) == 4 * 7  # the demo Llama: 4 layers
     assert all(e["loss"] >= 0 for e in quantized["layer_errors"])

@@ -72,6 +72,8 @@ def test_every_row_says_which_generation_path_it_measured(llama_results):
     for r in (r for r in llama_results if not r.error):
         assert r.generation_path.startswith("eager (CPU")  # CPU: the compiled path is off, with its reason
         assert r.compile_seconds == 0
+        # the batch column runs where a Batch job would: on transformers' continuous batching
+        assert r.batch_engine == "continuous batching" and r.generation_path.endswith("; b2: continuous batching")
 
 
 def test_a_measured_mode_is_freed_before_the_next_one_loads():
@@ -139,6 +141,7 @@ def test_seq2seq_compare_has_no_perplexity_but_answers():
     # int8 leaves T5's float32 `wo` projections as they are, and the row says so (the Compare JSON carries it)
     bf16, int8 = rows
     assert bf16.kept == [] and any(g["reason"] == "keep_fp32" and g["patterns"] == ["wo"] for g in int8.kept)
+    assert all(r.batch_engine.startswith("padded batches (seq2seq") for r in rows)
 
 
 def test_cli_compare_refuses_an_unknown_mode_before_loading_anything(capsys):

@@ -8,12 +8,12 @@ import time
 import pytest
 import torch
 
+from quant.batching import run_batch
 from quant.generation import (
     GenerationError,
     GenerationSettings,
     build_chat_prompt,
     generate_batch,
-    run_batch,
     stop_token_ids,
     stream_chat,
 )
@@ -194,10 +194,18 @@ def test_greedy_batch_equals_one_by_one_seq2seq(t5):
     assert generate_batch(t5, T5_PROMPTS, settings) == one_by_one
 
 
-def test_batch_reports_progress_and_a_bad_row_by_its_line(llama):
+@pytest.mark.parametrize("engine", ["continuous", "padded"])
+def test_batch_reports_progress_and_a_bad_row_by_its_line(llama, engine):
     prompts = [(1, "The with statement"), (3, "word " * 600), (4, "A class definition")]
-    progress = list(run_batch(llama, prompts, GenerationSettings(max_new_tokens=8), batch_size=2))
-    assert [p.done for p in progress] == [2, 3]
+    progress, filled = [], []  # each table as it was yielded: rows are updated in place
+    for p in run_batch(llama, prompts, GenerationSettings(max_new_tokens=8), batch_size=2, engine=engine):
+        progress.append(p)
+        filled.append([bool(r.output or r.error) for r in p.rows])
+    if engine == "padded":  # chunks of 2 from the shortest: the two good prompts, then the bad one alone
+        assert [p.done for p in progress] == [2, 3]
+    else:  # the bad prompt is refused before anything runs; the others follow as they finish
+        assert filled[0] == [False, True, False] and progress[-1].done == 3
+        assert all(a.done < b.done for a, b in zip(progress, progress[1:]))
     rows = progress[-1].rows
     assert rows[1].line == 3 and "context" in rows[1].error
     assert rows[0].output and rows[2].output and not rows[0].error

@@ -79,7 +79,7 @@ def test_limits(tmp_path, monkeypatch):
 
 
 def test_results_files(tmp_path):
-    from quant.generation import BatchRow
+    from quant.batching import BatchRow
 
     rows = [BatchRow(1, "p, with comma", "out\nput", 3, 0.5), BatchRow(2, "q", error="too long")]
     csv_path, jsonl_path = write_results(rows, tmp_path)

@@ -1,0 +1,194 @@
+"""Continuous batching against padded batches, per mode (issue 26): the Batch tab's own path, quant.batching.run_batch,
+forced to each engine through its `engine` argument, on ragged prompts.
+
+Per mode: one load (the app's registry; the generation path as the app decides it, or --fast-generation), each engine
+warmed up on a few prompts, then every engine on the same --prompts prompts of 16 to --max-prompt-tokens tokens
+(lengths drawn uniformly, seeded) with up to --new-tokens new tokens each, greedy, --batch-size generating at once.
+Per engine: generated tokens/s and prompts/s (to the last reply), the first reply's time, the whole job's time (the
+continuous engine's teardown included), peak GPU memory during the job, the engine that really ran (a forced
+continuous engine falls back to padded batches where it cannot run, and says why), and how many replies equal the
+continuous engine's (greedy: they should all, but for near ties in 16-bit arithmetic). `--compiled-batch-sizes 32`
+gives the padded engine the compiled static-batch loop at that size (QUANT_COMPILED_BATCH_SIZES, at load).
+
+    python bench/batch_engines.py --shape 8b --modes bf16,nf4,int8,gptq --prompts 128 --new-tokens 128 \\
+        --batch-size 128 --out bench/results                                                        # the GPU run
+    python bench/batch_engines.py --shape 8b --modes bf16,gptq --prompts 128 --new-tokens 128 --batch-size 32 \\
+        --compiled-batch-sizes 32 --tag=-compiled32 --out bench/results            # against the compiled loop
+    python bench/batch_engines.py --model demo:tiny-llama-chat --device-map cpu --modes fp32,nf4 --prompts 12 \\
+        --max-prompt-tokens 300 --new-tokens 16 --batch-size 4 --out /tmp/batch-engines              # a CPU check
+
+Random weights (bench/llama_shapes.py) for the shapes: speed and memory only; with random weights a reply seldom
+meets a stop token, so most replies run to --new-tokens.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import REQUIRED, WORK, bench_parser, result_stem, write_results  # noqa: E402
+from bench.llama_shapes import build_checkpoint  # noqa: E402
+from bench.methods_bench import parse_modes, quantized_checkpoint  # noqa: E402
+from quant.batching import CONTINUOUS, run_batch  # noqa: E402
+from quant.generation import GenerationSettings  # noqa: E402
+from quant.gptq import builtin_textsets  # noqa: E402
+from quant.loader import LoadRequest  # noqa: E402
+from quant.methods import METHODS, QuantOptions  # noqa: E402
+from quant.registry import ModelRegistry  # noqa: E402
+from quant.source import resolve_location  # noqa: E402
+
+MiB = 2**20
+GOALS = "bf16 continuous >= 5,000 tok/s (8B, 128 ragged prompts x 128 new tokens); GPTQ >= bf16; nf4 >= 0.6x bf16"
+
+
+def ragged_prompts(tokenizer, count: int, shortest: int, longest: int, seed: int = 0) -> list[str]:
+    """`count` prompts cut from the built-in Python reference text, of `shortest` to `longest` tokens (uniformly
+    drawn), each from its own place in the text."""
+    ids = tokenizer(builtin_textsets()["python-reference"].read_text(), add_special_tokens=False,
+                    verbose=False)["input_ids"]  # the whole text: longer than the model's context, as meant
+    rng = random.Random(seed)
+    prompts = []
+    for _ in range(count):
+        length = rng.randint(shortest, longest)
+        start = rng.randrange(0, max(1, len(ids) - length))
+        prompts.append(tokenizer.decode(ids[start:start + length]))
+    return prompts
+
+
+def run_engine(loaded, prompts: list[str], settings: GenerationSettings, batch_size: int, engine: str) -> dict:
+    """One job on `engine` through run_batch: its rates, times, peak GPU memory and replies."""
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    first_reply = last = None
+    for last in run_batch(loaded, list(enumerate(prompts, 1)), settings, batch_size=batch_size, engine=engine):
+        if first_reply is None and last.done:
+            first_reply = time.perf_counter() - started
+    job_seconds = time.perf_counter() - started
+    return {"engine": engine, "ran": last.engine.describe(), "ran_engine": last.engine.engine,
+            "seconds": last.seconds, "job_seconds": job_seconds, "first_reply_seconds": first_reply,
+            "prompts": last.total, "done": last.done, "generated_tokens": last.generated_tokens,
+            "tokens_per_s": last.generated_tokens / last.seconds, "prompts_per_s": last.done / last.seconds,
+            "errors": [r.error for r in last.rows if r.error][:3],
+            "peak_gpu_bytes": torch.cuda.max_memory_allocated() if cuda else None,
+            "replies": [[r.output, r.new_tokens] for r in last.rows]}
+
+
+def bench_mode(registry: ModelRegistry, mode, model: str, args, prompts_of) -> dict:
+    options = QuantOptions(**mode.options)
+    row = {"mode": mode.label, "model": model, "engines": []}
+    try:
+        loaded = registry.load(LoadRequest(model=model, mode=mode.method, options=options,
+                                           device_map=args.device_map))
+    except Exception as exc:  # noqa: BLE001 - a mode that does not load is a row, not the end of the run
+        row["error"] = f"{type(exc).__name__}: {exc}"
+        print(f"{mode.label}: load failed: {row['error']}", flush=True)
+        return row
+    row["generation_path"] = loaded.path.describe()
+    row["attn_implementation"] = loaded.model.config._attn_implementation
+    prompts = prompts_of(loaded.tokenizer)
+    row["prompt_tokens"] = [len(loaded.tokenizer(p)["input_ids"]) for p in prompts]
+    settings = GenerationSettings(max_new_tokens=args.new_tokens)
+    engines = args.engines.split(",")
+    for engine in engines:  # warm-up: kernels, allocator, the compiled loop's first calls
+        run_engine(loaded, prompts[:4], GenerationSettings(max_new_tokens=4), min(4, args.batch_size), engine)
+    for engine in engines:
+        result = run_engine(loaded, prompts, settings, args.batch_size, engine)
+        row["engines"].append(result)
+        print(f"{mode.label} {engine}: {result['tokens_per_s']:,.0f} tok/s, {result['prompts_per_s']:.2f} prompts/s, "
+              f"first reply {result['first_reply_seconds'] or 0:.2f} s, job {result['job_seconds']:.1f} s, peak "
+              f"{(result['peak_gpu_bytes'] or 0) / MiB:,.0f} MiB; ran {result['ran']}", flush=True)
+    reference = next((e["replies"] for e in row["engines"] if e["ran_engine"] == CONTINUOUS), None)
+    for result in row["engines"]:
+        result["equal_to_continuous"] = (sum(a == b for a, b in zip(result["replies"], reference))
+                                         if reference else None)
+        if not args.keep_replies:
+            result.pop("replies")
+    key = loaded.key
+    del loaded
+    registry.unload(key)
+    return row
+
+
+def markdown(data: dict) -> str:
+    lines = [f"# Batch engines: continuous batching vs padded batches ({data['source']})", "",
+             f"{data['prompts']} prompts of {data['shortest']}-{data['longest']} tokens, up to {data['new_tokens']} "
+             f"new tokens each (greedy), batch size {data['batch_size']} (most prompts generating at once), "
+             f"QUANT_COMPILED_BATCH_SIZES={data['compiled_batch_sizes']}, "
+             f"QUANT_FAST_GENERATION={data['fast_generation']}; through quant.batching.run_batch.", "",
+             "| mode | engine | ran | tok/s | prompts/s | first reply s | job s | peak GPU MiB | "
+             "replies = continuous |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in data["modes"]:
+        if row.get("error"):
+            lines.append(f"| {row['mode']} | failed: {row['error']} ||||||||")
+            continue
+        for e in row["engines"]:
+            peak = f"{e['peak_gpu_bytes'] / MiB:,.0f}" if e["peak_gpu_bytes"] else "n/a"
+            equal = "n/a" if e["equal_to_continuous"] is None else f"{e['equal_to_continuous']}/{e['prompts']}"
+            lines.append(f"| {row['mode']} | {e['engine']} | {e['ran']} | {e['tokens_per_s']:,.0f} | "
+                         f"{e['prompts_per_s']:.2f} | {e['first_reply_seconds'] or 0:.2f} | {e['job_seconds']:.1f} | "
+                         f"{peak} | {equal} |")
+    lines += ["", "Faster engine per mode (generated tok/s):", ""]
+    for row in data["modes"]:
+        rates = {e["engine"]: e["tokens_per_s"] for e in row.get("engines", []) if e["ran_engine"] == e["engine"]}
+        if len(rates) == 2:
+            best = max(rates, key=rates.get)
+            other = min(rates, key=rates.get)
+            lines.append(f"- {row['mode']}: {best} ({rates[best] / rates[other]:.2f}x {other}); path "
+                         f"{row['generation_path']}")
+    lines += ["", f"Goals (issue 26): {GOALS}."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = bench_parser(__doc__, out=REQUIRED, tag="", work=WORK, model=None, shape="8b", modes="bf16,nf4,gptq",
+                          device_map="cuda:0" if torch.cuda.is_available() else "cpu", new_tokens=128,
+                          helps={"model": "a model instead of a random-weight shape (Hub id, folder, demo:NAME)",
+                                 "new_tokens": "most new tokens per prompt (greedy; a stop token ends a reply)"})
+    parser.add_argument("--prompts", type=int, default=128)
+    parser.add_argument("--min-prompt-tokens", type=int, default=16)
+    parser.add_argument("--max-prompt-tokens", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=128, help="most prompts generating at once (1-256)")
+    parser.add_argument("--engines", default="continuous,padded")
+    parser.add_argument("--compiled-batch-sizes", default=os.environ.get("QUANT_COMPILED_BATCH_SIZES", "1"),
+                        help="QUANT_COMPILED_BATCH_SIZES for the loads")
+    parser.add_argument("--fast-generation", default=os.environ.get("QUANT_FAST_GENERATION", "auto"),
+                        help="QUANT_FAST_GENERATION for the loads: auto, all, off")
+    parser.add_argument("--keep-replies", action="store_true", help="keep every reply in the JSON")
+    args = parser.parse_args()
+    modes = parse_modes(args.modes)  # refused before anything is built
+    os.environ["QUANT_COMPILED_BATCH_SIZES"] = args.compiled_batch_sizes
+    os.environ["QUANT_FAST_GENERATION"] = args.fast_generation
+    if args.model:
+        source, name = args.model, args.model.rsplit("/", 1)[-1].replace("demo:", "")
+    else:
+        device = "cuda" if args.device_map != "cpu" and torch.cuda.is_available() else "cpu"
+        source, name = str(build_checkpoint(args.shape, args.work / f"llama-{args.shape}", device=device)), args.shape
+    data = {"source": source, "prompts": args.prompts, "shortest": args.min_prompt_tokens,
+            "longest": args.max_prompt_tokens, "new_tokens": args.new_tokens, "batch_size": args.batch_size,
+            "compiled_batch_sizes": args.compiled_batch_sizes, "fast_generation": args.fast_generation, "modes": []}
+
+    def prompts_of(tokenizer):
+        return ragged_prompts(tokenizer, args.prompts, args.min_prompt_tokens, args.max_prompt_tokens)
+
+    registry = ModelRegistry(max_models=1)
+    for mode in modes:
+        model = source
+        if METHODS[mode.method].needs_quantized_checkpoint:
+            model, _ = quantized_checkpoint(mode, Path(resolve_location(source)[0]), args.work)
+        data["modes"].append(bench_mode(registry, mode, model, args, prompts_of))
+    write_results(args.out, result_stem("batch-engines", name, tag=args.tag), data, markdown)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""On a CUDA GPU: Batch jobs on transformers' continuous batching (quant.batching) give the greedy tokens of one prompt
+at a time, on a model with the compiled path (whose grouped-query attention is quant.attention's packed sdpa) too,
+and give their KV cache back after the job."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from quant.batching import CONTINUOUS, choose_engine, run_batch
+from quant.generation import GenerationSettings
+from quant.loader import LoadRequest
+from tests.conftest import LLAMA
+from tests.support.batching import RAGGED, assert_continuous_matches_one_by_one
+from tests.support.fastpath import load
+
+pytestmark = pytest.mark.gpu
+GREEDY = GenerationSettings(max_new_tokens=16)
+
+
+@pytest.mark.parametrize("mode", ["bf16", "nf4"])
+@pytest.mark.parametrize("fast", [False, True], ids=["eager", "compiled"])
+def test_continuous_batching_matches_one_by_one_on_the_gpu(mode, fast, kernel_cache):
+    loaded = load(LoadRequest(model=LLAMA, mode=mode, device_map="cuda:0"), fast=fast)
+    assert loaded.path.compiled == fast
+    assert choose_engine(loaded, GREEDY).engine == CONTINUOUS
+    assert_continuous_matches_one_by_one(loaded, RAGGED, concurrency=4)
+
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    last = list(run_batch(loaded, list(enumerate(RAGGED, 1)), GREEDY, batch_size=4))[-1]
+    assert last.engine.engine == CONTINUOUS and all(r.new_tokens and not r.error for r in last.rows)
+    assert torch.cuda.memory_allocated() - before < 2**20  # the job's paged KV cache is gone with it
+    loaded.path.close()

@@ -1,0 +1,155 @@
+"""Batch jobs on transformers' continuous batching (quant.batching): greedy replies equal one-by-one generation for
+ragged prompts, results arrive as prompts finish, Stop ends a job at once and keeps what finished, the KV cache is
+freed after, and jobs it cannot run go to padded batches with the reason."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+
+import pytest
+from transformers.generation.continuous_batching import PagedAttentionCache
+
+from quant.attention import use_packed_gqa_decode
+from quant.batching import CONTINUOUS, PADDED, choose_engine, run_batch
+from quant.generation import GenerationSettings, generate_batch, stream_chat
+from quant.loader import LoadRequest, load_model
+from quant.settings import SettingsError, load_settings
+from tests.conftest import LLAMA, T5
+from tests.support.batching import RAGGED, assert_continuous_matches_one_by_one
+
+GREEDY = GenerationSettings(max_new_tokens=16)
+
+
+@pytest.fixture(scope="module")
+def fp32():
+    return load_model(LoadRequest(model=LLAMA, mode="fp32"))
+
+
+def test_greedy_continuous_batch_equals_one_by_one_for_ragged_prompts_fp32(fp32):
+    """fp32: every reply equals generation one prompt at a time, exactly, stop tokens and all, through run_batch (3
+    prompts at once out of 6, so places are refilled as prompts finish); with the chat template too."""
+    one = [generate_batch(fp32, [p], GREEDY)[0] for p in RAGGED]
+    last = list(run_batch(fp32, list(enumerate(RAGGED, 1)), GREEDY, batch_size=3))[-1]
+    assert last.engine.engine == CONTINUOUS and "continuous batching" in last.totals()
+    assert [(r.output, r.new_tokens) for r in last.rows] == one
+    assert all(r.seconds > 0 and not r.error for r in last.rows)
+
+    chat = RAGGED[1::2]
+    templated = [generate_batch(fp32, [p], GREEDY, use_chat_template=True, system_prompt="Be brief.")[0] for p in chat]
+    last = list(run_batch(fp32, list(enumerate(chat, 1)), GREEDY, use_chat_template=True,
+                          system_prompt="Be brief."))[-1]
+    assert last.engine.engine == CONTINUOUS and [(r.output, r.new_tokens) for r in last.rows] == templated
+
+
+@pytest.mark.parametrize("mode", ["bf16", "nf4"])
+def test_greedy_continuous_batch_equals_one_by_one_in_16_bit_and_nf4(mode):
+    """bf16 arithmetic (bf16 weights; nf4 computes in bf16) may differ in its last bits between a packed batch and one
+    prompt alone, as a padded batch's does: equal tokens, or a first difference at a near tie (all six replies are
+    equal whole on the machine this was written on)."""
+    loaded = load_model(LoadRequest(model=LLAMA, mode=mode))
+    assert choose_engine(loaded, GREEDY).engine == CONTINUOUS
+    assert assert_continuous_matches_one_by_one(loaded, RAGGED, concurrency=4) >= len(RAGGED) // 2
+
+
+def test_the_compiled_paths_packed_attention_serves_continuous_batching():
+    """On a GPU the compiled path gives grouped-query models `packed_gqa_sdpa` (quant.attention): continuous batching
+    runs on it (its paged-cache calls go to transformers' sdpa) and leaves it in place for the other sessions."""
+    packed = load_model(LoadRequest(model=LLAMA, mode="fp32"))
+    assert use_packed_gqa_decode(packed.model)[0]
+    name = packed.model.config._attn_implementation
+    assert choose_engine(packed, GREEDY).engine == CONTINUOUS
+    assert assert_continuous_matches_one_by_one(packed, RAGGED, concurrency=6) == len(RAGGED)
+    assert packed.model.config._attn_implementation == name
+
+
+def test_results_arrive_as_prompts_finish(fp32):
+    """A short prompt that ends at its first token comes back before a long one still generating, in its own row."""
+    prompts = [(1, RAGGED[2]), (2, "x")]  # 435 tokens and 16 new; "x" is answered by a stop token
+    filled = [[bool(r.output or r.new_tokens) for r in p.rows]
+              for p in run_batch(fp32, prompts, GREEDY, batch_size=2, engine=CONTINUOUS)]
+    assert filled[0] == [False, True] and filled[-1] == [True, True]
+
+
+@pytest.fixture
+def collector_off():
+    """No garbage collection meanwhile: what is freed is freed by reference counting (the engine's teardown relies
+    on it, quant.batching._collecting_only_new_objects)."""
+    gc.disable()
+    yield
+    gc.enable()
+
+
+def test_a_job_leaves_the_shared_model_as_other_sessions_see_it(fp32):
+    """Other sessions generate on the same model meanwhile: two continuous jobs must not change what a chat computes
+    (transformers writes a call's `is_causal` into the shared config for the call; with False there, other threads'
+    masks turned bidirectional, and the config could stay so)."""
+    history = [{"role": "user", "content": "What does the with statement do?"}]
+    alone = list(stream_chat(fp32, history, settings=GREEDY))[-1].text
+    before = fp32.model.config.to_dict()
+    jobs = [threading.Thread(target=lambda: list(run_batch(fp32, list(enumerate(RAGGED * 2, 1)), GREEDY,
+                                                           batch_size=3, engine=CONTINUOUS))) for _ in range(2)]
+    for job in jobs:
+        job.start()
+    seen = {getattr(fp32.model.config, "is_causal", None)}
+    during = list(stream_chat(fp32, history, settings=GREEDY))[-1].text
+    while any(job.is_alive() for job in jobs):
+        seen.add(getattr(fp32.model.config, "is_causal", None))
+        time.sleep(0.0005)  # a look every half millisecond: a forward step of the demo model takes several
+    assert seen == {before.get("is_causal")} and during == alone
+    assert fp32.model.config.to_dict() == before
+
+
+def live_caches() -> int:
+    """Paged caches still in memory, garbage included (gc.get_objects lists unreachable objects not yet collected)."""
+    return sum(isinstance(o, PagedAttentionCache) for o in gc.get_objects())
+
+
+def test_stop_ends_the_job_at_once_keeps_what_finished_and_frees_the_cache(fp32, collector_off):
+    prompts = [(1, "x")] + [(i, f"Explain Python statement number {i} in detail.") for i in range(2, 40)]
+    stop = threading.Event()
+    jobs = run_batch(fp32, prompts, GenerationSettings(max_new_tokens=200), batch_size=4, stop=stop,
+                     engine=CONTINUOUS)
+    first = next(jobs)
+    assert first.done >= 1 and first.rows[0].new_tokens >= 1 and live_caches() == 1
+    stop.set()
+    stopped_at = time.perf_counter()
+    last = list(jobs)[-1]
+    assert time.perf_counter() - stopped_at < 3  # a step and the manager's teardown, not 39 x 200 tokens
+    assert last.stopped and last.totals().endswith("· stopped") and last.done < len(prompts)
+    done = [r for r in last.rows if r.output or r.new_tokens]
+    assert len(done) == last.done and all(r.new_tokens >= 1 for r in done)
+    assert not any(t.is_alive() and "_run_generation_loop" in t.name for t in threading.enumerate())
+    assert live_caches() == 0
+
+
+def test_a_seq2seq_model_takes_padded_batches_with_the_reason():
+    t5 = load_model(LoadRequest(model=T5, mode="fp32"))
+    choice = choose_engine(t5, GREEDY)
+    assert choice.engine == PADDED and choice.reason.startswith("seq2seq")
+    forced = choose_engine(t5, GREEDY, CONTINUOUS)
+    assert forced.engine == PADDED and forced.reason.startswith("QUANT_BATCH_ENGINE=continuous, but seq2seq")
+    last = list(run_batch(t5, [(1, "reverse: a b c"), (2, "reverse: one two three four")], GREEDY))[-1]
+    assert last.engine == choice and "padded batches (seq2seq" in last.totals()
+    assert all(r.output for r in last.rows)
+
+
+def test_settings_and_attention_it_cannot_serve_go_to_padded_batches(fp32, monkeypatch):
+    penalty = choose_engine(fp32, GenerationSettings(repetition_penalty=1.3))
+    assert penalty.engine == PADDED and "RepetitionPenaltyLogitsProcessor" in penalty.reason
+    ngrams = choose_engine(fp32, GenerationSettings(no_repeat_ngram_size=3))
+    assert ngrams.engine == PADDED and "NoRepeatNGramLogitsProcessor" in ngrams.reason
+    sampled = GenerationSettings(do_sample=True, temperature=0.8, top_p=0.9, top_k=20, seed=3)
+    assert choose_engine(fp32, sampled).engine == CONTINUOUS  # temperature, top-k, top-p: applied per prompt
+    eager = load_model(LoadRequest(model=LLAMA, mode="fp32", attn_implementation="eager"))
+    refused = choose_engine(eager, GREEDY)
+    assert refused.engine == PADDED and refused.reason.startswith("eager attention")
+    assert eager.model.config._attn_implementation == "eager"
+
+    monkeypatch.setenv("QUANT_BATCH_ENGINE", "padded")
+    assert choose_engine(fp32, GREEDY) == choose_engine(fp32, GREEDY, PADDED)
+    assert choose_engine(fp32, GREEDY).reason == "QUANT_BATCH_ENGINE=padded"
+    monkeypatch.setenv("QUANT_BATCH_ENGINE", "fastest")
+    with pytest.raises(SettingsError, match="QUANT_BATCH_ENGINE='fastest' is not one of auto, continuous, padded"):
+        load_settings()
