@@ -13,7 +13,7 @@ from quant.forms import GenerationForm, number
 from quant.prompts import parse_lines, read_prompt_file, scratch_folder, write_results
 from quant.registry import default_registry
 
-from .common import Slider, new_stop_event, stop_button, t, user_errors, visitor_of
+from .common import InBackground, Slider, new_stop_event, stop_button, t, user_errors, visitor_of
 from .shared import Shared, model_for_session
 
 BATCH_HEADERS = ["line", "prompt", "output", "new tokens", "seconds", "error"]
@@ -38,15 +38,27 @@ def run_batch_ui(key, pasted, upload, column, use_template, system_prompt, batch
     batch_size = number(batch_size, int, "Batch size")
     stop = new_stop_event(request)
     visitor = visitor_of(request)
-    with default_registry().use(model_for_session(key, visitor), visitor) as loaded:
-        result, shown = None, 0.0
-        progress(0, desc=f"0/{len(prompts)} prompts")
-        for result in run_batch(loaded, prompts, settings, batch_size=batch_size,
-                                use_chat_template=bool(use_template), system_prompt=system_prompt, stop=stop):
-            progress(result.done / result.total, desc=f"{result.done}/{result.total} prompts")
-            if time.monotonic() - shown >= TABLE_UPDATE_SECONDS:  # the last table always comes below
-                shown = time.monotonic()
-                yield _batch_table(result.rows), result.totals(), None
+
+    def work(emit):
+        # In a thread of its own (InBackground): a cancelled job or a closed page closes this handler on Gradio's event
+        # loop, and the engine's teardown (continuous batching: stopping its thread, freeing the KV cache) must not run
+        # there; the model stays leased until that teardown is over.
+        with default_registry().use(model_for_session(key, visitor), visitor) as loaded:
+            last = None
+            for last in run_batch(loaded, prompts, settings, batch_size=batch_size,
+                                  use_chat_template=bool(use_template), system_prompt=system_prompt, stop=stop):
+                emit(last)
+            return last
+
+    shown = 0.0
+    progress(0, desc=f"0/{len(prompts)} prompts")
+    job = InBackground(work, stop)
+    for result in job:
+        progress(result.done / result.total, desc=f"{result.done}/{result.total} prompts")
+        if time.monotonic() - shown >= TABLE_UPDATE_SECONDS:  # the last table always comes below
+            shown = time.monotonic()
+            yield _batch_table(result.rows), result.totals(), None
+    result = job.result
     files = write_results(result.rows, scratch_folder("batch"))
     yield _batch_table(result.rows), result.totals(), [str(f) for f in files]
 
