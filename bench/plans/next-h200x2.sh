@@ -17,6 +17,7 @@ out=$R/results
 lane 0 \
   "python3 -m pytest tests/gpu -q -n 0 -p no:cacheprovider --durations=0" \
   "python3 bench/batch_engines.py --shape 8b --modes bf16,nf4,gptq --prompts 128 --new-tokens 128 --batch-size 128 --work /tmp/bench0 --out $out" \
+  "python3 bench/chat_during_batch.py --shape 8b --mode bf16 --device-map cuda:0 --prompts 128 --new-tokens 128 --batch-size 32 --out $out" \
   "python3 bench/methods_bench.py --shapes 8b --modes 'bf16,torchao_int8,fp8,fp8[fp8_activation=dynamic]' --work /tmp/bench0 --out $out --tag=-settings2" &
 lane 1 \
   "python3 bench/quantize_time.py --method awq --shape 8b --samples 32 --seq-len 512 --work /tmp/bench1 --out $out" \
