@@ -33,6 +33,18 @@ log = logging.getLogger(__name__)
 
 GROUP_SIZES = (32, 64, 128, 256)
 """Group sizes tinygemm has kernels for."""
+
+
+def kernel_refusal(bits, group_size, on_cuda: bool, *, weights: str = "", subject: str = "this") -> str | None:
+    """Why PyTorch's int4 kernel cannot run `bits`-bit weights in groups of `group_size` here, or None: the one rule
+    of every method that repacks into it (GPTQ, AWQ, HQQ). `weights` names the format in the message ("GPTQ"),
+    `subject` what is refused ("this checkpoint")."""
+    if bits != 4 or group_size not in GROUP_SIZES:
+        return (f"PyTorch's int4 kernel runs 4-bit{f' {weights}' if weights else ''} with group size "
+                f"{', '.join(map(str, GROUP_SIZES))}; {subject} is {bits}-bit with group size {group_size}.")
+    if on_cuda and torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 0):
+        return "PyTorch's int4 kernel needs an Ampere or newer GPU."
+    return None
 _N_TILE = 8
 _K_TILE = 16
 _MAX_RELATIVE_ERROR = 2e-2

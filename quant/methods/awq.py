@@ -9,7 +9,7 @@ from dataclasses import replace
 import torch
 
 from ..errors import UnsupportedModeError
-from ..int4pack import GROUP_SIZES as INT4PACK_GROUP_SIZES
+from ..int4pack import kernel_refusal
 from .base import DTYPES, Option, QuantizeOutcome, QuantMethod, is_installed, saved_method_name
 from .gptq import repack_for_int4_kernel
 
@@ -43,6 +43,7 @@ class AWQMethod(QuantMethod):
     card_requirements = ("Loading needs `gptqmodel` (`pip install gptqmodel`): transformers loads AWQ checkpoints "
                          "with its kernels.")
     CPU_BACKENDS = ("awq_int4pack", "awq_torch")
+    backend_option = "awq_backend"
     TRACEABLE_BACKENDS = ("awq_int4pack", "awq_torch", "awq_marlin")
     """awq_int4pack is quant.int4pack's layer, the one GPTQ's default kernel compiles with; gptqmodel's torch kernel is
     plain torch code and its Marlin kernel a torch op, as for GPTQ (tests/gpu/test_gpu_methods.py checks each against the
@@ -60,14 +61,8 @@ class AWQMethod(QuantMethod):
     def int4pack_refusal(checkpoint_quantization: dict | None, on_cuda: bool) -> str | None:
         """Why PyTorch's int4 kernel (awq_int4pack) cannot run this checkpoint here, or None."""
         saved = checkpoint_quantization or {}
-        bits, group_size = saved.get("bits"), saved.get("group_size")
-        if bits != 4 or group_size not in INT4PACK_GROUP_SIZES:
-            return (f"PyTorch's int4 kernel runs 4-bit AWQ with group size "
-                    f"{', '.join(map(str, INT4PACK_GROUP_SIZES))}; this checkpoint is {bits}-bit with group size "
-                    f"{group_size}.")
-        if on_cuda and torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 0):
-            return "PyTorch's int4 kernel needs an Ampere or newer GPU."
-        return None
+        return kernel_refusal(saved.get("bits"), saved.get("group_size"), on_cuda, weights="AWQ",
+                              subject="this checkpoint")
 
     @classmethod
     def default_backend(cls, checkpoint_quantization: dict | None = None, on_cuda: bool = False) -> str:
@@ -149,14 +144,6 @@ class AWQMethod(QuantMethod):
         if options.awq_backend != "awq_int4pack":
             return []
         return repack_for_int4_kernel(model, progress, "AWQ", "awq_torch")
-
-    def compile_refusal(self, options):
-        if options.awq_backend in self.TRACEABLE_BACKENDS:
-            return None
-        return f"the {options.awq_backend} kernel does not trace under torch.compile"
-
-    def kernel(self, options):
-        return options.awq_backend
 
     def quantize_refusal(self, config, kind):
         from ..families import gptq_refusal

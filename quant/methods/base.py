@@ -229,9 +229,18 @@ class QuantMethod:
         return record
 
     # How it generates
+    backend_option: ClassVar[str | None] = None
+    """The QuantOptions field where the user picks the kernel (`gptq_backend`), for a method that has a choice."""
+    TRACEABLE_BACKENDS: ClassVar[tuple[str, ...]] = ()
+    """The kernels of that choice that trace under torch.compile."""
+
     def compile_refusal(self, options: QuantOptions) -> str | None:
-        """Why the compiled decode path (quant.fastpath) cannot run this method, or None."""
-        return None
+        """Why the compiled decode path (quant.fastpath) cannot run this method, or None: by default, a chosen kernel
+        outside TRACEABLE_BACKENDS."""
+        backend = self.kernel(options)
+        if backend is None or backend in self.TRACEABLE_BACKENDS:
+            return None
+        return f"the {backend} kernel does not trace under torch.compile"
 
     def compile_options(self, options: QuantOptions) -> dict[str, Any]:
         """Inductor settings for this method's compiled decode step (`torch.compile(options=...)`), applied to that
@@ -239,8 +248,8 @@ class QuantMethod:
         return {}
 
     def kernel(self, options: QuantOptions) -> str | None:
-        """The kernel the method's layers run on, where the user picks one (GPTQ), else None."""
-        return None
+        """The kernel the method's layers run on, where the user picks one (`backend_option`), else None."""
+        return getattr(options, self.backend_option) if self.backend_option else None
 
     # How it is written to disk (the Quantize tab)
     def quantize_refusal(self, config: Any, kind: str) -> tuple[str, str] | None:

@@ -10,7 +10,7 @@ import torch
 from transformers import GPTQConfig
 
 from ..errors import UnsupportedModeError
-from ..int4pack import GROUP_SIZES as INT4PACK_GROUP_SIZES
+from ..int4pack import kernel_refusal
 from .base import DTYPES, Option, QuantizeOutcome, QuantMethod, is_installed, saved_method_name
 
 GPTQ_BACKENDS: dict[str, str] = {
@@ -41,6 +41,7 @@ class GPTQMethod(QuantMethod):
     hub_tags = ("gptq",)
     card_requirements = "Loading needs `optimum` and `gptqmodel` (`pip install optimum gptqmodel`)."
     CPU_BACKENDS = ("gptq_torch", "gptq_int4pack")
+    backend_option = "gptq_backend"
     TRACEABLE_BACKENDS = ("gptq_marlin", "gptq_torch", "gptq_int4pack")
     """Kernels that trace under torch.compile (the compiled decode path): torch ops (gptqmodel builds Marlin as
     torch.ops) or plain torch code. Each measured faster through the compiled decode loop on an H100, Llama-8B shape,
@@ -54,14 +55,8 @@ class GPTQMethod(QuantMethod):
     def int4pack_refusal(checkpoint_quantization: dict | None, on_cuda: bool) -> str | None:
         """Why PyTorch's int4 kernel (gptq_int4pack) cannot run this checkpoint here, or None."""
         saved = checkpoint_quantization or {}
-        bits, group_size = saved.get("bits"), saved.get("group_size")
-        if bits != 4 or group_size not in INT4PACK_GROUP_SIZES:
-            return (f"PyTorch's int4 kernel runs 4-bit GPTQ with group size "
-                    f"{', '.join(map(str, INT4PACK_GROUP_SIZES))}; this checkpoint is {bits}-bit with group size "
-                    f"{group_size}.")
-        if on_cuda and torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 0):
-            return "PyTorch's int4 kernel needs an Ampere or newer GPU."
-        return None
+        return kernel_refusal(saved.get("bits"), saved.get("group_size"), on_cuda, weights="GPTQ",
+                              subject="this checkpoint")
 
     @classmethod
     def default_backend(cls, checkpoint_quantization: dict | None = None, on_cuda: bool = False) -> str:
@@ -156,13 +151,8 @@ class GPTQMethod(QuantMethod):
         return repack_for_int4_kernel(model, progress, "GPTQ", "gptq_torch")
 
     def compile_refusal(self, options):
-        if options.gptq_backend in self.TRACEABLE_BACKENDS:
-            return None
-        return (f"the {options.gptq_backend} kernel does not trace under torch.compile (choose gptq_int4pack, "
-                "gptq_marlin or gptq_torch for the compiled path)")
-
-    def kernel(self, options):
-        return options.gptq_backend
+        refusal = super().compile_refusal(options)
+        return refusal and f"{refusal} (choose gptq_int4pack, gptq_marlin or gptq_torch for the compiled path)"
 
     def quantize_refusal(self, config, kind):
         from ..families import gptq_refusal

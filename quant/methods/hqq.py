@@ -10,6 +10,7 @@ import torch
 
 from ..errors import QuantError, UnsupportedModeError
 from ..hqq import BACKENDS, BITS, GROUP_SIZES
+from ..int4pack import kernel_refusal
 from ..hqq import bytes_per_weight as hqq_bytes_per_weight
 from .base import DTYPES, Option, QuantMethod, is_installed
 
@@ -31,6 +32,7 @@ class HQQMethod(QuantMethod):
     options = (HQQ_BITS, HQQ_GROUP_SIZE, HQQ_BACKEND)
     packages = (("hqq", "hqq"),)
     hub_tags = ("hqq",)
+    backend_option = "hqq_backend"
     TRACEABLE_BACKENDS = ("hqq_int4pack", "hqq_torch", "hqq_gemlite")
     """hqq_int4pack is quant.int4pack's layer (the one GPTQ's default kernel compiles with); hqq_torch is plain torch
     code (unpack, scale, matmul); gemlite's matmul is a torch custom op (`gemlite::forward_functional`) with a fake
@@ -38,12 +40,7 @@ class HQQMethod(QuantMethod):
 
     @staticmethod
     def int4pack_refusal(bits: int, group_size: int, on_cuda: bool) -> str | None:
-        if bits != 4 or group_size not in GROUP_SIZES:
-            return (f"PyTorch's int4 kernel runs 4-bit with group size {', '.join(map(str, GROUP_SIZES))}; this is "
-                    f"{bits}-bit with group size {group_size}.")
-        if on_cuda and torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 0):
-            return "PyTorch's int4 kernel needs an Ampere or newer GPU."
-        return None
+        return kernel_refusal(bits, group_size, on_cuda)
 
     @classmethod
     def default_backend(cls, bits: int, group_size: int, on_cuda: bool) -> str:
@@ -135,14 +132,6 @@ class HQQMethod(QuantMethod):
 
         return [f"{len(result.left)} linear layers stay in {str(model.dtype).removeprefix('torch.')}: their input "
                 f"size is not a multiple of the group size {group_size} ({names_text(result.left)})."]
-
-    def compile_refusal(self, options):
-        if options.hqq_backend in self.TRACEABLE_BACKENDS:
-            return None
-        return f"the {options.hqq_backend} kernel does not trace under torch.compile"
-
-    def kernel(self, options):
-        return options.hqq_backend
 
     def quantize_refusal(self, config, kind):
         return ("HQQ checkpoints are not written here: transformers 5.23 cannot load them back (it builds no HQQ "
