@@ -3,16 +3,7 @@
 # work folder and kernel cache. Run as one step of bench/device_session.sh:
 #   bash bench/device_session.sh start "bash bench/plans/2026-11-30-h200x2.sh"
 # Logs: /tmp/sess/lane{0,1}-step*.log; results: /tmp/sess/results.
-R=/tmp/sess
-lane() {  # lane GPU STEP...
-  local gpu=$1 n=0; shift
-  for step in "$@"; do
-    n=$((n + 1))
-    echo "$(date +%T) lane$gpu step $n: $step" >> $R/steps.log
-    (export CUDA_VISIBLE_DEVICES=$gpu QUANT_KERNEL_CACHE=/tmp/kcache$gpu; eval "$step") > $R/lane$gpu-step$n.log 2>&1
-    echo "$(date +%T) lane$gpu step $n exit $?" >> $R/steps.log
-  done
-}
+source "$(dirname "$0")/lanes.sh"
 out=$R/results
 lane 0 \
   "python3 bench/methods_bench.py --shapes 8b --modes 'bf16,torchao_int8,torchao_int4,fp8,fp8[fp8_activation=dynamic],hqq' --work /tmp/bench0 --out $out" \

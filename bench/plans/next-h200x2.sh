@@ -3,16 +3,7 @@
 # and the GPU measurements of the CPU work done after it. Two lanes, one per H200 of an nvidia-h200-x2 machine:
 #   bash bench/device_session.sh start "bash bench/plans/next-h200x2.sh"; then `wait 560` within 30 s, repeatedly.
 # Priority order inside each lane; the 30-minute budget will not reach the end of both lanes.
-R=/tmp/sess
-lane() {  # lane GPU STEP...
-  local gpu=$1 n=0; shift
-  for step in "$@"; do
-    n=$((n + 1))
-    echo "$(date +%T) lane$gpu step $n: $step" >> $R/steps.log
-    (export CUDA_VISIBLE_DEVICES=$gpu QUANT_KERNEL_CACHE=/tmp/kcache$gpu; eval "$step") > $R/lane$gpu-step$n.log 2>&1
-    echo "$(date +%T) lane$gpu step $n exit $?" >> $R/steps.log
-  done
-}
+source "$(dirname "$0")/lanes.sh"
 out=$R/results
 lane 0 \
   "python3 -m pytest tests/gpu -q -n 0 -p no:cacheprovider --durations=0" \
