@@ -7,6 +7,7 @@ lane() {
     n=$((n + 1))
     echo "$(date +%T) lane$gpu step $n: $step" >> $R/steps.log
     (export CUDA_VISIBLE_DEVICES=$gpu QUANT_KERNEL_CACHE=/tmp/kcache$gpu; eval "$step") > $R/lane$gpu-step$n.log 2>&1
-    echo "$(date +%T) lane$gpu step $n exit $?" >> $R/steps.log
+    local rc=$?  # before `$(date)` below, which would set $? to its own 0
+    echo "$(date +%T) lane$gpu step $n exit $rc" >> $R/steps.log
   done
 }
