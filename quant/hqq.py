@@ -120,13 +120,13 @@ def _targets(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     """The linear layers HQQ replaces: all but the output head and the modules the model class keeps in float32
     (`_keep_in_fp32_modules`, which transformers' quantizers never convert either: T5's feed-forward reads
     `self.wo.weight.dtype`, so a replaced `wo` failed at the first forward)."""
-    from .kept import KEEP_ATTRIBUTES, _skips
+    from .kept import KEEP_ATTRIBUTES, skipped_by
 
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     keep = [p for attribute in KEEP_ATTRIBUTES for p in (getattr(type(model), attribute, None) or ())]
     return [(name, module) for name, module in model.named_modules()
             if type(module) is nn.Linear and module is not head and module.weight.device.type != "meta"
-            and not _skips(name, keep)]
+            and not skipped_by(name, keep)]
 
 
 @torch.no_grad()

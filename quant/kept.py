@@ -79,7 +79,7 @@ def _is_linear(module: nn.Module) -> bool:
     return isinstance(module, (nn.Linear, Conv1D))
 
 
-def _skips(name: str, patterns: Iterable[str]) -> list[str]:
+def skipped_by(name: str, patterns: Iterable[str]) -> list[str]:
     """The patterns under which transformers' quantizers leave module `name` unconverted (the rule of
     quantizers_utils.should_convert_module: a prefix up to a module boundary, a regex, or a suffix)."""
     from transformers.quantizers.quantizers_utils import should_convert_module
@@ -159,7 +159,7 @@ def kept_groups(model: nn.Module, mode_dtype: torch.dtype, quantized: bool,
                 if patterns:
                     reason = "keep_fp32"
             elif unquantized and linear:
-                patterns = _skips(name, entries)
+                patterns = skipped_by(name, entries)
                 if patterns:
                     reason = "keep_fp32_unquantized"
             if reason:
@@ -167,11 +167,11 @@ def kept_groups(model: nn.Module, mode_dtype: torch.dtype, quantized: bool,
                 break
         if reason is None and unquantized and module is head:
             reason = "head_tied" if tied else "head"
-        if reason is None and unquantized and (patterns := _skips(name, user_skips)):
+        if reason is None and unquantized and (patterns := skipped_by(name, user_skips)):
             reason, attribute = "skip_user", "skip modules"
         if reason is None and unquantized:
             for list_source, list_attribute, entries in skip_lists:
-                patterns = _skips(name, entries)
+                patterns = skipped_by(name, entries)
                 if patterns:
                     reason, source, attribute = "skip_method", list_source, list_attribute
                     break
