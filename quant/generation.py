@@ -13,7 +13,7 @@ import threading
 import time
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from transformers import BatchEncoding, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
@@ -343,12 +343,14 @@ def _seed(settings: GenerationSettings) -> bool:
 
 
 def stream_chat(loaded: LoadedModel, history: list[dict], *, system_prompt: str | None = None,
-                settings: GenerationSettings = GenerationSettings(),
-                stop: threading.Event | None = None) -> Iterator[ChatChunk]:
+                settings: GenerationSettings = GenerationSettings(), stop: threading.Event | None = None,
+                on_start: Callable[[], None] | None = None) -> Iterator[ChatChunk]:
     """Stream one assistant reply to `history` (role/content dicts ending with a user turn), token by token.
 
     Setting `stop`, or closing the iterator (a client that goes away), ends `generate` on the server at the next
-    token; the generation thread is joined before this returns.
+    token; the generation thread is joined before this returns. `on_start` is called once the request is accepted
+    and its generation queued, before the first token (an HTTP server sends its response headers then, off the
+    first token's path, while errors in the request itself still come before it).
     """
     settings.validate()
     prompt = build_chat_prompt(loaded, history, system_prompt, settings.max_new_tokens)
@@ -361,13 +363,15 @@ def stream_chat(loaded: LoadedModel, history: list[dict], *, system_prompt: str 
                        "were left out.")
     if prompt.max_new_tokens < settings.max_new_tokens:
         notices.append(f"Max new tokens lowered to {prompt.max_new_tokens} to fit the model's context.")
-    yield from _stream(loaded, prompt.input_ids, prompt.attention_mask, settings, prompt.max_new_tokens, stop, notices)
+    yield from _stream(loaded, prompt.input_ids, prompt.attention_mask, settings, prompt.max_new_tokens, stop, notices,
+                       on_start)
 
 
 def stream_completion(loaded: LoadedModel, text: str, *, settings: GenerationSettings = GenerationSettings(),
-                      stop: threading.Event | None = None) -> Iterator[ChatChunk]:
+                      stop: threading.Event | None = None,
+                      on_start: Callable[[], None] | None = None) -> Iterator[ChatChunk]:
     """Stream the continuation of `text` as it is (no chat template): a completion, as OpenAI's /v1/completions
-    gives. The same path, streamer, stop and limits as a chat reply."""
+    gives. The same path, streamer, stop, limits and `on_start` as a chat reply."""
     settings.validate()
     if not text:
         raise GenerationError("The prompt is empty.")
@@ -383,11 +387,12 @@ def stream_completion(loaded: LoadedModel, text: str, *, settings: GenerationSet
                                   f"in its context of {limit}.", "Shorten the prompt.")
     notices = [f"Max new tokens lowered to {room} to fit the model's context."] if room < settings.max_new_tokens else []
     yield from _stream(loaded, input_ids, encoded.get("attention_mask", torch.ones_like(input_ids)), settings, room,
-                       stop, notices)
+                       stop, notices, on_start)
 
 
 def _stream(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, settings: GenerationSettings,
-            max_new_tokens: int, stop: threading.Event | None, notices: list[str]) -> Iterator[ChatChunk]:
+            max_new_tokens: int, stop: threading.Event | None, notices: list[str],
+            on_start: Callable[[], None] | None = None) -> Iterator[ChatChunk]:
     """Generate from encoded inputs on the model's path, yielding the text as it grows, then a final chunk."""
     stop = stop or threading.Event()
     streamer = _CountingStreamer(loaded.tokenizer, timeout=600)
@@ -403,6 +408,8 @@ def _stream(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.
                             prompt_tokens=int(input_ids.shape[1]), max_new_tokens=max_new_tokens)
     # Timestamps of a reply's life on the server (bench/chat_latency.py lines them up with what a client receives).
     log.debug("chat reply started: %d prompt tokens, %s path", input_ids.shape[1], stats.path)
+    if on_start is not None:
+        on_start()
     text = ""
     try:
         for piece in streamer:

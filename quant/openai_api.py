@@ -28,6 +28,8 @@ from .generation import MAX_NEW_TOKENS_LIMIT, SEED_MAX, ChatChunk, GenerationSet
 from .registry import ModelRegistry, default_registry
 from .settings import load_settings
 
+STARTED = object()
+"""What `ApiService.run` yields before the first chunk: the generation accepted the request."""
 API_VISITOR = "openai-api"
 """The visitor id of API clients: they see the models shared by everyone, none loaded with someone's token."""
 MAX_STOP_SEQUENCES = 4
@@ -197,9 +199,10 @@ class OpenAIService:
                            code="model_not_found")
         return ids[name]
 
-    async def run(self, key: str, work: Callable[..., Iterator[ChatChunk]]) -> AsyncIterator[ChatChunk]:
-        """Drive `work(loaded, stop)` on a thread of its own, under a lease of the model, yielding its chunks. A caller
-        that stops iterating (a client gone) sets `stop`: the generation ends at its next token."""
+    async def run(self, key: str, work: Callable[..., Iterator[ChatChunk]]) -> AsyncIterator[ChatChunk | object]:
+        """Drive `work(loaded, stop, on_start)` on a thread of its own, under a lease of the model, yielding STARTED
+        once the generation accepted the request, then its chunks. A caller that stops iterating (a client gone) sets
+        `stop`: the generation ends at its next token."""
         running = self._admit()
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
@@ -217,7 +220,7 @@ class OpenAIService:
                     if stop.is_set():
                         return
                     with self._registry().use(key, API_VISITOR) as loaded:
-                        for chunk in work(loaded, stop):
+                        for chunk in work(loaded, stop, lambda: post("started", None)):
                             post("chunk", chunk)
             except ModelNotLoadedError:
                 post("error", ApiError(503, "The model was unloaded before this request could run. Retry, or pick "
@@ -240,7 +243,7 @@ class OpenAIService:
                     return
                 if kind == "error":
                     raise item
-                yield item
+                yield STARTED if kind == "started" else item
         finally:
             stop.set()
 
@@ -249,13 +252,15 @@ def _chunks(kind: str, loaded_body: dict, settings: GenerationSettings):
     """The generation `work` for a chat or a completion request."""
     if kind == "chat":
         turns, system = chat_messages(loaded_body)
-        return lambda loaded, stop: stream_chat(loaded, turns, system_prompt=system, settings=settings, stop=stop)
+        return lambda loaded, stop, on_start: stream_chat(loaded, turns, system_prompt=system, settings=settings,
+                                                          stop=stop, on_start=on_start)
     prompt = loaded_body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1:
         prompt = prompt[0]
     if not isinstance(prompt, str) or not prompt:
         raise ApiError(400, "'prompt' must be a non-empty string (one prompt per request).", param="prompt")
-    return lambda loaded, stop: stream_completion(loaded, prompt, settings=settings, stop=stop)
+    return lambda loaded, stop, on_start: stream_completion(loaded, prompt, settings=settings, stop=stop,
+                                                            on_start=on_start)
 
 
 def _usage(chunk: ChatChunk | None) -> dict:
@@ -312,7 +317,10 @@ def build_router(service: OpenAIService | None = None):
             last = None
             chunks = service.run(key, work)
             try:
-                async for last in chunks:
+                async for item in chunks:
+                    if item is STARTED:
+                        continue
+                    last = item
                     cut.update(last.text, last.done)
                     if cut.stopped_by_sequence:
                         break
@@ -330,7 +338,10 @@ def build_router(service: OpenAIService | None = None):
 
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         chunks = service.run(key, work)
-        try:  # the first chunk before the response starts: errors (a busy queue) keep their HTTP status
+        # The response starts once the generation has accepted the request: errors before that (a busy queue, a
+        # prompt too long) keep their HTTP status, and the headers are on their way while the prompt is prefilled,
+        # so that the first words are one write behind the first token.
+        try:
             first = await chunks.__anext__()
         except StopAsyncIteration:
             first = None
@@ -352,11 +363,11 @@ def build_router(service: OpenAIService | None = None):
             return f"data: {json.dumps(payload)}\n\n"
 
         async def events() -> AsyncIterator[str]:
-            last = first
+            last = None if first is STARTED else first
             # The role opens the stream in the same write as the first words: one packet, not two.
             opening = event({"role": "assistant", "content": ""}, None, None) if kind == "chat" else ""
             try:
-                current = first
+                current = await chunks.__anext__() if first is STARTED else first
                 while current is not None:
                     last = current
                     piece = cut.update(current.text, current.done)

@@ -101,6 +101,18 @@ def test_bad_requests_get_openais_error_shape(client, change, status, message):
     assert "param" in body and "code" in body
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_prompt_too_long_for_the_context_is_a_400_streamed_or_not(client, stream):
+    """The streamed response starts once the generation accepts the request (so its headers travel during the
+    prefill): a request the generation refuses still gets its HTTP status, not a 200 with an error inside."""
+    long = " ".join(["word"] * 2000)  # the demo Llama's context is 512 tokens
+    with pytest.raises(openai.BadRequestError, match="too long") as info:
+        reply = client.completions.create(model=MODEL, prompt=long, max_tokens=4, stream=stream)
+        if stream:
+            list(reply)
+    assert info.value.status_code == 400
+
+
 def test_a_wrong_key_is_refused_and_no_key_means_the_api_is_off(served, monkeypatch):
     wrong = openai.OpenAI(base_url=served + "v1", api_key="sk-wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError, match="Invalid API key"):
