@@ -162,16 +162,52 @@ def _tqdm_progress(total_label: str):
     return bar, update
 
 
+class LayerErrorLines:
+    """The calibrated methods' per-layer quantization error, one line per layer as layers finish (the Quantize tab's
+    live plot, for a terminal). A layer is printed once a later layer has rows (or at `flush`), so each line is whole.
+    """
+
+    def __init__(self, write) -> None:
+        self.write = write
+        self.printed = -1
+
+    def __call__(self, errors: list[dict]) -> None:
+        if errors:
+            self._print(errors, below=max(e["layer"] for e in errors))
+
+    def flush(self, errors: list[dict]) -> None:
+        self._print(errors, below=None)
+
+    def _print(self, errors: list[dict], below: int | None) -> None:
+        layers = sorted({e["layer"] for e in errors
+                         if e["layer"] > self.printed and (below is None or e["layer"] < below)})
+        for layer in layers:
+            rows = [e for e in errors if e["layer"] == layer]
+            losses = [e for e in rows if e["loss"] is not None]
+            if losses:
+                worst = max(losses, key=lambda e: e["loss"])
+                mean = sum(e["loss"] for e in losses) / len(losses)
+                self.write(f"layer {layer:>3}: {len(rows)} modules, error mean {mean:.3e}, max {worst['loss']:.3e} "
+                           f"({worst['module']})")
+            else:
+                self.write(f"layer {layer:>3}: {len(rows)} modules, no error reported")
+            self.printed = layer
+
+
 def cmd_quantize(args: argparse.Namespace) -> int:
-    """Quantize (GPTQ, or bitsandbytes int8/nf4), save with a model card, print the comparison."""
+    """Quantize (GPTQ, AWQ, HQQ, torchao, bitsandbytes), save with a model card, print the comparison; the calibrated
+    methods print each layer's quantization error as it finishes."""
     from .quantize import quantize
 
     form = QuantizeForm.from_args(args)
     recipe, calibration = form.recipe(), form.calibration()
     bar, update = _tqdm_progress("quantize")
+    lines = LayerErrorLines(lambda line: bar.write(line, file=sys.stderr))
     try:
         result = quantize(form.model, method=form.method, recipe=recipe, calibration=calibration,
-                          out_dir=args.out, revision=form.revision, evaluate=not args.no_eval, progress=update)
+                          out_dir=args.out, revision=form.revision, evaluate=not args.no_eval, progress=update,
+                          on_layer_errors=lines)
+        lines.flush(result.layer_errors)
     finally:
         bar.close()
     if args.json:

@@ -92,6 +92,10 @@ def test_every_subcommand_with_json_prints_json_alone_on_stdout(tmp_path, gptq_l
     quantized = json.loads(outputs["quantize"][0])
     assert quantized["method"] == "gptq" and len(quantized["layer_errors"]) == 4 * 7  # the demo Llama: 4 layers
     assert all(e["loss"] >= 0 for e in quantized["layer_errors"])
+    layer_lines = [line for line in outputs["quantize"][1].splitlines() if line.startswith("layer ")]
+    assert [line.split(":")[0] for line in layer_lines] == [f"layer {n:>3}" for n in range(4)]  # each once, in order
+    worst = max((e for e in quantized["layer_errors"] if e["layer"] == 0), key=lambda e: e["loss"])
+    assert layer_lines[0].endswith(f"max {worst['loss']:.3e} ({worst['module']})") and "7 modules" in layer_lines[0]
     compared, table = json.loads(outputs["compare"][0]), outputs["compare"][1]  # the table goes to stderr
     assert [r["label"] for r in compared["results"]] == ["bf16", "nf4", f"gptq:{gptq_llama_dir}"]
     assert compared["schema"] == 2 and compared["quality"]["window"] == compared["quality"]["stride"] == 512
