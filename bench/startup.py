@@ -1,0 +1,138 @@
+"""How long from starting a process to the first token of a chat, with an empty kernel cache (cold) and with the cache
+the cold start filled (warm)? Issue 27's start-up goals for the 8B shape: warm <= 10 s, cold <= 40 s.
+
+Each start is a fresh Python process, as a restarted app is: it imports quant, loads the checkpoint through the
+registry (the app's path: compile and capture at load where the mode compiles) and streams one chat reply. The child
+reports the seconds at each stage against its own start; the parent also times the whole process. Per mode, the
+first start gets an empty QUANT_KERNEL_CACHE folder of its own and the next ones reuse it.
+
+    python bench/startup.py --shape 8b --modes bf16,nf4 --device-map cuda:0 --out bench/results          # GPU
+    python bench/startup.py --model demo:tiny-llama-chat --modes fp32 --device-map cpu --out /tmp/startup  # CPU check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import REQUIRED, WORK, bench_parser, result_stem, write_results  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+GOALS = {"cold": 40.0, "warm": 10.0}
+"""Issue 27's goals for the 8B shape (seconds from the start to the first token); shown for that shape only."""
+
+
+def child(model: str, mode: str, device_map: str, new_tokens: int) -> None:
+    """One start: print a JSON line of stage times, in seconds since the parent launched this process."""
+    launched = float(os.environ["STARTUP_BENCH_LAUNCHED"])
+
+    def since() -> float:
+        return time.time() - launched
+
+    from quant.generation import GenerationSettings, stream_chat
+    from quant.loader import LoadRequest
+    from quant.registry import ModelRegistry
+
+    imported = since()
+    loaded = ModelRegistry(max_models=1).load(LoadRequest(model=model, mode=mode, device_map=device_map))
+    load_done = since()
+    first = None
+    reply = None
+    for reply in stream_chat(loaded, [{"role": "user", "content": "Hello, who are you?"}],
+                             settings=GenerationSettings(max_new_tokens=new_tokens)):
+        if first is None and reply.stats.new_tokens:
+            first = since()
+    print(json.dumps({"import_s": imported, "load_done_s": load_done, "first_token_s": first,
+                      "load_seconds": loaded.report.load_seconds, "compile_seconds": loaded.report.compile_seconds,
+                      "path": reply.stats.path if reply else None, "generation": loaded.report.generation_path}))
+
+
+def start(model: str, mode: str, device_map: str, cache: Path, new_tokens: int) -> dict:
+    env = {**os.environ, "QUANT_KERNEL_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+    for inherited in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):  # the cache must be this run's folder alone
+        env.pop(inherited, None)
+    env["STARTUP_BENCH_LAUNCHED"] = repr(time.time())
+    began = time.perf_counter()
+    done = subprocess.run([sys.executable, __file__, "--out", str(cache), "--child", model, "--child-mode", mode,
+                           "--device-map", device_map, "--new-tokens", str(new_tokens)], env=env, capture_output=True,
+                          text=True)
+    wall = time.perf_counter() - began
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}",
+                "process_s": wall}
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    row["process_s"] = wall
+    return row
+
+
+def main() -> None:
+    parser = bench_parser(__doc__, out=REQUIRED, tag="", work=WORK, model=None, shape="8b", modes="bf16",
+                          device_map="cuda:0", new_tokens=8)
+    parser.add_argument("--warm-starts", type=int, default=2, help="starts after the cold one, on its cache")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # a model: run as one start (a child process)
+    parser.add_argument("--child-mode", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.child_mode, args.device_map, args.new_tokens)
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.model:
+        model, name = args.model, args.model.split(":")[-1].split("/")[-1]
+    else:
+        from bench.llama_shapes import build_checkpoint
+
+        model, name = str(build_checkpoint(args.shape, args.work / f"llama-{args.shape}")), args.shape
+    rows = []
+    for mode in args.modes.split(","):
+        cache = args.work / f"startup-kcache-{name}-{mode}"
+        shutil.rmtree(cache, ignore_errors=True)
+        cache.mkdir(parents=True)
+        for index in range(1 + args.warm_starts):
+            row = {"mode": mode, "start": "cold" if index == 0 else f"warm {index}",
+                   **start(model, mode, args.device_map, cache, args.new_tokens)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    data = {"model": model, "name": name, "device_map": args.device_map, "new_tokens": args.new_tokens,
+            "goals": GOALS if name == "8b" else None, "command": "python " + " ".join(sys.argv), "rows": rows}
+    write_results(args.out, result_stem("startup", name, args.device_map.split(":")[0], tag=args.tag), data,
+                  markdown)
+
+
+def _s(value) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+def markdown(data: dict) -> str:
+    machine = data.get("machine", {})
+    lines = [f"# Start to first chat token, {data['name']} on {machine.get('gpu') or 'CPU'}", "",
+             f"`{data['command']}`: each start a fresh process (import, load through the registry with its compile "
+             f"and capture, one chat reply of {data['new_tokens']} tokens); the cold start has an empty "
+             "QUANT_KERNEL_CACHE, the warm ones reuse what it wrote.", "",
+             "| mode | start | import s | load done s | first token s | of which compile s | process s | path | goal |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    goals = data.get("goals")
+    for row in data["rows"]:
+        if row.get("error"):
+            lines.append(f"| {row['mode']} | {row['start']} | failed: {row['error'][:200]} | | | | "
+                         f"{_s(row['process_s'])} | | |")
+            continue
+        kind = "cold" if row["start"] == "cold" else "warm"
+        goal = ""
+        if goals and row["first_token_s"] is not None:
+            goal = f"<= {goals[kind]:.0f} s: {'met' if row['first_token_s'] <= goals[kind] else 'NOT met'}"
+        lines.append(f"| {row['mode']} | {row['start']} | {_s(row['import_s'])} | {_s(row['load_done_s'])} | "
+                     f"{_s(row['first_token_s'])} | {_s(row['compile_seconds'])} | {_s(row['process_s'])} | "
+                     f"{row['path']} | {goal} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
