@@ -250,7 +250,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import Comparison, compare, parse_mode_specs, write_json
     from .registry import ModelRegistry
 
-    specs = parse_mode_specs(args.model, args.modes, args.gptq_backend)
+    on_cuda = torch.cuda.is_available() and not str(args.device_map or "").startswith("cpu")
+    specs = parse_mode_specs(args.model, args.modes, args.gptq_backend, on_cuda=on_cuda)
     prompts = None
     if args.prompts:
         from .prompts import read_prompt_file
@@ -350,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmp = commands.add_parser("compare", help="measure a model in several modes side by side")
     cmp.add_argument("model")
-    cmp.add_argument("--modes", default="bf16,int8,nf4", help="e.g. bf16,int8,nf4,fp4,gptq:DIR,eager:bf16")
+    cmp.add_argument("--modes", default="bf16,int8,nf4",
+                     help="e.g. bf16,int8,nf4,fp4,gptq:DIR,eager:bf16; all: every mode that runs here")
     cmp.add_argument("--gptq-backend", choices=list(GPTQ_BACKENDS))
     cmp.add_argument("--prompts", help="a .txt/.csv/.jsonl file of prompts (default: built-in)")
     cmp.add_argument("--batch-size", type=int, default=8)

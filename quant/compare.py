@@ -27,7 +27,7 @@ from .gptq import builtin_textsets
 from .loader import LoadedModel, LoadRequest
 from .metrics import perplexity
 from .quality import THRESHOLDS_TEXT, VERDICT_THRESHOLDS, Reference, measure_quality, verdict, write_reference
-from .methods import METHODS, Mode, QuantOptions, parse_mode
+from .methods import METHODS, Mode, QuantOptions, modes_that_run_here, parse_mode
 from .registry import ModelRegistry
 from .report import process_rss
 
@@ -49,10 +49,18 @@ class ModeSpec:
     attn_implementation: str | None = None
 
 
-def parse_mode_specs(model: str, text: str | list[str], gptq_backend: str | None = None) -> list[ModeSpec]:
+def parse_mode_specs(model: str, text: str | list[str], gptq_backend: str | None = None, *,
+                     on_cuda: bool | None = None) -> list[ModeSpec]:
     """Parse "bf16,int8,nf4,gptq:DIR" (and "sdpa:bf16" / "eager:bf16" to vary attention) into mode specs. A method
-    that loads only its own checkpoints (GPTQ) is named with one: `<method>:FOLDER` or `<method>:user/repo`."""
+    that loads only its own checkpoints (GPTQ) is named with one: `<method>:FOLDER` or `<method>:user/repo`. "all"
+    stands for every load-time mode that runs here (`modes_that_run_here`; on the GPU unless `on_cuda` is False)."""
     items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t and t.strip()]
+    if "all" in items:
+        here = modes_that_run_here(torch.cuda.is_available() if on_cuda is None else on_cuda)
+        expanded: list[str] = []
+        for item in items:
+            expanded += [m for m in (here if item == "all" else [item]) if m not in expanded]
+        items = expanded
     if not items:
         raise QuantError("Pick at least one mode to compare.")
     specs = []

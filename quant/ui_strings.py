@@ -105,6 +105,7 @@ EN = {
     "compare.prompts": "Prompts (one per line; empty: built-in)", "compare.batch": "Batch size (throughput)",
     "compare.tokens": "New tokens per measurement",
     "compare.run": "Compare", "compare.modes": "Modes", "compare.results": "Results",
+    "compare.every": "Every mode that runs here",
     "compare.plots": "Each mode relative to the 16-bit baseline (1 = the same): lower memory and perplexity are "
                      "better, higher speeds are better.",
     "compare.plot.memory": "Memory footprint", "compare.plot.decode": "Decode speed (one prompt)",
@@ -241,6 +242,7 @@ KO = {
     "compare.prompts": "프롬프트 (한 줄에 하나; 비우면 내장 프롬프트)", "compare.batch": "배치 크기 (처리량 측정)",
     "compare.tokens": "측정당 새 토큰 수",
     "compare.run": "비교", "compare.modes": "모드", "compare.results": "결과",
+    "compare.every": "여기서 실행되는 모든 모드",
     "compare.plots": "16비트 기준 대비 각 모드 (1 = 같음): 메모리와 퍼플렉서티는 낮을수록, 속도는 높을수록 좋습니다.",
     "compare.plot.memory": "메모리 사용량", "compare.plot.decode": "디코딩 속도 (프롬프트 하나)",
     "compare.plot.batch": "배치 처리량", "compare.plot.perplexity": "퍼플렉서티",

@@ -21,7 +21,7 @@ from quant.compare import (
     write_json,
 )
 from quant.forms import number
-from quant.methods import GPTQ_BACKENDS, load_time_methods
+from quant.methods import GPTQ_BACKENDS, load_time_methods, modes_that_run_here
 from quant.prompts import MAX_PROMPT_CHARS, check_text_items, scratch_folder, spreadsheet_safe
 from quant.quality import THRESHOLDS_TEXT
 from quant.registry import default_registry
@@ -166,6 +166,11 @@ def run_compare(model, modes, gptq_checkpoints, gptq_backend, attn_variants, pro
            [str(json_path), str(csv_path)])
 
 
+def every_mode_here() -> list[str]:
+    """Tick every load-time mode that runs on this machine (GPTQ and AWQ need a checkpoint: the box beside)."""
+    return modes_that_run_here(on_cuda=torch.cuda.is_available())
+
+
 def build(shared: Shared) -> None:
     modes = load_time_methods()
     with gr.Tab(t("tab.compare"), id="compare"):
@@ -173,7 +178,10 @@ def build(shared: Shared) -> None:
         with gr.Row():
             model = gr.Dropdown(choices=shared.model_choices, value=shared.first_model, allow_custom_value=True,
                                 label=t("compare.model"))
-            chosen = gr.CheckboxGroup(modes, value=[m for m in COMPARED_FIRST if m in modes], label=t("compare.modes"))
+            with gr.Column(scale=3):
+                chosen = gr.CheckboxGroup(modes, value=[m for m in COMPARED_FIRST if m in modes],
+                                          label=t("compare.modes"))
+                every = gr.Button(t("compare.every"), size="sm")
         with gr.Row():
             gptq_checkpoints = gr.Textbox(label=t("compare.gptq"), lines=2)
             gptq_backend = gr.Dropdown([(t("option.gptq_backend.auto"), "")] +
@@ -204,3 +212,4 @@ def build(shared: Shared) -> None:
                   [table, *plots, kl_plot, quality, answers, files], api_name="compare", concurrency_limit=1,
                   concurrency_id="model-load", show_progress_on=[table])
     stop_button(stop_btn, "compare_stop")
+    every.click(every_mode_here, None, chosen, api_name="compare_every_mode")

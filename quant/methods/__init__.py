@@ -37,7 +37,8 @@ from .torchao import Fp8Method, TorchAoInt4Method, TorchAoInt8Method
 
 __all__ = ["ALL_OPTIONS", "AWQ_BACKENDS", "DTYPES", "GPTQ_BACKENDS", "METHODS", "QUANT_STORAGE", "Mode", "Option",
            "QuantMethod", "QuantOptions", "QuantizeJob", "QuantizeOutcome", "check_mode", "checkpoint_refusal", "is_installed",
-           "load_time_methods", "method_of", "parse_mode", "quantize_methods", "saved_method_name"]
+           "load_time_methods", "method_of", "modes_that_run_here", "parse_mode", "quantize_methods",
+           "saved_method_name"]
 
 METHODS: dict[str, QuantMethod] = {
     method.name: method
@@ -79,6 +80,20 @@ ALL_OPTIONS: tuple[Option, ...] = tuple({o.field: o for m in METHODS.values() fo
 def load_time_methods() -> list[str]:
     """Modes that load any unquantized checkpoint (the Compare tab's and "Measure these modes" boxes)."""
     return [name for name, method in METHODS.items() if not method.needs_quantized_checkpoint]
+
+
+def modes_that_run_here(on_cuda: bool) -> list[str]:
+    """Load-time modes that run on this machine's device (the GPU when `on_cuda`, else the CPU) with their default
+    options, each method's own `check` deciding (fp8 needs compute capability 8.9, a missing package refuses its
+    modes...): the Compare tab's "every mode that runs here" and `compare --modes all`."""
+    here = []
+    for name in load_time_methods():
+        try:
+            check_mode(name, QuantOptions(), checkpoint_quantization=None, on_cuda=on_cuda)
+        except UnsupportedModeError:
+            continue
+        here.append(name)
+    return here
 
 
 def quantize_methods() -> list[str]:

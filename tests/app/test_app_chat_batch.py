@@ -112,6 +112,13 @@ def test_batch_from_an_uploaded_jsonl_file(session, tmp_path):
     assert len(table["data"]) == 2 and "2/2 prompts" in totals
 
 
+def test_compare_every_mode_button_ticks_what_runs_here(app_url):
+    from quant.methods import modes_that_run_here
+
+    ticked = Client(app_url, verbose=False).predict(api_name="/compare_every_mode")
+    assert ticked == modes_that_run_here(on_cuda=False) and "fp8" not in ticked and "torchao_int4" in ticked
+
+
 def test_compare_tab_over_http(app_url):
     client = Client(app_url, verbose=False)
     table, *plots, kl_plot, quality, answers, files = client.predict(

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from quant.compare import Comparison, compare, highlight_differences, parse_mode_specs, relative_to_baseline
+from quant.methods import QuantOptions
 from quant.registry import ModelRegistry
 from tests.conftest import LLAMA, T5
 
@@ -142,6 +143,22 @@ def test_seq2seq_compare_has_no_perplexity_but_answers():
     bf16, int8 = rows
     assert bf16.kept == [] and any(g["reason"] == "keep_fp32" and g["patterns"] == ["wo"] for g in int8.kept)
     assert all(r.batch_engine.startswith("padded batches (seq2seq") for r in rows)
+
+
+def test_all_is_every_mode_that_runs_here_and_each_method_decides():
+    """`--modes all` (and the Compare tab's button) lists the load-time modes whose own check passes on the device:
+    on the CPU fp8 refuses (it needs a GPU of compute capability 8.9), the rest of the load-time modes run."""
+    from quant.errors import UnsupportedModeError
+    from quant.methods import check_mode, load_time_methods, modes_that_run_here
+
+    here = modes_that_run_here(on_cuda=False)
+    assert "fp8" not in here and {"bf16", "int8", "nf4", "torchao_int8", "torchao_int4", "hqq"} <= set(here)
+    for name in load_time_methods():
+        if name not in here:
+            with pytest.raises(UnsupportedModeError):
+                check_mode(name, QuantOptions(), checkpoint_quantization=None, on_cuda=False)
+    labels = [s.label for s in parse_mode_specs(LLAMA, "bf16,all,eager:bf16,gptq:/ckpt", on_cuda=False)]
+    assert labels == ["bf16", *[m for m in here if m != "bf16"], "eager:bf16", "gptq:/ckpt"]
 
 
 def test_cli_compare_refuses_an_unknown_mode_before_loading_anything(capsys):
