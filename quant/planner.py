@@ -365,6 +365,6 @@ def refuse_unplaceable(source: ModelSource, mode: str, quantization_config, devi
                       if d.usable is not None)
     raise PlacementError(
         f"{source.ref} in {mode} does not fit with device_map={device_map}: {gib(plan.on(LEFT_OVER))} of its "
-        f"{gib(plan.total_bytes)} would be left over after {where} (a decoder block is never split across devices).",
+        f"{gib(plan.total_bytes)} would be left over within {where} (no decoder block is split across devices).",
         "Add cpu=<size> to max_memory to offload, give the GPUs more, or pick a smaller mode "
         "(python -m quant plan MODEL shows every mode).")

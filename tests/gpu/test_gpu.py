@@ -70,6 +70,6 @@ def test_a_split_load_is_refused_per_device_before_loading():
     from quant.errors import PlacementError
 
     registry = ModelRegistry()
-    with pytest.raises(PlacementError, match="does not fit with device_map=auto: .* left over after GPU 0"):
+    with pytest.raises(PlacementError, match="does not fit with device_map=auto: .* left over within GPU 0"):
         registry.load(LoadRequest(model=LLAMA, mode="bf16", device_map="auto", max_memory="0=1500KiB"))
     assert registry.loaded() == []
