@@ -350,12 +350,15 @@ def refuse_unplaceable(source: ModelSource, mode: str, quantization_config, devi
                        max_memory: dict | None) -> None:
     """Refuse a load that a strategy would spread over devices when its weights cannot be placed: some module fits
     on no device within the budgets (max_memory as given, else what is free now), with no headroom (the budgets
-    are the caps accelerate honours; the plan's headroom is advice). A load on one device is checked elsewhere
-    (quant.placement.check_fits, the registry's room check)."""
+    are the caps accelerate honours; the plan's headroom is advice). Totals are checked elsewhere
+    (quant.placement.check_fits, the registry's room check), also for a load on one device."""
     budgets = budgets_for(max_memory)
     if not budgets.gpus:
         return
-    skeleton = meta_skeleton(source)
+    try:
+        skeleton = meta_skeleton(source)
+    except Exception:  # noqa: BLE001 - as the registry's estimate: a model the meta device cannot build still loads
+        return
     method = METHODS[mode]
     plan = plan_mode(skeleton, weight_bytes(source, method, skeleton, quantization_config), device_map, budgets,
                      mode, headroom=0.0)

@@ -123,11 +123,10 @@ class ModelRegistry:
             estimate = estimate_footprint(prepared.source, request.mode, prepared.kwargs.get("quantization_config"))
             device_map, max_memory = prepared.kwargs["device_map"], prepared.kwargs.get("max_memory")
             spread = isinstance(device_map, str) and device_map in STRATEGY_CHOICES
+            check_fits(max_memory, estimate)
             if spread and max_memory:  # per device, before anything is evicted for a load that cannot happen
                 refuse_unplaceable(prepared.source, request.mode.value, prepared.kwargs.get("quantization_config"),
                                    device_map, max_memory)
-            else:
-                check_fits(max_memory, estimate)
             self._make_room(request, estimate)
             if spread and not max_memory:  # per device, within what is free once idle models made room
                 refuse_unplaceable(prepared.source, request.mode.value, prepared.kwargs.get("quantization_config"),
