@@ -307,6 +307,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if any(r.error for r in results) else 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Whether MODEL fits, per mode and per device, before loading anything (quant.planner)."""
+    from .planner import plan_model
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else None
+    plan = plan_model(args.model, revision=args.revision, device_map=args.device_map, max_memory=args.max_memory,
+                      modes=modes)
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.to_text(), file=args.results)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m quant", description="Quantization Playground, headless.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -331,6 +342,16 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--chat-template", action="store_true", help="wrap each prompt in the chat template")
     batch.add_argument("--json", action="store_true", help="print a JSON summary (the output file, counts, failures)")
     batch.set_defaults(func=cmd_batch)
+
+    plan = commands.add_parser("plan", help="before loading: does the model fit, per mode and per device?")
+    plan.add_argument("model", help="Hub id (org/name), local folder, or demo:<name>; only its config is read")
+    plan.add_argument("--revision", help="branch, tag or commit on the Hub")
+    plan.add_argument("--device-map", default="auto", help="auto, balanced, balanced_low_0, sequential, cpu, cuda:N")
+    plan.add_argument("--max-memory", help='per-device budgets, also for GPUs this machine lacks: "0=80GiB,1=80GiB" '
+                                           "(default: the free memory of the GPUs present, and the available RAM)")
+    plan.add_argument("--modes", help="comma-separated modes (default: every mode that loads this checkpoint)")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.set_defaults(func=cmd_plan)
 
     quantize = commands.add_parser("quantize", help="quantize a model and save it with a model card")
     quantize.add_argument("model", help="Hub id, local folder or demo:<name> of an unquantized model")

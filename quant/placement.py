@@ -13,6 +13,8 @@ from .errors import PlacementError
 DEVICE_MAP_CHOICES = ("auto", "balanced", "balanced_low_0", "sequential", "cpu", "cuda")
 """`auto`/`balanced`/`balanced_low_0`/`sequential` are accelerate's strategies; `cpu`, `cuda` or `cuda:N` put the
 whole model on one device."""
+STRATEGY_CHOICES = DEVICE_MAP_CHOICES[:4]
+"""The choices that spread a model over devices."""
 
 _SINGLE_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|\d+)$")
 
@@ -21,11 +23,12 @@ def cuda_device_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def parse_max_memory(spec: str | dict | None) -> dict[int | str, str] | None:
+def parse_max_memory(spec: str | dict | None, *, gpus_present: bool = True) -> dict[int | str, str] | None:
     """Parse per-device memory limits, as accelerate takes them.
 
     Accepts `0=20GiB, 1=20GiB, cpu=30GiB`, the JSON `{"0": "20GiB", "cpu": "30GiB"}` or a dict. GPU keys become
-    ints. Sizes are checked with accelerate's own parser; GPU indices against the GPUs that are really there.
+    ints. Sizes are checked with accelerate's own parser; GPU indices against the GPUs that are really there, unless
+    `gpus_present` is False (the memory planner plans for GPUs this machine does not have).
     """
     if spec is None or (isinstance(spec, str) and not spec.strip()):
         return None
@@ -62,7 +65,7 @@ def parse_max_memory(spec: str | dict | None) -> dict[int | str, str] | None:
         key = str(raw_key).strip().lower()
         if key.isdigit():
             device: int | str = int(key)
-            if device >= gpus:
+            if gpus_present and device >= gpus:
                 have = f"GPUs 0..{gpus - 1}" if gpus else "no GPU"
                 raise PlacementError(f"max_memory names GPU {device}, but this machine has {have}.", _MAX_MEMORY_HINT)
         elif key in {"cpu", "disk", "mps"}:
@@ -79,7 +82,7 @@ _MAX_MEMORY_HINT = 'Write it as "0=20GiB, cpu=30GiB" (GPU index or cpu = size in
 def parse_device_map(spec: str | None) -> str | dict[str, str]:
     """Validate a device_map choice; a single device becomes `{"": device}` so every module goes there."""
     text = (spec or "auto").strip().lower()
-    if text in DEVICE_MAP_CHOICES[:4]:
+    if text in STRATEGY_CHOICES:
         return text
     if not _SINGLE_DEVICE.match(text):
         raise PlacementError(
@@ -104,28 +107,46 @@ def target_is_cuda(device_map: str | dict[str, str]) -> bool:
     return cuda_device_count() > 0
 
 
-def plan_placement(skeleton: torch.nn.Module, strategy: str, max_memory: dict[int | str, str],
-                   dtype: torch.dtype) -> dict[str, int | str]:
-    """Where accelerate would put each module for `strategy` within `max_memory` (the model on the meta device).
+class WeightBytes:
+    """Bytes each parameter will take, answered the way transformers' device-map planner asks a quantizer
+    (`HfQuantizer.param_element_size`, read in transformers/integrations/accelerate.py: `compute_module_sizes`):
+    `per_weight` for the weights a method quantizes, `rest` for every other parameter and buffer. So the planner
+    places modules by the method's own bytes per weight (0.53 for nf4, 1.001 for torchao int8...), which no torch
+    dtype can express."""
 
-    "sequential" fills the devices in order; "balanced"/"auto" first spreads the budget evenly over the GPUs
-    (`get_balanced_memory`), "balanced_low_0" keeps GPU 0 light for generation's work.
+    def __init__(self, quantized: frozenset[str], per_weight: float, rest: float) -> None:
+        self.quantized, self.per_weight, self.rest = quantized, per_weight, rest
+
+    def param_element_size(self, model: torch.nn.Module, name: str, param: torch.Tensor) -> float:
+        return self.per_weight if name in self.quantized else self.rest
+
+
+def plan_placement(skeleton: torch.nn.Module, strategy: str, max_memory: dict[int | str, int | str],
+                   sizes: WeightBytes) -> dict[str, int | str]:
+    """Where transformers would put each module for `strategy` within `max_memory` (the model on the meta device),
+    as `from_pretrained(device_map=strategy)` computes it (`transformers.integrations.accelerate._get_device_map`).
+
+    "sequential" fills the devices in order; "balanced"/"auto" first spread the budget evenly over the GPUs
+    (`get_balanced_memory`), "balanced_low_0" keeps GPU 0 light for generation's work. What does not fit anywhere
+    is mapped to "disk".
     """
-    import warnings
+    import logging
 
-    from accelerate import infer_auto_device_map
-    from accelerate.utils import get_balanced_memory
+    from transformers.integrations.accelerate import get_balanced_memory, infer_auto_device_map
 
     no_split = getattr(skeleton, "_no_split_modules", None) or []
-    gpus = [k for k in max_memory if isinstance(k, int)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "Device N is not available" when planning for GPUs not on this machine
+    quiet = logging.Filter("a name no logger has")  # "Device N is not available": planning for GPUs not here
+    accelerate_log = logging.getLogger("accelerate.utils.modeling")
+    accelerate_log.addFilter(quiet)
+    try:
         budget = dict(max_memory)
-        if strategy in ("auto", "balanced", "balanced_low_0") and len(gpus) > 1:
-            budget = get_balanced_memory(skeleton, max_memory=max_memory, no_split_module_classes=no_split,
-                                         dtype=dtype, low_zero=strategy == "balanced_low_0")
-            budget.update({k: v for k, v in max_memory.items() if not isinstance(k, int)})
-        return dict(infer_auto_device_map(skeleton, max_memory=budget, no_split_module_classes=no_split, dtype=dtype))
+        if strategy != "sequential":
+            budget = get_balanced_memory(skeleton, max_memory=dict(max_memory), no_split_module_classes=no_split,
+                                         hf_quantizer=sizes, low_zero=strategy == "balanced_low_0")
+        return dict(infer_auto_device_map(skeleton, max_memory=budget, no_split_module_classes=no_split,
+                                          hf_quantizer=sizes))
+    finally:
+        accelerate_log.removeFilter(quiet)
 
 
 def check_fits(max_memory: dict[int | str, str] | None, needed_bytes: int) -> None:

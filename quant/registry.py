@@ -16,9 +16,7 @@ from typing import Iterator
 
 import psutil
 import torch
-from accelerate import init_empty_weights
 from accelerate.utils import convert_file_size_to_int
-from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from .errors import ModelBusyError, ModelNotLoadedError, PlacementError, QuantError
 from .loader import (
@@ -32,7 +30,8 @@ from .loader import (
     release_memory,
 )
 from .methods import Mode, method_of
-from .placement import check_fits
+from .placement import STRATEGY_CHOICES, check_fits
+from .planner import footprint, meta_skeleton, refuse_unplaceable, weight_bytes
 from .report import MiB, LoadReport
 from .settings import load_settings
 from .source import ModelSource, check_hub_access
@@ -43,25 +42,13 @@ def estimate_footprint(source: ModelSource, mode: Mode | str, quantization_confi
     Linear layers inside the blocks are quantized; embeddings, norms and the output head stay in 16 bits.
     `quantization_config`: the config the load passes to `from_pretrained`, for a method that quantizes at load
     time (its options, a group size say, set the bytes per weight); a quantized checkpoint's own config comes first.
+    quant.planner places the same bytes per device.
     """
-    model_class = AutoModelForSeq2SeqLM if source.kind == "seq2seq" else AutoModelForCausalLM
     try:
-        with init_empty_weights():
-            skeleton = model_class.from_config(source.config)
-        # from_config on the meta device leaves the output head untied: a model that ties it to the embeddings
-        # (Llama-3.2-1B, Gemma, small Qwen) was counted twice, 17% too large at the 1B shape (H200 bench, 2026-11-30)
-        skeleton.tie_weights()
+        skeleton = meta_skeleton(source)
     except Exception:  # noqa: BLE001 - an estimate must never block a load; fall back to "unknown"
         return 0
-    out_head = skeleton.get_output_embeddings()
-    quantized = sum(
-        m.weight.numel() for m in skeleton.modules() if isinstance(m, torch.nn.Linear) and m is not out_head
-    )
-    total = sum(p.numel() for p in skeleton.parameters())
-    method = method_of(mode)
-    planned = quantization_config.to_dict() if hasattr(quantization_config, "to_dict") else quantization_config
-    per_weight = method.bytes_per_weight(source.checkpoint_quantization or planned)
-    return int(quantized * per_weight + (total - quantized) * method.rest_bytes_per_weight)
+    return footprint(skeleton, weight_bytes(source, method_of(mode), skeleton, quantization_config))
 
 
 @dataclass
@@ -134,8 +121,16 @@ class ModelRegistry:
                     self._history.append((requester, entry.loaded.report))  # served from memory, still this ask
                     return entry.loaded
             estimate = estimate_footprint(prepared.source, request.mode, prepared.kwargs.get("quantization_config"))
-            check_fits(prepared.kwargs.get("max_memory"), estimate)
+            device_map, max_memory = prepared.kwargs["device_map"], prepared.kwargs.get("max_memory")
+            spread = isinstance(device_map, str) and device_map in STRATEGY_CHOICES
+            check_fits(max_memory, estimate)
+            if spread and max_memory:  # per device, before anything is evicted for a load that cannot happen
+                refuse_unplaceable(prepared.source, request.mode.value, prepared.kwargs.get("quantization_config"),
+                                   device_map, max_memory)
             self._make_room(request, estimate)
+            if spread and not max_memory:  # per device, within what is free once idle models made room
+                refuse_unplaceable(prepared.source, request.mode.value, prepared.kwargs.get("quantization_config"),
+                                   device_map, None)
             loaded = attach_generation_path(load_weights(request, progress, prepared=prepared), progress)
             with self._state:
                 self._entries[loaded.key] = _Entry(loaded, estimate)

@@ -35,6 +35,25 @@ EN = {
     "mode": "Mode", "placement": "Placement", "attention": "Attention implementation",
     "device_map.info": "Which device each layer goes to: a strategy of accelerate, or one device (cpu, cuda:0)",
     "max_memory.info": "Most memory each device may take (empty: what is free)",
+    "plan.button": "Fits on your GPUs?",
+    "plan.intro": "Before loading: where each mode's weights would go with this placement, from the config alone "
+                  "(nothing is downloaded but the config, nothing is loaded).",
+    "plan.budgets.max_memory": "Planned for device_map={device_map} within max_memory: {budgets}.",
+    "plan.budgets.free": "Planned for device_map={device_map} within what is free on this machine now: {budgets}.",
+    "plan.budgets.cpu_only": "No GPU on this machine: this is the plan for CPU RAM ({budgets}). Give max_memory "
+                             "such as 0=80GiB, 1=80GiB to plan for GPUs this machine does not have.",
+    "plan.headroom": "{percent}% of each budget is kept free for what the plan does not count: the CUDA context, "
+                     "activations and the KV cache (a long context or a large batch needs more).",
+    "plan.col.mode": "mode", "plan.col.verdict": "fits?", "plan.col.total": "total", "plan.col.reason": "why",
+    "plan.verdict.gpu": "✅ on GPUs", "plan.verdict.offload": "⚠️ CPU offload", "plan.verdict.cpu": "✅ CPU RAM",
+    "plan.verdict.no": "❌ does not fit",
+    "plan.device.gpu": "GPU {index}", "plan.device.cpu": "CPU RAM", "plan.device.left": "left over",
+    "plan.reason.gpu": "fits on GPU {gpus}, {spare} to spare",
+    "plan.reason.offload": "{cpu} of {total} offloaded to CPU RAM: it runs, slower (offloaded layers are copied to "
+                           "the GPU at every forward pass)",
+    "plan.reason.cpu": "fits in CPU RAM ({total} of {usable} usable)",
+    "plan.reason.no": "does not fit: {left} of {total} left over ({usable} usable in all)",
+    "plan.reason.peak": "; planned at the load's 16-bit peak (it quantizes after loading; smaller once loaded)",
     **{f"mode.{m.value}": m.description for m in Mode},
     "option.int8_skip_modules": "Modules kept unquantized (comma-separated)",
     "option.int8_skip_modules.placeholder": "lm_head is always kept",
@@ -147,6 +166,25 @@ KO = {
     "mode": "모드", "placement": "장치 배치", "attention": "어텐션 구현",
     "device_map.info": "각 레이어를 올릴 장치: accelerate의 전략 또는 단일 장치 (cpu, cuda:0)",
     "max_memory.info": "장치별로 쓸 수 있는 최대 메모리 (비우면 남은 메모리)",
+    "plan.button": "GPU에 들어갈까요?",
+    "plan.intro": "로드하기 전에: 이 장치 배치에서 모드별 가중치가 어디에 놓일지를 설정 파일만으로 계산합니다 "
+                  "(설정 파일 외에는 내려받지도 로드하지도 않습니다).",
+    "plan.budgets.max_memory": "device_map={device_map}, max_memory 안에서 계획했습니다: {budgets}.",
+    "plan.budgets.free": "device_map={device_map}, 지금 이 머신에 남은 메모리 안에서 계획했습니다: {budgets}.",
+    "plan.budgets.cpu_only": "이 머신에는 GPU가 없어 CPU 메모리 기준으로 계획했습니다 ({budgets}). 이 머신에 없는 "
+                             "GPU로 계획하려면 max_memory를 0=80GiB, 1=80GiB처럼 입력하세요.",
+    "plan.headroom": "계획이 세지 않는 것(CUDA 컨텍스트, 활성값, KV 캐시)을 위해 장치마다 예산의 {percent}%를 "
+                     "비워 둡니다 (긴 컨텍스트나 큰 배치는 더 필요합니다).",
+    "plan.col.mode": "모드", "plan.col.verdict": "들어가나요?", "plan.col.total": "합계", "plan.col.reason": "이유",
+    "plan.verdict.gpu": "✅ GPU에", "plan.verdict.offload": "⚠️ CPU 오프로드", "plan.verdict.cpu": "✅ CPU 메모리",
+    "plan.verdict.no": "❌ 들어가지 않음",
+    "plan.device.gpu": "GPU {index}번", "plan.device.cpu": "CPU 메모리", "plan.device.left": "남는 양",
+    "plan.reason.gpu": "GPU {gpus}번에 들어감, {spare} 여유",
+    "plan.reason.offload": "{total} 중 {cpu}를 CPU 메모리로 오프로드: 실행되지만 느립니다 (오프로드된 레이어는 "
+                           "순전파마다 GPU로 복사됩니다)",
+    "plan.reason.cpu": "CPU 메모리에 들어감 (쓸 수 있는 {usable} 중 {total})",
+    "plan.reason.no": "들어가지 않음: {total} 중 {left}가 남습니다 (모두 합쳐 {usable} 사용 가능)",
+    "plan.reason.peak": "; 로드 중 16비트 최대치로 계획 (로드 후 양자화하므로 로드된 뒤에는 더 작음)",
     "mode.fp32": "완전 정밀도 (가중치당 4바이트)", "mode.fp16": "반정밀도 (2바이트)", "mode.bf16": "bfloat16 (2바이트)",
     "mode.int8": "bitsandbytes LLM.int8(): int8 가중치, 이상치 열은 fp16",
     "mode.nf4": "bitsandbytes 4비트 NormalFloat", "mode.fp4": "bitsandbytes 4비트 부동소수점",

@@ -11,6 +11,7 @@ from quant.errors import QuantError
 from quant.forms import DEFAULT_ATTENTION, LoadForm
 from quant.methods import ALL_OPTIONS, METHODS, Option, load_time_methods
 from quant.placement import DEVICE_MAP_CHOICES
+from quant.planner import plan_model
 from quant.registry import default_registry
 from quant.ui_strings import EN
 
@@ -21,6 +22,8 @@ HISTORY_HEADERS = ["model", "mode", "params (M)", "footprint (MiB)", "RAM before
                    "load (s)", "compile (s)", "generation", "quantized layers"]
 """Columns of LoadReport.summary_row shown in the Model tab."""
 LOADED_HEADERS = ["model", "footprint (MiB)", "dtype", "in use"]
+PLAN_INPUTS = ("model", "revision", "token", "mode", "device_map", "max_memory")
+"""The form fields the memory plan reads (LoadForm names)."""
 MEASURED_FIRST = ("bf16", "int8", "nf4")
 """The modes "Measure these modes" has ticked at first (those of them that exist)."""
 
@@ -89,6 +92,16 @@ def measure_modes(modes, request: gr.Request, progress=gr.Progress(track_tqdm=Tr
     done = len(modes) - len(failures)
     return (f"Measured {done} of {len(modes)} mode(s).", gr.Dropdown(choices=loaded_choices(visitor)),
             loaded_table(visitor), history_table(visitor))
+
+
+@user_errors
+def plan(request: gr.Request, **fields):
+    """"Fits on your GPUs?": per mode, where the weights would go with the form's placement, before loading
+    (quant.planner; only the config is read, with the visitor's token and the served folders)."""
+    form = LoadForm.from_values(fields)
+    result = plan_model(form.model, revision=form.revision, token=form.token, folders=served_folders(),
+                        device_map=form.device_map, max_memory=form.max_memory)
+    return result.to_markdown(language_of(request), chosen=form.mode)
 
 
 @user_errors
@@ -196,6 +209,10 @@ def build(shared: Shared) -> None:
                                                  *((name, name) for name in IMPLEMENTATIONS)],
                                                 value=start["attention"], label=t("attention"))
                     gr.Markdown(t("attention.note"))
+                with gr.Accordion(t("plan.button"), open=False):
+                    gr.Markdown(t("plan.intro"))
+                    plan_btn = gr.Button(t("plan.button"), size="sm")
+                    plan_box = gr.Markdown()
                 with gr.Row():
                     load_btn = gr.Button(t("load"), variant="primary")
                     measured = gr.CheckboxGroup(load_time_methods(),
@@ -229,6 +246,8 @@ def build(shared: Shared) -> None:
     measure_btn.click(measure_modes, measured, [status, loaded_dd, loaded_df, history_df], inputs_kwargs=form,
                       api_name="measure_modes", concurrency_limit=1, concurrency_id="model-load",
                       show_progress_on=[status])
+    plan_btn.click(plan, inputs_kwargs={k: form[k] for k in PLAN_INPUTS}, outputs=plan_box, api_name="plan_memory",
+                   show_progress_on=[plan_box])
     unload_btn.click(unload, loaded_dd, [status, loaded_dd, active_key, loaded_df], api_name="unload_model",
                      show_progress_on=[status])
     loaded_dd.input(select_model, loaded_dd, active_key, api_name=False)

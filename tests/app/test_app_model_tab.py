@@ -54,3 +54,12 @@ def test_the_load_endpoint_takes_the_forms_fields_in_order_or_by_name(client):
     assert all(p["parameter_has_default"] for p in parameters)
     status, report, *_ = client.predict(model=LLAMA, mode="int8", int8_threshold=4.0, api_name="/load_model")
     assert f"{LLAMA} [int8]" in status and "llm_int8_threshold=4.0" in report
+
+
+def test_the_memory_plan_over_http(client):
+    """"Fits on your GPUs?" for the form's model and placement, before loading: GPUs named in max_memory need not
+    exist here."""
+    table = client.predict(model=LLAMA, mode="nf4", max_memory="0=1MiB, 1=1MiB", api_name="/plan_memory")
+    assert "within max_memory: GPU 0 1.0 MiB, GPU 1 1.0 MiB" in table
+    assert "| mode | fits? | GPU 0 | GPU 1 | left over | total | why |" in table
+    assert "| **nf4** | ❌ does not fit |" in table  # no cpu entry: the rest has nowhere to go

@@ -63,3 +63,13 @@ def test_gptq_kernels_on_gpu_agree(gpu_gptq_llama_dir, backend):
     assert loaded.report.quantization["backend"] == backend
     assert greedy(loaded) == expected
     registry.unload_all()
+
+
+def test_a_split_load_is_refused_per_device_before_loading():
+    """device_map=auto with max_memory: the memory planner's per-device plan refuses it, before anything loads."""
+    from quant.errors import PlacementError
+
+    registry = ModelRegistry()
+    with pytest.raises(PlacementError, match="does not fit with device_map=auto: .* left over within GPU 0"):
+        registry.load(LoadRequest(model=LLAMA, mode="bf16", device_map="auto", max_memory="0=1500KiB"))
+    assert registry.loaded() == []

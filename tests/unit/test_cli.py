@@ -75,6 +75,7 @@ def test_every_subcommand_with_json_prints_json_alone_on_stdout(tmp_path, gptq_l
             "compare": ["compare", LLAMA, "--modes", f"bf16,nf4,gptq:{gptq_llama_dir}", "--new-tokens", "4",
                         "--batch-size", "2", "--json", "-"],
             "push": ["push", str(gptq_llama_dir), "--repo", "alice/tiny-gptq", "--json"],
+            "plan": ["plan", LLAMA, "--max-memory", "0=1MiB,1=1MiB,cpu=1GiB", "--json"],
         }
         env = {**os.environ, "PYTHONPATH": str(ROOT), **hub_env}
         running = {name: subprocess.Popen([sys.executable, "-m", "quant", *argv], stdout=subprocess.PIPE,
@@ -105,6 +106,11 @@ def test_every_subcommand_with_json_prints_json_alone_on_stdout(tmp_path, gptq_l
     assert [g["reason"] for g in nf4["kept"]] == ["head"] and compared["results"][0]["kept"] == []
     assert "nf4                     not nf4: the output head, which nf4 leaves unquantized: 1 module" in table
     assert json.loads(outputs["push"][0])["repo_id"] == "alice/tiny-gptq"
+    planned = json.loads(outputs["plan"][0])  # two GPUs this machine need not have
+    assert planned["budgets"] == {"0": 2**20, "1": 2**20, "cpu": 2**30} and planned["budget_source"] == "max_memory"
+    bf16 = next(m for m in planned["modes"] if m["mode"] == "bf16")
+    assert bf16["verdict"] == "offload" and bf16["fits"] and "offloaded to CPU RAM" in bf16["reason"]
+    assert sum(d["bytes"] for d in bf16["devices"]) == bf16["total_bytes"]
 
 
 def test_an_unforeseen_error_is_one_line_with_the_traceback_in_a_log(tmp_path, capsys):

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from accelerate import init_empty_weights
 from transformers import AutoModelForCausalLM
 
 from quant.errors import PlacementError
 from quant.loader import LoadRequest
-from quant.placement import check_fits, parse_device_map, plan_placement
+from quant.placement import WeightBytes, check_fits, parse_device_map, plan_placement
 from quant.registry import ModelRegistry
 from quant.source import resolve_source
 from tests.conftest import LLAMA
@@ -22,20 +21,24 @@ def skeleton():
         return AutoModelForCausalLM.from_config(source.config)
 
 
+BF16 = WeightBytes(frozenset(), 2.0, 2.0)
+"""Every parameter at 2 bytes."""
+
+
 def devices(plan) -> set:
     return set(plan.values())
 
 
 def test_sequential_fills_gpu_0_first_and_balanced_spreads(skeleton):
     roomy = {0: "10MiB", 1: "10MiB"}
-    assert devices(plan_placement(skeleton, "sequential", roomy, torch.bfloat16)) == {0}
-    balanced = plan_placement(skeleton, "balanced", roomy, torch.bfloat16)
+    assert devices(plan_placement(skeleton, "sequential", roomy, BF16)) == {0}
+    balanced = plan_placement(skeleton, "balanced", roomy, BF16)
     assert devices(balanced) == {0, 1}
     assert balanced["model.embed_tokens"] == 0 and balanced["lm_head"] == 1
 
 
 def test_a_tight_gpu_0_pushes_layers_to_gpu_1_and_the_cpu(skeleton):
-    plan = plan_placement(skeleton, "sequential", {0: "1MiB", 1: "1MiB", "cpu": "10MiB"}, torch.bfloat16)
+    plan = plan_placement(skeleton, "sequential", {0: "1MiB", 1: "1MiB", "cpu": "10MiB"}, BF16)
     assert {0, 1, "cpu"} <= devices(plan)
     layers = [k for k in plan if k.startswith("model.layers")]
     assert layers  # decoder blocks are never split inside (no_split_modules)
