@@ -51,9 +51,9 @@ from torch import nn
 
 from .decode import DecodeLoop, _capture_stream
 
-VERIFY_TOLERANCE = 0.05
+VERIFY_TOLERANCE = 0.1
 """Largest relative error (L2) of the segmented step's logits against the model's own forward at load: compiled
-kernels round differently (bf16: ~1e-2), a skipped part of the model is off by ~1."""
+kernels round differently (bf16: around 1e-2), a part of the model skipped or applied twice is off by ~1."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,8 @@ class SegmentPlan:
         return seen
 
     def describe(self) -> str:
-        return f"{len(self.segments)} segments over {', '.join(map(str, self.devices))}"
+        count = len(self.segments)
+        return f"{count} segment{'s' if count > 1 else ''} over {', '.join(map(str, self.devices))}"
 
 
 def _module_devices(module: nn.Module) -> set[torch.device]:
