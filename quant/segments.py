@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import types
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -136,15 +137,25 @@ def segment_plan(model, cuts: int = 0) -> SegmentPlan | str:
 
 # --- the modules the groups run -------------------------------------------------------------------------------------
 
-_HOOK_ATTRIBUTES = ("forward", "_hf_hook", "_old_forward")
+def _drop_hook(clone: nn.Module) -> None:
+    """Remove accelerate's hook from a copied module. The hook replaced the module's forward by an instance attribute
+    bound to the original module, and kept the forward it wrapped in `_old_forward`: the copy gets that forward back,
+    bound to the copy (the class's forward, or one a library set on the instance before accelerate did)."""
+    if "_hf_hook" not in clone.__dict__:
+        return
+    wrapped = clone.__dict__.pop("_old_forward", None)
+    for name in ("forward", "_hf_hook"):
+        clone.__dict__.pop(name, None)
+    if isinstance(wrapped, types.MethodType) and wrapped.__func__ is not type(clone).forward:
+        clone.__dict__["forward"] = types.MethodType(wrapped.__func__, clone)
+    elif wrapped is not None and not isinstance(wrapped, types.MethodType):
+        clone.__dict__["forward"] = wrapped
 
 
 def _shallow_copy(module: nn.Module, children: dict[str, nn.Module]) -> nn.Module:
-    """`module` with some children replaced: same class, same parameters, the class's own forward (an accelerate
-    hook keeps the original module's forward as an instance attribute, which would run the original)."""
+    """`module` with some children replaced: same class, same parameters, without accelerate's hook."""
     clone = copy.copy(module)
-    for name in _HOOK_ATTRIBUTES:
-        clone.__dict__.pop(name, None)
+    _drop_hook(clone)
     clone.__dict__["_modules"] = {**module._modules, **children}
     return clone
 
@@ -155,8 +166,7 @@ def _unhooked(module: nn.Module) -> nn.Module:
     if not any(hasattr(m, "_hf_hook") for m in module.modules()):
         return module
     clone = copy.copy(module)
-    for name in _HOOK_ATTRIBUTES:
-        clone.__dict__.pop(name, None)
+    _drop_hook(clone)
     clone.__dict__["_modules"] = {k: None if v is None else _unhooked(v) for k, v in module._modules.items()}
     return clone
 
@@ -167,8 +177,7 @@ def _moved_copy(module: nn.Module, device: torch.device) -> nn.Module | None:
     if any(True for _ in module.parameters()):
         return None
     clone = copy.copy(module)
-    for name in _HOOK_ATTRIBUTES:
-        clone.__dict__.pop(name, None)
+    _drop_hook(clone)
     for name, value in list(clone.__dict__.items()):
         if isinstance(value, torch.Tensor):
             clone.__dict__[name] = value.to(device)
