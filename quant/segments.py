@@ -240,12 +240,18 @@ def _tensor_leaves(value, out: list) -> list:
     return out
 
 
+def _remade(container, items: list):
+    """A tuple or list like `container` (a named tuple too) holding `items`."""
+    return type(container)(*items) if hasattr(container, "_fields") else type(container)(items)
+
+
 def _template(value, slot_of: Callable[[torch.Tensor], int]):
-    """`value` with each tensor replaced by its `_Slot`; a refusal (str) for an argument the walk cannot see into."""
+    """`value` with each tensor replaced by its `_Slot`; `_NotRecognised` for an argument the walk cannot see into
+    (an object holding tensors would be passed as it was at load, stale at every step)."""
     if isinstance(value, torch.Tensor):
         return _Slot(slot_of(value))
     if isinstance(value, (tuple, list)):
-        return type(value)(_template(item, slot_of) for item in value)
+        return _remade(value, [_template(item, slot_of) for item in value])
     if isinstance(value, dict):
         return {key: _template(item, slot_of) for key, item in value.items()}
     from transformers.cache_utils import Cache
@@ -259,7 +265,7 @@ def _rebuild(template, tensors):
     if isinstance(template, _Slot):
         return tensors[template.index]
     if isinstance(template, (tuple, list)):
-        return type(template)(_rebuild(item, tensors) for item in template)
+        return _remade(template, [_rebuild(item, tensors) for item in template])
     if isinstance(template, dict):
         return {key: _rebuild(item, tensors) for key, item in template.items()}
     return template

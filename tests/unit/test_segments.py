@@ -135,3 +135,19 @@ def test_segments_follow_the_devices_and_the_cuts():
     assert segment_plan(loaded.model, 4).segments == tuple((cpu, range(i, i + 1)) for i in range(4))
     assert segment_plan(loaded.model, 9).segments == tuple((cpu, range(i, i + 1)) for i in range(4))
     assert segment_plan(loaded.model, 2).describe() == "2 segments over cpu"
+
+
+def test_the_compiled_calls_follow_the_devices():
+    """One compiled call (CUDA graph) per change of device: the embedding alone on cuda:0 (accelerate put every
+    layer on cuda:1), and a head tied to the embedding back on cuda:0 after the norm on cuda:1."""
+    from quant.segments import SegmentPlan, _groups
+
+    gpu0, gpu1 = torch.device("cuda:0"), torch.device("cuda:1")
+    tied = SegmentPlan(embed=gpu0, segments=((gpu1, range(0, 4)),), norm=gpu1, head=gpu0)
+    assert tied.describe() == "1 segment over cuda:0, cuda:1"
+    assert [g.describe() for g in _groups(tied)] == ["prologue on cuda:0", "layers 0-3 + norm on cuda:1",
+                                                     "head on cuda:0"]
+    split = SegmentPlan(embed=gpu0, segments=((gpu0, range(0, 2)), (gpu1, range(2, 4))), norm=gpu1, head=gpu1)
+    assert split.describe() == "2 segments over cuda:0, cuda:1"
+    assert [g.describe() for g in _groups(split)] == ["prologue + layers 0-1 on cuda:0",
+                                                      "layers 2-3 + norm + head on cuda:1"]
