@@ -6,6 +6,13 @@ Keep NCCL's NVLink multicast off on the device machines (NCCL_NVLS_ENABLE=0; not
 machine with two GPUs:
 
     NCCL_NVLS_ENABLE=0 python bench/multi_gpu.py --shapes 1b,8b --out bench/results
+
+--decode-paths measures batch-1 decode (the Chat tab's path) of one mode instead, in one run: one GPU compiled, one
+GPU cut into segments (QUANT_DECODE_SEGMENTS: what the segments cost without the link), split over two GPUs compiled
+(one CUDA graph per device segment, quant/segments.py) and split eager (QUANT_FAST_GENERATION=off, what a split model
+got before). The goal of issue #29: split compiled at >= 0.8x one GPU compiled at 8B bf16.
+
+    NCCL_NVLS_ENABLE=0 python bench/multi_gpu.py --decode-paths --shapes 8b --modes bf16 --out bench/results
 """
 
 from __future__ import annotations
@@ -70,16 +77,99 @@ def bench_shape(shape: str, args) -> list[dict]:
     return rows
 
 
+DECODE_PATHS = (  # label, device_map, split (max_memory from split_limit), environment
+    ("one GPU, compiled", "cuda:0", False, {"QUANT_FAST_GENERATION": "auto"}),
+    ("one GPU, compiled in 2 segments", "cuda:0", False,
+     {"QUANT_FAST_GENERATION": "auto", "QUANT_DECODE_SEGMENTS": "2"}),
+    ("two GPUs, compiled segments", "auto", True, {"QUANT_FAST_GENERATION": "auto"}),
+    ("two GPUs, eager", "auto", True, {"QUANT_FAST_GENERATION": "off"}),
+)
+
+
+def bench_decode_paths(shape: str, args) -> list[dict]:
+    """Batch-1 decode of each mode through each of DECODE_PATHS (quant.compare.measure_decode: the Chat tab's path),
+    and how many of the first greedy tokens each path shares with the one-GPU compiled one."""
+    from quant.compare import measure_decode
+    from quant.generation import GenerationSettings, generate_batch
+    from quant.loader import LoadRequest
+
+    checkpoint = build_checkpoint(shape, args.work / f"llama-{shape}")
+    prompt = prompts_from_text(1, 24)[0]
+    rows = []
+    for mode in args.modes.split(","):
+        reference_tokens = None
+        for label, device_map, split, environment in DECODE_PATHS:
+            saved = {k: os.environ.get(k) for k in (*environment, "QUANT_DECODE_SEGMENTS")}
+            os.environ.pop("QUANT_DECODE_SEGMENTS", None)
+            os.environ.update(environment)
+            registry = ModelRegistry(max_models=1)
+            row = {"shape": shape, "mode": mode, "path": label, "device_map": device_map}
+            try:
+                max_memory = split_limit(str(checkpoint), Mode(mode)) if split else None
+                loaded = registry.load(LoadRequest(model=str(checkpoint), mode=mode, device_map=device_map,
+                                                   max_memory=max_memory))
+                measure_decode(loaded, prompt, 8)  # warm-up
+                _, rate, compiled = measure_decode(loaded, prompt, args.new_tokens)
+                [(text, _)] = generate_batch(loaded, [prompt], GenerationSettings(max_new_tokens=32))
+                tokens = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
+                reference_tokens = reference_tokens if reference_tokens is not None else tokens
+                shared = next((i for i, (a, b) in enumerate(zip(tokens, reference_tokens)) if a != b),
+                              min(len(tokens), len(reference_tokens)))
+                row.update(max_memory=max_memory, b1_tokens_per_s=rate, compiled=compiled,
+                           generation_path=loaded.report.generation_path,
+                           compile_seconds=loaded.report.compile_seconds,
+                           bytes_by_device=loaded.report.bytes_by_device, tokens_shared=shared, error=None)
+            except Exception as exc:  # noqa: BLE001 - a failing path is a row of its own
+                row.update(error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            finally:
+                registry.unload_all()
+                for key, value in saved.items():
+                    os.environ.pop(key, None) if value is None else os.environ.update({key: value})
+            print(f"[{shape}] {mode} {label}: {row.get('error') or ''} b1 {row.get('b1_tokens_per_s') or 0:.1f} "
+                  f"tok/s; {row.get('generation_path', '')}", flush=True)
+            rows.append(row)
+        base = next((r["b1_tokens_per_s"] for r in rows if r["mode"] == mode and r["shape"] == shape
+                     and r["path"] == DECODE_PATHS[0][0] and not r["error"]), None)
+        for r in rows:
+            if r["mode"] == mode and r["shape"] == shape and base and not r["error"]:
+                r["vs_one_gpu_compiled"] = r["b1_tokens_per_s"] / base
+    return rows
+
+
+def decode_paths_markdown(summary: dict) -> str:
+    lines = [f"# Batch-1 decode: one GPU vs split, compiled vs eager ({', '.join(summary['devices'])})", "",
+             "| shape | mode | path | b1 tok/s | vs one GPU compiled | first reply tokens shared (re-tokenized) | compile s "
+             "| generation path |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in summary["rows"]:
+        if r["error"]:
+            lines.append(f"| {r['shape']} | {r['mode']} | {r['path']} | failed: {r['error']} |||||")
+            continue
+        lines.append(f"| {r['shape']} | {r['mode']} | {r['path']} | {r['b1_tokens_per_s']:.1f} | "
+                     f"{r.get('vs_one_gpu_compiled', 0):.2f}x | {r['tokens_shared']} | {r['compile_seconds']:.0f} | "
+                     f"{r['generation_path']} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
-    parser = bench_parser(__doc__, out=REQUIRED, tag="", work=WORK, shapes="1b", new_tokens=64)
+    parser = bench_parser(__doc__, out=REQUIRED, tag="", work=WORK, shapes="1b", modes="bf16", new_tokens=64,
+                          helps={"modes": "modes of --decode-paths, comma-separated (the table of modes runs bf16, "
+                                          "int8, nf4 and gptq)"})
     parser.add_argument("--gptq-backend", default="gptq_triton")
+    parser.add_argument("--decode-paths", action="store_true",
+                        help="batch-1 decode: one GPU compiled, in segments, split compiled, split eager (--modes)")
     args = parser.parse_args()
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     if torch.cuda.device_count() < 2:
         raise SystemExit("This benchmark needs two GPUs.")
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = [row for shape in args.shapes.split(",") for row in bench_shape(shape, args)]
     names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    if args.decode_paths:
+        rows = [row for shape in args.shapes.split(",") for row in bench_decode_paths(shape, args)]
+        write_results(args.out, result_stem("multi-gpu-decode-paths", tag=args.tag), {"devices": names, "rows": rows},
+                      decode_paths_markdown)
+        return
+    rows = [row for shape in args.shapes.split(",") for row in bench_shape(shape, args)]
     write_results(args.out, result_stem("multi-gpu", tag=args.tag), {"devices": names, "rows": rows}, markdown)
 
 

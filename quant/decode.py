@@ -75,15 +75,17 @@ class DecodeLoop:
     call at a time: the buffers and the graph are shared by every call that runs on this loop.
     """
 
-    def __init__(self, model, *, batch_size: int, max_cache_len: int, forward: Callable) -> None:
+    def __init__(self, model, *, batch_size: int, max_cache_len: int, forward: Callable | None,
+                 device: torch.device | None = None) -> None:
         self.model = model
         self.batch_size = batch_size
         self.max_cache_len = max_cache_len
         self.forward = forward
         """The compiled model call (`model.get_compiled_call`)."""
         self.cache = full_length_static_cache(model.config, max_cache_len)
-        device = next(model.parameters()).device
+        device = device or next(model.parameters()).device
         self.device = device
+        """Where the step's inputs live (a split model's: its input embedding's device)."""
         self.token = torch.zeros((batch_size, 1), dtype=torch.long, device=device)
         self.position = torch.zeros((batch_size, 1), dtype=torch.long, device=device)
         self.mask = torch.zeros((batch_size, max_cache_len), dtype=torch.long, device=device)
@@ -189,7 +191,8 @@ class DecodeLoop:
                       if input_ids.device.type == "cuda" else StopCheck(decode_streamer))
         logits = self._prefill(input_ids, attention_mask, position_ids)
         while True:
-            scores = logits_processor(input_ids, logits.to(copy=True, dtype=torch.float32))
+            # A split model's head may sit on another device than the tokens (quant.segments)
+            scores = logits_processor(input_ids, logits.to(input_ids.device, copy=True, dtype=torch.float32))
             if generation_config.do_sample:
                 probs = torch.nn.functional.softmax(scores, dim=-1)
                 next_tokens = torch.multinomial(probs, num_samples=1).squeeze(1)

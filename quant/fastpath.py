@@ -18,8 +18,10 @@ up while the model loads (never at a user's first message), and keeps the compil
 * Grouped-query models decode with `attention.packed_gqa_sdpa`: transformers' sdpa, compiled, would copy the whole
   static cache once per query head in every layer at every step.
 
-Where it is not supported (CPU, seq2seq, LLM.int8, a model split over devices) or fails to compile, generation stays
-on the eager path and says why.
+A model split over GPUs (accelerate's device_map / max_memory) decodes in segments, one compiled call and CUDA graph
+per device (quant.segments). Where it is not supported (CPU, seq2seq, LLM.int8, a model offloaded to the CPU or
+disk, a split model whose structure is not recognised) or fails to compile, generation stays on the eager path and
+says why.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from transformers.generation import CompileConfig
 
 from .attention import restore_sdpa, use_packed_gqa_decode
 from .decode import DecodeLoop
+from .segments import SegmentedDecodeLoop, SegmentPlan, segment_plan
 from .settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -72,12 +75,14 @@ def _library_defaults() -> dict[str, str]:
 
 
 def fast_path_refusal(*, method_refusal: str | None, kind: str, devices: set[str],
-                      settings: Settings) -> str | None:
+                      settings: Settings, segments_refusal: str | None = None) -> str | None:
     """Why the compiled path is not used for this model, or None when it is.
 
     QUANT_FAST_GENERATION: "auto" compiles on a GPU what was measured faster compiled (16/32-bit, nf4/fp4, GPTQ's
     torch, int4pack and Marlin kernels) through the compiled decode loop (decode.py); "all" also allows the CPU;
     "off" never compiles. `method_refusal`: the quantization method's own reason (QuantMethod.compile_refusal).
+    A model split over GPUs decodes in segments (segments.py); `segments_refusal`: why this model's structure cannot
+    (`segment_plan`), for a split model or one that QUANT_DECODE_SEGMENTS cuts.
     """
     choice = settings.fast_generation
     if choice == "off":
@@ -86,8 +91,14 @@ def fast_path_refusal(*, method_refusal: str | None, kind: str, devices: set[str
         return f"QUANT_FAST_GENERATION={choice!r} is not one of auto, all, off"
     if kind != "causal":
         return "seq2seq models use the eager path"
-    if len(devices) != 1:
-        return f"the model is split over {', '.join(sorted(devices))}: compiled decode needs one device"
+    if len(devices) > 1:
+        split = f"the model is split over {', '.join(sorted(devices))}"
+        if any(not device.startswith("cuda") for device in devices):
+            return f"{split}: compiled decode needs every part of it on a GPU"
+        if segments_refusal:
+            return f"{split}: {segments_refusal}"
+    elif segments_refusal:
+        return f"QUANT_DECODE_SEGMENTS={settings.decode_segments}: {segments_refusal}"
     if next(iter(devices)).startswith("cpu") and choice != "all":
         return "CPU: compiling the decode step takes minutes there and gains little"
     return method_refusal
@@ -142,6 +153,8 @@ class GenerationPath:
     """Decode attention folds query heads onto their KV heads instead of repeating the cache (see attention.py)."""
     packed_gqa_note: str = ""
     """Why a grouped-query model's compiled decode stays on transformers' sdpa (empty otherwise)."""
+    segments: SegmentPlan | None = None
+    """Where a split model's decode step runs, one compiled call per segment (segments.py); None: one call."""
 
     def describe(self) -> str:
         """One line for the UI and reports: which path, and for what (or why not)."""
@@ -149,10 +162,12 @@ class GenerationPath:
             sizes = ", ".join(map(str, self.batch_sizes))
             packed = ("; grouped-query decode without repeated KV" if self.packed_gqa else
                       f"; {self.packed_gqa_note}" if self.packed_gqa_note else "")
-            graphs = "; one CUDA graph per step" if self.captured else ""
+            graphs = ("" if not self.captured else "; one CUDA graph per step" if self.segments is None else
+                      "; one CUDA graph per segment")
             lengths = (f"up to {self.max_cache_len} tokens" if len(self.cache_lengths) == 1 else
                        f"caches of {', '.join(map(str, self.cache_lengths))} tokens")
-            return f"{COMPILED} (batch {sizes}; {lengths}{graphs}{packed})"
+            segments = f"; {self.segments.describe()}" if self.segments else ""
+            return f"{COMPILED} (batch {sizes}; {lengths}{segments}{graphs}{packed})"
         return f"{EAGER} ({self.reason})" if self.reason else EAGER
 
     @property
@@ -221,14 +236,19 @@ class GenerationPath:
         if model is None:
             raise RuntimeError("the model of this generation path is gone")
         self._drop_loops()
-        forward = model.get_compiled_call(self.compile_config)
+        forward = model.get_compiled_call(self.compile_config) if self.segments is None else None
+        compile_options = self.compile_config.to_dict() if self.compile_config else {}
         for size in self.batch_sizes:
             for length in self._lengths_for(size):
                 if progress:
                     progress(f"Compiling the decode step for batch {size}, {length} tokens (cached on disk for the "
                              "next start)")
-                loop = DecodeLoop(model, batch_size=size, max_cache_len=length, forward=forward)
-                prompt = self._tokenizer(["Warm-up"] * size, return_tensors="pt").to(next(model.parameters()).device)
+                if self.segments is None:
+                    loop = DecodeLoop(model, batch_size=size, max_cache_len=length, forward=forward)
+                else:
+                    loop = SegmentedDecodeLoop(model, batch_size=size, max_cache_len=length, plan=self.segments,
+                                               compile=lambda fn: torch.compile(fn, **compile_options))
+                prompt = self._tokenizer(["Warm-up"] * size, return_tensors="pt").to(loop.device)
                 compiled_runner().submit(loop.capture, prompt["input_ids"]).result()
                 self._loops[size, length] = loop
                 kwargs = dict(**prompt, max_new_tokens=6, min_new_tokens=6, do_sample=False, temperature=None,
@@ -292,7 +312,13 @@ def prepare_generation_path(model, tokenizer, *, method_refusal: str | None, kin
     """
     settings = settings or load_settings()
     devices = {str(p.device) for p in model.parameters()}
-    refusal = fast_path_refusal(method_refusal=method_refusal, kind=kind, devices=devices, settings=settings)
+    plan = segments_refusal = None
+    if kind == "causal" and (len(devices) > 1 or settings.decode_segments > 1):
+        plan = segment_plan(model, settings.decode_segments)
+        if isinstance(plan, str):
+            plan, segments_refusal = None, plan
+    refusal = fast_path_refusal(method_refusal=method_refusal, kind=kind, devices=devices, settings=settings,
+                                segments_refusal=segments_refusal)
     if refusal:
         return eager_path(refusal)
     configure_kernel_cache(settings)
@@ -307,7 +333,7 @@ def prepare_generation_path(model, tokenizer, *, method_refusal: str | None, kin
     packed, packed_note = use_packed_gqa_decode(model) if settings.packed_gqa_decode else (False, "")
     path = GenerationPath(compiled=True, cache_lengths=cache_lengths, batch_sizes=settings.compiled_batch_sizes,
                           compile_config=compile_config, _open=True, _model=weakref.ref(model), _tokenizer=tokenizer,
-                          packed_gqa=packed, packed_gqa_note=packed_note)
+                          packed_gqa=packed, packed_gqa_note=packed_note, segments=plan)
     started = time.perf_counter()
     try:
         path.warm_up(progress)

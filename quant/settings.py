@@ -89,6 +89,11 @@ class Settings:
     packed_gqa_decode: bool
     """QUANT_PACKED_GQA_DECODE ("1" by default, "0" turns it off): on the compiled path, grouped-query models attend
     without copying the KV cache once per query head (quant.attention.packed_gqa_sdpa)."""
+    decode_segments: int
+    """QUANT_DECODE_SEGMENTS: how many segments the compiled decode step of a model split over GPUs runs in
+    (quant.segments): 0 (default) gives one per run of decoder layers on one device; N >= 2 cuts the layers into at
+    least N segments, each its own compiled call (and CUDA graph), even on one device: to test the segmented step on
+    the CPU and to measure what the segments cost on one GPU."""
     int4_dequantize_rows: int
     """QUANT_INT4_DEQUANTIZE_ROWS: on a GPU, gptq_int4pack layers called with this many rows or more (a long prompt's
     or a batch's prefill) dequantize their weight with one compiled kernel and multiply with cuBLAS, where tinygemm
@@ -127,6 +132,7 @@ def load_settings() -> Settings:
         static_cache_tokens=_int_list_setting("QUANT_STATIC_CACHE_TOKENS", "512,2048"),
         compiled_batch_sizes=_int_list_setting("QUANT_COMPILED_BATCH_SIZES", "1"),
         packed_gqa_decode=not _flag_off("QUANT_PACKED_GQA_DECODE"),
+        decode_segments=int_setting("QUANT_DECODE_SEGMENTS", 0, minimum=0),
         int4_dequantize_rows=int_setting("QUANT_INT4_DEQUANTIZE_ROWS", 256, minimum=0),
         batch_max_prompts=int_setting("QUANT_BATCH_MAX_PROMPTS", 1000),
         batch_engine=_choice_setting("QUANT_BATCH_ENGINE", BATCH_ENGINES),

@@ -33,7 +33,9 @@ GREEDY = GenerationSettings(max_new_tokens=24)
     ("auto", Mode.BF16, None, "causal", {"cpu"}, "CPU"),
     ("all", Mode.FP32, None, "causal", {"cpu"}, None),
     ("auto", Mode.BF16, None, "seq2seq", {"cuda:0"}, "seq2seq"),
-    ("auto", Mode.BF16, None, "causal", {"cuda:0", "cuda:1"}, "split over cuda:0, cuda:1"),
+    ("auto", Mode.BF16, None, "causal", {"cuda:0", "cuda:1"}, None),  # decoded in segments (test_segments.py)
+    ("auto", Mode.BF16, None, "causal", {"cpu", "cuda:0"}, "split over cpu, cuda:0: compiled decode needs every part"),
+    ("auto", Mode.BF16, None, "causal", {"cuda:0", "meta"}, "split over cuda:0, meta: compiled decode needs every part"),
     ("all", Mode.INT8, None, "causal", {"cuda:0"}, "LLM.int8"),
     ("auto", Mode.NF4, None, "causal", {"cuda:0"}, None),
     ("auto", Mode.FP4, None, "causal", {"cuda:0"}, None),
@@ -48,6 +50,18 @@ def test_which_models_take_the_compiled_path(monkeypatch, choice, mode, backend,
     refusal = mode.method.compile_refusal(QuantOptions(gptq_backend=backend))
     got = fast_path_refusal(method_refusal=refusal, kind=kind, devices=devices, settings=load_settings())
     assert got == reason if reason is None else reason in got
+
+
+def test_a_split_model_whose_structure_is_not_known_stays_eager_with_the_reason(monkeypatch):
+    structure = "GPT2LMHeadModel keeps no decoder layers at model.layers"  # quant.segments.segment_plan's reason
+    monkeypatch.setenv("QUANT_FAST_GENERATION", "auto")
+    got = fast_path_refusal(method_refusal=None, kind="causal", devices={"cuda:1", "cuda:0"}, settings=load_settings(),
+                            segments_refusal=structure)
+    assert got == f"the model is split over cuda:0, cuda:1: {structure}"
+    monkeypatch.setenv("QUANT_DECODE_SEGMENTS", "3")
+    got = fast_path_refusal(method_refusal=None, kind="causal", devices={"cuda:0"}, settings=load_settings(),
+                            segments_refusal=structure)
+    assert got == f"QUANT_DECODE_SEGMENTS=3: {structure}"
 
 
 def test_kernel_cache_goes_to_the_configured_folder(monkeypatch, tmp_path):

@@ -1,0 +1,59 @@
+"""On CUDA: the segmented compiled decode step (quant/segments.py): a model split over two GPUs by accelerate decodes
+through one CUDA graph per device segment and gives the eager path's greedy tokens, with each static cache layer on
+its decoder layer's GPU. The cut on one GPU (QUANT_DECODE_SEGMENTS) runs on a one-GPU machine too."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from quant.loader import LoadRequest
+from tests.conftest import LLAMA
+from tests.support.fastpath import PROMPTS, assert_same_up_to_noise, greedy_ids, load
+
+pytestmark = pytest.mark.gpu
+
+two_gpus = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2,
+                              reason="needs two CUDA GPUs")
+
+
+def layer_devices(loaded) -> list[str]:
+    return [str(next(layer.parameters()).device) for layer in loaded.model.model.layers]
+
+
+def check_segments(eager, fast, description: str) -> None:
+    assert fast.path.compiled and fast.path.captured, fast.path.describe()
+    assert description in fast.report.generation_path and "one CUDA graph per segment" in \
+        fast.report.generation_path, fast.report.generation_path
+    for prompts in ([PROMPTS[0]], [PROMPTS[1]], PROMPTS[:3] + [PROMPTS[2]]):  # batch 1, and 4 (compiled sizes)
+        encoded, expected, eager_compiled = greedy_ids(eager, prompts)
+        _, got, compiled = greedy_ids(fast, prompts)
+        assert compiled and not eager_compiled
+        for row, (want, have) in enumerate(zip(expected, got)):
+            assert_same_up_to_noise(eager, encoded, row, want, have)
+    for loop in fast.path._loops.values():  # every cache layer on its decoder layer's GPU
+        assert [str(layer.keys.device) for layer in loop.cache.layers] == layer_devices(fast)
+
+
+@two_gpus
+@pytest.mark.parametrize(("max_memory", "on_first"), [
+    ("0=2MiB, 1=1GiB", 2),  # embedding and layers 0-1 on cuda:0; layers 2-3, norm, rotary and head on cuda:1
+    ("0=1MiB, 1=1GiB", 0),  # the embedding alone on cuda:0: the first graph is the prologue alone
+])
+def test_a_model_split_over_two_gpus_decodes_in_compiled_segments(kernel_cache, max_memory, on_first):
+    request = LoadRequest(model=LLAMA, mode="bf16", device_map="sequential", max_memory=max_memory)
+    eager, fast = load(request, fast=False), load(request, fast=True)
+    assert layer_devices(fast) == ["cuda:0"] * on_first + ["cuda:1"] * (4 - on_first), fast.report.device_map
+    assert eager.report.generation_path == "eager (QUANT_FAST_GENERATION=off)"
+    check_segments(eager, fast, f"{1 if on_first == 0 else 2} segment{'s' if on_first else ''} over cuda:0, cuda:1")
+    fast.path.close()
+
+
+def test_segments_on_one_gpu_give_the_eager_tokens(kernel_cache, monkeypatch):
+    """The same graphs per segment, cut on one GPU: what the segments cost without the link between GPUs
+    (bench/multi_gpu.py --decode-paths measures it)."""
+    monkeypatch.setenv("QUANT_DECODE_SEGMENTS", "3")
+    request = LoadRequest(model=LLAMA, mode="bf16", device_map="cuda:0")
+    eager, fast = load(request, fast=False), load(request, fast=True)
+    check_segments(eager, fast, "3 segments over cuda:0")
+    fast.path.close()
