@@ -18,8 +18,12 @@ up while the model loads (never at a user's first message), and keeps the compil
 * Grouped-query models decode with `attention.packed_gqa_sdpa`: transformers' sdpa, compiled, would copy the whole
   static cache once per query head in every layer at every step.
 
-Where it is not supported (CPU, seq2seq, LLM.int8, a model split over devices) or fails to compile, generation stays
-on the eager path and says why.
+Encoder-decoder models (T5, BART) take the same path through seq2seq_decode.Seq2SeqDecodeLoop: the encoder runs
+eagerly once per call, the decoder step is compiled over a static self-attention cache and a fixed cross-attention
+cache (that module says why not transformers' own static-cache `generate`).
+
+Where it is not supported (CPU, LLM.int8, a model split over devices, a seq2seq family other than T5 and BART) or
+fails to compile, generation stays on the eager path and says why.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from transformers.generation import CompileConfig
 
 from .attention import restore_sdpa, use_packed_gqa_decode
 from .decode import DecodeLoop
+from .seq2seq_decode import Seq2SeqDecodeLoop, seq2seq_refusal
 from .settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -72,25 +77,26 @@ def _library_defaults() -> dict[str, str]:
 
 
 def fast_path_refusal(*, method_refusal: str | None, kind: str, devices: set[str],
-                      settings: Settings) -> str | None:
+                      settings: Settings, model_refusal: str | None = None) -> str | None:
     """Why the compiled path is not used for this model, or None when it is.
 
     QUANT_FAST_GENERATION: "auto" compiles on a GPU what was measured faster compiled (16/32-bit, nf4/fp4, GPTQ's
     torch, int4pack and Marlin kernels) through the compiled decode loop (decode.py); "all" also allows the CPU;
-    "off" never compiles. `method_refusal`: the quantization method's own reason (QuantMethod.compile_refusal).
+    "off" never compiles. `method_refusal`: the quantization method's own reason (QuantMethod.compile_refusal);
+    `model_refusal`: the architecture's (seq2seq_decode.seq2seq_refusal for encoder-decoder models).
     """
     choice = settings.fast_generation
     if choice == "off":
         return "QUANT_FAST_GENERATION=off"
     if choice not in ("auto", "all"):
         return f"QUANT_FAST_GENERATION={choice!r} is not one of auto, all, off"
-    if kind != "causal":
-        return "seq2seq models use the eager path"
+    if kind not in ("causal", "seq2seq"):
+        return f"{kind} models use the eager path"
     if len(devices) != 1:
         return f"the model is split over {', '.join(sorted(devices))}: compiled decode needs one device"
     if next(iter(devices)).startswith("cpu") and choice != "all":
         return "CPU: compiling the decode step takes minutes there and gains little"
-    return method_refusal
+    return model_refusal or method_refusal
 
 
 _runner_guard = threading.Lock()
@@ -222,12 +228,13 @@ class GenerationPath:
             raise RuntimeError("the model of this generation path is gone")
         self._drop_loops()
         forward = model.get_compiled_call(self.compile_config)
+        loop_type = Seq2SeqDecodeLoop if model.config.is_encoder_decoder else DecodeLoop
         for size in self.batch_sizes:
             for length in self._lengths_for(size):
                 if progress:
                     progress(f"Compiling the decode step for batch {size}, {length} tokens (cached on disk for the "
                              "next start)")
-                loop = DecodeLoop(model, batch_size=size, max_cache_len=length, forward=forward)
+                loop = loop_type(model, batch_size=size, max_cache_len=length, forward=forward)
                 prompt = self._tokenizer(["Warm-up"] * size, return_tensors="pt").to(next(model.parameters()).device)
                 compiled_runner().submit(loop.capture, prompt["input_ids"]).result()
                 self._loops[size, length] = loop
@@ -292,7 +299,8 @@ def prepare_generation_path(model, tokenizer, *, method_refusal: str | None, kin
     """
     settings = settings or load_settings()
     devices = {str(p.device) for p in model.parameters()}
-    refusal = fast_path_refusal(method_refusal=method_refusal, kind=kind, devices=devices, settings=settings)
+    refusal = fast_path_refusal(method_refusal=method_refusal, kind=kind, devices=devices, settings=settings,
+                                model_refusal=seq2seq_refusal(model) if kind == "seq2seq" else None)
     if refusal:
         return eager_path(refusal)
     configure_kernel_cache(settings)
