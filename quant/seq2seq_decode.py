@@ -114,7 +114,7 @@ class Seq2SeqDecodeLoop(DecodeLoop):
         length = states.shape[1]
         if length > self.max_cache_len:
             raise ValueError(f"The prompt has {length} tokens; this loop's cache holds {self.max_cache_len}.")
-        if self.encoder_states is None or self.encoder_states.dtype != states.dtype:
+        if self.encoder_states is None:  # once: a captured graph holds its address
             self.encoder_states = torch.zeros((self.batch_size, self.max_cache_len, states.shape[-1]),
                                               dtype=states.dtype, device=self.device)
         self.cache.reset()
