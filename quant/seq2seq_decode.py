@@ -22,11 +22,13 @@ host sync per step). Here, as for causal models:
   one step late on CUDA).
 
 A cache length bounds both the prompt (encoder tokens) and the reply (+1 for the start token): a call takes the
-shortest length that holds max(prompt, reply + 1) (fastpath.GenerationPath), so batch 128 x 16 new tokens on
-64-token prompts attends over 64 slots, not the longest cache.
+shortest length that holds max(prompt, reply + 1) (generation.cache_tokens), so batch 128 x 16 new tokens on
+64-token prompts attends over 64 slots, not the longest cache. The first step is eager (one step of the reply); the
+encoder is too, and at batch 128 its prompt-long forward is matmul-bound, not launch-bound.
 
-T5 keeps its feed-forward output projection (`wo`) in fp32 under bf16/fp16 (`_keep_in_fp32_modules`); its forward
-casts to that weight's dtype, which traces like any other op.
+T5 keeps its feed-forward output projections (`wo`) in fp32 in fp16 loads (`_keep_in_fp32_modules`) and unquantized in
+int8 and nf4 loads; its forward casts to that weight's dtype, which traces like any other op (tested in fp16 and nf4,
+and with Inductor on the CPU).
 """
 
 from __future__ import annotations
@@ -72,6 +74,10 @@ class Seq2SeqDecodeLoop(DecodeLoop):
         if self.encoder_states is not None:
             tensors.append(self.encoder_states)
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+    def release(self) -> None:
+        super().release()
+        self.encoder_states = None
 
     def _step(self) -> torch.Tensor:
         slot = self.cache.self_attention_cache.layers[0].cumulative_length.reshape(1)
