@@ -22,7 +22,7 @@ from transformers import TextIteratorStreamer
 from .access import LocalFolders
 from .batching import CONTINUOUS, PADDED, ContinuousUnavailable, EngineChoice, choose_engine, measure_continuous
 from .errors import QuantError
-from .generation import GenerationSettings, end_stream_when_failed, generate_batch, start_generate
+from .generation import GenerationSettings, cache_tokens, end_stream_when_failed, generate_batch, start_generate
 from .gptq import builtin_textsets
 from .loader import LoadedModel, LoadRequest
 from .metrics import perplexity
@@ -149,7 +149,7 @@ def measure_decode(loaded: LoadedModel, prompt: str, new_tokens: int) -> tuple[f
     _cuda_sync()
     started = time.perf_counter()
     future, compiled = start_generate(loaded, kwargs, batch_size=1,
-                                      total_tokens=inputs["input_ids"].shape[1] + new_tokens)
+                                      total_tokens=cache_tokens(loaded, inputs["input_ids"].shape[1], new_tokens))
     end_stream_when_failed(future, streamer)  # a failing mode fails its row at once, never hangs on the stream
     for _ in streamer:
         pass
@@ -182,7 +182,7 @@ def measure_batch(loaded: LoadedModel, prompts: list[str], batch_size: int,
     _cuda_sync()
     started = time.perf_counter()
     future, compiled = start_generate(loaded, kwargs, batch_size=batch_size,
-                                      total_tokens=encoded["input_ids"].shape[1] + new_tokens)
+                                      total_tokens=cache_tokens(loaded, encoded["input_ids"].shape[1], new_tokens))
     future.result()
     _cuda_sync()
     return batch_size * new_tokens / (time.perf_counter() - started), compiled, choice

@@ -124,6 +124,11 @@ class DecodeLoop:
         allocates its tensors at its first update; the graph holds their addresses), and leaves the cache empty."""
         with torch.inference_mode():
             self._prefill(prompt_ids, None, None)
+            self._compile_and_capture()
+
+    def _compile_and_capture(self) -> None:
+        """After a prefill: compile the step and, on CUDA, record it as a graph; leave the cache empty."""
+        with torch.inference_mode():
             if self.device.type != "cuda":
                 self._step()  # compiles
                 self.cache.reset()
@@ -163,6 +168,11 @@ class DecodeLoop:
         self.position.copy_(position_ids[:, -1:] + 1)
         return out.logits[:, -1]
 
+    def _prefill_inputs(self, model_kwargs: dict) -> dict:
+        """Take the model inputs that `_prefill` uses out of what `generate` prepared."""
+        return {"attention_mask": model_kwargs.pop("attention_mask", None),
+                "position_ids": model_kwargs.pop("position_ids", None)}
+
     def __call__(self, model, input_ids: torch.LongTensor, logits_processor, stopping_criteria, generation_config,
                  decode_streamer=None, **model_kwargs) -> torch.LongTensor:
         """transformers' `_sample` for one batch size, with the decode step replayed (see the module's docstring).
@@ -172,8 +182,7 @@ class DecodeLoop:
         the streamer comes as `decode_streamer` (`_sample`'s `streamer` is not passed on), and the model inputs stay
         in `model_kwargs` (naming them here would take them away from `generate`'s own preparation).
         """
-        attention_mask = model_kwargs.pop("attention_mask", None)
-        position_ids = model_kwargs.pop("position_ids", None)
+        prefill_inputs = self._prefill_inputs(model_kwargs)
         cache = model_kwargs.pop("past_key_values", None)
         for ignored in ("use_cache", "logits_to_keep"):  # always on / always the last position here
             model_kwargs.pop(ignored, None)
@@ -189,7 +198,7 @@ class DecodeLoop:
         # Deferred where the device runs asynchronously to the host (on the CPU there is nothing to overlap)
         stop_check = (DeferredStopCheck(input_ids, stopping_criteria.max_length, None, False, decode_streamer)
                       if input_ids.device.type == "cuda" else StopCheck(decode_streamer))
-        logits = self._prefill(input_ids, attention_mask, position_ids)
+        logits = self._prefill(input_ids, **prefill_inputs)
         while True:
             # A split model's head may sit on another device than the tokens (quant.segments)
             scores = logits_processor(input_ids, logits.to(input_ids.device, copy=True, dtype=torch.float32))

@@ -19,9 +19,14 @@ up while the model loads (never at a user's first message), and keeps the compil
   static cache once per query head in every layer at every step.
 
 A model split over GPUs (accelerate's device_map / max_memory) decodes in segments, one compiled call and CUDA graph
-per device (quant.segments). Where it is not supported (CPU, seq2seq, LLM.int8, a model offloaded to the CPU or
-disk, a split model whose structure is not recognised) or fails to compile, generation stays on the eager path and
-says why.
+per device (quant.segments). Encoder-decoder models (T5, BART) take the same path through
+seq2seq_decode.Seq2SeqDecodeLoop: the encoder runs eagerly once per call, the decoder step is compiled over a static
+self-attention cache and a fixed cross-attention cache (that module says why not transformers' own static-cache
+`generate`).
+
+Where it is not supported (CPU, LLM.int8, a model offloaded to the CPU or disk, a split model whose structure is not
+recognised, a split encoder-decoder model, a seq2seq family other than T5 and BART) or fails to compile, generation
+stays on the eager path and says why.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from transformers.generation import CompileConfig
 from .attention import restore_sdpa, use_packed_gqa_decode
 from .decode import DecodeLoop
 from .segments import SegmentedDecodeLoop, SegmentPlan, segment_plan
+from .seq2seq_decode import Seq2SeqDecodeLoop, seq2seq_refusal
 from .settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -75,12 +81,14 @@ def _library_defaults() -> dict[str, str]:
 
 
 def fast_path_refusal(*, method_refusal: str | None, kind: str, devices: set[str],
-                      settings: Settings, segments_refusal: str | None = None) -> str | None:
+                      settings: Settings, segments_refusal: str | None = None,
+                      model_refusal: str | None = None) -> str | None:
     """Why the compiled path is not used for this model, or None when it is.
 
     QUANT_FAST_GENERATION: "auto" compiles on a GPU what was measured faster compiled (16/32-bit, nf4/fp4, GPTQ's
     torch, int4pack and Marlin kernels) through the compiled decode loop (decode.py); "all" also allows the CPU;
-    "off" never compiles. `method_refusal`: the quantization method's own reason (QuantMethod.compile_refusal).
+    "off" never compiles. `method_refusal`: the quantization method's own reason (QuantMethod.compile_refusal);
+    `model_refusal`: the architecture's (seq2seq_decode.seq2seq_refusal for encoder-decoder models).
     A model split over GPUs decodes in segments (segments.py); `segments_refusal`: why this model's structure cannot
     (`segment_plan`), for a split model or one that QUANT_DECODE_SEGMENTS cuts.
     """
@@ -89,19 +97,21 @@ def fast_path_refusal(*, method_refusal: str | None, kind: str, devices: set[str
         return "QUANT_FAST_GENERATION=off"
     if choice not in ("auto", "all"):
         return f"QUANT_FAST_GENERATION={choice!r} is not one of auto, all, off"
-    if kind != "causal":
-        return "seq2seq models use the eager path"
+    if kind not in ("causal", "seq2seq"):
+        return f"{kind} models use the eager path"
     if len(devices) > 1:
         split = f"the model is split over {', '.join(sorted(devices))}"
         if any(not device.startswith("cuda") for device in devices):
             return f"{split}: compiled decode needs every part of it on a GPU"
+        if kind != "causal":
+            return f"{split}: split decoding in segments is built for decoder-only models"
         if segments_refusal:
             return f"{split}: {segments_refusal}"
     elif segments_refusal:
         return f"QUANT_DECODE_SEGMENTS={settings.decode_segments}: {segments_refusal}"
     if next(iter(devices)).startswith("cpu") and choice != "all":
         return "CPU: compiling the decode step takes minutes there and gains little"
-    return method_refusal
+    return model_refusal or method_refusal
 
 
 _runner_guard = threading.Lock()
@@ -238,13 +248,14 @@ class GenerationPath:
         self._drop_loops()
         forward = model.get_compiled_call(self.compile_config) if self.segments is None else None
         compile_options = self.compile_config.to_dict() if self.compile_config else {}
+        loop_type = Seq2SeqDecodeLoop if model.config.is_encoder_decoder else DecodeLoop
         for size in self.batch_sizes:
             for length in self._lengths_for(size):
                 if progress:
                     progress(f"Compiling the decode step for batch {size}, {length} tokens (cached on disk for the "
                              "next start)")
                 if self.segments is None:
-                    loop = DecodeLoop(model, batch_size=size, max_cache_len=length, forward=forward)
+                    loop = loop_type(model, batch_size=size, max_cache_len=length, forward=forward)
                 else:
                     loop = SegmentedDecodeLoop(model, batch_size=size, max_cache_len=length, plan=self.segments,
                                                compile=lambda fn: torch.compile(fn, **compile_options))
@@ -318,7 +329,8 @@ def prepare_generation_path(model, tokenizer, *, method_refusal: str | None, kin
         if isinstance(plan, str):
             plan, segments_refusal = None, plan
     refusal = fast_path_refusal(method_refusal=method_refusal, kind=kind, devices=devices, settings=settings,
-                                segments_refusal=segments_refusal)
+                                segments_refusal=segments_refusal,
+                                model_refusal=seq2seq_refusal(model) if kind == "seq2seq" else None)
     if refusal:
         return eager_path(refusal)
     configure_kernel_cache(settings)

@@ -138,12 +138,22 @@ class _CountingStreamer(TextIteratorStreamer):
         super().put(value)
 
 
+def cache_tokens(loaded: LoadedModel, prompt_tokens: int, new_tokens: int) -> int:
+    """The static cache length a generation needs (`start_generate`'s `total_tokens`): prompt + reply for a
+    decoder-only model; for seq2seq the longer of the prompt (the cross-attention cache holds the encoder's output)
+    and the reply after the decoder's start token (its self-attention cache), see quant.seq2seq_decode."""
+    if loaded.source.kind == "seq2seq":
+        return max(prompt_tokens, new_tokens + 1)
+    return prompt_tokens + new_tokens
+
+
 def start_generate(loaded: LoadedModel, kwargs: dict, *, batch_size: int, total_tokens: int,
                    seed: GenerationSettings | None = None) -> tuple[Future, bool]:
     """Run `model.generate(**kwargs)` on the model's generation path; returns its future and whether it is compiled.
 
     The compiled path runs it on the compiled runner thread with a warmed static cache when `batch_size` is one of the
-    compiled sizes and prompt + reply (`total_tokens`) fit; anything else runs eagerly on a thread of its own.
+    compiled sizes and prompt + reply (`total_tokens`, see `cache_tokens`) fit; anything else runs eagerly on a thread
+    of its own.
     """
     compiled_batch = loaded.path.compiled_batch_size(batch_size, total_tokens)
     if compiled_batch is not None and compiled_batch != batch_size:
@@ -402,7 +412,7 @@ def _stream(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.
                   **{**settings.generate_kwargs(), "max_new_tokens": max_new_tokens})
     started = time.perf_counter()  # time to first token includes waiting for the model's runner
     future, compiled = start_generate(loaded, kwargs, batch_size=1, seed=settings,
-                                      total_tokens=input_ids.shape[1] + max_new_tokens)
+                                      total_tokens=cache_tokens(loaded, input_ids.shape[1], max_new_tokens))
     end_stream_when_failed(future, streamer)
     stats = GenerationStats(mode=loaded.request.mode.value, path="compiled" if compiled else "eager",
                             prompt_tokens=int(input_ids.shape[1]), max_new_tokens=max_new_tokens)
@@ -498,7 +508,8 @@ def generate_batch(loaded: LoadedModel, prompts: list[str], settings: Generation
         raise GenerationError(
             f"A prompt of this batch has {int(encoded['attention_mask'].sum(1).max())} tokens: with "
             f"{settings.max_new_tokens} new tokens that is past the model's context of {limit}.")
-    compiled_batch = loaded.path.compiled_batch_size(len(texts), total)
+    compiled_total = cache_tokens(loaded, encoded["input_ids"].shape[1], settings.max_new_tokens)
+    compiled_batch = loaded.path.compiled_batch_size(len(texts), compiled_total)
     if compiled_batch is not None and compiled_batch > len(texts):
         # The compiled decode step exists for fixed batch sizes: fill up with copies, drop their rows below.
         extra = compiled_batch - len(texts)
@@ -507,7 +518,7 @@ def generate_batch(loaded: LoadedModel, prompts: list[str], settings: Generation
     future, _ = start_generate(loaded, dict(**encoded.to(loaded.device), eos_token_id=stop_token_ids(loaded),
                                          pad_token_id=tokenizer.pad_token_id, stopping_criteria=criteria,
                                          **settings.generate_kwargs()),
-                            batch_size=encoded["input_ids"].shape[0], total_tokens=total, seed=settings)
+                            batch_size=encoded["input_ids"].shape[0], total_tokens=compiled_total, seed=settings)
     out = future.result()[:len(texts)]
     new = out[:, encoded["input_ids"].shape[1]:] if causal else out[:, 1:]
     stop_ids = set(stop_token_ids(loaded)) | {tokenizer.pad_token_id}

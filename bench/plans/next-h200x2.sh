@@ -13,5 +13,6 @@ lane 0 \
 lane 1 \
   "python3 bench/quantize_time.py --method awq --shape 8b --samples 32 --seq-len 512 --work /tmp/bench1 --out $out" \
   "python3 bench/methods_bench.py --shapes 8b --modes 'bf16,awq:/tmp/bench1/llama-8b-awq-4bit-g128-32x512,torchao_int4' --work /tmp/bench1 --out $out --tag=-awq" \
+  "python3 bench/seq2seq_bench.py --profile --work /tmp/bench1 --out $out" \
   "python3 bench/architectures_bench.py --out $out" &
 wait

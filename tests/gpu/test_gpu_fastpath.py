@@ -13,8 +13,15 @@ from quant.generation import GenerationSettings, start_generate, stream_chat
 from quant.loader import LoadRequest
 from quant.methods import QuantOptions
 from quant.registry import ModelRegistry
-from tests.conftest import LLAMA, ROOT
-from tests.support.fastpath import PROMPTS, assert_same_up_to_noise, check_against_eager, greedy_ids, load
+from tests.conftest import LLAMA, ROOT, T5
+from tests.support.fastpath import (
+    PROMPTS,
+    assert_same_up_to_noise,
+    check_against_eager,
+    check_seq2seq_against_eager,
+    greedy_ids,
+    load,
+)
 
 pytestmark = pytest.mark.gpu
 
@@ -23,6 +30,23 @@ pytestmark = pytest.mark.gpu
 def test_compiled_path_matches_eager(mode, kernel_cache):
     check_against_eager(LoadRequest(model=LLAMA, mode=mode, device_map="cuda:0"))
     assert any(p.is_file() for p in kernel_cache.rglob("*")), "nothing was written to the kernel cache"
+
+
+@pytest.mark.parametrize(("family", "mode"), [("t5", "bf16"), ("t5", "fp16"), ("t5", "nf4"), ("bart", "bf16"),
+                                              ("bart", "fp32")])
+def test_compiled_seq2seq_matches_eager(family, mode, kernel_cache, monkeypatch, tmp_path):
+    """T5 (the demo; in fp16 its `wo` layers stay fp32, in nf4 unquantized) and a BART of bart-large-cnn's config:
+    the encoder eagerly, the decoder step compiled by Inductor and captured (quant/seq2seq_decode.py)."""
+    from tests.support.architectures import build
+
+    monkeypatch.setenv("QUANT_STATIC_CACHE_TOKENS", "64")
+    model = T5 if family == "t5" else str(build("bart", tmp_path / "bart", init_std=0.2))
+    check_seq2seq_against_eager(LoadRequest(model=model, mode=mode, device_map="cuda:0"))
+
+
+def test_seq2seq_in_llm_int8_stays_eager_with_the_reason(kernel_cache):
+    loaded = load(LoadRequest(model=T5, mode="int8", device_map="cuda:0"), fast=True)
+    assert not loaded.path.compiled and "LLM.int8" in loaded.report.generation_path
 
 
 @pytest.mark.parametrize("backend", ["gptq_marlin", "gptq_torch", "gptq_int4pack"])

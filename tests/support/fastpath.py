@@ -91,3 +91,68 @@ def check_against_eager(request: LoadRequest) -> None:
     reply = list(stream_chat(fast, [{"role": "user", "content": PROMPTS[0]}], settings=settings))[-1]
     assert reply.stats.path == "compiled" and reply.text
     fast.path.close()
+
+
+# --- seq2seq (quant/seq2seq_decode.py) --------------------------------------------------------------------------------
+
+SEQ2SEQ_PROMPTS = ["translate English to German: the house", "summarize: the with statement wraps a block", "x",
+                   "def main(): return 1"]
+"""Ragged prompts (2 to 14 tokens of the demo tokenizers): a batch pads them, on the right for seq2seq."""
+
+
+def seq2seq_greedy_ids(loaded, prompts: list[str], new_tokens: int = 24) -> tuple[dict, list[list[int]], bool]:
+    """Encoder inputs (padded right) and the greedy decoder tokens after the start token per row, through
+    `start_generate`, and whether the compiled path ran them."""
+    from quant.generation import cache_tokens
+
+    encoded = loaded.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="right").to(loaded.device)
+    # Plain greedy: the checkpoint's n-gram blocking (bart-large-cnn's 3) would ban tokens by history, and the noise
+    # rule below judges the raw logits.
+    kwargs = dict(**encoded, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, temperature=None,
+                  top_p=None, top_k=None, num_beams=1, no_repeat_ngram_size=0, repetition_penalty=1.0,
+                  pad_token_id=loaded.tokenizer.pad_token_id)
+    future, compiled = start_generate(loaded, kwargs, batch_size=len(prompts),
+                                      total_tokens=cache_tokens(loaded, encoded["input_ids"].shape[1], new_tokens))
+    return encoded, future.result()[:, 1:].tolist(), compiled
+
+
+def assert_seq2seq_same_up_to_noise(eager, encoded, row: int, expected: list[int], got: list[int]) -> None:
+    """`assert_same_up_to_noise` for an encoder-decoder model: equal tokens, or a first difference where eager's top
+    two logits after the same decoder tokens are within noise of each other."""
+    if expected == got:
+        return
+    split = next(i for i, (x, y) in enumerate(zip(expected, got)) if x != y)
+    start = eager.model.generation_config.decoder_start_token_id
+    decoder = torch.tensor([[start, *expected[:split]]], device=eager.device)
+    with torch.inference_mode():
+        logits = eager.model(input_ids=encoded["input_ids"][row:row + 1],
+                             attention_mask=encoded["attention_mask"][row:row + 1],
+                             decoder_input_ids=decoder).logits[0, -1]
+    top = logits.float().topk(2).values
+    tolerance = max(NOISE, ROUNDINGS * torch.finfo(logits.dtype).eps * top[0].abs().item())
+    gap = (top[0] - top[1]).item()
+    assert gap < tolerance, f"the paths diverged at a clear choice (token {split}, top-2 gap {gap:.4f} >= " \
+                            f"{tolerance:.4f} in {logits.dtype}):\n{expected}\n{got}"
+
+
+def check_seq2seq_against_eager(request: LoadRequest) -> None:
+    """The compiled seq2seq path (captured on CUDA) against eager: batch 1, a ragged batch of 4 and 3 padded to 4,
+    greedy up to noise; a chat reply on the compiled path."""
+    eager, fast = load(request, fast=False), load(request, fast=True)
+    assert not eager.path.compiled and eager.path.reason == "QUANT_FAST_GENERATION=off"
+    on_cuda = torch.device(fast.device).type == "cuda"
+    assert fast.path.compiled and fast.path.captured == on_cuda, fast.path.describe()
+    assert ("one CUDA graph per step" in fast.report.generation_path) == on_cuda
+    assert fast.report.compile_seconds > 0 and fast.report.static_cache_bytes > 0
+    for prompts in ([SEQ2SEQ_PROMPTS[0]], SEQ2SEQ_PROMPTS, SEQ2SEQ_PROMPTS[:3] + [SEQ2SEQ_PROMPTS[2]]):
+        encoded, expected, eager_compiled = seq2seq_greedy_ids(eager, prompts)
+        _, got, compiled = seq2seq_greedy_ids(fast, prompts)
+        assert compiled and not eager_compiled
+        for row, (want, have) in enumerate(zip(expected, got)):
+            assert_seq2seq_same_up_to_noise(eager, encoded, row, want, have)
+    settings = GenerationSettings(max_new_tokens=24)
+    assert generate_batch(fast, SEQ2SEQ_PROMPTS[:3], settings) == \
+        generate_batch(fast, SEQ2SEQ_PROMPTS[:3] + [SEQ2SEQ_PROMPTS[2]], settings)[:3]
+    reply = list(stream_chat(fast, [{"role": "user", "content": SEQ2SEQ_PROMPTS[0]}], settings=settings))[-1]
+    assert reply.stats.path == "compiled" and reply.text
+    fast.path.close()

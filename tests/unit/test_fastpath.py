@@ -20,7 +20,7 @@ from quant.loader import LoadRequest
 from quant.methods import Mode, QuantOptions
 from quant.registry import ModelRegistry
 from quant.settings import load_settings
-from tests.conftest import LLAMA, T5
+from tests.conftest import LLAMA
 
 PROMPTS = ["def main():", "The with statement", "import os", "class A:", "x = 1"]
 GREEDY = GenerationSettings(max_new_tokens=24)
@@ -32,7 +32,9 @@ GREEDY = GenerationSettings(max_new_tokens=24)
     ("off", Mode.BF16, None, "causal", {"cuda:0"}, "QUANT_FAST_GENERATION=off"),
     ("auto", Mode.BF16, None, "causal", {"cpu"}, "CPU"),
     ("all", Mode.FP32, None, "causal", {"cpu"}, None),
-    ("auto", Mode.BF16, None, "seq2seq", {"cuda:0"}, "seq2seq"),
+    ("auto", Mode.BF16, None, "seq2seq", {"cuda:0"}, None),
+    ("auto", Mode.INT8, None, "seq2seq", {"cuda:0"}, "LLM.int8"),
+    ("auto", Mode.BF16, None, "seq2seq", {"cuda:0", "cuda:1"}, "split over cuda:0, cuda:1: split decoding"),
     ("auto", Mode.BF16, None, "causal", {"cuda:0", "cuda:1"}, None),  # decoded in segments (test_segments.py)
     ("auto", Mode.BF16, None, "causal", {"cpu", "cuda:0"}, "split over cpu, cuda:0: compiled decode needs every part"),
     ("auto", Mode.BF16, None, "causal", {"cuda:0", "meta"}, "split over cuda:0, meta: compiled decode needs every part"),
@@ -344,11 +346,6 @@ def test_a_sliding_window_model_decodes_past_the_window_as_eager_does_without_co
             assert_each_token_is_an_eager_choice(eager, encoded["input_ids"][0], got)
     finally:
         fast.path.close()
-
-
-def test_seq2seq_stays_eager():
-    loaded = ModelRegistry(max_models=1).load(LoadRequest(model=T5, mode="fp32"))
-    assert not loaded.path.compiled and "seq2seq" in loaded.path.reason
 
 
 def test_compiled_kernels_are_kept_on_disk_for_the_next_start(tmp_path):
