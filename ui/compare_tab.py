@@ -63,7 +63,12 @@ MODE_COLOURS = PLOT_COLOURS
 """A mode keeps its colour in every plot and as more modes finish."""
 
 
-def _relative_plots(results) -> list[gr.BarPlot]:
+def _mode_colours(planned: list[str]) -> dict[str, str]:
+    """Each mode's colour, by its place among the modes the run measures: the same in every plot and update."""
+    return {label: MODE_COLOURS[i % len(MODE_COLOURS)] for i, label in enumerate(planned)}
+
+
+def _relative_plots(results, planned: list[str]) -> list[gr.BarPlot]:
     """One bar plot per metric, with a bar per mode side by side, in the order the modes ran.
 
     One plot per metric because Gradio 6.31's BarPlot stacks the bars of a category instead of grouping them. And
@@ -75,7 +80,8 @@ def _relative_plots(results) -> list[gr.BarPlot]:
 
     relative = relative_to_baseline(results)
     order = [r.label for r in results if r.label in relative]
-    colours = {label: MODE_COLOURS[i % len(MODE_COLOURS)] for i, label in enumerate(order)}
+    every = _mode_colours(planned)
+    colours = {label: every.get(label, MODE_COLOURS[0]) for label in order}
     plots = []
     for metric in COMPARE_METRICS:
         frame = pd.DataFrame([{"mode": label, "× 16-bit": relative[label][metric]} for label in order
@@ -84,16 +90,25 @@ def _relative_plots(results) -> list[gr.BarPlot]:
     return plots
 
 
-def _kl_plot(results) -> gr.LinePlot:
-    """Mean KL(reference || mode) of each evaluation window, a line per mode (x: the window's first token)."""
+def _kl_plot(results, planned: list[str]) -> gr.LinePlot:
+    """Mean KL(reference || mode) of each evaluation window, a line per mode (x: the window's first token).
+
+    Gradio 6.31's LinePlot draws the lines of the modes in its first value only: a mode whose rows come in a later
+    update got no line, whatever the colour map (seen in the browser: the Compare screenshot showed bf16's line alone).
+    So each update also holds one row per mode still to come, its KL NaN, which draws nothing."""
+    import math
+
     import pandas as pd
 
-    order = [r.label for r in results if not r.error and r.kl_per_window]
-    colours = {label: MODE_COLOURS[i % len(MODE_COLOURS)] for i, label in enumerate(order)}
-    frame = pd.DataFrame([{"mode": r.label, "token position": i * (r.quality_stride or 0), "KL": kl}
-                          for r in results if r.label in colours for i, kl in enumerate(r.kl_per_window)],
-                         columns=["mode", "token position", "KL"])
-    return gr.LinePlot(value=frame, color_map=colours)
+    measured = [r for r in results if not r.error and r.kl_per_window]
+    finished = {r.label for r in results}
+    pending = [label for label in planned if label not in finished]
+    every = _mode_colours(planned)
+    colours = {label: every.get(label, MODE_COLOURS[0]) for label in [r.label for r in measured] + pending}
+    rows = [{"mode": r.label, "token position": i * (r.quality_stride or 0), "KL": kl}
+            for r in measured for i, kl in enumerate(r.kl_per_window)]
+    rows += [{"mode": label, "token position": 0, "KL": math.nan} for label in pending]
+    return gr.LinePlot(value=pd.DataFrame(rows, columns=["mode", "token position", "KL"]), color_map=colours)
 
 
 def _quality_markdown(results) -> str:
@@ -142,6 +157,7 @@ def run_compare(model, modes, gptq_checkpoints, gptq_backend, attn_variants, pro
         [(i, p.strip()) for i, p in enumerate((prompts_text or "").splitlines(), 1) if p.strip()],
         "the Compare prompts", max_items=COMPARE_MAX_PROMPTS, max_chars=MAX_PROMPT_CHARS, allow_empty=True)] or None
     stop = new_stop_event(request)
+    planned = [spec.label for spec in specs]
     results = []
     for result in compare(model, specs, registry=default_registry(), prompts=prompts, batch_size=batch_size,
                           new_tokens=new_tokens, progress=lambda f, m: progress(f, desc=m), stop=stop,
@@ -149,8 +165,8 @@ def run_compare(model, modes, gptq_checkpoints, gptq_backend, attn_variants, pro
         results.append(result)
         if result.error:
             gr.Warning(as_text(f"{result.label}: {result.error}"))
-        yield (_compare_rows(results), *_relative_plots(results), _kl_plot(results), _quality_markdown(results), "",
-               None)
+        yield (_compare_rows(results), *_relative_plots(results, planned), _kl_plot(results, planned),
+               _quality_markdown(results), "", None)
     used_prompts = prompts or list(DEFAULT_PROMPTS)
     comparison = Comparison(model=model, prompts=used_prompts, batch_size=batch_size, new_tokens=new_tokens,
                             device="cuda" if torch.cuda.is_available() else "cpu", results=results)
@@ -161,8 +177,8 @@ def run_compare(model, modes, gptq_checkpoints, gptq_backend, attn_variants, pro
         writer = csv.writer(f)
         writer.writerow(COMPARE_HEADERS)
         writer.writerows([[spreadsheet_safe(cell) for cell in row] for row in _compare_rows(results)])
-    yield (_compare_rows(results), *_relative_plots(results), _kl_plot(results), _quality_markdown(results),
-           _answers_html(used_prompts, results),
+    yield (_compare_rows(results), *_relative_plots(results, planned), _kl_plot(results, planned),
+           _quality_markdown(results), _answers_html(used_prompts, results),
            [str(json_path), str(csv_path)])
 
 

@@ -351,6 +351,13 @@ def test_4_compare_two_modes(ui):
     plots = tab.locator(".block").filter(has=page.locator(".vega-embed"))
     expect(plots).to_have_count(len(PLOTS) + 1)  # and the line plot of KL per window, after them
     expect(tab.locator(".vega-embed svg .mark-rect path")).to_have_count(2 * len(PLOTS), timeout=SLOW)  # a busy box draws late
+    # the KL line plot strokes a line for each mode, nf4's too, whose values came in the second streamed update
+    # (before the pending modes' placeholder rows, nf4's path had no stroke: LinePlot coloured the modes of its first
+    # value only, and the screenshot showed bf16's line alone)
+    kl_plot = plots.nth(len(PLOTS))
+    for mode in ("bf16", "nf4"):
+        line = kl_plot.locator(f'[aria-roledescription="line mark"][aria-label$="mode: {mode}"]')
+        expect(line).to_have_attribute("stroke", re.compile(r"^#[0-9A-Fa-f]{6}$"))
     SEEN["plots"] = [bars(plots.nth(i)) for i in range(len(PLOTS))]
     shot(page, "compare.png")
     no_js_errors(ui)
