@@ -153,3 +153,45 @@ def test_settings_and_attention_it_cannot_serve_go_to_padded_batches(fp32, monke
     monkeypatch.setenv("QUANT_BATCH_ENGINE", "fastest")
     with pytest.raises(SettingsError, match="QUANT_BATCH_ENGINE='fastest' is not one of auto, continuous, padded"):
         load_settings()
+
+
+def test_a_continuous_job_that_cannot_start_runs_on_padded_batches_with_the_reason(fp32, monkeypatch):
+    """transformers' manager failing to set up (a paged cache that does not fit, say): the whole job runs on padded
+    batches, the same replies, and the table says why."""
+    from transformers.generation.continuous_batching import ContinuousBatchingManager
+
+    def no_room(self):
+        raise RuntimeError("not enough memory for 12 blocks")
+
+    monkeypatch.setattr(ContinuousBatchingManager, "warmup", no_room)
+    one = [generate_batch(fp32, [p], GREEDY)[0] for p in RAGGED]
+    last = list(run_batch(fp32, list(enumerate(RAGGED, 1)), GREEDY, batch_size=3))[-1]
+    assert last.engine.engine == PADDED
+    assert last.engine.reason == ("continuous batching: its paged KV cache could not be set up: not enough memory for "
+                                  "12 blocks; the rest ran on padded batches")
+    assert [(r.output, r.new_tokens) for r in last.rows] == one and not any(r.error for r in last.rows)
+
+
+def test_a_continuous_job_that_fails_midway_keeps_what_finished_and_runs_the_rest_padded(fp32, monkeypatch):
+    """The generation loop failing after some prompts finished: those keep their replies, the unfinished ones run
+    on padded batches, every reply equals one-by-one's (fp32), and the reason names the failure."""
+    from transformers.generation.continuous_batching.continuous_api import ContinuousBatchProcessor
+
+    step = ContinuousBatchProcessor._generation_step
+    calls = []
+
+    def failing_step(self, model):
+        calls.append(1)
+        if len(calls) == 20:  # of about 32 steps: some prompts finished, some not
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return step(self, model)
+
+    monkeypatch.setattr(ContinuousBatchProcessor, "_generation_step", failing_step)
+    one = [generate_batch(fp32, [p], GREEDY)[0] for p in RAGGED]
+    progress = list(run_batch(fp32, list(enumerate(RAGGED, 1)), GREEDY, batch_size=3))
+    last = progress[-1]
+    assert len(calls) >= 20 and last.engine.engine == PADDED
+    assert last.engine.reason.startswith("continuous batching: it failed: CUDA error: an illegal memory access")
+    assert [(r.output, r.new_tokens) for r in last.rows] == one and not any(r.error for r in last.rows)
+    finished_before = [p for p in progress if p.engine.engine == CONTINUOUS and p.done]
+    assert finished_before and finished_before[-1].done < len(RAGGED)  # some finished on the continuous engine first
