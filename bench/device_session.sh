@@ -3,7 +3,7 @@
 #
 #   run 1:  bash bench/device_session.sh start "python bench/gpu_cycles.py --out /tmp/sess" "python -m pytest tests/gpu -q -n 0"
 #           (starts the steps one after another in the background, then waits like `wait`)
-#   run 2+: bash bench/device_session.sh wait 560      # waits up to 560 s more, copies /tmp/sess to $OUT
+#   run 2+: bash bench/device_session.sh wait 480      # waits up to 480 s more, copies /tmp/sess to $OUT (call timeout_s 560)
 #
 # Call again within the machine's idle release (30 s) or the machine, and the job, are gone. Results and one log per
 # step are in /tmp/sess (steps.log says when each started); `wait` packs them into $OUT/sess.tgz.
@@ -35,7 +35,7 @@ case "${1:-}" in
       setsid nohup bash -c "${script} echo \"\$(date +%T) done\" >> $R/steps.log; touch $R/done" \
         > /dev/null 2>&1 < /dev/null &
     fi
-    collect 540 ;;
+    collect 480 ;;  # returns (with the tar) inside a 560 s call: the fourth session cut at 560 s got nothing back
   wait) collect "${2:-560}" ;;
   *) echo "usage: $0 start STEP... | wait [SECONDS]" >&2; exit 2 ;;
 esac
