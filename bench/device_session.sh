@@ -36,6 +36,6 @@ case "${1:-}" in
         > /dev/null 2>&1 < /dev/null &
     fi
     collect 480 ;;  # returns (with the tar) inside a 560 s call: the fourth session cut at 560 s got nothing back
-  wait) collect "${2:-560}" ;;
+  wait) collect "${2:-480}" ;;
   *) echo "usage: $0 start STEP... | wait [SECONDS]" >&2; exit 2 ;;
 esac
