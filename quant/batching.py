@@ -60,11 +60,11 @@ prefilled over several steps. Its sdpa attention mask has this many rows over th
 SAFETY_MARGIN = 0.15
 """The share of free cache below which transformers' FIFO scheduler admits no new prompt (its default)."""
 POLL_SECONDS = 0.05
+"""How often a job checks its stop event while no prompt finishes."""
 GPU_UNVERIFIED = ("on a GPU, padded batches until continuous batching passes its GPU tests (the 2026-11-30 run failed "
                   "them) and measures faster per mode; QUANT_BATCH_ENGINE=continuous uses it")
 """Why `auto` keeps CUDA models on padded batches: a default must be a checked path, and on the GPU this one is not
 yet (tests/gpu/test_gpu_batching.py failed on an H200; the failure text was lost with the machine)."""
-"""How often a job checks its stop event while no prompt finishes."""
 
 
 @dataclass(frozen=True)
