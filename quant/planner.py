@@ -176,6 +176,9 @@ class MemoryPlan:
     budget_source: str
     headroom: float
     modes: list[ModePlan] = field(default_factory=list)
+    placements_mode: str | None = None
+    placements: list["PlacementChoice"] = field(default_factory=list)
+    """The placements `placements_mode` has on these GPUs (`placement_choices`), where one was asked for."""
 
     @property
     def devices(self) -> list[str]:
@@ -196,7 +199,8 @@ class MemoryPlan:
     def to_dict(self) -> dict:
         return {"model": self.model, "device_map": self.device_map, "budgets": self.budgets,
                 "budget_source": self.budget_source, "headroom": self.headroom, "note": self.note(),
-                "modes": [m.to_dict() for m in self.modes]}
+                "modes": [m.to_dict() for m in self.modes], "placements_mode": self.placements_mode,
+                "placements": [p.to_dict() for p in self.placements]}
 
     def to_text(self) -> str:
         """The CLI's table."""
@@ -207,6 +211,10 @@ class MemoryPlan:
         for m in self.modes:
             cells = "".join(f"{gib(m.on(d)) if m.on(d) else '-':>12}" for d in devices)
             lines.append(f"{m.mode:<14}{m.verdict:<9}{cells}{gib(m.total_bytes):>12}  {m.reason()}")
+        if self.placements:
+            lines += ["", words["placements.title"].format(mode=self.placements_mode)]
+            lines += [f"- {p.describe()}" for p in self.placements]
+            lines += ["", words["placements.loadable"]]
         return "\n".join(lines)
 
     def to_markdown(self, language: str = "en", chosen: str | None = None) -> str:
@@ -221,7 +229,12 @@ class MemoryPlan:
             cells = [name, words[f"plan.verdict.{m.verdict}"], *(gib(m.on(d)) if m.on(d) else "" for d in devices),
                      gib(m.total_bytes), m.reason(language)]
             rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-        return f"{self.note(language)}\n\n" + "\n".join(rows)
+        text = f"{self.note(language)}\n\n" + "\n".join(rows)
+        if self.placements:
+            text += "\n\n" + words["placements.title"].format(mode=self.placements_mode) + "\n\n"
+            text += "\n".join(f"- {p.describe(language)}" for p in self.placements)
+            text += "\n\n" + words["placements.loadable"]
+        return text
 
 
 def _words(language: str) -> dict:
@@ -306,10 +319,12 @@ def _single_device(text: str, budgets: Budgets) -> int | str:
 
 
 def plan_memory(source: ModelSource, device_map: str | None = "auto", max_memory: str | dict | None = None,
-                modes: list[str] | None = None, headroom: float = PLAN_HEADROOM) -> MemoryPlan:
+                modes: list[str] | None = None, headroom: float = PLAN_HEADROOM,
+                placements_mode: str | None = None) -> MemoryPlan:
     """Per mode (every mode that could load `source`, or `modes`): the bytes on each device for `device_map` within
     the budgets (`max_memory` as given, else the GPUs present with their free memory and the available RAM; RAM
-    alone where there is no GPU and no max_memory), cut by `headroom`, and whether it fits. Nothing is loaded."""
+    alone where there is no GPU and no max_memory), cut by `headroom`, and whether it fits; with `placements_mode`,
+    also the placements that mode has (one GPU, split, tensor parallel) and their costs. Nothing is loaded."""
     if not 0 <= headroom < 1:
         raise PlacementError(f"headroom must be between 0 and 1 (got {headroom}).")
     budgets = budgets_for(max_memory)
@@ -320,13 +335,15 @@ def plan_memory(source: ModelSource, device_map: str | None = "auto", max_memory
         sizes = weight_bytes(source, method, skeleton)
         peak = method.loaded_bytes_per_weight(source.checkpoint_quantization, _default_options()) < sizes.per_weight
         plans.append(plan_mode(skeleton, sizes, device_map or "auto", budgets, name, headroom, peak))
+    placements = placement_choices(source, placements_mode, max_memory, headroom) if placements_mode else []
     return MemoryPlan(source.ref, (device_map or "auto").strip().lower(),
-                      {device_name(k): v for k, v in budgets.sizes.items()}, budgets.source, headroom, plans)
+                      {device_name(k): v for k, v in budgets.sizes.items()}, budgets.source, headroom, plans,
+                      placements_mode if placements else None, placements)
 
 
 def plan_model(model: str, *, revision: str | None = None, token: str | None = None, folders=None,
                device_map: str | None = "auto", max_memory: str | dict | None = None,
-               modes: list[str] | None = None) -> MemoryPlan:
+               modes: list[str] | None = None, placements_mode: str | None = None) -> MemoryPlan:
     """`plan_memory` for a model reference as the Model tab and the CLI take it: only its config is read (with the
     requester's token and folder rule, as a load would)."""
     from .settings import load_settings
@@ -337,7 +354,9 @@ def plan_model(model: str, *, revision: str | None = None, token: str | None = N
             raise PlacementError(f"Unknown mode {mode!r}.", f"Modes: {', '.join(METHODS)}.")
     source = resolve_source(model or "", revision=revision or None, token=token or None,
                             trust_remote_code=load_settings().trust_remote_code, folders=folders)
-    return plan_memory(source, device_map, max_memory, modes=modes)
+    if placements_mode and placements_mode not in planned_modes(source):
+        placements_mode = None  # a mode this checkpoint cannot load: the table says so, no placements to list
+    return plan_memory(source, device_map, max_memory, modes=modes, placements_mode=placements_mode)
 
 
 def _default_options():
@@ -487,7 +506,7 @@ def placement_choices(source: ModelSource, mode: str, max_memory: str | dict | N
         total = plan_mode(skeleton, sizes, str(gpus[0]), budgets, mode, headroom).total_bytes
         choices.append(PlacementChoice("one_gpu", True, gpus[:1], (total,), (usable[gpus[0]],), layers=layers))
     else:
-        choices.append(PlacementChoice("one_gpu", False, refusal="gpus", refusal_args=(("gpus", 0),)))
+        choices.append(PlacementChoice("one_gpu", False, refusal="no_gpu"))
     if len(gpus) >= 2:
         gpu_only = Budgets({g: budgets.sizes[g] for g in gpus}, budgets.source)
         split = plan_mode(skeleton, sizes, "balanced", gpu_only, mode, headroom)

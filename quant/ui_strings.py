@@ -62,7 +62,11 @@ EN = {
                              "turns, one works at a time.",
     "placements.cost.tensor_parallel": "Every token crosses the GPUs twice per layer (all-reduce): {all_reduces} "
                                        "all-reduces a token over {layers} layers; every GPU works on every token.",
-    "placements.refused.gpus": "needs at least 2 GPUs ({gpus} here)" ,
+    "placements.title": "Placements for {mode} on these GPUs:",
+    "placements.loadable": "Load places the model on one GPU or splits it (device_map above); tensor parallelism "
+                           "is not a Load choice yet (quant.tensor_parallel runs it from Python).",
+    "placements.refused.no_gpu": "no GPU here (name GPUs in max_memory, e.g. 0=80GiB, to plan for them)",
+    "placements.refused.gpus": "needs at least 2 GPUs ({gpus} here)",
     "placements.refused.no_plan": "transformers has no tensor-parallel plan (tp_plan) for {architecture}",
     "placements.refused.quantized": "runs 16/32-bit weights only; transformers does not shard {mode}'s quantized "
                                     "weights",
@@ -209,6 +213,10 @@ KO = {
                              "일하므로 한 번에 하나만 일합니다.",
     "placements.cost.tensor_parallel": "토큰마다 레이어당 두 번 GPU 사이를 오갑니다 (all-reduce): {layers}개 "
                                        "레이어에서 토큰당 {all_reduces}번. 모든 GPU가 모든 토큰에 일합니다.",
+    "placements.title": "이 GPU들에서 {mode}의 배치 방법:",
+    "placements.loadable": "로드는 모델을 GPU 한 개에 올리거나 나눠 싣습니다 (위의 device_map). 텐서 병렬은 아직 "
+                           "로드 선택지가 아닙니다 (quant.tensor_parallel로 Python에서 실행합니다).",
+    "placements.refused.no_gpu": "GPU가 없습니다 (계획하려면 max_memory에 GPU를 적으세요, 예: 0=80GiB)",
     "placements.refused.gpus": "GPU가 2개 이상 필요합니다 (여기에는 {gpus}개)",
     "placements.refused.no_plan": "transformers에 {architecture}의 텐서 병렬 계획(tp_plan)이 없습니다",
     "placements.refused.quantized": "16/32비트 가중치만 됩니다. transformers는 {mode}의 양자화된 가중치를 나누지 "

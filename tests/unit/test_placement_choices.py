@@ -91,3 +91,18 @@ def test_torchao_is_refused_as_not_yet_and_every_mode_has_words():
     assert offered == {name for name, m in METHODS.items() if not m.quantizes_weights}
     assert all(f"placements.refused.{m.tensor_parallel_refusal}" in EN for m in METHODS.values()
                if m.tensor_parallel_refusal)
+
+
+def test_the_plan_lists_the_chosen_modes_placements_in_text_markdown_and_json(capsys):
+    import json
+
+    from quant.cli import main
+
+    assert main(["plan", "demo:tiny-llama-chat", "--max-memory", "0=80GiB,1=80GiB", "--modes", "bf16",
+                 "--placements", "bf16", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert [p["kind"] for p in plan["placements"]] == ["one_gpu", "split", "tensor_parallel"]
+    assert all(p["offered"] and p["fits"] for p in plan["placements"])
+    assert "Every token crosses the GPUs twice per layer (all-reduce): 8 all-reduces" in plan["placements"][2]["describe"]
+    assert main(["plan", "demo:tiny-llama-chat", "--max-memory", "0=80GiB,1=80GiB", "--modes", "bf16"]) == 0
+    assert "Placements" not in capsys.readouterr().out  # only when asked for
