@@ -16,6 +16,7 @@ import datetime
 import os
 import tempfile
 import threading
+import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,13 +73,16 @@ def _run(model, request: dict) -> tuple[Any, str | None]:
 
 
 def _worker(rank: int, world_size: int, init_file: str, backend: str, timeout_s: float, model_path: str,
-            dtype: str, threads: int) -> None:
+            dtype: str, threads: int, started) -> None:
     """A rank > 0: load the shard, then generate whatever rank 0 broadcasts until it says stop."""
     os.environ["LOCAL_RANK"] = str(rank)  # transformers binds the device from it (distributed/utils.py)
     if backend == "gloo":
         torch.set_num_threads(threads)
     import torch.distributed as dist
 
+    import transformers  # noqa: F401 - an import error shows before rank 0 waits in the rendezvous
+
+    started.set()
     _init(rank, world_size, init_file, backend, timeout_s)
     try:
         model, error = None, None
@@ -209,13 +213,25 @@ def start_group(model_path: str, world_size: int, dtype: str = "bfloat16", backe
     os.remove(init_file)  # the FileStore creates it; a stale file from an earlier group would confuse it
     threads = max(1, (os.cpu_count() or 1) // world_size)
     ctx = mp.get_context("spawn")
+    started = [ctx.Event() for _ in range(1, world_size)]
     workers = [ctx.Process(target=_worker, daemon=True, name=f"quant-tp-rank{rank}",
-                           args=(rank, world_size, init_file, backend, timeout_s, model_path, dtype, threads))
+                           args=(rank, world_size, init_file, backend, timeout_s, model_path, dtype, threads,
+                                 started[rank - 1]))
                for rank in range(1, world_size)]
     for p in workers:
         p.start()
     group = TensorParallelGroup(model=None, world_size=world_size, backend=backend, workers=workers,
                                 init_file=init_file)
+    deadline = time.monotonic() + timeout_s
+    while not all(e.is_set() for e in started):  # a worker that dies starting is told at once, not at the timeout
+        dead = [p for p in workers if not p.is_alive()]
+        if dead or time.monotonic() > deadline:
+            group._teardown(graceful=False)
+            what = f"exited with code {dead[0].exitcode}" if dead else f"did not start within {timeout_s:.0f} s"
+            raise QuantError(f"A tensor-parallel worker {what}.",
+                             "A script that starts a group needs an `if __name__ == \"__main__\":` guard "
+                             "(the workers are spawned and import the main module).")
+        time.sleep(0.05)
     try:
         _init(0, world_size, init_file, backend, timeout_s)
     except Exception as exc:
