@@ -1,5 +1,6 @@
 """Tensor parallelism on the CPU (gloo, 2 ranks): the demo Llama sharded by transformers' tp_plan generates the
-same greedy tokens as one process, a bad request raises on rank 0 and the worker survives, close() ends it."""
+same greedy tokens as one process (also streamed on rank 0), a bad request raises on rank 0 and the worker
+survives, close() ends it."""
 
 import pytest
 import torch
@@ -47,7 +48,26 @@ def test_tp_tokens_equal_single_process_and_survive_errors(path, group):
     with pytest.raises(QuantError, match="rank 1"):  # raised inside generate on every rank
         group.generate(input_ids=torch.tensor([PROMPTS[0]]), max_new_tokens=8, num_beams=0)
     assert all(p.is_alive() for p in group.workers)
-    assert _greedy(group.generate, PROMPTS[1]).tolist() == _greedy(single.generate, PROMPTS[1]).tolist()
+    # a streamer stays on rank 0 (it is not sent to the workers) and sees the tokens as they are made
+    from transformers.generation.streamers import BaseStreamer
+
+    class Collect(BaseStreamer):
+        def __init__(self):
+            self.puts = []
+
+        def put(self, value):
+            self.puts.append(value.reshape(-1).tolist())
+
+        def end(self):
+            self.puts.append("end")
+
+    streamer = Collect()
+    ids = torch.tensor([PROMPTS[1]])
+    out = group.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
+                         streamer=streamer)
+    assert out.tolist() == _greedy(single.generate, PROMPTS[1]).tolist()
+    assert streamer.puts[0] == PROMPTS[1] and streamer.puts[-1] == "end"
+    assert sum(streamer.puts[1:-1], []) == out[0, len(PROMPTS[1]):].tolist()
 
 
 def test_second_group_refused_then_close_leaves_no_process(path, group):
