@@ -19,7 +19,7 @@ NCCL_NVLS_ENABLE=0 timeout 600 python3 bench/multi_gpu.py --decode-paths --shape
 echo "$(date +%T) both: exit $?; tensor parallel: test, then tp_bench" >> $R/steps.log
 NCCL_NVLS_ENABLE=0 timeout 600 $PYTEST tests/gpu/test_gpu_tensor_parallel.py > $R/both-step3.log 2>&1
 echo "$(date +%T) both: exit $?; tp_bench 8b bf16" >> $R/steps.log
-NCCL_NVLS_ENABLE=0 timeout 900 python3 bench/tp_bench.py --shape 8b --new-tokens 256 --work /tmp/bench0 --out $out \
+NCCL_NVLS_ENABLE=0 timeout 480 python3 bench/tp_bench.py --shape 8b --new-tokens 256 --work /tmp/bench0 --out $out \
   > $R/both-step4.log 2>&1
 echo "$(date +%T) both: exit $?" >> $R/steps.log
 lane 0 \
