@@ -4,8 +4,8 @@ transformers shards a model by its `tp_plan` (`from_pretrained(distributed_confi
 read in transformers/distributed/) only when `torch.distributed` is initialised with one process per device, and
 every rank must then run each forward pass in lockstep (the row-wise layers all-reduce). The app is one process
 serving Gradio, so it becomes rank 0 and starts ranks 1..N-1 as child processes; each child loads its shard and
-then loops: it receives each generation request from rank 0 by a broadcast and calls `model.generate` with it,
-so all ranks generate the same tokens. Rank 0 returns them (and streams them, a streamer runs on rank 0 only).
+then loops: woken by rank 0 (a queue: an idle wait must not be a collective, which would time out), it receives
+the generation request by a broadcast and calls `model.generate` with it, so all ranks generate the same tokens. Rank 0 returns them (and streams them, a streamer runs on rank 0 only).
 
 torch.distributed has one default process group per process, so a process holds at most one group at a time.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import pickle
 import tempfile
 import threading
 import time
@@ -72,9 +73,26 @@ def _run(model, request: dict) -> tuple[Any, str | None]:
         return None, f"{type(exc).__name__}: {exc}"
 
 
+def _wait_for_work(wake) -> bool:
+    """Block until rank 0 says there is a request (True) or to stop (False), or rank 0's process is gone (False).
+
+    Waiting is not a collective: a collective times out (the process group's timeout), and an idle app must not
+    lose its workers after that long without a request."""
+    import multiprocessing
+    import queue
+
+    parent = multiprocessing.parent_process()
+    while True:
+        try:
+            return wake.get(timeout=1.0) == "go"
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():
+                return False
+
+
 def _worker(rank: int, world_size: int, init_file: str, backend: str, timeout_s: float, model_path: str,
-            dtype: str, threads: int, started) -> None:
-    """A rank > 0: load the shard, then generate whatever rank 0 broadcasts until it says stop."""
+            dtype: str, threads: int, started, wake) -> None:
+    """A rank > 0: load the shard, then, each time rank 0 wakes it, generate what rank 0 broadcasts."""
     os.environ["LOCAL_RANK"] = str(rank)  # transformers binds the device from it (distributed/utils.py)
     if backend == "gloo":
         torch.set_num_threads(threads)
@@ -94,13 +112,10 @@ def _worker(rank: int, world_size: int, init_file: str, backend: str, timeout_s:
         dist.all_gather_object(status, error)
         if any(status):
             return
-        while True:
+        while _wait_for_work(wake):
             box = [None]
             dist.broadcast_object_list(box, src=0)
-            request = box[0]
-            if request is None:
-                return
-            _, error = _run(model, request)
+            _, error = _run(model, box[0])
             dist.all_gather_object([None] * world_size, error)
     finally:
         dist.destroy_process_group()
@@ -115,6 +130,8 @@ class TensorParallelGroup:
     world_size: int
     backend: str
     workers: list = field(default_factory=list)
+    wakes: list = field(default_factory=list)
+    """One queue per worker: "go" before each broadcast request, "stop" at close."""
     init_file: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _closed: bool = False
@@ -146,10 +163,16 @@ class TensorParallelGroup:
                              "Shorten the prompt or ask for fewer new tokens.")
         shared = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()
                   if k not in _ONLY_RANK_0}
+        try:
+            pickle.dumps(shared)
+        except Exception as exc:  # refused before any worker is woken
+            raise QuantError(f"A tensor-parallel request must be picklable to reach the workers ({exc}).") from None
         import torch.distributed as dist
 
         with self._lock:
             self._check_alive()
+            for wake in self.wakes:
+                wake.put("go")
             dist.broadcast_object_list([shared], src=0)
             out, error = _run(self.model, kwargs)
             status = [None] * self.world_size
@@ -165,10 +188,8 @@ class TensorParallelGroup:
             if self._closed:
                 return
             graceful = all(p.is_alive() for p in self.workers)
-            if graceful:
-                import torch.distributed as dist
-
-                dist.broadcast_object_list([None], src=0)
+            for wake in self.wakes:
+                wake.put("stop")
             self._teardown(graceful=graceful, timeout_s=timeout_s)
 
     def _teardown(self, graceful: bool, timeout_s: float = 30.0) -> None:
@@ -180,6 +201,9 @@ class TensorParallelGroup:
             if p.is_alive():
                 p.terminate()
                 p.join(5)
+        for wake in self.wakes:  # the workers have exited: nothing left to deliver
+            wake.close()
+            wake.cancel_join_thread()
         if dist.is_initialized():
             dist.destroy_process_group()
         self.model = None
@@ -191,7 +215,8 @@ def start_group(model_path: str, world_size: int, dtype: str = "bfloat16", backe
                 timeout_s: float = 600.0) -> TensorParallelGroup:
     """Load `model_path` sharded over `world_size` ranks (this process and world_size-1 children).
 
-    `timeout_s` bounds every collective, so a worker that dies mid-load cannot hang the app forever.
+    `timeout_s` bounds the start and every collective (a worker that dies mid-load or mid-generation cannot hang
+    the app forever); the workers wait for requests outside any collective, so an idle group lives on.
     """
     import torch.distributed as dist
     import torch.multiprocessing as mp
@@ -214,13 +239,14 @@ def start_group(model_path: str, world_size: int, dtype: str = "bfloat16", backe
     threads = max(1, (os.cpu_count() or 1) // world_size)
     ctx = mp.get_context("spawn")
     started = [ctx.Event() for _ in range(1, world_size)]
+    wakes = [ctx.Queue() for _ in range(1, world_size)]
     workers = [ctx.Process(target=_worker, daemon=True, name=f"quant-tp-rank{rank}",
                            args=(rank, world_size, init_file, backend, timeout_s, model_path, dtype, threads,
-                                 started[rank - 1]))
+                                 started[rank - 1], wakes[rank - 1]))
                for rank in range(1, world_size)]
     for p in workers:
         p.start()
-    group = TensorParallelGroup(model=None, world_size=world_size, backend=backend, workers=workers,
+    group = TensorParallelGroup(model=None, world_size=world_size, backend=backend, workers=workers, wakes=wakes,
                                 init_file=init_file)
     deadline = time.monotonic() + timeout_s
     while not all(e.is_set() for e in started):  # a worker that dies starting is told at once, not at the timeout
