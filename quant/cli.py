@@ -313,7 +313,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else None
     plan = plan_model(args.model, revision=args.revision, device_map=args.device_map, max_memory=args.max_memory,
-                      modes=modes)
+                      modes=modes, placements_mode=args.placements)
     print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.to_text(), file=args.results)
     return 0
 
@@ -350,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--max-memory", help='per-device budgets, also for GPUs this machine lacks: "0=80GiB,1=80GiB" '
                                            "(default: the free memory of the GPUs present, and the available RAM)")
     plan.add_argument("--modes", help="comma-separated modes (default: every mode that loads this checkpoint)")
+    plan.add_argument("--placements", metavar="MODE",
+                      help="also list the placements MODE has on these GPUs (one GPU, split, tensor parallel) and "
+                           "what each costs")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.set_defaults(func=cmd_plan)
 

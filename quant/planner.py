@@ -15,7 +15,7 @@ loaded size (HQQ quantizes after a 16-bit load) is planned at its peak, as the r
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import psutil
 import torch
@@ -176,6 +176,9 @@ class MemoryPlan:
     budget_source: str
     headroom: float
     modes: list[ModePlan] = field(default_factory=list)
+    placements_mode: str | None = None
+    placements: list["PlacementChoice"] = field(default_factory=list)
+    """The placements `placements_mode` has on these GPUs (`placement_choices`), where one was asked for."""
 
     @property
     def devices(self) -> list[str]:
@@ -196,7 +199,8 @@ class MemoryPlan:
     def to_dict(self) -> dict:
         return {"model": self.model, "device_map": self.device_map, "budgets": self.budgets,
                 "budget_source": self.budget_source, "headroom": self.headroom, "note": self.note(),
-                "modes": [m.to_dict() for m in self.modes]}
+                "modes": [m.to_dict() for m in self.modes], "placements_mode": self.placements_mode,
+                "placements": [p.to_dict() for p in self.placements]}
 
     def to_text(self) -> str:
         """The CLI's table."""
@@ -207,6 +211,10 @@ class MemoryPlan:
         for m in self.modes:
             cells = "".join(f"{gib(m.on(d)) if m.on(d) else '-':>12}" for d in devices)
             lines.append(f"{m.mode:<14}{m.verdict:<9}{cells}{gib(m.total_bytes):>12}  {m.reason()}")
+        if self.placements:
+            lines += ["", words["placements.title"].format(mode=self.placements_mode)]
+            lines += [f"- {p.describe()}" for p in self.placements]
+            lines += ["", words["placements.loadable"]]
         return "\n".join(lines)
 
     def to_markdown(self, language: str = "en", chosen: str | None = None) -> str:
@@ -221,7 +229,12 @@ class MemoryPlan:
             cells = [name, words[f"plan.verdict.{m.verdict}"], *(gib(m.on(d)) if m.on(d) else "" for d in devices),
                      gib(m.total_bytes), m.reason(language)]
             rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-        return f"{self.note(language)}\n\n" + "\n".join(rows)
+        text = f"{self.note(language)}\n\n" + "\n".join(rows)
+        if self.placements:
+            text += "\n\n" + words["placements.title"].format(mode=self.placements_mode) + "\n\n"
+            text += "\n".join(f"- {p.describe(language)}" for p in self.placements)
+            text += "\n\n" + words["placements.loadable"]
+        return text
 
 
 def _words(language: str) -> dict:
@@ -306,10 +319,12 @@ def _single_device(text: str, budgets: Budgets) -> int | str:
 
 
 def plan_memory(source: ModelSource, device_map: str | None = "auto", max_memory: str | dict | None = None,
-                modes: list[str] | None = None, headroom: float = PLAN_HEADROOM) -> MemoryPlan:
+                modes: list[str] | None = None, headroom: float = PLAN_HEADROOM,
+                placements_mode: str | None = None) -> MemoryPlan:
     """Per mode (every mode that could load `source`, or `modes`): the bytes on each device for `device_map` within
     the budgets (`max_memory` as given, else the GPUs present with their free memory and the available RAM; RAM
-    alone where there is no GPU and no max_memory), cut by `headroom`, and whether it fits. Nothing is loaded."""
+    alone where there is no GPU and no max_memory), cut by `headroom`, and whether it fits; with `placements_mode`,
+    also the placements that mode has (one GPU, split, tensor parallel) and their costs. Nothing is loaded."""
     if not 0 <= headroom < 1:
         raise PlacementError(f"headroom must be between 0 and 1 (got {headroom}).")
     budgets = budgets_for(max_memory)
@@ -320,13 +335,15 @@ def plan_memory(source: ModelSource, device_map: str | None = "auto", max_memory
         sizes = weight_bytes(source, method, skeleton)
         peak = method.loaded_bytes_per_weight(source.checkpoint_quantization, _default_options()) < sizes.per_weight
         plans.append(plan_mode(skeleton, sizes, device_map or "auto", budgets, name, headroom, peak))
+    placements = placement_choices(source, placements_mode, max_memory, headroom) if placements_mode else []
     return MemoryPlan(source.ref, (device_map or "auto").strip().lower(),
-                      {device_name(k): v for k, v in budgets.sizes.items()}, budgets.source, headroom, plans)
+                      {device_name(k): v for k, v in budgets.sizes.items()}, budgets.source, headroom, plans,
+                      placements_mode if placements else None, placements)
 
 
 def plan_model(model: str, *, revision: str | None = None, token: str | None = None, folders=None,
                device_map: str | None = "auto", max_memory: str | dict | None = None,
-               modes: list[str] | None = None) -> MemoryPlan:
+               modes: list[str] | None = None, placements_mode: str | None = None) -> MemoryPlan:
     """`plan_memory` for a model reference as the Model tab and the CLI take it: only its config is read (with the
     requester's token and folder rule, as a load would)."""
     from .settings import load_settings
@@ -337,7 +354,9 @@ def plan_model(model: str, *, revision: str | None = None, token: str | None = N
             raise PlacementError(f"Unknown mode {mode!r}.", f"Modes: {', '.join(METHODS)}.")
     source = resolve_source(model or "", revision=revision or None, token=token or None,
                             trust_remote_code=load_settings().trust_remote_code, folders=folders)
-    return plan_memory(source, device_map, max_memory, modes=modes)
+    if placements_mode and placements_mode not in planned_modes(source):
+        placements_mode = None  # a mode this checkpoint cannot load: the table says so, no placements to list
+    return plan_memory(source, device_map, max_memory, modes=modes, placements_mode=placements_mode)
 
 
 def _default_options():
@@ -371,3 +390,136 @@ def refuse_unplaceable(source: ModelSource, mode: str, quantization_config, devi
         f"{gib(plan.total_bytes)} would be left over within {where} (no decoder block is split across devices).",
         "Add cpu=<size> to max_memory to offload, give the GPUs more, or pick a smaller mode "
         "(python -m quant plan MODEL shows every mode).")
+
+
+# --- placement choices -----------------------------------------------------------------------------------------------
+
+PlacementKind = Literal["one_gpu", "split", "tensor_parallel"]
+PLACEMENT_KINDS: tuple[PlacementKind, ...] = ("one_gpu", "split", "tensor_parallel")
+
+
+@dataclass(frozen=True)
+class PlacementChoice:
+    """One way to put a model in one mode on the GPUs present: whether it is offered, the weights' bytes on each
+    GPU it uses, and what it costs in traffic between GPUs (the words: `placements.cost.<kind>`)."""
+
+    kind: PlacementKind
+    offered: bool
+    gpus: tuple[int, ...] = ()
+    """The GPUs it uses."""
+    per_gpu: tuple[int, ...] = ()
+    """The weights' bytes on each of `gpus` (as the memory planner counts them)."""
+    usable: tuple[int, ...] = ()
+    """Each GPU's budget less the planner's headroom."""
+    refusal: str = ""
+    """Why it is not offered: a `placements.refused.<refusal>` string, formatted with `refusal_args`."""
+    refusal_args: tuple[tuple[str, Any], ...] = ()
+    layers: int = 0
+
+    @property
+    def fits(self) -> bool:
+        return self.offered and all(b <= u for b, u in zip(self.per_gpu, self.usable))
+
+    def cost(self, language: str = "en") -> str:
+        words = _words(language)
+        return words[f"placements.cost.{self.kind}"].format(
+            boundaries=max(0, len([b for b in self.per_gpu if b]) - 1), layers=self.layers,
+            all_reduces=2 * self.layers)
+
+    def describe(self, language: str = "en") -> str:
+        """One line: what it is, its bytes per GPU and its cost, or why it is not offered."""
+        words = _words(language)
+        name = words[f"placements.kind.{self.kind}"]
+        if not self.offered:
+            return f"{name}: " + words[f"placements.refused.{self.refusal}"].format(**dict(self.refusal_args))
+        where = ", ".join(f"{_device_label(str(g), words)} {gib(b)}" for g, b in zip(self.gpus, self.per_gpu))
+        fits = words["placements.fits" if self.fits else "placements.does_not_fit"]
+        return f"{name}: {where} ({fits}). {self.cost(language)}"
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "offered": self.offered, "fits": self.fits, "gpus": list(self.gpus),
+                "per_gpu": list(self.per_gpu), "usable": list(self.usable), "describe": self.describe()}
+
+
+def tensor_parallel_refusal(source: ModelSource, method: QuantMethod, gpu_count: int) -> tuple[str, dict] | None:
+    """Why transformers' tensor parallelism cannot run this model in this mode over `gpu_count` GPUs, or None.
+
+    It needs the architecture's `base_model_tp_plan`, heads that divide evenly (each GPU holds whole attention and
+    KV heads: transformers' own `get_kv_heads_per_rank`), and a mode that quant.tensor_parallel can run (the
+    method's `tensor_parallel_refusal`: 16/32-bit weights only)."""
+    from transformers.distributed.tensor_parallel import get_kv_heads_per_rank
+
+    config = source.config
+    plan = getattr(config, "base_model_tp_plan", None)
+    if gpu_count < 2:
+        return "gpus", {"gpus": gpu_count}
+    if source.kind != "causal" or not plan:
+        return "no_plan", {"architecture": source.architecture}
+    if method.tensor_parallel_refusal:
+        return method.tensor_parallel_refusal, {"mode": method.name}
+    heads = getattr(config, "num_attention_heads", None) or 0
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    if heads % gpu_count or get_kv_heads_per_rank(plan, kv_heads, gpu_count) is None:
+        return "heads", {"heads": heads, "kv_heads": kv_heads, "gpus": gpu_count}
+    return None
+
+
+def _tensor_parallel_bytes(skeleton: torch.nn.Module, sizes: WeightBytes, world: int) -> int:
+    """One GPU's bytes under the model's tp_plan: a parameter whose style shards it (the style's class shards
+    parameters; a row-wise bias stays whole) holds 1/world of its bytes, rounded up; the others are whole."""
+    from transformers.distributed.parallel_utils import ALL_PARALLEL_STYLES, _get_parameter_plan
+    from transformers.distributed.tensor_parallel import RowwiseParallel, TensorParallelLayer
+
+    plan = skeleton.tp_plan or {}
+    total = 0.0
+    seen: set[int] = set()
+    for name, param in skeleton.named_parameters(remove_duplicate=False):
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        n = param.numel() * sizes.param_element_size(skeleton, name, param)
+        style = _get_parameter_plan(name, plan, is_weight=True)
+        layer = ALL_PARALLEL_STYLES[style] if style in ALL_PARALLEL_STYLES else None
+        shards = (layer is not None and type(layer).shard_param is not TensorParallelLayer.shard_param
+                  and not (isinstance(layer, RowwiseParallel) and name.endswith(".bias")))
+        total += -(-n // world) if shards else n
+    total += sum(b.numel() * sizes.rest for b in skeleton.buffers())  # rotary tables...: whole on every GPU
+    return int(total)
+
+
+def placement_choices(source: ModelSource, mode: str, max_memory: str | dict | None = None,
+                      headroom: float = PLAN_HEADROOM) -> list[PlacementChoice]:
+    """The placements this model has in `mode` on the GPUs of the budgets (max_memory's, else those present): one
+    GPU, split over the GPUs (device_map, each GPU holds whole layers in turn) and tensor parallel (each GPU holds a
+    slice of every layer), with the weights' (and buffers') bytes per GPU and the traffic each costs. Nothing is loaded."""
+    if mode not in METHODS:
+        raise PlacementError(f"Unknown mode {mode!r}.", f"Modes: {', '.join(METHODS)}.")
+    method = METHODS[mode]
+    budgets = budgets_for(max_memory)
+    gpus = tuple(budgets.gpus)
+    usable = {g: int(budgets.sizes[g] * (1 - headroom)) for g in gpus}
+    skeleton = meta_skeleton(source)
+    sizes = weight_bytes(source, method, skeleton)
+    layers = int(getattr(source.config, "num_hidden_layers", 0) or 0)
+    choices = []
+    if gpus:
+        total = plan_mode(skeleton, sizes, str(gpus[0]), budgets, mode, headroom).total_bytes
+        choices.append(PlacementChoice("one_gpu", True, gpus[:1], (total,), (usable[gpus[0]],), layers=layers))
+    else:
+        choices.append(PlacementChoice("one_gpu", False, refusal="no_gpu"))
+    if len(gpus) >= 2:
+        gpu_only = Budgets({g: budgets.sizes[g] for g in gpus}, budgets.source)
+        split = plan_mode(skeleton, sizes, "balanced", gpu_only, mode, headroom)
+        per_gpu = tuple(split.on(str(g)) + (split.on(LEFT_OVER) if g == gpus[-1] else 0) for g in gpus)
+        choices.append(PlacementChoice("split", True, gpus, per_gpu, tuple(usable[g] for g in gpus), layers=layers))
+    else:
+        choices.append(PlacementChoice("split", False, refusal="gpus", refusal_args=(("gpus", len(gpus)),)))
+    refusal = tensor_parallel_refusal(source, method, len(gpus))
+    if refusal:
+        choices.append(PlacementChoice("tensor_parallel", False, refusal=refusal[0],
+                                       refusal_args=tuple(refusal[1].items()), layers=layers))
+    else:
+        share = _tensor_parallel_bytes(skeleton, sizes, len(gpus))
+        choices.append(PlacementChoice("tensor_parallel", True, gpus, (share,) * len(gpus),
+                                       tuple(usable[g] for g in gpus), layers=layers))
+    return choices

@@ -54,6 +54,26 @@ EN = {
     "plan.reason.cpu": "fits in CPU RAM ({total} of {usable} usable)",
     "plan.reason.no": "does not fit: {left} of {total} left over ({usable} usable in all)",
     "plan.reason.peak": "; planned at the load's 16-bit peak (it quantizes after loading; smaller once loaded)",
+    "placements.kind.one_gpu": "One GPU", "placements.kind.split": "Split over GPUs (device_map)",
+    "placements.kind.tensor_parallel": "Tensor parallel",
+    "placements.fits": "fits", "placements.does_not_fit": "does not fit",
+    "placements.cost.one_gpu": "No traffic between GPUs; one GPU does all the work.",
+    "placements.cost.split": "One copy of the hidden state per boundary ({boundaries} a token); the GPUs take "
+                             "turns, one works at a time.",
+    "placements.cost.tensor_parallel": "Every token crosses the GPUs twice per layer (all-reduce): {all_reduces} "
+                                       "all-reduces a token over {layers} layers; every GPU works on every token.",
+    "placements.title": "Placements for {mode} on these GPUs:",
+    "placements.loadable": "Load places the model on one GPU or splits it (device_map above); tensor parallelism "
+                           "is not a Load choice yet (quant.tensor_parallel runs it from Python).",
+    "placements.refused.no_gpu": "no GPU here (name GPUs in max_memory, e.g. 0=80GiB, to plan for them)",
+    "placements.refused.gpus": "needs at least 2 GPUs ({gpus} here)",
+    "placements.refused.no_plan": "transformers has no tensor-parallel plan (tp_plan) for {architecture}",
+    "placements.refused.quantized": "runs 16/32-bit weights only; transformers does not shard {mode}'s quantized "
+                                    "weights",
+    "placements.refused.not_yet": "transformers can shard {mode}'s weights, but this app's tensor parallelism "
+                                  "loads 16/32-bit weights only for now",
+    "placements.refused.heads": "{heads} attention heads and {kv_heads} KV heads do not divide by {gpus} GPUs "
+                                "(each GPU must hold whole heads)",
     **{f"mode.{m.value}": m.description for m in Mode},
     "option.int8_skip_modules": "Modules kept unquantized (comma-separated)",
     "option.int8_skip_modules.placeholder": "lm_head is always kept",
@@ -185,6 +205,26 @@ KO = {
     "plan.reason.cpu": "CPU 메모리에 들어감 (쓸 수 있는 {usable} 중 {total})",
     "plan.reason.no": "들어가지 않음: {total} 중 {left}가 남습니다 (모두 합쳐 {usable} 사용 가능)",
     "plan.reason.peak": "; 로드 중 16비트 최대치로 계획 (로드 후 양자화하므로 로드된 뒤에는 더 작음)",
+    "placements.kind.one_gpu": "GPU 한 개", "placements.kind.split": "GPU에 나눠 싣기 (device_map)",
+    "placements.kind.tensor_parallel": "텐서 병렬",
+    "placements.fits": "들어감", "placements.does_not_fit": "들어가지 않음",
+    "placements.cost.one_gpu": "GPU 사이 통신이 없고, GPU 한 개가 모든 일을 합니다.",
+    "placements.cost.split": "경계마다 은닉 상태를 한 번 복사합니다 (토큰당 {boundaries}번). GPU들이 차례로 "
+                             "일하므로 한 번에 하나만 일합니다.",
+    "placements.cost.tensor_parallel": "토큰마다 레이어당 두 번 GPU 사이를 오갑니다 (all-reduce): {layers}개 "
+                                       "레이어에서 토큰당 {all_reduces}번. 모든 GPU가 모든 토큰에 일합니다.",
+    "placements.title": "이 GPU들에서 {mode}의 배치 방법:",
+    "placements.loadable": "로드는 모델을 GPU 한 개에 올리거나 나눠 싣습니다 (위의 device_map). 텐서 병렬은 아직 "
+                           "로드 선택지가 아닙니다 (quant.tensor_parallel로 Python에서 실행합니다).",
+    "placements.refused.no_gpu": "GPU가 없습니다 (계획하려면 max_memory에 GPU를 적으세요, 예: 0=80GiB)",
+    "placements.refused.gpus": "GPU가 2개 이상 필요합니다 (여기에는 {gpus}개)",
+    "placements.refused.no_plan": "transformers에 {architecture}의 텐서 병렬 계획(tp_plan)이 없습니다",
+    "placements.refused.quantized": "16/32비트 가중치만 됩니다. transformers는 {mode}의 양자화된 가중치를 나누지 "
+                                    "못합니다",
+    "placements.refused.not_yet": "transformers는 {mode}의 가중치를 나눌 수 있지만, 이 앱의 텐서 병렬은 아직 "
+                                  "16/32비트 가중치만 로드합니다",
+    "placements.refused.heads": "어텐션 헤드 {heads}개와 KV 헤드 {kv_heads}개가 GPU {gpus}개로 나누어떨어지지 "
+                                "않습니다 (GPU마다 헤드를 통째로 가져야 합니다)",
     "mode.fp32": "완전 정밀도 (가중치당 4바이트)", "mode.fp16": "반정밀도 (2바이트)", "mode.bf16": "bfloat16 (2바이트)",
     "mode.int8": "bitsandbytes LLM.int8(): int8 가중치, 이상치 열은 fp16",
     "mode.nf4": "bitsandbytes 4비트 NormalFloat", "mode.fp4": "bitsandbytes 4비트 부동소수점",

@@ -96,11 +96,12 @@ def measure_modes(modes, request: gr.Request, progress=gr.Progress(track_tqdm=Tr
 
 @user_errors
 def plan(request: gr.Request, **fields):
-    """"Fits on your GPUs?": per mode, where the weights would go with the form's placement, before loading
-    (quant.planner; only the config is read, with the visitor's token and the served folders)."""
+    """"Fits on your GPUs?": per mode, where the weights would go with the form's placement, before loading, then
+    the placements the form's mode has on these GPUs and what each costs (quant.planner; only the config is read,
+    with the visitor's token and the served folders)."""
     form = LoadForm.from_values(fields)
     result = plan_model(form.model, revision=form.revision, token=form.token, folders=served_folders(),
-                        device_map=form.device_map, max_memory=form.max_memory)
+                        device_map=form.device_map, max_memory=form.max_memory, placements_mode=form.mode)
     return result.to_markdown(language_of(request), chosen=form.mode)
 
 

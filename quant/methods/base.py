@@ -142,6 +142,11 @@ class QuantMethod:
     """(module, pip name) the method needs."""
     quantizes_weights: ClassVar[bool] = True
     """False for plain dtypes: nothing to report as left unquantized."""
+    tensor_parallel_refusal: ClassVar[str | None] = "quantized"
+    """Why quant.tensor_parallel cannot run this mode (a `placements.refused.<key>` string), None where it can.
+    transformers shards plain weights by the model's tp_plan; it has no sharding for bitsandbytes' weights (int8:
+    "'Tensor' object has no attribute 'CB'" at the first forward, nf4 fails too; transformers 5.23 on the CPU),
+    nor GPTQ's, AWQ's or HQQ's packed ones (their quantizers have no tensor-parallel handling)."""
 
     @property
     def quantizes_what(self) -> str:

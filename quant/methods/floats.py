@@ -12,6 +12,7 @@ class FloatMethod(QuantMethod):
     """Unquantized weights in one dtype."""
 
     quantizes_weights = False
+    tensor_parallel_refusal = None
 
     def __init__(self, name: str, description: str) -> None:
         self.name, self.description = name, description

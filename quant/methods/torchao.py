@@ -119,6 +119,10 @@ def gpu_capability() -> tuple[int, int] | None:
 class TorchAoMethod(QuantMethod):
     """A torchao weight configuration, quantized at load time (or loaded from a torchao checkpoint)."""
 
+    tensor_parallel_refusal = "not_yet"
+    """transformers does shard torchao weights by the tp_plan (the int8 demo Llama generated the one-process tokens
+    over 2 gloo ranks); quant.tensor_parallel loads 16/32-bit weights only for now."""
+
     packages = (("torchao", "torchao"),)
     hub_tags = ("torchao",)
     quantizes_what = "torchao quantizes nn.Linear layers only"

@@ -63,3 +63,8 @@ def test_the_memory_plan_over_http(client):
     assert "within max_memory: GPU 0 1.0 MiB, GPU 1 1.0 MiB" in table
     assert "| mode | fits? | GPU 0 | GPU 1 | left over | total | why |" in table
     assert "| **nf4** | ❌ does not fit |" in table  # no cpu entry: the rest has nowhere to go
+    # then the placements the form's mode has on those GPUs, with their costs
+    assert "Placements for nf4 on these GPUs:" in table
+    assert "- Split over GPUs (device_map): GPU 0 " in table and "(does not fit). One copy of the hidden state" in table
+    assert ("- Tensor parallel: runs 16/32-bit weights only; transformers does not shard nf4's quantized weights"
+            in table)

@@ -1,0 +1,108 @@
+"""The placements a model has (quant.planner.placement_choices): one GPU, split over GPUs, tensor parallel, with
+bytes per GPU and traffic, for configs of real widths (no weights) on GPUs named in max_memory."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import LlamaConfig, Qwen2Config
+
+from quant.planner import GiB, placement_choices
+from quant.source import ModelSource
+from quant.ui_strings import KO
+
+FOUR_GPUS = "0=80GiB,1=80GiB,2=80GiB,3=80GiB"
+
+
+def _source(name, config, architecture):
+    return ModelSource(name, "", True, None, config, "causal", architecture, None)
+
+
+@pytest.fixture(scope="module")
+def llama_8b():
+    """Llama 3 8B's widths: 32 heads, 8 KV heads, untied 128k head."""
+    config = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False)
+    return _source("llama-3-8b-shape", config, "LlamaForCausalLM")
+
+
+def test_8b_bf16_on_two_gpus_offers_all_three_with_bytes_and_costs(llama_8b):
+    one, split, tp = placement_choices(llama_8b, "bf16", "0=80GiB,1=80GiB")
+    assert (one.kind, split.kind, tp.kind) == ("one_gpu", "split", "tensor_parallel")
+    assert one.offered and split.offered and tp.offered and one.fits and split.fits and tp.fits
+    total = one.per_gpu[0]
+    assert total == pytest.approx(8.03e9 * 2, rel=0.01)
+    assert split.gpus == tp.gpus == (0, 1) and sum(split.per_gpu) == total
+    assert min(split.per_gpu) > 0.4 * total  # balanced: whole layers, about half each
+    # tensor parallel: every linear, the embeddings and the head are halved; only the norms stay whole
+    assert tp.per_gpu[0] == tp.per_gpu[1]
+    assert total / 2 < tp.per_gpu[0] < total / 2 + 2**20
+    assert "twice per layer (all-reduce): 64 all-reduces a token over 32 layers" in tp.describe()
+    assert "One copy of the hidden state per boundary (1 a token)" in split.describe()
+    assert "GPU 0 15.0 GiB" in one.describe() and "GPU 1 7.5 GiB" in tp.describe()
+    assert "all-reduce" in tp.describe("ko") and KO["placements.kind.tensor_parallel"] in tp.describe("ko")
+
+
+def test_8b_on_one_small_gpu_does_not_fit_and_nothing_is_split(llama_8b):
+    one, split, tp = placement_choices(llama_8b, "bf16", "0=10GiB")
+    assert one.offered and not one.fits and "does not fit" in one.describe()
+    assert not split.offered and "needs at least 2 GPUs (1 here)" in split.describe()
+    assert not tp.offered and tp.refusal == "gpus"
+
+
+def test_quantized_modes_refuse_tensor_parallel(llama_8b):
+    one, split, tp = placement_choices(llama_8b, "nf4", "0=80GiB,1=80GiB")
+    assert split.offered and one.per_gpu[0] < 6 * GiB
+    assert not tp.offered and tp.refusal == "quantized" and "nf4" in tp.describe()
+
+
+def test_qwen_with_2_kv_heads_on_4_gpus_refuses_tensor_parallel_with_the_reason():
+    """Qwen2.5-0.5B: 14 attention heads, 2 KV heads; 4 GPUs cannot each hold whole heads, 2 GPUs can't either
+    (14 heads divide by 2, and so do 2 KV heads: offered)."""
+    config = Qwen2Config(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True)
+    source = _source("qwen2.5-0.5b-shape", config, "Qwen2ForCausalLM")
+    one, split, tp = placement_choices(source, "bf16", FOUR_GPUS)
+    assert split.offered and len(split.gpus) == 4
+    assert not tp.offered and tp.refusal == "heads"
+    assert tp.describe() == ("Tensor parallel: 14 attention heads and 2 KV heads do not divide by 4 GPUs "
+                             "(each GPU must hold whole heads)")
+    assert placement_choices(source, "bf16", "0=80GiB,1=80GiB")[2].offered
+
+
+def test_no_gpu_offers_nothing_and_seq2seq_has_no_plan():
+    from quant.source import resolve_source
+
+    t5 = resolve_source("demo:tiny-t5")
+    one, split, tp = placement_choices(t5, "bf16", "cpu=8GiB")
+    assert not one.offered and not split.offered and not tp.offered
+    _, _, tp = placement_choices(t5, "bf16", "0=8GiB,1=8GiB")
+    assert not tp.offered and tp.refusal == "no_plan" and "T5ForConditionalGeneration" in tp.describe()
+
+
+def test_torchao_is_refused_as_not_yet_and_every_mode_has_words():
+    from quant.methods import METHODS
+    from quant.ui_strings import EN
+
+    source = _source("small-llama-shape", LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                                                      num_attention_heads=4, num_key_value_heads=2), "LlamaForCausalLM")
+    tp = placement_choices(source, "torchao_int8", "0=8GiB,1=8GiB")[2]
+    assert tp.refusal == "not_yet" and "can shard torchao_int8's weights" in tp.describe()
+    offered = {name for name in METHODS if placement_choices(source, name, "0=8GiB,1=8GiB")[2].offered}
+    assert offered == {name for name, m in METHODS.items() if not m.quantizes_weights}
+    assert all(f"placements.refused.{m.tensor_parallel_refusal}" in EN for m in METHODS.values()
+               if m.tensor_parallel_refusal)
+
+
+def test_the_plan_lists_the_chosen_modes_placements_in_text_markdown_and_json(capsys):
+    import json
+
+    from quant.cli import main
+
+    assert main(["plan", "demo:tiny-llama-chat", "--max-memory", "0=80GiB,1=80GiB", "--modes", "bf16",
+                 "--placements", "bf16", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert [p["kind"] for p in plan["placements"]] == ["one_gpu", "split", "tensor_parallel"]
+    assert all(p["offered"] and p["fits"] for p in plan["placements"])
+    assert "Every token crosses the GPUs twice per layer (all-reduce): 8 all-reduces" in plan["placements"][2]["describe"]
+    assert main(["plan", "demo:tiny-llama-chat", "--max-memory", "0=80GiB,1=80GiB", "--modes", "bf16"]) == 0
+    assert "Placements" not in capsys.readouterr().out  # only when asked for
