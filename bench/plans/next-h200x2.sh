@@ -17,9 +17,9 @@ echo "$(date +%T) both: exit $?; multi_gpu --decode-paths" >> $R/steps.log
 NCCL_NVLS_ENABLE=0 timeout 600 python3 bench/multi_gpu.py --decode-paths --shapes 8b --modes bf16 --work /tmp/bench0 \
   --out $out > $R/both-step2.log 2>&1
 echo "$(date +%T) both: exit $?; tensor parallel: test, then tp_bench" >> $R/steps.log
-NCCL_NVLS_ENABLE=0 timeout 600 $PYTEST tests/gpu/test_gpu_tensor_parallel.py > $R/both-step3.log 2>&1
+NCCL_NVLS_ENABLE=0 timeout 300 $PYTEST tests/gpu/test_gpu_tensor_parallel.py > $R/both-step3.log 2>&1
 echo "$(date +%T) both: exit $?; tp_bench 8b bf16" >> $R/steps.log
-NCCL_NVLS_ENABLE=0 timeout 480 python3 bench/tp_bench.py --shape 8b --new-tokens 256 --work /tmp/bench0 --out $out \
+NCCL_NVLS_ENABLE=0 timeout 360 python3 bench/tp_bench.py --shape 8b --new-tokens 256 --work /tmp/bench0 --out $out \
   > $R/both-step4.log 2>&1
 echo "$(date +%T) both: exit $?" >> $R/steps.log
 lane 0 \
