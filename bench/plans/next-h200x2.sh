@@ -12,7 +12,7 @@ mkdir -p $out
 PYTEST="python3 -m pytest -v -n 0 -p no:cacheprovider --tb=short -rfE -o faulthandler_timeout=300"
 # Both GPUs: the split model's compiled segments (issue 29), tests then the 8B bench.
 echo "$(date +%T) both: segments tests" >> $R/steps.log
-timeout 600 $PYTEST tests/gpu/test_gpu_segments.py tests/gpu/test_gpu.py -k "segment or split" > $R/both-step1.log 2>&1
+timeout 420 $PYTEST tests/gpu/test_gpu_segments.py tests/gpu/test_gpu.py -k "segment or split" > $R/both-step1.log 2>&1
 echo "$(date +%T) both: exit $?; multi_gpu --decode-paths" >> $R/steps.log
 NCCL_NVLS_ENABLE=0 timeout 600 python3 bench/multi_gpu.py --decode-paths --shapes 8b --modes bf16 --work /tmp/bench0 \
   --out $out > $R/both-step2.log 2>&1
