@@ -81,7 +81,7 @@ DECODE_PATHS = (  # label, device_map, split (max_memory from split_limit), envi
     ("one GPU, compiled", "cuda:0", False, {"QUANT_FAST_GENERATION": "auto"}),
     ("one GPU, compiled in 2 segments", "cuda:0", False,
      {"QUANT_FAST_GENERATION": "auto", "QUANT_DECODE_SEGMENTS": "2"}),
-    ("two GPUs, compiled segments", "auto", True, {"QUANT_FAST_GENERATION": "auto"}),
+    ("two GPUs, compiled segments", "auto", True, {"QUANT_FAST_GENERATION": "all"}),  # auto: not until GPU-tested
     ("two GPUs, eager", "auto", True, {"QUANT_FAST_GENERATION": "off"}),
 )
 

@@ -32,10 +32,12 @@ GREEDY = GenerationSettings(max_new_tokens=24)
     ("off", Mode.BF16, None, "causal", {"cuda:0"}, "QUANT_FAST_GENERATION=off"),
     ("auto", Mode.BF16, None, "causal", {"cpu"}, "CPU"),
     ("all", Mode.FP32, None, "causal", {"cpu"}, None),
-    ("auto", Mode.BF16, None, "seq2seq", {"cuda:0"}, None),
-    ("auto", Mode.INT8, None, "seq2seq", {"cuda:0"}, "LLM.int8"),
+    ("all", Mode.BF16, None, "seq2seq", {"cuda:0"}, None),
+    ("auto", Mode.BF16, None, "seq2seq", {"cuda:0"}, "seq2seq models has not passed its GPU tests yet"),
+    ("all", Mode.INT8, None, "seq2seq", {"cuda:0"}, "LLM.int8"),
     ("auto", Mode.BF16, None, "seq2seq", {"cuda:0", "cuda:1"}, "split over cuda:0, cuda:1: split decoding"),
-    ("auto", Mode.BF16, None, "causal", {"cuda:0", "cuda:1"}, None),  # decoded in segments (test_segments.py)
+    ("all", Mode.BF16, None, "causal", {"cuda:0", "cuda:1"}, None),  # decoded in segments (test_segments.py)
+    ("auto", Mode.BF16, None, "causal", {"cuda:0", "cuda:1"}, "a model split over GPUs has not passed its GPU tests"),
     ("auto", Mode.BF16, None, "causal", {"cpu", "cuda:0"}, "split over cpu, cuda:0: compiled decode needs every part"),
     ("auto", Mode.BF16, None, "causal", {"cuda:0", "meta"}, "split over cuda:0, meta: compiled decode needs every part"),
     ("all", Mode.INT8, None, "causal", {"cuda:0"}, "LLM.int8"),
