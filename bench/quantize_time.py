@@ -89,6 +89,10 @@ def main() -> None:
     parser.add_argument("--hqq-bits", type=int, default=4)
     parser.add_argument("--hqq-group-size", type=int, default=64)
     parser.add_argument("--hqq-backend", default=None)
+    parser.add_argument("--gpu-memory-cap", type=float, default=None, metavar="GIB",
+                        help="let this process use at most GIB of the GPU (torch.cuda.set_per_process_memory_fraction):"
+                             " a model larger than the cap stands for one larger than the GPU (issue 29: GPTQ of a "
+                             "model that does not fit one GPU, layer by layer)")
     args = parser.parse_args()
 
     on_cuda = args.device.startswith("cuda")
@@ -102,6 +106,10 @@ def main() -> None:
     method = METHODS[args.method]
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    if args.gpu_memory_cap:
+        torch.cuda.empty_cache()  # what building the checkpoint left cached would otherwise not count against it
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.gpu_memory_cap * GiB / total))
     if method.quantize_label:
         recipe = GPTQRecipe(bits=args.bits, group_size=args.group_size, num_samples=args.samples,
                             seq_len=args.seq_len)
@@ -113,9 +121,13 @@ def main() -> None:
         label = f"{args.method}-{args.hqq_bits}bit-g{args.hqq_group_size}"
         measured = time_load_quantization(checkpoint, args.method, options, args.device)
     device = torch.cuda.get_device_name() if on_cuda else "CPU"
+    if args.gpu_memory_cap:
+        label += f"-cap{args.gpu_memory_cap:g}GiB"
     data = {"method": args.method, "label": label, "shape": args.shape, "device": device,
-            "torch": torch.__version__, **measured}
+            "torch": torch.__version__, "gpu_memory_cap_gib": args.gpu_memory_cap, **measured}
     rows = [f"| quantize step (s) | {measured['quantize_seconds']:.1f} |"]
+    if args.gpu_memory_cap:
+        rows.append(f"| GPU memory cap (GiB) | {args.gpu_memory_cap:g} |")
     for key in ("load_seconds", "check_load_seconds", "total_seconds"):
         if key in measured:
             rows.append(f"| {key.replace('_', ' ').replace(' seconds', '')} (s) | {measured[key]:.1f} |")

@@ -33,5 +33,6 @@ lane 1 \
   "timeout 900 $PYTEST tests/gpu/test_gpu_fastpath.py -k 'seq2seq or t5 or bart'" \
   "python3 bench/seq2seq_bench.py --profile --work /tmp/bench1 --out $out" \
   "python3 bench/methods_bench.py --shapes 1b --quality --modes 'bf16,torchao_int8,torchao_int4,fp8' --new-tokens 32 --batch-size 8 --work /tmp/bench1 --out $out --tag=-compare-quality-settings2" \
-  "timeout 900 $PYTEST tests/gpu/test_gpu.py tests/gpu/test_gpu_fastpath.py tests/gpu/test_gpu_methods.py" &
+  "timeout 900 $PYTEST tests/gpu/test_gpu.py tests/gpu/test_gpu_fastpath.py tests/gpu/test_gpu_methods.py" \
+  "python3 bench/quantize_time.py --method gptq --shape 8b --samples 16 --seq-len 256 --gpu-memory-cap 10 --work /tmp/bench1 --out $out" &
 wait
