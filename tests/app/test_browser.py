@@ -382,7 +382,7 @@ def test_5_quantize_and_push(ui):
     page.get_by_role("button", name="Quantize", exact=True).click()
     # the progress shows once, on the status line (it was drawn over each of the four outputs)
     expect(page.locator(".progress-level")).to_have_count(1, timeout=QUICK)
-    assert page.locator(".progress-level").count() == 1
+    assert page.locator(".progress-level").count() <= 1  # never one per output; 0 once a quick run has ended
     # gptqmodel's error per module: the plot draws while quantization runs (a line per module of the Llama layers:
     # q, k, v, o, gate, up, down), before the model is saved and measured
     layer_plot = tab.locator(".block").filter(has=page.locator(".vega-embed")).filter(
