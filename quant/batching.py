@@ -59,6 +59,12 @@ MAX_BATCH_TOKENS = 2048
 prefilled over several steps. Its sdpa attention mask has this many rows over the whole cache."""
 SAFETY_MARGIN = 0.15
 """The share of free cache below which transformers' FIFO scheduler admits no new prompt (its default)."""
+CONTINUOUS_STEP_OPTIONS = {
+    "library": {},
+    "graphs": {"use_cuda_graph": True, "use_async_batching": True},
+    "compiled": {"use_cuda_graph": True, "use_async_batching": True, "default_compile_level": 1},
+}
+"""QUANT_CONTINUOUS_STEP's ContinuousBatchingConfig arguments (quant.settings says what each is for)."""
 POLL_SECONDS = 0.05
 """How often a job checks its stop event while no prompt finishes."""
 GPU_UNVERIFIED = ("on a GPU, padded batches until continuous batching passes its GPU tests (the 2026-11-30 run failed "
@@ -269,7 +275,8 @@ def stream_continuous(loaded: LoadedModel, inputs: list[tuple[int, list[int]]], 
     lengths = [len(ids) for _, ids in inputs]
     blocks, batch_tokens = cache_plan(lengths, settings.max_new_tokens, concurrency, page_size)
     cb_config = ContinuousBatchingConfig(num_blocks=blocks, max_batch_tokens=max_batch_tokens or batch_tokens,
-                                         max_requests_per_batch=concurrency, auto_switch_to_flash=False, seed=seed)
+                                         max_requests_per_batch=concurrency, auto_switch_to_flash=False, seed=seed,
+                                         **CONTINUOUS_STEP_OPTIONS[load_settings().continuous_step])
     hints = WorkloadHints(max_prompt_length=max(lengths), max_generated_length=settings.max_new_tokens,
                           num_requests=len(inputs))
     try:

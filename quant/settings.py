@@ -42,6 +42,7 @@ def _int_list_setting(name: str, default: str) -> tuple[int, ...]:
 
 
 BATCH_ENGINES = ("auto", "continuous", "padded")
+CONTINUOUS_STEPS = ("library", "graphs", "compiled")
 
 
 def _choice_setting(name: str, choices: tuple[str, ...]) -> str:
@@ -106,6 +107,12 @@ class Settings:
     column). "auto" (default): transformers' continuous batching (a paged KV cache; prompts join and leave the running
     batch as they finish) wherever it serves the loaded model, padded static batches elsewhere (quant.batching says
     where and why); "continuous" or "padded" force one where it can run, to measure them against each other."""
+    continuous_step: str
+    """QUANT_CONTINUOUS_STEP: how transformers' continuous batching runs its forward passes. "library" (default):
+    the library's own choice (with sdpa, whose paged attention needs a mask: eager steps, no CUDA graphs); "graphs":
+    CUDA graphs and asynchronous batching (its `use_cuda_graph`, `use_async_batching`); "compiled": those and its
+    default torch.compile configs (`default_compile_level=1`). For measuring them against each other
+    (bench/batch_engines.py --engines)."""
     batch_max_upload_bytes: int
     """QUANT_BATCH_MAX_UPLOAD_BYTES: largest prompt file the Batch tab reads (default 2 MiB)."""
     concurrency: int
@@ -136,6 +143,7 @@ def load_settings() -> Settings:
         int4_dequantize_rows=int_setting("QUANT_INT4_DEQUANTIZE_ROWS", 256, minimum=0),
         batch_max_prompts=int_setting("QUANT_BATCH_MAX_PROMPTS", 1000),
         batch_engine=_choice_setting("QUANT_BATCH_ENGINE", BATCH_ENGINES),
+        continuous_step=_choice_setting("QUANT_CONTINUOUS_STEP", CONTINUOUS_STEPS),
         batch_max_upload_bytes=int_setting("QUANT_BATCH_MAX_UPLOAD_BYTES", 2 * 2**20),
         concurrency=int_setting("QUANT_CONCURRENCY", 4),
         queue_size=int_setting("QUANT_QUEUE_SIZE", 64),

@@ -78,7 +78,9 @@ def assert_each_token_is_an_eager_choice(eager, prompt_ids: torch.Tensor, got: l
                                        f"{int(logits[worst].argmax())}):\n{got}")
 
 
-def check_against_eager(request: LoadRequest) -> None:
+def check_against_eager(request: LoadRequest):
+    """The compiled path of `request` against its eager path (batch 1, a padded batch, a chat); returns the compiled
+    model (its compiled state closed) for checks of its report."""
     eager, fast = load(request, fast=False), load(request, fast=True)
     assert not eager.path.compiled and eager.path.reason == "QUANT_FAST_GENERATION=off"
     assert fast.path.compiled and fast.path.captured, fast.path.describe()
@@ -97,6 +99,7 @@ def check_against_eager(request: LoadRequest) -> None:
     reply = list(stream_chat(fast, [{"role": "user", "content": PROMPTS[0]}], settings=settings))[-1]
     assert reply.stats.path == "compiled" and reply.text
     fast.path.close()
+    return fast
 
 
 # --- seq2seq (quant/seq2seq_decode.py) --------------------------------------------------------------------------------

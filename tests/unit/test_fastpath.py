@@ -33,11 +33,13 @@ GREEDY = GenerationSettings(max_new_tokens=24)
     ("auto", Mode.BF16, None, "causal", {"cpu"}, "CPU"),
     ("all", Mode.FP32, None, "causal", {"cpu"}, None),
     ("all", Mode.BF16, None, "seq2seq", {"cuda:0"}, None),
-    ("auto", Mode.BF16, None, "seq2seq", {"cuda:0"}, "seq2seq models has not passed its GPU tests yet"),
+    ("auto", Mode.BF16, None, "seq2seq", {"cuda:0"}, None),  # passed its GPU tests on an H200 (2026-12-01)
+    ("auto", Mode.NF4, None, "seq2seq", {"cuda:0"}, None),
+    ("auto", Mode.BF16, None, "seq2seq", {"cpu"}, "CPU"),
     ("all", Mode.INT8, None, "seq2seq", {"cuda:0"}, "LLM.int8"),
     ("auto", Mode.BF16, None, "seq2seq", {"cuda:0", "cuda:1"}, "split over cuda:0, cuda:1: split decoding"),
     ("all", Mode.BF16, None, "causal", {"cuda:0", "cuda:1"}, None),  # decoded in segments (test_segments.py)
-    ("auto", Mode.BF16, None, "causal", {"cuda:0", "cuda:1"}, "a model split over GPUs has not passed its GPU tests"),
+    ("auto", Mode.BF16, None, "causal", {"cuda:0", "cuda:1"}, "a model split over GPUs has not passed its two-GPU tests"),
     ("auto", Mode.BF16, None, "causal", {"cpu", "cuda:0"}, "split over cpu, cuda:0: compiled decode needs every part"),
     ("auto", Mode.BF16, None, "causal", {"cuda:0", "meta"}, "split over cuda:0, meta: compiled decode needs every part"),
     ("all", Mode.INT8, None, "causal", {"cuda:0"}, "LLM.int8"),
