@@ -64,7 +64,7 @@ def ragged_prompts(tokenizer, count: int, shortest: int, longest: int, seed: int
 
 def run_engine(loaded, prompts: list[str], settings: GenerationSettings, batch_size: int, engine: str) -> dict:
     """One job on `engine` through run_batch: its rates, times, peak GPU memory and replies. `engine` is "padded",
-    "continuous", or "continuous+STEP": the continuous engine with QUANT_CONTINUOUS_STEP=STEP (graphs, compiled)."""
+    "continuous", or "continuous+graphs": the continuous engine with QUANT_CONTINUOUS_STEP=graphs."""
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.synchronize()
@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--max-prompt-tokens", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=128, help="most prompts generating at once (1-256)")
     parser.add_argument("--engines", default="continuous,padded",
-                        help="padded, continuous, continuous+graphs, continuous+compiled (QUANT_CONTINUOUS_STEP)")
+                        help="padded, continuous, continuous+graphs (QUANT_CONTINUOUS_STEP=graphs)")
     parser.add_argument("--compiled-batch-sizes", default=os.environ.get("QUANT_COMPILED_BATCH_SIZES", "1"),
                         help="QUANT_COMPILED_BATCH_SIZES for the loads")
     parser.add_argument("--fast-generation", default=os.environ.get("QUANT_FAST_GENERATION", "auto"),

@@ -101,11 +101,14 @@ def machine_facts() -> dict:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Write `data` with `machine_facts()` under "machine" to `path` (its folder is made if needed)."""
+def write_json(path: Path, data: dict) -> dict:
+    """Write `data` with `machine_facts()` under "machine" to `path` (its folder is made if needed); returns what was
+    written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"machine": machine_facts(), **data}, indent=1))
+    written = {"machine": machine_facts(), **data}
+    path.write_text(json.dumps(written, indent=1))
+    return written
 
 
 def write_results(out: Path, stem: str, data: dict, markdown: str | Callable[[dict], str]) -> None:
@@ -113,8 +116,8 @@ def write_results(out: Path, stem: str, data: dict, markdown: str | Callable[[di
     the Markdown. `markdown` may be the function that makes the table from `data`: it is called after the JSON is
     written, so a run's numbers survive a mistake in its table (a GPU run is not cheap to repeat)."""
     out = Path(out)
-    write_json(out / f"{stem}.json", data)
+    written = write_json(out / f"{stem}.json", data)
     if callable(markdown):
-        markdown = markdown(data)
+        markdown = markdown(written)  # with the machine facts: a table's title names the GPU from them
     (out / f"{stem}.md").write_text(markdown if markdown.endswith("\n") else markdown + "\n")
     print(markdown)

@@ -124,6 +124,12 @@ def segment_plan(model, cuts: int = 0) -> SegmentPlan | str:
     offloaded = sorted({str(d) for d in places if d.type not in ("cuda", "cpu")})
     if offloaded:
         return f"weights on {', '.join(offloaded)} (offloaded)"
+    if layer_devices[0] != embed_device:
+        # The first graph builds the masks on the embedding's GPU from a static cache whose first layer lives on the
+        # next one: its capture failed there (2 H200s, 2026-12-01: "operation failed due to a previous error during
+        # capture"). accelerate leaves a GPU with the embedding alone only when max_memory gives it no room for more.
+        return (f"the input embedding's {embed_device} holds no decoder layer (decoder layer 0 is on "
+                f"{layer_devices[0]}): give that GPU room for its first layers too")
     count = len(layers)
     cut_at = {round(k * count / cuts) for k in range(1, cuts)} if cuts > 1 else set()
     segments: list[tuple[torch.device, range]] = []

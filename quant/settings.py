@@ -42,7 +42,7 @@ def _int_list_setting(name: str, default: str) -> tuple[int, ...]:
 
 
 BATCH_ENGINES = ("auto", "continuous", "padded")
-CONTINUOUS_STEPS = ("library", "graphs", "compiled")
+CONTINUOUS_STEPS = ("library", "graphs")
 
 
 def _choice_setting(name: str, choices: tuple[str, ...]) -> str:
@@ -110,9 +110,9 @@ class Settings:
     continuous_step: str
     """QUANT_CONTINUOUS_STEP: how transformers' continuous batching runs its forward passes. "library" (default):
     the library's own choice (with sdpa, whose paged attention needs a mask: eager steps, no CUDA graphs); "graphs":
-    CUDA graphs and asynchronous batching (its `use_cuda_graph`, `use_async_batching`); "compiled": those and its
-    default torch.compile configs (`default_compile_level=1`). For measuring them against each other
-    (bench/batch_engines.py --engines)."""
+    CUDA graphs and asynchronous batching (its `use_cuda_graph`, `use_async_batching`), which made it slower on an
+    H200 (8B bf16: 345 against 424 tok/s; bench/results/batch-engines-8b-graphs.md). For measuring
+    (bench/batch_engines.py --engines continuous+graphs)."""
     batch_max_upload_bytes: int
     """QUANT_BATCH_MAX_UPLOAD_BYTES: largest prompt file the Batch tab reads (default 2 MiB)."""
     concurrency: int

@@ -36,17 +36,24 @@ def check_segments(eager, fast, description: str) -> None:
 
 
 @two_gpus
-@pytest.mark.parametrize(("max_memory", "on_first"), [
-    ("0=2MiB, 1=1GiB", 2),  # embedding and layers 0-1 on cuda:0; layers 2-3, norm, rotary and head on cuda:1
-    ("0=1MiB, 1=1GiB", 0),  # the embedding alone on cuda:0: the first graph is the prologue alone
-])
-def test_a_model_split_over_two_gpus_decodes_in_compiled_segments(kernel_cache, max_memory, on_first):
-    request = LoadRequest(model=LLAMA, mode="bf16", device_map="sequential", max_memory=max_memory)
+def test_a_model_split_over_two_gpus_decodes_in_compiled_segments(kernel_cache):
+    # embedding and layers 0-1 on cuda:0; layers 2-3, norm, rotary and head on cuda:1 (passed on 2 H200s, 2026-12-01)
+    request = LoadRequest(model=LLAMA, mode="bf16", device_map="sequential", max_memory="0=2MiB, 1=1GiB")
     eager, fast = load(request, fast=False), load(request, fast=True)
-    assert layer_devices(fast) == ["cuda:0"] * on_first + ["cuda:1"] * (4 - on_first), fast.report.device_map
+    assert layer_devices(fast) == ["cuda:0"] * 2 + ["cuda:1"] * 2, fast.report.device_map
     assert eager.report.generation_path == "eager (QUANT_FAST_GENERATION=off)"
-    check_segments(eager, fast, f"{1 if on_first == 0 else 2} segment{'s' if on_first else ''} over cuda:0, cuda:1")
+    check_segments(eager, fast, "2 segments over cuda:0, cuda:1")
     fast.path.close()
+
+
+@two_gpus
+def test_an_embedding_alone_on_its_gpu_stays_eager_with_the_reason(kernel_cache):
+    """The embedding alone on cuda:0: the first graph's capture failed on 2 H200s (it builds the masks from a cache on
+    cuda:1), so the plan refuses it before compiling, and says what to change."""
+    fast = load(LoadRequest(model=LLAMA, mode="bf16", device_map="sequential", max_memory="0=1MiB, 1=1GiB"), fast=True)
+    assert layer_devices(fast) == ["cuda:1"] * 4, fast.report.device_map
+    assert not fast.path.compiled
+    assert "the input embedding's cuda:0 holds no decoder layer" in fast.report.generation_path
 
 
 def test_segments_on_one_gpu_give_the_eager_tokens(kernel_cache, monkeypatch):

@@ -155,6 +155,21 @@ def test_settings_and_attention_it_cannot_serve_go_to_padded_batches(fp32, monke
         load_settings()
 
 
+def test_the_continuous_step_setting_reaches_transformers(fp32, monkeypatch):
+    """QUANT_CONTINUOUS_STEP=graphs asks transformers for CUDA graphs and async batching: on the CPU the library
+    refuses async batching, so the job runs on padded batches with its reason (on a GPU it runs: the 8B bench)."""
+    prompts = [(1, "def main():"), (2, "import os")]
+    monkeypatch.setenv("QUANT_CONTINUOUS_STEP", "graphs")
+    last = list(run_batch(fp32, prompts, GREEDY, batch_size=2, engine=CONTINUOUS))[-1]
+    assert last.engine.engine == PADDED and "Async batching requires a device type" in last.engine.reason
+    monkeypatch.setenv("QUANT_CONTINUOUS_STEP", "library")
+    again = list(run_batch(fp32, prompts, GREEDY, batch_size=2, engine=CONTINUOUS))[-1]
+    assert again.engine.engine == CONTINUOUS and [r.output for r in again.rows] == [r.output for r in last.rows]
+    monkeypatch.setenv("QUANT_CONTINUOUS_STEP", "fast")
+    with pytest.raises(SettingsError, match="QUANT_CONTINUOUS_STEP='fast' is not one of library, graphs"):
+        load_settings()
+
+
 def test_a_continuous_job_that_cannot_start_runs_on_padded_batches_with_the_reason(fp32, monkeypatch):
     """transformers' manager failing to set up (a paged cache that does not fit, say): the whole job runs on padded
     batches, the same replies, and the table says why."""
