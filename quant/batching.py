@@ -25,8 +25,10 @@ from __future__ import annotations
 import copy
 import gc
 import math
+import queue
 import threading
 import time
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -382,23 +384,57 @@ def stream_padded(loaded: LoadedModel, prompts: list[tuple[int, str]], lengths: 
                   settings: GenerationSettings, *, batch_size: int, use_chat_template: bool,
                   system_prompt: str | None, stop: threading.Event) -> Iterator[list[PromptResult]]:
     """`generate_batch` on chunks of `batch_size` of the (index, prompt) pairs, shortest prompts first (`lengths`:
-    their token counts), yielding each chunk's results. A chunk that fails (a prompt past the context, say) is
-    retried one prompt at a time, so that only the bad prompts carry an error. Setting `stop` ends the current chunk
-    at its next token and skips the rest."""
+    their token counts), yielding each reply as it ends at a stop token, and the chunk's other replies when the chunk
+    is done. A chunk that fails (a prompt past the context, say) is retried one prompt at a time for the replies it
+    had not given yet, so that only the bad prompts carry an error. Setting `stop` ends the current chunk at its next
+    token and skips the rest."""
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     for first in range(0, len(order), batch_size):
         if stop.is_set():
             return
         chunk = [prompts[i] for i in order[first:first + batch_size]]
         started = time.perf_counter()
+        ended: queue.Queue[PromptResult] = queue.Queue()
+        given: set[int] = set()
+
+        def on_reply(row: int, text: str, count: int, chunk=chunk, started=started, ended=ended) -> None:
+            ended.put(PromptResult(chunk[row][0], text, count, time.perf_counter() - started))
+
+        job: Future = Future()
+
+        def run(chunk=chunk, on_reply=on_reply, job=job) -> None:
+            try:
+                job.set_result(generate_batch(loaded, [text for _, text in chunk], settings,
+                                              use_chat_template=use_chat_template, system_prompt=system_prompt,
+                                              stop=stop, on_reply=on_reply))
+            except BaseException as exc:  # noqa: BLE001 - raised again below, in the job's thread
+                job.set_exception(exc)
+
+        threading.Thread(target=run, name="quant-batch-chunk", daemon=True).start()
+        while True:
+            try:
+                results = [ended.get(timeout=POLL_SECONDS)]
+            except queue.Empty:
+                results = []
+            while not ended.empty():
+                results.append(ended.get_nowait())
+            if results:
+                given.update(r.index for r in results)
+                yield results
+            if job.done() and ended.empty():
+                break
         try:
-            replies = generate_batch(loaded, [text for _, text in chunk], settings,
-                                     use_chat_template=use_chat_template, system_prompt=system_prompt, stop=stop)
+            replies = job.result()
             seconds = time.perf_counter() - started
-            yield [PromptResult(index, text, count, seconds) for (index, _), (text, count) in zip(chunk, replies)]
+            rest = [PromptResult(index, text, count, seconds)
+                    for (index, _), (text, count) in zip(chunk, replies) if index not in given]
+            if rest:
+                yield rest
         except GenerationError:
             results = []
             for index, prompt in chunk:
+                if index in given:
+                    continue
                 one_started = time.perf_counter()
                 try:
                     [(text, count)] = generate_batch(loaded, [prompt], settings, use_chat_template=use_chat_template,
@@ -410,6 +446,10 @@ def stream_padded(loaded: LoadedModel, prompts: list[tuple[int, str]], lengths: 
 
 
 # --- a job ----------------------------------------------------------------------------------------------------------
+
+
+def _joined(*parts: str) -> str:
+    return "; ".join(part for part in parts if part)
 
 
 @dataclass
@@ -525,6 +565,17 @@ def run_batch(loaded: LoadedModel, prompts: list[tuple[int, str]], settings: Gen
                 finally:
                     stream.close()  # its manager is torn down now, not whenever the generator is collected
         rest = [i for i in range(len(rows)) if i not in finished]
+        if rest and not stop.is_set() and load_settings().compile_batch_on_demand and loaded.path.compiled:
+            size, reason = min(batch_size, len(rest)), choice.reason
+            if size not in loaded.path.batch_sizes:
+                choice = EngineChoice(choice.engine, _joined(reason, f"compiling batch {size} for this job, the "
+                                                                     "first of this size"))
+                yield progress([])  # the table says what the wait is for
+                compile_started = time.perf_counter()
+                refusal = loaded.path.add_batch_size(size)
+                choice = EngineChoice(choice.engine, _joined(
+                    reason, f"batch {size} eager: {refusal}" if refusal else
+                    f"batch {size} compiled for this job in {time.perf_counter() - compile_started:.1f} s"))
         if rest and not stop.is_set():
             for results in stream_padded(loaded, [(i, rows[i].prompt) for i in rest], [len(encoded[i]) for i in rest],
                                          settings, batch_size=batch_size, use_chat_template=use_chat_template,

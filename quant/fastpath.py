@@ -170,6 +170,8 @@ class GenerationPath:
     """Why a grouped-query model's compiled decode stays on transformers' sdpa (empty otherwise)."""
     segments: SegmentPlan | None = None
     """Where a split model's decode step runs, one compiled call per segment (segments.py); None: one call."""
+    _adding: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    """One batch size compiled at a time for batch jobs (add_batch_size)."""
 
     def describe(self) -> str:
         """One line for the UI and reports: which path, and for what (or why not)."""
@@ -247,29 +249,77 @@ class GenerationPath:
     def warm_up(self, progress: Callable[[str], None] | None = None) -> None:
         """Compile and capture every batch size's decode step now, then generate a few tokens through each (on the
         runner thread)."""
+        self._drop_loops()
+        for size in self.batch_sizes:
+            self._warm_size(size, progress)
+
+    def _warm_size(self, size: int, progress: Callable[[str], None] | None = None) -> None:
+        """Compile and capture the decode loops of one batch size (one per cache length), each tried once."""
         model = self._model() if self._model else None
         if model is None:
             raise RuntimeError("the model of this generation path is gone")
-        self._drop_loops()
         forward = model.get_compiled_call(self.compile_config) if self.segments is None else None
         compile_options = self.compile_config.to_dict() if self.compile_config else {}
         loop_type = Seq2SeqDecodeLoop if model.config.is_encoder_decoder else DecodeLoop
-        for size in self.batch_sizes:
-            for length in self._lengths_for(size):
-                if progress:
-                    progress(f"Compiling the decode step for batch {size}, {length} tokens (cached on disk for the "
-                             "next start)")
-                if self.segments is None:
-                    loop = loop_type(model, batch_size=size, max_cache_len=length, forward=forward)
-                else:
-                    loop = SegmentedDecodeLoop(model, batch_size=size, max_cache_len=length, plan=self.segments,
-                                               compile=lambda fn: torch.compile(fn, **compile_options))
-                prompt = self._tokenizer(["Warm-up"] * size, return_tensors="pt").to(loop.device)
-                compiled_runner().submit(loop.capture, prompt["input_ids"]).result()
-                self._loops[size, length] = loop
-                kwargs = dict(**prompt, max_new_tokens=6, min_new_tokens=6, do_sample=False, temperature=None,
-                              top_p=None, top_k=None, pad_token_id=self._tokenizer.pad_token_id)
-                self.submit(model.generate, kwargs, size, total_tokens=length).result()
+        for length in self._lengths_for(size):
+            if progress:
+                progress(f"Compiling the decode step for batch {size}, {length} tokens (cached on disk for the "
+                         "next start)")
+            if self.segments is None:
+                loop = loop_type(model, batch_size=size, max_cache_len=length, forward=forward)
+            else:
+                loop = SegmentedDecodeLoop(model, batch_size=size, max_cache_len=length, plan=self.segments,
+                                           compile=lambda fn: torch.compile(fn, **compile_options))
+            prompt = self._tokenizer(["Warm-up"] * size, return_tensors="pt").to(loop.device)
+            compiled_runner().submit(loop.capture, prompt["input_ids"]).result()
+            self._loops[size, length] = loop
+            kwargs = dict(**prompt, max_new_tokens=6, min_new_tokens=6, do_sample=False, temperature=None,
+                          top_p=None, top_k=None, pad_token_id=self._tokenizer.pad_token_id)
+            self.submit(model.generate, kwargs, size, total_tokens=length).result()
+
+    def cache_bytes_for(self, size: int) -> int:
+        """What the static caches of batch `size` would take (one per cache length), from the loops already made:
+        a cache's bytes grow with batch size x length."""
+        per_slot = max((loop.cache_bytes() / (batch * length) for (batch, length), loop in self._loops.items()),
+                       default=0.0)
+        return int(sum(size * length * per_slot for length in self._lengths_for(size)))
+
+    def add_batch_size(self, size: int, progress: Callable[[str], None] | None = None) -> str | None:
+        """Compile batch `size` now, for a batch job (QUANT_COMPILE_BATCH_ON_DEMAND), unless it is compiled already.
+        Returns why it is not compiled (the job's chunks then run eagerly), or None once it is. Kept while the model
+        stays loaded; nothing is compiled at load for it, so a model only chatted with loads as fast as before."""
+        with self._adding:
+            if not self.compiled or not self._open:
+                return self.reason or "the compiled path is closed"
+            if size in self.batch_sizes:
+                return None
+            model = self._model() if self._model else None
+            device = next(model.parameters()).device if model is not None else None
+            if device is not None and device.type == "cuda":
+                needed = self.cache_bytes_for(size)
+                free, _ = torch.cuda.mem_get_info(device)
+                if needed > 0.9 * free:
+                    return (f"batch {size}'s static caches would take {needed / 2**30:.1f} GiB of the "
+                            f"{free / 2**30:.1f} GiB free on {device}: a smaller batch size compiles")
+            started = time.perf_counter()
+            try:
+                self._warm_size(size, progress)
+            except Exception as exc:  # noqa: BLE001 - the job runs eagerly, the loaded sizes keep working
+                logger.warning("Compiling batch size %s for a batch job failed; its chunks run eagerly.", size,
+                               exc_info=True)
+                self._drop_size(size)
+                return f"compiling batch {size} failed: {_first_line(exc)}"
+            self.batch_sizes = tuple(sorted({*self.batch_sizes, size}))
+            self.cache_bytes = sum(loop.cache_bytes() for loop in self._loops.values())
+            self.warmup_seconds += time.perf_counter() - started
+            return None
+
+    def _drop_size(self, size: int) -> None:
+        loops = {key: loop for key, loop in self._loops.items() if key[0] == size}
+        for key in loops:
+            del self._loops[key]
+        if loops:
+            compiled_runner().submit(lambda: [loop.release() for loop in loops.values()]).result()
 
     def _drop_loops(self) -> None:
         """Forget the loops now; free them on the runner thread, once the calls still running or queued are done."""
@@ -285,6 +335,10 @@ class GenerationPath:
 
     def _warm_up_again(self) -> None:
         """After another model's unload reset the compiled state: recompile now, or fall back to eager with a reason."""
+        with self._adding:  # not while a batch job adds a batch size to the same loops
+            self._recompile()
+
+    def _recompile(self) -> None:
         try:
             self.warm_up()
         except Exception as exc:  # noqa: BLE001 - this model stays usable eagerly

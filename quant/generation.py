@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 
 import torch
 from transformers import BatchEncoding, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers.generation.streamers import BaseStreamer
 
 from .errors import QuantError
 from .loader import LoadedModel, model_context_length
@@ -487,14 +488,51 @@ def batch_texts(loaded: LoadedModel, prompts: list[str], use_chat_template: bool
                                                  add_generation_prompt=True) for p in prompts]
 
 
+class _RowsDone(BaseStreamer):
+    """Tells `done(row, token_ids)` once per row of a batch, as soon as that row's reply ends (its first stop token),
+    from the tokens `generate` streams each step for all rows: so a Batch table fills in as replies end, not when the
+    longest reply of their batch does. Rows that run to the token limit are left to the end of the batch."""
+
+    def __init__(self, rows: int, stop_ids: set[int], done: Callable[[int, list[int]], None]) -> None:
+        self.tokens: list[list[int]] = [[] for _ in range(rows)]
+        self.ended = [False] * rows
+        self.stop_ids, self.done = stop_ids, done
+
+    def put(self, value: torch.Tensor) -> None:
+        if value.dim() > 1:  # `generate` hands over the prompt (decoder-only) or the decoder's start first
+            return
+        for row, token in enumerate(value.tolist()[:len(self.tokens)]):  # a compiled size's filler rows left out
+            if self.ended[row]:
+                continue
+            self.tokens[row].append(token)
+            if token in self.stop_ids:
+                self.ended[row] = True
+                self.done(row, self.tokens[row])
+
+    def end(self) -> None:
+        pass
+
+
+def _reply(tokenizer, row: list[int], stop_ids: set[int]) -> tuple[str, int]:
+    """A reply's text and new token count: its tokens up to and including the first stop token."""
+    count = 0
+    for token in row:
+        count += 1
+        if token in stop_ids:
+            break
+    return tokenizer.decode(row[:count], skip_special_tokens=True), count
+
+
 def generate_batch(loaded: LoadedModel, prompts: list[str], settings: GenerationSettings, *,
                    use_chat_template: bool = False, system_prompt: str | None = None,
-                   stop: threading.Event | None = None) -> list[tuple[str, int]]:
+                   stop: threading.Event | None = None,
+                   on_reply: Callable[[int, str, int], None] | None = None) -> list[tuple[str, int]]:
     """Generate for one batch; returns (text, new token count) per prompt.
 
     Decoder-only models are padded on the left, so every prompt ends where generation starts; seq2seq models keep
     right padding (the encoder sees the whole input, the decoder starts fresh). The shared tokenizer is never mutated:
-    the padding side is passed per call.
+    the padding side is passed per call. `on_reply(row, text, count)`: called (on the generating thread) as each
+    reply ends at a stop token, before the batch is done, with what this returns for that row.
     """
     tokenizer = loaded.tokenizer
     texts = batch_texts(loaded, prompts, use_chat_template, system_prompt)
@@ -515,19 +553,14 @@ def generate_batch(loaded: LoadedModel, prompts: list[str], settings: Generation
         extra = compiled_batch - len(texts)
         encoded = BatchEncoding({name: torch.cat([rows, rows[-1:].repeat(extra, 1)]) for name, rows in encoded.items()})
     criteria = StoppingCriteriaList([_StopOnEvent(stop)]) if stop is not None else None
+    stop_ids = set(stop_token_ids(loaded)) | {tokenizer.pad_token_id}
+    streamer = None
+    if on_reply is not None:
+        streamer = _RowsDone(len(texts), stop_ids, lambda row, ids: on_reply(row, *_reply(tokenizer, ids, stop_ids)))
     future, _ = start_generate(loaded, dict(**encoded.to(loaded.device), eos_token_id=stop_token_ids(loaded),
                                          pad_token_id=tokenizer.pad_token_id, stopping_criteria=criteria,
-                                         **settings.generate_kwargs()),
+                                         streamer=streamer, **settings.generate_kwargs()),
                             batch_size=encoded["input_ids"].shape[0], total_tokens=compiled_total, seed=settings)
     out = future.result()[:len(texts)]
     new = out[:, encoded["input_ids"].shape[1]:] if causal else out[:, 1:]
-    stop_ids = set(stop_token_ids(loaded)) | {tokenizer.pad_token_id}
-    results = []
-    for row in new.tolist():
-        count = 0
-        for token in row:  # tokens up to and including the first stop token
-            count += 1
-            if token in stop_ids:
-                break
-        results.append((tokenizer.decode(row[:count], skip_special_tokens=True), count))
-    return results
+    return [_reply(tokenizer, row, stop_ids) for row in new.tolist()]

@@ -87,6 +87,12 @@ class Settings:
     """QUANT_COMPILED_BATCH_SIZES: batch sizes compiled at load time (default "1": each size adds its compile time to
     the load and holds its own static cache, 8.6 GiB for batch 32 x 2048 tokens of an 8B Llama); smaller batches are
     padded up."""
+    compile_batch_on_demand: bool
+    """QUANT_COMPILE_BATCH_ON_DEMAND=1: a Batch job on a compiled model whose batch size (its chunk, at most the job's
+    prompts) is not one of QUANT_COMPILED_BATCH_SIZES compiles it at the job's start, once, kept while the model stays
+    loaded (GenerationPath.add_batch_size), instead of running its padded chunks eagerly; where its static caches
+    would not fit in the GPU's free memory, the chunks run eagerly and the job says why. Nothing is compiled at load
+    for it. Off by default until measured on a GPU (issue 26)."""
     packed_gqa_decode: bool
     """QUANT_PACKED_GQA_DECODE ("1" by default, "0" turns it off): on the compiled path, grouped-query models attend
     without copying the KV cache once per query head (quant.attention.packed_gqa_sdpa)."""
@@ -138,6 +144,7 @@ def load_settings() -> Settings:
         fast_generation=os.environ.get("QUANT_FAST_GENERATION", "auto").strip().lower() or "auto",
         static_cache_tokens=_int_list_setting("QUANT_STATIC_CACHE_TOKENS", "512,2048"),
         compiled_batch_sizes=_int_list_setting("QUANT_COMPILED_BATCH_SIZES", "1"),
+        compile_batch_on_demand=_flag("QUANT_COMPILE_BATCH_ON_DEMAND"),
         packed_gqa_decode=not _flag_off("QUANT_PACKED_GQA_DECODE"),
         decode_segments=int_setting("QUANT_DECODE_SEGMENTS", 0, minimum=0),
         int4_dequantize_rows=int_setting("QUANT_INT4_DEQUANTIZE_ROWS", 256, minimum=0),

@@ -12,7 +12,7 @@ from quant.generation import GenerationSettings
 from quant.loader import LoadRequest
 from tests.conftest import LLAMA
 from tests.support.batching import RAGGED, assert_continuous_matches_one_by_one
-from tests.support.fastpath import load
+from tests.support.fastpath import assert_same_up_to_noise, greedy_ids, load
 from tests.support.gpu_memory import free_per_process_caches
 
 pytestmark = pytest.mark.gpu
@@ -42,3 +42,22 @@ def test_continuous_batching_matches_one_by_one_on_the_gpu(mode, fast, kernel_ca
     left = torch.cuda.memory_allocated() - before
     assert left < 2**20, f"{left / 2**20:.1f} MiB still allocated after the job"  # its paged KV cache is gone with it
     loaded.path.close()
+
+
+def test_a_batch_job_compiles_its_batch_size_on_demand_on_the_gpu(kernel_cache, monkeypatch):
+    """QUANT_COMPILE_BATCH_ON_DEMAND=1 on a GPU: the job's batch size is compiled and captured at its start, and
+    every row then gives the eager path's greedy tokens up to noise."""
+    monkeypatch.setenv("QUANT_COMPILE_BATCH_ON_DEMAND", "1")
+    request = LoadRequest(model=LLAMA, mode="bf16", device_map="cuda:0")
+    eager, fast = load(request, fast=False), load(request, fast=True)
+    assert fast.path.batch_sizes == (1,)
+    last = list(run_batch(fast, list(enumerate(RAGGED, 1)), GREEDY, batch_size=6, engine=PADDED))[-1]
+    assert "batch 6 compiled for this job" in last.totals() and all(r.new_tokens for r in last.rows), last.totals()
+    assert fast.path.batch_sizes == (1, 6) and fast.path.captured
+    encoded, expected, _ = greedy_ids(eager, RAGGED)
+    _, got, compiled = greedy_ids(fast, RAGGED)
+    assert compiled
+    for row, (want, have) in enumerate(zip(expected, got)):
+        assert_same_up_to_noise(eager, encoded, row, want, have)
+    fast.path.close()
+

@@ -124,6 +124,24 @@ def test_stop_ends_the_job_at_once_keeps_what_finished_and_frees_the_cache(fp32,
     assert live_caches() == 0
 
 
+def test_padded_batches_give_each_reply_as_it_ends_not_when_its_batch_does(fp32):
+    """One padded batch of chat prompts where one reply ends at its stop token long before the others run to the
+    limit: the table has that reply first, alone, and every reply equals the batch's own all-at-once result."""
+    prompts = ["Hello!", "What is a list in Python?", "Write a for loop.", "Who are you?"]
+    settings = GenerationSettings(max_new_tokens=64)
+    whole = generate_batch(fp32, prompts, settings, use_chat_template=True)
+    assert sorted(count for _, count in whole)[0] < 64 <= sorted(count for _, count in whole)[-1], whole  # the case
+    seen = []  # which rows had replies at each table (the table's rows are updated in place as the job goes)
+    for last in run_batch(fp32, list(enumerate(prompts, 1)), settings, batch_size=4, use_chat_template=True,
+                          engine=PADDED):
+        seen.append([i for i, row in enumerate(last.rows) if row.new_tokens])
+    early = [i for i, (_, count) in enumerate(whole) if count < 64]
+    assert seen == [early, list(range(len(prompts)))]
+    assert [(r.output, r.new_tokens) for r in last.rows] == whole
+    late = [r.seconds for i, r in enumerate(last.rows) if i not in early]
+    assert all(last.rows[i].seconds < min(late) for i in early)  # each row's own time, not its batch's
+
+
 def test_a_seq2seq_model_takes_padded_batches_with_the_reason():
     t5 = load_model(LoadRequest(model=T5, mode="fp32"))
     choice = choose_engine(t5, GREEDY)

@@ -216,6 +216,20 @@ def test_batches_are_padded_to_a_compiled_size_and_give_the_eager_rows(models):
     assert generate_batch(fast, PROMPTS, GREEDY) == generate_batch(eager, PROMPTS, GREEDY)
 
 
+def test_a_compiled_batch_tells_each_reply_as_it_ends(models):
+    """generate_batch's on_reply through the compiled loop's streamer: each reply that ends at a stop token is told
+    once, as the batch returns it; a reply that runs to the limit is not told."""
+    _, eager, fast = models
+    prompts = ["Hello!", "What is a list in Python?", "Write a for loop.", "Who are you?"]
+    settings = GenerationSettings(max_new_tokens=48)
+    told: list[tuple[int, str, int]] = []
+    replies = generate_batch(fast, prompts, settings, use_chat_template=True,
+                             on_reply=lambda row, text, count: told.append((row, text, count)))
+    assert replies == generate_batch(eager, prompts, settings, use_chat_template=True)
+    assert sorted(told) == [(i, *reply) for i, reply in enumerate(replies) if reply[1] < 48]
+    assert 0 < len(told) < len(prompts)
+
+
 def test_a_batch_takes_the_shortest_cache_that_holds_it(models):
     """A batch size gets a decode loop per cache length and a call the shortest that holds prompt + reply; batch 1
     (the chat), which reads little cache per step, keeps only the longest."""
@@ -382,3 +396,35 @@ def test_compiled_kernels_are_kept_on_disk_for_the_next_start(tmp_path):
     assert first_compiled and second_compiled, reason
     assert any((tmp_path / "kernels" / "inductor").rglob("*.py")), "Inductor wrote nothing to the kernel cache"
     assert second < first / 2, (first, second)
+
+
+def test_a_batch_job_compiles_its_batch_size_on_demand_and_keeps_it(monkeypatch, tmp_path):
+    """QUANT_COMPILE_BATCH_ON_DEMAND=1: nothing more at load; the first Batch job of a size not compiled compiles it
+    (the table says so while it does), gives the eager path's rows, and the next job of that size finds it compiled.
+    Without the setting the same job runs eagerly and compiles nothing."""
+    from quant.batching import PADDED, run_batch
+    from tests.support.fastpath import greedy_ids, load
+
+    for key, value in {"QUANT_COMPILE_BACKEND": "eager", "QUANT_COMPILED_BATCH_SIZES": "1",
+                       "QUANT_STATIC_CACHE_TOKENS": "64,256", "QUANT_KERNEL_CACHE": str(tmp_path)}.items():
+        monkeypatch.setenv(key, value)
+    request = LoadRequest(model=LLAMA, mode="fp32")
+    eager, fast = load(request, fast=False), load(request, fast=True)
+    assert fast.path.batch_sizes == (1,)
+    prompts = list(enumerate(PROMPTS[:3], 1))
+    want = [r.output for r in list(run_batch(eager, prompts, GREEDY, batch_size=3, engine=PADDED))[-1].rows]
+    off = list(run_batch(fast, prompts, GREEDY, batch_size=3, engine=PADDED))[-1]
+    assert fast.path.batch_sizes == (1,) and [r.output for r in off.rows] == want
+    assert not greedy_ids(fast, PROMPTS[:3])[2]  # batch 3: eager
+
+    monkeypatch.setenv("QUANT_COMPILE_BATCH_ON_DEMAND", "1")
+    tables = list(run_batch(fast, prompts, GREEDY, batch_size=3, engine=PADDED))
+    assert tables[0].done == 0 and "compiling batch 3 for this job" in tables[0].totals()
+    assert "batch 3 compiled for this job in" in tables[-1].totals() and [r.output for r in tables[-1].rows] == want
+    assert fast.path.batch_sizes == (1, 3) and sorted(fast.path._loops) == [(1, 256), (3, 64), (3, 256)]
+    assert "batch 1, 3" in fast.path.describe()
+    assert greedy_ids(fast, PROMPTS[:3])[2]  # batch 3: compiled now
+    again = list(run_batch(fast, prompts, GREEDY, batch_size=3, engine=PADDED))
+    assert len(again) == 1 and "compil" not in again[-1].totals() and [r.output for r in again[-1].rows] == want
+    fast.path.close()
+
