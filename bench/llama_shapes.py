@@ -30,6 +30,11 @@ SHAPES = {
     # The head reads 0.017 GB a token instead of 1.05 GB, of 16 GB in all.
     "8b-demo-vocab": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                           num_key_value_heads=8, vocab_size=2048, tie_word_embeddings=False),
+    # Llama-3.1-70B's widths (8192 / 28672, 64 heads, 8 KV heads, its vocabulary) in 40 of its 80 layers: 36.3B
+    # parameters, 72.7 GB in bf16, so that its checkpoint fits the two-GPU machine's 128 GB disk, and one H200 (139
+    # GiB) still holds it whole: the one-GPU run and the split over two compare on the same model (issue 29)
+    "70b-40layers": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=40, num_attention_heads=64,
+                         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
     # A seconds-long CPU check of a benchmark script (bench/methods_bench.py): Llama's layout, widths that every
     # quantization method takes (multiples of 256: int4 groups up to 256, fp8's multiples of 16)
     "tiny": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=2, num_attention_heads=4,
@@ -49,8 +54,13 @@ def build_checkpoint(shape: str, out: Path, dtype: torch.dtype = torch.float16, 
     config = LlamaConfig(**SHAPES[shape], max_position_embeddings=8192, rope_theta=500000.0,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(0)
-    with torch.device(device):
-        model = LlamaForCausalLM(config).to(dtype)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # made in `dtype` directly: the 70B shape in fp32 would not fit one H200
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
     # Initialise like a trained model's scale, so activations stay finite through 16-32 layers.
     with torch.no_grad():
         for param in model.parameters():

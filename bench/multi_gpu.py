@@ -13,6 +13,8 @@ GPU cut into segments (QUANT_DECODE_SEGMENTS: what the segments cost without the
 got before). The goal of issue #29: split compiled at >= 0.8x one GPU compiled at 8B bf16.
 
     NCCL_NVLS_ENABLE=0 python bench/multi_gpu.py --decode-paths --shapes 8b --modes bf16 --out bench/results
+    NCCL_NVLS_ENABLE=0 python bench/multi_gpu.py --decode-paths --shapes 70b-40layers --modes bf16 --new-tokens 32 \
+        --tag=-70b --out bench/results          # issue 29's 70B-class shape: loads, decodes; tok/s against its floor
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import REQUIRED, WORK, bench_parser, result_stem, write_results  # noqa: E402
-from bench.gpu_bench import prompts_from_text  # noqa: E402
+from bench.gpu_bench import copy_bandwidth, prompts_from_text  # noqa: E402
 from bench.llama_shapes import build_checkpoint  # noqa: E402
 from quant.compare import ModeSpec, compare  # noqa: E402
 from quant.gptq import GPTQRecipe, builtin_textsets, quantize_gptq  # noqa: E402
@@ -90,7 +92,7 @@ def bench_decode_paths(shape: str, args) -> list[dict]:
     """Batch-1 decode of each mode through each of DECODE_PATHS (quant.compare.measure_decode: the Chat tab's path),
     and how many of the first greedy tokens each path shares with the one-GPU compiled one."""
     from quant.compare import measure_decode
-    from quant.generation import GenerationSettings, generate_batch
+    from quant.generation import start_generate
     from quant.loader import LoadRequest
 
     checkpoint = build_checkpoint(shape, args.work / f"llama-{shape}")
@@ -112,12 +114,22 @@ def bench_decode_paths(shape: str, args) -> list[dict]:
                                                    max_memory=max_memory))
                 measure_decode(loaded, prompt, 8)  # warm-up
                 _, rate, compiled = measure_decode(loaded, prompt, args.new_tokens)
-                [(text, _)] = generate_batch(loaded, [prompt], GenerationSettings(max_new_tokens=32))
-                tokens = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
+                # The first 32 greedy token ids (not the text: the 8B shape's ids mostly decode to nothing)
+                encoded = loaded.tokenizer([prompt], return_tensors="pt").to(loaded.device)
+                length = encoded["input_ids"].shape[1]
+                future, _ = start_generate(loaded, dict(**encoded, max_new_tokens=32, min_new_tokens=32,
+                                                        do_sample=False, temperature=None, top_p=None, top_k=None,
+                                                        pad_token_id=loaded.tokenizer.pad_token_id),
+                                           batch_size=1, total_tokens=length + 32)
+                tokens = future.result()[0, length:].tolist()
                 reference_tokens = reference_tokens if reference_tokens is not None else tokens
                 shared = next((i for i, (a, b) in enumerate(zip(tokens, reference_tokens)) if a != b),
                               min(len(tokens), len(reference_tokens)))
+                # Batch 1 reads every weight once a token; split, each GPU reads its own share, one after another
+                floor = args.bandwidth / loaded.report.footprint_bytes
                 row.update(max_memory=max_memory, b1_tokens_per_s=rate, compiled=compiled,
+                           weight_bytes=loaded.report.footprint_bytes, floor_tokens_per_s=floor,
+                           share_of_floor=rate / floor,
                            generation_path=loaded.report.generation_path,
                            compile_seconds=loaded.report.compile_seconds,
                            bytes_by_device=loaded.report.bytes_by_device, tokens_shared=shared, error=None)
@@ -139,17 +151,22 @@ def bench_decode_paths(shape: str, args) -> list[dict]:
 
 
 def decode_paths_markdown(summary: dict) -> str:
+    bandwidth = summary.get("bandwidth")
     lines = [f"# Batch-1 decode: one GPU vs split, compiled vs eager ({', '.join(summary['devices'])})", "",
-             "| shape | mode | path | b1 tok/s | vs one GPU compiled | first reply tokens shared (re-tokenized) | compile s "
-             "| generation path |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"Floor: the measured copy bandwidth of cuda:0 ({bandwidth / 1e9:,.0f} GB/s) / the weights' bytes: the rate "
+             "if every weight were read once a token at that bandwidth (split over GPUs, one after another)."
+             if bandwidth else "", "",
+             "| shape | mode | path | b1 tok/s | vs one GPU compiled | share of floor | greedy tokens shared with the "
+             "first path (of 32) | compile s | generation path |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in summary["rows"]:
         if r["error"]:
-            lines.append(f"| {r['shape']} | {r['mode']} | {r['path']} | failed: {r['error']} |||||")
+            lines.append(f"| {r['shape']} | {r['mode']} | {r['path']} | failed: {r['error']} ||||||")
             continue
+        share = f"{r['share_of_floor']:.0%} of {r['floor_tokens_per_s']:.0f}" if "share_of_floor" in r else ""
         lines.append(f"| {r['shape']} | {r['mode']} | {r['path']} | {r['b1_tokens_per_s']:.1f} | "
-                     f"{r.get('vs_one_gpu_compiled', 0):.2f}x | {r['tokens_shared']} | {r['compile_seconds']:.0f} | "
-                     f"{r['generation_path']} |")
+                     f"{r.get('vs_one_gpu_compiled', 0):.2f}x | {share} | {r['tokens_shared']} | "
+                     f"{r['compile_seconds']:.0f} | {r['generation_path']} |")
     return "\n".join(lines)
 
 
@@ -167,9 +184,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     if args.decode_paths:
+        args.bandwidth = copy_bandwidth()
         rows = [row for shape in args.shapes.split(",") for row in bench_decode_paths(shape, args)]
-        write_results(args.out, result_stem("multi-gpu-decode-paths", tag=args.tag), {"devices": names, "rows": rows},
-                      decode_paths_markdown)
+        write_results(args.out, result_stem("multi-gpu-decode-paths", tag=args.tag),
+                      {"devices": names, "bandwidth": args.bandwidth, "rows": rows}, decode_paths_markdown)
         return
     rows = [row for shape in args.shapes.split(",") for row in bench_shape(shape, args)]
     write_results(args.out, result_stem("multi-gpu", tag=args.tag), {"devices": names, "rows": rows}, markdown)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The fifth session's plan (2026-12-01): only `nvidia-h200` (one H200) is lent, so the next-h200x2.sh plan's two-GPU
+# Run 2026-12-01 (fifth session), as written: the plan: only `nvidia-h200` (one H200) is lent, so the next-h200x2.sh plan's two-GPU
 # part waits; its one-GPU steps run here in two lanes on the same GPU:
 #   bash bench/device_session.sh start "bash bench/plans/next-h200.sh"; then `wait 480` (timeout_s 560) within 30 s.
 # Lane 0t: the GPU tests of the CPU work since the last machine (correctness: they share the GPU with the benches).
