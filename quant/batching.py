@@ -45,6 +45,7 @@ from .generation import (
     GenerationError,
     GenerationSettings,
     batch_texts,
+    cache_tokens,
     check_token_ids,
     context_length,
     generate_batch,
@@ -567,7 +568,12 @@ def run_batch(loaded: LoadedModel, prompts: list[tuple[int, str]], settings: Gen
         rest = [i for i in range(len(rows)) if i not in finished]
         if rest and not stop.is_set() and load_settings().compile_batch_on_demand and loaded.path.compiled:
             size, reason = min(batch_size, len(rest)), choice.reason
-            if size not in loaded.path.batch_sizes:
+            needed = cache_tokens(loaded, max(len(encoded[i]) for i in rest), settings.max_new_tokens)
+            if needed > loaded.path.max_cache_len:  # its chunks could not run compiled: nothing to compile for
+                choice = EngineChoice(choice.engine, _joined(
+                    reason, f"eager: the longest prompt and its reply need {needed} cache tokens, past the compiled "
+                            f"{loaded.path.max_cache_len} (QUANT_STATIC_CACHE_TOKENS)"))
+            elif size not in loaded.path.batch_sizes:
                 choice = EngineChoice(choice.engine, _joined(reason, f"compiling batch {size} for this job, the "
                                                                      "first of this size"))
                 yield progress([])  # the table says what the wait is for

@@ -426,5 +426,8 @@ def test_a_batch_job_compiles_its_batch_size_on_demand_and_keeps_it(monkeypatch,
     assert greedy_ids(fast, PROMPTS[:3])[2]  # batch 3: compiled now
     again = list(run_batch(fast, prompts, GREEDY, batch_size=3, engine=PADDED))
     assert len(again) == 1 and "compil" not in again[-1].totals() and [r.output for r in again[-1].rows] == want
+    # A job whose replies outrun the static cache would not run compiled: nothing is compiled for it
+    long = list(run_batch(fast, prompts[:2], GenerationSettings(max_new_tokens=300), batch_size=2, engine=PADDED))
+    assert "past the compiled 256" in long[-1].totals() and fast.path.batch_sizes == (1, 3)
     fast.path.close()
 
