@@ -78,6 +78,16 @@ def assert_each_token_is_an_eager_choice(eager, prompt_ids: torch.Tensor, got: l
                                        f"{int(logits[worst].argmax())}):\n{got}")
 
 
+def assert_compiled_rows_match(eager, fast, prompts: list[str]) -> None:
+    """`fast` runs `prompts` on its compiled path, `eager` on the eager one, and each row's greedy tokens agree up to
+    noise (`assert_same_up_to_noise`)."""
+    encoded, expected, eager_compiled = greedy_ids(eager, prompts)
+    _, got, compiled = greedy_ids(fast, prompts)
+    assert compiled and not eager_compiled
+    for row, (want, have) in enumerate(zip(expected, got)):
+        assert_same_up_to_noise(eager, encoded, row, want, have)
+
+
 def check_against_eager(request: LoadRequest):
     """The compiled path of `request` against its eager path (batch 1, a padded batch, a chat); returns the compiled
     model (its compiled state closed) for checks of its report."""
@@ -88,11 +98,7 @@ def check_against_eager(request: LoadRequest):
     assert fast.report.compile_seconds > 0 and fast.report.static_cache_bytes > 0
     # Batch 1 (the chat path) and a batch of 3 padded up to the compiled 4 as generate_batch does.
     for prompts in ([PROMPTS[0]], [PROMPTS[1]], PROMPTS[:3] + [PROMPTS[2]]):
-        encoded, expected, eager_compiled = greedy_ids(eager, prompts)
-        _, got, compiled = greedy_ids(fast, prompts)
-        assert compiled and not eager_compiled
-        for row, (want, have) in enumerate(zip(expected, got)):
-            assert_same_up_to_noise(eager, encoded, row, want, have)
+        assert_compiled_rows_match(eager, fast, prompts)
     settings = GenerationSettings(max_new_tokens=24)
     # generate_batch pads 3 prompts to the compiled 4 with a copy and drops its row: same as sending the 4 ourselves.
     assert generate_batch(fast, PROMPTS[:3], settings) == generate_batch(fast, PROMPTS[:3] + [PROMPTS[2]], settings)[:3]
