@@ -45,15 +45,17 @@ SHAPES = {
 }
 
 
-def build_checkpoint(shape: str, out: Path, dtype: torch.dtype = torch.float16, device: str = "cuda") -> Path:
-    """Write a random-weight Llama of `shape` to `out` (skipped if it is already there)."""
+def build_checkpoint(shape: str, out: Path, dtype: torch.dtype = torch.float16, device: str = "cuda",
+                     seed: int = 0) -> Path:
+    """Write a random-weight Llama of `shape` to `out` (skipped if it is already there); `seed`: other weights of the
+    same shape."""
     if (out / "config.json").is_file():
         return out
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(DEMO_TOKENIZER)
     config = LlamaConfig(**SHAPES[shape], max_position_embeddings=8192, rope_theta=500000.0,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # made in `dtype` directly: the 70B shape in fp32 would not fit one H200
     try:

@@ -8,6 +8,10 @@ first start gets an empty QUANT_KERNEL_CACHE folder of its own and the next ones
 
     python bench/startup.py --shape 8b --modes bf16,nf4 --device-map cuda:0 --out bench/results          # GPU
     python bench/startup.py --model demo:tiny-llama-chat --modes fp32 --device-map cpu --out /tmp/startup  # CPU check
+
+--other-weights (a shape): one more start, of a checkpoint of the same shape with other random weights, on the cache
+the first model filled: does a kernel cache serve every model of that architecture and shape (issue 27: "reuse
+across models of the same shape")?
 """
 
 from __future__ import annotations
@@ -77,6 +81,8 @@ def main() -> None:
     parser = bench_parser(__doc__, out=REQUIRED, tag="", work=WORK, model=None, shape="8b", modes="bf16",
                           device_map="cuda:0", new_tokens=8)
     parser.add_argument("--warm-starts", type=int, default=2, help="starts after the cold one, on its cache")
+    parser.add_argument("--other-weights", action="store_true",
+                        help="then start the same shape with other weights on that cache")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # a model: run as one start (a child process)
     parser.add_argument("--child-mode", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -84,12 +90,16 @@ def main() -> None:
         child(args.child, args.child_mode, args.device_map, args.new_tokens)
         return
     args.out.mkdir(parents=True, exist_ok=True)
+    other = None
     if args.model:
         model, name = args.model, args.model.split(":")[-1].split("/")[-1]
     else:
         from bench.llama_shapes import build_checkpoint
 
-        model, name = str(build_checkpoint(args.shape, args.work / f"llama-{args.shape}")), args.shape
+        device = "cpu" if args.device_map == "cpu" else "cuda"
+        model, name = str(build_checkpoint(args.shape, args.work / f"llama-{args.shape}", device=device)), args.shape
+        other = (str(build_checkpoint(args.shape, args.work / f"llama-{args.shape}-seed1", device=device, seed=1))
+                 if args.other_weights else None)
     rows = []
     for mode in args.modes.split(","):
         cache = args.work / f"startup-kcache-{name}-{mode}"
@@ -98,6 +108,11 @@ def main() -> None:
         for index in range(1 + args.warm_starts):
             row = {"mode": mode, "start": "cold" if index == 0 else f"warm {index}",
                    **start(model, mode, args.device_map, cache, args.new_tokens)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        if other:
+            row = {"mode": mode, "start": "other weights, same shape (warm cache)",
+                   **start(other, mode, args.device_map, cache, args.new_tokens)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     data = {"model": model, "name": name, "device_map": args.device_map, "new_tokens": args.new_tokens,
