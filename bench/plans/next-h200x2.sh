@@ -22,14 +22,16 @@ both "timeout 600 python3 bench/multi_gpu.py --decode-paths --shapes 8b --modes 
 both "timeout 420 python3 bench/tp_bench.py --shape 8b --new-tokens 256 --work /tmp/bench0 --out $out" step3
 # Issue 26 on GPU 0: the on-demand compiled batch (its GPU test, then padded eager / compiled on demand / continuous at
 # the goal's workload), then issue 27's first GemLite measurement (HQQ 4-bit on gemlite's Triton kernel vs tinygemm); issue 29 on GPU 1: GPTQ of the 8B shape on a GPU capped below its size; issue 27: nf4's start-up
-# and whether the kernel cache serves other weights of the same shape on the GPU.
+# and whether the kernel cache serves other weights of the same shape on the GPU; what bounds nf4 at 1.06x bf16 (its
+# compiled step's kernels, profiled).
 lane 0 \
   "timeout 300 $PYTEST tests/gpu/test_gpu_batching.py" \
   "timeout 900 python3 bench/batch_engines.py --shape 8b --modes bf16,gptq --engines padded,continuous --compile-on-demand --prompts 128 --new-tokens 128 --batch-size 128 --work /tmp/bench0 --out $out --tag=-on-demand" \
   "timeout 600 python3 bench/methods_bench.py --shapes 8b --modes 'bf16,hqq,hqq[hqq_backend=hqq_gemlite]' --work /tmp/bench0 --out $out --tag=-gemlite" &
 lane 1 \
   "python3 bench/quantize_time.py --method gptq --shape 8b --samples 16 --seq-len 256 --gpu-memory-cap 10 --work /tmp/bench1 --out $out" \
-  "python3 bench/startup.py --shape 8b --modes nf4 --warm-starts 1 --other-weights --device-map cuda:0 --work /tmp/bench1 --out $out --tag=-other-weights" &
+  "python3 bench/startup.py --shape 8b --modes nf4 --warm-starts 1 --other-weights --device-map cuda:0 --work /tmp/bench1 --out $out --tag=-other-weights" \
+  "python3 bench/generate_overhead.py --model /tmp/bench1/llama-8b --mode nf4 --device-map cuda:0 --paths compiled --profile --out $out --tag=-nf4-8b" &
 wait
 # Issue 29's 70B-class shape (Llama-3.1-70B widths, 40 layers, 72.7 GB): one GPU vs split over both, against its floor.
 both "timeout 1200 python3 bench/multi_gpu.py --decode-paths --shapes 70b-40layers --modes bf16 --new-tokens 32 --work /tmp/bench0 --out $out --tag=-70b" step4
