@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REQUIRED, WORK, bench_parser, result_stem, write_results  # noqa: E402
+from bench.common import REQUIRED, WORK, bench_parser, environment, result_stem, write_results  # noqa: E402
 from bench.llama_shapes import build_checkpoint  # noqa: E402
 from bench.methods_bench import parse_modes, quantized_checkpoint  # noqa: E402
 from quant.batching import CONTINUOUS, run_batch  # noqa: E402
@@ -70,17 +70,12 @@ def run_engine(loaded, prompts: list[str], settings: GenerationSettings, batch_s
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     name, _, step = engine.partition("+")
-    previous = os.environ.get("QUANT_CONTINUOUS_STEP")
-    os.environ["QUANT_CONTINUOUS_STEP"] = step or "library"
     started = time.perf_counter()
     first_reply = last = None
-    try:
+    with environment({"QUANT_CONTINUOUS_STEP": step or "library"}):
         for last in run_batch(loaded, list(enumerate(prompts, 1)), settings, batch_size=batch_size, engine=name):
             if first_reply is None and last.done:
                 first_reply = time.perf_counter() - started
-    finally:
-        os.environ.pop("QUANT_CONTINUOUS_STEP") if previous is None else os.environ.update(
-            QUANT_CONTINUOUS_STEP=previous)
     job_seconds = time.perf_counter() - started
     return {"engine": engine, "ran": last.engine.describe(), "ran_engine": last.engine.engine,
             "seconds": last.seconds, "job_seconds": job_seconds, "first_reply_seconds": first_reply,
@@ -115,11 +110,9 @@ def bench_mode(registry: ModelRegistry, mode, model: str, args, prompts_of) -> d
               f"{row['on_demand_refusal'] or ''}; path {loaded.path.describe()}", flush=True)
         row["generation_path"] = loaded.path.describe()
     engines = args.engines.split(",")
-    on_demand = os.environ.pop("QUANT_COMPILE_BATCH_ON_DEMAND", None)  # the warm-up's 4 prompts compile nothing
-    for engine in engines:  # warm-up: kernels, allocator, the compiled loop's first calls
-        run_engine(loaded, prompts[:4], GenerationSettings(max_new_tokens=4), min(4, args.batch_size), engine)
-    if on_demand is not None:
-        os.environ["QUANT_COMPILE_BATCH_ON_DEMAND"] = on_demand
+    with environment({"QUANT_COMPILE_BATCH_ON_DEMAND": None}):  # the warm-up's 4 prompts compile nothing
+        for engine in engines:  # warm-up: kernels, allocator, the compiled loop's first calls
+            run_engine(loaded, prompts[:4], GenerationSettings(max_new_tokens=4), min(4, args.batch_size), engine)
     for engine in engines:
         result = run_engine(loaded, prompts, settings, args.batch_size, engine)
         row["engines"].append(result)
@@ -165,12 +158,14 @@ def markdown(data: dict) -> str:
                  if e["ran_engine"] == e["engine"].partition("+")[0]}
         if len(rates) >= 2:
             best = max(rates, key=rates.get)
-            others = ", ".join(f"{rates[best] / rate:.2f}x {engine}" for engine, rate in rates.items() if engine != best)
+            others = ", ".join(f"{rates[best] / rate:.2f}x {engine}" for engine, rate in rates.items()
+                               if engine != best)
             lines.append(f"- {row['mode']}: {best} ({others}); path {row['generation_path']}")
     for row in data["modes"]:
         if "on_demand_compile_seconds" in row:
+            refusal = f": {row['on_demand_refusal']}" if row["on_demand_refusal"] else ""
             lines.append(f"- {row['mode']}: batch size compiled on demand before the jobs in "
-                         f"{row['on_demand_compile_seconds']:.1f} s{': ' + row['on_demand_refusal'] if row['on_demand_refusal'] else ''}")
+                         f"{row['on_demand_compile_seconds']:.1f} s{refusal}")
     lines += ["", f"Goals (issue 26): {GOALS}."]
     return "\n".join(lines) + "\n"
 

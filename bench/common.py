@@ -8,6 +8,7 @@
 - `write_results(out, stem, data, markdown)`: `out/<stem>.json` (the numbers, plus `machine_facts()` under
   "machine") and `out/<stem>.md` (the table a note quotes, or the function that makes it from the data), and the
   Markdown printed. `write_json` for a script that writes one JSON file only.
+- `environment({"QUANT_X": "1", "QUANT_Y": None})`: those variables set (None: unset) inside a `with`, restored after.
 
 Each script runs as `python bench/x.py` (it puts the repository root on sys.path, then imports this as
 `bench.common`). Nothing here imports torch or transformers until a result is written: the HTTP client processes of
@@ -17,12 +18,13 @@ chat_latency and api_latency import this too, and have no use for them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
 import platform
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 REQUIRED = object()
 """The value of `out=` (or another keyword of `bench_parser`) for an argument the command line must give."""
@@ -99,6 +101,19 @@ def machine_facts() -> dict:
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "cuda": torch.version.cuda,
             "transformers": transformers_version, "python": platform.python_version(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str | None]) -> Iterator[None]:
+    """Set (a string) or unset (None) these environment variables for the block; restore them after."""
+    saved = {key: os.environ.get(key) for key in values}
+    try:
+        for key, value in values.items():
+            os.environ.pop(key, None) if value is None else os.environ.update({key: value})
+        yield
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.update({key: value})
 
 
 def write_json(path: Path, data: dict) -> dict:

@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REQUIRED, WORK, bench_parser, result_stem, write_results  # noqa: E402
+from bench.common import REQUIRED, WORK, bench_parser, environment, result_stem, write_results  # noqa: E402
 from bench.gpu_bench import copy_bandwidth, prompts_from_text  # noqa: E402
 from bench.llama_shapes import build_checkpoint  # noqa: E402
 from quant.compare import ModeSpec, compare  # noqa: E402
@@ -100,45 +100,41 @@ def bench_decode_paths(shape: str, args) -> list[dict]:
     rows = []
     for mode in args.modes.split(","):
         reference_tokens = None
-        for label, device_map, split, environment in DECODE_PATHS:
+        for label, device_map, split, variables in DECODE_PATHS:
             if split and torch.cuda.device_count() < 2:
                 continue  # one GPU: what the segments cost without the link, against the one-GPU compiled path
-            saved = {k: os.environ.get(k) for k in (*environment, "QUANT_DECODE_SEGMENTS")}
-            os.environ.pop("QUANT_DECODE_SEGMENTS", None)
-            os.environ.update(environment)
-            registry = ModelRegistry(max_models=1)
-            row = {"shape": shape, "mode": mode, "path": label, "device_map": device_map}
-            try:
-                max_memory = split_limit(str(checkpoint), Mode(mode)) if split else None
-                loaded = registry.load(LoadRequest(model=str(checkpoint), mode=mode, device_map=device_map,
-                                                   max_memory=max_memory))
-                measure_decode(loaded, prompt, 8)  # warm-up
-                _, rate, compiled = measure_decode(loaded, prompt, args.new_tokens)
-                # The first 32 greedy token ids (not the text: the 8B shape's ids mostly decode to nothing)
-                encoded = loaded.tokenizer([prompt], return_tensors="pt").to(loaded.device)
-                length = encoded["input_ids"].shape[1]
-                future, _ = start_generate(loaded, dict(**encoded, max_new_tokens=32, min_new_tokens=32,
-                                                        do_sample=False, temperature=None, top_p=None, top_k=None,
-                                                        pad_token_id=loaded.tokenizer.pad_token_id),
-                                           batch_size=1, total_tokens=length + 32)
-                tokens = future.result()[0, length:].tolist()
-                reference_tokens = reference_tokens if reference_tokens is not None else tokens
-                shared = next((i for i, (a, b) in enumerate(zip(tokens, reference_tokens)) if a != b),
-                              min(len(tokens), len(reference_tokens)))
-                # Batch 1 reads every weight once a token; split, each GPU reads its own share, one after another
-                floor = args.bandwidth / loaded.report.footprint_bytes
-                row.update(max_memory=max_memory, b1_tokens_per_s=rate, compiled=compiled,
-                           weight_bytes=loaded.report.footprint_bytes, floor_tokens_per_s=floor,
-                           share_of_floor=rate / floor,
-                           generation_path=loaded.report.generation_path,
-                           compile_seconds=loaded.report.compile_seconds,
-                           bytes_by_device=loaded.report.bytes_by_device, tokens_shared=shared, error=None)
-            except Exception as exc:  # noqa: BLE001 - a failing path is a row of its own
-                row.update(error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-            finally:
-                registry.unload_all()
-                for key, value in saved.items():
-                    os.environ.pop(key, None) if value is None else os.environ.update({key: value})
+            with environment({"QUANT_DECODE_SEGMENTS": None, **variables}):
+                registry = ModelRegistry(max_models=1)
+                row = {"shape": shape, "mode": mode, "path": label, "device_map": device_map}
+                try:
+                    max_memory = split_limit(str(checkpoint), Mode(mode)) if split else None
+                    loaded = registry.load(LoadRequest(model=str(checkpoint), mode=mode, device_map=device_map,
+                                                       max_memory=max_memory))
+                    measure_decode(loaded, prompt, 8)  # warm-up
+                    _, rate, compiled = measure_decode(loaded, prompt, args.new_tokens)
+                    # The first 32 greedy token ids (not the text: the 8B shape's ids mostly decode to nothing)
+                    encoded = loaded.tokenizer([prompt], return_tensors="pt").to(loaded.device)
+                    length = encoded["input_ids"].shape[1]
+                    future, _ = start_generate(loaded, dict(**encoded, max_new_tokens=32, min_new_tokens=32,
+                                                            do_sample=False, temperature=None, top_p=None, top_k=None,
+                                                            pad_token_id=loaded.tokenizer.pad_token_id),
+                                               batch_size=1, total_tokens=length + 32)
+                    tokens = future.result()[0, length:].tolist()
+                    reference_tokens = reference_tokens if reference_tokens is not None else tokens
+                    shared = next((i for i, (a, b) in enumerate(zip(tokens, reference_tokens)) if a != b),
+                                  min(len(tokens), len(reference_tokens)))
+                    # Batch 1 reads every weight once a token; split, each GPU reads its own share, one after another
+                    floor = args.bandwidth / loaded.report.footprint_bytes
+                    row.update(max_memory=max_memory, b1_tokens_per_s=rate, compiled=compiled,
+                               weight_bytes=loaded.report.footprint_bytes, floor_tokens_per_s=floor,
+                               share_of_floor=rate / floor,
+                               generation_path=loaded.report.generation_path,
+                               compile_seconds=loaded.report.compile_seconds,
+                               bytes_by_device=loaded.report.bytes_by_device, tokens_shared=shared, error=None)
+                except Exception as exc:  # noqa: BLE001 - a failing path is a row of its own
+                    row.update(error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                finally:
+                    registry.unload_all()
             print(f"[{shape}] {mode} {label}: {row.get('error') or ''} b1 {row.get('b1_tokens_per_s') or 0:.1f} "
                   f"tok/s; {row.get('generation_path', '')}", flush=True)
             rows.append(row)
@@ -153,8 +149,8 @@ def bench_decode_paths(shape: str, args) -> list[dict]:
 def decode_paths_markdown(summary: dict) -> str:
     bandwidth = summary.get("bandwidth")
     lines = [f"# Batch-1 decode: one GPU vs split, compiled vs eager ({', '.join(summary['devices'])})", "",
-             f"Floor: the measured copy bandwidth of cuda:0 ({bandwidth / 1e9:,.0f} GB/s) / the weights' bytes: the rate "
-             "if every weight were read once a token at that bandwidth (split over GPUs, one after another)."
+             f"Floor: the measured copy bandwidth of cuda:0 ({bandwidth / 1e9:,.0f} GB/s) / the weights' bytes: the "
+             "rate if every weight were read once a token at that bandwidth (split over GPUs, one after another)."
              if bandwidth else "", "",
              "| shape | mode | path | b1 tok/s | vs one GPU compiled | share of floor | greedy tokens shared with the "
              "first path (of 32) | compile s | generation path |",

@@ -89,7 +89,8 @@ def fast_path_refusal(*, method_refusal: str | None, kind: str, devices: set[str
     torch, int4pack and Marlin kernels) through the compiled decode loop (decode.py), decoder-only and T5/BART
     (seq2seq_decode.py: greedy equal to eager on an H200, T5-large batch 128 2.8x eager in bf16, 3.3x in nf4); "all"
     also allows the CPU, and split-model segments over several GPUs, which have run compiled on the CPU and on one
-    GPU cut in two but not over two GPUs yet (a default must be a checked path); "off" never compiles. `method_refusal`: the quantization method's own reason (QuantMethod.compile_refusal);
+    GPU cut in two but not over two GPUs yet (a default must be a checked path); "off" never compiles.
+    `method_refusal`: the quantization method's own reason (QuantMethod.compile_refusal);
     `model_refusal`: the architecture's (seq2seq_decode.seq2seq_refusal for encoder-decoder models).
     A model split over GPUs decodes in segments (segments.py); `segments_refusal`: why this model's structure cannot
     (`segment_plan`), for a split model or one that QUANT_DECODE_SEGMENTS cuts.
@@ -307,23 +308,18 @@ class GenerationPath:
             except Exception as exc:  # noqa: BLE001 - the job runs eagerly, the loaded sizes keep working
                 logger.warning("Compiling batch size %s for a batch job failed; its chunks run eagerly.", size,
                                exc_info=True)
-                self._drop_size(size)
+                self._drop_loops(size)
                 return f"compiling batch {size} failed: {_first_line(exc)}"
             self.batch_sizes = tuple(sorted({*self.batch_sizes, size}))
             self.cache_bytes = sum(loop.cache_bytes() for loop in self._loops.values())
             self.warmup_seconds += time.perf_counter() - started
             return None
 
-    def _drop_size(self, size: int) -> None:
-        loops = {key: loop for key, loop in self._loops.items() if key[0] == size}
-        for key in loops:
-            del self._loops[key]
-        if loops:
-            compiled_runner().submit(lambda: [loop.release() for loop in loops.values()]).result()
-
-    def _drop_loops(self) -> None:
-        """Forget the loops now; free them on the runner thread, once the calls still running or queued are done."""
-        loops, self._loops = self._loops, {}
+    def _drop_loops(self, size: int | None = None) -> None:
+        """Forget the loops (of batch `size` only, if given) now; free them on the runner thread, once the calls still
+        running or queued are done."""
+        loops = {key: loop for key, loop in self._loops.items() if size is None or key[0] == size}
+        self._loops = {key: loop for key, loop in self._loops.items() if key not in loops}
         if not loops:
             return
 
