@@ -48,6 +48,7 @@ def test_a_batch_job_compiles_its_batch_size_on_demand_on_the_gpu(kernel_cache, 
     """QUANT_COMPILE_BATCH_ON_DEMAND=1 on a GPU: the job's batch size is compiled and captured at its start, and
     every row then gives the eager path's greedy tokens up to noise."""
     monkeypatch.setenv("QUANT_COMPILE_BATCH_ON_DEMAND", "1")
+    monkeypatch.setenv("QUANT_COMPILED_BATCH_SIZES", "1")  # the GPU tests' default compiles 1 and 4 at load
     request = LoadRequest(model=LLAMA, mode="bf16", device_map="cuda:0")
     eager, fast = load(request, fast=False), load(request, fast=True)
     assert fast.path.batch_sizes == (1,)
