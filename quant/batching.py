@@ -161,6 +161,9 @@ def continuous_refusal(loaded: LoadedModel, settings: GenerationSettings) -> str
     if loaded.source.kind != "causal":
         return ("seq2seq: transformers' continuous batching runs decoder-only models (its paged cache holds no "
                 "encoder states)")
+    if loaded.group is not None:
+        return ("tensor parallel: transformers' continuous batching runs the model in one process, and every rank "
+                "must run each forward pass")
     devices = sorted({str(p.device) for p in loaded.model.parameters()})
     if len(devices) != 1:
         return f"the model is split over {', '.join(devices)}: the paged KV cache lives on one device"

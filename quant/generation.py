@@ -165,7 +165,7 @@ def start_generate(loaded: LoadedModel, kwargs: dict, *, batch_size: int, total_
         seeded = seed is not None and _seed(seed)  # on the generating thread, right before it samples
         try:
             with torch.inference_mode():
-                return loaded.model.generate(**call_kwargs)
+                return loaded.generate(**call_kwargs)
         finally:
             if seeded:
                 torch.seed()  # the next unseeded reply (any session's) must not follow from this seed

@@ -21,7 +21,7 @@ from .families import layout_hint, loading_problems, names_text, unquantized_wei
 from .fastpath import GenerationPath, configure_kernel_cache, eager_path, prepare_generation_path
 from .kept import kept_groups
 from .methods import Mode, QuantMethod, QuantOptions, check_mode, parse_mode
-from .placement import parse_device_map, parse_max_memory, target_is_cuda
+from .placement import TENSOR_PARALLEL, parse_device_map, parse_max_memory, target_is_cuda, tensor_parallel_ranks
 from .report import (
     LoadReport,
     MemorySnapshot,
@@ -88,6 +88,9 @@ class LoadedModel:
     report: LoadReport
     path: GenerationPath = field(default_factory=lambda: eager_path("loaded for measuring, not for generation"))
     """How `generate` runs on it (compiled or eager), decided and warmed up by `attach_generation_path`."""
+    group: Any = None
+    """The quant.tensor_parallel.TensorParallelGroup of a model loaded with device_map=tensor_parallel (`model` is
+    then rank 0's shard: every forward pass must run on all ranks, through `generate`)."""
 
     @property
     def label(self) -> str:
@@ -103,10 +106,25 @@ class LoadedModel:
         """Why this model's quantization method cannot take the compiled decode path, or None."""
         return self.request.method.compile_refusal(self.request.options)
 
+    def generate(self, **kwargs):
+        """`model.generate`, on every rank of a tensor-parallel model."""
+        return self.group.generate(**kwargs) if self.group is not None else self.model.generate(**kwargs)
+
+    def refuse_tensor_parallel(self, what: str) -> None:
+        """Refuse work that calls the model's forward directly: on a tensor-parallel model rank 0 would wait for
+        the other ranks' part of every layer forever."""
+        if self.group is not None:
+            raise PlacementError(f"{what} is not run on a model loaded with tensor parallelism (its other ranks "
+                                 "take part only in generation).",
+                                 "Load the model on one GPU or split over GPUs (device_map auto) for this.")
+
     def close(self) -> None:
         """Free what generation prepared for this model (compiled graphs, static caches hold GPU memory of their
-        own); the weights go when the last reference to this object does."""
+        own) and a tensor-parallel model's worker processes; the weights go when the last reference to this
+        object does."""
         self.path.close()
+        if self.group is not None:
+            self.group.close()
 
 
 def prefer_fast_sdpa_backends() -> None:
@@ -165,7 +183,9 @@ def prepare(request: LoadRequest) -> Prepared:
             f"{request.model} ships its own modelling code (auto_map in its config); it is not run here: "
             f"transformers' built-in {source.architecture} is used, which may differ from what the authors intended."
         )
-    if not on_cuda:
+    if device_map == TENSOR_PARALLEL:
+        _refuse_tensor_parallel(source, method, max_memory)
+    elif not on_cuda:
         if max_memory and any(isinstance(k, int) for k in max_memory):
             raise PlacementError("max_memory names a GPU, but the model is placed on the CPU.")
         device_map = {"": "cpu"}
@@ -188,6 +208,26 @@ def prepare(request: LoadRequest) -> Prepared:
     return Prepared(source, kwargs, warnings, options, on_cuda)
 
 
+def _refuse_tensor_parallel(source: ModelSource, method: QuantMethod, max_memory) -> None:
+    """device_map=tensor_parallel's refusals, in the words of the Model tab's placements (quant.planner)."""
+    from .planner import tensor_parallel_refusal
+    from .ui_strings import EN
+
+    if max_memory:
+        raise PlacementError("max_memory does not apply to tensor parallelism: every rank holds an equal slice of "
+                             "every layer.", "Clear max_memory, or pick auto/balanced to place whole layers within "
+                             "limits.")
+    ranks = tensor_parallel_ranks()
+    refusal = tensor_parallel_refusal(source, method, ranks)
+    if refusal:
+        reason, args = refusal
+        hint = ("On a machine without a GPU, QUANT_TENSOR_PARALLEL_CPU_RANKS=2 shards over CPU processes."
+                if reason == "gpus" and not torch.cuda.is_available() else
+                "Pick bf16 or fp16, or split the model over GPUs (device_map auto).")
+        raise PlacementError(f"Tensor parallelism cannot load {source.ref} in {method.name}: "
+                             + EN[f"placements.refused.{reason}"].format(**args) + ".", hint)
+
+
 def load_weights(request: LoadRequest, progress: ProgressFn | None = None,
                  prepared: Prepared | None = None) -> LoadedModel:
     """Load `request.model` in `request.mode` and measure the load; nothing is compiled (generation runs eager until
@@ -204,6 +244,8 @@ def load_weights(request: LoadRequest, progress: ProgressFn | None = None,
     warnings = list(warnings)
     progress(0.1, "Loading the tokenizer")
     tokenizer = load_tokenizer(source, request.token, kwargs["trust_remote_code"])
+    if kwargs["device_map"] == TENSOR_PARALLEL:
+        return _load_tensor_parallel(request, source, kwargs, warnings, options, tokenizer, progress)
 
     gc.collect()
     before = MemorySnapshot.take()
@@ -299,10 +341,66 @@ def load_weights(request: LoadRequest, progress: ProgressFn | None = None,
     return LoadedModel(request.key, replace(request, token=None, options=options), source, model, tokenizer, report)
 
 
+def _load_tensor_parallel(request: LoadRequest, source: ModelSource, kwargs: dict, warnings: list[str],
+                          options: QuantOptions, tokenizer, progress: ProgressFn) -> LoadedModel:
+    """device_map=tensor_parallel: the model sharded by its tp_plan over one process per GPU (quant.tensor_parallel;
+    this process is rank 0), measured as far as rank 0 sees it: every rank holds a slice of the same size."""
+    from .tensor_parallel import Checkpoint, start_group
+
+    ranks = tensor_parallel_ranks()
+    gc.collect()
+    before = MemorySnapshot.take()
+    progress(0.2, f"Loading weights in {request.mode.value}, sharded over {ranks} ranks (tensor parallel)")
+    started = time.perf_counter()
+    checkpoint = Checkpoint(source.location, dtype=str(kwargs["dtype"]).removeprefix("torch."),
+                            revision=source.revision, token=request.token,
+                            trust_remote_code=kwargs["trust_remote_code"],
+                            attn_implementation=kwargs.get("attn_implementation"))
+    group = start_group(checkpoint, ranks)
+    try:
+        progress(0.9, "A first generation on every rank")
+        token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.pad_token_id
+        ids = torch.tensor([[token if token is not None else 0]])
+        group.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=1, do_sample=False,
+                       pad_token_id=tokenizer.pad_token_id)
+        load_seconds = time.perf_counter() - started
+        after = MemorySnapshot.take()
+        model = group.model
+        shard = memory_footprint(model)  # a DTensor counts its local slice: rank 0's share
+        rank_devices = [f"cuda:{rank}" for rank in range(ranks)] if group.backend == "nccl" else ["cpu"] * ranks
+        held: dict[str, int] = {}
+        for device in rank_devices:
+            held[device] = held.get(device, 0) + shard
+        devices = ", ".join(dict.fromkeys(rank_devices))
+        warnings.append(f"Tensor parallel over {ranks} ranks ({group.backend}) on {devices}: every layer is sliced "
+                        f"over them, {shard / 2**20:,.1f} MiB on each rank. Generation runs on every rank, eagerly "
+                        "(no compiled decode); perplexity and the quality pass need the model in one process.")
+        report = LoadReport(
+            model=request.model, revision=request.revision, kind=source.kind, architecture=type(model).__name__,
+            mode=request.mode.value, dtype=str(model.dtype).removeprefix("torch."),
+            attn_implementation=getattr(model.config, "_attn_implementation", None),
+            parameters=logical_parameter_count(model), footprint_bytes=shard * ranks, bytes_by_device=held,
+            gpu_allocated_bytes={d: after.gpu[d] - before.gpu.get(d, 0) for d in after.gpu},
+            ram_before_bytes=before.rss, ram_after_bytes=after.rss, load_seconds=load_seconds,
+            linear_layers=linear_layer_types(model),
+            device_map={"": f"tensor parallel: {ranks} ranks ({group.backend}) on {devices}"},
+            quantization=None, warnings=warnings)
+    except BaseException:
+        group.close()  # its worker processes must not outlive a load that failed
+        raise
+    progress(1.0, "Loaded")
+    return LoadedModel(request.key, replace(request, token=None, options=options), source, model, tokenizer, report,
+                       group=group)
+
+
 def attach_generation_path(loaded: LoadedModel, progress: ProgressFn | None = None) -> LoadedModel:
     """Decide how `generate` runs on a model loaded for serving, and compile and capture it now when that is the
     compiled path (minutes on a cold kernel cache); the report says which path and what it cost."""
     progress = progress or (lambda fraction, message: None)
+    if loaded.group is not None:
+        loaded.path = eager_path("tensor parallel: every rank runs generate in lockstep (no compiled decode yet)")
+        loaded.report.generation_path = loaded.path.describe()
+        return loaded
     progress(0.92, "Preparing generation")
     path = prepare_generation_path(
         loaded.model, loaded.tokenizer, method_refusal=loaded.method_refusal, kind=loaded.source.kind,

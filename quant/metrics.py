@@ -30,6 +30,7 @@ def perplexity(loaded: LoadedModel, text: str, *, max_tokens: int = 8192, window
     """
     if loaded.source.kind != "causal":
         raise QuantError("Perplexity is measured on causal LMs only.", "Seq2seq models are compared on outputs.")
+    loaded.refuse_tensor_parallel("Perplexity")
     tokenizer = loaded.tokenizer
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt", verbose=False)["input_ids"][0][:max_tokens]
     limit = getattr(loaded.model.config, "max_position_embeddings", 512) or 512

@@ -10,9 +10,11 @@ from accelerate.utils import convert_file_size_to_int
 
 from .errors import PlacementError
 
-DEVICE_MAP_CHOICES = ("auto", "balanced", "balanced_low_0", "sequential", "cpu", "cuda")
+TENSOR_PARALLEL = "tensor_parallel"
+DEVICE_MAP_CHOICES = ("auto", "balanced", "balanced_low_0", "sequential", "cpu", "cuda", TENSOR_PARALLEL)
 """`auto`/`balanced`/`balanced_low_0`/`sequential` are accelerate's strategies; `cpu`, `cuda` or `cuda:N` put the
-whole model on one device."""
+whole model on one device; `tensor_parallel` shards every layer over all GPUs (transformers' tp_plan,
+quant.tensor_parallel), one process per GPU."""
 STRATEGY_CHOICES = DEVICE_MAP_CHOICES[:4]
 """The choices that spread a model over devices."""
 
@@ -79,10 +81,18 @@ def parse_max_memory(spec: str | dict | None, *, gpus_present: bool = True) -> d
 _MAX_MEMORY_HINT = 'Write it as "0=20GiB, cpu=30GiB" (GPU index or cpu = size in GiB/MiB/GB/MB).'
 
 
+def tensor_parallel_ranks() -> int:
+    """The ranks device_map=tensor_parallel shards over here: one per GPU, or on a machine without a GPU the
+    operator's QUANT_TENSOR_PARALLEL_CPU_RANKS (0 unless set)."""
+    from .settings import load_settings
+
+    return cuda_device_count() or load_settings().tensor_parallel_cpu_ranks
+
+
 def parse_device_map(spec: str | None) -> str | dict[str, str]:
     """Validate a device_map choice; a single device becomes `{"": device}` so every module goes there."""
     text = (spec or "auto").strip().lower()
-    if text in STRATEGY_CHOICES:
+    if text in STRATEGY_CHOICES or text == TENSOR_PARALLEL:
         return text
     if not _SINGLE_DEVICE.match(text):
         raise PlacementError(

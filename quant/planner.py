@@ -23,7 +23,8 @@ from accelerate.utils import convert_file_size_to_int
 
 from .errors import PlacementError
 from .methods import METHODS, QuantMethod
-from .placement import DEVICE_MAP_CHOICES, STRATEGY_CHOICES as STRATEGIES, WeightBytes, cuda_device_count, parse_max_memory, plan_placement
+from .placement import (DEVICE_MAP_CHOICES, STRATEGY_CHOICES as STRATEGIES, TENSOR_PARALLEL, WeightBytes,
+                        cuda_device_count, parse_max_memory, plan_placement)
 from .source import ModelSource
 
 PLAN_HEADROOM = 0.10
@@ -266,16 +267,20 @@ def plan_mode(skeleton: torch.nn.Module, sizes: WeightBytes, device_map: str, bu
     load does (quant.loader.prepare)."""
     usable = {k: int(v * (1 - headroom)) for k, v in budgets.sizes.items()}
     text = (device_map or "auto").strip().lower()
-    if text in STRATEGIES and budgets.gpus:
-        placement = plan_placement(skeleton, text, usable, sizes)
-    else:
-        placement = {"": _single_device(text, budgets)}
-    from transformers.integrations.accelerate import compute_module_sizes
-
-    module_sizes, _ = compute_module_sizes(skeleton, sizes, only_modules=False)
     used: dict[str, int] = {}
-    for name, device in placement.items():
-        used[device_name(device)] = used.get(device_name(device), 0) + int(module_sizes[name])
+    if text == TENSOR_PARALLEL and len(budgets.gpus) >= 2:  # each GPU holds its slice of every layer
+        share = _tensor_parallel_bytes(skeleton, sizes, len(budgets.gpus))
+        used = {device_name(g): share for g in budgets.gpus}
+    else:
+        if text in STRATEGIES and budgets.gpus:
+            placement = plan_placement(skeleton, text, usable, sizes)
+        else:  # tensor_parallel without 2 GPUs: the CPU ranks' slices add up to the whole model in RAM
+            placement = {"": _single_device("cpu" if text == TENSOR_PARALLEL else text, budgets)}
+        from transformers.integrations.accelerate import compute_module_sizes
+
+        module_sizes, _ = compute_module_sizes(skeleton, sizes, only_modules=False)
+        for name, device in placement.items():
+            used[device_name(device)] = used.get(device_name(device), 0) + int(module_sizes[name])
     # one device: the weights fit or they do not (the load puts them all there)
     for device, n in list(used.items()):
         key = int(device) if device.isdigit() else device

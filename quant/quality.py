@@ -120,6 +120,7 @@ def _window_logprobs(loaded: LoadedModel, ids: torch.Tensor) -> torch.Tensor:
 def _check_causal(loaded: LoadedModel) -> None:
     if loaded.source.kind != "causal":
         raise QuantError("Next-token quality is measured on causal LMs only.")
+    loaded.refuse_tensor_parallel("The quality pass (next-token KL against the 16-bit reference)")
 
 
 def write_reference(loaded: LoadedModel, text: str, folder: str | Path, *, label: str = "bf16",

@@ -78,8 +78,8 @@ def tensor_bytes(tensor: torch.Tensor) -> int:
     Float8Tensor...) reports the shape and dtype of the weight it stands for (an int4 weight "is" bf16, 2 bytes a
     value), so its size is that of the tensors it is made of (`__tensor_flatten__`: packed data, scales, zeros)."""
     if is_traceable_wrapper_subclass(tensor):
-        names, _ = tensor.__tensor_flatten__()
-        return sum(tensor_bytes(getattr(tensor, name)) for name in names)
+        names, _ = tensor.__tensor_flatten__()  # a DTensor's local slice (its device mesh is not a tensor)
+        return sum(tensor_bytes(t) for t in (getattr(tensor, name) for name in names) if isinstance(t, torch.Tensor))
     return tensor.numel() * tensor.element_size() + sum(t.numel() * t.element_size() for t in _scales_beside(tensor))
 
 

@@ -130,6 +130,9 @@ class Settings:
     output_max_age_hours: int
     """QUANT_OUTPUT_MAX_AGE_HOURS: on a served app, visitors' quantized folders older than this are removed (0: kept;
     the default, except on a Hugging Face Space, where it is 24: a public Space's disk fills up otherwise)."""
+    tensor_parallel_cpu_ranks: int
+    """QUANT_TENSOR_PARALLEL_CPU_RANKS: on a machine without a GPU, the processes that device_map=tensor_parallel
+    shards a model over (gloo; default 0: not offered on the CPU). On GPUs it is one rank per GPU present."""
     kernel_cache: str
     """QUANT_KERNEL_CACHE: folder for compiled kernels (Inductor, Triton, gptqmodel's Marlin/ExLlama builds), kept
     across restarts. Default ~/.cache/quant-playground/kernels."""
@@ -157,6 +160,7 @@ def load_settings() -> Settings:
         compile_backend=os.environ.get("QUANT_COMPILE_BACKEND", "inductor").strip() or "inductor",
         output_max_age_hours=int_setting("QUANT_OUTPUT_MAX_AGE_HOURS", 24 if os.environ.get("SPACE_ID") else 0,
                                          minimum=0),
+        tensor_parallel_cpu_ranks=int_setting("QUANT_TENSOR_PARALLEL_CPU_RANKS", 0, minimum=0),
         kernel_cache=os.environ.get("QUANT_KERNEL_CACHE")
         or os.path.join(os.path.expanduser("~"), ".cache", "quant-playground", "kernels"),
     )

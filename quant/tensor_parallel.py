@@ -5,7 +5,13 @@ read in transformers/distributed/) only when `torch.distributed` is initialised 
 every rank must then run each forward pass in lockstep (the row-wise layers all-reduce). The app is one process
 serving Gradio, so it becomes rank 0 and starts ranks 1..N-1 as child processes; each child loads its shard and
 then loops: woken by rank 0 (a queue: an idle wait must not be a collective, which would time out), it receives
-the generation request by a broadcast and calls `model.generate` with it, so all ranks generate the same tokens. Rank 0 returns them (and streams them, a streamer runs on rank 0 only).
+the generation request by a broadcast and calls `model.generate` with it, so all ranks generate the same tokens. Rank 0
+returns them (and streams them, a streamer runs on rank 0 only).
+
+Every rank must make the same number of forward passes, or a collective waits for a rank that finished. So every rank
+seeds its sampler with the same seed per request (drawn from rank 0's generator: a seeded reply stays reproducible),
+and rank 0's own stopping criteria (a Stop button's event, which cannot be sent to another process) decide for all:
+each step, `_RankZeroStops` broadcasts rank 0's answer, one small collective a token.
 
 torch.distributed has one default process group per process, so a process holds at most one group at a time.
 """
@@ -23,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .errors import QuantError
 
@@ -31,8 +38,9 @@ BACKENDS = ("gloo", "nccl")
 (`torch._C._get_accelerator()`), so the backend must match it: nccl where CUDA is present, gloo otherwise."""
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_ONLY_RANK_0 = ("streamer",)
-"""Generation arguments that stay on rank 0: the others generate the same tokens and need no one to read them."""
+_ONLY_RANK_0 = ("streamer", "stopping_criteria")
+"""Generation arguments that stay on rank 0: the others generate the same tokens and need no one to read them; rank
+0's stopping criteria are answered for every rank by `_RankZeroStops`."""
 
 
 def default_backend() -> str:
@@ -49,22 +57,68 @@ def _init(rank: int, world_size: int, init_file: str, backend: str, timeout_s: f
                             device_id=torch.device("cuda", rank) if backend == "nccl" else None)
 
 
-def _load(model_path: str, world_size: int, dtype: str):
+@dataclass(frozen=True)
+class Checkpoint:
+    """What every rank loads: the same files, revision and rules as the app's own load (the token only travels to
+    the worker processes' memory, as it does to from_pretrained's)."""
+
+    location: str
+    dtype: str = "bfloat16"
+    revision: str | None = None
+    token: str | None = field(default=None, repr=False)
+    trust_remote_code: bool = False
+    attn_implementation: str | None = None
+
+
+def _load(checkpoint: Checkpoint, world_size: int):
     from transformers import AutoModelForCausalLM
     from transformers.distributed import DistributedConfig
 
     model = AutoModelForCausalLM.from_pretrained(
-        model_path, dtype=_DTYPES[dtype], distributed_config=DistributedConfig(tp_size=world_size))
+        checkpoint.location, dtype=_DTYPES[checkpoint.dtype], revision=checkpoint.revision, token=checkpoint.token,
+        trust_remote_code=checkpoint.trust_remote_code, distributed_config=DistributedConfig(tp_size=world_size),
+        **({"attn_implementation": checkpoint.attn_implementation} if checkpoint.attn_implementation else {}))
     return model.eval()
 
 
-def _run(model, request: dict) -> tuple[Any, str | None]:
-    """One generation on this rank: (output ids on the CPU, None) or (None, the error)."""
+class _RankZeroStops(StoppingCriteria):
+    """A stopping criterion on every rank that answers what rank 0's own criteria answer (None on the other ranks),
+    so that all ranks end `generate` at the same step."""
+
+    def __init__(self, criteria) -> None:
+        self.criteria = criteria
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+        import torch.distributed as dist
+
+        if self.criteria is not None:
+            done = self.criteria(input_ids, scores, **kwargs).to(torch.uint8)
+        else:
+            done = torch.zeros(input_ids.shape[0], dtype=torch.uint8, device=input_ids.device)
+        dist.broadcast(done, src=0)
+        return done.bool()
+
+
+def _digest(ids: torch.Tensor | None) -> str | None:
+    """A short fingerprint of a rank's output ids: the ranks compare them after every request."""
+    import hashlib
+
+    return None if ids is None else hashlib.sha1(ids.numpy().tobytes()).hexdigest()
+
+
+def _run(model, request: dict, criteria=None) -> tuple[Any, str | None]:
+    """One generation on this rank: (output ids on the CPU, None) or (None, the error). `criteria`: rank 0's own
+    stopping criteria, where the request says rank 0 decides when to stop."""
     try:
         kwargs = dict(request)
+        seed = kwargs.pop("_seed", None)
+        if kwargs.pop("_rank_zero_stops", False):
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_RankZeroStops(criteria)])
         for key in ("input_ids", "attention_mask"):
             if isinstance(kwargs.get(key), torch.Tensor):
                 kwargs[key] = kwargs[key].to(model.device)
+        if seed is not None:
+            torch.manual_seed(seed)
         with torch.inference_mode():
             out = model.generate(**kwargs)
         sequences = out.sequences if hasattr(out, "sequences") else out
@@ -90,8 +144,8 @@ def _wait_for_work(wake) -> bool:
                 return False
 
 
-def _worker(rank: int, world_size: int, init_file: str, backend: str, timeout_s: float, model_path: str,
-            dtype: str, threads: int, started, wake) -> None:
+def _worker(rank: int, world_size: int, init_file: str, backend: str, timeout_s: float, checkpoint: Checkpoint,
+            threads: int, started, wake) -> None:
     """A rank > 0: load the shard, then, each time rank 0 wakes it, generate what rank 0 broadcasts."""
     os.environ["LOCAL_RANK"] = str(rank)  # transformers binds the device from it (distributed/utils.py)
     if backend == "gloo":
@@ -105,7 +159,7 @@ def _worker(rank: int, world_size: int, init_file: str, backend: str, timeout_s:
     try:
         model, error = None, None
         try:
-            model = _load(model_path, world_size, dtype)
+            model = _load(checkpoint, world_size)
         except Exception:
             error = traceback.format_exc(limit=3)
         status = [None] * world_size
@@ -115,8 +169,8 @@ def _worker(rank: int, world_size: int, init_file: str, backend: str, timeout_s:
         while _wait_for_work(wake):
             box = [None]
             dist.broadcast_object_list(box, src=0)
-            _, error = _run(model, box[0])
-            dist.all_gather_object([None] * world_size, error)
+            out, error = _run(model, box[0])
+            dist.all_gather_object([None] * world_size, (error, _digest(out)))
     finally:
         dist.destroy_process_group()
 
@@ -161,8 +215,10 @@ class TensorParallelGroup:
         if limit and wanted > limit:
             raise QuantError(f"The prompt and new tokens need {wanted} positions; the model has {limit}.",
                              "Shorten the prompt or ask for fewer new tokens.")
+        criteria = kwargs.get("stopping_criteria")
         shared = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()
                   if k not in _ONLY_RANK_0}
+        shared["_rank_zero_stops"] = bool(criteria)
         try:
             pickle.dumps(shared)
         except Exception as exc:  # refused before any worker is woken
@@ -171,15 +227,21 @@ class TensorParallelGroup:
 
         with self._lock:
             self._check_alive()
+            # one seed for every rank, drawn from rank 0's generator (which a seeded reply has just seeded)
+            shared["_seed"] = int(torch.randint(0, 2**62, (1,)))
             for wake in self.wakes:
                 wake.put("go")
             dist.broadcast_object_list([shared], src=0)
-            out, error = _run(self.model, kwargs)
+            mine = {**shared, **{k: kwargs[k] for k in _ONLY_RANK_0 if k in kwargs and k != "stopping_criteria"}}
+            out, error = _run(self.model, mine, criteria)
             status = [None] * self.world_size
-            dist.all_gather_object(status, error)
-        errors = [f"rank {rank}: {e}" for rank, e in enumerate(status) if e]
+            dist.all_gather_object(status, (error, _digest(out)))
+        errors = [f"rank {rank}: {e}" for rank, (e, _) in enumerate(status) if e]
         if errors:
             raise QuantError(f"Generation failed ({'; '.join(errors)}).")
+        if len({digest for _, digest in status}) > 1:  # every rank must have made the same tokens, or the slices
+            raise QuantError("The tensor-parallel ranks generated different tokens; the reply is not used.",
+                             "Report this with the model and settings; load the model on one GPU meanwhile.")
         return out
 
     def close(self, timeout_s: float = 30.0) -> None:
@@ -211,9 +273,10 @@ class TensorParallelGroup:
             os.remove(self.init_file)
 
 
-def start_group(model_path: str, world_size: int, dtype: str = "bfloat16", backend: str | None = None,
+def start_group(checkpoint: Checkpoint | str, world_size: int, dtype: str = "bfloat16", backend: str | None = None,
                 timeout_s: float = 600.0) -> TensorParallelGroup:
-    """Load `model_path` sharded over `world_size` ranks (this process and world_size-1 children).
+    """Load `checkpoint` (or a folder, in `dtype`) sharded over `world_size` ranks (this process and world_size-1
+    children).
 
     `timeout_s` bounds the start and every collective (a worker that dies mid-load or mid-generation cannot hang
     the app forever); the workers wait for requests outside any collective, so an idle group lives on.
@@ -224,8 +287,10 @@ def start_group(model_path: str, world_size: int, dtype: str = "bfloat16", backe
     backend = backend or default_backend()
     if backend not in BACKENDS:
         raise QuantError(f"Unknown backend {backend!r}.", f"Use one of {', '.join(BACKENDS)}.")
-    if dtype not in _DTYPES:
-        raise QuantError(f"Tensor parallelism runs in {', '.join(_DTYPES)}, not {dtype!r}.")
+    if isinstance(checkpoint, str):
+        checkpoint = Checkpoint(checkpoint, dtype)
+    if checkpoint.dtype not in _DTYPES:
+        raise QuantError(f"Tensor parallelism runs in {', '.join(_DTYPES)}, not {checkpoint.dtype!r}.")
     if world_size < 2:
         raise QuantError("Tensor parallelism needs at least 2 ranks.")
     if backend == "nccl" and torch.cuda.device_count() < world_size:
@@ -241,7 +306,7 @@ def start_group(model_path: str, world_size: int, dtype: str = "bfloat16", backe
     started = [ctx.Event() for _ in range(1, world_size)]
     wakes = [ctx.Queue() for _ in range(1, world_size)]
     workers = [ctx.Process(target=_worker, daemon=True, name=f"quant-tp-rank{rank}",
-                           args=(rank, world_size, init_file, backend, timeout_s, model_path, dtype, threads,
+                           args=(rank, world_size, init_file, backend, timeout_s, checkpoint, threads,
                                  started[rank - 1], wakes[rank - 1]))
                for rank in range(1, world_size)]
     for p in workers:
@@ -265,7 +330,7 @@ def start_group(model_path: str, world_size: int, dtype: str = "bfloat16", backe
         raise QuantError(f"The tensor-parallel workers did not join ({exc}).") from None
     error = None
     try:
-        group.model = _load(model_path, world_size, dtype)
+        group.model = _load(checkpoint, world_size)
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
     status = [None] * world_size

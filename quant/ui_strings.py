@@ -33,7 +33,8 @@ EN = {
     "revision": "Revision", "token": "Hugging Face token (private or gated repos)",
     "token.placeholder": "used for this load only; never stored",
     "mode": "Mode", "placement": "Placement", "attention": "Attention implementation",
-    "device_map.info": "Which device each layer goes to: a strategy of accelerate, or one device (cpu, cuda:0)",
+    "device_map.info": "Which device each layer goes to: a strategy of accelerate, one device (cpu, cuda:0), or "
+                       "tensor_parallel (every layer sliced over all GPUs, 16/32-bit modes)",
     "max_memory.info": "Most memory each device may take (empty: what is free)",
     "plan.button": "Fits on your GPUs?",
     "plan.intro": "Before loading: where each mode's weights would go with this placement, from the config alone "
@@ -63,8 +64,9 @@ EN = {
     "placements.cost.tensor_parallel": "Every token crosses the GPUs twice per layer (all-reduce): {all_reduces} "
                                        "all-reduces a token over {layers} layers; every GPU works on every token.",
     "placements.title": "Placements for {mode} on these GPUs:",
-    "placements.loadable": "Load places the model on one GPU or splits it (device_map above); tensor parallelism "
-                           "is not a Load choice yet (quant.tensor_parallel runs it from Python).",
+    "placements.loadable": "Load places the model with the device_map above: one GPU (cuda:0), split (auto, "
+                           "balanced) or tensor parallel (tensor_parallel: generation only; perplexity and the "
+                           "quality pass need the model in one process).",
     "placements.refused.no_gpu": "no GPU here (name GPUs in max_memory, e.g. 0=80GiB, to plan for them)",
     "placements.refused.gpus": "needs at least 2 GPUs ({gpus} here)",
     "placements.refused.no_plan": "transformers has no tensor-parallel plan (tp_plan) for {architecture}",
@@ -184,7 +186,8 @@ KO = {
     "revision": "리비전", "token": "Hugging Face 토큰 (비공개·게이트 저장소)",
     "token.placeholder": "이번 로드에만 쓰이며 저장되지 않음",
     "mode": "모드", "placement": "장치 배치", "attention": "어텐션 구현",
-    "device_map.info": "각 레이어를 올릴 장치: accelerate의 전략 또는 단일 장치 (cpu, cuda:0)",
+    "device_map.info": "각 레이어를 올릴 장치: accelerate의 전략, 단일 장치 (cpu, cuda:0), 또는 tensor_parallel "
+                       "(모든 레이어를 모든 GPU에 나눔, 16/32비트 모드)",
     "max_memory.info": "장치별로 쓸 수 있는 최대 메모리 (비우면 남은 메모리)",
     "plan.button": "GPU에 들어갈까요?",
     "plan.intro": "로드하기 전에: 이 장치 배치에서 모드별 가중치가 어디에 놓일지를 설정 파일만으로 계산합니다 "
@@ -214,8 +217,9 @@ KO = {
     "placements.cost.tensor_parallel": "토큰마다 레이어당 두 번 GPU 사이를 오갑니다 (all-reduce): {layers}개 "
                                        "레이어에서 토큰당 {all_reduces}번. 모든 GPU가 모든 토큰에 일합니다.",
     "placements.title": "이 GPU들에서 {mode}의 배치 방법:",
-    "placements.loadable": "로드는 모델을 GPU 한 개에 올리거나 나눠 싣습니다 (위의 device_map). 텐서 병렬은 아직 "
-                           "로드 선택지가 아닙니다 (quant.tensor_parallel로 Python에서 실행합니다).",
+    "placements.loadable": "로드는 위의 device_map대로 모델을 싣습니다: GPU 한 개 (cuda:0), 나눠 싣기 (auto, "
+                           "balanced), 텐서 병렬 (tensor_parallel: 생성만 됩니다. 퍼플렉시티와 품질 측정은 모델이 "
+                           "한 프로세스에 있어야 합니다).",
     "placements.refused.no_gpu": "GPU가 없습니다 (계획하려면 max_memory에 GPU를 적으세요, 예: 0=80GiB)",
     "placements.refused.gpus": "GPU가 2개 이상 필요합니다 (여기에는 {gpus}개)",
     "placements.refused.no_plan": "transformers에 {architecture}의 텐서 병렬 계획(tp_plan)이 없습니다",

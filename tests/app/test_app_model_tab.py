@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from gradio_client import Client
+from gradio_client.exceptions import AppError
 
 from tests.conftest import LLAMA
 from tests.support.model_tab import load_args
@@ -68,3 +69,26 @@ def test_the_memory_plan_over_http(client):
     assert "- Split over GPUs (device_map): GPU 0 " in table and "(does not fit). One copy of the hidden state" in table
     assert ("- Tensor parallel: runs 16/32-bit weights only; transformers does not shard nf4's quantized weights"
             in table)
+
+
+def test_a_tensor_parallel_load_chats_and_a_refused_one_says_why(app_url, monkeypatch):
+    """device_map=tensor_parallel from the Model tab (2 CPU ranks on this machine): the report says where the slices
+    went, the Chat tab answers from the sharded model, and a mode it cannot shard is refused in the status line
+    while the app keeps serving. Unloading ends the worker process."""
+    import multiprocessing
+
+    monkeypatch.setenv("QUANT_TENSOR_PARALLEL_CPU_RANKS", "2")  # the app is served in this process
+    session = Client(app_url, verbose=False)
+    with pytest.raises(AppError, match="Tensor parallelism cannot load .* 16/32-bit weights only"):
+        session.predict(*load_args(LLAMA, "nf4", device_map="tensor_parallel"), api_name="/load_model")
+    status, report, dropdown, _loaded, _history = session.predict(
+        *load_args(LLAMA, "fp32", device_map="tensor_parallel"), api_name="/load_model")
+    assert "loaded" in status and "tensor parallel: 2 ranks (gloo) on cpu" in report
+    workers = [p for p in multiprocessing.active_children() if p.name.startswith("quant-tp-rank")]
+    assert len(workers) == 1
+    session.predict("Explain the with statement.", api_name="/chat_add_message")
+    final = session.predict("", 24, False, 0.7, 0.9, 50, 1.0, 0, "", api_name="/chat_respond")
+    text = final[-1]["content"][0]["text"] if isinstance(final[-1]["content"], list) else final[-1]["content"]
+    assert "tok/s" in text and len(text) > 40
+    status, *_ = session.predict(dropdown["value"], api_name="/unload_model")
+    assert "Unloaded" in status and not any(p.is_alive() for p in workers)

@@ -38,3 +38,39 @@ def test_tp_over_two_gpus_gives_one_gpus_greedy_tokens(monkeypatch):
         workers = list(group.workers)
         group.close()
     assert not any(p.is_alive() for p in workers)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_the_load_choice_tensor_parallel_chats_and_stops_on_two_gpus(monkeypatch):
+    """device_map=tensor_parallel through the registry (the Model tab's path): the report names both GPUs with a
+    slice each, greedy chat equals one GPU's, Stop ends both ranks at the same step (the next reply runs), and
+    unloading ends the worker."""
+    import threading
+
+    from quant.generation import GenerationSettings, stream_chat
+    from quant.loader import LoadRequest
+    from quant.registry import ModelRegistry
+
+    monkeypatch.setenv("NCCL_NVLS_ENABLE", "0")
+    monkeypatch.setenv("QUANT_FAST_GENERATION", "off")
+    registry = ModelRegistry(max_models=2)
+    history = [{"role": "user", "content": "What does the with statement do?"}]
+    greedy = GenerationSettings(max_new_tokens=24)
+    single = registry.load(LoadRequest(LLAMA, mode="fp32", device_map="cuda:1"))  # fp32: sums in any order agree
+    sharded = registry.load(LoadRequest(LLAMA, mode="fp32", device_map="tensor_parallel"))
+    try:
+        assert sharded.report.device_map == {"": "tensor parallel: 2 ranks (nccl) on cuda:0, cuda:1"}
+        assert set(sharded.report.bytes_by_device) == {"cuda:0", "cuda:1"}
+        want = list(stream_chat(single, history, settings=greedy))[-1].text
+        assert list(stream_chat(sharded, history, settings=greedy))[-1].text == want
+        stop = threading.Event()
+        chunks = []
+        for chunk in stream_chat(sharded, history, settings=GenerationSettings(max_new_tokens=200), stop=stop):
+            chunks.append(chunk)
+            stop.set()
+        assert chunks[-1].stats.new_tokens < 200
+        assert list(stream_chat(sharded, history, settings=greedy))[-1].text == want
+    finally:
+        workers = list(sharded.group.workers)
+        registry.unload_all()
+    assert not any(p.is_alive() for p in workers)

@@ -106,3 +106,17 @@ def test_the_plan_lists_the_chosen_modes_placements_in_text_markdown_and_json(ca
     assert "Every token crosses the GPUs twice per layer (all-reduce): 8 all-reduces" in plan["placements"][2]["describe"]
     assert main(["plan", "demo:tiny-llama-chat", "--max-memory", "0=80GiB,1=80GiB", "--modes", "bf16"]) == 0
     assert "Placements" not in capsys.readouterr().out  # only when asked for
+
+
+def test_the_memory_plan_for_device_map_tensor_parallel_puts_a_slice_on_each_gpu(llama_8b):
+    """The plan table for the Load choice device_map=tensor_parallel: each GPU holds the tensor-parallel share (the
+    same bytes as the placements list), not a whole layer range; with one GPU named it plans the whole model there
+    as a CPU-ranks machine does (the load itself refuses: at least 2 GPUs)."""
+    from quant.planner import plan_memory
+
+    plan = plan_memory(llama_8b, "tensor_parallel", "0=40GiB,1=40GiB", modes=["bf16"])
+    (bf16,) = plan.modes
+    _, _, tp = placement_choices(llama_8b, "bf16", "0=40GiB,1=40GiB")
+    assert bf16.on("0") == bf16.on("1") == tp.per_gpu[0] and bf16.verdict == "gpu"
+    small = plan_memory(llama_8b, "tensor_parallel", "0=7GiB,1=7GiB", modes=["bf16"]).modes[0]
+    assert small.verdict == "no"  # 7.5 GiB slices over 7 GiB GPUs (less headroom): does not fit
