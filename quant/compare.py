@@ -21,13 +21,14 @@ from transformers import TextIteratorStreamer
 
 from .access import LocalFolders
 from .batching import CONTINUOUS, PADDED, ContinuousUnavailable, EngineChoice, choose_engine, measure_continuous
-from .errors import QuantError
+from .errors import PlacementError, QuantError
 from .generation import GenerationSettings, cache_tokens, end_stream_when_failed, generate_batch, start_generate
 from .gptq import builtin_textsets
 from .loader import LoadedModel, LoadRequest
 from .metrics import perplexity
 from .quality import THRESHOLDS_TEXT, VERDICT_THRESHOLDS, Reference, measure_quality, verdict, write_reference
 from .methods import METHODS, Mode, QuantOptions, modes_that_run_here, parse_mode
+from .placement import TENSOR_PARALLEL
 from .registry import ModelRegistry
 from .report import process_rss
 
@@ -338,6 +339,11 @@ def compare(model: str, specs: list[ModeSpec], *, registry: ModelRegistry, promp
         eval_text = builtin_textsets()["python-reference-heldout"].read_text(encoding="utf-8")
     if not 1 <= batch_size <= 256 or not 1 <= new_tokens <= 2048:
         raise QuantError("Batch size must be 1-256 and new tokens 1-2048.")
+    if (device_map or "").strip().lower() == TENSOR_PARALLEL:
+        raise PlacementError("Compare measures perplexity and next-token quality, which need each mode in one process; "
+                             "tensor parallelism runs 16/32-bit modes only and generation only.",
+                             "Compare on one GPU or split over GPUs (device_map auto), then load the chosen mode "
+                             "with tensor_parallel.")
 
     def request_of(spec: ModeSpec) -> LoadRequest:
         return LoadRequest(model=spec.model, mode=spec.mode, options=spec.options, device_map=device_map,

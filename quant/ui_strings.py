@@ -15,6 +15,7 @@ that 배치 alone never means both; "batch size" keeps the usual ML term 배치 
 
 from .attention import BETTERTRANSFORMER_NOTE
 from .methods import GPTQ_BACKENDS, Mode
+from .methods.bitsandbytes import BNB4_KERNELS
 from .methods.torchao import FP8_ACTIVATION, TORCHAO_GROUP_SIZE
 
 _NEW_OPTIONS = (TORCHAO_GROUP_SIZE, FP8_ACTIVATION)
@@ -83,6 +84,8 @@ EN = {
     "option.int8_cpu_offload": "fp32 CPU offload for modules placed on the CPU",
     "option.bnb4_double_quant": "Double quantization", "option.bnb4_compute_dtype": "Compute dtype",
     "option.bnb4_quant_storage": "Quant storage",
+    "option.bnb4_kernel": "4-bit decode kernel (GPU)",
+    **{f"option.bnb4_kernel.{k}": f"{k}: {v}" for k, v in BNB4_KERNELS.items()},
     "option.gptq_backend": "GPTQ kernel",
     "option.gptq_backend.auto": "automatic: int4pack for 4-bit with group size 32-256, else torch",
     **{f"option.gptq_backend.{k}": f"{k}: {v}" for k, v in GPTQ_BACKENDS.items()},
@@ -252,6 +255,9 @@ KO = {
     "option.int8_threshold": "LLM.int8 이상치 임계값", "option.int8_cpu_offload": "CPU에 놓인 모듈은 fp32로 CPU 오프로드",
     "option.bnb4_double_quant": "이중 양자화", "option.bnb4_compute_dtype": "연산 dtype",
     "option.bnb4_quant_storage": "양자화 저장 dtype",
+    "option.bnb4_kernel": "4비트 디코딩 커널 (GPU)",
+    "option.bnb4_kernel.bitsandbytes": "bitsandbytes: bitsandbytes 자체 커널: CPU와 GPU",
+    "option.bnb4_kernel.triton": "triton: 같은 4비트 가중치에 대한 quant의 Triton 디코딩 커널 (1-8행): GPU",
     "option.gptq_backend": "GPTQ 커널",
     "option.gptq_backend.auto": "자동: 그룹 크기 32-256의 4비트는 int4pack, 그 외에는 torch",
     "option.gptq_backend.gptq_torch": "gptq_torch: PyTorch 커널: CPU와 GPU, 빌드 없음; GPU에서 컴파일된 빠른 경로",

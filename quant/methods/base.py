@@ -33,6 +33,8 @@ class QuantOptions:
     bnb4_double_quant: bool = True
     bnb4_compute_dtype: str = "bf16"
     bnb4_quant_storage: str = "uint8"
+    bnb4_kernel: str = "bitsandbytes"
+    """4-bit layers' batch-1 kernel on a GPU: "bitsandbytes" (its own) or "triton" (quant.gemv4bit, same weights)."""
     gptq_backend: str | None = None
     """None picks the default for the checkpoint (see GPTQMethod.default_backend)."""
     torchao_group_size: str = "128"

@@ -87,3 +87,21 @@ def test_awq_int4pack_gives_the_torch_kernels_tokens(gpu_awq_llama_dir, kernel_c
         _, got, _ = greedy_ids(repacked, prompts)
         for row, (want, have) in enumerate(zip(expected, got)):
             assert_same_up_to_noise(reference, encoded, row, want, have)
+
+
+@pytest.mark.parametrize("mode", ["nf4", "fp4"])
+def test_the_triton_4bit_kernel_gives_bitsandbytes_tokens_eager_and_compiled(mode, kernel_cache):
+    """bnb4_kernel=triton (quant.gemv4bit): every 4-bit layer converted, the same weights as bitsandbytes' own kernel
+    (greedy tokens equal up to near ties, eager against eager), and its compiled decode loop against its eager path."""
+    common = dict(model=LLAMA, mode=mode, device_map="cuda:0")
+    reference = load(LoadRequest(**common), fast=False)
+    request = LoadRequest(**common, options=QuantOptions(bnb4_kernel="triton"))
+    triton = load(request, fast=False)
+    assert triton.report.linear_layers.get("Gemv4bitLinear") == 28 and triton.report.quantization["backend"] == "triton"
+    for prompts in ([PROMPTS[0]], PROMPTS):
+        encoded, expected, _ = greedy_ids(reference, prompts)
+        _, got, _ = greedy_ids(triton, prompts)
+        for row, (want, have) in enumerate(zip(expected, got)):
+            assert_same_up_to_noise(reference, encoded, row, want, have)
+    triton.path.close()
+    check_against_eager(request)

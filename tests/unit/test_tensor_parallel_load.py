@@ -136,3 +136,14 @@ def test_unload_ends_the_worker_and_a_new_group_can_start(models):
     assert again.model.dtype == torch.bfloat16 and reply(again)
     registry.unload(again.key)
     assert not dist.is_initialized()
+
+
+def test_compare_with_tensor_parallel_is_refused_with_what_to_do_instead():
+    from quant.compare import ModeSpec, compare
+    from quant.methods import Mode, QuantOptions
+
+    registry = ModelRegistry(max_models=1)
+    with pytest.raises(PlacementError, match="perplexity and next-token quality") as refused:
+        list(compare(LLAMA, [ModeSpec("bf16", Mode.BF16, LLAMA, QuantOptions())], registry=registry,
+                     device_map="tensor_parallel"))
+    assert "device_map auto" in refused.value.hint and registry.loaded() == []

@@ -1,0 +1,51 @@
+"""quant.gemv4bit, the Triton batch-1 kernel for bitsandbytes 4-bit weights, run on the CPU by Triton's interpreter
+(TRITON_INTERPRET=1, in a process of its own: tests/support/gemv4bit_checks.py): the kernel's sums equal bitsandbytes'
+own dequantized weight times the input (nf4 and fp4, with and without double quantization, chunks of 256, 128 and 64
+columns, 1-8 rows); a converted layer stays a Linear4bit with its weight untouched, uses the kernel up to MAX_ROWS
+rows and bitsandbytes beyond; torch.compile traces it; a layer the kernel cannot read stays as it was, with the
+reason; a CPU load asking for it is refused. On a GPU: tests/gpu/test_gpu_methods.py (compiled with it vs eager)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("bitsandbytes")
+pytest.importorskip("triton")
+
+ROOT = Path(__file__).resolve().parents[2]
+CHECKS = ["kernel nf4-nested-512x1", "kernel nf4-plain-896x3", "kernel fp4-nested-192x8", "kernel nf4-nested-320x2",
+          "converted layer", "compile traces"]
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, str]:
+    run = subprocess.run([sys.executable, "-m", "tests.support.gemv4bit_checks"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("check", CHECKS)
+def test_in_the_interpreter(results, check):
+    assert results[check] == "ok", results[check]
+
+
+def test_every_check_is_run_here(results):
+    assert sorted(results) == sorted(CHECKS)
+
+
+def test_a_cpu_load_asking_for_the_kernel_is_refused_with_what_to_do():
+    from quant.errors import UnsupportedModeError
+    from quant.loader import LoadRequest, prepare
+    from quant.methods import QuantOptions
+    from tests.conftest import LLAMA
+
+    with pytest.raises(UnsupportedModeError, match="runs on a CUDA GPU") as refused:
+        prepare(LoadRequest(LLAMA, mode="nf4", device_map="cpu", options=QuantOptions(bnb4_kernel="triton")))
+    assert "bitsandbytes kernel" in refused.value.hint
