@@ -3,7 +3,11 @@ row: its gemv), quant.gemv4bit's production kernel (autotuned), bf16 `F.linear` 
 the Triton kernel to find where its time goes: tile rows (BLOCK_N), columns per step (BLOCK_K), split-K (SPLIT_K
 programs per row block, summed with atomics), the 16-entry table read by a gather from global memory or by a select
 tree in registers (LUT), and the input read as even/odd columns or contiguously and the codes interleaved (X).
-Each: microseconds (CUDA events, `triton.testing.do_bench`) and the weight bytes per second (packed codes + absmax).
+Each: microseconds and the weight bytes per second (packed codes + absmax), timed by replaying the calls captured in a
+CUDA graph (`triton.testing.do_bench_cudagraph`, --timing graph, the default): inside the compiled decode step the
+kernels run from a graph, so Python's launch cost (tens of microseconds for a Triton kernel through its autotuner) is
+not theirs. `--timing events` times plain calls (`do_bench`), launch cost included: the first run (2026-12-01) timed
+that way, and its Triton rows were launch-bound.
 Every variant's result is checked against bitsandbytes' dequantized weight first (a wrong one is listed as such).
 
     python bench/gemv4bit_kernels.py --out bench/results            # on a GPU
@@ -101,14 +105,15 @@ def main() -> None:
     import bitsandbytes as bnb
     import bitsandbytes.functional as F
     import triton
-    from triton.testing import do_bench
+    from triton.testing import do_bench, do_bench_cudagraph
 
     from quant.gemv4bit import dequantized_absmax
 
     parser = bench_parser(__doc__, out=REQUIRED, tag="")
+    parser.add_argument("--timing", choices=("graph", "events"), default="graph")
     args = parser.parse_args()
     kernel = variant_kernel()
-    data = {"shapes": {}}
+    data = {"timing": args.timing, "shapes": {}}
     for name, (n, k) in SHAPES_8B.items():
         torch.manual_seed(0)
         weight = torch.randn(n, k, dtype=torch.bfloat16, device="cuda") * 0.02
@@ -123,7 +128,7 @@ def main() -> None:
         def timed(label, fn, bytes_read=weight_bytes):
             got = fn().float().reshape(1, n)
             error = float((got - want).norm() / want.norm())
-            us = do_bench(fn, warmup=10, rep=50) * 1000
+            us = (do_bench_cudagraph(fn, rep=50) if args.timing == "graph" else do_bench(fn, warmup=10, rep=50)) * 1000
             rows[label] = {"us": us, "GB/s": bytes_read / us / 1e3, "error": error}
 
         timed("bitsandbytes gemv (matmul_4bit, 1 row)",
@@ -159,10 +164,14 @@ def main() -> None:
 
 
 def markdown(data: dict) -> str:
-    lines = [f"# 4-bit batch-1 kernels alone, Llama-3 8B projection shapes ({data['gpu']})", "",
+    lines = [f"# 4-bit batch-1 kernels alone, Llama-3 8B projection shapes ({data['machine']['gpu']})", "",
              "nf4 weights (block 64, double quantization), one bf16 input row. GB/s: bytes of the weight as each "
              "kernel reads it per call / time (bf16: 2 bytes a weight; the Triton kernels: packed codes + float32 "
-             "absmax). Error: relative to bitsandbytes' dequantized weight (float32).", ""]
+             "absmax). Error: relative to bitsandbytes' dequantized weight (float32; bf16's is its own weight, not the "
+             "4-bit one). Timing: " + ("calls replayed from a CUDA graph." if data.get("timing") == "graph" else
+                                       "plain calls (CUDA events around each, Python's launch cost included: a "
+                                       "Triton kernel launched through its autotuner pays tens of microseconds "
+                                       "that a CUDA graph does not)."), ""]
     for name, shape in data["shapes"].items():
         rows = shape["rows"]
         ok = {label: r for label, r in rows.items() if "us" in r}

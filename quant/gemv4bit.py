@@ -13,9 +13,14 @@ code * x per block in float32 and scales each block's sum by its absmax; nothing
 weight (and saves, and serializes) exactly as bitsandbytes made it. More rows than `MAX_ROWS` (a prefill, a large
 batch) go to bitsandbytes' own path, which dequantizes the weight and multiplies with cuBLAS.
 
-The kernel is Triton (`triton.autotune` over a few tile sizes per weight shape, tuned at the first call: the compiled
-path's warm-up step, before the CUDA graph is captured), behind a torch custom op (`quant::gemv_4bit`) so that
-torch.compile traces around it.
+The kernel is Triton (`triton.autotune` over a few tile sizes per weight shape, tuned at the first call: the load's
+check of each converted layer), behind a torch custom op (`quant::gemv_4bit`) so that torch.compile traces around it.
+
+Measured (H200, 8B shape, bench/results/methods-bench-8b-cuda-nf4-triton.md): correct (GPU tests pass, eager and
+compiled) but slower than bitsandbytes' kernel, 116.8 against 193.8 tok/s compiled: experimental, not the default.
+The autotuner timed its configurations with plain calls, which Python's launch cost dominates for kernels this short
+(bench/results/gemv4bit-kernels-8b.md), so its choice is close to arbitrary; the next step is the graph-timed sweep
+(`bench/gemv4bit_kernels.py --timing graph`) and a tile chosen from it.
 """
 
 from __future__ import annotations

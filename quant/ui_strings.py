@@ -257,7 +257,8 @@ KO = {
     "option.bnb4_quant_storage": "양자화 저장 dtype",
     "option.bnb4_kernel": "4비트 디코딩 커널 (GPU)",
     "option.bnb4_kernel.bitsandbytes": "bitsandbytes: bitsandbytes 자체 커널: CPU와 GPU",
-    "option.bnb4_kernel.triton": "triton: 같은 4비트 가중치에 대한 quant의 Triton 디코딩 커널 (1-8행): GPU",
+    "option.bnb4_kernel.triton": "triton: 같은 4비트 가중치에 대한 quant의 Triton 디코딩 커널 (1-8행): GPU; 실험 단계, "
+                                 "아직 더 느림 (H200, 8B에서 0.6배)",
     "option.gptq_backend": "GPTQ 커널",
     "option.gptq_backend.auto": "자동: 그룹 크기 32-256의 4비트는 int4pack, 그 외에는 torch",
     "option.gptq_backend.gptq_torch": "gptq_torch: PyTorch 커널: CPU와 GPU, 빌드 없음; GPU에서 컴파일된 빠른 경로",

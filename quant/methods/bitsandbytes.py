@@ -18,7 +18,8 @@ BNB4_COMPUTE_DTYPE = Option("bnb4_compute_dtype", "--compute-dtype", "choice", "
 BNB4_QUANT_STORAGE = Option("bnb4_quant_storage", "--quant-storage", "choice", "Quant storage",
                             tuple((name, name) for name in QUANT_STORAGE))
 BNB4_KERNELS = {"bitsandbytes": "bitsandbytes' own kernels: CPU and GPU",
-                "triton": "quant's Triton kernel for decode (1-8 rows) on the same 4-bit weights: GPU"}
+                "triton": "quant's Triton kernel for decode (1-8 rows) on the same 4-bit weights: GPU; experimental, "
+                          "slower so far (0.6x at 8B on an H200)"}
 BNB4_KERNEL = Option("bnb4_kernel", "--bnb4-kernel", "choice", "4-bit decode kernel (GPU)",
                      tuple(BNB4_KERNELS.items()))
 
