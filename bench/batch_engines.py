@@ -67,7 +67,9 @@ def ragged_prompts(tokenizer, count: int, shortest: int, longest: int, seed: int
 def run_engine(loaded, prompts: list[str], settings: GenerationSettings, batch_size: int, engine: str) -> dict:
     """One job on `engine` through run_batch: its rates, times, peak GPU memory and replies. `engine` is "padded",
     "continuous", "continuous+graphs" (the continuous engine with QUANT_CONTINUOUS_STEP=graphs) or "padded+compiled"
-    (padded batches with QUANT_COMPILE_BATCH_ON_DEMAND=1: the job's batch size on the compiled static-batch loop)."""
+    (padded batches with QUANT_COMPILE_BATCH_ON_DEMAND=1: the job's batch size on the compiled static-batch loop) or
+    "padded+padded-prefill" (padded batches prefilled over the whole padded batch, QUANT_BATCH_PREFILL=padded: what
+    quant.ragged's grouped prefill, the default, saves)."""
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.synchronize()
@@ -76,7 +78,8 @@ def run_engine(loaded, prompts: list[str], settings: GenerationSettings, batch_s
     started = time.perf_counter()
     first_reply = last = None
     with environment({"QUANT_CONTINUOUS_STEP": "graphs" if step == "graphs" else "library",
-                      "QUANT_COMPILE_BATCH_ON_DEMAND": "1" if engine == COMPILED_PADDED else None}):
+                      "QUANT_COMPILE_BATCH_ON_DEMAND": "1" if engine == COMPILED_PADDED else None,
+                      "QUANT_BATCH_PREFILL": "padded" if step == "padded-prefill" else None}):
         for last in run_batch(loaded, list(enumerate(prompts, 1)), settings, batch_size=batch_size, engine=name):
             if first_reply is None and last.done:
                 first_reply = time.perf_counter() - started
@@ -188,7 +191,8 @@ def main() -> None:
     parser.add_argument("--max-prompt-tokens", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=128, help="most prompts generating at once (1-256)")
     parser.add_argument("--engines", default="continuous,padded",
-                        help="padded, continuous, continuous+graphs (QUANT_CONTINUOUS_STEP=graphs), padded+compiled "
+                        help="padded, padded+padded-prefill (QUANT_BATCH_PREFILL=padded), continuous, "
+                             "continuous+graphs (QUANT_CONTINUOUS_STEP=graphs), padded+compiled "
                              "(QUANT_COMPILE_BATCH_ON_DEMAND=1: the batch size compiled before its job, timed; run "
                              "after the other engines, which would otherwise run on the compiled size too)")
     parser.add_argument("--compiled-batch-sizes", default=os.environ.get("QUANT_COMPILED_BATCH_SIZES", "1"),

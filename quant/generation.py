@@ -20,7 +20,9 @@ from transformers import BatchEncoding, StoppingCriteria, StoppingCriteriaList, 
 from transformers.generation.streamers import BaseStreamer
 
 from .errors import QuantError
+from . import ragged
 from .loader import LoadedModel, model_context_length
+from .settings import load_settings
 
 log = logging.getLogger(__name__)
 
@@ -149,22 +151,27 @@ def cache_tokens(loaded: LoadedModel, prompt_tokens: int, new_tokens: int) -> in
 
 
 def start_generate(loaded: LoadedModel, kwargs: dict, *, batch_size: int, total_tokens: int,
-                   seed: GenerationSettings | None = None) -> tuple[Future, bool]:
+                   seed: GenerationSettings | None = None,
+                   prepare_eager: Callable[[dict], dict] | None = None) -> tuple[Future, bool]:
     """Run `model.generate(**kwargs)` on the model's generation path; returns its future and whether it is compiled.
 
     The compiled path runs it on the compiled runner thread with a warmed static cache when `batch_size` is one of the
     compiled sizes and prompt + reply (`total_tokens`, see `cache_tokens`) fit; anything else runs eagerly on a thread
-    of its own.
+    of its own. `prepare_eager(kwargs) -> kwargs`: run first on the generating thread, on the eager path only.
     """
     compiled_batch = loaded.path.compiled_batch_size(batch_size, total_tokens)
     if compiled_batch is not None and compiled_batch != batch_size:
         raise GenerationError(f"Internal: a batch of {batch_size} must be padded to {compiled_batch} first.")
+    if compiled_batch is not None:
+        prepare_eager = None
 
     def generate(**call_kwargs):
         check_token_ids(loaded, call_kwargs.get("input_ids"))
         seeded = seed is not None and _seed(seed)  # on the generating thread, right before it samples
         try:
             with torch.inference_mode():
+                if prepare_eager is not None:  # e.g. a ragged batch's grouped prefill (quant.ragged)
+                    call_kwargs = prepare_eager(call_kwargs)
                 return loaded.generate(**call_kwargs)
         finally:
             if seeded:
@@ -557,10 +564,22 @@ def generate_batch(loaded: LoadedModel, prompts: list[str], settings: Generation
     streamer = None
     if on_reply is not None:
         streamer = _RowsDone(len(texts), stop_ids, lambda row, ids: on_reply(row, *_reply(tokenizer, ids, stop_ids)))
+    grouped = None
+    if (causal and load_settings().batch_prefill == "grouped" and ragged.refusal(loaded) is None
+            and ragged.worth_it(encoded["attention_mask"])):
+        def grouped(kwargs: dict) -> dict:  # noqa: E306 - on the generating thread, eager path only
+            try:
+                cache, _ = ragged.prefill_in_groups(loaded.model, kwargs["input_ids"], kwargs["attention_mask"])
+            except Exception:  # noqa: BLE001 - the batch is prefilled whole instead, as before
+                log.warning("Prefilling a batch in groups failed on %s; prefilling it whole.", loaded.label,
+                               exc_info=True)
+                return kwargs
+            return {**kwargs, "past_key_values": cache}
     future, _ = start_generate(loaded, dict(**encoded.to(loaded.device), eos_token_id=stop_token_ids(loaded),
                                          pad_token_id=tokenizer.pad_token_id, stopping_criteria=criteria,
                                          streamer=streamer, **settings.generate_kwargs()),
-                            batch_size=encoded["input_ids"].shape[0], total_tokens=compiled_total, seed=settings)
+                            batch_size=encoded["input_ids"].shape[0], total_tokens=compiled_total, seed=settings,
+                            prepare_eager=grouped)
     out = future.result()[:len(texts)]
     new = out[:, encoded["input_ids"].shape[1]:] if causal else out[:, 1:]
     return [_reply(tokenizer, row, stop_ids) for row in new.tolist()]

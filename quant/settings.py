@@ -42,6 +42,7 @@ def _int_list_setting(name: str, default: str) -> tuple[int, ...]:
 
 
 BATCH_ENGINES = ("auto", "continuous", "padded")
+BATCH_PREFILLS = ("grouped", "padded")
 CONTINUOUS_STEPS = ("library", "graphs")
 
 
@@ -130,6 +131,10 @@ class Settings:
     output_max_age_hours: int
     """QUANT_OUTPUT_MAX_AGE_HOURS: on a served app, visitors' quantized folders older than this are removed (0: kept;
     the default, except on a Hugging Face Space, where it is 24: a public Space's disk fills up otherwise)."""
+    batch_prefill: str
+    """QUANT_BATCH_PREFILL: how a padded batch of ragged prompts is prefilled on the eager path: "grouped" (default:
+    in groups of similar length, without computing the padding, quant.ragged) or "padded" (one forward over the batch
+    padded to its longest prompt: for measuring)."""
     tensor_parallel_cpu_ranks: int
     """QUANT_TENSOR_PARALLEL_CPU_RANKS: on a machine without a GPU, the processes that device_map=tensor_parallel
     shards a model over (gloo; default 0: not offered on the CPU). On GPUs it is one rank per GPU present."""
@@ -160,6 +165,7 @@ def load_settings() -> Settings:
         compile_backend=os.environ.get("QUANT_COMPILE_BACKEND", "inductor").strip() or "inductor",
         output_max_age_hours=int_setting("QUANT_OUTPUT_MAX_AGE_HOURS", 24 if os.environ.get("SPACE_ID") else 0,
                                          minimum=0),
+        batch_prefill=_choice_setting("QUANT_BATCH_PREFILL", BATCH_PREFILLS),
         tensor_parallel_cpu_ranks=int_setting("QUANT_TENSOR_PARALLEL_CPU_RANKS", 0, minimum=0),
         kernel_cache=os.environ.get("QUANT_KERNEL_CACHE")
         or os.path.join(os.path.expanduser("~"), ".cache", "quant-playground", "kernels"),

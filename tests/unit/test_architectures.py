@@ -389,3 +389,36 @@ def test_every_family_is_compared_in_every_cpu_mode(family, families):
         assert all(r.answers[0].strip() and r.perplexity and r.kl_mean is not None and r.verdict for r in results)
         assert by_mode["bf16"].kl_mean == 0 or by_mode["bf16"].reference == "bf16"
     assert registry.loaded() == []  # each mode was released before the next loaded
+
+
+RAGGED_PROMPTS = ["x", "def add(a, b):\n    return a + b\n" * 3, "The with statement", "import os\nimport sys\n" * 4]
+
+
+@pytest.mark.parametrize("family", CAUSAL)
+def test_every_causal_family_prefills_a_ragged_batch_in_groups_with_the_whole_batchs_replies(family, families,
+                                                                                             monkeypatch):
+    """quant.ragged on each family's real layout (learned positions in GPT-2 and OPT, rotary elsewhere, MoE): a ragged
+    padded batch prefilled in groups gives the replies of the batch prefilled whole; a family whose cache is not one
+    of full-attention layers (Gemma 2/3's sliding layers, Phi-3-mini's window of 2,047) says why and is prefilled
+    whole."""
+    from quant import ragged
+
+    monkeypatch.setenv("QUANT_FAST_GENERATION", "off")
+    monkeypatch.setattr(ragged, "GROUP_TOKENS", 40)  # several groups from these four prompts
+    loaded = load_model(LoadRequest(str(families[family]), mode="fp32"))
+    settings = GenerationSettings(max_new_tokens=NEW_TOKENS)
+    starts = []
+    hook = loaded.model.register_forward_pre_hook(
+        lambda module, args, kwargs: starts.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    monkeypatch.setenv("QUANT_BATCH_PREFILL", "padded")
+    whole = generate_batch(loaded, RAGGED_PROMPTS, settings)
+    padded_width, starts[:] = starts[0][1], []
+    monkeypatch.setenv("QUANT_BATCH_PREFILL", "grouped")
+    grouped = generate_batch(loaded, RAGGED_PROMPTS, settings)
+    hook.remove()
+    assert grouped == whole
+    refusal = ragged.refusal(loaded)
+    if family in ("gemma2", "gemma3", "phi3"):
+        assert "sliding-window or hybrid" in refusal and starts[0] == (4, padded_width)
+    else:
+        assert refusal is None and starts[0][0] < 4  # the first group, not the whole batch
