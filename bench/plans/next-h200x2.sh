@@ -6,7 +6,10 @@
 # at 8B, the API's first words, the torchao Compare timing, start-up at 8B, chat during batch, segments on one GPU;
 # on two H200s only tests/gpu/test_gpu_segments.py (one split passed; the embedding-alone split failed its capture,
 # now refused before compiling: the new test checks that).
-# With only one GPU lent: run the lane-0 steps alone (the two-GPU steps skip themselves or fail at once).
+# With only one GPU lent: run next-h200.sh instead. Sixth session (2026-12-01, one H200): the on-demand batch, GemLite,
+# nf4's profile and Triton kernel, GPTQ under a 10 GiB cap ran (bench/plans/2026-12-01c-h200.sh, -d-h200.sh); the
+# steps below that they covered are gone, next-h200.sh's are added. New since: the Load choice
+# device_map=tensor_parallel (tests/gpu/test_gpu_tensor_parallel.py's second test runs it on two GPUs).
 source "$(dirname "$0")/lanes.sh"
 out=$R/results
 mkdir -p $out
@@ -20,18 +23,13 @@ both() {  # a step on both GPUs, logged like a lane's
 both "timeout 420 $PYTEST tests/gpu/test_gpu_segments.py tests/gpu/test_gpu_tensor_parallel.py" step1
 both "timeout 600 python3 bench/multi_gpu.py --decode-paths --shapes 8b --modes bf16 --work /tmp/bench0 --out $out" step2
 both "timeout 420 python3 bench/tp_bench.py --shape 8b --new-tokens 256 --work /tmp/bench0 --out $out" step3
-# Issue 26 on GPU 0: the on-demand compiled batch (its GPU test, then padded eager / compiled on demand / continuous at
-# the goal's workload), then issue 27's first GemLite measurement (HQQ 4-bit on gemlite's Triton kernel vs tinygemm); issue 29 on GPU 1: GPTQ of the 8B shape on a GPU capped below its size; issue 27: nf4's start-up
-# and whether the kernel cache serves other weights of the same shape on the GPU; what bounds nf4 at 1.06x bf16 (its
-# compiled step's kernels, profiled).
+# Lane 0: next-h200.sh's timed steps (issue 26's grouped prefill at 8B, issue 27's kernels alone and nf4 start-up).
 lane 0 \
   "timeout 300 $PYTEST tests/gpu/test_gpu_batching.py" \
-  "timeout 900 python3 bench/batch_engines.py --shape 8b --modes bf16,gptq --engines padded,continuous --compile-on-demand --prompts 128 --new-tokens 128 --batch-size 128 --work /tmp/bench0 --out $out --tag=-on-demand" \
-  "timeout 600 python3 bench/methods_bench.py --shapes 8b --modes 'bf16,hqq,hqq[hqq_backend=hqq_gemlite]' --work /tmp/bench0 --out $out --tag=-gemlite" &
+  "timeout 600 python3 bench/gemv4bit_kernels.py --out $out" \
+  "timeout 900 python3 bench/batch_engines.py --shape 8b --modes bf16,nf4,gptq --engines padded+padded-prefill,padded --prompts 128 --new-tokens 128 --batch-size 128 --work /tmp/bench0 --out $out --tag=-grouped-prefill" &
 lane 1 \
-  "python3 bench/quantize_time.py --method gptq --shape 8b --samples 16 --seq-len 256 --gpu-memory-cap 10 --work /tmp/bench1 --out $out" \
-  "python3 bench/startup.py --shape 8b --modes nf4 --warm-starts 1 --other-weights --device-map cuda:0 --work /tmp/bench1 --out $out --tag=-other-weights" \
-  "python3 bench/generate_overhead.py --model /tmp/bench1/llama-8b --mode nf4 --device-map cuda:0 --paths compiled --profile --out $out --tag=-nf4-8b" &
+  "python3 bench/startup.py --shape 8b --modes nf4 --warm-starts 1 --other-weights --device-map cuda:0 --work /tmp/bench1 --out $out --tag=-other-weights" &
 wait
 # Issue 29's 70B-class shape (Llama-3.1-70B widths, 40 layers, 72.7 GB): one GPU vs split over both, against its floor.
 both "timeout 1200 python3 bench/multi_gpu.py --decode-paths --shapes 70b-40layers --modes bf16 --new-tokens 32 --work /tmp/bench0 --out $out --tag=-70b" step4

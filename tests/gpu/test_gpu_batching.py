@@ -58,3 +58,24 @@ def test_a_batch_job_compiles_its_batch_size_on_demand_on_the_gpu(kernel_cache, 
     assert_compiled_rows_match(eager, fast, RAGGED)
     fast.path.close()
 
+
+
+def test_a_ragged_chunk_prefilled_in_groups_gives_the_whole_prefills_replies_on_the_gpu(monkeypatch):
+    """quant.ragged on the GPU (eager path, fp32: no 16-bit near ties): a ragged padded chunk prefilled in groups of
+    similar length gives the replies of the same chunk prefilled whole, without a forward over the padded chunk."""
+    from quant import ragged
+    from quant.generation import generate_batch
+
+    monkeypatch.setattr(ragged, "GROUP_TOKENS", 200)  # several groups
+    loaded = load(LoadRequest(model=LLAMA, mode="fp32", device_map="cuda:0"), fast=False)
+    shapes = []
+    hook = loaded.model.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    prompts = RAGGED * 2
+    monkeypatch.setenv("QUANT_BATCH_PREFILL", "padded")
+    whole = generate_batch(loaded, prompts, GREEDY)
+    width, shapes[:] = shapes[0][1], []
+    monkeypatch.setenv("QUANT_BATCH_PREFILL", "grouped")
+    grouped = generate_batch(loaded, prompts, GREEDY)
+    hook.remove()
+    assert grouped == whole and shapes[0][0] < len(prompts) and all(s != (len(prompts), width) for s in shapes)
