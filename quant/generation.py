@@ -19,8 +19,8 @@ import torch
 from transformers import BatchEncoding, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 from transformers.generation.streamers import BaseStreamer
 
-from .errors import QuantError
 from . import ragged
+from .errors import QuantError
 from .loader import LoadedModel, model_context_length
 from .settings import load_settings
 
@@ -530,6 +530,25 @@ def _reply(tokenizer, row: list[int], stop_ids: set[int]) -> tuple[str, int]:
     return tokenizer.decode(row[:count], skip_special_tokens=True), count
 
 
+def _grouped_prefill(loaded: LoadedModel, attention_mask: torch.Tensor) -> Callable[[dict], dict] | None:
+    """quant.ragged's prefill in groups for a padded batch with this mask, where it applies (QUANT_BATCH_PREFILL=grouped,
+    a model whose cache allows it, padding worth skipping): a `prepare_eager` for start_generate, or None."""
+    if (load_settings().batch_prefill != "grouped" or ragged.refusal(loaded) is not None
+            or not ragged.worth_it(attention_mask)):
+        return None
+
+    def prefill(kwargs: dict) -> dict:
+        try:
+            cache, _ = ragged.prefill_in_groups(loaded.model, kwargs["input_ids"], kwargs["attention_mask"])
+        except Exception:  # noqa: BLE001 - the batch is prefilled whole instead, as before
+            log.warning("Prefilling a batch in groups failed on %s; prefilling it whole.", loaded.label,
+                        exc_info=True)
+            return kwargs
+        return {**kwargs, "past_key_values": cache}
+
+    return prefill
+
+
 def generate_batch(loaded: LoadedModel, prompts: list[str], settings: GenerationSettings, *,
                    use_chat_template: bool = False, system_prompt: str | None = None,
                    stop: threading.Event | None = None,
@@ -564,17 +583,7 @@ def generate_batch(loaded: LoadedModel, prompts: list[str], settings: Generation
     streamer = None
     if on_reply is not None:
         streamer = _RowsDone(len(texts), stop_ids, lambda row, ids: on_reply(row, *_reply(tokenizer, ids, stop_ids)))
-    grouped = None
-    if (causal and load_settings().batch_prefill == "grouped" and ragged.refusal(loaded) is None
-            and ragged.worth_it(encoded["attention_mask"])):
-        def grouped(kwargs: dict) -> dict:  # noqa: E306 - on the generating thread, eager path only
-            try:
-                cache, _ = ragged.prefill_in_groups(loaded.model, kwargs["input_ids"], kwargs["attention_mask"])
-            except Exception:  # noqa: BLE001 - the batch is prefilled whole instead, as before
-                log.warning("Prefilling a batch in groups failed on %s; prefilling it whole.", loaded.label,
-                               exc_info=True)
-                return kwargs
-            return {**kwargs, "past_key_values": cache}
+    grouped = _grouped_prefill(loaded, encoded["attention_mask"]) if causal else None
     future, _ = start_generate(loaded, dict(**encoded.to(loaded.device), eos_token_id=stop_token_ids(loaded),
                                          pad_token_id=tokenizer.pad_token_id, stopping_criteria=criteria,
                                          streamer=streamer, **settings.generate_kwargs()),

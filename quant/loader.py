@@ -221,9 +221,11 @@ def _refuse_tensor_parallel(source: ModelSource, method: QuantMethod, max_memory
     refusal = tensor_parallel_refusal(source, method, ranks)
     if refusal:
         reason, args = refusal
-        hint = ("On a machine without a GPU, QUANT_TENSOR_PARALLEL_CPU_RANKS=2 shards over CPU processes."
-                if reason == "gpus" and not torch.cuda.is_available() else
-                "Pick bf16 or fp16, or split the model over GPUs (device_map auto).")
+        hints = {"gpus": ("On a machine without a GPU, QUANT_TENSOR_PARALLEL_CPU_RANKS=2 shards over CPU processes."
+                          if not torch.cuda.is_available() else "Load it on one GPU (cuda:0) or with auto."),
+                 "quantized": "Pick bf16 or fp16, or split the model over GPUs (device_map auto).",
+                 "not_yet": "Pick bf16 or fp16, or split the model over GPUs (device_map auto)."}
+        hint = hints.get(reason, "Split the model over GPUs instead (device_map auto).")
         raise PlacementError(f"Tensor parallelism cannot load {source.ref} in {method.name}: "
                              + EN[f"placements.refused.{reason}"].format(**args) + ".", hint)
 

@@ -11,7 +11,7 @@ from quant.batching import CONTINUOUS, GPU_PADDED_FASTER, PADDED, EngineChoice, 
 from quant.generation import GenerationSettings
 from quant.loader import LoadRequest
 from tests.conftest import LLAMA
-from tests.support.batching import RAGGED, assert_continuous_matches_one_by_one
+from tests.support.batching import RAGGED, assert_continuous_matches_one_by_one, recorded_forwards
 from tests.support.fastpath import assert_compiled_rows_match, load
 from tests.support.gpu_memory import free_per_process_caches
 
@@ -68,14 +68,12 @@ def test_a_ragged_chunk_prefilled_in_groups_gives_the_whole_prefills_replies_on_
 
     monkeypatch.setattr(ragged, "GROUP_TOKENS", 200)  # several groups
     loaded = load(LoadRequest(model=LLAMA, mode="fp32", device_map="cuda:0"), fast=False)
-    shapes = []
-    hook = loaded.model.register_forward_pre_hook(
-        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
     prompts = RAGGED * 2
     monkeypatch.setenv("QUANT_BATCH_PREFILL", "padded")
-    whole = generate_batch(loaded, prompts, GREEDY)
-    width, shapes[:] = shapes[0][1], []
+    with recorded_forwards(loaded.model) as shapes:
+        whole = generate_batch(loaded, prompts, GREEDY)
+    width = shapes[0][1]
     monkeypatch.setenv("QUANT_BATCH_PREFILL", "grouped")
-    grouped = generate_batch(loaded, prompts, GREEDY)
-    hook.remove()
+    with recorded_forwards(loaded.model) as shapes:
+        grouped = generate_batch(loaded, prompts, GREEDY)
     assert grouped == whole and shapes[0][0] < len(prompts) and all(s != (len(prompts), width) for s in shapes)

@@ -4,6 +4,8 @@ numerical noise: the CPU tests (tests/unit/test_batching.py) and the GPU ones (t
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
+from typing import Iterator
 
 from quant.batching import encode_prompts, stream_continuous
 from quant.generation import GenerationSettings
@@ -39,3 +41,16 @@ def assert_continuous_matches_one_by_one(loaded, prompts: list[str], *, concurre
         assert_same_up_to_noise(loaded, encoded, 0, want, have)
         equal += want == have
     return equal
+
+
+@contextmanager
+def recorded_forwards(model) -> Iterator[list[tuple[int, int]]]:
+    """The (rows, positions) of every forward `model` runs inside the block: how a batch was prefilled (quant.ragged's
+    groups, or one forward over the padded batch) and then decoded (one position a step)."""
+    shapes: list[tuple[int, int]] = []
+    hook = model.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    try:
+        yield shapes
+    finally:
+        hook.remove()

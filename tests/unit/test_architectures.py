@@ -402,20 +402,19 @@ def test_every_causal_family_prefills_a_ragged_batch_in_groups_with_the_whole_ba
     of full-attention layers (Gemma 2/3's sliding layers, Phi-3-mini's window of 2,047) says why and is prefilled
     whole."""
     from quant import ragged
+    from tests.support.batching import recorded_forwards
 
     monkeypatch.setenv("QUANT_FAST_GENERATION", "off")
     monkeypatch.setattr(ragged, "GROUP_TOKENS", 40)  # several groups from these four prompts
     loaded = load_model(LoadRequest(str(families[family]), mode="fp32"))
     settings = GenerationSettings(max_new_tokens=NEW_TOKENS)
-    starts = []
-    hook = loaded.model.register_forward_pre_hook(
-        lambda module, args, kwargs: starts.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
     monkeypatch.setenv("QUANT_BATCH_PREFILL", "padded")
-    whole = generate_batch(loaded, RAGGED_PROMPTS, settings)
-    padded_width, starts[:] = starts[0][1], []
+    with recorded_forwards(loaded.model) as starts:
+        whole = generate_batch(loaded, RAGGED_PROMPTS, settings)
+    padded_width = starts[0][1]
     monkeypatch.setenv("QUANT_BATCH_PREFILL", "grouped")
-    grouped = generate_batch(loaded, RAGGED_PROMPTS, settings)
-    hook.remove()
+    with recorded_forwards(loaded.model) as starts:
+        grouped = generate_batch(loaded, RAGGED_PROMPTS, settings)
     assert grouped == whole
     refusal = ragged.refusal(loaded)
     if family in ("gemma2", "gemma3", "phi3"):

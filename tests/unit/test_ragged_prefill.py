@@ -13,6 +13,7 @@ from quant import ragged
 from quant.generation import GenerationSettings, generate_batch
 from quant.loader import LoadRequest
 from tests.conftest import LLAMA
+from tests.support.batching import recorded_forwards
 
 GREEDY = GenerationSettings(max_new_tokens=24)
 RAGGED = ["x", "def add(a, b):\n    return a + b\n" * 6, "import os", "The with statement " * 20,
@@ -37,13 +38,8 @@ def fp32():
 def forwards(loaded, prompts, monkeypatch, prefill: str) -> tuple[list, list[tuple[int, int]]]:
     """The batch's replies and the (rows, positions) of every forward the model ran for it."""
     monkeypatch.setenv("QUANT_BATCH_PREFILL", prefill)
-    shapes = []
-    hook = loaded.model.register_forward_pre_hook(
-        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
-    try:
+    with recorded_forwards(loaded.model) as shapes:
         return generate_batch(loaded, prompts, GREEDY), shapes
-    finally:
-        hook.remove()
 
 
 def test_grouped_prefill_gives_the_padded_batchs_replies_without_its_padded_forward(fp32, monkeypatch):
