@@ -19,8 +19,9 @@ check of each converted layer), behind a torch custom op (`quant::gemv_4bit`) so
 Measured (H200, 8B shape, bench/results/methods-bench-8b-cuda-nf4-triton.md): correct (GPU tests pass, eager and
 compiled) but slower than bitsandbytes' kernel, 116.8 against 193.8 tok/s compiled: experimental, not the default.
 The autotuner timed its configurations with plain calls, which Python's launch cost dominates for kernels this short
-(bench/results/gemv4bit-kernels-8b.md), so its choice is close to arbitrary; the next step is the graph-timed sweep
-(`bench/gemv4bit_kernels.py --timing graph`) and a tile chosen from it.
+(bench/results/gemv4bit-kernels-8b.md), so its choice was close to arbitrary: it now times each tile from a CUDA graph
+(not yet measured on a GPU; `bench/plans/next-h200.sh` runs it, and the graph-timed sweep of
+`bench/gemv4bit_kernels.py`).
 """
 
 from __future__ import annotations
@@ -56,10 +57,17 @@ def _triton_kernel():
     import triton
     import triton.language as tl
 
+    from triton.testing import do_bench_cudagraph
+
     configs = [triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s)
                for n, w in ((8, 2), (16, 4), (32, 4), (16, 2), (64, 8)) for s in (2, 4)]
 
-    @triton.autotune(configs=configs, key=["N", "K"])
+    def graph_timed(kernel_call, quantiles):
+        """Each tile timed from a CUDA graph, as the compiled decode step runs it: timed as plain calls, Python's
+        launch cost (tens of microseconds) hid the kernels' own time and the first GPU run's choice was arbitrary."""
+        return do_bench_cudagraph(kernel_call, rep=20, quantiles=quantiles)
+
+    @triton.autotune(configs=configs, key=["N", "K"], do_bench=graph_timed)
     @triton.jit
     def gemv_4bit_kernel(x_ptr, packed_ptr, absmax_ptr, code_ptr, out_ptr, N, K, stride_xm, stride_om,
                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, QBLOCK: tl.constexpr):

@@ -5,8 +5,9 @@
 # About 20 minutes. Lane 0 (timed, alone on the GPU after lane 0t's tests):
 #  - issue 26: the grouped prefill of ragged chunks (quant.ragged, now the default) against the whole padded prefill
 #    at the goal's workload, bf16/nf4/GPTQ, one run;
-#  - issue 27: the 4-bit kernels alone timed from CUDA graphs (the first run was launch-bound), to pick quant.gemv4bit's
-#    tile; nf4's start-up and whether the kernel cache serves other weights of the same shape.
+#  - issue 27: the 4-bit kernels alone timed from CUDA graphs (the first run was launch-bound), then nf4 on
+#    quant.gemv4bit end to end now that its autotuner times tiles from CUDA graphs (0.60x bitsandbytes before); nf4's
+#    start-up and whether the kernel cache serves other weights of the same shape.
 # Lane 0t (same GPU, first): the batching GPU tests (the on-demand test's fix and the grouped prefill's new test).
 source "$(dirname "$0")/lanes.sh"
 out=$R/results
@@ -15,6 +16,7 @@ PYTEST="python3 -m pytest -v -n 0 -p no:cacheprovider --tb=short -rfE -o faultha
 lane 0t "timeout 300 $PYTEST tests/gpu/test_gpu_batching.py" &
 lane 0 \
   "timeout 600 python3 bench/gemv4bit_kernels.py --out $out" \
+  "timeout 420 python3 bench/methods_bench.py --shapes 8b --modes 'bf16,nf4,nf4[bnb4_kernel=triton]' --work /tmp/bench0 --out $out --tag=-nf4-triton-graphtuned" \
   "timeout 900 python3 bench/batch_engines.py --shape 8b --modes bf16,nf4,gptq --engines padded+padded-prefill,padded --prompts 128 --new-tokens 128 --batch-size 128 --work /tmp/bench0 --out $out --tag=-grouped-prefill" \
   "timeout 600 python3 bench/startup.py --shape 8b --modes nf4 --warm-starts 1 --other-weights --device-map cuda:0 --work /tmp/bench0 --out $out --tag=-other-weights" &
 wait

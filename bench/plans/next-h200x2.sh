@@ -27,6 +27,7 @@ both "timeout 420 python3 bench/tp_bench.py --shape 8b --new-tokens 256 --work /
 lane 0 \
   "timeout 300 $PYTEST tests/gpu/test_gpu_batching.py" \
   "timeout 600 python3 bench/gemv4bit_kernels.py --out $out" \
+  "timeout 420 python3 bench/methods_bench.py --shapes 8b --modes 'bf16,nf4,nf4[bnb4_kernel=triton]' --work /tmp/bench0 --out $out --tag=-nf4-triton-graphtuned" \
   "timeout 900 python3 bench/batch_engines.py --shape 8b --modes bf16,nf4,gptq --engines padded+padded-prefill,padded --prompts 128 --new-tokens 128 --batch-size 128 --work /tmp/bench0 --out $out --tag=-grouped-prefill" &
 lane 1 \
   "python3 bench/startup.py --shape 8b --modes nf4 --warm-starts 1 --other-weights --device-map cuda:0 --work /tmp/bench1 --out $out --tag=-other-weights" &
