@@ -108,8 +108,10 @@ def wait_reply_longer_than(page, chars: int, timeout: float = SLOW) -> int:
 def set_number(scope, label: str, value) -> None:
     """Type into a slider's number box (as a user does) and leave the box, so the slider takes the value.
 
-    A box inside a just-opened accordion can be reset to its initial value while it mounts, wiping what was typed:
-    like a user, look whether the slider took the value and type it again if not (counted in SEEN["retyped"]).
+    A box inside a just-opened accordion can be reset to its initial value while it mounts, wiping what was typed, and
+    on a loaded machine (CI, with the other test worker busy) that reset came after the slider had shown the value: a
+    2,000-token request went out with the initial 256. Like a user, look whether the slider took the value and still
+    holds it a moment later, and type it again if not (counted in SEEN["retyped"]).
     """
     box = scope.get_by_label(f"number input for {label}", exact=True)
     slider = scope.get_by_label(f"range slider for {label}", exact=True)
@@ -118,6 +120,8 @@ def set_number(scope, label: str, value) -> None:
         box.press("Tab")
         try:
             expect(slider).to_have_value(str(value), timeout=2_000)
+            scope.page.wait_for_timeout(500)  # a late reset of the mounting accordion shows within this
+            expect(slider).to_have_value(str(value), timeout=1)
         except AssertionError:
             SEEN.setdefault("retyped", []).append(label)
             continue
