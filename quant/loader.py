@@ -221,11 +221,13 @@ def _refuse_tensor_parallel(source: ModelSource, method: QuantMethod, max_memory
     refusal = tensor_parallel_refusal(source, method, ranks)
     if refusal:
         reason, args = refusal
-        hints = {"gpus": ("On a machine without a GPU, QUANT_TENSOR_PARALLEL_CPU_RANKS=2 shards over CPU processes."
-                          if not torch.cuda.is_available() else "Load it on one GPU (cuda:0) or with auto."),
-                 "quantized": "Pick bf16 or fp16, or split the model over GPUs (device_map auto).",
-                 "not_yet": "Pick bf16 or fp16, or split the model over GPUs (device_map auto)."}
-        hint = hints.get(reason, "Split the model over GPUs instead (device_map auto).")
+        if reason == "gpus":
+            hint = ("On a machine without a GPU, QUANT_TENSOR_PARALLEL_CPU_RANKS=2 shards over CPU processes."
+                    if not torch.cuda.is_available() else "Load it on one GPU (cuda:0) or with auto.")
+        elif reason in ("quantized", "not_yet"):  # the mode, not the model
+            hint = "Pick bf16 or fp16, or split the model over GPUs (device_map auto)."
+        else:
+            hint = "Split the model over GPUs instead (device_map auto)."
         raise PlacementError(f"Tensor parallelism cannot load {source.ref} in {method.name}: "
                              + EN[f"placements.refused.{reason}"].format(**args) + ".", hint)
 
@@ -370,10 +372,8 @@ def _load_tensor_parallel(request: LoadRequest, source: ModelSource, kwargs: dic
         model = group.model
         shard = memory_footprint(model)  # a DTensor counts its local slice: rank 0's share
         rank_devices = [f"cuda:{rank}" for rank in range(ranks)] if group.backend == "nccl" else ["cpu"] * ranks
-        held: dict[str, int] = {}
-        for device in rank_devices:
-            held[device] = held.get(device, 0) + shard
-        devices = ", ".join(dict.fromkeys(rank_devices))
+        held = {device: shard * rank_devices.count(device) for device in rank_devices}
+        devices = ", ".join(held)
         warnings.append(f"Tensor parallel over {ranks} ranks ({group.backend}) on {devices}: every layer is sliced "
                         f"over them, {shard / 2**20:,.1f} MiB on each rank. Generation runs on every rank, eagerly "
                         "(no compiled decode); perplexity and the quality pass need the model in one process.")

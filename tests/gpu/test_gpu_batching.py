@@ -11,7 +11,7 @@ from quant.batching import CONTINUOUS, GPU_PADDED_FASTER, PADDED, EngineChoice, 
 from quant.generation import GenerationSettings
 from quant.loader import LoadRequest
 from tests.conftest import LLAMA
-from tests.support.batching import RAGGED, assert_continuous_matches_one_by_one, recorded_forwards
+from tests.support.batching import RAGGED, assert_continuous_matches_one_by_one, prefilled_both_ways
 from tests.support.fastpath import assert_compiled_rows_match, load
 from tests.support.gpu_memory import free_per_process_caches
 
@@ -64,16 +64,10 @@ def test_a_ragged_chunk_prefilled_in_groups_gives_the_whole_prefills_replies_on_
     """quant.ragged on the GPU (eager path, fp32: no 16-bit near ties): a ragged padded chunk prefilled in groups of
     similar length gives the replies of the same chunk prefilled whole, without a forward over the padded chunk."""
     from quant import ragged
-    from quant.generation import generate_batch
 
     monkeypatch.setattr(ragged, "GROUP_TOKENS", 200)  # several groups
     loaded = load(LoadRequest(model=LLAMA, mode="fp32", device_map="cuda:0"), fast=False)
     prompts = RAGGED * 2
-    monkeypatch.setenv("QUANT_BATCH_PREFILL", "padded")
-    with recorded_forwards(loaded.model) as shapes:
-        whole = generate_batch(loaded, prompts, GREEDY)
-    width = shapes[0][1]
-    monkeypatch.setenv("QUANT_BATCH_PREFILL", "grouped")
-    with recorded_forwards(loaded.model) as shapes:
-        grouped = generate_batch(loaded, prompts, GREEDY)
+    (whole, whole_shapes), (grouped, shapes) = prefilled_both_ways(loaded, prompts, GREEDY, monkeypatch)
+    width = whole_shapes[0][1]
     assert grouped == whole and shapes[0][0] < len(prompts) and all(s != (len(prompts), width) for s in shapes)

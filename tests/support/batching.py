@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from quant.batching import encode_prompts, stream_continuous
-from quant.generation import GenerationSettings
+from quant.generation import GenerationSettings, generate_batch
 from tests.conftest import CALIBRATION_TEXT
 from tests.support.fastpath import assert_same_up_to_noise, greedy_ids
 
@@ -54,3 +54,14 @@ def recorded_forwards(model) -> Iterator[list[tuple[int, int]]]:
         yield shapes
     finally:
         hook.remove()
+
+
+def prefilled_both_ways(loaded, prompts: list[str], settings: GenerationSettings, monkeypatch):
+    """One padded batch generated twice: prefilled whole (QUANT_BATCH_PREFILL=padded), then in groups (grouped).
+    Returns ((replies, forward shapes) whole, (replies, forward shapes) grouped), shapes as `recorded_forwards`."""
+    runs = []
+    for prefill in ("padded", "grouped"):
+        monkeypatch.setenv("QUANT_BATCH_PREFILL", prefill)
+        with recorded_forwards(loaded.model) as shapes:
+            runs.append((generate_batch(loaded, prompts, settings), shapes))
+    return tuple(runs)

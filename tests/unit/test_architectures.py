@@ -402,19 +402,14 @@ def test_every_causal_family_prefills_a_ragged_batch_in_groups_with_the_whole_ba
     of full-attention layers (Gemma 2/3's sliding layers, Phi-3-mini's window of 2,047) says why and is prefilled
     whole."""
     from quant import ragged
-    from tests.support.batching import recorded_forwards
+    from tests.support.batching import prefilled_both_ways
 
     monkeypatch.setenv("QUANT_FAST_GENERATION", "off")
     monkeypatch.setattr(ragged, "GROUP_TOKENS", 40)  # several groups from these four prompts
     loaded = load_model(LoadRequest(str(families[family]), mode="fp32"))
     settings = GenerationSettings(max_new_tokens=NEW_TOKENS)
-    monkeypatch.setenv("QUANT_BATCH_PREFILL", "padded")
-    with recorded_forwards(loaded.model) as starts:
-        whole = generate_batch(loaded, RAGGED_PROMPTS, settings)
-    padded_width = starts[0][1]
-    monkeypatch.setenv("QUANT_BATCH_PREFILL", "grouped")
-    with recorded_forwards(loaded.model) as starts:
-        grouped = generate_batch(loaded, RAGGED_PROMPTS, settings)
+    (whole, whole_starts), (grouped, starts) = prefilled_both_ways(loaded, RAGGED_PROMPTS, settings, monkeypatch)
+    padded_width = whole_starts[0][1]
     assert grouped == whole
     refusal = ragged.refusal(loaded)
     if family in ("gemma2", "gemma3", "phi3"):

@@ -13,7 +13,7 @@ from quant import ragged
 from quant.generation import GenerationSettings, generate_batch
 from quant.loader import LoadRequest
 from tests.conftest import LLAMA
-from tests.support.batching import recorded_forwards
+from tests.support.batching import prefilled_both_ways, recorded_forwards
 
 GREEDY = GenerationSettings(max_new_tokens=24)
 RAGGED = ["x", "def add(a, b):\n    return a + b\n" * 6, "import os", "The with statement " * 20,
@@ -35,17 +35,9 @@ def fp32():
         QUANT_FAST_GENERATION=previous)
 
 
-def forwards(loaded, prompts, monkeypatch, prefill: str) -> tuple[list, list[tuple[int, int]]]:
-    """The batch's replies and the (rows, positions) of every forward the model ran for it."""
-    monkeypatch.setenv("QUANT_BATCH_PREFILL", prefill)
-    with recorded_forwards(loaded.model) as shapes:
-        return generate_batch(loaded, prompts, GREEDY), shapes
-
-
 def test_grouped_prefill_gives_the_padded_batchs_replies_without_its_padded_forward(fp32, monkeypatch):
     monkeypatch.setattr(ragged, "GROUP_TOKENS", 200)  # several groups from these six prompts
-    padded, padded_shapes = forwards(fp32, RAGGED, monkeypatch, "padded")
-    grouped, grouped_shapes = forwards(fp32, RAGGED, monkeypatch, "grouped")
+    (padded, padded_shapes), (grouped, grouped_shapes) = prefilled_both_ways(fp32, RAGGED, GREEDY, monkeypatch)
     width = padded_shapes[0][1]  # the padded batch's first forward: all rows, every position
     assert padded_shapes[0] == (len(RAGGED), width) and width > 80
     assert grouped == padded and sum(count > 1 for _, count in grouped) >= 4  # (a reply may end at once)
@@ -59,7 +51,9 @@ def test_grouped_prefill_gives_the_padded_batchs_replies_without_its_padded_forw
 
 def test_a_batch_with_little_padding_is_prefilled_whole(fp32, monkeypatch):
     alike = ["def add(a, b):", "def sub(a, b):", "def mul(a, b):"]
-    replies, shapes = forwards(fp32, alike, monkeypatch, "grouped")
+    monkeypatch.setenv("QUANT_BATCH_PREFILL", "grouped")
+    with recorded_forwards(fp32.model) as shapes:
+        replies = generate_batch(fp32, alike, GREEDY)
     assert shapes[0][0] == len(alike) and shapes[0][1] > 1 and replies
 
 
