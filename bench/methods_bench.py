@@ -61,6 +61,9 @@ GOALS = (
     ("hqq", {}, 2.0),
     ("awq", {}, 2.5),
 )
+PATHS = {"eager": ("off", "layers"), "compiled": ("all", "layers"), "compiled-model": ("all", "model")}
+"""--paths: (QUANT_FAST_GENERATION, QUANT_COMPILE_REGIONS). "compiled" is the app's default (the decoder layer
+compiled once for all layers), "compiled-model" the whole forward in one graph, to measure one against the other."""
 FOOTPRINT_GOAL = 0.03
 """Footprint within 3% of the theoretical bytes."""
 
@@ -175,7 +178,8 @@ def bench_shape(shape: str, args, bandwidth: float | None, modes: list[BenchMode
     prompt = prompts_from_text(1, args.prompt_words)
     rows = result["modes"]
     for path in args.paths.split(","):
-        os.environ["QUANT_FAST_GENERATION"] = {"eager": "off", "compiled": "all"}[path]
+        os.environ["QUANT_FAST_GENERATION"] = PATHS[path][0]
+        os.environ["QUANT_COMPILE_REGIONS"] = PATHS[path][1]
         registry = ModelRegistry(max_models=1)
         # --quality: the Compare tab's default measurement, next-token quality on the built-in held-out text included
         row_started = time.perf_counter()
@@ -211,6 +215,7 @@ def bench_shape(shape: str, args, bandwidth: float | None, modes: list[BenchMode
             (args.out / f"{args.stem}.partial.json").write_text(json.dumps(summary, indent=1))  # survives a timeout
             row_started = time.perf_counter()
     os.environ.pop("QUANT_FAST_GENERATION", None)
+    os.environ.pop("QUANT_COMPILE_REGIONS", None)
     bf16 = {r["path"]: r["decode_tokens_per_s"] for r in rows if r["method"] == "bf16" and not r["error"]
             and not r["options"]}
     for r in rows:
@@ -276,7 +281,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench"), help="checkpoints (built once, kept)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--device-map", default="cuda:0" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--paths", default="compiled", help="generation paths to measure: compiled,eager")
+    parser.add_argument("--paths", default="compiled", help=f"generation paths to measure, of {', '.join(PATHS)}")
     parser.add_argument("--compile-backend", default="inductor", help="QUANT_COMPILE_BACKEND (eager: trace only)")
     parser.add_argument("--cache-tokens", default="512", help="QUANT_STATIC_CACHE_TOKENS (batch 1 uses the longest)")
     parser.add_argument("--new-tokens", type=int, default=128)
@@ -292,6 +297,9 @@ def main() -> None:
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
     modes = parse_modes(args.modes)  # refuses an unknown mode or option before anything is built
+    unknown = set(args.paths.split(",")) - set(PATHS)
+    if unknown:
+        parser.error(f"--paths: {', '.join(sorted(unknown))} not one of {', '.join(PATHS)}")
     override = json.loads(args.inductor_options) if args.inductor_options is not None else None
     if override is not None:
         for method in METHODS.values():  # this process only: the app's loader asks the method

@@ -41,6 +41,12 @@ def child(model: str, mode: str, device_map: str, new_tokens: int) -> None:
     def since() -> float:
         return time.time() - launched
 
+    import torch  # noqa: F401 - timed on its own: most of an import is torch's
+
+    torch_imported = since()
+    import transformers  # noqa: F401
+
+    transformers_imported = since()
     from quant.generation import GenerationSettings, stream_chat
     from quant.loader import LoadRequest
     from quant.registry import ModelRegistry
@@ -54,13 +60,14 @@ def child(model: str, mode: str, device_map: str, new_tokens: int) -> None:
                              settings=GenerationSettings(max_new_tokens=new_tokens)):
         if first is None and reply.stats.new_tokens:
             first = since()
-    print(json.dumps({"import_s": imported, "load_done_s": load_done, "first_token_s": first,
+    print(json.dumps({"torch_import_s": torch_imported, "transformers_import_s": transformers_imported,
+                      "import_s": imported, "load_done_s": load_done, "first_token_s": first,
                       "load_seconds": loaded.report.load_seconds, "compile_seconds": loaded.report.compile_seconds,
                       "path": reply.stats.path if reply else None, "generation": loaded.report.generation_path}))
 
 
-def start(model: str, mode: str, device_map: str, cache: Path, new_tokens: int) -> dict:
-    env = {**os.environ, "QUANT_KERNEL_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+def start(model: str, mode: str, device_map: str, cache: Path, new_tokens: int, regions: str) -> dict:
+    env = {**os.environ, "QUANT_KERNEL_CACHE": str(cache), "PYTHONPATH": str(ROOT), "QUANT_COMPILE_REGIONS": regions}
     for inherited in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):  # the cache must be this run's folder alone
         env.pop(inherited, None)
     env["STARTUP_BENCH_LAUNCHED"] = repr(time.time())
@@ -83,6 +90,9 @@ def main() -> None:
     parser.add_argument("--warm-starts", type=int, default=2, help="starts after the cold one, on its cache")
     parser.add_argument("--other-weights", action="store_true",
                         help="then start the same shape with other weights on that cache")
+    parser.add_argument("--compile-regions", default="layers",
+                        help="QUANT_COMPILE_REGIONS to start with, comma-separated (layers,model: both, each with its "
+                             "own cold cache)")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # a model: run as one start (a child process)
     parser.add_argument("--child-mode", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -102,19 +112,17 @@ def main() -> None:
                  if args.other_weights else None)
     rows = []
     for mode in args.modes.split(","):
-        cache = args.work / f"startup-kcache-{name}-{mode}"
-        shutil.rmtree(cache, ignore_errors=True)
-        cache.mkdir(parents=True)
-        for index in range(1 + args.warm_starts):
-            row = {"mode": mode, "start": "cold" if index == 0 else f"warm {index}",
-                   **start(model, mode, args.device_map, cache, args.new_tokens)}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-        if other:
-            row = {"mode": mode, "start": "other weights, same shape (warm cache)",
-                   **start(other, mode, args.device_map, cache, args.new_tokens)}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+        for regions in args.compile_regions.split(","):
+            cache = args.work / f"startup-kcache-{name}-{mode}-{regions}"
+            shutil.rmtree(cache, ignore_errors=True)
+            cache.mkdir(parents=True)
+            starts = ["cold", *(f"warm {index}" for index in range(1, 1 + args.warm_starts))]
+            for label in starts + (["other weights, same shape (warm cache)"] if other else []):
+                row = {"mode": mode, "regions": regions, "start": label,
+                       **start(other if label.startswith("other") else model, mode, args.device_map, cache,
+                               args.new_tokens, regions)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     data = {"model": model, "name": name, "device_map": args.device_map, "new_tokens": args.new_tokens,
             "goals": GOALS if name == "8b" else None, "command": "python " + " ".join(sys.argv), "rows": rows}
     write_results(args.out, result_stem("startup", name, args.device_map.split(":")[0], tag=args.tag), data,
@@ -131,19 +139,25 @@ def markdown(data: dict) -> str:
              f"`{data['command']}`: each start a fresh process (import, load through the registry with its compile "
              f"and capture, one chat reply of {data['new_tokens']} tokens); the cold start has an empty "
              "QUANT_KERNEL_CACHE, the warm ones reuse what it wrote.", "",
-             "| mode | start | import s | load done s | first token s | of which compile s | process s | path | goal |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "Times are seconds since the process was launched: torch imported, transformers imported, the app's "
+             "modules imported, the load done (weights, compile and capture), the first token of the reply. "
+             "Compile regions: QUANT_COMPILE_REGIONS (layers: one decoder layer compiled for all; model: the whole "
+             "forward).", "",
+             "| mode | compile regions | start | torch s | transformers s | import s | load done s | first token s | "
+             "of which compile s | process s | path | goal |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     goals = data.get("goals")
     for row in data["rows"]:
         if row.get("error"):
-            lines.append(f"| {row['mode']} | {row['start']} | failed: {row['error'][:200]} | | | | "
-                         f"{_s(row['process_s'])} | | |")
+            lines.append(f"| {row['mode']} | {row.get('regions', '')} | {row['start']} | failed: "
+                         f"{row['error'][:200]} | | | | | | {_s(row['process_s'])} | | |")
             continue
         kind = "cold" if row["start"] == "cold" else "warm"
         goal = ""
         if goals and row["first_token_s"] is not None:
             goal = f"<= {goals[kind]:.0f} s: {'met' if row['first_token_s'] <= goals[kind] else 'NOT met'}"
-        lines.append(f"| {row['mode']} | {row['start']} | {_s(row['import_s'])} | {_s(row['load_done_s'])} | "
+        lines.append(f"| {row['mode']} | {row.get('regions', '')} | {row['start']} | {_s(row.get('torch_import_s'))} | "
+                     f"{_s(row.get('transformers_import_s'))} | {_s(row['import_s'])} | {_s(row['load_done_s'])} | "
                      f"{_s(row['first_token_s'])} | {_s(row['compile_seconds'])} | {_s(row['process_s'])} | "
                      f"{row['path']} | {goal} |")
     return "\n".join(lines) + "\n"

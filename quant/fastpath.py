@@ -171,6 +171,10 @@ class GenerationPath:
     """Why a grouped-query model's compiled decode stays on transformers' sdpa (empty otherwise)."""
     segments: SegmentPlan | None = None
     """Where a split model's decode step runs, one compiled call per segment (segments.py); None: one call."""
+    regional: bool = False
+    """The decoder layer is compiled once for all layers (QUANT_COMPILE_REGIONS=layers; segments.py)."""
+    regional_note: str = ""
+    """Why the whole forward is compiled in one graph though QUANT_COMPILE_REGIONS=layers (empty otherwise)."""
     _adding: threading.Lock = field(default_factory=threading.Lock, repr=False)
     """One batch size compiled at a time for batch jobs (add_batch_size)."""
 
@@ -180,12 +184,15 @@ class GenerationPath:
             sizes = ", ".join(map(str, self.batch_sizes))
             packed = ("; grouped-query decode without repeated KV" if self.packed_gqa else
                       f"; {self.packed_gqa_note}" if self.packed_gqa_note else "")
-            graphs = ("" if not self.captured else "; one CUDA graph per step" if self.segments is None else
-                      "; one CUDA graph per segment")
+            split = self.segments is not None and len(self.segments.segments) > 1
+            graphs = ("" if not self.captured else "; one CUDA graph per segment" if split else
+                      "; one CUDA graph per step")
             lengths = (f"up to {self.max_cache_len} tokens" if len(self.cache_lengths) == 1 else
                        f"caches of {', '.join(map(str, self.cache_lengths))} tokens")
-            segments = f"; {self.segments.describe()}" if self.segments else ""
-            return f"{COMPILED} (batch {sizes}; {lengths}{segments}{graphs}{packed})"
+            segments = f"; {self.segments.describe()}" if split else ""
+            regions = ("; one compiled decoder layer for all layers" if self.regional else
+                       f"; whole model compiled ({self.regional_note})" if self.regional_note else "")
+            return f"{COMPILED} (batch {sizes}; {lengths}{segments}{regions}{graphs}{packed})"
         return f"{EAGER} ({self.reason})" if self.reason else EAGER
 
     @property
@@ -270,7 +277,8 @@ class GenerationPath:
                 loop = loop_type(model, batch_size=size, max_cache_len=length, forward=forward)
             else:
                 loop = SegmentedDecodeLoop(model, batch_size=size, max_cache_len=length, plan=self.segments,
-                                           compile=lambda fn: torch.compile(fn, **compile_options))
+                                           compile=lambda fn: torch.compile(fn, **compile_options),
+                                           regional=self.regional)
             prompt = self._tokenizer(["Warm-up"] * size, return_tensors="pt").to(loop.device)
             compiled_runner().submit(loop.capture, prompt["input_ids"]).result()
             self._loops[size, length] = loop
@@ -388,6 +396,15 @@ def prepare_generation_path(model, tokenizer, *, method_refusal: str | None, kin
                                 model_refusal=seq2seq_refusal(model) if kind == "seq2seq" else None)
     if refusal:
         return eager_path(refusal)
+    regional, regional_note = False, ""
+    if settings.compile_regions == "layers":
+        if kind != "causal":
+            regional_note = "encoder-decoder models compile whole"
+        else:
+            plan = plan or segment_plan(model, 0)
+            regional = not isinstance(plan, str)
+            if not regional:
+                plan, regional_note = None, plan
     configure_kernel_cache(settings)
     compiled_runner().submit(_allow_more_recompiles).result()
     cache_lengths = tuple(sorted({min(n, context or n) for n in settings.static_cache_tokens}))
@@ -400,7 +417,8 @@ def prepare_generation_path(model, tokenizer, *, method_refusal: str | None, kin
     packed, packed_note = use_packed_gqa_decode(model) if settings.packed_gqa_decode else (False, "")
     path = GenerationPath(compiled=True, cache_lengths=cache_lengths, batch_sizes=settings.compiled_batch_sizes,
                           compile_config=compile_config, _open=True, _model=weakref.ref(model), _tokenizer=tokenizer,
-                          packed_gqa=packed, packed_gqa_note=packed_note, segments=plan)
+                          packed_gqa=packed, packed_gqa_note=packed_note, segments=plan, regional=regional,
+                          regional_note=regional_note)
     started = time.perf_counter()
     try:
         path.warm_up(progress)

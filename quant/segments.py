@@ -281,6 +281,38 @@ class _NotRecognised(RuntimeError):
     pass
 
 
+class _LayerCache:
+    """One decoder layer's view of the static cache, handed to that layer in place of the whole cache when the layers
+    share one compiled call (regional compilation).
+
+    Why: a layer writes its keys and values with `past_key_values.update(k, v, self.layer_idx)`, and the cache picks
+    `self.layers[layer_idx]`. dynamo reads the index as a constant of the module, so the same layer code compiled once
+    per layer (32 graphs for an 8B Llama, each traced and checked on its own). Given its own cache layer, the layer's
+    index is passed along unused and one graph serves every layer of the same structure."""
+
+    def __init__(self, layer) -> None:
+        self.layer = layer
+
+    def update(self, key_states, value_states, layer_idx=None, *args, **kwargs):
+        return self.layer.update(key_states, value_states, *args, **kwargs)
+
+
+def _with_cache(template, cache, view):
+    """A layer's call template with `cache` replaced by that layer's `view` of it."""
+    if template is cache:
+        return view
+    if isinstance(template, (tuple, list)):
+        return _remade(template, [_with_cache(item, cache, view) for item in template])
+    if isinstance(template, dict):
+        return {key: _with_cache(item, cache, view) for key, item in template.items()}
+    return template
+
+
+def _call_layer(layer, hidden, args, kwargs):
+    """One decoder layer: the function every layer's call goes through when the layers share one compiled call."""
+    return layer(hidden, *args, **kwargs)
+
+
 @dataclass(eq=False)
 class _Group:
     """One compiled call (one CUDA graph) on one device: the prologue and/or layers, and/or the norm and/or the
@@ -334,11 +366,15 @@ class SegmentedDecodeLoop(DecodeLoop):
     buffer itself, are not changed under them before they are copied.
     """
 
-    def __init__(self, model, *, batch_size: int, max_cache_len: int, plan: SegmentPlan, compile: Callable) -> None:
+    def __init__(self, model, *, batch_size: int, max_cache_len: int, plan: SegmentPlan, compile: Callable,
+                 regional: bool = False) -> None:
         super().__init__(model, batch_size=batch_size, max_cache_len=max_cache_len, forward=None, device=plan.embed)
         self.plan = plan
         self.compile = compile
         """torch.compile with the path's settings."""
+        self.regional = regional
+        """Compile the decoder layer once for all layers (and the prologue, the norm + head on their own) instead of
+        each group whole (QUANT_COMPILE_REGIONS=layers); a group is still one CUDA graph."""
         self.slot = torch.zeros(1, dtype=torch.long, device=self.device)
         self.groups: list[_Group] = []
         self._leaf_count = 0
@@ -402,21 +438,59 @@ class SegmentedDecodeLoop(DecodeLoop):
                                     for i, (_, _, args, kwargs) in enumerate(calls) if i in group.layers)
             group.needs = tuple(needs)
         self._leaf_count = len(flat)
-        for group in groups:
-            group.fn = self.compile(self._group_call(group, prologue, layers, _unhooked(decoder.norm), head))
+        norm = _unhooked(decoder.norm)
+        if self.regional:
+            views = [_LayerCache(layer) for layer in cache.layers]
+            call_layer = self.compile(_call_layer)
+            for group in groups:
+                group.fn = self._regional_group_call(group, prologue, layers, norm, head, call_layer, views)
+        else:
+            for group in groups:
+                group.fn = self.compile(self._group_call(group, prologue, layers, norm, head))
         self.groups = groups
 
-    @staticmethod
-    def _group_call(group: _Group, prologue, layers, norm, head) -> Callable:
+    def _regional_group_call(self, group: _Group, prologue, layers, norm, head, call_layer, views) -> Callable:
+        """A group as Python calls of compiled regions: the prologue (first group), each layer through the one
+        compiled `call_layer` with its own view of the cache, then the norm and the head. Captured as one CUDA
+        graph on CUDA like a group compiled whole."""
         layer_list = [_unhooked(layers[i]) for i in group.layers]
-        templates = group.templates
+        templates = [_with_cache(template, self.cache, views[i]) for i, template in zip(group.layers, group.templates)]
+        tail = self.compile(self._tail(group, norm, head)) if group.norm or group.head else None
 
+        def run_layers(hidden, tensors):
+            for layer, template in zip(layer_list, templates):
+                args, kwargs = _rebuild(template, tensors)
+                hidden = call_layer(layer, hidden, args, kwargs)
+            return hidden if tail is None else tail(hidden)
+
+        if group.prologue:
+            def first_tensors(token, mask, position):
+                calls = prologue(token, mask, position)
+                return calls[0][1], tuple(_tensor_leaves([(args, kwargs) for _, _, args, kwargs in calls], []))
+
+            compiled_prologue = self.compile(first_tensors)
+
+            def first_group(token, mask, position):
+                hidden, flat = compiled_prologue(token, mask, position)
+                return run_layers(hidden, tuple(flat[j] for j in group.needs)), flat
+            return first_group
+        return run_layers
+
+    @staticmethod
+    def _tail(group: _Group, norm, head) -> Callable:
         def tail(hidden):
             if group.norm:
                 hidden = norm(hidden)
             if group.head:
                 hidden = head(inputs_embeds=hidden, use_cache=False, logits_to_keep=1).logits[:, -1]
             return hidden
+        return tail
+
+    @staticmethod
+    def _group_call(group: _Group, prologue, layers, norm, head) -> Callable:
+        layer_list = [_unhooked(layers[i]) for i in group.layers]
+        templates = group.templates
+        tail = SegmentedDecodeLoop._tail(group, norm, head)
 
         if group.prologue:
             def first_group(token, mask, position):

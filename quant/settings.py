@@ -44,6 +44,7 @@ def _int_list_setting(name: str, default: str) -> tuple[int, ...]:
 BATCH_ENGINES = ("auto", "continuous", "padded")
 BATCH_PREFILLS = ("grouped", "padded")
 CONTINUOUS_STEPS = ("library", "graphs")
+COMPILE_REGIONS = ("layers", "model")
 
 
 def _choice_setting(name: str, choices: tuple[str, ...]) -> str:
@@ -102,6 +103,13 @@ class Settings:
     (quant.segments): 0 (default) gives one per run of decoder layers on one device; N >= 2 cuts the layers into at
     least N segments, each its own compiled call (and CUDA graph), even on one device: to test the segmented step on
     the CPU and to measure what the segments cost on one GPU."""
+    compile_regions: str
+    """QUANT_COMPILE_REGIONS: what one torch.compile call covers on the compiled decode path. "layers" (default):
+    the decoder layer, compiled once and called for every layer (with the part of the model's forward before the
+    layers and the norm + head after them compiled on their own), so dynamo traces and Inductor compiles one layer
+    instead of all of them (quant.segments); "model": the whole forward in one graph (what it was before: a longer
+    compile, Inductor can fuse across the layer boundaries). The CUDA graph of a decode step holds all of it either
+    way. Models whose layers are not at model.layers (GPT-2, OPT, GPT-NeoX) and encoder-decoders compile whole."""
     int4_dequantize_rows: int
     """QUANT_INT4_DEQUANTIZE_ROWS: on a GPU, gptq_int4pack layers called with this many rows or more (a long prompt's
     or a batch's prefill) dequantize their weight with one compiled kernel and multiply with cuBLAS, where tinygemm
@@ -155,6 +163,7 @@ def load_settings() -> Settings:
         compile_batch_on_demand=_flag("QUANT_COMPILE_BATCH_ON_DEMAND"),
         packed_gqa_decode=not _flag_off("QUANT_PACKED_GQA_DECODE"),
         decode_segments=int_setting("QUANT_DECODE_SEGMENTS", 0, minimum=0),
+        compile_regions=_choice_setting("QUANT_COMPILE_REGIONS", COMPILE_REGIONS),
         int4_dequantize_rows=int_setting("QUANT_INT4_DEQUANTIZE_ROWS", 256, minimum=0),
         batch_max_prompts=int_setting("QUANT_BATCH_MAX_PROMPTS", 1000),
         batch_engine=_choice_setting("QUANT_BATCH_ENGINE", BATCH_ENGINES),

@@ -111,12 +111,27 @@ def test_load_warms_the_compiled_path_up_and_reports_it(models):
     _, eager, fast = models
     assert fast.path.compiled and fast.path.batch_sizes == (1, 4) and fast.path.max_cache_len == 256
     assert fast.report.generation_path == ("static cache + torch.compile (batch 1, 4; caches of 64, 256 tokens; "
+                                           "one compiled decoder layer for all layers; "
                                            "grouped-query decode without repeated KV)")
     assert fast.model.config._attn_implementation == PACKED_GQA_SDPA and fast.report.attn_implementation == "sdpa"
     assert fast.report.compile_seconds > 0
     assert fast.report.static_cache_bytes > 0  # two caches allocated at load, not at the first message
     assert "compile warm-up" in fast.report.to_text()
     assert eager.report.generation_path == "eager (QUANT_FAST_GENERATION=off)"
+
+
+def test_the_decoder_layers_share_one_compiled_graph_per_loop(models):
+    """QUANT_COMPILE_REGIONS=layers (default): dynamo holds one entry for the layer call per decode loop (batch size x
+    cache length), not one per layer: each layer gets its own view of the cache, so its layer index is not a
+    constant of the graph (without the views: 4 entries per loop for the demo model's 4 layers)."""
+    import torch
+
+    from quant.segments import _call_layer
+
+    _, _, fast = models
+    assert fast.path.regional and len(fast.model.model.layers) == 4
+    entries = torch._dynamo.eval_frame._debug_get_cache_entry_list(_call_layer.__code__)
+    assert len(entries) == len(fast.path._loops) == 3
 
 
 def test_the_recompile_limit_is_raised_where_the_compiled_calls_run(models):
@@ -310,6 +325,8 @@ def test_unload_and_reload_stay_compiled_and_free_the_model(models):
 
     from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list
 
+    from quant.segments import _call_layer
+
     def compiled_frames(code) -> list:
         return [entry.code for entry in _debug_get_cache_entry_list(code)]
 
@@ -323,7 +340,9 @@ def test_unload_and_reload_stay_compiled_and_free_the_model(models):
         assert loaded is not fast and loaded.path.compiled, loaded.path.describe()
         got = list(stream_chat(loaded, history, settings=GREEDY))[-1]
         assert got.stats.path == "compiled" and got.text == want
-        model, forward = weakref.ref(loaded.model), type(loaded.model).forward.__code__
+        # the code torch.compile wraps: the shared layer call (QUANT_COMPILE_REGIONS=layers) or the model's forward
+        forward = _call_layer.__code__ if loaded.path.regional else type(loaded.model).forward.__code__
+        model = weakref.ref(loaded.model)
         before = compiled_frames(forward)
         assert before, "nothing compiled: the checks below would prove nothing"
         key = loaded.key

@@ -34,13 +34,17 @@ def eager_llama():
     return load(LoadRequest(model=LLAMA, mode="fp32"), fast=False)
 
 
-@pytest.mark.parametrize(("segments", "layers"), [(2, [[0, 1], [2, 3]]), (3, [[0], [1, 2], [3]])])
-def test_a_segmented_step_gives_the_eager_tokens(compiled_settings, eager_llama, segments, layers):
+@pytest.mark.parametrize(("segments", "layers", "regions"), [(2, [[0, 1], [2, 3]], "model"),
+                                                          (3, [[0], [1, 2], [3]], "layers")])
+def test_a_segmented_step_gives_the_eager_tokens(compiled_settings, eager_llama, segments, layers, regions):
     compiled_settings.setenv("QUANT_DECODE_SEGMENTS", str(segments))
+    compiled_settings.setenv("QUANT_COMPILE_REGIONS", regions)
     cut = load(LoadRequest(model=LLAMA, mode="fp32", attn_implementation="sdpa"), fast=True)
     try:
+        shared = "; one compiled decoder layer for all layers" if regions == "layers" else ""
         assert cut.report.generation_path == (f"static cache + torch.compile (batch 1, 4; up to 128 tokens; "
-                                              f"{segments} segments over cpu; grouped-query decode without repeated KV)")
+                                              f"{segments} segments over cpu{shared}; "
+                                              "grouped-query decode without repeated KV)")
         assert sorted(cut.path._loops) == [(1, 128), (4, 128)]
         for loop in cut.path._loops.values():
             assert isinstance(loop, SegmentedDecodeLoop)
@@ -125,6 +129,25 @@ def test_a_structure_the_segments_do_not_know_stays_eager_and_says_why(compiled_
     assert not gpt2.path.compiled
     assert gpt2.report.generation_path == \
         "eager (QUANT_DECODE_SEGMENTS=2: GPT2LMHeadModel keeps no decoder layers at model.layers)"
+
+
+def test_a_model_without_layers_at_model_layers_compiles_whole_and_says_why(compiled_settings, tmp_path):
+    """QUANT_COMPILE_REGIONS=layers (the default) finds GPT-2's blocks nowhere it knows: its whole forward is compiled
+    in one graph, as before, and the load report says why; its tokens are the eager path's."""
+    from tests.support.architectures import build
+
+    compiled_settings.setenv("QUANT_COMPILED_BATCH_SIZES", "1")
+    request = LoadRequest(model=str(build("gpt2", tmp_path / "gpt2")), mode="fp32")
+    eager, gpt2 = load(request, fast=False), load(request, fast=True)
+    try:
+        assert gpt2.path.compiled and not gpt2.path.regional and gpt2.path.segments is None
+        assert "; whole model compiled (GPT2LMHeadModel keeps no decoder layers at model.layers)" in \
+            gpt2.report.generation_path, gpt2.report.generation_path
+        _, want, _ = greedy_ids(eager, ["def main():"], new_tokens=16)
+        _, got, compiled = greedy_ids(gpt2, ["def main():"], new_tokens=16)
+        assert compiled and got == want
+    finally:
+        gpt2.path.close()
 
 
 def test_segments_follow_the_devices_and_the_cuts():
