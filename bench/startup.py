@@ -111,7 +111,17 @@ def main() -> None:
         other = (str(build_checkpoint(args.shape, args.work / f"llama-{args.shape}-seed1", device=device, seed=1))
                  if args.other_weights else None)
     rows = []
+    from quant.methods import parse_mode  # not at the top: a child times its own imports
+
     for mode in args.modes.split(","):
+        model_of_mode, other_of_mode = model, other
+        method = parse_mode(mode).method
+        if method.needs_quantized_checkpoint and not args.model:
+            # GPTQ and AWQ load only their own checkpoints: the shape quantized by the Quantize pipeline (kept in --work)
+            from bench.methods_bench import BenchMode, quantized_checkpoint
+
+            model_of_mode = quantized_checkpoint(BenchMode(mode, method.name), Path(model), args.work)[0]
+            other_of_mode = other and quantized_checkpoint(BenchMode(mode, method.name), Path(other), args.work)[0]
         for regions in args.compile_regions.split(","):
             cache = args.work / f"startup-kcache-{name}-{mode}-{regions}"
             shutil.rmtree(cache, ignore_errors=True)
@@ -119,8 +129,8 @@ def main() -> None:
             starts = ["cold", *(f"warm {index}" for index in range(1, 1 + args.warm_starts))]
             for label in starts + (["other weights, same shape (warm cache)"] if other else []):
                 row = {"mode": mode, "regions": regions, "start": label,
-                       **start(other if label.startswith("other") else model, mode, args.device_map, cache,
-                               args.new_tokens, regions)}
+                       **start(other_of_mode if label.startswith("other") else model_of_mode, mode, args.device_map,
+                               cache, args.new_tokens, regions)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     data = {"model": model, "name": name, "device_map": args.device_map, "new_tokens": args.new_tokens,

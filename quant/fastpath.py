@@ -396,6 +396,7 @@ def prepare_generation_path(model, tokenizer, *, method_refusal: str | None, kin
                                 model_refusal=seq2seq_refusal(model) if kind == "seq2seq" else None)
     if refusal:
         return eager_path(refusal)
+    split_plan = plan  # a model split over GPUs (or cut by QUANT_DECODE_SEGMENTS) runs in segments either way
     regional, regional_note = False, ""
     if settings.compile_regions == "layers":
         if kind != "causal":
@@ -421,7 +422,18 @@ def prepare_generation_path(model, tokenizer, *, method_refusal: str | None, kin
                           regional_note=regional_note)
     started = time.perf_counter()
     try:
-        path.warm_up(progress)
+        try:
+            path.warm_up(progress)
+        except Exception as exc:  # noqa: BLE001 - one layer for all is our choice, not the model's: compile it whole
+            if not path.regional or split_plan is not None:
+                raise
+            logger.warning("Compiling one decoder layer for all layers failed; compiling the whole forward.",
+                           exc_info=True)
+            path._drop_loops()
+            compiled_runner().submit(_forget_compiled_code).result()
+            path.segments, path.regional = None, False
+            path.regional_note = f"one compiled layer for all failed: {_first_line(exc)}"
+            path.warm_up(progress)
     except Exception as exc:  # noqa: BLE001 - any compile failure falls back to eager
         logger.warning("The compiled generation path failed to warm up; using eager generation.", exc_info=True)
         path._unpack_gqa()

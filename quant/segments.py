@@ -215,12 +215,13 @@ class _Tap(nn.Module):
 
 class _Given(nn.Module):
     """Stands in for the decoder in the head's copy of the model: hands back the hidden state it is given as
-    `inputs_embeds`, so the model's own forward applies its head (lm_head, soft-capping, scaling) to it."""
+    `inputs_embeds`, so the model's own forward applies its head (lm_head, soft-capping, scaling) to it. The output
+    is a mixture-of-experts decoder's (no router logits): Mixtral's forward reads `router_logits` from it."""
 
     def forward(self, inputs_embeds=None, **kwargs):
-        from transformers.modeling_outputs import BaseModelOutputWithPast
+        from transformers.modeling_outputs import MoeModelOutputWithPast
 
-        return BaseModelOutputWithPast(last_hidden_state=inputs_embeds)
+        return MoeModelOutputWithPast(last_hidden_state=inputs_embeds)
 
 
 @dataclass(frozen=True)
@@ -288,13 +289,18 @@ class _LayerCache:
     Why: a layer writes its keys and values with `past_key_values.update(k, v, self.layer_idx)`, and the cache picks
     `self.layers[layer_idx]`. dynamo reads the index as a constant of the module, so the same layer code compiled once
     per layer (32 graphs for an 8B Llama, each traced and checked on its own). Given its own cache layer, the layer's
-    index is passed along unused and one graph serves every layer of the same structure."""
+    index is passed along unused and one graph serves every layer of the same structure. Anything else a layer asks
+    of its cache is the whole cache's answer."""
 
-    def __init__(self, layer) -> None:
-        self.layer = layer
+    def __init__(self, cache, index: int) -> None:
+        self.cache = cache
+        self.layer = cache.layers[index]
 
     def update(self, key_states, value_states, layer_idx=None, *args, **kwargs):
         return self.layer.update(key_states, value_states, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.cache, name)
 
 
 def _with_cache(template, cache, view):
@@ -440,7 +446,7 @@ class SegmentedDecodeLoop(DecodeLoop):
         self._leaf_count = len(flat)
         norm = _unhooked(decoder.norm)
         if self.regional:
-            views = [_LayerCache(layer) for layer in cache.layers]
+            views = [_LayerCache(cache, index) for index in range(len(cache.layers))]
             call_layer = self.compile(_call_layer)
             for group in groups:
                 group.fn = self._regional_group_call(group, prologue, layers, norm, head, call_layer, views)

@@ -81,6 +81,23 @@ def test_gemma3_decodes_in_segments_as_eager_does(compiled_settings, tmp_path):
         cut.path.close()
 
 
+def test_mixtral_decodes_with_one_compiled_layer_as_eager_does(compiled_settings, tmp_path):
+    """A mixture-of-experts model through the regional compile (the default): its forward reads `router_logits` from
+    its decoder's output, which the head's stand-in decoder must answer (it failed to compile once for lack of it)."""
+    from tests.support.architectures import build
+
+    compiled_settings.setenv("QUANT_COMPILED_BATCH_SIZES", "1")
+    request = LoadRequest(model=str(build("mixtral", tmp_path / "mixtral")), mode="fp32")
+    eager, fast = load(request, fast=False), load(request, fast=True)
+    try:
+        assert fast.path.regional, fast.report.generation_path
+        _, want, _ = greedy_ids(eager, ["def main():"], new_tokens=24)
+        _, got, compiled = greedy_ids(fast, ["def main():"], new_tokens=24)
+        assert compiled and got == want
+    finally:
+        fast.path.close()
+
+
 def test_accelerate_hooks_do_not_break_the_segments_graphs(compiled_settings):
     """A model placed by accelerate over several devices carries a hook on every placed module, and accelerate keeps
     those hooks out of torch.compile: each would split the step's graph. The segments run hook-free copies; the
@@ -148,6 +165,42 @@ def test_a_model_without_layers_at_model_layers_compiles_whole_and_says_why(comp
         assert compiled and got == want
     finally:
         gpt2.path.close()
+
+
+def test_a_layer_that_refuses_its_cache_view_is_compiled_whole_with_the_reason(compiled_settings):
+    """A model whose attention checks that it is given a transformers Cache (remote code may) fails with one compiled
+    layer for all (each layer gets its own view of the cache): the whole forward is compiled instead, the load
+    report says why, and the tokens are eager's."""
+    from transformers.cache_utils import Cache
+
+    from quant.fastpath import prepare_generation_path
+    from quant.settings import load_settings
+
+    compiled_settings.setenv("QUANT_FAST_GENERATION", "all")
+    compiled_settings.setenv("QUANT_COMPILED_BATCH_SIZES", "1")
+    loaded = load(LoadRequest(model=LLAMA, mode="fp32"), fast=False)
+    model = loaded.model
+    for layer in model.model.layers:
+        def attention(*args, _original=layer.self_attn.forward, past_key_values=None, **kwargs):
+            if past_key_values is not None and not isinstance(past_key_values, Cache):
+                raise TypeError("this attention takes a transformers Cache")
+            return _original(*args, past_key_values=past_key_values, **kwargs)
+        layer.self_attn.forward = attention
+    encoded = loaded.tokenizer([PROMPTS[1]], return_tensors="pt")
+    kwargs = dict(**encoded, max_new_tokens=16, do_sample=False, temperature=None, top_p=None, top_k=None,
+                  pad_token_id=loaded.tokenizer.pad_token_id)
+    with torch.inference_mode():
+        want = model.generate(**kwargs)
+    path = prepare_generation_path(model, loaded.tokenizer, method_refusal=None, kind="causal", context=None,
+                                   settings=load_settings())
+    try:
+        assert path.compiled and not path.regional and path.segments is None, path.describe()
+        assert "whole model compiled (one compiled layer for all failed: this attention takes a transformers Cache)" \
+            in path.describe()
+        got = path.submit(model.generate, kwargs, 1, total_tokens=encoded["input_ids"].shape[1] + 16).result()
+        assert torch.equal(got, want)
+    finally:
+        path.close()
 
 
 def test_segments_follow_the_devices_and_the_cuts():
