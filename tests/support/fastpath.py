@@ -95,6 +95,9 @@ def check_against_eager(request: LoadRequest):
     assert not eager.path.compiled and eager.path.reason == "QUANT_FAST_GENERATION=off"
     assert fast.path.compiled and fast.path.captured, fast.path.describe()
     assert "one CUDA graph per step" in fast.report.generation_path
+    # every model given here keeps its layers at model.layers: one compiled layer for all, unless the operator says not
+    regional = os.environ.get("QUANT_COMPILE_REGIONS", "layers") == "layers"
+    assert ("one compiled decoder layer for all layers" in fast.report.generation_path) == regional
     assert fast.report.compile_seconds > 0 and fast.report.static_cache_bytes > 0
     # Batch 1 (the chat path) and a batch of 3 padded up to the compiled 4 as generate_batch does.
     for prompts in ([PROMPTS[0]], [PROMPTS[1]], PROMPTS[:3] + [PROMPTS[2]]):
