@@ -1,4 +1,5 @@
-"""Compiled decode for a model split over GPUs: a captured graph per device segment.
+"""Compiled decode in segments: a captured graph per device segment of a model split over GPUs, and one compiled
+decoder layer for all layers on one device (regional compilation).
 
 A model placed with accelerate's `device_map` / `max_memory` over several GPUs runs each module on its own device,
 and accelerate's hooks move the activations between them. One CUDA graph cannot hold that step: a graph is captured
@@ -33,7 +34,14 @@ into dozens of small graphs, and on the demo Llama dynamo's recompile limit was 
 function after a hook is one code object for every hooked module). The copies are made once per loop; the model
 itself keeps its hooks for the eager prefill and the eager path.
 
-A model whose structure is not recognised stays eager with the reason. Every loop checks its captured step against
+The same groups serve regional compilation on one device (QUANT_COMPILE_REGIONS=layers, the default for every
+model whose structure is recognised): one segment, whose group is run as Python calls of three compiled regions (the
+prologue; one decoder layer, called for every layer with that layer's view of the cache, `_LayerCache`; the norm and
+head) and captured as one CUDA graph all the same. dynamo traces and Inductor compiles one layer instead of all of
+them: at 8B on an H200 the compile at load went from 38.7 to 4.6 s at the same decode rate
+(bench/results/methods-bench-8b-cuda-regions.md).
+
+A model whose structure is not recognised stays eager with the reason (split or cut), or compiles whole (regional). Every loop checks its captured step against
 the model's own forward once at load (`SegmentedDecodeLoop.capture`), so a structure recognised wrongly (something
 the model's forward does between its layers, or after them, that the segments skip) fails to compile, loudly, and the
 model stays on the eager path.

@@ -81,23 +81,6 @@ def test_gemma3_decodes_in_segments_as_eager_does(compiled_settings, tmp_path):
         cut.path.close()
 
 
-def test_mixtral_decodes_with_one_compiled_layer_as_eager_does(compiled_settings, tmp_path):
-    """A mixture-of-experts model through the regional compile (the default): its forward reads `router_logits` from
-    its decoder's output, which the head's stand-in decoder must answer (it failed to compile once for lack of it)."""
-    from tests.support.architectures import build
-
-    compiled_settings.setenv("QUANT_COMPILED_BATCH_SIZES", "1")
-    request = LoadRequest(model=str(build("mixtral", tmp_path / "mixtral")), mode="fp32")
-    eager, fast = load(request, fast=False), load(request, fast=True)
-    try:
-        assert fast.path.regional, fast.report.generation_path
-        _, want, _ = greedy_ids(eager, ["def main():"], new_tokens=24)
-        _, got, compiled = greedy_ids(fast, ["def main():"], new_tokens=24)
-        assert compiled and got == want
-    finally:
-        fast.path.close()
-
-
 def test_accelerate_hooks_do_not_break_the_segments_graphs(compiled_settings):
     """A model placed by accelerate over several devices carries a hook on every placed module, and accelerate keeps
     those hooks out of torch.compile: each would split the step's graph. The segments run hook-free copies; the
@@ -148,23 +131,27 @@ def test_a_structure_the_segments_do_not_know_stays_eager_and_says_why(compiled_
         "eager (QUANT_DECODE_SEGMENTS=2: GPT2LMHeadModel keeps no decoder layers at model.layers)"
 
 
-def test_a_model_without_layers_at_model_layers_compiles_whole_and_says_why(compiled_settings, tmp_path):
-    """QUANT_COMPILE_REGIONS=layers (the default) finds GPT-2's blocks nowhere it knows: its whole forward is compiled
-    in one graph, as before, and the load report says why; its tokens are the eager path's."""
+@pytest.mark.parametrize(("family", "path_says"), [
+    ("mixtral", "; one compiled decoder layer for all layers"),
+    ("gpt2", "; whole model compiled (GPT2LMHeadModel keeps no decoder layers at model.layers)")])
+def test_a_family_compiles_one_layer_for_all_or_whole_with_the_reason(compiled_settings, tmp_path, family, path_says):
+    """QUANT_COMPILE_REGIONS=layers (the default). Mixtral through one compiled layer for all: its forward reads
+    `router_logits` from its decoder's output, which the head's stand-in decoder must answer (it failed to compile
+    once for lack of it). GPT-2 keeps its blocks nowhere the segments know: its whole forward is compiled in one
+    graph, as before, and the load report says why. Both give the eager path's tokens."""
     from tests.support.architectures import build
 
     compiled_settings.setenv("QUANT_COMPILED_BATCH_SIZES", "1")
-    request = LoadRequest(model=str(build("gpt2", tmp_path / "gpt2")), mode="fp32")
-    eager, gpt2 = load(request, fast=False), load(request, fast=True)
+    request = LoadRequest(model=str(build(family, tmp_path / family)), mode="fp32")
+    eager, fast = load(request, fast=False), load(request, fast=True)
     try:
-        assert gpt2.path.compiled and not gpt2.path.regional and gpt2.path.segments is None
-        assert "; whole model compiled (GPT2LMHeadModel keeps no decoder layers at model.layers)" in \
-            gpt2.report.generation_path, gpt2.report.generation_path
-        _, want, _ = greedy_ids(eager, ["def main():"], new_tokens=16)
-        _, got, compiled = greedy_ids(gpt2, ["def main():"], new_tokens=16)
+        assert fast.path.compiled and fast.path.regional == (family != "gpt2")
+        assert path_says in fast.report.generation_path, fast.report.generation_path
+        _, want, _ = greedy_ids(eager, ["def main():"], new_tokens=24)
+        _, got, compiled = greedy_ids(fast, ["def main():"], new_tokens=24)
         assert compiled and got == want
     finally:
-        gpt2.path.close()
+        fast.path.close()
 
 
 def test_a_layer_that_refuses_its_cache_view_is_compiled_whole_with_the_reason(compiled_settings):
