@@ -429,8 +429,9 @@ def prepare_generation_path(model, tokenizer, *, method_refusal: str | None, kin
                 raise
             logger.warning("Compiling one decoder layer for all layers failed; compiling the whole forward.",
                            exc_info=True)
+            # dynamo's entries of the failed try stay until the next unload resets them (as close() does): resetting
+            # now would take the compiled code of the other loaded models too
             path._drop_loops()
-            compiled_runner().submit(_forget_compiled_code).result()
             path.segments, path.regional = None, False
             path.regional_note = f"one compiled layer for all failed: {_first_line(exc)}"
             path.warm_up(progress)
