@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 
 import torch
+import triton
+import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -30,81 +32,84 @@ SHAPES_8B = {"q/o_proj": (4096, 4096), "k/v_proj": (1024, 4096), "gate/up_proj":
 """(out, in) of Llama-3 8B's projections."""
 
 
-def variant_kernel():
-    import triton
-    import triton.language as tl
+@triton.jit
+def select16(q, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15):
+    """c[q] for codes q in 0..15 by a tree of selects on values in registers (LUT=1), not a gather (LUT=0)."""
+    low = tl.where(q < 4, tl.where(q < 2, tl.where(q < 1, c0, c1), tl.where(q < 3, c2, c3)),
+                   tl.where(q < 6, tl.where(q < 5, c4, c5), tl.where(q < 7, c6, c7)))
+    high = tl.where(q < 12, tl.where(q < 10, tl.where(q < 9, c8, c9), tl.where(q < 11, c10, c11)),
+                    tl.where(q < 14, tl.where(q < 13, c12, c13), tl.where(q < 15, c14, c15)))
+    return tl.where(q < 8, low, high)
 
-    @triton.jit
-    def gemv_variant(x_ptr, packed_ptr, absmax_ptr, code_ptr, out_ptr, N, K, K_PER_SPLIT,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, QBLOCK: tl.constexpr, SPLIT_K: tl.constexpr,
-                     LUT: tl.constexpr, X: tl.constexpr):
-        pid_n = tl.program_id(0)
-        pid_k = tl.program_id(1)
-        rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        row_ok = rows < N
-        half = tl.arange(0, BLOCK_K // 2)
-        cols = tl.arange(0, BLOCK_K)
-        blocks = tl.arange(0, BLOCK_K // QBLOCK)
-        row_bytes = rows.to(tl.int64) * (K // 2)
-        row_blocks = rows.to(tl.int64) * (K // QBLOCK)
-        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        if LUT == 1:
-            c0 = tl.load(code_ptr + 0)
-            c1 = tl.load(code_ptr + 1)
-            c2 = tl.load(code_ptr + 2)
-            c3 = tl.load(code_ptr + 3)
-            c4 = tl.load(code_ptr + 4)
-            c5 = tl.load(code_ptr + 5)
-            c6 = tl.load(code_ptr + 6)
-            c7 = tl.load(code_ptr + 7)
-            c8 = tl.load(code_ptr + 8)
-            c9 = tl.load(code_ptr + 9)
-            c10 = tl.load(code_ptr + 10)
-            c11 = tl.load(code_ptr + 11)
-            c12 = tl.load(code_ptr + 12)
-            c13 = tl.load(code_ptr + 13)
-            c14 = tl.load(code_ptr + 14)
-            c15 = tl.load(code_ptr + 15)
-        k_start = pid_k * K_PER_SPLIT
-        for k0 in range(k_start, k_start + K_PER_SPLIT, BLOCK_K):
-            byte = tl.load(packed_ptr + row_bytes[:, None] + (k0 // 2 + half)[None, :], mask=row_ok[:, None],
-                           other=0).to(tl.int32)
-            if X == 0:
-                hi = byte >> 4
-                lo = byte & 15
-                if LUT == 0:
-                    high = tl.load(code_ptr + hi)
-                    low = tl.load(code_ptr + lo)
-                else:
-                    high = tl.where(hi < 8, tl.where(hi < 4, tl.where(hi < 2, tl.where(hi < 1, c0, c1), tl.where(hi < 3, c2, c3)), tl.where(hi < 6, tl.where(hi < 5, c4, c5), tl.where(hi < 7, c6, c7))), tl.where(hi < 12, tl.where(hi < 10, tl.where(hi < 9, c8, c9), tl.where(hi < 11, c10, c11)), tl.where(hi < 14, tl.where(hi < 13, c12, c13), tl.where(hi < 15, c14, c15))))  # noqa: E501
-                    low = tl.where(lo < 8, tl.where(lo < 4, tl.where(lo < 2, tl.where(lo < 1, c0, c1), tl.where(lo < 3, c2, c3)), tl.where(lo < 6, tl.where(lo < 5, c4, c5), tl.where(lo < 7, c6, c7))), tl.where(lo < 12, tl.where(lo < 10, tl.where(lo < 9, c8, c9), tl.where(lo < 11, c10, c11)), tl.where(lo < 14, tl.where(lo < 13, c12, c13), tl.where(lo < 15, c14, c15))))  # noqa: E501
-                x_even = tl.load(x_ptr + k0 + 2 * half).to(tl.float32)
-                x_odd = tl.load(x_ptr + k0 + 2 * half + 1).to(tl.float32)
-                part = high * x_even[None, :] + low * x_odd[None, :]
-                per_block = tl.sum(tl.reshape(part, (BLOCK_N, BLOCK_K // QBLOCK, QBLOCK // 2)), axis=2)
+
+@triton.jit
+def gemv_variant(x_ptr, packed_ptr, absmax_ptr, code_ptr, out_ptr, N, K, K_PER_SPLIT,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, QBLOCK: tl.constexpr, SPLIT_K: tl.constexpr,
+                 LUT: tl.constexpr, X: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    half = tl.arange(0, BLOCK_K // 2)
+    cols = tl.arange(0, BLOCK_K)
+    blocks = tl.arange(0, BLOCK_K // QBLOCK)
+    row_bytes = rows.to(tl.int64) * (K // 2)
+    row_blocks = rows.to(tl.int64) * (K // QBLOCK)
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    if LUT == 1:
+        c0 = tl.load(code_ptr + 0)
+        c1 = tl.load(code_ptr + 1)
+        c2 = tl.load(code_ptr + 2)
+        c3 = tl.load(code_ptr + 3)
+        c4 = tl.load(code_ptr + 4)
+        c5 = tl.load(code_ptr + 5)
+        c6 = tl.load(code_ptr + 6)
+        c7 = tl.load(code_ptr + 7)
+        c8 = tl.load(code_ptr + 8)
+        c9 = tl.load(code_ptr + 9)
+        c10 = tl.load(code_ptr + 10)
+        c11 = tl.load(code_ptr + 11)
+        c12 = tl.load(code_ptr + 12)
+        c13 = tl.load(code_ptr + 13)
+        c14 = tl.load(code_ptr + 14)
+        c15 = tl.load(code_ptr + 15)
+    k_start = pid_k * K_PER_SPLIT
+    for k0 in range(k_start, k_start + K_PER_SPLIT, BLOCK_K):
+        byte = tl.load(packed_ptr + row_bytes[:, None] + (k0 // 2 + half)[None, :], mask=row_ok[:, None],
+                       other=0).to(tl.int32)
+        if X == 0:
+            hi = byte >> 4
+            lo = byte & 15
+            if LUT == 0:
+                high = tl.load(code_ptr + hi)
+                low = tl.load(code_ptr + lo)
             else:
-                q = tl.reshape(tl.join(byte >> 4, byte & 15), (BLOCK_N, BLOCK_K))
-                if LUT == 0:
-                    w = tl.load(code_ptr + q)
-                else:
-                    w = tl.where(q < 8, tl.where(q < 4, tl.where(q < 2, tl.where(q < 1, c0, c1), tl.where(q < 3, c2, c3)), tl.where(q < 6, tl.where(q < 5, c4, c5), tl.where(q < 7, c6, c7))), tl.where(q < 12, tl.where(q < 10, tl.where(q < 9, c8, c9), tl.where(q < 11, c10, c11)), tl.where(q < 14, tl.where(q < 13, c12, c13), tl.where(q < 15, c14, c15))))  # noqa: E501
-                x = tl.load(x_ptr + k0 + cols).to(tl.float32)
-                per_block = tl.sum(tl.reshape(w * x[None, :], (BLOCK_N, BLOCK_K // QBLOCK, QBLOCK)), axis=2)
-            scale = tl.load(absmax_ptr + row_blocks[:, None] + (k0 // QBLOCK + blocks)[None, :],
-                            mask=row_ok[:, None], other=0.0)
-            acc += tl.sum(per_block * scale, axis=1)
-        if SPLIT_K == 1:
-            tl.store(out_ptr + rows, acc, mask=row_ok)
+                high = select16(hi, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15)
+                low = select16(lo, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15)
+            x_even = tl.load(x_ptr + k0 + 2 * half).to(tl.float32)
+            x_odd = tl.load(x_ptr + k0 + 2 * half + 1).to(tl.float32)
+            part = high * x_even[None, :] + low * x_odd[None, :]
+            per_block = tl.sum(tl.reshape(part, (BLOCK_N, BLOCK_K // QBLOCK, QBLOCK // 2)), axis=2)
         else:
-            tl.atomic_add(out_ptr + rows, acc, mask=row_ok)
-
-    return gemv_variant
+            q = tl.reshape(tl.join(byte >> 4, byte & 15), (BLOCK_N, BLOCK_K))
+            if LUT == 0:
+                w = tl.load(code_ptr + q)
+            else:
+                w = select16(q, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15)
+            x = tl.load(x_ptr + k0 + cols).to(tl.float32)
+            per_block = tl.sum(tl.reshape(w * x[None, :], (BLOCK_N, BLOCK_K // QBLOCK, QBLOCK)), axis=2)
+        scale = tl.load(absmax_ptr + row_blocks[:, None] + (k0 // QBLOCK + blocks)[None, :],
+                        mask=row_ok[:, None], other=0.0)
+        acc += tl.sum(per_block * scale, axis=1)
+    if SPLIT_K == 1:
+        tl.store(out_ptr + rows, acc, mask=row_ok)
+    else:
+        tl.atomic_add(out_ptr + rows, acc, mask=row_ok)
 
 
 def main() -> None:
     import bitsandbytes as bnb
     import bitsandbytes.functional as F
-    import triton
     from triton.testing import do_bench, do_bench_cudagraph
 
     from quant.gemv4bit import dequantized_absmax
@@ -112,7 +117,6 @@ def main() -> None:
     parser = bench_parser(__doc__, out=REQUIRED, tag="")
     parser.add_argument("--timing", choices=("graph", "events"), default="graph")
     args = parser.parse_args()
-    kernel = variant_kernel()
     data = {"timing": args.timing, "shapes": {}}
     for name, (n, k) in SHAPES_8B.items():
         torch.manual_seed(0)
@@ -145,16 +149,17 @@ def main() -> None:
             def run(block_n=block_n, block_k=block_k, split=split, lut=lut, xmode=xmode, warps=warps, out=out):
                 if split > 1:
                     out.zero_()
-                kernel[(triton.cdiv(n, block_n), split)](
+                gemv_variant[(triton.cdiv(n, block_n), split)](
                     x, codes, absmax, code, out, n, k, k // split, BLOCK_N=block_n, BLOCK_K=block_k, QBLOCK=64,
                     SPLIT_K=split, LUT=lut, X=xmode, num_warps=warps)
                 return out
 
+            label = (f"variant N{block_n} K{block_k} split{split} lut{'-gather' if lut == 0 else '-select'} "
+                     f"x{'-evenodd' if xmode == 0 else '-contiguous'} w{warps}")
             try:
-                timed(f"variant N{block_n} K{block_k} split{split} lut{'-gather' if lut == 0 else '-select'} "
-                      f"x{'-evenodd' if xmode == 0 else '-contiguous'} w{warps}", run)
+                timed(label, run)
             except Exception as exc:  # noqa: BLE001 - a variant that does not compile is a row
-                rows[f"variant N{block_n} K{block_k} split{split} lut{lut} x{xmode} w{warps}"] = {"failed": str(exc)[:200]}
+                rows[label] = {"failed": str(exc)[:200]}
         data["shapes"][name] = {"out": n, "in": k, "rows": rows}
         best = min((r for label, r in rows.items() if label.startswith("variant") and r.get("error", 1) < 1e-2),
                    key=lambda r: r["us"], default=None)
