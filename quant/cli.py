@@ -18,6 +18,9 @@ from .loader import LoadRequest
 from .forms import GenerationForm, LoadForm, QuantizeForm, add_option_arguments
 from .methods import GPTQ_BACKENDS, METHODS, quantize_methods
 
+DEVICE_MAP_HELP = "auto, balanced, balanced_low_0, sequential, cpu, cuda:N, tensor_parallel"
+"""--device-map's choices, for `load`-style commands and `plan`."""
+
 
 def add_load_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that say how to load a model, shared by every subcommand that loads one; each method's own flags
@@ -25,7 +28,7 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="Hub id (org/name), local folder, or demo:<name>")
     parser.add_argument("--mode", default="bf16", choices=list(METHODS))
     parser.add_argument("--revision", help="branch, tag or commit on the Hub")
-    parser.add_argument("--device-map", default="auto", help="auto, balanced, balanced_low_0, sequential, cpu, cuda:N, tensor_parallel")
+    parser.add_argument("--device-map", default="auto", help=DEVICE_MAP_HELP)
     parser.add_argument("--max-memory", help='per-device limits, e.g. "0=20GiB,cpu=30GiB"')
     parser.add_argument("--attn", dest="attn_implementation",
                         help="attention implementation: sdpa, eager, flash_attention_2, flex_attention "
@@ -346,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan = commands.add_parser("plan", help="before loading: does the model fit, per mode and per device?")
     plan.add_argument("model", help="Hub id (org/name), local folder, or demo:<name>; only its config is read")
     plan.add_argument("--revision", help="branch, tag or commit on the Hub")
-    plan.add_argument("--device-map", default="auto", help="auto, balanced, balanced_low_0, sequential, cpu, cuda:N, tensor_parallel")
+    plan.add_argument("--device-map", default="auto", help=DEVICE_MAP_HELP)
     plan.add_argument("--max-memory", help='per-device budgets, also for GPUs this machine lacks: "0=80GiB,1=80GiB" '
                                            "(default: the free memory of the GPUs present, and the available RAM)")
     plan.add_argument("--modes", help="comma-separated modes (default: every mode that loads this checkpoint)")

@@ -42,7 +42,7 @@ def config_refusal(kind: str, config, *, tensor_parallel: bool = False) -> str |
         return "tensor parallel (every forward pass runs on all ranks, through generate)"
     config = config.get_text_config(decoder=True)
     layer_types = getattr(config, "layer_types", None) or []
-    if any(kind != "full_attention" for kind in layer_types) or (
+    if any(layer_type != "full_attention" for layer_type in layer_types) or (
             not layer_types and getattr(config, "sliding_window", None)):
         return "its cache is not one of full-attention layers (sliding-window or hybrid layers)"
     return None

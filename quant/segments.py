@@ -41,10 +41,10 @@ head) and captured as one CUDA graph all the same. dynamo traces and Inductor co
 them: at 8B on an H200 the compile at load went from 38.7 to 4.6 s at the same decode rate
 (bench/results/methods-bench-8b-cuda-regions.md).
 
-A model whose structure is not recognised stays eager with the reason (split or cut), or compiles whole (regional). Every loop checks its captured step against
-the model's own forward once at load (`SegmentedDecodeLoop.capture`), so a structure recognised wrongly (something
-the model's forward does between its layers, or after them, that the segments skip) fails to compile, loudly, and the
-model stays on the eager path.
+A model whose structure is not recognised stays eager with the reason (split or cut), or compiles whole (regional).
+Every loop checks its captured step against the model's own forward once at load (`SegmentedDecodeLoop.capture`), so a
+structure recognised wrongly (something the model's forward does between its layers, or after them, that the segments
+skip) fails to compile, loudly: a split model then stays on the eager path, a regional one compiles whole.
 """
 
 from __future__ import annotations
