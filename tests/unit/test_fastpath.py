@@ -124,13 +124,13 @@ def test_the_decoder_layers_share_one_compiled_graph_per_loop(models):
     """QUANT_COMPILE_REGIONS=layers (default): dynamo holds one entry for the layer call per decode loop (batch size x
     cache length), not one per layer: each layer gets its own view of the cache, so its layer index is not a
     constant of the graph (without the views: 4 entries per loop for the demo model's 4 layers)."""
-    import torch
+    from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list
 
     from quant.segments import _call_layer
 
     _, _, fast = models
     assert fast.path.regional and len(fast.model.model.layers) == 4
-    entries = torch._dynamo.eval_frame._debug_get_cache_entry_list(_call_layer.__code__)
+    entries = _debug_get_cache_entry_list(_call_layer.__code__)
     assert len(entries) == len(fast.path._loops) == 3
 
 
