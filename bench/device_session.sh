@@ -22,6 +22,11 @@ case "${1:-}" in
     if [ ! -d $R ]; then
       mkdir -p $R
       (ls /tmp/site/gptqmodel >/dev/null 2>&1 || bash .whl/device-setup.sh) > $R/setup.log 2>&1
+      # The machine sets PYTHONDONTWRITEBYTECODE=1, its torch has no __pycache__ and the wheels above are installed
+      # with --no-compile: without this every process compiled torch's and transformers' sources again (import 13 s
+      # instead of 6 s, bench/results/startup-8b-cuda-bytecode*.md). A pip install leaves the bytecode compiled.
+      python3 -m compileall -q -j 16 /tmp/site "$(python3 -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))')" \
+        > $R/bytecode.log 2>&1
       export PYTHONPATH=/tmp/site:$PWD GPTQMODEL_CPU_WORKERS=8 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 \
         QUANT_KERNEL_CACHE=/tmp/kcache MAX_JOBS=16
       n=0

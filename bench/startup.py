@@ -9,6 +9,10 @@ first start gets an empty QUANT_KERNEL_CACHE folder of its own and the next ones
     python bench/startup.py --shape 8b --modes bf16,nf4 --device-map cuda:0 --out bench/results          # GPU
     python bench/startup.py --model demo:tiny-llama-chat --modes fp32 --device-map cpu --out /tmp/startup  # CPU check
 
+--profile-warm: one more warm start, its load run under cProfile (the main thread and the compiled runner thread,
+where compile and capture run) with dynamo's own phase times: where a warm start's compile-from-cache goes (slower
+than the unprofiled starts by the profiler's overhead, so read its shares, not its seconds).
+
 --other-weights (a shape): one more start, of a checkpoint of the same shape with other random weights, on the cache
 the first model filled: does a kernel cache serve every model of that architecture and shape (issue 27: "reuse
 across models of the same shape")?
@@ -32,6 +36,7 @@ from bench.common import REQUIRED, WORK, bench_parser, result_stem, write_result
 ROOT = Path(__file__).resolve().parent.parent
 GOALS = {"cold": 40.0, "warm": 10.0}
 """Issue 27's goals for the 8B shape (seconds from the start to the first token); shown for that shape only."""
+PROFILED = "warm, load profiled"
 
 
 def child(model: str, mode: str, device_map: str, new_tokens: int) -> None:
@@ -52,8 +57,10 @@ def child(model: str, mode: str, device_map: str, new_tokens: int) -> None:
     from quant.registry import ModelRegistry
 
     imported = since()
+    profilers = _start_profiling() if os.environ.get("STARTUP_BENCH_PROFILE") else None
     loaded = ModelRegistry(max_models=1).load(LoadRequest(model=model, mode=mode, device_map=device_map))
     load_done = since()
+    profile = _stop_profiling(profilers) if profilers else None
     first = None
     reply = None
     for reply in stream_chat(loaded, [{"role": "user", "content": "Hello, who are you?"}],
@@ -63,11 +70,70 @@ def child(model: str, mode: str, device_map: str, new_tokens: int) -> None:
     print(json.dumps({"torch_import_s": torch_imported, "transformers_import_s": transformers_imported,
                       "import_s": imported, "load_done_s": load_done, "first_token_s": first,
                       "load_seconds": loaded.report.load_seconds, "compile_seconds": loaded.report.compile_seconds,
-                      "path": reply.stats.path if reply else None, "generation": loaded.report.generation_path}))
+                      "path": reply.stats.path if reply else None, "generation": loaded.report.generation_path,
+                      "bytecode": _bytecode(),
+                      **({"profile": profile} if profile else {})}))
 
 
-def start(model: str, mode: str, device_map: str, cache: Path, new_tokens: int, regions: str) -> dict:
+def _bytecode() -> str:
+    """Whether this process read its packages' compiled bytecode: without it every start compiles torch's and
+    transformers' sources (PYTHONDONTWRITEBYTECODE=1 and no __pycache__, as on the device machine before the eighth
+    session: 13 s of import instead of 6)."""
+    import torch
+
+    cached = (Path(torch.__file__).parent / "__pycache__").is_dir()
+    return "compiled" if cached else f"none for torch (PYTHONDONTWRITEBYTECODE={int(sys.flags.dont_write_bytecode)})"
+
+
+def _start_profiling() -> list:
+    """cProfile on this thread and on the compiled runner thread (where compile, capture and warm-up run)."""
+    import cProfile
+
+    from quant.fastpath import compiled_runner
+
+    main, runner = cProfile.Profile(), cProfile.Profile()
+    main.enable()
+    try:
+        compiled_runner().submit(runner.enable).result()
+    except ValueError:  # Python 3.12+: one profiler per process (sys.monitoring), and it sees every thread
+        runner = None
+    return [main, runner]
+
+
+def _stop_profiling(profilers: list, top: int = 45) -> dict:
+    """The functions with the most cumulative seconds in either thread, and dynamo's phase times."""
+    import pstats
+
+    from quant.fastpath import compiled_runner
+
+    main, runner = profilers
+    if runner is not None:
+        compiled_runner().submit(runner.disable).result()
+    main.disable()
+    functions, own = [], []
+    for profiler in filter(None, (main, runner)):
+        stats = pstats.Stats(profiler).stats
+        functions += [(cumulative, f"{Path(file).name}:{line}({name})")
+                      for (file, line, name), (_, _, _, cumulative, _) in stats.items() if cumulative >= 0.05]
+        own += [(inside, f"{Path(file).name}:{line}({name})")
+                for (file, line, name), (_, _, inside, _, _) in stats.items() if inside >= 0.02]
+    phases = {}
+    try:  # dynamo's own accounting (not a public API: the profile above stands without it)
+        from torch._dynamo.utils import calculate_time_spent
+
+        phases = {phase: round(seconds, 2) for phase, seconds in calculate_time_spent().items()}
+    except Exception:  # noqa: BLE001
+        pass
+    return {"top_cumulative_s": [[round(seconds, 2), where] for seconds, where in sorted(functions, reverse=True)[:top]],
+            "top_own_s": [[round(seconds, 2), where] for seconds, where in sorted(own, reverse=True)[:20]],
+            "dynamo_phases_s": phases}
+
+
+def start(model: str, mode: str, device_map: str, cache: Path, new_tokens: int, regions: str,
+          profile: bool = False) -> dict:
     env = {**os.environ, "QUANT_KERNEL_CACHE": str(cache), "PYTHONPATH": str(ROOT), "QUANT_COMPILE_REGIONS": regions}
+    if profile:
+        env["STARTUP_BENCH_PROFILE"] = "1"
     for inherited in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):  # the cache must be this run's folder alone
         env.pop(inherited, None)
     env["STARTUP_BENCH_LAUNCHED"] = repr(time.time())
@@ -90,6 +156,8 @@ def main() -> None:
     parser.add_argument("--warm-starts", type=int, default=2, help="starts after the cold one, on its cache")
     parser.add_argument("--other-weights", action="store_true",
                         help="then start the same shape with other weights on that cache")
+    parser.add_argument("--profile-warm", action="store_true",
+                        help="then one more warm start with its load under cProfile (where the compile from cache goes)")
     parser.add_argument("--compile-regions", default="layers",
                         help="QUANT_COMPILE_REGIONS to start with, comma-separated (layers,model: both, each with its "
                              "own cold cache)")
@@ -127,10 +195,12 @@ def main() -> None:
             shutil.rmtree(cache, ignore_errors=True)
             cache.mkdir(parents=True)
             starts = ["cold", *(f"warm {index}" for index in range(1, 1 + args.warm_starts))]
-            for label in starts + (["other weights, same shape (warm cache)"] if other else []):
+            starts += ["other weights, same shape (warm cache)"] if other else []
+            starts += [PROFILED] if args.profile_warm else []
+            for label in starts:
                 row = {"mode": mode, "regions": regions, "start": label,
                        **start(other_of_mode if label.startswith("other") else model_of_mode, mode, args.device_map,
-                               cache, args.new_tokens, regions)}
+                               cache, args.new_tokens, regions, profile=label == PROFILED)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     data = {"model": model, "name": name, "device_map": args.device_map, "new_tokens": args.new_tokens,
@@ -143,6 +213,10 @@ def _s(value) -> str:
     return "" if value is None else f"{value:.1f}"
 
 
+def _bytecode_seen(rows: list[dict]) -> list[str]:
+    return sorted({row.get("bytecode", "not recorded") for row in rows if not row.get("error")})
+
+
 def markdown(data: dict) -> str:
     machine = data.get("machine", {})
     lines = [f"# Start to first chat token, {data['name']} on {machine.get('gpu') or 'CPU'}", "",
@@ -151,25 +225,41 @@ def markdown(data: dict) -> str:
              "QUANT_KERNEL_CACHE, the warm ones reuse what it wrote.", "",
              "Times are seconds since the process was launched: torch imported, transformers imported, the app's "
              "modules imported, the load done (weights, compile and capture), the first token of the reply. "
+             "In a running app: from the load's start to the first token (what a user of an app already up waits for "
+             "after choosing the model: the same start without the imports). "
              "Compile regions: QUANT_COMPILE_REGIONS (layers: one decoder layer compiled for all; model: the whole "
              "forward).", "",
+             f"Python bytecode of the packages: {', '.join(_bytecode_seen(data['rows']))} (without it, every start "
+             "compiles torch's sources: seconds of import that a pip install does not have).", "",
              "| mode | compile regions | start | torch s | transformers s | import s | load done s | first token s | "
-             "of which compile s | process s | path | goal |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "of which compile s | in a running app s | process s | path | goal |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     goals = data.get("goals")
     for row in data["rows"]:
         if row.get("error"):
             lines.append(f"| {row['mode']} | {row.get('regions', '')} | {row['start']} | failed: "
-                         f"{row['error'][:200]} | | | | | | {_s(row['process_s'])} | | |")
+                         f"{row['error'][:200]} | | | | | | | {_s(row['process_s'])} | | |")
             continue
         kind = "cold" if row["start"] == "cold" else "warm"
         goal = ""
-        if goals and row["first_token_s"] is not None:
+        in_app = None if row["first_token_s"] is None else row["first_token_s"] - row["import_s"]
+        if goals and row["first_token_s"] is not None and row["start"] != PROFILED:
             goal = f"<= {goals[kind]:.0f} s: {'met' if row['first_token_s'] <= goals[kind] else 'NOT met'}"
         lines.append(f"| {row['mode']} | {row.get('regions', '')} | {row['start']} | {_s(row.get('torch_import_s'))} | "
                      f"{_s(row.get('transformers_import_s'))} | {_s(row['import_s'])} | {_s(row['load_done_s'])} | "
-                     f"{_s(row['first_token_s'])} | {_s(row['compile_seconds'])} | {_s(row['process_s'])} | "
+                     f"{_s(row['first_token_s'])} | {_s(row['compile_seconds'])} | {_s(in_app)} | "
+                     f"{_s(row['process_s'])} | "
                      f"{row['path']} | {goal} |")
+    for row in data["rows"]:
+        if row.get("profile"):
+            profile = row["profile"]
+            lines += ["", f"## Where the profiled load went ({row['mode']}, {row.get('regions', '')}: cumulative "
+                      "seconds under cProfile, the main thread and the compiled runner thread)", "",
+                      f"dynamo's phases: {json.dumps(profile['dynamo_phases_s'])}", "", "| cumulative s | function |",
+                      "|---|---|"]
+            lines += [f"| {seconds:.2f} | `{where}` |" for seconds, where in profile["top_cumulative_s"]]
+            lines += ["", "Most seconds in the function itself:", "", "| own s | function |", "|---|---|"]
+            lines += [f"| {seconds:.2f} | `{where}` |" for seconds, where in profile.get("top_own_s", [])]
     return "\n".join(lines) + "\n"
 
 
