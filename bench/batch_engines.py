@@ -8,13 +8,17 @@ Per engine: generated tokens/s and prompts/s (to the last reply), the first repl
 continuous engine's teardown included), peak GPU memory during the job, the engine that really ran (a forced
 continuous engine falls back to padded batches where it cannot run, and says why), and how many replies equal the
 continuous engine's (greedy: they should all, but for near ties in 16-bit arithmetic). `--compiled-batch-sizes 32`
-gives the padded engine the compiled static-batch loop at that size (QUANT_COMPILED_BATCH_SIZES, at load); the engine
-`padded+compiled` compiles the job's batch size on demand (QUANT_COMPILE_BATCH_ON_DEMAND=1) and times that compile.
+gives the padded engine the compiled static-batch loop at that size (QUANT_COMPILED_BATCH_SIZES, at load). An engine
+is a name and modifiers joined by "+": `padded+eager` keeps a job's batch size eager (QUANT_COMPILE_BATCH_ON_DEMAND=0,
+the default until the eighth session), `padded+compiled` compiles it on demand (=1, the default since), and
+`padded+padded-prefill` prefills a padded batch whole (QUANT_BATCH_PREFILL=padded); an engine that compiles on demand
+has that compile timed alone before its first job, and runs after the engines that do not (a size once compiled stays
+compiled for them too).
 
     python bench/batch_engines.py --shape 8b --modes bf16,nf4,int8,gptq --prompts 128 --new-tokens 128 \\
         --batch-size 128 --out bench/results                                                        # the GPU run
-    python bench/batch_engines.py --shape 8b --modes bf16,nf4,gptq --engines padded,padded+compiled --prompts 128 \\
-        --new-tokens 128 --batch-size 128 --tag=-on-demand --out bench/results     # against the compiled loop
+    python bench/batch_engines.py --shape 8b --modes bf16,nf4,gptq --engines padded+eager,padded --prompts 128 \\
+        --new-tokens 128 --batch-size 128 --tag=-on-demand --out bench/results     # eager against the compiled loop
     python bench/batch_engines.py --model demo:tiny-llama-chat --device-map cpu --modes fp32,nf4 --prompts 12 \\
         --max-prompt-tokens 300 --new-tokens 16 --batch-size 4 --out /tmp/batch-engines              # a CPU check
 
@@ -37,16 +41,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import REQUIRED, WORK, bench_parser, environment, result_stem, write_results  # noqa: E402
 from bench.llama_shapes import build_checkpoint  # noqa: E402
 from bench.methods_bench import parse_modes, quantized_checkpoint  # noqa: E402
-from quant.batching import CONTINUOUS, run_batch  # noqa: E402
-from quant.generation import GenerationSettings  # noqa: E402
+from quant.batching import CONTINUOUS, PADDED, run_batch  # noqa: E402
+from quant.generation import GenerationSettings, cache_tokens  # noqa: E402
 from quant.gptq import builtin_textsets  # noqa: E402
 from quant.loader import LoadRequest  # noqa: E402
 from quant.methods import METHODS, QuantOptions  # noqa: E402
 from quant.registry import ModelRegistry  # noqa: E402
+from quant.settings import load_settings  # noqa: E402
 from quant.source import resolve_location  # noqa: E402
 
 MiB = 2**20
-COMPILED_PADDED = "padded+compiled"
+MODIFIERS = {"eager": {"QUANT_COMPILE_BATCH_ON_DEMAND": "0"}, "compiled": {"QUANT_COMPILE_BATCH_ON_DEMAND": "1"},
+             "padded-prefill": {"QUANT_BATCH_PREFILL": "padded"}, "graphs": {"QUANT_CONTINUOUS_STEP": "graphs"}}
+"""What each engine modifier sets for its job (the settings it leaves out keep their defaults)."""
+
+
+def engine_environment(engine: str) -> dict[str, str | None]:
+    name, *modifiers = engine.split("+")
+    unknown = [m for m in modifiers if m not in MODIFIERS]
+    if name not in (PADDED, CONTINUOUS) or unknown:
+        raise SystemExit(f"Unknown engine {engine!r}: padded or continuous, then modifiers of {', '.join(MODIFIERS)}")
+    env = {"QUANT_CONTINUOUS_STEP": "library", "QUANT_COMPILE_BATCH_ON_DEMAND": None, "QUANT_BATCH_PREFILL": None}
+    for modifier in modifiers:
+        env.update(MODIFIERS[modifier])
+    return env
+
+
+def compiles_on_demand(engine: str) -> bool:
+    """Whether this engine's job compiles its batch size on demand (padded engines, unless the setting is off)."""
+    if not engine.startswith(PADDED):
+        return False
+    with environment(engine_environment(engine)):
+        return load_settings().compile_batch_on_demand
 GOALS = "bf16 >= 5,000 tok/s (8B, 128 ragged prompts x 128 new tokens); GPTQ >= bf16; nf4 >= 0.6x bf16"
 
 
@@ -74,12 +100,10 @@ def run_engine(loaded, prompts: list[str], settings: GenerationSettings, batch_s
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    name, _, step = engine.partition("+")
+    name = engine.partition("+")[0]
     started = time.perf_counter()
     first_reply = last = None
-    with environment({"QUANT_CONTINUOUS_STEP": "graphs" if step == "graphs" else "library",
-                      "QUANT_COMPILE_BATCH_ON_DEMAND": "1" if engine == COMPILED_PADDED else None,
-                      "QUANT_BATCH_PREFILL": "padded" if step == "padded-prefill" else None}):
+    with environment(engine_environment(engine)):
         for last in run_batch(loaded, list(enumerate(prompts, 1)), settings, batch_size=batch_size, engine=name):
             if first_reply is None and last.done:
                 first_reply = time.perf_counter() - started
@@ -109,15 +133,16 @@ def bench_mode(registry: ModelRegistry, mode, model: str, args, prompts_of) -> d
     row["prompt_tokens"] = [len(loaded.tokenizer(p)["input_ids"]) for p in prompts]
     settings = GenerationSettings(max_new_tokens=args.new_tokens)
     engines = args.engines.split(",")
-    with environment({"QUANT_COMPILE_BATCH_ON_DEMAND": None}):  # the warm-up's 4 prompts compile nothing
-        for engine in dict.fromkeys("padded" if e == COMPILED_PADDED else e for e in engines):
-            # warm-up: kernels, allocator, the compiled loop's first calls; padded+compiled's compile is timed below
-            run_engine(loaded, prompts[:4], GenerationSettings(max_new_tokens=4), min(4, args.batch_size), engine)
+    for engine in dict.fromkeys(e.replace("+compiled", "").replace("+eager", "") + "+eager" for e in engines):
+        # warm-up: kernels, allocator, the compiled loop's first calls (the 4 prompts compile nothing for themselves);
+        # an on-demand compile is timed below
+        run_engine(loaded, prompts[:4], GenerationSettings(max_new_tokens=4), min(4, args.batch_size), engine)
     for engine in engines:
-        if engine == COMPILED_PADDED and loaded.path.compiled and "on_demand_compile_seconds" not in row:
+        if compiles_on_demand(engine) and loaded.path.compiled and "on_demand_compile_seconds" not in row:
             size = min(args.batch_size, len(prompts))  # what the first job of this size waits for, timed alone
+            needed = cache_tokens(loaded, max(row["prompt_tokens"]), args.new_tokens)
             started = time.perf_counter()
-            row["on_demand_refusal"] = loaded.path.add_batch_size(size)
+            row["on_demand_refusal"] = loaded.path.add_batch_size(size, needed)
             row["on_demand_compile_seconds"] = time.perf_counter() - started
             print(f"{mode.label}: batch {size} compiled on demand in {row['on_demand_compile_seconds']:.1f} s "
                   f"{row['on_demand_refusal'] or ''}; path {loaded.path.describe()}", flush=True)
@@ -146,8 +171,10 @@ def markdown(data: dict) -> str:
              f"new tokens each (greedy), batch size {data['batch_size']} (most prompts generating at once), "
              f"QUANT_COMPILED_BATCH_SIZES={data['compiled_batch_sizes']}, "
              f"QUANT_FAST_GENERATION={data['fast_generation']}; through quant.batching.run_batch. "
-             f"`{COMPILED_PADDED}`: padded batches with QUANT_COMPILE_BATCH_ON_DEMAND=1 (the job's batch size "
-             "compiled once, before its first job, timed below).", "",
+             "Engines: `padded+eager`: padded batches with QUANT_COMPILE_BATCH_ON_DEMAND=0 (a job's batch size runs "
+             "eagerly); `padded+compiled`: =1 (compiled once, before the first job that needs it, timed below); "
+             "`padded`: the default (on since the eighth session); `+padded-prefill`: QUANT_BATCH_PREFILL=padded "
+             "(one prefill over the padded batch instead of groups of similar length).", "",
              "| mode | engine | ran | tok/s | prompts/s | first reply s | job s | peak GPU MiB | "
              "replies = reference |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -165,8 +192,7 @@ def markdown(data: dict) -> str:
     lines += ["", "Faster engine per mode (generated tok/s):", ""]
     for row in data["modes"]:
         rates = {e["engine"]: e["tokens_per_s"] for e in row.get("engines", [])
-                 if e["ran_engine"] == e["engine"].partition("+")[0]
-                 and (e["engine"] != COMPILED_PADDED or not row.get("on_demand_refusal"))}
+                 if e["ran_engine"] == e["engine"].partition("+")[0]}
         if len(rates) >= 2:
             best = max(rates, key=rates.get)
             others = ", ".join(f"{rates[best] / rate:.2f}x {engine}" for engine, rate in rates.items()
@@ -191,10 +217,10 @@ def main() -> None:
     parser.add_argument("--max-prompt-tokens", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=128, help="most prompts generating at once (1-256)")
     parser.add_argument("--engines", default="continuous,padded",
-                        help="padded, padded+padded-prefill (QUANT_BATCH_PREFILL=padded), continuous, "
-                             "continuous+graphs (QUANT_CONTINUOUS_STEP=graphs), padded+compiled "
-                             "(QUANT_COMPILE_BATCH_ON_DEMAND=1: the batch size compiled before its job, timed; run "
-                             "after the other engines, which would otherwise run on the compiled size too)")
+                        help="padded or continuous, each with modifiers joined by '+': eager "
+                             "(QUANT_COMPILE_BATCH_ON_DEMAND=0), compiled (=1: the batch size compiled before its job, "
+                             "timed), padded-prefill (QUANT_BATCH_PREFILL=padded), graphs (QUANT_CONTINUOUS_STEP=graphs)"
+                             "; engines that compile on demand run after the others")
     parser.add_argument("--compiled-batch-sizes", default=os.environ.get("QUANT_COMPILED_BATCH_SIZES", "1"),
                         help="QUANT_COMPILED_BATCH_SIZES for the loads")
     parser.add_argument("--fast-generation", default=os.environ.get("QUANT_FAST_GENERATION", "auto"),
@@ -205,9 +231,10 @@ def main() -> None:
     os.environ["QUANT_COMPILED_BATCH_SIZES"] = args.compiled_batch_sizes
     os.environ["QUANT_FAST_GENERATION"] = args.fast_generation
     engines = args.engines.split(",")
-    if COMPILED_PADDED in engines:  # last: once compiled, the size stays compiled for the plain padded engine too
-        engines = [e for e in engines if e != COMPILED_PADDED] + [COMPILED_PADDED]
-    args.engines = ",".join(engines)
+    for engine in engines:
+        engine_environment(engine)  # an unknown one is refused before anything is built
+    # last: once compiled, the size stays compiled for the engines that do not compile too
+    args.engines = ",".join(sorted(engines, key=compiles_on_demand))
     if args.model:
         source, name = args.model, args.model.rsplit("/", 1)[-1].replace("demo:", "")
     else:

@@ -576,15 +576,17 @@ def run_batch(loaded: LoadedModel, prompts: list[tuple[int, str]], settings: Gen
                 choice = EngineChoice(choice.engine, _joined(
                     reason, f"eager: the longest prompt and its reply need {needed} cache tokens, past the compiled "
                             f"{loaded.path.max_cache_len} (QUANT_STATIC_CACHE_TOKENS)"))
-            elif size not in loaded.path.batch_sizes:
-                choice = EngineChoice(choice.engine, _joined(reason, f"compiling batch {size} for this job, the "
-                                                                     "first of this size"))
+            elif loaded.path.compiled_batch_size(size, needed) != size:
+                length = loaded.path.job_cache_length(needed)
+                choice = EngineChoice(choice.engine, _joined(
+                    reason, f"compiling batch {size} for this job ({length} cache tokens), kept for the next jobs"))
                 yield progress([])  # the table says what the wait is for
                 compile_started = time.perf_counter()
-                refusal = loaded.path.add_batch_size(size)
+                refusal = loaded.path.add_batch_size(size, needed)
                 choice = EngineChoice(choice.engine, _joined(
                     reason, f"batch {size} eager: {refusal}" if refusal else
-                    f"batch {size} compiled for this job in {time.perf_counter() - compile_started:.1f} s"))
+                    f"batch {size} compiled for this job in {time.perf_counter() - compile_started:.1f} s "
+                    f"({length} cache tokens)"))
         if rest and not stop.is_set():
             for results in stream_padded(loaded, [(i, rows[i].prompt) for i in rest], [len(encoded[i]) for i in rest],
                                          settings, batch_size=batch_size, use_chat_template=use_chat_template,

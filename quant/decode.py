@@ -25,12 +25,18 @@ Without CUDA (tests, the CPU with QUANT_FAST_GENERATION=all) the same loop runs 
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import torch
 from transformers import StaticCache
 from transformers.cache_utils import StaticLayer, StaticSlidingWindowLayer
 from transformers.generation.utils import DeferredStopCheck, StopCheck
+
+from . import ragged
+from .settings import load_settings
+
+log = logging.getLogger(__name__)
 
 
 _capture_streams: dict[torch.device, torch.cuda.Stream] = {}
@@ -92,6 +98,10 @@ class DecodeLoop:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None
         """The captured step's output buffer (CUDA): the last position's logits, overwritten by each replay."""
+        self.prefills_in_groups = (batch_size > 1 and not model.config.is_encoder_decoder
+                                   and ragged.model_refusal(model) is None)
+        """A ragged batch's prompts are prefilled in groups of similar length into the static cache (quant.ragged),
+        not in one forward over the padded batch."""
 
     @property
     def captured(self) -> bool:
@@ -163,10 +173,29 @@ class DecodeLoop:
         self.mask[:, :length] = 1 if attention_mask is None else attention_mask
         if position_ids is None:
             position_ids = torch.arange(length, device=input_ids.device).expand(input_ids.shape[0], -1)
-        out = self.model(input_ids=input_ids, attention_mask=self.mask, position_ids=position_ids,
-                         past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        columns = slice(None)
+        if self._prefill_in_groups(input_ids, attention_mask):
+            columns = slice(-1, None)  # the cache holds every column but the last
+        out = self.model(input_ids=input_ids[:, columns], attention_mask=self.mask,
+                         position_ids=position_ids[:, columns], past_key_values=self.cache, use_cache=True,
+                         logits_to_keep=1)
         self.position.copy_(position_ids[:, -1:] + 1)
         return out.logits[:, -1]
+
+    def _prefill_in_groups(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> bool:
+        """Prefill all columns but the last of a ragged padded batch in groups into the reset cache (QUANT_BATCH_PREFILL
+        =grouped, where the model allows it and the padding is worth skipping); False: nothing was done."""
+        if (not self.prefills_in_groups or attention_mask is None or input_ids.shape[1] < 2
+                or load_settings().batch_prefill != "grouped" or not ragged.worth_it(attention_mask)):
+            return False
+        try:
+            ragged.prefill_into_static_cache(self.model, input_ids, attention_mask, self.cache)
+            return True
+        except Exception:  # noqa: BLE001 - the batch is prefilled whole instead, as before
+            log.warning("Prefilling a batch in groups into the static cache failed; prefilling it whole.",
+                        exc_info=True)
+            self.cache.reset()
+            return False
 
     def _prefill_inputs(self, model_kwargs: dict) -> dict:
         """Take the model inputs that `_prefill` uses out of what `generate` prepared."""

@@ -90,11 +90,12 @@ class Settings:
     the load and holds its own static cache, 8.6 GiB for batch 32 x 2048 tokens of an 8B Llama); smaller batches are
     padded up."""
     compile_batch_on_demand: bool
-    """QUANT_COMPILE_BATCH_ON_DEMAND=1: a Batch job on a compiled model whose batch size (its chunk, at most the job's
-    prompts) is not one of QUANT_COMPILED_BATCH_SIZES compiles it at the job's start, once, kept while the model stays
-    loaded (GenerationPath.add_batch_size), instead of running its padded chunks eagerly; where its static caches
-    would not fit in the GPU's free memory, the chunks run eagerly and the job says why. Nothing is compiled at load
-    for it. Off by default until measured on a GPU (issue 26)."""
+    """QUANT_COMPILE_BATCH_ON_DEMAND (on by default, "0" turns it off): a Batch job on a compiled model whose batch
+    size (its chunk, at most the job's prompts) is not compiled for its prompts' length compiles it at the job's start,
+    once, with a static cache of the job's length (GenerationPath.add_batch_size), kept while the model stays loaded,
+    instead of running its padded chunks eagerly; where that cache would not fit in the GPU's free memory, the chunks
+    run eagerly and the job says why. Nothing is compiled at load for it. On by default since compiling is one
+    decoder layer's work (QUANT_COMPILE_REGIONS=layers): measured in bench/results/batch-engines-8b-on-demand-*."""
     packed_gqa_decode: bool
     """QUANT_PACKED_GQA_DECODE ("1" by default, "0" turns it off): on the compiled path, grouped-query models attend
     without copying the KV cache once per query head (quant.attention.packed_gqa_sdpa)."""
@@ -140,9 +141,9 @@ class Settings:
     """QUANT_OUTPUT_MAX_AGE_HOURS: on a served app, visitors' quantized folders older than this are removed (0: kept;
     the default, except on a Hugging Face Space, where it is 24: a public Space's disk fills up otherwise)."""
     batch_prefill: str
-    """QUANT_BATCH_PREFILL: how a padded batch of ragged prompts is prefilled on the eager path: "grouped" (default:
-    in groups of similar length, without computing the padding, quant.ragged) or "padded" (one forward over the batch
-    padded to its longest prompt: for measuring)."""
+    """QUANT_BATCH_PREFILL: how a padded batch of ragged prompts is prefilled, eagerly and into the compiled loop's
+    static cache: "grouped" (default: in groups of similar length, without computing the padding, quant.ragged) or
+    "padded" (one forward over the batch padded to its longest prompt: for measuring)."""
     tensor_parallel_cpu_ranks: int
     """QUANT_TENSOR_PARALLEL_CPU_RANKS: on a machine without a GPU, the processes that device_map=tensor_parallel
     shards a model over (gloo; default 0: not offered on the CPU). On GPUs it is one rank per GPU present."""
@@ -160,7 +161,7 @@ def load_settings() -> Settings:
         fast_generation=os.environ.get("QUANT_FAST_GENERATION", "auto").strip().lower() or "auto",
         static_cache_tokens=_int_list_setting("QUANT_STATIC_CACHE_TOKENS", "512,2048"),
         compiled_batch_sizes=_int_list_setting("QUANT_COMPILED_BATCH_SIZES", "1"),
-        compile_batch_on_demand=_flag("QUANT_COMPILE_BATCH_ON_DEMAND"),
+        compile_batch_on_demand=not _flag_off("QUANT_COMPILE_BATCH_ON_DEMAND"),
         packed_gqa_decode=not _flag_off("QUANT_PACKED_GQA_DECODE"),
         decode_segments=int_setting("QUANT_DECODE_SEGMENTS", 0, minimum=0),
         compile_regions=_choice_setting("QUANT_COMPILE_REGIONS", COMPILE_REGIONS),

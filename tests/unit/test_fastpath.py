@@ -418,15 +418,19 @@ def test_compiled_kernels_are_kept_on_disk_for_the_next_start(tmp_path):
 
 
 def test_a_batch_job_compiles_its_batch_size_on_demand_and_keeps_it(monkeypatch, tmp_path):
-    """QUANT_COMPILE_BATCH_ON_DEMAND=1: nothing more at load; the first Batch job of a size not compiled compiles it
-    (the table says so while it does), gives the eager path's rows, and the next job of that size finds it compiled.
-    Without the setting the same job runs eagerly and compiles nothing."""
+    """QUANT_COMPILE_BATCH_ON_DEMAND (on by default): nothing more at load; the first Batch job of a size not compiled
+    compiles it with a cache of the job's length (the table says so while it does), gives the eager path's rows, and
+    the next job of that size finds it compiled; a job that needs a longer cache compiles the size again in place of
+    the shorter one. With the setting off the same job runs eagerly and compiles nothing."""
+    from quant import fastpath
     from quant.batching import PADDED, run_batch
     from tests.support.fastpath import greedy_ids, load
 
     for key, value in {"QUANT_COMPILE_BACKEND": "eager", "QUANT_COMPILED_BATCH_SIZES": "1",
-                       "QUANT_STATIC_CACHE_TOKENS": "64,256", "QUANT_KERNEL_CACHE": str(tmp_path)}.items():
+                       "QUANT_STATIC_CACHE_TOKENS": "64,256", "QUANT_KERNEL_CACHE": str(tmp_path),
+                       "QUANT_COMPILE_BATCH_ON_DEMAND": "0"}.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setattr(fastpath, "JOB_CACHE_STEP", 64)
     request = LoadRequest(model=LLAMA, mode="fp32")
     eager, fast = load(request, fast=False), load(request, fast=True)
     assert fast.path.batch_sizes == (1,)
@@ -436,15 +440,21 @@ def test_a_batch_job_compiles_its_batch_size_on_demand_and_keeps_it(monkeypatch,
     assert fast.path.batch_sizes == (1,) and [r.output for r in off.rows] == want
     assert not greedy_ids(fast, PROMPTS[:3])[2]  # batch 3: eager
 
-    monkeypatch.setenv("QUANT_COMPILE_BATCH_ON_DEMAND", "1")
+    monkeypatch.delenv("QUANT_COMPILE_BATCH_ON_DEMAND")  # the default: on
     tables = list(run_batch(fast, prompts, GREEDY, batch_size=3, engine=PADDED))
-    assert tables[0].done == 0 and "compiling batch 3 for this job" in tables[0].totals()
+    assert tables[0].done == 0 and "compiling batch 3 for this job (64 cache tokens)" in tables[0].totals()
     assert "batch 3 compiled for this job in" in tables[-1].totals() and [r.output for r in tables[-1].rows] == want
-    assert fast.path.batch_sizes == (1, 3) and sorted(fast.path._loops) == [(1, 256), (3, 64), (3, 256)]
-    assert "batch 1, 3" in fast.path.describe()
-    assert greedy_ids(fast, PROMPTS[:3])[2]  # batch 3: compiled now
+    assert fast.path.batch_sizes == (1, 3) and sorted(fast.path._loops) == [(1, 256), (3, 64)]
+    assert "batch 1, 3" in fast.path.describe() and "batch 3 for a job: 64 tokens" in fast.path.describe()
+    assert greedy_ids(fast, PROMPTS[:3], new_tokens=16)[2]  # batch 3: compiled now, while it fits its 64 slots
     again = list(run_batch(fast, prompts, GREEDY, batch_size=3, engine=PADDED))
     assert len(again) == 1 and "compil" not in again[-1].totals() and [r.output for r in again[-1].rows] == want
+    # Longer replies: the size is compiled again with a longer cache, which replaces the shorter one
+    longer = GenerationSettings(max_new_tokens=80)
+    want = [r.output for r in list(run_batch(eager, prompts, longer, batch_size=3, engine=PADDED))[-1].rows]
+    tables = list(run_batch(fast, prompts, longer, batch_size=3, engine=PADDED))
+    assert "compiled for this job" in tables[-1].totals() and [r.output for r in tables[-1].rows] == want
+    assert sorted(fast.path._loops) == [(1, 256), (3, 128)] and fast.path.batch_sizes == (1, 3)
     # A job whose replies outrun the static cache would not run compiled: nothing is compiled for it
     long = list(run_batch(fast, prompts[:2], GenerationSettings(max_new_tokens=300), batch_size=2, engine=PADDED))
     assert "past the compiled 256" in long[-1].totals() and fast.path.batch_sizes == (1, 3)

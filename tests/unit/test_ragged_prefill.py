@@ -77,3 +77,29 @@ def test_groups_follow_the_token_budget_and_never_start_with_a_one_token_prompt(
 def test_what_cannot_be_prefilled_in_groups_says_why(kind, config, tensor_parallel, reason):
     refusal = ragged.config_refusal(kind, config, tensor_parallel=tensor_parallel)
     assert refusal is None if reason is None else reason in refusal
+
+
+def test_the_compiled_loop_prefills_a_ragged_batch_in_groups_into_its_static_cache(fp32, monkeypatch, tmp_path):
+    """The compiled decode loop (quant.decode, on the CPU with QUANT_FAST_GENERATION=all) prefills a ragged padded
+    batch in groups straight into its static cache, then runs only the last column over the whole batch: the replies
+    of the same loop prefilled whole (QUANT_BATCH_PREFILL=padded) and of each prompt alone on the eager path."""
+    from tests.support.fastpath import load
+
+    for key, value in {"QUANT_COMPILE_BACKEND": "eager", "QUANT_COMPILED_BATCH_SIZES": f"1,{len(RAGGED)}",
+                       "QUANT_STATIC_CACHE_TOKENS": "256", "QUANT_KERNEL_CACHE": str(tmp_path)}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(ragged, "GROUP_TOKENS", 200)  # several groups from these six prompts
+    fast = load(LoadRequest(LLAMA, mode="fp32", device_map="cpu"), fast=True)
+    try:
+        assert fast.path.compiled_batch_size(len(RAGGED), 200) == len(RAGGED)
+        (padded, padded_shapes), (grouped, grouped_shapes) = prefilled_both_ways(fast, RAGGED, GREEDY, monkeypatch)
+        width = padded_shapes[0][1]
+        assert padded_shapes[0] == (len(RAGGED), width) and width > 80
+        prefill = [s for s in grouped_shapes if s[1] > 1]
+        groups = ragged.prefill_groups([sum(m) for m in fast.tokenizer(RAGGED)["attention_mask"]], 200)
+        assert len(prefill) == len(groups) >= 2 and all(rows < len(RAGGED) for rows, _ in prefill)
+        assert grouped_shapes[len(prefill)] == (len(RAGGED), 1)  # the last column, on the static cache
+        assert grouped == padded and sum(count > 1 for _, count in grouped) >= 4
+        assert grouped == [generate_batch(fp32, [p], GREEDY)[0] for p in RAGGED]
+    finally:
+        fast.path.close()
