@@ -133,6 +133,32 @@ def compiled_runner() -> ThreadPoolExecutor:
         return _runner
 
 
+_batch_work = 0
+"""Batch work queued or running on the runner thread: compiled batches' `generate` calls and batch sizes being
+compiled for a job. A chat yields to it (`runner_busy_with_batches`)."""
+_batch_work_guard = threading.Lock()
+
+
+def _batch_work_started() -> None:
+    global _batch_work
+    with _batch_work_guard:
+        _batch_work += 1
+
+
+def _batch_work_ended(*_) -> None:
+    global _batch_work
+    with _batch_work_guard:
+        _batch_work -= 1
+
+
+def runner_busy_with_batches() -> bool:
+    """Whether batch work holds the runner thread: a chat queued behind it would wait for a whole compiled chunk
+    (seconds at batch 128) or an on-demand compile before its first token, so it runs eagerly instead (issue 26: a
+    chat during a batch job gets its first token within 1 s)."""
+    with _batch_work_guard:
+        return _batch_work > 0
+
+
 def _forget_compiled_code() -> None:
     """Drop every dynamo-compiled frame (runs on the runner thread): dynamo would otherwise hand the next model of
     the same shape the frame compiled for this one, and keep what it references alive."""
@@ -249,7 +275,16 @@ class GenerationPath:
                 return generate(**kwargs, past_key_values=loop.cache, custom_generate=loop,
                                 decode_streamer=kwargs.get("streamer"))
 
-        return compiled_runner().submit(run_compiled)
+        if compiled_batch == 1:
+            return compiled_runner().submit(run_compiled)
+        _batch_work_started()
+        try:
+            future = compiled_runner().submit(run_compiled)
+        except BaseException:
+            _batch_work_ended()
+            raise
+        future.add_done_callback(_batch_work_ended)
+        return future
 
     def close(self) -> None:
         """Free the static caches, the CUDA graphs and the compiled code (on the runner thread, after any compiled call
@@ -341,6 +376,7 @@ class GenerationPath:
             started = time.perf_counter()
             self._drop_loops(size)
             self.job_cache_lengths[size] = length
+            _batch_work_started()
             try:
                 self._warm_size(size, progress)
             except Exception as exc:  # noqa: BLE001 - the job runs eagerly, the loaded sizes keep working
@@ -350,6 +386,8 @@ class GenerationPath:
                 self.job_cache_lengths.pop(size, None)
                 self.batch_sizes = tuple(s for s in self.batch_sizes if s != size)
                 return f"compiling batch {size} failed: {_first_line(exc)}"
+            finally:
+                _batch_work_ended()
             self.batch_sizes = tuple(sorted({*self.batch_sizes, size}))
             self.cache_bytes = sum(loop.cache_bytes() for loop in self._loops.values())
             self.warmup_seconds += time.perf_counter() - started

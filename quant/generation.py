@@ -21,6 +21,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from . import ragged
 from .errors import QuantError
+from .fastpath import runner_busy_with_batches
 from .loader import LoadedModel, model_context_length
 from .settings import load_settings
 
@@ -150,16 +151,26 @@ def cache_tokens(loaded: LoadedModel, prompt_tokens: int, new_tokens: int) -> in
     return prompt_tokens + new_tokens
 
 
+YIELDED_TO_BATCH = ("A Batch job is running on the compiled path: this reply runs eagerly, so that it starts now "
+                    "instead of after the job's current batch (its tokens come slower).")
+
+
 def start_generate(loaded: LoadedModel, kwargs: dict, *, batch_size: int, total_tokens: int,
                    seed: GenerationSettings | None = None,
-                   prepare_eager: Callable[[dict], dict] | None = None) -> tuple[Future, bool]:
+                   prepare_eager: Callable[[dict], dict] | None = None,
+                   notices: list[str] | None = None) -> tuple[Future, bool]:
     """Run `model.generate(**kwargs)` on the model's generation path; returns its future and whether it is compiled.
 
     The compiled path runs it on the compiled runner thread with a warmed static cache when `batch_size` is one of the
     compiled sizes and prompt + reply (`total_tokens`, see `cache_tokens`) fit; anything else runs eagerly on a thread
     of its own. `prepare_eager(kwargs) -> kwargs`: run first on the generating thread, on the eager path only.
+    `notices`: given for a chat (batch 1), which then runs eagerly while batch work holds the compiled runner thread,
+    saying so there.
     """
     compiled_batch = loaded.path.compiled_batch_size(batch_size, total_tokens)
+    if notices is not None and compiled_batch == 1 and runner_busy_with_batches():
+        compiled_batch = None  # not queued behind a compiled chunk of a batch job (seconds) or its compile
+        notices.append(YIELDED_TO_BATCH)
     if compiled_batch is not None and compiled_batch != batch_size:
         raise GenerationError(f"Internal: a batch of {batch_size} must be padded to {compiled_batch} first.")
     if compiled_batch is not None:
@@ -419,7 +430,7 @@ def _stream(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.
                   eos_token_id=stop_token_ids(loaded), pad_token_id=loaded.tokenizer.pad_token_id,
                   **{**settings.generate_kwargs(), "max_new_tokens": max_new_tokens})
     started = time.perf_counter()  # time to first token includes waiting for the model's runner
-    future, compiled = start_generate(loaded, kwargs, batch_size=1, seed=settings,
+    future, compiled = start_generate(loaded, kwargs, batch_size=1, seed=settings, notices=notices,
                                       total_tokens=cache_tokens(loaded, input_ids.shape[1], max_new_tokens))
     end_stream_when_failed(future, streamer)
     stats = GenerationStats(mode=loaded.request.mode.value, path="compiled" if compiled else "eager",

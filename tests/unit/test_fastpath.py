@@ -417,6 +417,48 @@ def test_compiled_kernels_are_kept_on_disk_for_the_next_start(tmp_path):
     assert second < first / 2, (first, second)
 
 
+def test_a_chat_during_a_compiled_batch_job_runs_eagerly_at_once_and_compiled_after(monkeypatch, tmp_path):
+    """The compiled runner thread runs a batch job's chunks whole: a chat queued behind one would wait seconds for its
+    first token. While batch work holds the runner, a chat runs eagerly (saying so) and its first token comes while the
+    job is still generating; once the job is done, chats are compiled again."""
+    from quant.batching import PADDED, run_batch
+    from quant.fastpath import runner_busy_with_batches
+    from quant.generation import YIELDED_TO_BATCH
+    from tests.support.fastpath import load
+
+    for key, value in {"QUANT_COMPILE_BACKEND": "eager", "QUANT_COMPILED_BATCH_SIZES": "1",
+                       "QUANT_STATIC_CACHE_TOKENS": "512", "QUANT_KERNEL_CACHE": str(tmp_path)}.items():
+        monkeypatch.setenv(key, value)
+    fast = load(LoadRequest(model=LLAMA, mode="fp32"), fast=True)
+    # One chunk of six rows sampled hot (they rarely all meet a stop token before 400 tokens): a chunk that outlasts
+    # the chat, which would wait for all of it on the runner thread
+    long_job = GenerationSettings(max_new_tokens=400, do_sample=True, temperature=5.0, seed=3)
+    stop, tables = threading.Event(), []
+    job = threading.Thread(target=lambda: tables.extend(run_batch(
+        fast, list(enumerate(PROMPTS[:3] * 2, 1)), long_job, batch_size=6, engine=PADDED, stop=stop)))
+    job.start()
+    try:
+        for _ in range(3000):
+            if runner_busy_with_batches() or not job.is_alive():
+                break
+            threading.Event().wait(0.01)
+        assert runner_busy_with_batches(), "the job never put batch work on the runner"
+        chunks = stream_chat(fast, [{"role": "user", "content": "def main():"}], settings=GREEDY)
+        first = next(chunk for chunk in chunks if chunk.text)
+        assert job.is_alive() and not stop.is_set(), "the chat waited for the job"  # its first token during the job
+        assert first.stats.path == "eager" and YIELDED_TO_BATCH in first.notices
+        *_, last = chunks
+        assert last.done and last.stats.path == "eager"
+    finally:
+        stop.set()
+        job.join(timeout=300)
+    assert not job.is_alive() and "compiled for this job" in tables[-1].totals()
+    assert not runner_busy_with_batches()
+    *_, after = stream_chat(fast, [{"role": "user", "content": "def main():"}], settings=GREEDY)
+    assert after.stats.path == "compiled" and YIELDED_TO_BATCH not in after.notices
+    fast.path.close()
+
+
 def test_a_batch_job_compiles_its_batch_size_on_demand_and_keeps_it(monkeypatch, tmp_path):
     """QUANT_COMPILE_BATCH_ON_DEMAND (on by default): nothing more at load; the first Batch job of a size not compiled
     compiles it with a cache of the job's length (the table says so while it does), gives the eager path's rows, and
