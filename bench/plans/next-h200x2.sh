@@ -11,7 +11,8 @@
 # steps below that they covered are gone, next-h200.sh's are added. New since: the Load choice
 # device_map=tensor_parallel (tests/gpu/test_gpu_tensor_parallel.py's second test runs it on two GPUs). Seventh
 # session (one H200, 2026-12-01e-h200.sh): the regional compile, the grouped prefill at 8B and the GPU tests ran; the
-# segments over two GPUs now compile one layer for all (QUANT_COMPILE_REGIONS=layers) too.
+# segments over two GPUs now compile one layer for all (QUANT_COMPILE_REGIONS=layers) too. Eighth session (one H200,
+# 2026-12-01f..i-h200.sh): architectures on the regional compile, 4-bit kernels from graphs, the job-length batch cache.
 source "$(dirname "$0")/lanes.sh"
 out=$R/results
 mkdir -p $out
@@ -25,14 +26,13 @@ both() {  # a step on both GPUs, logged like a lane's
 both "timeout 420 $PYTEST tests/gpu/test_gpu_segments.py tests/gpu/test_gpu_tensor_parallel.py" step1
 both "timeout 600 python3 bench/multi_gpu.py --decode-paths --shapes 8b --modes bf16 --work /tmp/bench0 --out $out" step2
 both "timeout 420 python3 bench/tp_bench.py --shape 8b --new-tokens 256 --work /tmp/bench0 --out $out" step3
-# Lane 0: next-h200.sh's steps (its architectures on the regional compile, start-up, on-demand batch, 4-bit kernels).
+# Lane 0: next-h200.sh's steps (chat during a compiled batch job, the on-demand batch in every mode, start-up of nf4
+# and GPTQ, the GPU tests); lane 1: nothing else, so that lane 0's timings have their GPU alone.
 lane 0 \
-  "timeout 600 python3 bench/architectures_bench.py --architectures qwen3,gemma3,phi3,mixtral --work /tmp/arch --out $out --tag=-regions" \
-  "timeout 600 python3 bench/batch_engines.py --shape 8b --modes bf16,gptq --engines padded,padded+compiled --prompts 128 --new-tokens 128 --batch-size 128 --work /tmp/bench0 --out $out --tag=-on-demand-regions" \
-  "timeout 300 python3 bench/gemv4bit_kernels.py --out $out" \
-  "timeout 420 python3 bench/methods_bench.py --shapes 8b --modes 'bf16,nf4,nf4[bnb4_kernel=triton]' --work /tmp/bench0 --out $out --tag=-nf4-triton-graphtuned" &
-lane 1 \
-  "python3 bench/startup.py --shape 8b --modes nf4 --warm-starts 1 --other-weights --device-map cuda:0 --work /tmp/bench1 --out $out --tag=-nf4" &
+  "timeout 300 python3 bench/chat_during_batch.py --shape 8b --mode bf16 --device-map cuda:0 --prompts 128 --new-tokens 128 --batch-size 128 --engines padded --head-start 3 --out $out --tag=-compiled-job" \
+  "timeout 900 python3 bench/batch_engines.py --shape 8b --modes bf16,nf4,gptq --engines padded+eager,padded --prompts 128 --new-tokens 128 --batch-size 128 --work /tmp/bench0 --out $out --tag=-on-demand-all-modes" \
+  "timeout 420 python3 bench/startup.py --shape 8b --modes nf4,gptq --warm-starts 1 --device-map cuda:0 --work /tmp/bench0 --out $out --tag=-nf4-gptq" \
+  "timeout 540 $PYTEST tests/gpu/test_gpu_fastpath.py -k 'not kernel_cache_survives'" &
 wait
 # Issue 29's 70B-class shape (Llama-3.1-70B widths, 40 layers, 72.7 GB): one GPU vs split over both, against its floor.
 both "timeout 1200 python3 bench/multi_gpu.py --decode-paths --shapes 70b-40layers --modes bf16 --new-tokens 32 --work /tmp/bench0 --out $out --tag=-70b" step4
