@@ -77,6 +77,22 @@ def test_every_row_says_which_generation_path_it_measured(llama_results):
         assert r.batch_engine == "continuous batching" and r.generation_path.endswith("; b2: continuous batching")
 
 
+@pytest.mark.parametrize("on_demand", ["1", "0"])
+def test_the_batch_column_of_a_compiled_model_compiles_its_batch_size_as_a_batch_job_would(on_demand, monkeypatch,
+                                                                                            tmp_path):
+    """With the compiled path (here on the CPU) and padded batches, the batch column runs where a Batch job would: its
+    batch size compiled for it by default (QUANT_COMPILE_BATCH_ON_DEMAND), eagerly with the setting off."""
+    for key, value in {"QUANT_FAST_GENERATION": "all", "QUANT_COMPILE_BACKEND": "eager", "QUANT_BATCH_ENGINE": "padded",
+                       "QUANT_COMPILED_BATCH_SIZES": "1", "QUANT_KERNEL_CACHE": str(tmp_path),
+                       "QUANT_COMPILE_BATCH_ON_DEMAND": on_demand}.items():
+        monkeypatch.setenv(key, value)
+    [row] = list(compare(LLAMA, parse_mode_specs(LLAMA, "fp32"), registry=ModelRegistry(max_models=1),
+                         prompts=PROMPTS, batch_size=3, new_tokens=4, answer_tokens=4, eval_text=""))
+    assert not row.error and row.batch_tokens_per_s > 0
+    want = "compiled (b1, b3)" if on_demand == "1" else "compiled (b1), eager (b3: not a compiled batch size"
+    assert row.generation_path.startswith(want), row.generation_path
+
+
 def test_a_measured_mode_is_freed_before_the_next_one_loads():
     """Memory is what a compare is short of: once a row is out, nothing may still hold that mode's model (the next
     mode's load and peak memory would pay for both)."""
