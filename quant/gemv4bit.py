@@ -19,9 +19,11 @@ check of each converted layer), behind a torch custom op (`quant::gemv_4bit`) so
 Measured (H200, 8B shape, bench/results/methods-bench-8b-cuda-nf4-triton.md): correct (GPU tests pass, eager and
 compiled) but slower than bitsandbytes' kernel, 116.8 against 193.8 tok/s compiled: experimental, not the default.
 The autotuner timed its configurations with plain calls, which Python's launch cost dominates for kernels this short
-(bench/results/gemv4bit-kernels-8b.md), so its choice was close to arbitrary: it now times each tile from a CUDA graph
-(not yet measured on a GPU; `bench/plans/next-h200.sh` runs it, and the graph-timed sweep of
-`bench/gemv4bit_kernels.py`).
+(bench/results/gemv4bit-kernels-8b.md, first run), so its choice was close to arbitrary: it now times each tile from a
+CUDA graph. Timed from CUDA graphs too (the same file, eighth session), the tuned kernel is still slower than
+bitsandbytes' at every 8B projection shape (15.8 / 13.1 / 35.0 / 51.4 us against 10.3 / 6.4 / 28.4 / 29.0 for q/o,
+k/v, gate/up, down), and so is the fastest of 94 tile variants: the gather from the 16-entry table bounds it near
+0.6-0.7 TB/s. Kept as an experimental option.
 """
 
 from __future__ import annotations
