@@ -73,6 +73,8 @@ def compiles_on_demand(engine: str) -> bool:
         return False
     with environment(engine_environment(engine)):
         return load_settings().compile_batch_on_demand
+
+
 GOALS = "bf16 >= 5,000 tok/s (8B, 128 ragged prompts x 128 new tokens); GPTQ >= bf16; nf4 >= 0.6x bf16"
 
 
