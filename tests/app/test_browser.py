@@ -244,9 +244,11 @@ def test_2_chat_streams_and_stops(ui):
     stopped = last_reply(page).inner_text()
     footer = re.search(r"(\d+) tokens · first token .* tok/s · nf4( · [\w-]+)? · stopped", stopped)  # (path)
     assert footer, stopped
-    # greedy: the stopped reply is the start of the whole one, cut short
-    assert int(footer.group(1)) < whole_tokens, (stopped, whole_tokens)
-    assert whole_text.startswith(stopped[:footer.start()].rstrip()), (stopped, whole_text)
+    # cut short of its 2000 tokens, and greedy: the same stream as the whole reply (which may itself have ended at its
+    # 256-token limit, before a Stop that a loaded machine delivers late: then the stopped reply is the longer one)
+    assert int(footer.group(1)) < 2000, stopped
+    shorter, longer = sorted([whole_text, stopped[:footer.start()].rstrip()], key=len)
+    assert longer.startswith(shorter), (stopped, whole_text, whole_tokens)
     # and the app is ready for the next message: the server released the model
     from quant.registry import default_registry
 
