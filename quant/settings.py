@@ -72,7 +72,8 @@ class Settings:
     trust_remote_code: bool
     """QUANT_TRUST_REMOTE_CODE=1: allow checkpoints that ship their own modelling code. Off unless the operator says so."""
     memory_budget: str | None
-    """QUANT_MEMORY_BUDGET (e.g. "16GiB"): the most that all loaded models together may take; LRU idle ones are evicted."""
+    """QUANT_MEMORY_BUDGET (e.g. "16GiB"): the most that all loaded models' weights together may take; LRU idle ones are
+    evicted. Static KV caches of the compiled path (at load, and compiled for Batch jobs) come on top."""
     max_loaded_models: int
     """QUANT_MAX_LOADED_MODELS: how many models stay loaded at once (default 3)."""
     fast_generation: str
