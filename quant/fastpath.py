@@ -349,7 +349,8 @@ class GenerationPath:
 
         One loop, with a cache of the job's length (`job_cache_length`), not one per QUANT_STATIC_CACHE_TOKENS length:
         a batch's decode step reads its whole static cache, so at batch 128 a cache of 1,280 slots for prompts of up
-        to 1,000 tokens is read in 60% of the time that 2,048 slots take, and holds 60% of the memory. A later job
+        to 1,000 tokens reads and holds 62% of what 2,048 slots do (the attention's share of the step, not the
+        weights'). A later job
         that needs more compiles its size again, longer, in place of the shorter loop. Returns why it is not compiled
         (the job's chunks then run eagerly), or None once it is. Kept while the model stays loaded; nothing is
         compiled at load for it, so a model only chatted with loads as fast as before."""
