@@ -350,10 +350,9 @@ class GenerationPath:
         One loop, with a cache of the job's length (`job_cache_length`), not one per QUANT_STATIC_CACHE_TOKENS length:
         a batch's decode step reads its whole static cache, so at batch 128 a cache of 1,280 slots for prompts of up
         to 1,000 tokens reads and holds 62% of what 2,048 slots do (the attention's share of the step, not the
-        weights'). A later job
-        that needs more compiles its size again, longer, in place of the shorter loop. Returns why it is not compiled
-        (the job's chunks then run eagerly), or None once it is. Kept while the model stays loaded; nothing is
-        compiled at load for it, so a model only chatted with loads as fast as before."""
+        weights'). A later job that needs more compiles its size again, longer, in place of the shorter loop. Returns
+        why it is not compiled (the job's chunks then run eagerly), or None once it is. Kept while the model stays
+        loaded; nothing is compiled at load for it, so a model only chatted with loads as fast as before."""
         with self._adding:
             if not self.compiled or not self._open:
                 return self.reason or "the compiled path is closed"
