@@ -572,10 +572,9 @@ def run_batch(loaded: LoadedModel, prompts: list[tuple[int, str]], settings: Gen
         if rest and not stop.is_set() and load_settings().compile_batch_on_demand and loaded.path.compiled:
             size, reason = min(batch_size, len(rest)), choice.reason
             needed = cache_tokens(loaded, max(len(encoded[i]) for i in rest), settings.max_new_tokens)
-            if needed > loaded.path.max_cache_len:  # its chunks could not run compiled: nothing to compile for
-                choice = EngineChoice(choice.engine, _joined(
-                    reason, f"eager: the longest prompt and its reply need {needed} cache tokens, past the compiled "
-                            f"{loaded.path.max_cache_len} (QUANT_STATIC_CACHE_TOKENS)"))
+            too_long = loaded.path.cache_refusal(needed)
+            if too_long:  # its chunks could not run compiled: nothing to compile for
+                choice = EngineChoice(choice.engine, _joined(reason, f"eager: {too_long}"))
             elif loaded.path.compiled_batch_size(size, needed) != size:
                 length = loaded.path.job_cache_length(needed)
                 choice = EngineChoice(choice.engine, _joined(

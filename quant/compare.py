@@ -183,7 +183,7 @@ def measure_batch(loaded: LoadedModel, prompts: list[str], batch_size: int,
     kwargs = dict(**encoded.to(loaded.device), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                   do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
     tokens = cache_tokens(loaded, encoded["input_ids"].shape[1], new_tokens)
-    if load_settings().compile_batch_on_demand and tokens <= loaded.path.max_cache_len:
+    if load_settings().compile_batch_on_demand:
         loaded.path.add_batch_size(batch_size, tokens)  # as a Batch job does (refused: the batch runs eagerly)
     _cuda_sync()
     started = time.perf_counter()

@@ -342,10 +342,17 @@ class GenerationPath:
         up to JOB_CACHE_STEP, at most the longest QUANT_STATIC_CACHE_TOKENS length."""
         return min(self.max_cache_len, -(-tokens // JOB_CACHE_STEP) * JOB_CACHE_STEP)
 
-    def add_batch_size(self, size: int, tokens: int | None = None,
-                       progress: Callable[[str], None] | None = None) -> str | None:
-        """Compile batch `size` now for a batch job whose longest prompt + reply takes `tokens` cache slots (default:
-        the longest cache), unless a loop of that size holds them already (QUANT_COMPILE_BATCH_ON_DEMAND).
+    def cache_refusal(self, tokens: int) -> str | None:
+        """Why a generation whose longest prompt + reply takes `tokens` cache slots cannot run compiled at any batch
+        size (past the longest static cache), or None."""
+        if tokens > self.max_cache_len:
+            return (f"the longest prompt and its reply need {tokens} cache tokens, past the compiled "
+                    f"{self.max_cache_len} (QUANT_STATIC_CACHE_TOKENS)")
+        return None
+
+    def add_batch_size(self, size: int, tokens: int, progress: Callable[[str], None] | None = None) -> str | None:
+        """Compile batch `size` now for a batch job whose longest prompt + reply takes `tokens` cache slots, unless a
+        loop of that size holds them already (QUANT_COMPILE_BATCH_ON_DEMAND).
 
         One loop, with a cache of the job's length (`job_cache_length`), not one per QUANT_STATIC_CACHE_TOKENS length:
         a batch's decode step reads its whole static cache, so at batch 128 a cache of 1,280 slots for prompts of up
@@ -356,10 +363,9 @@ class GenerationPath:
         with self._adding:
             if not self.compiled or not self._open:
                 return self.reason or "the compiled path is closed"
-            tokens = tokens or self.max_cache_len
-            if tokens > self.max_cache_len:
-                return (f"the longest prompt and its reply need {tokens} cache tokens, past the compiled "
-                        f"{self.max_cache_len} (QUANT_STATIC_CACHE_TOKENS)")
+            too_long = self.cache_refusal(tokens)
+            if too_long:
+                return too_long
             if self.compiled_batch_size(size, tokens) == size:
                 return None
             length = self.job_cache_length(tokens)
