@@ -91,12 +91,13 @@ def time_groups(model, ids, mask, device, parameters: int) -> list[dict]:
     with torch.inference_mode():
         sync(device)
         started = time.perf_counter()
-        for index, first, _cache in ragged._prefilled_groups(model, ids, mask, None):
+        for index, placement, cache in ragged._prefilled_groups(model, ids, mask, None):
             sync(device)
             now = time.perf_counter()
-            positions = len(index) * (ids.shape[1] - 1 - first)
-            rows.append({"rows": len(index), "longest": ids.shape[1] - first, "positions": positions,
-                         "real_positions": int(mask[index, first:-1].sum()), "seconds": now - started,
+            span = cache.get_seq_length()
+            positions = len(index) * span
+            rows.append({"rows": len(index), "longest": span + 1, "positions": positions,
+                         "real_positions": len(placement.local), "seconds": now - started,
                          "linear_tflops": 2 * parameters * positions / (now - started) / 1e12})
             started = time.perf_counter()
     return rows
@@ -246,7 +247,7 @@ def markdown(data: dict) -> str:
               "|---|---|---|---|---|---|"]
     for g in data["groups"]:
         lines.append(f"| {g['rows']} | {g['longest']} | {g['positions']:,} | {g['real_positions']:,} | "
-                     f"{g['seconds']:.3f} | {g["linear_tflops"]:,.1f} |")
+                     f"{g['seconds']:.3f} | {g['linear_tflops']:,.1f} |")
     for key, title in (("profile", "Profile of one prefill"), ("compiled_layers_profile", "Profile, compiled layers")):
         if key not in data:
             continue

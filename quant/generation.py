@@ -7,6 +7,7 @@ Uses the libraries' own mechanisms: `apply_chat_template` for prompts, `TextIter
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -155,6 +156,28 @@ YIELDED_TO_BATCH = ("A Batch job is running on the compiled path: this reply run
                     "instead of after the job's current batch (its tokens come slower).")
 
 
+_chat_streams: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def chat_stream(loaded: LoadedModel) -> contextlib.AbstractContextManager:
+    """Where an eager chat runs its GPU work: on a model whole on one GPU, a CUDA stream of its own with the highest
+    priority (one per GPU, shared by every chat); elsewhere nowhere else.
+
+    Why: a Batch job (its grouped prefill, its compiled steps) runs on the GPU's default stream, PyTorch's legacy
+    one. A chat there would queue behind the job's kernels, and even copying its prompt to the GPU waits for them: a
+    job's prefill queues seconds of work. On a stream of its own its kernels do not wait for the job's, and at the
+    highest priority the GPU runs them as soon as it has room. One stream for all chats: the allocator keeps freed
+    memory per stream, so a stream per reply would scatter its cache.
+    """
+    device = loaded.device
+    if (device.type != "cuda" or loaded.group is not None
+            or len(set(loaded.report.device_map.values())) != 1):
+        return contextlib.nullcontext()
+    if device not in _chat_streams:  # a lower number is a higher priority; one past the range maps to the highest
+        _chat_streams.setdefault(device, torch.cuda.Stream(device, priority=-100))
+    return torch.cuda.stream(_chat_streams[device])
+
+
 def start_generate(loaded: LoadedModel, kwargs: dict, *, batch_size: int, total_tokens: int,
                    seed: GenerationSettings | None = None,
                    prepare_eager: Callable[[dict], dict] | None = None,
@@ -165,7 +188,8 @@ def start_generate(loaded: LoadedModel, kwargs: dict, *, batch_size: int, total_
     compiled sizes and prompt + reply (`total_tokens`, see `cache_tokens`) fit; anything else runs eagerly on a thread
     of its own. `prepare_eager(kwargs) -> kwargs`: run first on the generating thread, on the eager path only.
     `notices`: given for a chat (batch 1), which then runs eagerly while batch work holds the compiled runner thread,
-    saying so there.
+    saying so there; a chat that runs eagerly runs on its own CUDA stream (`chat_stream`). Tensors in `kwargs` may
+    be on the CPU: they are moved to the model's device on the generating thread (on that stream).
     """
     compiled_batch = loaded.path.compiled_batch_size(batch_size, total_tokens)
     if notices is not None and compiled_batch == 1 and runner_busy_with_batches():
@@ -175,12 +199,15 @@ def start_generate(loaded: LoadedModel, kwargs: dict, *, batch_size: int, total_
         raise GenerationError(f"Internal: a batch of {batch_size} must be padded to {compiled_batch} first.")
     if compiled_batch is not None:
         prepare_eager = None
+    on_chat_stream = notices is not None and compiled_batch is None
 
     def generate(**call_kwargs):
         check_token_ids(loaded, call_kwargs.get("input_ids"))
         seeded = seed is not None and _seed(seed)  # on the generating thread, right before it samples
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), chat_stream(loaded) if on_chat_stream else contextlib.nullcontext():
+                call_kwargs = {key: value.to(loaded.device) if isinstance(value, torch.Tensor) else value
+                               for key, value in call_kwargs.items()}
                 if prepare_eager is not None:  # e.g. a ragged batch's grouped prefill (quant.ragged)
                     call_kwargs = prepare_eager(call_kwargs)
                 return loaded.generate(**call_kwargs)
@@ -425,9 +452,9 @@ def _stream(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.
     """Generate from encoded inputs on the model's path, yielding the text as it grows, then a final chunk."""
     stop = stop or threading.Event()
     streamer = _CountingStreamer(loaded.tokenizer, timeout=600)
-    kwargs = dict(input_ids=input_ids.to(loaded.device), attention_mask=attention_mask.to(loaded.device),
-                  streamer=streamer, stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]),
-                  eos_token_id=stop_token_ids(loaded), pad_token_id=loaded.tokenizer.pad_token_id,
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, streamer=streamer,  # moved on its thread
+                  stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]), eos_token_id=stop_token_ids(loaded),
+                  pad_token_id=loaded.tokenizer.pad_token_id,
                   **{**settings.generate_kwargs(), "max_new_tokens": max_new_tokens})
     started = time.perf_counter()  # time to first token includes waiting for the model's runner
     future, compiled = start_generate(loaded, kwargs, batch_size=1, seed=settings, notices=notices,

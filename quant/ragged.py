@@ -6,7 +6,8 @@ A padded batch left-pads every prompt to the longest: 128 prompts of 16 to 1,000
 away. Here the prompts are prefilled in groups of similar length (sorted, each group padded only to its own longest,
 at most `GROUP_TOKENS` positions a forward), with the output head on the last position only, and their key/value
 caches are laid side by side into one left-padded cache of the batch's length (zeros where a group had no position:
-masked, as padding always is). `generate` then gets the whole padded batch with that cache and computes only the last
+masked, as padding always is). Within a group the prompts are right-padded and run with causal attention and no
+mask: a real token never sees the padding after it, and the attention runs as an unmasked causal one. `generate` then gets the whole padded batch with that cache and computes only the last
 position onward: decode runs on the whole batch at once as before, so the replies are those of the padded batch
 (the same positions, masks and keys; up to the arithmetic's order in 16-bit).
 
@@ -78,30 +79,58 @@ def worth_it(attention_mask: torch.Tensor) -> bool:
     return rows > 1 and int(attention_mask.sum()) <= (1 - MIN_WASTE) * rows * width
 
 
-def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions as `generate` gives a left-padded batch: each row's tokens count from 0, padding at 1."""
-    positions = attention_mask.long().cumsum(-1) - 1
-    return positions.masked_fill(attention_mask == 0, 1)
-
-
 def _prefilled_groups(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, group_tokens: int | None):
-    """Prefill the left-padded batch's positions 0..L-2 group by group: yields (the group's rows as an index tensor,
-    the group's first column, the group's DynamicCache of columns first..L-2)."""
+    """Prefill each row's prompt but its last token, group by group: yields (the group's rows as an index tensor, a
+    `Placement` of its keys and values in the left-padded batch, the group's DynamicCache).
+
+    A group's rows are right-padded (each row's tokens from position 0, the padding after them) and run without an
+    attention mask: causal attention alone keeps each real token from the padding that follows it, so the attention
+    runs as a causal one with no mask (flash attention on a GPU, grouped-query heads unrepeated) instead of one with a
+    padding mask (a masked kernel computing every position pair: 3.5x slower on the H200's goal job).
+    """
     from transformers import DynamicCache
 
     width = input_ids.shape[1]
     lengths = attention_mask.sum(-1).tolist()
     keep_last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     for group in prefill_groups(lengths, group_tokens):
-        longest = max(lengths[r] for r in group)
+        counts = [lengths[r] - 1 for r in group]  # every token but the last: the batch's last column computes it
+        span = max(counts)
+        if span == 0:  # single-token prompts only: nothing before their last token
+            continue
         index = torch.tensor(group, device=input_ids.device)
-        span = slice(width - longest, width - 1)  # left padding: each row's tokens end at the last column
-        mask = attention_mask[index, span]
+        left = input_ids[index, width - 1 - span:width - 1]  # left-padded: each row's tokens end at the last column
+        shift = torch.tensor([span - c for c in counts], device=input_ids.device)
+        columns = torch.arange(span, device=input_ids.device)
+        right = left.gather(1, (columns + shift[:, None]) % span)  # each row's tokens first, its padding after
         cache = DynamicCache(config=model.config)
-        model(input_ids=input_ids[index, span], attention_mask=mask, position_ids=_position_ids(mask),
-              past_key_values=cache, use_cache=True, **keep_last)
-        yield index, width - longest, cache
+        model(input_ids=right, position_ids=columns.expand(len(group), -1), past_key_values=cache, use_cache=True,
+              **keep_last)
+        yield index, Placement.of(index, counts, width), cache
         del cache
+
+
+class Placement:
+    """Where a right-padded group's keys and values go in the left-padded batch's cache: row `local[i]`'s column
+    `column[i]` of the group to row `row[i]`'s slot `slot[i]` of the batch (whose tokens end at slot width - 2)."""
+
+    def __init__(self, local: torch.Tensor, column: torch.Tensor, row: torch.Tensor, slot: torch.Tensor) -> None:
+        self.local, self.column, self.row, self.slot = local, column, row, slot
+
+    @classmethod
+    def of(cls, index: torch.Tensor, counts: list[int], width: int) -> "Placement":
+        device = index.device
+        count = torch.tensor(counts, device=device)
+        local = torch.repeat_interleave(torch.arange(len(counts), device=device), count)
+        starts = torch.cumsum(count, 0) - count  # each row's first entry among the flattened ones
+        column = torch.arange(int(count.sum()), device=device) - starts[local]
+        return cls(local, column, index[local], (width - 1 - count)[local] + column)
+
+    def copy(self, source: torch.Tensor, target: torch.Tensor) -> None:
+        """The group's keys (or values) [rows, heads, span, dim] into the batch's [batch, heads, slots, dim]."""
+        to = target.device  # a model split over GPUs keeps each layer's cache on its GPU
+        target.transpose(1, 2)[self.row.to(to), self.slot.to(to)] = source.transpose(1, 2)[self.local.to(source.device),
+                                                                                           self.column.to(source.device)]
 
 
 def prefill_in_groups(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -115,15 +144,15 @@ def prefill_in_groups(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     keys: list[torch.Tensor] = []
     values: list[torch.Tensor] = []
     groups = []
-    for index, first, cache in _prefilled_groups(model, input_ids, attention_mask, group_tokens):
+    for index, placement, cache in _prefilled_groups(model, input_ids, attention_mask, group_tokens):
         groups.append(index.tolist())
         for layer, part in enumerate(cache.layers):
             if layer == len(keys):  # the first group: the batch's whole cache, zeros where a group has no position
                 keys.append(part.keys.new_zeros(rows, *part.keys.shape[1:2], width - 1, part.keys.shape[-1]))
                 values.append(part.values.new_zeros(rows, *part.values.shape[1:2], width - 1,
                                                     part.values.shape[-1]))
-            keys[layer][index, :, first:] = part.keys
-            values[layer][index, :, first:] = part.values
+            placement.copy(part.keys, keys[layer])
+            placement.copy(part.values, values[layer])
     merged = DynamicCache(config=model.config)
     for layer in range(len(keys)):
         merged.update(keys[layer], values[layer], layer)
@@ -142,12 +171,11 @@ def prefill_into_static_cache(model, input_ids: torch.Tensor, attention_mask: to
     layers = cache.layers
     if not all(getattr(layer, "is_initialized", False) for layer in layers):
         raise RuntimeError("the static cache has no tensors yet")
-    for index, first, part in _prefilled_groups(model, input_ids, attention_mask, group_tokens):
+    for _, placement, part in _prefilled_groups(model, input_ids, attention_mask, group_tokens):
         if len(part.layers) != len(layers):
             raise RuntimeError(f"a group's cache has {len(part.layers)} layers, the static cache {len(layers)}")
         for layer, group_layer in zip(layers, part.layers):
-            rows = index.to(layer.keys.device)  # a model split over GPUs keeps each layer's cache on its GPU
-            layer.keys[rows, :, first:width - 1] = group_layer.keys
-            layer.values[rows, :, first:width - 1] = group_layer.values
+            placement.copy(group_layer.keys, layer.keys)
+            placement.copy(group_layer.values, layer.values)
     for layer in layers:
         layer.cumulative_length.fill_(width - 1)

@@ -71,3 +71,22 @@ def test_a_ragged_chunk_prefilled_in_groups_gives_the_whole_prefills_replies_on_
     (whole, whole_shapes), (grouped, shapes) = prefilled_both_ways(loaded, prompts, GREEDY, monkeypatch)
     width = whole_shapes[0][1]
     assert grouped == whole and shapes[0][0] < len(prompts) and all(s != (len(prompts), width) for s in shapes)
+
+
+def test_an_eager_chat_does_not_wait_for_work_queued_on_the_default_stream():
+    """A Batch job queues its kernels on the GPU's default stream (a grouped prefill queues seconds of them); an eager
+    chat runs on a stream of its own (quant.generation.chat_stream), so it replies while that work is still queued,
+    its prompt's copy to the GPU included. Held here by a spin kernel of about 5 s on the default stream."""
+    from quant.generation import stream_chat
+
+    loaded = load(LoadRequest(model=LLAMA, mode="bf16", device_map="cuda:0"), fast=False)
+    history = [{"role": "user", "content": "What does the with statement do?"}]
+    list(stream_chat(loaded, history, settings=GenerationSettings(max_new_tokens=4)))  # warm-up
+    torch.cuda.synchronize()
+    default = torch.cuda.default_stream()
+    torch.cuda._sleep(10**10)  # GPU clock cycles: about 5 s at the H200's 1.98 GHz
+    last = list(stream_chat(loaded, history, settings=GenerationSettings(max_new_tokens=8)))[-1]
+    still_queued = not default.query()
+    torch.cuda.synchronize()
+    assert last.done and last.stats.new_tokens > 0 and last.stats.path == "eager", last.stats
+    assert still_queued, "the chat waited for the work queued on the default stream"
