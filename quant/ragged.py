@@ -25,6 +25,8 @@ import inspect
 
 import torch
 
+from .chats_first import pause_for_chats
+
 GROUP_TOKENS = 16384
 """Most padded positions in one prefill forward: large enough to keep a GPU busy, small enough to bound activations."""
 MIN_WASTE = 0.25
@@ -104,6 +106,7 @@ def _prefilled_groups(model, input_ids: torch.Tensor, attention_mask: torch.Tens
         columns = torch.arange(span, device=input_ids.device)
         right = left.gather(1, (columns + shift[:, None]) % span)  # each row's tokens first, its padding after
         cache = DynamicCache(config=model.config)
+        pause_for_chats()  # a chat waiting for its first token goes first (quant.chats_first)
         model(input_ids=right, position_ids=columns.expand(len(group), -1), past_key_values=cache, use_cache=True,
               **keep_last)
         yield index, Placement.of(index, counts, width), cache
