@@ -46,16 +46,20 @@ def batch_prompts(count: int, seed_words: int = 40) -> list[tuple[int, str]]:
     return prompts
 
 
-def first_token(loaded, prompt: str, new_tokens: int) -> tuple[float, str]:
-    """Seconds to a chat's first token, and the path that served it ("eager" while it yields to a compiled batch)."""
+def first_token(loaded, prompt: str, new_tokens: int) -> tuple[float, float, str]:
+    """A whole chat of `new_tokens`: seconds to its first token (the streamer's clock, from the reply's submission to
+    the model's path), seconds to its first text (a random-weight model's tokens often decode to nothing: text may
+    come several tokens later, so that is not the first token), and the path that served it ("eager" while it
+    yields to a compiled batch)."""
     started = time.perf_counter()
-    path = ""
+    first_text, last = float("nan"), None
     for chunk in stream_chat(loaded, [{"role": "user", "content": prompt}],
                              settings=GenerationSettings(max_new_tokens=new_tokens)):
-        path = chunk.stats.path
-        if chunk.stats.new_tokens:
-            return time.perf_counter() - started, path
-    return float("nan"), path
+        if chunk.text and first_text != first_text:
+            first_text = time.perf_counter() - started
+        last = chunk
+    ttft = last.stats.time_to_first_token if last and last.stats.time_to_first_token is not None else float("nan")
+    return ttft, first_text, last.stats.path if last else ""
 
 
 def during(loaded, engine: str, args) -> dict:
@@ -80,14 +84,16 @@ def during(loaded, engine: str, args) -> dict:
     time.sleep(args.head_start)  # the job is generating
     chats = []
     for prompt in CHATS[:args.chats]:
-        seconds, path = first_token(loaded, prompt, args.chat_tokens)
-        chats.append({"prompt": prompt, "first_token_s": seconds, "path": path,
+        seconds, text_seconds, path = first_token(loaded, prompt, args.chat_tokens)
+        chats.append({"prompt": prompt, "first_token_s": seconds, "first_text_s": text_seconds, "path": path,
                       "while_job_ran": state["ended"] is None})
     stop.set()
     thread.join()
     counted = [c["first_token_s"] for c in chats if c["while_job_ran"]]
+    texts = [c["first_text_s"] for c in chats if c["while_job_ran"]]
     return {"engine": engine, "chats": chats, "prompts_done_at_stop": state["done"], "error": state["error"],
             "job": state["engine"], "median_s": statistics.median(counted) if counted else None,
+            "first_text_median_s": statistics.median(texts) if texts else None,
             "max_s": max(counted) if counted else None, "counted": len(counted),
             "paths": sorted({c["path"] for c in chats if c["while_job_ran"]})}
 
@@ -101,10 +107,18 @@ def main() -> None:
     parser.add_argument("--chats", type=int, default=5)
     parser.add_argument("--chat-tokens", type=int, default=16)
     parser.add_argument("--head-start", type=float, default=1.0, help="seconds the job runs before the first chat")
+    parser.add_argument("--no-chats-first", action="store_true",
+                        help="batch work does not step aside for chats (quant.chats_first's pause and switch interval "
+                             "off): what they change")
     parser.add_argument("--jobs", type=int, default=1,
                         help="jobs per engine, one after another: the first padded job of a compiled model compiles "
                              "its batch size (the chats meet the compile), the next ones run it compiled")
     args = parser.parse_args()
+    if args.no_chats_first:
+        from quant import chats_first
+
+        chats_first.PAUSE_LIMIT_S = 0.0
+        chats_first.CHAT_SWITCH_INTERVAL_S = sys.getswitchinterval()
     model = args.model
     if args.shape:
         from bench.llama_shapes import build_checkpoint
@@ -114,26 +128,34 @@ def main() -> None:
     registry = ModelRegistry(max_models=1)
     loaded = registry.load(LoadRequest(model=model, mode=args.mode, device_map=args.device_map))
     first_token(loaded, CHATS[0], 4)  # warm-up
-    alone = [first_token(loaded, prompt, args.chat_tokens)[0] for prompt in CHATS[:args.chats]]
+    alone_chats = [first_token(loaded, prompt, args.chat_tokens) for prompt in CHATS[:args.chats]]
+    alone = [seconds for seconds, _, _ in alone_chats]
     rows = []
     for engine in args.engines.split(","):
         for job in range(1, args.jobs + 1):
             rows.append({**during(loaded, engine, args), "job_number": job})
     data = {"model": model, "mode": args.mode, "generation_path": loaded.path.describe(), "prompts": args.prompts,
             "new_tokens": args.new_tokens, "batch_size": args.batch_size, "chat_tokens": args.chat_tokens,
-            "alone_s": alone, "alone_median_s": statistics.median(alone), "goal_s": GOAL_S, "engines": rows}
+            "alone_s": alone, "alone_median_s": statistics.median(alone), "alone_path": alone_chats[0][2],
+            "chats_first": not args.no_chats_first, "goal_s": GOAL_S, "engines": rows}
     lines = [f"# A chat during a Batch job on the same model: {model} [{args.mode}]", "",
              f"Batch job: {args.prompts} ragged prompts, {args.new_tokens} new tokens, batch size {args.batch_size}; "
              f"chats: {args.chats} one after another, {args.chat_tokens} new tokens, greedy; generation path: "
-             f"{data['generation_path']}.", "",
-             "| batch engine | chat first token alone, median s | during the job, median s | max s | chats counted | "
-             f"chat path during the job | goal <= {GOAL_S:.0f} s | job |", "|---|---|---|---|---|---|---|---|"]
+             f"{data['generation_path']}. First token: the streamer's clock, from the reply's submission to its first "
+             "generated token; first text: when the reply's first visible text reached the caller (a random-weight "
+             "model's tokens often decode to nothing). Chats alone ran on the "
+             f"{data['alone_path']} path; batch work stepping aside for chats (quant.chats_first): "
+             f"{'on' if data['chats_first'] else 'off'}.", "",
+             "| batch engine | chat first token alone, median s | during the job, median s | max s | first text during "
+             f"the job, median s | chats counted | chat path during the job | goal <= {GOAL_S:.0f} s | job |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         verdict = "n/a" if row["max_s"] is None else ("met" if row["max_s"] <= GOAL_S else "NOT met")
         engine = row["engine"] + (f", job {row['job_number']}" if args.jobs > 1 else "")
-        lines.append(f"| {engine} | {data['alone_median_s']:.3f} | "
-                     f"{row['median_s'] if row['median_s'] is None else format(row['median_s'], '.3f')} | "
-                     f"{row['max_s'] if row['max_s'] is None else format(row['max_s'], '.3f')} | {row['counted']} | "
+        seconds = [row[key] if row[key] is None else format(row[key], ".3f")
+                   for key in ("median_s", "max_s", "first_text_median_s")]
+        lines.append(f"| {engine} | {data['alone_median_s']:.3f} | {' | '.join(str(s) for s in seconds)} | "
+                     f"{row['counted']} | "
                      f"{', '.join(row.get('paths', []))} | {verdict} | {row['error'] or row['job']} |")
     write_results(args.out, result_stem("chat-during-batch", Path(model).name.replace("demo:", ""), args.mode,
                                         tag=args.tag), data, "\n".join(lines) + "\n")
