@@ -107,18 +107,10 @@ def main() -> None:
     parser.add_argument("--chats", type=int, default=5)
     parser.add_argument("--chat-tokens", type=int, default=16)
     parser.add_argument("--head-start", type=float, default=1.0, help="seconds the job runs before the first chat")
-    parser.add_argument("--no-chats-first", action="store_true",
-                        help="batch work does not step aside for chats (quant.chats_first's pause and switch interval "
-                             "off): what they change")
     parser.add_argument("--jobs", type=int, default=1,
                         help="jobs per engine, one after another: the first padded job of a compiled model compiles "
                              "its batch size (the chats meet the compile), the next ones run it compiled")
     args = parser.parse_args()
-    if args.no_chats_first:
-        from quant import chats_first
-
-        chats_first.PAUSE_LIMIT_S = 0.0
-        chats_first.CHAT_SWITCH_INTERVAL_S = sys.getswitchinterval()
     model = args.model
     if args.shape:
         from bench.llama_shapes import build_checkpoint
@@ -137,15 +129,14 @@ def main() -> None:
     data = {"model": model, "mode": args.mode, "generation_path": loaded.path.describe(), "prompts": args.prompts,
             "new_tokens": args.new_tokens, "batch_size": args.batch_size, "chat_tokens": args.chat_tokens,
             "alone_s": alone, "alone_median_s": statistics.median(alone), "alone_path": alone_chats[0][2],
-            "chats_first": not args.no_chats_first, "goal_s": GOAL_S, "engines": rows}
+            "goal_s": GOAL_S, "engines": rows}
     lines = [f"# A chat during a Batch job on the same model: {model} [{args.mode}]", "",
              f"Batch job: {args.prompts} ragged prompts, {args.new_tokens} new tokens, batch size {args.batch_size}; "
              f"chats: {args.chats} one after another, {args.chat_tokens} new tokens, greedy; generation path: "
              f"{data['generation_path']}. First token: the streamer's clock, from the reply's submission to its first "
              "generated token; first text: when the reply's first visible text reached the caller (a random-weight "
              "model's tokens often decode to nothing). Chats alone ran on the "
-             f"{data['alone_path']} path; batch work stepping aside for chats (quant.chats_first): "
-             f"{'on' if data['chats_first'] else 'off'}.", "",
+             f"{data['alone_path']} path.", "",
              "| batch engine | chat first token alone, median s | during the job, median s | max s | first text during "
              f"the job, median s | chats counted | chat path during the job | goal <= {GOAL_S:.0f} s | job |",
              "|---|---|---|---|---|---|---|---|---|"]

@@ -34,7 +34,6 @@ from transformers.cache_utils import StaticLayer, StaticSlidingWindowLayer
 from transformers.generation.utils import DeferredStopCheck, StopCheck
 
 from . import ragged
-from .chats_first import pause_for_chats
 from .settings import load_settings
 
 log = logging.getLogger(__name__)
@@ -244,7 +243,6 @@ class DecodeLoop:
             if stop_check(unfinished, next_tokens, input_ids.shape[1]):
                 break
             self.token.copy_(next_tokens[:, None])
-            pause_for_chats()  # a chat waiting for its first token goes first (quant.chats_first)
             logits = self._run_step()
         steps_to_undo = stop_check.finish()
         if steps_to_undo:

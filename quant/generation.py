@@ -21,7 +21,6 @@ from transformers import BatchEncoding, StoppingCriteria, StoppingCriteriaList, 
 from transformers.generation.streamers import BaseStreamer
 
 from . import ragged
-from .chats_first import ChatWait
 from .errors import QuantError
 from .fastpath import runner_busy_with_batches
 from .loader import LoadedModel, model_context_length
@@ -133,7 +132,6 @@ class _CountingStreamer(TextIteratorStreamer):
         super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True, **kwargs)
         self.generated = 0
         self.first_token_at: float | None = None
-        self.on_first_token: Callable[[], None] | None = None
         self._seen_prompt = False
 
     def put(self, value) -> None:
@@ -141,8 +139,6 @@ class _CountingStreamer(TextIteratorStreamer):
             self.generated += value.numel()
             if self.first_token_at is None:
                 self.first_token_at = time.perf_counter()
-                if self.on_first_token is not None:
-                    self.on_first_token()
         self._seen_prompt = True
         super().put(value)
 
@@ -471,13 +467,7 @@ def _stream(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.
     if on_start is not None:
         on_start()
     text = ""
-    # An eager chat may share the process with batch work: that steps aside until its first token (quant.chats_first)
-    waiting = ChatWait() if not compiled else None
     try:
-        if waiting is not None:
-            streamer.on_first_token = waiting.release
-            if streamer.first_token_at is not None:  # it came before the callback was set
-                waiting.release()
         for piece in streamer:
             if piece and not text:
                 log.debug("chat reply: first text")
@@ -489,8 +479,6 @@ def _stream(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.
             if piece:
                 yield ChatChunk(text, stats, notices)
     finally:
-        if waiting is not None:
-            waiting.release()
         stats.stopped = stop.is_set()
         stop.set()  # a consumer that leaves early (GeneratorExit) stops the generation too
         future.cancel()  # still queued behind another session's generation: never starts

@@ -25,10 +25,10 @@ import inspect
 
 import torch
 
-from .chats_first import pause_for_chats
-
-GROUP_TOKENS = 16384
-"""Most padded positions in one prefill forward: large enough to keep a GPU busy, small enough to bound activations."""
+GROUP_TOKENS = 4096
+"""Most padded positions in one prefill forward: enough rows to keep a GPU's matrix units busy, few enough that a group
+pads little. The goal job's prefill (8B bf16, 128 prompts of 16-1,000 tokens, H200, one run) took 2.523 s in groups of
+16,384 positions, 2.440 s of 8,192, 2.396 s of 4,096 (bench/results/prefill-profile-8b-bf16-causal-groups-smaller.md)."""
 MIN_WASTE = 0.25
 """Prefill in groups only when the padding is at least this share of the padded batch's positions."""
 
@@ -106,7 +106,6 @@ def _prefilled_groups(model, input_ids: torch.Tensor, attention_mask: torch.Tens
         columns = torch.arange(span, device=input_ids.device)
         right = left.gather(1, (columns + shift[:, None]) % span)  # each row's tokens first, its padding after
         cache = DynamicCache(config=model.config)
-        pause_for_chats()  # a chat waiting for its first token goes first (quant.chats_first)
         model(input_ids=right, position_ids=columns.expand(len(group), -1), past_key_values=cache, use_cache=True,
               **keep_last)
         yield index, Placement.of(index, counts, width), cache

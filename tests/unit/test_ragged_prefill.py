@@ -103,38 +103,3 @@ def test_the_compiled_loop_prefills_a_ragged_batch_in_groups_into_its_static_cac
         assert grouped == [generate_batch(fp32, [p], GREEDY)[0] for p in RAGGED]
     finally:
         fast.path.close()
-
-
-def test_a_grouped_prefill_waits_while_a_chat_waits_for_its_first_token(fp32, monkeypatch):
-    """quant.chats_first: batch work steps aside at its safe points (here before each prefill group) while an eager
-    chat waits for its first token, with the interpreter's switch interval lowered meanwhile; a real chat on the same
-    model lets it go on as soon as its first token is out, while its reply is still streaming."""
-    import sys
-    import threading
-
-    from quant import chats_first
-    from quant.generation import stream_chat
-
-    monkeypatch.setattr(chats_first, "PAUSE_LIMIT_S", 60.0)  # held by the chat below, not by the limit
-    monkeypatch.setattr(ragged, "GROUP_TOKENS", 200)
-    encoded = fp32.tokenizer(RAGGED, return_tensors="pt", padding=True, padding_side="left")
-    interval = sys.getswitchinterval()
-    held = chats_first.ChatWait()
-    assert chats_first.chats_waiting() == 1 and sys.getswitchinterval() == chats_first.CHAT_SWITCH_INTERVAL_S
-    done = threading.Event()
-
-    def prefill():
-        with torch.inference_mode():
-            ragged.prefill_in_groups(fp32.model, encoded["input_ids"], encoded["attention_mask"])
-        done.set()
-
-    threading.Thread(target=prefill, daemon=True).start()
-    assert not done.wait(1.0)  # alone it takes milliseconds
-    chat = stream_chat(fp32, [{"role": "user", "content": "hi"}], settings=GenerationSettings(max_new_tokens=32))
-    first = next(chat)
-    assert first.stats.new_tokens >= 1 and not first.done
-    assert chats_first.chats_waiting() == 1  # the chat's own wait is over at its first token; `held` is not
-    held.release()
-    held.release()  # idempotent
-    assert done.wait(30) and chats_first.chats_waiting() == 0 and sys.getswitchinterval() == interval
-    assert list(chat)[-1].done
