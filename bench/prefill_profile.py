@@ -104,7 +104,7 @@ def time_groups(model, ids, mask, device, parameters: int) -> list[dict]:
 
 
 def cublas_rate(model, device, rows: int = 16384) -> dict:
-    """cuBLAS on one decoder layer's projections at `rows` positions (dtype of the weights): seconds per layer, TFLOPS."""
+    """cuBLAS on one decoder layer's projections at `rows` positions, in the weights' dtype: seconds a layer, TFLOPS."""
     layer = model.model.layers[0]
     weights = [m.weight for m in layer.modules() if isinstance(m, torch.nn.Linear)]
     if any(w.dtype not in (torch.float16, torch.bfloat16, torch.float32) for w in weights):
@@ -229,7 +229,8 @@ def markdown(data: dict) -> str:
              f"{data['prompts']} prompts, {data['prompt_tokens']:,} prompt tokens, padded to {data['padded_width']}; "
              f"static cache {data['cache_tokens']} tokens; attention {data['attn_implementation']}; prefilled in "
              f"groups: {data['grouped']}. The linear layers' work for the prompt tokens: {linear:,.1f} TFLOP.", "",
-             f"- The loop's prefill (groups of at most {data['default_group_tokens']:,} positions, then the last column): "
+             f"- The loop's prefill (groups of at most {data['default_group_tokens']:,} positions, then the last "
+             "column): "
              f"**{median:.3f} s** (median of {len(data['prefill_seconds'])}), {linear / median:,.1f} TFLOPS of "
              f"linear work; the last column alone {data['last_column_seconds']:.3f} s."]
     for tokens, seconds in data["group_tokens"].items():

@@ -1,22 +1,22 @@
 """A padded batch of ragged prompts prefilled without computing its padding (issue 26: "ragged prompt lengths must not
 pay for padding to the longest").
 
-A padded batch left-pads every prompt to the longest: 128 prompts of 16 to 1,000 tokens make one prefill of
-128 x 1,000 positions where about half are padding, all of it computed (every layer, every position) and then masked
-away. Here the prompts are prefilled in groups of similar length (sorted, each group padded only to its own longest,
-at most `GROUP_TOKENS` positions a forward), with the output head on the last position only, and their key/value
-caches are laid side by side into one left-padded cache of the batch's length (zeros where a group had no position:
-masked, as padding always is). Within a group the prompts are right-padded and run with causal attention and no
-mask: a real token never sees the padding after it, and the attention runs as an unmasked causal one. `generate` then gets the whole padded batch with that cache and computes only the last
-position onward: decode runs on the whole batch at once as before, so the replies are those of the padded batch
-(the same positions, masks and keys; up to the arithmetic's order in 16-bit).
+A padded batch left-pads every prompt to the longest: 128 prompts of 16 to 1,000 tokens make one prefill of 128 x 1,000
+positions where about half are padding, all of it computed (every layer, every position) and then masked away. Here the
+prompts are prefilled in groups of similar length (sorted, each group padded only to its own longest, at most
+`GROUP_TOKENS` positions a forward), with the output head on the last position only, and their key/value caches are laid
+side by side into one left-padded cache of the batch's length (zeros where a group had no position: masked, as padding
+always is). Within a group the prompts are right-padded and run with causal attention and no mask: a real token never
+sees the padding after it, and the attention runs as an unmasked causal one. `generate` then gets the whole padded batch
+with that cache and computes only the last position onward: decode runs on the whole batch at once as before, so the
+replies are those of the padded batch (the same positions and keys; up to the arithmetic's order in 16-bit).
 
 The compiled decode loop's batches are prefilled the same way, each group's keys and values written into the loop's
-static cache at the slots the whole prefill would have written (`prefill_into_static_cache`), then the loop computes
-the last position onward.
+static cache at the slots the whole prefill would have written (`prefill_into_static_cache`), then the loop computes the
+last position onward.
 
-Only where every layer attends to the whole sequence (sliding-window and hybrid caches hold a shape of their own),
-for decoder-only models, in one process (not tensor parallel), and when padding is at least `MIN_WASTE` of the batch.
+Only where every layer attends to the whole sequence (sliding-window and hybrid caches hold a shape of their own), for
+decoder-only models, in one process (not tensor parallel), and when padding is at least `MIN_WASTE` of the batch.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import torch
 GROUP_TOKENS = 4096
 """Most padded positions in one prefill forward: enough rows to keep a GPU's matrix units busy, few enough that a group
 pads little. The goal job's prefill (8B bf16, 128 prompts of 16-1,000 tokens, H200, one run) took 2.523 s in groups of
-16,384 positions, 2.440 s of 8,192, 2.396 s of 4,096 (bench/results/prefill-profile-8b-bf16-causal-groups-smaller.md)."""
+16,384 positions, 2.440 s of 8,192, 2.396 s of 4,096
+(bench/results/prefill-profile-8b-bf16-causal-groups-smaller.md)."""
 MIN_WASTE = 0.25
 """Prefill in groups only when the padding is at least this share of the padded batch's positions."""
 
@@ -130,9 +131,9 @@ class Placement:
 
     def copy(self, source: torch.Tensor, target: torch.Tensor) -> None:
         """The group's keys (or values) [rows, heads, span, dim] into the batch's [batch, heads, slots, dim]."""
-        to = target.device  # a model split over GPUs keeps each layer's cache on its GPU
-        target.transpose(1, 2)[self.row.to(to), self.slot.to(to)] = source.transpose(1, 2)[self.local.to(source.device),
-                                                                                           self.column.to(source.device)]
+        to, at = target.device, source.device  # a model split over GPUs keeps each layer's cache on its GPU
+        target.transpose(1, 2)[self.row.to(to), self.slot.to(to)] = source.transpose(1, 2)[self.local.to(at),
+                                                                                           self.column.to(at)]
 
 
 def prefill_in_groups(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
