@@ -161,7 +161,7 @@ _chat_streams: dict[torch.device, torch.cuda.Stream] = {}
 
 def chat_stream(loaded: LoadedModel) -> contextlib.AbstractContextManager:
     """Where an eager chat runs its GPU work: on a model whole on one GPU, a CUDA stream of its own with the highest
-    priority (one per GPU, shared by every chat); elsewhere nowhere else.
+    priority (one per GPU, shared by every chat); elsewhere the thread's current stream.
 
     Why: a Batch job (its grouped prefill, its compiled steps) runs on the GPU's default stream, PyTorch's legacy
     one. A chat there would queue behind the job's kernels, and even copying its prompt to the GPU waits for them: a

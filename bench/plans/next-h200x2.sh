@@ -26,11 +26,9 @@ both() {  # a step on both GPUs, logged like a lane's
 both "timeout 420 $PYTEST tests/gpu/test_gpu_segments.py tests/gpu/test_gpu_tensor_parallel.py" step1
 both "timeout 600 python3 bench/multi_gpu.py --decode-paths --shapes 8b --modes bf16 --work /tmp/bench0 --out $out" step2
 both "timeout 420 python3 bench/tp_bench.py --shape 8b --new-tokens 256 --work /tmp/bench0 --out $out" step3
-# Lane 0: next-h200.sh's steps (chat during a compiled batch job, the on-demand batch in every mode, start-up of nf4
-# and GPTQ, the GPU tests); lane 1: nothing else, so that lane 0's timings have their GPU alone.
+# Lane 0: next-h200.sh's steps (start-up of nf4 and GPTQ, the GPU tests; the ninth session ran the chat during a
+# compiled job and the on-demand batch in every mode); lane 1: nothing else, so that lane 0's timings have their GPU alone.
 lane 0 \
-  "timeout 300 python3 bench/chat_during_batch.py --shape 8b --mode bf16 --device-map cuda:0 --prompts 128 --new-tokens 128 --batch-size 128 --engines padded --head-start 3 --out $out --tag=-compiled-job" \
-  "timeout 900 python3 bench/batch_engines.py --shape 8b --modes bf16,nf4,gptq --engines padded+eager,padded --prompts 128 --new-tokens 128 --batch-size 128 --work /tmp/bench0 --out $out --tag=-on-demand-all-modes" \
   "timeout 420 python3 bench/startup.py --shape 8b --modes nf4,gptq --warm-starts 1 --device-map cuda:0 --work /tmp/bench0 --out $out --tag=-nf4-gptq" \
   "timeout 540 $PYTEST tests/gpu/test_gpu_fastpath.py -k 'not kernel_cache_survives'" &
 wait
