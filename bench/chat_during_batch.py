@@ -15,6 +15,7 @@ The job is stopped after the chats.
 
 from __future__ import annotations
 
+import math
 import statistics
 import sys
 import threading
@@ -55,7 +56,7 @@ def first_token(loaded, prompt: str, new_tokens: int) -> tuple[float, float, str
     first_text, last = float("nan"), None
     for chunk in stream_chat(loaded, [{"role": "user", "content": prompt}],
                              settings=GenerationSettings(max_new_tokens=new_tokens)):
-        if chunk.text and first_text != first_text:
+        if chunk.text and math.isnan(first_text):
             first_text = time.perf_counter() - started
         last = chunk
     ttft = last.stats.time_to_first_token if last and last.stats.time_to_first_token is not None else float("nan")
@@ -90,12 +91,38 @@ def during(loaded, engine: str, args) -> dict:
     stop.set()
     thread.join()
     counted = [c["first_token_s"] for c in chats if c["while_job_ran"]]
-    texts = [c["first_text_s"] for c in chats if c["while_job_ran"]]
+    texts = [c["first_text_s"] for c in chats if c["while_job_ran"] and not math.isnan(c["first_text_s"])]
     return {"engine": engine, "chats": chats, "prompts_done_at_stop": state["done"], "error": state["error"],
             "job": state["engine"], "median_s": statistics.median(counted) if counted else None,
             "first_text_median_s": statistics.median(texts) if texts else None,
             "max_s": max(counted) if counted else None, "counted": len(counted),
             "paths": sorted({c["path"] for c in chats if c["while_job_ran"]})}
+
+
+def markdown(data: dict) -> str:
+    jobs = max(row.get("job_number", 1) for row in data["engines"])
+    lines = [f"# A chat during a Batch job on the same model: {data['model']} [{data['mode']}]", "",
+             f"Batch job: {data['prompts']} ragged prompts, {data['new_tokens']} new tokens, batch size "
+             f"{data['batch_size']}; chats: {len(data['alone_s'])} one after another, {data['chat_tokens']} new "
+             f"tokens, greedy; generation path: {data['generation_path']}. First token: the streamer's clock, from the "
+             "reply's submission to its first generated token; first text: when the reply's first visible text reached "
+             "the caller (a random-weight model's tokens often decode to nothing). Chats alone ran on the "
+             f"{data['alone_path']} path."
+             + ("" if "chats_first" not in data else  # the ninth session's experiment, since removed
+                f" Chats first (batch work paused while a chat waited; removed since): "
+                f"{'on' if data['chats_first'] else 'off'}."), "",
+             "| batch engine | chat first token alone, median s | during the job, median s | max s | first text during "
+             f"the job, median s | chats counted | chat path during the job | goal <= {GOAL_S:.0f} s | job |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in data["engines"]:
+        verdict = "n/a" if row["max_s"] is None else ("met" if row["max_s"] <= GOAL_S else "NOT met")
+        engine = row["engine"] + (f", job {row['job_number']}" if jobs > 1 else "")
+        seconds = [row[key] if row[key] is None else format(row[key], ".3f")
+                   for key in ("median_s", "max_s", "first_text_median_s")]
+        lines.append(f"| {engine} | {data['alone_median_s']:.3f} | {' | '.join(str(s) for s in seconds)} | "
+                     f"{row['counted']} | "
+                     f"{', '.join(row.get('paths', []))} | {verdict} | {row['error'] or row['job']} |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -130,26 +157,8 @@ def main() -> None:
             "new_tokens": args.new_tokens, "batch_size": args.batch_size, "chat_tokens": args.chat_tokens,
             "alone_s": alone, "alone_median_s": statistics.median(alone), "alone_path": alone_chats[0][2],
             "goal_s": GOAL_S, "engines": rows}
-    lines = [f"# A chat during a Batch job on the same model: {model} [{args.mode}]", "",
-             f"Batch job: {args.prompts} ragged prompts, {args.new_tokens} new tokens, batch size {args.batch_size}; "
-             f"chats: {args.chats} one after another, {args.chat_tokens} new tokens, greedy; generation path: "
-             f"{data['generation_path']}. First token: the streamer's clock, from the reply's submission to its first "
-             "generated token; first text: when the reply's first visible text reached the caller (a random-weight "
-             "model's tokens often decode to nothing). Chats alone ran on the "
-             f"{data['alone_path']} path.", "",
-             "| batch engine | chat first token alone, median s | during the job, median s | max s | first text during "
-             f"the job, median s | chats counted | chat path during the job | goal <= {GOAL_S:.0f} s | job |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for row in rows:
-        verdict = "n/a" if row["max_s"] is None else ("met" if row["max_s"] <= GOAL_S else "NOT met")
-        engine = row["engine"] + (f", job {row['job_number']}" if args.jobs > 1 else "")
-        seconds = [row[key] if row[key] is None else format(row[key], ".3f")
-                   for key in ("median_s", "max_s", "first_text_median_s")]
-        lines.append(f"| {engine} | {data['alone_median_s']:.3f} | {' | '.join(str(s) for s in seconds)} | "
-                     f"{row['counted']} | "
-                     f"{', '.join(row.get('paths', []))} | {verdict} | {row['error'] or row['job']} |")
     write_results(args.out, result_stem("chat-during-batch", Path(model).name.replace("demo:", ""), args.mode,
-                                        tag=args.tag), data, "\n".join(lines) + "\n")
+                                        tag=args.tag), data, markdown)
 
 
 if __name__ == "__main__":
