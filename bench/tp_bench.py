@@ -91,6 +91,20 @@ def main() -> None:
 
         ids = AutoTokenizer.from_pretrained(str(checkpoint))(prompt, return_tensors="pt").input_ids
     base = dict(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False)
+    names = [torch.cuda.get_device_name(i) for i in range(2)]
+
+    def save() -> None:
+        """Written after every row: a path that hangs (the static cache's did, 2026-12-01, until the step's timeout
+        killed the run) leaves the rows before it on disk."""
+        one = next((r["b1_tokens_per_s"] for r in rows if r["path"] == "one GPU, compiled" and not r["error"]), None)
+        for r in rows:
+            if one and not r.get("error"):
+                r["vs_one_gpu_compiled"] = r["b1_tokens_per_s"] / one
+        write_results(args.out, result_stem("tp", args.shape, args.dtype, tag=args.tag),
+                      {"devices": names, "shape": args.shape, "dtype": args.dtype, "new_tokens": args.new_tokens,
+                       "rows": rows}, markdown)
+
+    save()
     try:
         for label, extra in (("TP 2 GPUs, eager", {}), ("TP 2 GPUs, static cache", {"cache_implementation": "static"})):
             row = {"path": label, "load_s": load_s}
@@ -110,16 +124,9 @@ def main() -> None:
                 row["error"] = f"{type(exc).__name__}: {str(exc)[:500]}"
             print(row, flush=True)
             rows.append(row)
+            save()
     finally:
         group.close()
-    one = next((r["b1_tokens_per_s"] for r in rows if r["path"] == "one GPU, compiled" and not r["error"]), None)
-    for r in rows:
-        if one and not r.get("error"):
-            r["vs_one_gpu_compiled"] = r["b1_tokens_per_s"] / one
-    names = [torch.cuda.get_device_name(i) for i in range(2)]
-    write_results(args.out, result_stem("tp", args.shape, args.dtype, tag=args.tag),
-                  {"devices": names, "shape": args.shape, "dtype": args.dtype, "new_tokens": args.new_tokens,
-                   "rows": rows}, markdown)
 
 
 def markdown(data: dict) -> str:

@@ -82,14 +82,16 @@ def _library_defaults() -> dict[str, str]:
 
 def fast_path_refusal(*, method_refusal: str | None, kind: str, devices: set[str],
                       settings: Settings, segments_refusal: str | None = None,
-                      model_refusal: str | None = None) -> str | None:
+                      model_refusal: str | None = None, quantized: bool = False) -> str | None:
     """Why the compiled path is not used for this model, or None when it is.
 
     QUANT_FAST_GENERATION: "auto" compiles on a GPU what was measured faster compiled (16/32-bit, nf4/fp4, GPTQ's
     torch, int4pack and Marlin kernels) through the compiled decode loop (decode.py), decoder-only and T5/BART
-    (seq2seq_decode.py: greedy equal to eager on an H200, T5-large batch 128 2.8x eager in bf16, 3.3x in nf4); "all"
-    also allows the CPU, and split-model segments over several GPUs, which have run compiled on the CPU and on one
-    GPU cut in two but not over two GPUs yet (a default must be a checked path); "off" never compiles.
+    (seq2seq_decode.py: greedy equal to eager on an H200, T5-large batch 128 2.8x eager in bf16, 3.3x in nf4), and a
+    decoder-only model in 16/32-bit split over GPUs in segments (segments.py: its two-GPU tests passed on two H200s,
+    8B bf16 at 0.98x one GPU's compiled rate, eager 0.13x; bench/results/multi-gpu-decode-paths.md); "all" also
+    allows the CPU and a split model with `quantized` weights (segments have not been tested over two GPUs with
+    them: a default must be a checked path); "off" never compiles.
     `method_refusal`: the quantization method's own reason (QuantMethod.compile_refusal);
     `model_refusal`: the architecture's (seq2seq_decode.seq2seq_refusal for encoder-decoder models).
     A model split over GPUs decodes in segments (segments.py); `segments_refusal`: why this model's structure cannot
@@ -114,9 +116,9 @@ def fast_path_refusal(*, method_refusal: str | None, kind: str, devices: set[str
         return f"QUANT_DECODE_SEGMENTS={settings.decode_segments}: {segments_refusal}"
     if next(iter(devices)).startswith("cpu") and choice != "all":
         return "CPU: compiling the decode step takes minutes there and gains little"
-    if choice == "auto" and len(devices) > 1:
-        return ("the compiled path for a model split over GPUs has not passed its two-GPU tests yet "
-                "(QUANT_FAST_GENERATION=all uses it)")
+    if choice == "auto" and len(devices) > 1 and quantized:
+        return ("the compiled segments of a model split over GPUs are tested over two GPUs in 16/32-bit only "
+                "(QUANT_FAST_GENERATION=all uses them for quantized weights)")
     return model_refusal or method_refusal
 
 
@@ -474,7 +476,8 @@ def prepare_generation_path(model, tokenizer, *, method_refusal: str | None, kin
             plan, segments_refusal = None, plan
     refusal = fast_path_refusal(method_refusal=method_refusal, kind=kind, devices=devices, settings=settings,
                                 segments_refusal=segments_refusal,
-                                model_refusal=seq2seq_refusal(model) if kind == "seq2seq" else None)
+                                model_refusal=seq2seq_refusal(model) if kind == "seq2seq" else None,
+                                quantized=getattr(model.config, "quantization_config", None) is not None)
     if refusal:
         return eager_path(refusal)
     split_plan = plan  # a model split over GPUs (or cut by QUANT_DECODE_SEGMENTS) runs in segments either way

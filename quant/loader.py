@@ -21,7 +21,8 @@ from .families import layout_hint, loading_problems, names_text, unquantized_wei
 from .fastpath import GenerationPath, configure_kernel_cache, eager_path, prepare_generation_path
 from .kept import kept_groups
 from .methods import Mode, QuantMethod, QuantOptions, check_mode, parse_mode
-from .placement import TENSOR_PARALLEL, parse_device_map, parse_max_memory, target_is_cuda, tensor_parallel_ranks
+from .placement import (TENSOR_PARALLEL, cuda_device_count, parse_device_map, parse_max_memory, target_is_cuda,
+                        tensor_parallel_ranks)
 from .report import (
     LoadReport,
     MemorySnapshot,
@@ -218,10 +219,13 @@ def _refuse_tensor_parallel(source: ModelSource, method: QuantMethod, max_memory
                              "every layer.", "Clear max_memory, or pick auto/balanced to place whole layers within "
                              "limits.")
     ranks = tensor_parallel_ranks()
-    refusal = tensor_parallel_refusal(source, method, ranks)
+    refusal = tensor_parallel_refusal(source, method, ranks, on_gpus=cuda_device_count() > 0)
     if refusal:
         reason, args = refusal
-        if reason == "gpus":
+        if reason == "gpus_off":
+            hint = "Load it with device_map auto (split over the GPUs, compiled decode), or set " \
+                   "QUANT_TENSOR_PARALLEL_GPUS=on and restart to try tensor parallelism."
+        elif reason == "gpus":
             hint = ("On a machine without a GPU, QUANT_TENSOR_PARALLEL_CPU_RANKS=2 shards over CPU processes."
                     if not torch.cuda.is_available() else "Load it on one GPU (cuda:0) or with auto.")
         elif reason in ("quantized", "not_yet"):  # the mode, not the model

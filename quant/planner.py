@@ -25,6 +25,7 @@ from .errors import PlacementError
 from .methods import METHODS, QuantMethod
 from .placement import (DEVICE_MAP_CHOICES, STRATEGY_CHOICES as STRATEGIES, TENSOR_PARALLEL, WeightBytes,
                         cuda_device_count, parse_max_memory, plan_placement)
+from .settings import load_settings
 from .source import ModelSource
 
 PLAN_HEADROOM = 0.10
@@ -351,7 +352,6 @@ def plan_model(model: str, *, revision: str | None = None, token: str | None = N
                modes: list[str] | None = None, placements_mode: str | None = None) -> MemoryPlan:
     """`plan_memory` for a model reference as the Model tab and the CLI take it: only its config is read (with the
     requester's token and folder rule, as a load would)."""
-    from .settings import load_settings
     from .source import resolve_source
 
     for mode in modes or []:
@@ -446,12 +446,15 @@ class PlacementChoice:
                 "per_gpu": list(self.per_gpu), "usable": list(self.usable), "describe": self.describe()}
 
 
-def tensor_parallel_refusal(source: ModelSource, method: QuantMethod, gpu_count: int) -> tuple[str, dict] | None:
-    """Why transformers' tensor parallelism cannot run this model in this mode over `gpu_count` GPUs, or None.
+def tensor_parallel_refusal(source: ModelSource, method: QuantMethod, gpu_count: int,
+                            on_gpus: bool = True) -> tuple[str, dict] | None:
+    """Why transformers' tensor parallelism cannot run this model in this mode over `gpu_count` ranks, or None.
 
     It needs the architecture's `base_model_tp_plan`, heads that divide evenly (each GPU holds whole attention and
     KV heads: transformers' own `get_kv_heads_per_rank`), and a mode that quant.tensor_parallel can run (the
-    method's `tensor_parallel_refusal`: 16/32-bit weights only)."""
+    method's `tensor_parallel_refusal`: 16/32-bit weights only). Ranks that are GPUs (`on_gpus`, not the CPU
+    ranks of QUANT_TENSOR_PARALLEL_CPU_RANKS) also need the operator's QUANT_TENSOR_PARALLEL_GPUS=on: measured,
+    its eager decode is much slower than a split over the same GPUs (the refusal's words say how much)."""
     from transformers.distributed.tensor_parallel import get_kv_heads_per_rank
 
     config = source.config
@@ -466,6 +469,8 @@ def tensor_parallel_refusal(source: ModelSource, method: QuantMethod, gpu_count:
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     if heads % gpu_count or get_kv_heads_per_rank(plan, kv_heads, gpu_count) is None:
         return "heads", {"heads": heads, "kv_heads": kv_heads, "gpus": gpu_count}
+    if on_gpus and not load_settings().tensor_parallel_gpus:
+        return "gpus_off", {}
     return None
 
 

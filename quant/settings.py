@@ -148,6 +148,10 @@ class Settings:
     tensor_parallel_cpu_ranks: int
     """QUANT_TENSOR_PARALLEL_CPU_RANKS: on a machine without a GPU, the processes that device_map=tensor_parallel
     shards a model over (gloo; default 0: not offered on the CPU). On GPUs it is one rank per GPU present."""
+    tensor_parallel_gpus: bool
+    """QUANT_TENSOR_PARALLEL_GPUS=on: device_map=tensor_parallel is offered on GPUs (off by default: on two H200s its
+    eager decode measured 0.06x one GPU's compiled decode at 8B bf16, while a split over the GPUs decodes compiled at
+    0.98x; bench/results/tp-8b-bfloat16.md)."""
     kernel_cache: str
     """QUANT_KERNEL_CACHE: folder for compiled kernels (Inductor, Triton, gptqmodel's Marlin/ExLlama builds), kept
     across restarts. Default ~/.cache/quant-playground/kernels."""
@@ -178,6 +182,7 @@ def load_settings() -> Settings:
                                          minimum=0),
         batch_prefill=_choice_setting("QUANT_BATCH_PREFILL", BATCH_PREFILLS),
         tensor_parallel_cpu_ranks=int_setting("QUANT_TENSOR_PARALLEL_CPU_RANKS", 0, minimum=0),
+        tensor_parallel_gpus=_flag("QUANT_TENSOR_PARALLEL_GPUS"),
         kernel_cache=os.environ.get("QUANT_KERNEL_CACHE")
         or os.path.join(os.path.expanduser("~"), ".cache", "quant-playground", "kernels"),
     )

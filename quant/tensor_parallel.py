@@ -48,11 +48,16 @@ def default_backend() -> str:
 
 
 def _init(rank: int, world_size: int, init_file: str, backend: str, timeout_s: float) -> None:
+    """Join the group. On GPUs its CPU tensors go over gloo and its CUDA tensors over nccl ("cpu:gloo,cuda:nccl"):
+    the requests and the ranks' answers (object collectives) then stay on the CPU, where nccl would copy them to
+    the calling thread's current CUDA device (rank 0 generates on the app's threads) and wait for the GPU; the
+    all-reduces of the forward pass and the per-step stop broadcast are CUDA tensors, on nccl."""
     if backend == "nccl":
         torch.cuda.set_device(rank)
     import torch.distributed as dist
 
-    dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=world_size,
+    dist.init_process_group("cpu:gloo,cuda:nccl" if backend == "nccl" else backend,
+                            init_method=f"file://{init_file}", rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=timeout_s),
                             device_id=torch.device("cuda", rank) if backend == "nccl" else None)
 

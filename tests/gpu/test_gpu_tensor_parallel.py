@@ -51,9 +51,14 @@ def test_the_load_choice_tensor_parallel_chats_and_stops_on_two_gpus(monkeypatch
     from quant.loader import LoadRequest
     from quant.registry import ModelRegistry
 
+    from quant.errors import PlacementError
+
     monkeypatch.setenv("NCCL_NVLS_ENABLE", "0")
     monkeypatch.setenv("QUANT_FAST_GENERATION", "off")
     registry = ModelRegistry(max_models=2)
+    with pytest.raises(PlacementError, match="QUANT_TENSOR_PARALLEL_GPUS=on"):  # off on GPUs unless turned on
+        registry.load(LoadRequest(LLAMA, mode="fp32", device_map="tensor_parallel"))
+    monkeypatch.setenv("QUANT_TENSOR_PARALLEL_GPUS", "on")
     history = [{"role": "user", "content": "What does the with statement do?"}]
     greedy = GenerationSettings(max_new_tokens=24)
     single = registry.load(LoadRequest(LLAMA, mode="fp32", device_map="cuda:1"))  # fp32: sums in any order agree

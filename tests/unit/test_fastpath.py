@@ -39,7 +39,9 @@ GREEDY = GenerationSettings(max_new_tokens=24)
     ("all", Mode.INT8, None, "seq2seq", {"cuda:0"}, "LLM.int8"),
     ("auto", Mode.BF16, None, "seq2seq", {"cuda:0", "cuda:1"}, "split over cuda:0, cuda:1: split decoding"),
     ("all", Mode.BF16, None, "causal", {"cuda:0", "cuda:1"}, None),  # decoded in segments (test_segments.py)
-    ("auto", Mode.BF16, None, "causal", {"cuda:0", "cuda:1"}, "a model split over GPUs has not passed its two-GPU tests"),
+    ("auto", Mode.BF16, None, "causal", {"cuda:0", "cuda:1"}, None),  # passed on two H200s (2026-12-01, tenth session)
+    ("auto", Mode.NF4, None, "causal", {"cuda:0", "cuda:1"}, "tested over two GPUs in 16/32-bit only"),
+    ("all", Mode.NF4, None, "causal", {"cuda:0", "cuda:1"}, None),
     ("auto", Mode.BF16, None, "causal", {"cpu", "cuda:0"}, "split over cpu, cuda:0: compiled decode needs every part"),
     ("auto", Mode.BF16, None, "causal", {"cuda:0", "meta"}, "split over cuda:0, meta: compiled decode needs every part"),
     ("all", Mode.INT8, None, "causal", {"cuda:0"}, "LLM.int8"),
@@ -54,7 +56,8 @@ GREEDY = GenerationSettings(max_new_tokens=24)
 def test_which_models_take_the_compiled_path(monkeypatch, choice, mode, backend, kind, devices, reason):
     monkeypatch.setenv("QUANT_FAST_GENERATION", choice)
     refusal = mode.method.compile_refusal(QuantOptions(gptq_backend=backend))
-    got = fast_path_refusal(method_refusal=refusal, kind=kind, devices=devices, settings=load_settings())
+    got = fast_path_refusal(method_refusal=refusal, kind=kind, devices=devices, settings=load_settings(),
+                            quantized=mode.method.quantizes_weights)
     assert got == reason if reason is None else reason in got
 
 

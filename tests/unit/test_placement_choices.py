@@ -13,6 +13,13 @@ from quant.ui_strings import KO
 FOUR_GPUS = "0=80GiB,1=80GiB,2=80GiB,3=80GiB"
 
 
+@pytest.fixture(autouse=True)
+def tensor_parallel_on_gpus(monkeypatch):
+    """The operator's setting that offers tensor parallelism on GPUs (off by default: the test below): these tests
+    are about what the model and mode allow."""
+    monkeypatch.setenv("QUANT_TENSOR_PARALLEL_GPUS", "on")
+
+
 def _source(name, config, architecture):
     return ModelSource(name, "", True, None, config, "causal", architecture, None)
 
@@ -40,6 +47,23 @@ def test_8b_bf16_on_two_gpus_offers_all_three_with_bytes_and_costs(llama_8b):
     assert "One copy of the hidden state per boundary (1 a token)" in split.describe()
     assert "GPU 0 15.0 GiB" in one.describe() and "GPU 1 7.5 GiB" in tp.describe()
     assert "all-reduce" in tp.describe("ko") and KO["placements.kind.tensor_parallel"] in tp.describe("ko")
+
+
+def test_tensor_parallel_on_gpus_is_off_unless_the_operator_turns_it_on_and_says_what_it_measured(llama_8b,
+                                                                                                     monkeypatch):
+    """Off by default on GPUs, with the measured reason and the setting that turns it on; the split stays offered.
+    The CPU ranks (QUANT_TENSOR_PARALLEL_CPU_RANKS) are not GPUs: the setting does not apply to them."""
+    from quant.methods import METHODS
+    from quant.planner import tensor_parallel_refusal
+
+    monkeypatch.delenv("QUANT_TENSOR_PARALLEL_GPUS")
+    _, split, tp = placement_choices(llama_8b, "bf16", "0=80GiB,1=80GiB")
+    assert split.offered and not tp.offered and tp.refusal == "gpus_off"
+    assert "QUANT_TENSOR_PARALLEL_GPUS=on" in tp.describe() and "0.06x one GPU" in tp.describe()
+    assert "QUANT_TENSOR_PARALLEL_GPUS=on" in tp.describe("ko")
+    assert tensor_parallel_refusal(llama_8b, METHODS["bf16"], 2, on_gpus=False) is None
+    # the model's own refusals come first: turning the setting on would not help them
+    assert placement_choices(llama_8b, "nf4", "0=80GiB,1=80GiB")[2].refusal == "quantized"
 
 
 def test_8b_on_one_small_gpu_does_not_fit_and_nothing_is_split(llama_8b):
