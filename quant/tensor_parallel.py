@@ -152,6 +152,9 @@ def _wait_for_work(wake) -> bool:
 def _worker(rank: int, world_size: int, init_file: str, backend: str, timeout_s: float, checkpoint: Checkpoint,
             threads: int, started, wake) -> None:
     """A rank > 0: load the shard, then, each time rank 0 wakes it, generate what rank 0 broadcasts."""
+    import faulthandler
+
+    faulthandler.enable()  # a rank that nccl's watchdog aborts (a collective timed out) shows where it waited
     os.environ["LOCAL_RANK"] = str(rank)  # transformers binds the device from it (distributed/utils.py)
     if backend == "gloo":
         torch.set_num_threads(threads)
