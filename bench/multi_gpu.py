@@ -1,11 +1,12 @@
 """A Llama-shaped model split over two GPUs against the same model on one: memory per GPU, decode and batch speed.
 
-For bf16, int8, nf4 and GPTQ: one run on cuda:0 alone, one with `device_map="auto"` and a `max_memory` that forces
+For bf16, int8, nf4 and GPTQ (or the --modes given): one run on cuda:0 alone, one with `device_map="auto"` and a `max_memory` that forces
 a split (GPU 0 gets about 55% of the weights). Uses quant.compare, so the numbers are those the Compare tab shows.
 Keep NCCL's NVLink multicast off on the device machines (NCCL_NVLS_ENABLE=0; nothing here uses NCCL). Run on a
 machine with two GPUs:
 
     NCCL_NVLS_ENABLE=0 python bench/multi_gpu.py --shapes 1b,8b --out bench/results
+    NCCL_NVLS_ENABLE=0 python bench/multi_gpu.py --shapes 70b-40layers --modes bf16 --tag=-70b-batch --out bench/results
 
 --decode-paths measures batch-1 decode (the Chat tab's path) of one mode instead, in one run: one GPU compiled, one
 GPU cut into segments (QUANT_DECODE_SEGMENTS: what the segments cost without the link), split over two GPUs compiled
@@ -42,6 +43,9 @@ MiB = 2**20
 GiB = 2**30
 
 
+TABLE_MODES = "bf16,int8,nf4,gptq"
+
+
 def split_limit(location: str, mode: Mode) -> str:
     """max_memory that puts a bit over half of the estimated weights on GPU 0 and the rest on GPU 1."""
     estimate = estimate_footprint(resolve_source(location), mode)
@@ -51,13 +55,15 @@ def split_limit(location: str, mode: Mode) -> str:
 
 def bench_shape(shape: str, args) -> list[dict]:
     checkpoint = build_checkpoint(shape, args.work / f"llama-{shape}")
+    wanted = (args.modes or TABLE_MODES).split(",")
     gptq_dir = args.work / f"llama-{shape}-gptq-4bit-g128"
-    if not (gptq_dir / "config.json").is_file():
+    if "gptq" in wanted and not (gptq_dir / "config.json").is_file():
         quantize_gptq(str(checkpoint), GPTQRecipe(bits=4, group_size=128, num_samples=16, seq_len=512),
                       [builtin_textsets()["python-reference"].read_text()], gptq_dir, device="cuda:0")
     specs = [ModeSpec("bf16", Mode.BF16, str(checkpoint)), ModeSpec("int8", Mode.INT8, str(checkpoint)),
              ModeSpec("nf4", Mode.NF4, str(checkpoint), QuantOptions(bnb4_compute_dtype="bf16")),
              ModeSpec("gptq", Mode.GPTQ, str(gptq_dir), QuantOptions(gptq_backend=args.gptq_backend))]
+    specs = [spec for spec in specs if spec.label in wanted]
     prompts = prompts_from_text(32, 24)
     rows = []
     for spec in specs:
@@ -100,7 +106,7 @@ def bench_decode_paths(shape: str, args) -> list[dict]:
     checkpoint = build_checkpoint(shape, args.work / f"llama-{shape}")
     prompt = prompts_from_text(1, 24)[0]
     rows = []
-    for mode in args.modes.split(","):
+    for mode in (args.modes or "bf16").split(","):
         reference_tokens = None
         for label, device_map, split, variables in DECODE_PATHS:
             if split and torch.cuda.device_count() < 2:
@@ -169,9 +175,9 @@ def decode_paths_markdown(summary: dict) -> str:
 
 
 def main() -> None:
-    parser = bench_parser(__doc__, out=REQUIRED, tag="", work=WORK, shapes="1b", modes="bf16", new_tokens=64,
-                          helps={"modes": "modes of --decode-paths, comma-separated (the table of modes runs bf16, "
-                                          "int8, nf4 and gptq)"})
+    parser = bench_parser(__doc__, out=REQUIRED, tag="", work=WORK, shapes="1b", modes=None, new_tokens=64,
+                          helps={"modes": f"modes, comma-separated: of the table ({TABLE_MODES} unless given) or of "
+                                          "--decode-paths (bf16 unless given)"})
     parser.add_argument("--gptq-backend", default="gptq_triton")
     parser.add_argument("--decode-paths", action="store_true",
                         help="batch-1 decode: one GPU compiled, in segments, split compiled, split eager (--modes)")
