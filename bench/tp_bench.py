@@ -2,9 +2,11 @@
 is rank 0, one spawned worker is rank 1, nccl) against the same model on one GPU through the app's compiled path.
 
 Paths: "one GPU, compiled" (the registry and the Chat tab's path, as bench/multi_gpu.py --decode-paths measures it),
-"TP 2 GPUs, eager" (generate with a dynamic cache) and "TP 2 GPUs, static cache" (transformers compiles the forward
-on CUDA when the cache is static). Each row: tokens/s after the first token, and how many of the first 32 greedy
-tokens equal one GPU's. The goal of issue #29: TP at >= 1.3x one GPU compiled at 8B bf16.
+"split over 2 GPUs, compiled segments" (whole layers per GPU, quant.segments), "TP 2 GPUs, eager" (generate on the
+ranks' plain local slices, quant.tensor_parallel.localize), "TP 2 GPUs, compiled" (every rank on its compiled, captured
+decode loop: QUANT_FAST_GENERATION=all) and, with --with-static-cache, "TP 2 GPUs, static cache" (transformers
+compiles the forward on CUDA when the cache is static). Each row: tokens/s after the first token, and how many of the
+first 32 greedy tokens equal one GPU's. The goal of issue #29: TP at >= 1.3x one GPU compiled at 8B bf16.
 
     NCCL_NVLS_ENABLE=0 python bench/tp_bench.py --shape 8b --new-tokens 256 --out bench/results
 """
@@ -51,8 +53,12 @@ def decode_rate(generate, kwargs: dict) -> tuple[float, torch.Tensor]:
 def main() -> None:
     parser = bench_parser(__doc__, out=REQUIRED, tag="", work=WORK, shape="8b", new_tokens=256)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--with-static-cache", action="store_true",
+                        help="also transformers' static cache on the ranks (its warm-up ran past 4 minutes at 8B)")
     args = parser.parse_args()
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+    # the compiled path over the ranks is QUANT_FAST_GENERATION=all's (not yet auto's); the workers inherit it
+    os.environ["QUANT_FAST_GENERATION"] = "all"
     if torch.cuda.device_count() < 2:
         raise SystemExit("This benchmark needs two GPUs.")
     from quant.compare import measure_decode
@@ -82,6 +88,22 @@ def main() -> None:
         registry.unload_all()
         torch.cuda.empty_cache()
     print(rows[-1], flush=True)
+    try:  # the other way to use both GPUs: whole layers on each, in turn (quant.segments)
+        from bench.multi_gpu import split_limit
+        from quant.methods import Mode
+
+        loaded = registry.load(LoadRequest(model=str(checkpoint), mode=mode, device_map="auto",
+                                           max_memory=split_limit(str(checkpoint), Mode(mode))))
+        measure_decode(loaded, prompt, 8)
+        _, rate, compiled = measure_decode(loaded, prompt, args.new_tokens)
+        rows.append({"path": "split over 2 GPUs, compiled segments", "b1_tokens_per_s": rate, "compiled": compiled,
+                     "generation_path": loaded.report.generation_path, "error": None})
+    except Exception as exc:  # noqa: BLE001
+        rows.append({"path": "split over 2 GPUs, compiled segments", "error": f"{type(exc).__name__}: {exc}"})
+    finally:
+        registry.unload_all()
+        torch.cuda.empty_cache()
+    print(rows[-1], flush=True)
 
     started = time.perf_counter()
     group = start_group(str(checkpoint), world_size=2, dtype=args.dtype, backend="nccl", timeout_s=900)
@@ -105,11 +127,21 @@ def main() -> None:
                        "rows": rows}, markdown)
 
     save()
+    paths = [("TP 2 GPUs, eager", {}), ("TP 2 GPUs, compiled", {})]
+    if args.with_static_cache:
+        paths.append(("TP 2 GPUs, static cache", {"cache_implementation": "static"}))
     try:
-        for label, extra in (("TP 2 GPUs, eager", {}), ("TP 2 GPUs, static cache", {"cache_implementation": "static"})):
+        for label, extra in paths:
             row = {"path": label, "load_s": load_s}
             try:
                 first = time.perf_counter()
+                if label == "TP 2 GPUs, compiled":  # every rank compiles and captures its decode loop (quant.fastpath)
+                    from transformers import AutoTokenizer
+
+                    row["generation_path"] = group.prepare_compiled_path(
+                        AutoTokenizer.from_pretrained(str(checkpoint)), group.model.config.max_position_embeddings)
+                    if group.path is None:
+                        raise RuntimeError(row["generation_path"])
                 group.generate(**base, **extra, max_new_tokens=8, min_new_tokens=8)  # warm-up (compiles)
                 row["warmup_s"] = time.perf_counter() - first
                 rate, _ = decode_rate(group.generate, {**base, **extra, "max_new_tokens": args.new_tokens,

@@ -205,6 +205,9 @@ class GenerationPath:
     """Why the whole forward is compiled in one graph though QUANT_COMPILE_REGIONS=layers (empty otherwise)."""
     _adding: threading.Lock = field(default_factory=threading.Lock, repr=False)
     """One batch size compiled at a time for batch jobs (add_batch_size)."""
+    lockstep: bool = False
+    """A tensor-parallel rank's path (quant.tensor_parallel): its forward passes must run on every rank at once, so it
+    is never warmed up again on one rank alone; after another model's unload it goes eager instead."""
     job_cache_lengths: dict[int, int] = field(default_factory=dict)
     """Batch size compiled for a batch job -> the one cache length it was compiled with (its job's tokens, rounded
     up to JOB_CACHE_STEP): its only loop, instead of one per QUANT_STATIC_CACHE_TOKENS length."""
@@ -417,6 +420,12 @@ class GenerationPath:
 
     def _warm_up_again(self) -> None:
         """After another model's unload reset the compiled state: recompile now, or fall back to eager with a reason."""
+        if self.lockstep:  # its warm-up's forward passes need every rank: this one alone would wait for them forever
+            self._drop_loops()
+            self._open, self.compiled = False, False
+            self.reason = "another model's unload reset the compiled code; a tensor-parallel path is not recompiled"
+            _open_paths.discard(self)
+            return
         with self._adding:  # not while a batch job adds a batch size to the same loops
             self._recompile()
 

@@ -215,7 +215,9 @@ def start_generate(loaded: LoadedModel, kwargs: dict, *, batch_size: int, total_
             if seeded:
                 torch.seed()  # the next unseeded reply (any session's) must not follow from this seed
 
-    return loaded.path.submit(generate, kwargs, compiled_batch, total_tokens), compiled_batch is not None
+    compiled = compiled_batch is not None or (loaded.group is not None  # every rank on its compiled path
+                                              and loaded.group.compiled_for(batch_size, total_tokens))
+    return loaded.path.submit(generate, kwargs, compiled_batch, total_tokens), compiled
 
 
 def check_token_ids(loaded: LoadedModel, input_ids: torch.Tensor | None) -> None:

@@ -379,8 +379,8 @@ def _load_tensor_parallel(request: LoadRequest, source: ModelSource, kwargs: dic
         held = {device: shard * rank_devices.count(device) for device in rank_devices}
         devices = ", ".join(held)
         warnings.append(f"Tensor parallel over {ranks} ranks ({group.backend}) on {devices}: every layer is sliced "
-                        f"over them, {shard / 2**20:,.1f} MiB on each rank. Generation runs on every rank, eagerly "
-                        "(no compiled decode); perplexity and the quality pass need the model in one process.")
+                        f"over them, {shard / 2**20:,.1f} MiB on each rank. Generation runs on every rank in lockstep; "
+                        "perplexity and the quality pass need the model in one process.")
         report = LoadReport(
             model=request.model, revision=request.revision, kind=source.kind, architecture=type(model).__name__,
             mode=request.mode.value, dtype=str(model.dtype).removeprefix("torch."),
@@ -399,14 +399,36 @@ def _load_tensor_parallel(request: LoadRequest, source: ModelSource, kwargs: dic
                        group=group)
 
 
+TENSOR_PARALLEL_EAGER = "tensor parallel: every rank runs generate in lockstep"
+
+
+def _attach_tensor_parallel_path(loaded: LoadedModel, progress: ProgressFn) -> LoadedModel:
+    """A tensor-parallel model: rank 0 hands each generation to the group (so its own path stays the eager one that
+    runs `group.generate` on a thread), and every rank decodes compiled in lockstep where QUANT_FAST_GENERATION=all
+    (not the default: not yet measured on two GPUs) and the group could slice the model into plain tensors."""
+    group = loaded.group
+    if load_settings().fast_generation == "all":
+        progress(0.92, f"Compiling the decode step on every rank ({group.world_size})")
+        described = group.prepare_compiled_path(loaded.tokenizer, model_context_length(loaded.model,
+                                                                                      loaded.tokenizer))
+        if group.path is not None:
+            loaded.path = eager_path(f"{TENSOR_PARALLEL_EAGER}, each rank on its compiled path")
+            loaded.report.generation_path = f"tensor parallel over {group.world_size} ranks, each: {described}"
+            return loaded
+        reason = f"{TENSOR_PARALLEL_EAGER}, eagerly: {described}"
+    else:
+        reason = f"{TENSOR_PARALLEL_EAGER}, eagerly (compiled over the ranks with QUANT_FAST_GENERATION=all)"
+    loaded.path = eager_path(reason)
+    loaded.report.generation_path = loaded.path.describe()
+    return loaded
+
+
 def attach_generation_path(loaded: LoadedModel, progress: ProgressFn | None = None) -> LoadedModel:
     """Decide how `generate` runs on a model loaded for serving, and compile and capture it now when that is the
     compiled path (minutes on a cold kernel cache); the report says which path and what it cost."""
     progress = progress or (lambda fraction, message: None)
     if loaded.group is not None:
-        loaded.path = eager_path("tensor parallel: every rank runs generate in lockstep (no compiled decode yet)")
-        loaded.report.generation_path = loaded.path.describe()
-        return loaded
+        return _attach_tensor_parallel_path(loaded, progress)
     progress(0.92, "Preparing generation")
     path = prepare_generation_path(
         loaded.model, loaded.tokenizer, method_refusal=loaded.method_refusal, kind=loaded.source.kind,

@@ -476,13 +476,16 @@ def tensor_parallel_refusal(source: ModelSource, method: QuantMethod, gpu_count:
 
 def _tensor_parallel_bytes(skeleton: torch.nn.Module, sizes: WeightBytes, world: int) -> int:
     """One GPU's bytes under the model's tp_plan: a parameter whose style shards it (the style's class shards
-    parameters; a row-wise bias stays whole) holds 1/world of its bytes, rounded up; the others are whole."""
+    parameters; a row-wise bias stays whole) holds 1/world of its bytes, rounded up; the others are whole, and so are
+    the input embedding and the output head, which quant.tensor_parallel.localize gathers whole on every rank."""
     from transformers.distributed.parallel_utils import ALL_PARALLEL_STYLES, _get_parameter_plan
     from transformers.distributed.tensor_parallel import RowwiseParallel, TensorParallelLayer
 
     plan = skeleton.tp_plan or {}
     total = 0.0
     seen: set[int] = set()
+    whole = {id(p) for end in (skeleton.get_input_embeddings(), skeleton.get_output_embeddings()) if end is not None
+             for p in end.parameters()}
     for name, param in skeleton.named_parameters(remove_duplicate=False):
         if id(param) in seen:
             continue
@@ -491,7 +494,7 @@ def _tensor_parallel_bytes(skeleton: torch.nn.Module, sizes: WeightBytes, world:
         style = _get_parameter_plan(name, plan, is_weight=True)
         layer = ALL_PARALLEL_STYLES[style] if style in ALL_PARALLEL_STYLES else None
         shards = (layer is not None and type(layer).shard_param is not TensorParallelLayer.shard_param
-                  and not (isinstance(layer, RowwiseParallel) and name.endswith(".bias")))
+                  and not (isinstance(layer, RowwiseParallel) and name.endswith(".bias")) and id(param) not in whole)
         total += -(-n // world) if shards else n
     total += sum(b.numel() * sizes.rest for b in skeleton.buffers())  # rotary tables...: whole on every GPU
     return int(total)

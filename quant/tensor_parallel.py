@@ -104,6 +104,69 @@ class _RankZeroStops(StoppingCriteria):
         return done.bool()
 
 
+class RowwiseLinear(torch.nn.Linear):
+    """A row-wise slice of a linear layer with its all-reduce: this rank's partial product summed over the ranks,
+    then the whole bias once. `torch.distributed.all_reduce` traces under torch.compile (dynamo turns it into a
+    functional collective) and, on nccl, is recorded into a CUDA graph."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        out = torch.nn.functional.linear(x, self.weight)
+        dist.all_reduce(out)
+        return out if self.bias is None else out + self.bias
+
+
+def localize(model) -> str | None:
+    """Turn a model that transformers sharded by its tp_plan (DTensor parameters, hooks around each sharded layer)
+    into plain local tensors and explicit all-reduces, which torch.compile and CUDA graphs take: a column-wise slice
+    (Shard(0)) runs as a plain linear on its slice, a row-wise slice (Shard(1)) as `RowwiseLinear`, a replicated
+    parameter becomes its local copy, and a sharded output head (or input embedding, tied to it) is gathered whole on
+    every rank (the logits then need no gather, the embedding no masked lookup). Returns None when done, or why not
+    (then nothing was changed: the DTensor model still runs eagerly, through transformers' hooks).
+    Every rank must call it at the same point: gathering the head is a collective."""
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+
+    ends = (model.get_output_embeddings(), model.get_input_embeddings())  # tied, they share one sharded weight
+    plans = []
+    for name, module in model.named_modules():
+        for param_name, param in module.named_parameters(recurse=False):
+            if not isinstance(param, DTensor):
+                continue
+            placements = tuple(param.placements)
+            if all(isinstance(p, Replicate) for p in placements):
+                plans.append((module, param_name, "local"))
+            elif any(module is end for end in ends) and placements == (Shard(0),):
+                plans.append((module, param_name, "whole"))
+            elif isinstance(module, torch.nn.Linear) and param_name == "weight" and placements in ((Shard(0),),):
+                plans.append((module, param_name, "local"))
+            elif (isinstance(module, torch.nn.Linear) and param_name == "weight"
+                  and placements in ((Shard(1),), (Shard(-1),))):
+                plans.append((module, param_name, "rowwise"))
+            elif isinstance(module, torch.nn.Linear) and param_name == "bias" and placements == (Shard(0),):
+                plans.append((module, param_name, "local"))
+            else:
+                return f"{name}.{param_name} is sharded as {placements}, which the compiled path does not slice"
+    handled = {id(module) for module, _, _ in plans}
+    hooked = [(name, module) for name, module in model.named_modules()
+              if getattr(module.__dict__.get("forward"), "__name__", "") == "tp_forward"]
+    other = [name for name, module in hooked if id(module) not in handled]
+    if other:  # a hook without sharded parameters does work of its own (an all-reduce of experts' outputs...)
+        return f"{other[0]} runs a tensor-parallel step of its own, which the compiled path does not take"
+    made: dict[int, torch.nn.Parameter] = {}  # a weight two modules share stays one tensor
+    for module, param_name, how in plans:
+        param = module._parameters[param_name]
+        if id(param) not in made:
+            tensor = param.full_tensor() if how == "whole" else param.to_local()
+            made[id(param)] = torch.nn.Parameter(tensor, requires_grad=False)
+        module._parameters[param_name] = made[id(param)]
+        if how == "rowwise":
+            module.__class__ = RowwiseLinear
+    for _, module in hooked:  # transformers' hooks (an instance `forward`) wrap inputs and outputs as DTensors
+        del module.__dict__["forward"]
+    return None
+
+
 def _digest(ids: torch.Tensor | None) -> str | None:
     """A short fingerprint of a rank's output ids: the ranks compare them after every request."""
     import hashlib
@@ -111,11 +174,24 @@ def _digest(ids: torch.Tensor | None) -> str | None:
     return None if ids is None else hashlib.sha1(ids.numpy().tobytes()).hexdigest()
 
 
-def _run(model, request: dict, criteria=None) -> tuple[Any, str | None]:
+def _compiled_size(path, kwargs: dict) -> tuple[int | None, int | None]:
+    """(batch size, prompt + new tokens) of the compiled loop this request runs on, or (None, None): eagerly. Rank 0
+    decides and every rank follows (`_compiled` in the request): the ranks must run the same forward passes."""
+    ids = kwargs.get("input_ids")
+    if path is None or not path.compiled or not kwargs.get("max_new_tokens") or not isinstance(ids, torch.Tensor):
+        return None, None
+    total = ids.shape[1] + int(kwargs["max_new_tokens"])  # quant.generation.cache_tokens of a decoder-only model
+    size = path.compiled_batch_size(ids.shape[0], total)
+    return (size, total) if size == ids.shape[0] else (None, None)
+
+
+def _run(model, request: dict, criteria=None, path=None) -> tuple[Any, str | None]:
     """One generation on this rank: (output ids on the CPU, None) or (None, the error). `criteria`: rank 0's own
-    stopping criteria, where the request says rank 0 decides when to stop."""
+    stopping criteria, where the request says rank 0 decides when to stop. `path`: this rank's compiled generation
+    path (quant.fastpath), taken where rank 0 says (`_compiled`: its loop's batch size and length)."""
     try:
         kwargs = dict(request)
+        compiled, total = kwargs.pop("_compiled", (None, None))
         seed = kwargs.pop("_seed", None)
         if kwargs.pop("_rank_zero_stops", False):
             kwargs["stopping_criteria"] = StoppingCriteriaList([_RankZeroStops(criteria)])
@@ -124,12 +200,34 @@ def _run(model, request: dict, criteria=None) -> tuple[Any, str | None]:
                 kwargs[key] = kwargs[key].to(model.device)
         if seed is not None:
             torch.manual_seed(seed)
-        with torch.inference_mode():
-            out = model.generate(**kwargs)
+        if compiled is not None:
+            if path is None:
+                raise RuntimeError("rank 0 runs this request compiled, but this rank has no compiled path")
+            out = path.submit(model.generate, kwargs, compiled, total).result()
+        else:
+            with torch.inference_mode():
+                out = model.generate(**kwargs)
         sequences = out.sequences if hasattr(out, "sequences") else out
         return sequences.cpu(), None
     except Exception as exc:  # reported to rank 0, which raises it; this rank waits for the next request
         return None, f"{type(exc).__name__}: {exc}"
+
+
+def _agreed(answers: list[tuple[bool, str]]) -> bool:
+    """Whether every rank compiled the same path (the ranks then take it; otherwise all stay eager)."""
+    return all(compiled for compiled, _ in answers) and len(set(answers)) == 1
+
+
+def _prepare_path(model, tokenizer, context: int | None):
+    """This rank's compiled generation path (quant.fastpath.prepare_generation_path: compiles and captures now, the
+    same forward passes on every rank). Returns (path or None, what it is or the error)."""
+    from .fastpath import prepare_generation_path
+
+    try:
+        path = prepare_generation_path(model, tokenizer, method_refusal=None, kind="causal", context=context)
+        return path, (path.compiled, path.describe())
+    except Exception as exc:  # noqa: BLE001 - every rank then stays eager
+        return None, (False, f"compiling failed ({type(exc).__name__}: {exc})")
 
 
 def _wait_for_work(wake) -> bool:
@@ -174,11 +272,35 @@ def _worker(rank: int, world_size: int, init_file: str, backend: str, timeout_s:
         dist.all_gather_object(status, error)
         if any(status):
             return
+        local_reason = localize(model)
+        if backend == "nccl":  # the compiled runner thread launches this rank's kernels: on its own GPU
+            from .fastpath import compiled_runner
+
+            compiled_runner().submit(torch.cuda.set_device, rank).result()
+        path = None
         while _wait_for_work(wake):
             box = [None]
             dist.broadcast_object_list(box, src=0)
-            out, error = _run(model, box[0])
+            request = box[0]
+            if request.get("_command") == "prepare":
+                answer = (False, local_reason)
+                if local_reason is None:
+                    from transformers import AutoTokenizer
+
+                    tokenizer = AutoTokenizer.from_pretrained(
+                        checkpoint.location, revision=checkpoint.revision, token=checkpoint.token,
+                        trust_remote_code=checkpoint.trust_remote_code)
+                    path, answer = _prepare_path(model, tokenizer, request.get("context"))
+                answers = [None] * world_size
+                dist.all_gather_object(answers, answer)
+                if path is not None and not _agreed(answers):  # rank 0 decides the same from the same answers
+                    path.close()
+                    path = None
+                continue
+            out, error = _run(model, request, path=path)
             dist.all_gather_object([None] * world_size, (error, _digest(out)))
+        if path is not None:
+            path.close()
     finally:
         dist.destroy_process_group()
 
@@ -195,8 +317,41 @@ class TensorParallelGroup:
     wakes: list = field(default_factory=list)
     """One queue per worker: "go" before each broadcast request, "stop" at close."""
     init_file: str = ""
+    local_reason: str | None = None
+    """Why the ranks' model could not be turned into plain local slices (`localize`), or None: it was, and can take
+    the compiled path."""
+    path: Any = None
+    """Rank 0's compiled generation path (`prepare_compiled_path`), or None: every rank runs `generate` eagerly."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _closed: bool = False
+
+    def compiled_for(self, batch_size: int, total_tokens: int) -> bool:
+        """Whether a generation of this batch size and length runs on the ranks' compiled path."""
+        return self.path is not None and self.path.compiled_batch_size(batch_size, total_tokens) == batch_size
+
+    def prepare_compiled_path(self, tokenizer, context: int | None) -> str:
+        """Compile and capture the decode step on every rank at once (quant.fastpath, with this process's settings,
+        which the workers inherited); every generation then takes it where it fits. Returns what rank 0's path is, or
+        why the ranks stay eager (one rank's failure keeps all of them eager: they must run the same passes)."""
+        import torch.distributed as dist
+
+        with self._lock:
+            self._check_alive()
+            for wake in self.wakes:
+                wake.put("go")
+            dist.broadcast_object_list([{"_command": "prepare", "context": context}], src=0)
+            path, answer = ((None, (False, self.local_reason)) if self.local_reason else
+                            _prepare_path(self.model, tokenizer, context))
+            answers = [None] * self.world_size
+            dist.all_gather_object(answers, answer)
+        if _agreed(answers):
+            path.lockstep = True  # never recompiled on this rank alone (quant.fastpath: after another unload)
+            self.path = path
+            return answer[1]
+        if path is not None:
+            path.close()
+        return next((text for compiled, text in answers if not compiled),
+                    "the ranks prepared different paths: " + "; ".join(text for _, text in answers))
 
     def _check_alive(self) -> None:
         if self._closed:
@@ -237,11 +392,12 @@ class TensorParallelGroup:
             self._check_alive()
             # one seed for every rank, drawn from rank 0's generator (which a seeded reply has just seeded)
             shared["_seed"] = int(torch.randint(0, 2**62, (1,)))
+            shared["_compiled"] = _compiled_size(self.path, kwargs)
             for wake in self.wakes:
                 wake.put("go")
             dist.broadcast_object_list([shared], src=0)
             mine = {**shared, **{k: kwargs[k] for k in _ONLY_RANK_0 if k in kwargs and k != "stopping_criteria"}}
-            out, error = _run(self.model, mine, criteria)
+            out, error = _run(self.model, mine, criteria, self.path)
             status = [None] * self.world_size
             dist.all_gather_object(status, (error, _digest(out)))
         errors = [f"rank {rank}: {e}" for rank, (e, _) in enumerate(status) if e]
@@ -257,6 +413,9 @@ class TensorParallelGroup:
         with self._lock:
             if self._closed:
                 return
+            if self.path is not None:  # its graphs and caches hold memory of their own
+                self.path.close()
+                self.path = None
             graceful = all(p.is_alive() for p in self.workers)
             for wake in self.wakes:
                 wake.put("stop")
@@ -347,4 +506,5 @@ def start_group(checkpoint: Checkpoint | str, world_size: int, dtype: str = "bfl
         group._teardown(graceful=True)
         first = next(s for s in status if s)
         raise QuantError(f"Loading the model with tensor parallelism failed: {first.strip().splitlines()[-1]}")
+    group.local_reason = localize(group.model)  # every rank at once (gathering a sharded head is a collective)
     return group

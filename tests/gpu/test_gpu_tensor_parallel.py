@@ -80,3 +80,32 @@ def test_the_load_choice_tensor_parallel_chats_and_stops_on_two_gpus(monkeypatch
         workers = list(sharded.group.workers)
         registry.unload_all()
     assert not any(p.is_alive() for p in workers)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_tp_on_the_compiled_path_over_two_gpus_chats_like_one_gpu(monkeypatch):
+    """QUANT_FAST_GENERATION=all: every rank slices the model into plain tensors (localize), compiles and captures its
+    decode step with its all-reduces inside the CUDA graph, and a greedy chat gives one GPU's reply (fp32)."""
+    from quant.generation import GenerationSettings, stream_chat
+    from quant.loader import LoadRequest
+    from quant.registry import ModelRegistry
+
+    for key, value in {"NCCL_NVLS_ENABLE": "0", "QUANT_FAST_GENERATION": "all",
+                       "QUANT_TENSOR_PARALLEL_GPUS": "on"}.items():
+        monkeypatch.setenv(key, value)
+    registry = ModelRegistry(max_models=2)
+    history = [{"role": "user", "content": "What does the with statement do?"}]
+    greedy = GenerationSettings(max_new_tokens=24)
+    single = registry.load(LoadRequest(LLAMA, mode="fp32", device_map="cuda:1"))
+    sharded = registry.load(LoadRequest(LLAMA, mode="fp32", device_map="tensor_parallel"))
+    try:
+        path = sharded.report.generation_path
+        assert path.startswith("tensor parallel over 2 ranks, each: static cache + torch.compile"), path
+        assert "one CUDA graph per step" in path, path
+        want = list(stream_chat(single, history, settings=greedy))[-1]
+        got = list(stream_chat(sharded, history, settings=greedy))[-1]
+        assert got.stats.path == "compiled" and got.text == want.text
+    finally:
+        workers = list(sharded.group.workers)
+        registry.unload_all()
+    assert not any(p.is_alive() for p in workers)

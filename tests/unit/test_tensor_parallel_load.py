@@ -48,15 +48,25 @@ def reply(loaded, settings=GREEDY, stop=None) -> str:
     return list(stream_chat(loaded, HISTORY, settings=settings, stop=stop))[-1].text
 
 
-def test_load_report_and_greedy_chat_equal_one_process(models):
+def test_load_report_and_greedy_chat_equal_one_process(models, monkeypatch):
+    from quant.planner import placement_choices
+
     _, single, sharded = models
     report = sharded.report
     assert report.device_map == {"": "tensor parallel: 2 ranks (gloo) on cpu"}
     assert "tensor parallel" in report.generation_path and not sharded.path.compiled
-    q_proj = sharded.model.model.layers[0].self_attn.q_proj.weight  # rank 0 holds half of it
-    assert q_proj.to_local().shape[0] == q_proj.shape[0] // 2
-    # two slices of the projections, whole small tensors (norms) on each rank: about the one-process size
-    assert 0.9 < report.footprint_bytes / single.report.footprint_bytes < 1.3
+    # rank 0 holds half of each projection, as a plain tensor (quant.tensor_parallel.localize); a row-wise slice
+    # sums the ranks' parts itself
+    attention = sharded.model.model.layers[0].self_attn
+    whole = single.model.model.layers[0].self_attn
+    assert attention.q_proj.weight.shape[0] == whole.q_proj.weight.shape[0] // 2
+    assert type(attention.o_proj).__name__ == "RowwiseLinear" and type(attention.q_proj) is torch.nn.Linear
+    # each rank: half of each projection, the embeddings, head and norms whole: more than half the model, less than it
+    per_rank = report.footprint_bytes / 2
+    assert single.report.footprint_bytes / 2 < per_rank < single.report.footprint_bytes
+    monkeypatch.setenv("QUANT_TENSOR_PARALLEL_GPUS", "on")  # the Model tab's plan of the same split, for two GPUs
+    planned = placement_choices(sharded.source, "fp32", "0=8GiB,1=8GiB")[2]
+    assert planned.per_gpu[0] == pytest.approx(per_rank, rel=0.01)
     assert any("Tensor parallel over 2 ranks" in w for w in report.warnings)
     text = reply(sharded)
     assert text and text == reply(single)
