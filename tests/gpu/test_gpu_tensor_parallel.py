@@ -109,3 +109,41 @@ def test_tp_on_the_compiled_path_over_two_gpus_chats_like_one_gpu(monkeypatch):
         workers = list(sharded.group.workers)
         registry.unload_all()
     assert not any(p.is_alive() for p in workers)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_an_all_reduce_runs_inside_the_captured_decode_step_on_one_gpu(tmp_path, monkeypatch, kernel_cache):
+    """One GPU, a one-rank group (cpu:gloo,cuda:nccl, as the ranks' own): the row-wise layers' all-reduce
+    (RowwiseLinear, what localize makes) traces under torch.compile and is recorded in the decode step's CUDA graph,
+    and greedy tokens equal eager generate's. What two GPUs add is the link (the tests above)."""
+    import torch.distributed as dist
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from quant.fastpath import prepare_generation_path
+    from quant.tensor_parallel import RowwiseLinear, _init
+
+    monkeypatch.setenv("QUANT_FAST_GENERATION", "all")
+    path = resolve_location(LLAMA)[0]
+    _init(0, 1, str(tmp_path / "rendezvous"), "nccl", 120)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to("cuda:0").eval()
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.__class__ = RowwiseLinear
+            layer.mlp.down_proj.__class__ = RowwiseLinear
+        ids = torch.tensor([PROMPTS[2]], device="cuda:0")
+        kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, min_new_tokens=24,
+                      do_sample=False)
+        with torch.inference_mode():
+            expected = model.generate(**kwargs).tolist()
+        generation = prepare_generation_path(model, tokenizer, method_refusal=None, kind="causal", context=2048)
+        try:
+            assert generation.compiled and generation.captured, generation.describe()
+            total = ids.shape[1] + 24
+            assert generation.compiled_batch_size(1, total) == 1
+            got = generation.submit(model.generate, kwargs, 1, total).result().tolist()
+            assert got == expected
+        finally:
+            generation.close()
+    finally:
+        dist.destroy_process_group()
