@@ -6,10 +6,5 @@ source "$(dirname "$0")/lanes.sh"
 out=$R/results
 mkdir -p $out
 PYTEST="python3 -m pytest -v -n 0 -p no:cacheprovider --tb=short -rfE -o faulthandler_timeout=250"
-both() {
-  echo "$(date +%T) both: $1" >> $R/steps.log
-  (export NCCL_NVLS_ENABLE=0 QUANT_KERNEL_CACHE=/tmp/kcache-both; eval "$1") > $R/both-$2.log 2>&1
-  echo "$(date +%T) both: exit $?" >> $R/steps.log
-}
 both "timeout 270 $PYTEST tests/gpu/test_gpu_tensor_parallel.py" step1
 both "timeout 300 python3 bench/tp_bench.py --shape 8b --new-tokens 128 --work /tmp/bench0 --out $out --tag=-compiled" step2

@@ -13,3 +13,10 @@ lane() {
     echo "$(date +%T) lane$lane step $n exit $rc" >> $R/steps.log
   done
 }
+# `both STEP NAME`: a step on every GPU of the machine (a two-GPU run), its log /tmp/sess/both-<NAME>.log, noted in
+# /tmp/sess/steps.log; NCCL's NVLink multicast off (KINDS.md) and a kernel cache of its own.
+both() {
+  echo "$(date +%T) both: $1" >> $R/steps.log
+  (export NCCL_NVLS_ENABLE=0 QUANT_KERNEL_CACHE=/tmp/kcache-both; eval "$1") > $R/both-$2.log 2>&1
+  echo "$(date +%T) both: exit $?" >> $R/steps.log
+}

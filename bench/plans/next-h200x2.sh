@@ -12,11 +12,6 @@ source "$(dirname "$0")/lanes.sh"
 out=$R/results
 mkdir -p $out
 PYTEST="python3 -m pytest -v -n 0 -p no:cacheprovider --tb=short -rfE -o faulthandler_timeout=300"
-both() {  # a step on both GPUs, logged like a lane's
-  echo "$(date +%T) both: $1" >> $R/steps.log
-  (export NCCL_NVLS_ENABLE=0 QUANT_KERNEL_CACHE=/tmp/kcache-both; eval "$1") > $R/both-$2.log 2>&1
-  echo "$(date +%T) both: exit $?" >> $R/steps.log
-}
 both "timeout 420 $PYTEST tests/gpu/test_gpu_tensor_parallel.py" step1
 both "timeout 420 python3 bench/tp_bench.py --shape 8b --new-tokens 128 --work /tmp/bench0 --out $out --tag=-compiled" step2
 rm -rf /tmp/bench0/llama-8b
