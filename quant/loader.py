@@ -223,8 +223,8 @@ def _refuse_tensor_parallel(source: ModelSource, method: QuantMethod, max_memory
     if refusal:
         reason, args = refusal
         if reason == "gpus_off":
-            hint = "Load it with device_map auto (split over the GPUs, compiled decode), or set " \
-                   "QUANT_TENSOR_PARALLEL_GPUS=on and restart to try tensor parallelism."
+            hint = ("Load it with device_map auto (split over the GPUs, compiled decode), or set "
+                    "QUANT_TENSOR_PARALLEL_GPUS=on and restart to try tensor parallelism.")
         elif reason == "gpus":
             hint = ("On a machine without a GPU, QUANT_TENSOR_PARALLEL_CPU_RANKS=2 shards over CPU processes."
                     if not torch.cuda.is_available() else "Load it on one GPU (cuda:0) or with auto.")
