@@ -19,7 +19,8 @@ replaced by a layer that runs it:
   storing the scale and that zero in bfloat16. It runs on the CPU and the GPU and traces for the compiled decode.
 - `HQQDequantLinear` otherwise (8, 3, 2 bits, other group sizes): it holds hqq's packed codes, scale and zero as
   buffers (so the footprint counts them) and dequantizes the weight at every call, as hqq's PYTORCH backend does.
-- on a GPU, gemlite (hqq's Triton backend, `gemlite.helper.A16Wn`) for 8, 4 and 2 bits, on request.
+- on a GPU, gemlite (hqq's Triton backend, `gemlite.helper.A16Wn`) for 8 and 4 bits, on request (its 2-bit
+  kernel faulted on an H200: quant.methods.hqq.GEMLITE_BITS).
 
 A layer whose input size is not a multiple of the group size stays in 16 bits and is named in the load report.
 """
@@ -41,7 +42,7 @@ GROUP_SIZES = (32, 64, 128, 256)
 BACKENDS: dict[str, str] = {
     "hqq_int4pack": "PyTorch's int4 matmul (tinygemm): CPU and GPU, 4-bit, group size 32-256; bf16; compiles",
     "hqq_torch": "dequantize at every call, then matmul (hqq's PyTorch backend): CPU and GPU, every bit width",
-    "hqq_gemlite": "gemlite (HQQ's Triton kernels): GPU, 8/4/2-bit",
+    "hqq_gemlite": "gemlite (HQQ's Triton kernels): GPU, 8/4-bit",
 }
 _PACKING = {8: "8bit_u8", 4: "4bit_u8", 3: "3bit_32", 2: "2bit_u8"}
 _ROWS_PER_WORD = {8: 1, 4: 2, 3: 1, 2: 4}

@@ -21,7 +21,10 @@ HQQ_GROUP_SIZE = Option("hqq_group_size", "--hqq-group-size", "choice", "HQQ gro
 HQQ_BACKEND = Option("hqq_backend", "--hqq-backend", "choice",
                      "HQQ kernel (default: hqq_int4pack for 4-bit, else hqq_torch)",
                      (("", "automatic"), *BACKENDS.items()))
-GEMLITE_BITS = (8, 4, 2)
+GEMLITE_BITS = (8, 4)
+"""What hqq_gemlite runs here. gemlite has 2-bit kernels too, but its split-K kernel for 2-bit weights with groups
+of 32 faulted on an H200 (2026-12-01, tests/gpu/test_gpu_methods.py, the demo model's batch-4 prefill: "an illegal
+memory access"), which leaves the CUDA context unusable for every model of the process: refused, not risked."""
 
 
 class HQQMethod(QuantMethod):
@@ -73,7 +76,8 @@ class HQQMethod(QuantMethod):
                 raise UnsupportedModeError("The hqq_gemlite kernel needs a CUDA GPU, and the model is placed on the "
                                            "CPU.", "Use hqq_int4pack (4-bit) or hqq_torch, which run on the CPU.")
             if bits not in GEMLITE_BITS:
-                raise UnsupportedModeError(f"gemlite runs 8-, 4- and 2-bit HQQ; not {bits}-bit.",
+                raise UnsupportedModeError(f"hqq_gemlite runs 8- and 4-bit HQQ here; not {bits}-bit (gemlite's "
+                                           "2-bit kernel faulted on an H200, which ends the process's GPU work).",
                                            "Use the hqq_torch kernel.")
             if not is_installed("gemlite"):
                 raise UnsupportedModeError("The hqq_gemlite kernel needs the gemlite package.", "pip install gemlite")

@@ -121,6 +121,15 @@ def test_what_cannot_run_here_is_refused_before_loading(options, message):
         check_mode("hqq", options, checkpoint_quantization=None, on_cuda=False)
 
 
+def test_gemlite_2_bit_is_refused_on_a_gpu_with_the_reason():
+    """gemlite's 2-bit kernel faulted on an H200 (an illegal memory access ends the process's CUDA context); checked
+    as the load on a GPU checks it (on_cuda=True), before anything is loaded."""
+    with pytest.raises(UnsupportedModeError, match="runs 8- and 4-bit HQQ here; not 2-bit") as refused:
+        check_mode("hqq", QuantOptions(hqq_bits=2, hqq_group_size=32, hqq_backend="hqq_gemlite"),
+                   checkpoint_quantization=None, on_cuda=True)
+    assert "hqq_torch" in refused.value.hint
+
+
 def test_hqq_checkpoints_are_not_written_and_say_why():
     from quant.quantize import quantize
 
