@@ -11,6 +11,9 @@
 #  - issue 27: start-up of nf4 and GPTQ, cold and warm, on the bytecode.
 # Done on 2026-12-01 (ninth session, bench/plans/2026-12-01j..o-h200.sh): a chat during a compiled job, the goal job in
 # bf16/nf4/GPTQ in one run, the prefill profiled.
+# Tenth session (2026-12-01q-h200.sh): test_gpu_methods.py ran: gemlite's 2-bit kernel faulted (illegal memory
+# access) and every test after it failed in the broken CUDA context; 2-bit gemlite is refused now, so the file runs
+# again below as it is. The bf16 8B batch-1 step was profiled (generate-overhead-...-profile-b1-8b).
 source "$(dirname "$0")/lanes.sh"
 out=$R/results
 mkdir -p $out
