@@ -421,10 +421,8 @@ class GenerationPath:
     def _warm_up_again(self) -> None:
         """After another model's unload reset the compiled state: recompile now, or fall back to eager with a reason."""
         if self.lockstep:  # its warm-up's forward passes need every rank: this one alone would wait for them forever
-            self._drop_loops()
-            self._open, self.compiled = False, False
-            self.reason = "another model's unload reset the compiled code; a tensor-parallel path is not recompiled"
-            _open_paths.discard(self)
+            self._stay_eager("another model's unload reset the compiled code; a tensor-parallel path is not "
+                             "recompiled")
             return
         with self._adding:  # not while a batch job adds a batch size to the same loops
             self._recompile()
@@ -435,11 +433,15 @@ class GenerationPath:
         except Exception as exc:  # noqa: BLE001 - this model stays usable eagerly
             logger.warning("Recompiling a loaded model after another model's unload failed; it generates eagerly now.",
                            exc_info=True)
-            self._open, self.compiled = False, False
-            self.reason = f"recompiling after another model's unload failed: {_first_line(exc)}"
-            self._drop_loops()
-            _open_paths.discard(self)
+            self._stay_eager(f"recompiling after another model's unload failed: {_first_line(exc)}")
             self._unpack_gqa()
+
+    def _stay_eager(self, reason: str) -> None:
+        """Give up the compiled loops for good: every later call runs eagerly, and `reason` says why."""
+        self._open, self.compiled = False, False
+        self.reason = reason
+        self._drop_loops()
+        _open_paths.discard(self)
 
     def _unpack_gqa(self) -> None:
         model = self._model() if self._model else None

@@ -181,8 +181,13 @@ def _compiled_size(path, kwargs: dict) -> tuple[int | None, int | None]:
     if path is None or not path.compiled or not kwargs.get("max_new_tokens") or not isinstance(ids, torch.Tensor):
         return None, None
     total = ids.shape[1] + int(kwargs["max_new_tokens"])  # quant.generation.cache_tokens of a decoder-only model
-    size = path.compiled_batch_size(ids.shape[0], total)
-    return (size, total) if size == ids.shape[0] else (None, None)
+    return (ids.shape[0], total) if _runs_compiled(path, ids.shape[0], total) else (None, None)
+
+
+def _runs_compiled(path, batch_size: int, total_tokens: int) -> bool:
+    """Whether `path` holds a loop of exactly this batch size with room for `total_tokens` (no padding up: the
+    request came as it is to every rank)."""
+    return path is not None and path.compiled_batch_size(batch_size, total_tokens) == batch_size
 
 
 def _run(model, request: dict, criteria=None, path=None) -> tuple[Any, str | None]:
@@ -327,7 +332,7 @@ class TensorParallelGroup:
 
     def compiled_for(self, batch_size: int, total_tokens: int) -> bool:
         """Whether a generation of this batch size and length runs on the ranks' compiled path."""
-        return self.path is not None and self.path.compiled_batch_size(batch_size, total_tokens) == batch_size
+        return _runs_compiled(self.path, batch_size, total_tokens)
 
     def prepare_compiled_path(self, tokenizer, context: int | None) -> str:
         """Compile and capture the decode step on every rank at once (quant.fastpath, with this process's settings,

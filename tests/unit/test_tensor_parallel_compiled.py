@@ -6,11 +6,11 @@ unload (which resets the compiled code) turns the group eager on every rank inst
 
 from __future__ import annotations
 
-import os
 import threading
 
 import pytest
 
+from bench.common import environment
 from quant.generation import GenerationSettings, stream_chat
 from quant.loader import LoadRequest
 from quant.registry import ModelRegistry
@@ -23,17 +23,14 @@ SETTINGS = {"QUANT_TENSOR_PARALLEL_CPU_RANKS": "2", "QUANT_FAST_GENERATION": "al
 
 @pytest.fixture(scope="module")
 def models():
-    previous = {key: os.environ.get(key) for key in SETTINGS}
-    os.environ.update(SETTINGS)  # before the load: the worker processes inherit them
-    registry = ModelRegistry(max_models=3)
-    try:
-        single = registry.load(LoadRequest(LLAMA, mode="fp32", device_map="cpu"))
-        sharded = registry.load(LoadRequest(LLAMA, mode="fp32", device_map="tensor_parallel"))
-        yield registry, single, sharded
-    finally:
-        registry.unload_all()
-        for key, value in previous.items():
-            os.environ.pop(key) if value is None else os.environ.update({key: value})
+    with environment(SETTINGS):  # before the load: the worker processes inherit them
+        registry = ModelRegistry(max_models=3)
+        try:
+            single = registry.load(LoadRequest(LLAMA, mode="fp32", device_map="cpu"))
+            sharded = registry.load(LoadRequest(LLAMA, mode="fp32", device_map="tensor_parallel"))
+            yield registry, single, sharded
+        finally:
+            registry.unload_all()
 
 
 def chat(loaded, settings=GREEDY, stop=None):

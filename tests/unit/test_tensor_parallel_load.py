@@ -5,12 +5,12 @@ refused before any process starts; unloading ends the worker."""
 
 from __future__ import annotations
 
-import os
 import threading
 
 import pytest
 import torch
 
+from bench.common import environment
 from quant.batching import PADDED, choose_engine, run_batch
 from quant.errors import PlacementError
 from quant.generation import GenerationSettings, stream_chat
@@ -27,11 +27,8 @@ PROMPTS = ["def add(a, b):", "The with statement", "import os\nimport sys\n\ncla
 
 @pytest.fixture(scope="module")
 def cpu_ranks():
-    previous = {k: os.environ.get(k) for k in ("QUANT_TENSOR_PARALLEL_CPU_RANKS", "QUANT_FAST_GENERATION")}
-    os.environ.update(QUANT_TENSOR_PARALLEL_CPU_RANKS="2", QUANT_FAST_GENERATION="off")
-    yield
-    for key, value in previous.items():
-        os.environ.pop(key) if value is None else os.environ.update({key: value})
+    with environment({"QUANT_TENSOR_PARALLEL_CPU_RANKS": "2", "QUANT_FAST_GENERATION": "off"}):
+        yield
 
 
 @pytest.fixture(scope="module")
