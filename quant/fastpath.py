@@ -44,6 +44,7 @@ import torch
 from transformers.generation import CompileConfig
 
 from .attention import restore_sdpa, use_packed_gqa_decode
+from .fused_projections import fuse_projections, fusion_wanted, unfuse_projections
 from .decode import DecodeLoop
 from .segments import SegmentedDecodeLoop, SegmentPlan, segment_plan
 from .seq2seq_decode import Seq2SeqDecodeLoop, seq2seq_refusal
@@ -197,6 +198,8 @@ class GenerationPath:
     """Decode attention folds query heads onto their KV heads instead of repeating the cache (see attention.py)."""
     packed_gqa_note: str = ""
     """Why a grouped-query model's compiled decode stays on transformers' sdpa (empty otherwise)."""
+    fused_projections: str = ""
+    """Which sibling projections run as one matmul (quant.fused_projections; empty: none)."""
     segments: SegmentPlan | None = None
     """Where a split model's decode step runs, one compiled call per segment (segments.py); None: one call."""
     regional: bool = False
@@ -228,7 +231,8 @@ class GenerationPath:
             segments = f"; {self.segments.describe()}" if split else ""
             regions = ("; one compiled decoder layer for all layers" if self.regional else
                        f"; whole model compiled ({self.regional_note})" if self.regional_note else "")
-            return f"{COMPILED} (batch {sizes}; {lengths}{segments}{regions}{graphs}{packed})"
+            fused = f"; {self.fused_projections}" if self.fused_projections else ""
+            return f"{COMPILED} (batch {sizes}; {lengths}{segments}{regions}{graphs}{packed}{fused})"
         return f"{EAGER} ({self.reason})" if self.reason else EAGER
 
     @property
@@ -434,7 +438,7 @@ class GenerationPath:
             logger.warning("Recompiling a loaded model after another model's unload failed; it generates eagerly now.",
                            exc_info=True)
             self._stay_eager(f"recompiling after another model's unload failed: {_first_line(exc)}")
-            self._unpack_gqa()
+            self._restore_library_modules()
 
     def _stay_eager(self, reason: str) -> None:
         """Give up the compiled loops for good: every later call runs eagerly, and `reason` says why."""
@@ -443,11 +447,14 @@ class GenerationPath:
         self._drop_loops()
         _open_paths.discard(self)
 
-    def _unpack_gqa(self) -> None:
+    def _restore_library_modules(self) -> None:
+        """An eager path runs the library's own attention and projections: undo packed GQA decode and fusion."""
         model = self._model() if self._model else None
         if self.packed_gqa and model is not None:
             restore_sdpa(model)
-        self.packed_gqa = False
+        if self.fused_projections and model is not None:
+            unfuse_projections(model)
+        self.packed_gqa, self.fused_projections = False, ""
 
 
 _open_paths: weakref.WeakSet[GenerationPath] = weakref.WeakSet()
@@ -511,9 +518,10 @@ def prepare_generation_path(model, tokenizer, *, method_refusal: str | None, kin
     compile_config = CompileConfig(backend=settings.compile_backend, dynamic=False,
                                    mode="default" if inductor and not options else None, options=options or None)
     packed, packed_note = use_packed_gqa_decode(model) if settings.packed_gqa_decode else (False, "")
+    fused = fuse_projections(model).describe() if fusion_wanted(settings, kind, devices) else ""
     path = GenerationPath(compiled=True, cache_lengths=cache_lengths, batch_sizes=settings.compiled_batch_sizes,
                           compile_config=compile_config, _open=True, _model=weakref.ref(model), _tokenizer=tokenizer,
-                          packed_gqa=packed, packed_gqa_note=packed_note, segments=plan, regional=regional,
+                          packed_gqa=packed, packed_gqa_note=packed_note, fused_projections=fused, segments=plan, regional=regional,
                           regional_note=regional_note)
     started = time.perf_counter()
     try:
@@ -532,7 +540,7 @@ def prepare_generation_path(model, tokenizer, *, method_refusal: str | None, kin
             path.warm_up(progress)
     except Exception as exc:  # noqa: BLE001 - any compile failure falls back to eager
         logger.warning("The compiled generation path failed to warm up; using eager generation.", exc_info=True)
-        path._unpack_gqa()
+        path._restore_library_modules()
         path.close()
         return eager_path(f"compiling failed, eager instead: {_first_line(exc)}")
     _open_paths.add(path)

@@ -45,6 +45,7 @@ BATCH_ENGINES = ("auto", "continuous", "padded")
 BATCH_PREFILLS = ("grouped", "padded")
 CONTINUOUS_STEPS = ("library", "graphs")
 COMPILE_REGIONS = ("layers", "model")
+FUSE_PROJECTIONS = ("auto", "on", "off")
 
 
 def _choice_setting(name: str, choices: tuple[str, ...]) -> str:
@@ -100,6 +101,11 @@ class Settings:
     packed_gqa_decode: bool
     """QUANT_PACKED_GQA_DECODE ("1" by default, "0" turns it off): on the compiled path, grouped-query models attend
     without copying the KV cache once per query head (quant.attention.packed_gqa_sdpa)."""
+    fuse_projections: str
+    """QUANT_FUSE_PROJECTIONS: on the compiled path of a decoder-only model, sibling projections that read the same
+    input (q/k/v, gate/up) run as one matmul over their concatenated weights (quant.fused_projections; no memory
+    added). "auto" (default): on CUDA GPUs, where it was measured (q/k/v in 0.58x the time, bench/results/fused-
+    projections-8b.md); "on": on the CPU too (for tests); "off": never."""
     decode_segments: int
     """QUANT_DECODE_SEGMENTS: how many segments the compiled decode step of a model split over GPUs runs in
     (quant.segments): 0 (default) gives one per run of decoder layers on one device; N >= 2 cuts the layers into at
@@ -168,6 +174,7 @@ def load_settings() -> Settings:
         compiled_batch_sizes=_int_list_setting("QUANT_COMPILED_BATCH_SIZES", "1"),
         compile_batch_on_demand=not _flag_off("QUANT_COMPILE_BATCH_ON_DEMAND"),
         packed_gqa_decode=not _flag_off("QUANT_PACKED_GQA_DECODE"),
+        fuse_projections=_choice_setting("QUANT_FUSE_PROJECTIONS", FUSE_PROJECTIONS),
         decode_segments=int_setting("QUANT_DECODE_SEGMENTS", 0, minimum=0),
         compile_regions=_choice_setting("QUANT_COMPILE_REGIONS", COMPILE_REGIONS),
         int4_dequantize_rows=int_setting("QUANT_INT4_DEQUANTIZE_ROWS", 256, minimum=0),

@@ -1,0 +1,219 @@
+"""Projections that read the same input (attention's q/k/v, the MLP's gate/up) computed as one matmul over their
+weights concatenated along the output dimension.
+
+Why: at batch 1 a decode step's matmuls are matrix-vector products bound by reading the weights, and cuBLAS reads a
+small one (Llama-3-8B's 1024x4096 k and v) well below the bandwidth, with split-K reduce kernels after it. On an H200
+(bench/results/fused-projections-8b.md, kernels alone in a CUDA graph) q/k/v as one 6144x4096 product took 0.58x the
+time of three separate ones, in bf16 and in int4pack (GPTQ) alike; gate/up 0.91-0.92x.
+
+How, without rewriting any architecture's attention or MLP: each member layer (an `nn.Linear` or an
+`Int4PackedLinear`) keeps its name, place and state_dict entries, but its tensors become views into the group's
+concatenated ones (no memory added) and its forward asks the group. The first member called with an input computes
+the whole group's product and leaves it for the others; a member called with that same input tensor takes its slice;
+the last member clears it. A member called with another input (another thread's call, or an architecture that feeds
+its projections different tensors) computes the group's product for its own input: slower, never wrong. Under
+torch.compile the hand-over is a Python attribute that dynamo traces as a side effect inside the compiled region, so
+one compiled decoder layer still serves every layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .int4pack import Int4PackedLinear
+
+GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+"""Sibling layers that decoder-only architectures feed the same tensor (Llama, Mistral, Qwen, Gemma, OPT...)."""
+
+
+class ProjectionGroup:
+    """The fused layer of a group of sibling projections and the product one member leaves for the others."""
+
+    def __init__(self, fused: nn.Module, sizes: tuple[int, ...], names: tuple[str, ...]) -> None:
+        self.fused = fused
+        self.sizes = sizes
+        self.names = names
+        self._pending: tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None = None
+
+    def output(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        # One read of the pair, then only this call's own tuple: another thread may replace it meanwhile.
+        pending = self._pending
+        if pending is None or pending[0] is not x:
+            pending = (x, self.fused(x).split(self.sizes, dim=-1))
+            self._pending = pending
+        if index == len(self.sizes) - 1:
+            self._pending = None
+        return pending[1][index]
+
+
+class FusedMember:
+    """Mixed into a member layer's class: its forward takes its slice of the group's product."""
+
+    _projection_group: ProjectionGroup
+    _projection_index: int
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._projection_group.output(x, self._projection_index)
+
+    def extra_repr(self) -> str:
+        group = self._projection_group
+        return f"{super().extra_repr()}, fused with {'/'.join(group.names)} (part {self._projection_index + 1})"
+
+
+_member_classes: dict[type, type] = {}
+
+
+def _member_class(cls: type) -> type:
+    if cls not in _member_classes:
+        _member_classes[cls] = type(f"Fused{cls.__name__}", (FusedMember, cls), {})
+    return _member_classes[cls]
+
+
+@dataclass(frozen=True)
+class FusionResult:
+    groups: int
+    """Groups fused."""
+    names: tuple[str, ...]
+    """Which kinds of group, e.g. ("q_proj/k_proj/v_proj", "gate_proj/up_proj")."""
+    skipped: tuple[str, ...] = ()
+    """Why some candidate groups were left as they were (one line per reason)."""
+
+    def describe(self) -> str:
+        if not self.groups:
+            return ""
+        return f"{' and '.join(self.names)} each one matmul ({self.groups} groups)"
+
+
+def _fusable(members: list[nn.Module]) -> str | None:
+    """Why these sibling layers cannot be one matmul (None: they can)."""
+    kinds = {type(m) for m in members}
+    if len(kinds) != 1 or next(iter(kinds)) not in (nn.Linear, Int4PackedLinear):
+        return "not all plain Linear or all Int4PackedLinear layers"
+    if any(hasattr(m, "_hf_hook") for m in members):
+        return "offloaded by accelerate hooks"
+    first = members[0]
+    if any(m.in_features != first.in_features for m in members):
+        return "different input widths"
+    if len({(m.bias is None) for m in members}) != 1:
+        return "a bias on some only"
+    tensors = ([m.weight for m in members] if isinstance(first, nn.Linear) else
+               [t for m in members for t in (m.packed_weight, m.scales_and_zeros)])
+    if len({t.device for t in tensors}) != 1 or any(t.is_meta for t in tensors) or \
+            (isinstance(first, nn.Linear) and len({t.dtype for t in tensors}) != 1):
+        return "on different devices or dtypes"
+    if isinstance(first, Int4PackedLinear):
+        if len({(m.group_size, m.dequantize_from_rows, m.on_cuda, m.packed_weight.shape[1:]) for m in members}) != 1:
+            return "different group sizes, kernels or packings"
+        orders = [m.input_order for m in members]
+        if any(o is None for o in orders) != all(o is None for o in orders) or \
+                (orders[0] is not None and not all(torch.equal(orders[0], o) for o in orders)):
+            return "different input orders (act-order)"
+    return None
+
+
+def _fuse_linears(members: list[nn.Linear]) -> nn.Linear:
+    first = members[0]
+    total = sum(m.out_features for m in members)
+    fused = nn.Linear(first.in_features, total, bias=first.bias is not None, device="meta")
+    fused.weight = nn.Parameter(torch.cat([m.weight.detach() for m in members]), requires_grad=False)
+    if first.bias is not None:
+        fused.bias = nn.Parameter(torch.cat([m.bias.detach() for m in members]), requires_grad=False)
+    start = 0
+    for m in members:  # the members' parameters become views: the separate tensors are freed
+        end = start + m.out_features
+        m.weight.data = fused.weight.data[start:end]
+        if m.bias is not None:
+            m.bias.data = fused.bias.data[start:end]
+        start = end
+    return fused
+
+
+def _fuse_int4(members: list[Int4PackedLinear]) -> Int4PackedLinear:
+    first = members[0]
+    total = sum(m.out_features for m in members)
+    bias = torch.cat([m.bias for m in members]) if first.bias is not None else None
+    fused = Int4PackedLinear(torch.cat([m.packed_weight for m in members]),
+                             torch.cat([m.scales_and_zeros for m in members], dim=1).contiguous(),
+                             group_size=first.group_size, in_features=first.in_features, out_features=total,
+                             input_order=first.input_order, bias=bias,
+                             dequantize_from_rows=first.dequantize_from_rows)
+    start = row = 0
+    for m in members:  # the members' buffers become views: the separate tensors are freed
+        end, rows = start + m.out_features, m.packed_weight.shape[0]
+        m.packed_weight = fused.packed_weight[row:row + rows]
+        m.scales_and_zeros = fused.scales_and_zeros[:, start:end]
+        if bias is not None:
+            m.bias = fused.bias[start:end]
+        start, row = end, row + rows
+    return fused
+
+
+def fusion_wanted(settings, kind: str, devices: set[str]) -> bool:
+    """QUANT_FUSE_PROJECTIONS for a model of this kind on these devices. Decoder-only models only: an
+    encoder-decoder's cross-attention feeds k/v the encoder's states and q the decoder's, and during decoding calls q
+    alone (k/v are cached), where a fused q would compute all three."""
+    if kind != "causal" or settings.fuse_projections == "off":
+        return False
+    return settings.fuse_projections == "on" or all(device.startswith("cuda") for device in devices)
+
+
+def fuse_projections(model: nn.Module) -> FusionResult:
+    """Fuse every group of GROUPS found among a module's children. Each fused group is checked on one random row
+    against its members' own products first; a group whose product differs is left as it was."""
+    groups, names, skipped = 0, [], set()
+    for parent in list(model.modules()):
+        for group_names in GROUPS:
+            members = [getattr(parent, name, None) for name in group_names]
+            if any(m is None for m in members) or any(isinstance(m, FusedMember) for m in members):
+                continue
+            reason = _fusable(members)
+            if reason:
+                skipped.add(f"{'/'.join(group_names)}: {reason}")
+                continue
+            first = members[0]
+            dtype = first.weight.dtype if isinstance(first, nn.Linear) else torch.bfloat16
+            device = first.weight.device if isinstance(first, nn.Linear) else first.packed_weight.device
+            probe = torch.randn(1, first.in_features, dtype=dtype, device=device)
+            with torch.no_grad():
+                want = torch.cat([m(probe) for m in members], dim=-1)
+                fused = _fuse_linears(members) if isinstance(first, nn.Linear) else _fuse_int4(members)
+                got = fused(probe)
+            if not torch.allclose(got.float(), want.float(), rtol=1e-2, atol=1e-2 * float(want.abs().max()) + 1e-6):
+                # the members are views into `fused` now: give them their own copies back
+                _separate(members)
+                skipped.add(f"{'/'.join(group_names)}: the fused product differed from the separate ones")
+                continue
+            group = ProjectionGroup(fused, tuple(m.out_features for m in members), group_names)
+            for index, member in enumerate(members):
+                member.__class__ = _member_class(type(member))
+                member._projection_group = group
+                member._projection_index = index
+            groups += 1
+            label = "/".join(group_names)
+            if label not in names:
+                names.append(label)
+    return FusionResult(groups, tuple(names), tuple(sorted(skipped)))
+
+
+def _separate(members: list[nn.Module]) -> None:
+    for m in members:
+        if isinstance(m, nn.Linear):
+            m.weight.data = m.weight.data.clone()
+            if m.bias is not None:
+                m.bias.data = m.bias.data.clone()
+        else:
+            m.packed_weight = m.packed_weight.clone()
+            m.scales_and_zeros = m.scales_and_zeros.contiguous()
+            if m.bias is not None:
+                m.bias = m.bias.clone()
+
+
+def unfuse_projections(model: nn.Module) -> None:
+    """Give every fused member its own forward back (its tensors stay views into the group's: the same values)."""
+    for module in model.modules():
+        if isinstance(module, FusedMember):
+            module.__class__ = next(c for c in type(module).__mro__[1:] if c in _member_classes)
+            del module._projection_group, module._projection_index
