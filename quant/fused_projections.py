@@ -18,12 +18,15 @@ one compiled decoder layer still serves every layer.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .int4pack import Int4PackedLinear
+
+logger = logging.getLogger(__name__)
 
 GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 """Sibling layers that decoder-only architectures feed the same tensor (Llama, Mistral, Qwen, Gemma, OPT...)."""
@@ -176,7 +179,9 @@ def fuse_projections(model: nn.Module) -> FusionResult:
             first = members[0]
             dtype = first.weight.dtype if isinstance(first, nn.Linear) else torch.bfloat16
             device = first.weight.device if isinstance(first, nn.Linear) else first.packed_weight.device
-            probe = torch.randn(1, first.in_features, dtype=dtype, device=device)
+            # a generator of its own: a load must not move the global random state that seeded sampling relies on
+            probe = torch.randn(1, first.in_features, dtype=dtype, device=device,
+                                generator=torch.Generator(device=device).manual_seed(0))
             with torch.no_grad():
                 want = torch.cat([m(probe) for m in members], dim=-1)
                 fused = _fuse_linears(members) if isinstance(first, nn.Linear) else _fuse_int4(members)
@@ -195,6 +200,8 @@ def fuse_projections(model: nn.Module) -> FusionResult:
             label = "/".join(group_names)
             if label not in names:
                 names.append(label)
+    if skipped:
+        logger.info("Projections left separate: %s", "; ".join(sorted(skipped)))
     return FusionResult(groups, tuple(names), tuple(sorted(skipped)))
 
 
