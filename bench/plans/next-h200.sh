@@ -14,6 +14,10 @@
 # Tenth session (2026-12-01q-h200.sh): test_gpu_methods.py ran: gemlite's 2-bit kernel faulted (illegal memory
 # access) and every test after it failed in the broken CUDA context; 2-bit gemlite is refused now, so the file runs
 # again below as it is. The bf16 8B batch-1 step was profiled (generate-overhead-...-profile-b1-8b).
+# Eleventh session (2026-12-01s/t/u-h200.sh): test_gpu_methods.py whole + most of test_gpu_torchao.py ran (all passed
+# but hqq_gemlite 4-bit: its one-layer-for-all compile check saw NaN logits, so it compiled whole; the test wants the
+# regional path; also seen in a run of that test alone); the step ran out at test_compiled_path_matches_eager[fp8-weight-
+# only]. test_gpu_fastpath.py's compiled-against-eager (fp16, bf16, nf4) and gptq_int4pack passed with fused projections.
 source "$(dirname "$0")/lanes.sh"
 out=$R/results
 mkdir -p $out
@@ -22,4 +26,5 @@ lane 0 \
   "timeout 420 python3 bench/startup.py --shape 8b --modes nf4,gptq --warm-starts 1 --device-map cuda:0 --work /tmp/bench0 --out $out --tag=-nf4-gptq" \
   "timeout 540 $PYTEST tests/gpu/test_gpu_fastpath.py -k 'not kernel_cache_survives'" \
   "timeout 300 $PYTEST tests/gpu/test_gpu_fastpath.py tests/gpu/test_gpu_segments.py -k 'kernel_cache_survives or (segments and not two_gpus and not embedding_alone)'" \
-  "timeout 540 $PYTEST tests/gpu/test_gpu_torchao.py tests/gpu/test_gpu_methods.py"
+  "timeout 540 $PYTEST tests/gpu/test_gpu_torchao.py -k 'not footprint_on_the_gpu and not (compiled_path_matches_eager and (int8 or int4))'" \
+  "timeout 300 $PYTEST tests/gpu/test_gpu_methods.py -k hqq_gemlite -o log_cli=true --log-cli-level=WARNING"
