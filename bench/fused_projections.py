@@ -70,7 +70,8 @@ def main() -> None:
 
             variants = {
                 # row slices of the fused weight: contiguous matrices, as separate Linear weights are
-                "bf16 separate": (run_all(lambda i: [F.linear(x, w) for w in fused_weights[i].split(outs)]), bf16_bytes),
+                "bf16 separate": (run_all(lambda i: [F.linear(x, w) for w in fused_weights[i].split(outs)]),
+                                  bf16_bytes),
                 "bf16 fused": (run_all(lambda i: F.linear(x, fused_weights[i])), bf16_bytes),
                 "int4pack separate": (run_all(lambda i: [p(x) for p in packed[i]]), int4_bytes),
                 "int4pack fused": (run_all(lambda i: fused_packed[i](x)), int4_bytes),
@@ -94,7 +95,8 @@ def markdown(data: dict) -> str:
     gpu = data["machine"]["gpu"]
     lines = [f"# Fused projections at batch 1: one matmul over concatenated weights vs one per projection ({gpu})", "",
              "`python bench/fused_projections.py` (" + __doc__.split("\n\n")[2].replace("\n", " ") + ")", "",
-             "| group | rows | kernel | separate us/layer | fused us/layer | fused / separate | separate GB/s | fused GB/s |",
+             "| group | rows | kernel | separate us/layer | fused us/layer | fused / separate | separate GB/s "
+             "| fused GB/s |",
              "|---|---|---|---|---|---|---|---|"]
     for name, group in data["groups"].items():
         for m, rows in group["rows"].items():

@@ -44,8 +44,8 @@ import torch
 from transformers.generation import CompileConfig
 
 from .attention import restore_sdpa, use_packed_gqa_decode
-from .fused_projections import fuse_projections, fusion_wanted, unfuse_projections
 from .decode import DecodeLoop
+from .fused_projections import fuse_projections, fusion_wanted, unfuse_projections
 from .segments import SegmentedDecodeLoop, SegmentPlan, segment_plan
 from .seq2seq_decode import Seq2SeqDecodeLoop, seq2seq_refusal
 from .settings import Settings, load_settings
@@ -521,8 +521,8 @@ def prepare_generation_path(model, tokenizer, *, method_refusal: str | None, kin
     fused = fuse_projections(model).describe() if fusion_wanted(settings, kind, devices) else ""
     path = GenerationPath(compiled=True, cache_lengths=cache_lengths, batch_sizes=settings.compiled_batch_sizes,
                           compile_config=compile_config, _open=True, _model=weakref.ref(model), _tokenizer=tokenizer,
-                          packed_gqa=packed, packed_gqa_note=packed_note, fused_projections=fused, segments=plan, regional=regional,
-                          regional_note=regional_note)
+                          packed_gqa=packed, packed_gqa_note=packed_note, fused_projections=fused, segments=plan,
+                          regional=regional, regional_note=regional_note)
     started = time.perf_counter()
     try:
         try:

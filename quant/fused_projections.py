@@ -219,8 +219,8 @@ def _separate(members: list[nn.Module]) -> None:
 
 
 def unfuse_projections(model: nn.Module) -> None:
-    """Give every fused member its own forward back (its tensors stay views into the group's: the same values)."""
+    """Give every fused member its own forward back (its tensors stay views into the group's: the same values). The
+    group stays referenced: a call of another thread already inside a member's fused forward still finishes."""
     for module in model.modules():
         if isinstance(module, FusedMember):
             module.__class__ = next(c for c in type(module).__mro__[1:] if c in _member_classes)
-            del module._projection_group, module._projection_index

@@ -18,6 +18,7 @@
 # but hqq_gemlite 4-bit: its one-layer-for-all compile check saw NaN logits, so it compiled whole; the test wants the
 # regional path; also seen in a run of that test alone); the step ran out at test_compiled_path_matches_eager[fp8-weight-
 # only]. test_gpu_fastpath.py's compiled-against-eager (fp16, bf16, nf4) and gptq_int4pack passed with fused projections.
+# New, not run yet: test_gpu_fastpath.py::test_projections_are_fused_by_default_on_the_gpu_in_the_same_memory (step 2).
 source "$(dirname "$0")/lanes.sh"
 out=$R/results
 mkdir -p $out

@@ -178,6 +178,20 @@ def test_compiled_model_gives_its_memory_back(kernel_cache):
     assert torch.cuda.memory_allocated() <= after_first + 2**20
 
 
+@pytest.mark.parametrize("setting", ["auto", "off"])
+def test_projections_are_fused_by_default_on_the_gpu_in_the_same_memory(setting, kernel_cache, monkeypatch):
+    """QUANT_FUSE_PROJECTIONS=auto fuses q/k/v and gate/up on a GPU's compiled path; the weights' memory is what the
+    unfused model holds (the members are views of the concatenated tensors)."""
+    monkeypatch.setenv("QUANT_FUSE_PROJECTIONS", setting)
+    loaded = load(LoadRequest(model=LLAMA, mode="bf16", device_map="cuda:0"), fast=True)
+    fused = "q_proj/k_proj/v_proj and gate_proj/up_proj each one matmul" in loaded.path.describe()
+    assert fused == (setting == "auto"), loaded.path.describe()
+    weights = sum(t.numel() * t.element_size() for t in [*loaded.model.parameters(), *loaded.model.buffers()])
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for t in [*loaded.model.parameters(), *loaded.model.buffers()]}
+    assert sum(storages.values()) == weights  # views add nothing, and nothing was left behind in another tensor
+
+
 def test_kernel_cache_survives_a_restart(kernel_cache, tmp_path):
     """A second process finds the compiled kernels on disk and warms up faster than the first."""
     import subprocess

@@ -37,13 +37,7 @@ NEW_TOKENS = 8
 PROMPTS = ["The with statement is used to", "def fibonacci(n):"]
 REFUSED_GPTQ = {"mixtral": "GPTQ of MixtralForCausalLM is refused"}
 """Causal families whose GPTQ is refused before any work, and what the refusal says."""
-
-
-@pytest.fixture(autouse=True, scope="module")
-def eager_dequantization():
-    """gptqmodel's TorchLinear compiles its dequantization (seconds per model on the CPU): run it eagerly."""
-    with torch._dynamo.config.patch(disable=True):
-        yield
+pytestmark = pytest.mark.usefixtures("eager_dequantization")
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,8 @@ from quant.loader import LoadRequest, load_model
 from quant.methods import QuantOptions
 from tests.support.hub_server import READER, WRITER
 
+pytestmark = pytest.mark.usefixtures("eager_dequantization")  # three gptq_torch models below
+
 
 @pytest.fixture
 def quantized(quantized_llama):

@@ -15,6 +15,7 @@ from quant.methods import Mode, QuantOptions, check_mode
 from tests.conftest import CALIBRATION_TEXT, LLAMA
 
 PROMPT = "def fibonacci(n):\n    "
+pytestmark = pytest.mark.usefixtures("eager_dequantization")
 
 
 @pytest.fixture(scope="module")
@@ -27,16 +28,6 @@ def act_order_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("gptq-act") / "tiny-llama-gptq-act-order-g32"
     recipe = GPTQRecipe(bits=4, group_size=32, num_samples=16, seq_len=128, desc_act=True)
     return quantize_gptq(resolve_location(LLAMA)[0], recipe, [CALIBRATION_TEXT.read_text()], out).out_dir
-
-
-@pytest.fixture(autouse=True)
-def eager_dequantization():
-    """gptqmodel's TorchLinear wraps its dequantization in torch.compile, which takes ~10 s per model on the CPU;
-    run it eagerly (same arithmetic) to keep the suite short. Through torch's own `config.patch`, which restores the
-    setting itself: a test runner's attribute swap on torch's config module is undone differently by each pytest
-    release (pytest 9.2 deletes the entry)."""
-    with torch._dynamo.config.patch(disable=True):
-        yield
 
 
 def load(folder, backend: str):
