@@ -97,6 +97,8 @@ def _fusable(members: list[nn.Module]) -> str | None:
         return "not all plain Linear or all Int4PackedLinear layers"
     if any(hasattr(m, "_hf_hook") for m in members):
         return "offloaded by accelerate hooks"
+    if any(m._forward_hooks or m._forward_pre_hooks for m in members):
+        return "forward hooks on a layer (they would see one product for all)"
     first = members[0]
     if any(m.in_features != first.in_features for m in members):
         return "different input widths"

@@ -118,6 +118,18 @@ def test_groups_it_cannot_fuse_stay_as_they_are_with_the_reason():
     assert type(mlp.gate_proj) is nn.Linear and type(mlp.up_proj) is nn.Linear
 
 
+
+def test_a_hooked_layer_is_not_fused():
+    """A forward hook (a probe, an adapter library) on one member would see the member's slice computed elsewhere."""
+    loaded = load_model(LoadRequest(model=LLAMA, mode="fp32"))
+    attention = loaded.model.model.layers[1].self_attn
+    attention.k_proj.register_forward_hook(lambda module, args, out: None)
+    result = fuse_projections(loaded.model)
+    assert result.skipped == ("q_proj/k_proj/v_proj: forward hooks on a layer (they would see one product for all)",)
+    assert type(attention.k_proj) is nn.Linear and type(attention.q_proj) is nn.Linear
+    assert isinstance(loaded.model.model.layers[0].self_attn.k_proj, FusedMember)
+
+
 def test_the_compiled_path_runs_fused_with_one_compiled_layer_for_all_and_gives_eager_tokens(monkeypatch):
     for key, value in {"QUANT_COMPILE_BACKEND": "eager", "QUANT_COMPILED_BATCH_SIZES": "1",
                        "QUANT_STATIC_CACHE_TOKENS": "256", "QUANT_FUSE_PROJECTIONS": "on"}.items():
