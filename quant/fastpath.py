@@ -199,7 +199,7 @@ class GenerationPath:
     packed_gqa_note: str = ""
     """Why a grouped-query model's compiled decode stays on transformers' sdpa (empty otherwise)."""
     fused_projections: str = ""
-    """Which sibling projections run as one matmul (quant.fused_projections; empty: none)."""
+    """Which sibling projections run as one matmul (quant.fused_projections), or why none could; empty: not tried."""
     segments: SegmentPlan | None = None
     """Where a split model's decode step runs, one compiled call per segment (segments.py); None: one call."""
     regional: bool = False
@@ -475,6 +475,16 @@ def eager_path(reason: str) -> GenerationPath:
     return GenerationPath(compiled=False, reason=reason)
 
 
+def _fuse_or_say_why(model) -> str:
+    """Fuse the model's sibling projections; a failure leaves every layer as loaded (the model still compiles)."""
+    try:
+        return fuse_projections(model).describe()
+    except Exception as exc:  # noqa: BLE001 - an optimisation: never the reason a load fails
+        logger.warning("Fusing projections failed; they stay separate.", exc_info=True)
+        unfuse_projections(model)
+        return f"projections not fused: {_first_line(exc)}"
+
+
 def prepare_generation_path(model, tokenizer, *, method_refusal: str | None, kind: str,
                             context: int | None, progress: Callable[[str], None] | None = None,
                             settings: Settings | None = None,
@@ -518,7 +528,7 @@ def prepare_generation_path(model, tokenizer, *, method_refusal: str | None, kin
     compile_config = CompileConfig(backend=settings.compile_backend, dynamic=False,
                                    mode="default" if inductor and not options else None, options=options or None)
     packed, packed_note = use_packed_gqa_decode(model) if settings.packed_gqa_decode else (False, "")
-    fused = fuse_projections(model).describe() if fusion_wanted(settings, kind, devices) else ""
+    fused = _fuse_or_say_why(model) if fusion_wanted(settings, kind, devices) else ""
     path = GenerationPath(compiled=True, cache_lengths=cache_lengths, batch_sizes=settings.compiled_batch_sizes,
                           compile_config=compile_config, _open=True, _model=weakref.ref(model), _tokenizer=tokenizer,
                           packed_gqa=packed, packed_gqa_note=packed_note, fused_projections=fused, segments=plan,

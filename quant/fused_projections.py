@@ -90,17 +90,30 @@ class FusionResult:
         return f"{' and '.join(self.names)} each one matmul ({self.groups} groups)"
 
 
+def _outputs(m: nn.Module) -> int:
+    """A layer's output features as its tensors hold them (a tensor-parallel rank's slice keeps the whole layer's
+    `out_features` attribute)."""
+    return m.weight.shape[0] if isinstance(m, nn.Linear) else m.scales_and_zeros.shape[1]
+
+
+def _inputs(m: nn.Module) -> int:
+    return m.weight.shape[1] if isinstance(m, nn.Linear) else m.in_features
+
+
 def _fusable(members: list[nn.Module]) -> str | None:
     """Why these sibling layers cannot be one matmul (None: they can)."""
     kinds = {type(m) for m in members}
     if len(kinds) != 1 or next(iter(kinds)) not in (nn.Linear, Int4PackedLinear):
         return "not all plain Linear or all Int4PackedLinear layers"
+    if isinstance(members[0], nn.Linear) and any(type(t) is not nn.Parameter for m in members
+                                                 for t in (m.weight, m.bias) if t is not None):
+        return "weights of a tensor subclass (torchao's quantized tensors), not plain tensors"
     if any(hasattr(m, "_hf_hook") for m in members):
         return "offloaded by accelerate hooks"
     if any(m._forward_hooks or m._forward_pre_hooks for m in members):
         return "forward hooks on a layer (they would see one product for all)"
     first = members[0]
-    if any(m.in_features != first.in_features for m in members):
+    if any(_inputs(m) != _inputs(first) for m in members):
         return "different input widths"
     if len({(m.bias is None) for m in members}) != 1:
         return "a bias on some only"
@@ -121,14 +134,13 @@ def _fusable(members: list[nn.Module]) -> str | None:
 
 def _fuse_linears(members: list[nn.Linear]) -> nn.Linear:
     first = members[0]
-    total = sum(m.out_features for m in members)
-    fused = nn.Linear(first.in_features, total, bias=first.bias is not None, device="meta")
+    fused = nn.Linear(_inputs(first), sum(map(_outputs, members)), bias=first.bias is not None, device="meta")
     fused.weight = nn.Parameter(torch.cat([m.weight.detach() for m in members]), requires_grad=False)
     if first.bias is not None:
         fused.bias = nn.Parameter(torch.cat([m.bias.detach() for m in members]), requires_grad=False)
     start = 0
     for m in members:  # the members' parameters become views: the separate tensors are freed
-        end = start + m.out_features
+        end = start + _outputs(m)
         m.weight.data = fused.weight.data[start:end]
         if m.bias is not None:
             m.bias.data = fused.bias.data[start:end]
@@ -138,16 +150,15 @@ def _fuse_linears(members: list[nn.Linear]) -> nn.Linear:
 
 def _fuse_int4(members: list[Int4PackedLinear]) -> Int4PackedLinear:
     first = members[0]
-    total = sum(m.out_features for m in members)
     bias = torch.cat([m.bias for m in members]) if first.bias is not None else None
     fused = Int4PackedLinear(torch.cat([m.packed_weight for m in members]),
                              torch.cat([m.scales_and_zeros for m in members], dim=1).contiguous(),
-                             group_size=first.group_size, in_features=first.in_features, out_features=total,
-                             input_order=first.input_order, bias=bias,
+                             group_size=first.group_size, in_features=first.in_features,
+                             out_features=sum(map(_outputs, members)), input_order=first.input_order, bias=bias,
                              dequantize_from_rows=first.dequantize_from_rows)
     start = row = 0
     for m in members:  # the members' buffers become views: the separate tensors are freed
-        end, rows = start + m.out_features, m.packed_weight.shape[0]
+        end, rows = start + _outputs(m), m.packed_weight.shape[0]
         m.packed_weight = fused.packed_weight[row:row + rows]
         m.scales_and_zeros = fused.scales_and_zeros[:, start:end]
         if bias is not None:
@@ -182,18 +193,22 @@ def fuse_projections(model: nn.Module) -> FusionResult:
             dtype = first.weight.dtype if isinstance(first, nn.Linear) else torch.bfloat16
             device = first.weight.device if isinstance(first, nn.Linear) else first.packed_weight.device
             # a generator of its own: a load must not move the global random state that seeded sampling relies on
-            probe = torch.randn(1, first.in_features, dtype=dtype, device=device,
+            probe = torch.randn(1, _inputs(first), dtype=dtype, device=device,
                                 generator=torch.Generator(device=device).manual_seed(0))
             with torch.no_grad():
                 want = torch.cat([m(probe) for m in members], dim=-1)
                 fused = _fuse_linears(members) if isinstance(first, nn.Linear) else _fuse_int4(members)
-                got = fused(probe)
-            if not torch.allclose(got.float(), want.float(), rtol=1e-2, atol=1e-2 * float(want.abs().max()) + 1e-6):
+                got = [fused(probe)]
+                if isinstance(first, nn.Linear):  # and each member's own product through its view
+                    got.append(torch.cat([m(probe) for m in members], dim=-1))
+            tolerance = 1e-2 * float(want.abs().max()) + 1e-6
+            if not all(g.shape == want.shape and torch.allclose(g.float(), want.float(), rtol=1e-2, atol=tolerance)
+                       for g in got):
                 # the members are views into `fused` now: give them their own copies back
                 _separate(members)
                 skipped.add(f"{'/'.join(group_names)}: the fused product differed from the separate ones")
                 continue
-            group = ProjectionGroup(fused, tuple(m.out_features for m in members), group_names)
+            group = ProjectionGroup(fused, tuple(map(_outputs, members)), group_names)
             for index, member in enumerate(members):
                 member.__class__ = _member_class(type(member))
                 member._projection_group = group

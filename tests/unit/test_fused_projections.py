@@ -119,6 +119,18 @@ def test_groups_it_cannot_fuse_stay_as_they_are_with_the_reason():
 
 
 
+def test_torchao_weights_are_not_fused():
+    """torchao keeps nn.Linear and swaps its weight for a quantized tensor subclass, which torch.cat does not take: on a
+    GPU's compiled path such a model must load and compile as it did, its projections separate."""
+    pytest.importorskip("torchao")
+    loaded = load_model(LoadRequest(model=LLAMA, mode="torchao_int8"))
+    result = fuse_projections(loaded.model)
+    assert result.groups == 0 and result.describe() == ""
+    assert result.skipped == tuple(f"{group}: weights of a tensor subclass (torchao's quantized tensors), not plain "
+                                   "tensors" for group in ("gate_proj/up_proj", "q_proj/k_proj/v_proj"))
+    assert not any(isinstance(m, FusedMember) for m in loaded.model.modules())
+
+
 def test_a_hooked_layer_is_not_fused():
     """A forward hook (a probe, an adapter library) on one member would see the member's slice computed elsewhere."""
     loaded = load_model(LoadRequest(model=LLAMA, mode="fp32"))

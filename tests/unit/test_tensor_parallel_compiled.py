@@ -18,7 +18,10 @@ from tests.conftest import LLAMA
 
 GREEDY = GenerationSettings(max_new_tokens=24)
 HISTORY = [{"role": "user", "content": "What does the with statement do?"}]
-SETTINGS = {"QUANT_TENSOR_PARALLEL_CPU_RANKS": "2", "QUANT_FAST_GENERATION": "all", "QUANT_COMPILE_BACKEND": "eager"}
+SETTINGS = {"QUANT_TENSOR_PARALLEL_CPU_RANKS": "2", "QUANT_FAST_GENERATION": "all", "QUANT_COMPILE_BACKEND": "eager",
+            # as on GPUs by default: each rank's q/k/v and gate/up slices fused (a slice's layer keeps the whole
+            # layer's out_features attribute: the fusion must go by its tensors)
+            "QUANT_FUSE_PROJECTIONS": "on"}
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +44,7 @@ def test_every_rank_decodes_on_its_compiled_loop_with_one_processs_tokens(models
     _, single, sharded = models
     assert sharded.report.generation_path.startswith("tensor parallel over 2 ranks, each: static cache + "
                                                      "torch.compile"), sharded.report.generation_path
+    assert "q_proj/k_proj/v_proj and gate_proj/up_proj each one matmul" in sharded.report.generation_path
     assert single.path.compiled
     got, want = chat(sharded), chat(single)
     assert got.text and got.text == want.text and got.stats.path == "compiled"
