@@ -195,6 +195,7 @@ def fuse_projections(model: nn.Module) -> FusionResult:
             # a generator of its own: a load must not move the global random state that seeded sampling relies on
             probe = torch.randn(1, _inputs(first), dtype=dtype, device=device,
                                 generator=torch.Generator(device=device).manual_seed(0))
+            originals = [_tensors(m) for m in members]  # kept until the check below passes
             with torch.no_grad():
                 want = torch.cat([m(probe) for m in members], dim=-1)
                 fused = _fuse_linears(members) if isinstance(first, nn.Linear) else _fuse_int4(members)
@@ -204,8 +205,8 @@ def fuse_projections(model: nn.Module) -> FusionResult:
             tolerance = 1e-2 * float(want.abs().max()) + 1e-6
             if not all(g.shape == want.shape and torch.allclose(g.float(), want.float(), rtol=1e-2, atol=tolerance)
                        for g in got):
-                # the members are views into `fused` now: give them their own copies back
-                _separate(members)
+                for member, tensors in zip(members, originals):  # their own tensors back, as loaded
+                    _set_tensors(member, tensors)
                 skipped.add(f"{'/'.join(group_names)}: the fused product differed from the separate ones")
                 continue
             group = ProjectionGroup(fused, tuple(map(_outputs, members)), group_names)
@@ -222,17 +223,22 @@ def fuse_projections(model: nn.Module) -> FusionResult:
     return FusionResult(groups, tuple(names), tuple(sorted(skipped)))
 
 
-def _separate(members: list[nn.Module]) -> None:
-    for m in members:
-        if isinstance(m, nn.Linear):
-            m.weight.data = m.weight.data.clone()
-            if m.bias is not None:
-                m.bias.data = m.bias.data.clone()
+def _tensor_names(m: nn.Module) -> tuple[str, ...]:
+    return ("weight", "bias") if isinstance(m, nn.Linear) else ("packed_weight", "scales_and_zeros", "bias")
+
+
+def _tensors(m: nn.Module) -> tuple:
+    return tuple(None if getattr(m, name) is None else getattr(m, name).data for name in _tensor_names(m))
+
+
+def _set_tensors(m: nn.Module, tensors: tuple) -> None:
+    for name, tensor in zip(_tensor_names(m), tensors):
+        if tensor is None:
+            continue
+        if isinstance(getattr(m, name), nn.Parameter):
+            getattr(m, name).data = tensor
         else:
-            m.packed_weight = m.packed_weight.clone()
-            m.scales_and_zeros = m.scales_and_zeros.contiguous()
-            if m.bias is not None:
-                m.bias = m.bias.clone()
+            setattr(m, name, tensor)
 
 
 def unfuse_projections(model: nn.Module) -> None:

@@ -119,6 +119,24 @@ def test_groups_it_cannot_fuse_stay_as_they_are_with_the_reason():
 
 
 
+def test_a_group_whose_fused_product_differs_gets_its_own_tensors_back():
+    """A layer whose instance forward someone replaced (its product is not its weight's) fails the load-time check:
+    its group keeps the tensors it was loaded with, not views of a concatenation."""
+    loaded = load_model(LoadRequest(model=LLAMA, mode="fp32"))
+    attention = loaded.model.model.layers[0].self_attn
+    v_proj = attention.v_proj
+    v_proj.forward = lambda x: nn.functional.linear(x, v_proj.weight) * 2
+    loaded_with = [m.weight for m in (attention.q_proj, attention.k_proj, v_proj)]
+    saved = [w.detach().clone() for w in loaded_with]
+    result = fuse_projections(loaded.model)
+    assert result.skipped == ("q_proj/k_proj/v_proj: the fused product differed from the separate ones",)
+    assert result.groups == 2 * len(loaded.model.model.layers) - 1
+    assert type(attention.q_proj) is nn.Linear and type(v_proj) is nn.Linear
+    members = (attention.q_proj, attention.k_proj, v_proj)
+    assert all(m.weight is w and torch.equal(w, s) for m, w, s in zip(members, loaded_with, saved))
+    assert len({m.weight.untyped_storage().data_ptr() for m in members}) == 3  # not views of one tensor
+
+
 def test_torchao_weights_are_not_fused():
     """torchao keeps nn.Linear and swaps its weight for a quantized tensor subclass, which torch.cat does not take: on a
     GPU's compiled path such a model must load and compile as it did, its projections separate."""
