@@ -8,7 +8,10 @@ This times each kernel alone on the Llama-8B linear shapes, for row counts from 
 - `bf16`: `F.linear` on a bf16 weight of the same shape (cuBLAS), the unquantized reference;
 - `dequant`: what `quant.int4pack.Int4PackedLinear` does from `QUANT_INT4_DEQUANTIZE_ROWS` rows: the packed weight
   dequantized by one compiled kernel (`dequantize_cuda_packed` under torch.compile), then cuBLAS; also the same
-  dequantization run eagerly; and how far the result is from tinygemm's.
+  dequantization run eagerly; and how far the result is from tinygemm's;
+- `triton`: the same dequantization by the Triton kernel of `quant.int4_dequant` (the one the app uses where Triton
+  runs), alone (`triton dequant`, with its bytes moved per second) and then cuBLAS; `triton = torch` counts the weights
+  that differ from the compiled torch version (one bfloat16 step where Triton contracts to an FMA).
 
 Several copies of each weight are cycled so that no call finds its weight in the 50 MB L2 cache, as in a model where
 each layer's weight is read once per step.
@@ -28,6 +31,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import REQUIRED, bench_parser, result_stem, write_results  # noqa: E402
+from quant.int4_dequant import dequantize_op  # noqa: E402
 from quant.int4pack import _compiled_dequantize, dequantize_cuda_packed  # noqa: E402
 
 SHAPES = {"q/o 4096x4096": (4096, 4096), "k/v 1024x4096": (1024, 4096), "gate/up 14336x4096": (14336, 4096),
@@ -72,6 +76,17 @@ def bench_shape(name: str, n: int, k: int, generator: torch.Generator) -> list[d
     def dequant_linear(x, packed, scales_and_zeros):  # Int4PackedLinear.forward from QUANT_INT4_DEQUANTIZE_ROWS rows
         return F.linear(x, _compiled_dequantize()(packed, scales_and_zeros, GROUP))
 
+    def triton_linear(x, packed, scales_and_zeros):
+        return F.linear(x, dequantize_op()(packed, scales_and_zeros, GROUP))
+
+    by_torch = _compiled_dequantize()(*int4[0], GROUP)
+    by_triton = dequantize_op()(*int4[0], GROUP)
+    differing = int((by_torch != by_triton).sum())
+    steps = ((by_torch.float() - by_triton.float()).abs() / by_torch.float().abs().clamp_min(1e-30)).max().item()
+    triton_ms = timed_ms(lambda i: dequantize_op()(*int4[i], GROUP), copies)
+    moved = n * k * 2 + int4[0][0].numel() * 4 + int4[0][1].numel() * 2  # bf16 written, codes and scales read
+    print(f"{name}: triton dequant {triton_ms:.3f} ms ({moved / triton_ms / 1e6:.0f} GB/s), {differing} of {n * k} "
+          f"weights differ from torch's", flush=True)
     rows = []
     for m in ROWS:
         x = (torch.randn(m, k, generator=generator) * 0.5).to(torch.bfloat16).cuda()
@@ -84,24 +99,35 @@ def bench_shape(name: str, n: int, k: int, generator: torch.Generator) -> list[d
                "bf16_ms": timed_ms(lambda i: F.linear(x, bf16[i]), copies),
                "dequant_ms": timed_ms(lambda i: dequant_linear(x, *int4[i]), copies),
                "dequant_eager_ms": timed_ms(lambda i: eager_dequant_linear(x, *int4[i]), copies),
+               "triton_ms": timed_ms(lambda i: triton_linear(x, *int4[i]), copies),
+               "triton_dequant_ms": triton_ms, "triton_dequant_gbs": moved / triton_ms / 1e6,
+               "triton_differing": differing, "triton_max_relative_difference": steps,
                "dequant_relative_error": error}
         rows.append(row)
         print(f"{name} rows {m}: int4 {row['int4_ms']:.3f} ms, bf16 {row['bf16_ms']:.3f} ms, dequant+bf16 "
-              f"{row['dequant_ms']:.3f} ms, error {error:.1e}", flush=True)
+              f"{row['dequant_ms']:.3f} ms, triton+bf16 {row['triton_ms']:.3f} ms, error {error:.1e}", flush=True)
     return rows
 
 
 def markdown(summary: dict) -> str:
     lines = [f"# int4 kernel (tinygemm) against bf16 by row count, {summary['device']}", "",
              f"torch {summary['torch']}; group size {GROUP}; median of 50 calls, CUDA events, weights cycled past the "
-             "L2 cache. `dequant` = the packed weight dequantized by one compiled kernel, then cuBLAS.", "",
-             "| shape | rows | int4 (tinygemm) ms | bf16 ms | dequant + bf16 ms | same, eager | int4 / bf16 | "
-             "fastest 4-bit | dequant error |", "|---|---|---|---|---|---|---|---|---|"]
+             "L2 cache. `dequant` = the packed weight dequantized by one compiled kernel, then cuBLAS; `triton` = "
+             "dequantized by quant.int4_dequant's Triton kernel, then cuBLAS.", "",
+             "| shape | triton dequant alone ms | GB/s | weights differing from torch's | largest relative difference |",
+             "|---|---|---|---|---|"]
     for r in summary["rows"]:
-        best = "int4" if r["int4_ms"] <= r["dequant_ms"] else "dequant"
+        if r["rows"] == summary["rows"][0]["rows"]:
+            lines.append(f"| {r['shape']} | {r['triton_dequant_ms']:.3f} | {r['triton_dequant_gbs']:,.0f} | "
+                         f"{r['triton_differing']:,} | {r['triton_max_relative_difference']:.1e} |")
+    lines += ["", "| shape | rows | int4 (tinygemm) ms | bf16 ms | dequant + bf16 ms | same, eager | triton + bf16 ms | "
+              "int4 / bf16 | fastest 4-bit | dequant error |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in summary["rows"]:
+        options = {"int4": r["int4_ms"], "dequant": r["dequant_ms"], "triton": r["triton_ms"]}
+        best = min(options, key=options.get)
         lines.append(f"| {r['shape']} | {r['rows']} | {r['int4_ms']:.3f} | {r['bf16_ms']:.3f} | {r['dequant_ms']:.3f} "
-                     f"| {r['dequant_eager_ms']:.3f} | {r['int4_ms'] / r['bf16_ms']:.2f}x | {best} | "
-                     f"{r['dequant_relative_error']:.1e} |")
+                     f"| {r['dequant_eager_ms']:.3f} | {r['triton_ms']:.3f} | {r['int4_ms'] / r['bf16_ms']:.2f}x | "
+                     f"{best} | {r['dequant_relative_error']:.1e} |")
     return "\n".join(lines) + "\n"
 
 

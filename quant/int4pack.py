@@ -17,8 +17,9 @@ sorting the input features by group once, and permuting each input the same way.
 Each converted layer is checked on random inputs against gptqmodel's dequantized weight before it replaces the
 original; a layer that does not match, or has a shape the kernel does not take, stays as loaded, with the reason.
 
-tinygemm's time grows with every 16 rows, so long inputs (a prefill) dequantize the packed weight instead
-(`unpack_cuda_codes`, read from PyTorch's packing kernel) and use cuBLAS: see Int4PackedLinear.
+tinygemm's time grows with every 16 rows, so inputs of many rows (a prefill, a batch's decode step) dequantize the
+packed weight instead (quant.int4_dequant's Triton kernel; `dequantize_cuda_packed` from `unpack_cuda_codes`, read
+from PyTorch's packing kernel, compiled, where Triton cannot run) and use cuBLAS: see Int4PackedLinear.
 """
 
 from __future__ import annotations
@@ -94,6 +95,60 @@ def _compiled_dequantize():
     return _dequantize_kernel
 
 
+_triton_refusal: list[str | None] = []
+
+
+def dequantize_kernel_choice() -> str:
+    """Which kernel dequantizes the packed weight for long inputs on this GPU: "triton" (quant.int4_dequant: writes
+    the weight at several times the rate of the compiled torch version) where it runs and gives torch's weights on a
+    check of every packing layout (once a process), else "torch" (the compiled `dequantize_cuda_packed`), with the
+    reason logged. QUANT_INT4_DEQUANTIZE_KERNEL=torch keeps torch's (to measure the two). Called when a layer is
+    built, outside any compiled region."""
+    from . import int4_dequant
+    from .settings import load_settings
+
+    if load_settings().int4_dequantize_kernel == "torch":
+        return "torch"
+    if not _triton_refusal:
+        _triton_refusal.append(int4_dequant.refusal() or _triton_dequantize_mismatch())
+        if _triton_refusal[0]:
+            log.warning("int4 layers dequantize long inputs with the compiled torch kernel: %s", _triton_refusal[0])
+    return "torch" if _triton_refusal[0] else "triton"
+
+
+def _triton_dequantize_mismatch() -> str | None:
+    """Why the Triton kernel is not used: it fails, or its weights differ from torch's by more than one bfloat16 step
+    (Triton may contract the multiply-add into an FMA), on random codes packed by PyTorch's own kernel; or None."""
+    from .int4_dequant import dequantize_op
+
+    generator = torch.Generator().manual_seed(0)
+    try:
+        for inner_k_tiles, group_size in ((8, 128), (4, 64), (2, 32), (8, 256)):
+            n, k = 48, 1024
+            codes = torch.randint(0, 16, (n, k), generator=generator, dtype=torch.int32).cuda()
+            packed = torch.ops.aten._convert_weight_to_int4pack(
+                (codes[:, ::2] << 4 | codes[:, 1::2]).to(torch.uint8).contiguous(), inner_k_tiles)
+            scales_and_zeros = torch.stack([torch.rand(k // group_size, n, generator=generator) * 0.02 + 1e-3,
+                                            torch.randn(k // group_size, n, generator=generator) * 0.01], dim=-1)
+            scales_and_zeros = scales_and_zeros.to(torch.bfloat16).cuda().contiguous()
+            want = dequantize_cuda_packed(packed, scales_and_zeros, group_size).float()
+            got = dequantize_op()(packed, scales_and_zeros, group_size).float()
+            if not torch.all((got - want).abs() <= want.abs() * 2**-7 + 1e-30):
+                return (f"the Triton kernel's weights differ from torch's (inner_k_tiles {inner_k_tiles}, group size "
+                        f"{group_size})")
+    except Exception as exc:  # noqa: BLE001 - a Triton or driver failure: the torch version still works
+        return f"the Triton kernel failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+    return None
+
+
+def _dequantize(kernel: str, packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> torch.Tensor:
+    if kernel == "triton":
+        from .int4_dequant import dequantize_op
+
+        return dequantize_op()(packed, scales_and_zeros, group_size)
+    return _compiled_dequantize()(packed, scales_and_zeros, group_size)
+
+
 class Int4PackError(ValueError):
     """A layer or model that cannot be repacked for the int4 kernel, with the reason."""
 
@@ -104,9 +159,10 @@ class Int4PackedLinear(nn.Module):
     Inputs of another dtype are cast to bfloat16 and the output back, so it can replace a layer of an fp16 model.
     tinygemm's time grows with every 16 rows (bench/results/int4mm-shapes-static.md, H100: the Llama-8B gate
     projection takes 0.03 ms for 1 row and 4.1 ms for 1024, where bf16 cuBLAS takes 0.06 and 0.16 ms). So on a GPU,
-    calls of `dequantize_from_rows` rows or more (a prefill: a long prompt, or a batch's prompts) dequantize the
-    weight to bf16 with one compiled kernel and multiply with cuBLAS (0.55 ms for those 1024 rows); fewer rows (decode
-    steps) stay on tinygemm. 0 keeps tinygemm for everything. The bf16 weight exists only during the call.
+    calls of `dequantize_from_rows` rows or more (a prefill: a long prompt, or a batch's prompts and its decode steps)
+    dequantize the weight to bf16 (`dequantize_kernel`: quant.int4_dequant's Triton kernel, or the compiled torch
+    version where that cannot run) and multiply with cuBLAS (0.55 ms for those 1024 rows with the torch version); fewer
+    rows stay on tinygemm. 0 keeps tinygemm for everything. The bf16 weight exists only during the call.
     """
 
     def __init__(self, packed: torch.Tensor, scales_and_zeros: torch.Tensor, *, group_size: int, in_features: int,
@@ -118,6 +174,7 @@ class Int4PackedLinear(nn.Module):
         self.group_size = group_size
         self.on_cuda = packed.is_cuda
         self.dequantize_from_rows = dequantize_from_rows
+        self.dequantize_kernel = dequantize_kernel_choice() if self.on_cuda and dequantize_from_rows else "torch"
         self.register_buffer("packed_weight", packed)
         self.register_buffer("scales_and_zeros", scales_and_zeros)
         self.register_buffer("input_order", input_order)
@@ -130,7 +187,7 @@ class Int4PackedLinear(nn.Module):
             rows = rows.index_select(1, self.input_order)
         rows = rows.contiguous()
         if self.on_cuda and 0 < self.dequantize_from_rows <= rows.shape[0]:
-            weight = _compiled_dequantize()(self.packed_weight, self.scales_and_zeros, self.group_size)
+            weight = _dequantize(self.dequantize_kernel, self.packed_weight, self.scales_and_zeros, self.group_size)
             out = nn.functional.linear(rows, weight)
         elif self.on_cuda:
             out = torch.ops.aten._weight_int4pack_mm(rows, self.packed_weight, self.group_size, self.scales_and_zeros)
@@ -148,7 +205,8 @@ class Int4PackedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
-                f"dequantize_from_rows={self.dequantize_from_rows}")
+                f"dequantize_from_rows={self.dequantize_from_rows}"
+                + (f", dequantize_kernel={self.dequantize_kernel}" if self.dequantize_from_rows else ""))
 
 
 @dataclass(frozen=True)

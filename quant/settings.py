@@ -46,6 +46,7 @@ BATCH_PREFILLS = ("grouped", "padded")
 CONTINUOUS_STEPS = ("library", "graphs")
 COMPILE_REGIONS = ("layers", "model")
 FUSE_PROJECTIONS = ("auto", "on", "off")
+INT4_DEQUANTIZE_KERNELS = ("auto", "torch")
 
 
 def _choice_setting(name: str, choices: tuple[str, ...]) -> str:
@@ -119,10 +120,15 @@ class Settings:
     compile, Inductor can fuse across the layer boundaries). The CUDA graph of a decode step holds all of it either
     way. Models whose layers are not at model.layers (GPT-2, OPT, GPT-NeoX) and encoder-decoders compile whole."""
     int4_dequantize_rows: int
-    """QUANT_INT4_DEQUANTIZE_ROWS: on a GPU, gptq_int4pack layers called with this many rows or more (a long prompt's
-    or a batch's prefill) dequantize their weight with one compiled kernel and multiply with cuBLAS, where tinygemm
-    slows with every 16 rows. Llama-8B, H100 (bench/results/int4mm-shapes-static.md), one decoder layer's seven
-    projections: 2.05 ms against 2.13 ms at 128 rows, 3.97 against 2.20 at 256. Default 256; 0 keeps tinygemm."""
+    """QUANT_INT4_DEQUANTIZE_ROWS: on a GPU, int4pack layers (GPTQ, AWQ, HQQ) called with this many rows or more (a
+    prompt's prefill, a batch's prefill and decode steps) dequantize their weight (quant.int4_dequant's Triton kernel)
+    and multiply with cuBLAS, where tinygemm slows with every 16 rows. Llama-8B, H200
+    (bench/results/int4mm-shapes-triton-dequant.md): gate/down at 64 rows 0.28-0.29 ms on tinygemm, 0.17-0.20 dequantized
+    (the Triton kernel timed eagerly, with its launch; 0.04 ms alone in a CUDA graph, int4-dequant-blocks.md); at 32
+    rows tinygemm is faster. Default 64; 0 keeps tinygemm."""
+    int4_dequantize_kernel: str
+    """QUANT_INT4_DEQUANTIZE_KERNEL: what dequantizes those layers' weights: auto (quant.int4_dequant's Triton kernel
+    where it runs and passes its check, else the compiled torch version) or torch (to measure the two)."""
     batch_max_prompts: int
     """QUANT_BATCH_MAX_PROMPTS: most prompts in one Batch run (default 1000)."""
     batch_engine: str
@@ -177,7 +183,8 @@ def load_settings() -> Settings:
         fuse_projections=_choice_setting("QUANT_FUSE_PROJECTIONS", FUSE_PROJECTIONS),
         decode_segments=int_setting("QUANT_DECODE_SEGMENTS", 0, minimum=0),
         compile_regions=_choice_setting("QUANT_COMPILE_REGIONS", COMPILE_REGIONS),
-        int4_dequantize_rows=int_setting("QUANT_INT4_DEQUANTIZE_ROWS", 256, minimum=0),
+        int4_dequantize_rows=int_setting("QUANT_INT4_DEQUANTIZE_ROWS", 64, minimum=0),
+        int4_dequantize_kernel=_choice_setting("QUANT_INT4_DEQUANTIZE_KERNEL", INT4_DEQUANTIZE_KERNELS),
         batch_max_prompts=int_setting("QUANT_BATCH_MAX_PROMPTS", 1000),
         batch_engine=_choice_setting("QUANT_BATCH_ENGINE", BATCH_ENGINES),
         continuous_step=_choice_setting("QUANT_CONTINUOUS_STEP", CONTINUOUS_STEPS),

@@ -76,7 +76,9 @@ def test_int4pack_gives_the_torch_kernels_tokens(gpu_gptq_llama_dir, kernel_cach
 @pytest.mark.parametrize("group_size", [32, 128, 256])
 def test_int4_layout_reader_matches_tinygemm(inner_k_tiles, group_size):
     """unpack_cuda_codes inverts the real `_convert_weight_to_int4pack`, and the dequantized weight (compiled, as
-    long inputs use it) multiplies as tinygemm does."""
+    long inputs use it; and by quant.int4_dequant's Triton kernel, within one bfloat16 step of it) multiplies as
+    tinygemm does."""
+    from quant.int4_dequant import dequantize_op
     from quant.int4pack import _compiled_dequantize, unpack_cuda_codes
 
     generator = torch.Generator().manual_seed(inner_k_tiles * group_size)
@@ -89,11 +91,14 @@ def test_int4_layout_reader_matches_tinygemm(inner_k_tiles, group_size):
                                     torch.randn(k // group_size, n, generator=generator) * 0.01], dim=-1)
     scales_and_zeros = scales_and_zeros.to(torch.bfloat16).cuda().contiguous()
     weight = _compiled_dequantize()(packed, scales_and_zeros, group_size)
+    by_triton = dequantize_op()(packed, scales_and_zeros, group_size)
+    assert torch.all((by_triton.float() - weight.float()).abs() <= weight.float().abs() * 2**-7)
     for rows in (1, 33, 300):
         x = torch.randn(rows, k, generator=generator).to(torch.bfloat16).cuda()
         tinygemm = torch.ops.aten._weight_int4pack_mm(x, packed, group_size, scales_and_zeros).float()
-        dequantized = torch.nn.functional.linear(x, weight).float()
-        assert (dequantized - tinygemm).norm() / tinygemm.norm() < 1e-2, rows
+        for dequantized_weight in (weight, by_triton):
+            dequantized = torch.nn.functional.linear(x, dequantized_weight).float()
+            assert (dequantized - tinygemm).norm() / tinygemm.norm() < 1e-2, rows
 
 
 def test_int4pack_on_the_dequantized_weight_gives_tinygemms_tokens(gpu_gptq_llama_dir, kernel_cache, monkeypatch):
@@ -107,7 +112,7 @@ def test_int4pack_on_the_dequantized_weight_gives_tinygemms_tokens(gpu_gptq_llam
     dequantized = load(request, fast=True)
     assert dequantized.path.captured and not dequantized.report.warnings, dequantized.report.warnings
     layers = [m for m in dequantized.model.modules() if type(m).__name__ == "Int4PackedLinear"]
-    assert layers and all(m.dequantize_from_rows == 1 for m in layers)
+    assert layers and all(m.dequantize_from_rows == 1 and m.dequantize_kernel == "triton" for m in layers)
     for prompts in ([PROMPTS[0]], PROMPTS):
         assert_compiled_rows_match(tinygemm, dequantized, prompts)
     dequantized.path.close()
