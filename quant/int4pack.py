@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import int4_dequant, int4_gemm  # neither imports Triton until a kernel is used
+
 log = logging.getLogger(__name__)
 
 GROUP_SIZES = (32, 64, 128, 256)
@@ -104,7 +106,6 @@ def dequantize_kernel_choice() -> str:
     check of every packing layout (once a process), else "torch" (the compiled `dequantize_cuda_packed`), with the
     reason logged. QUANT_INT4_DEQUANTIZE_KERNEL=torch keeps torch's (to measure the two). Called when a layer is
     built, outside any compiled region."""
-    from . import int4_dequant
     from .settings import load_settings
 
     if load_settings().int4_dequantize_kernel == "torch":
@@ -116,10 +117,56 @@ def dequantize_kernel_choice() -> str:
     return "torch" if _triton_refusal[0] else "triton"
 
 
+_triton_matmul_refusal: list[str | None] = []
+
+
+def matmul_rows_choice() -> tuple[int, int]:
+    """The row counts (first, last) that quant.int4_gemm's Triton matmul runs, from QUANT_INT4_MATMUL_ROWS, where
+    Triton runs and the kernel gives the dequantized weight's products on a check (once a process); else (0, 0),
+    with the reason logged."""
+    from .settings import load_settings
+
+    wanted = load_settings().int4_matmul_rows
+    if not wanted[0]:
+        return 0, 0
+    if not _triton_matmul_refusal:
+        _triton_matmul_refusal.append(int4_dequant.refusal() or _triton_matmul_mismatch())
+        if _triton_matmul_refusal[0]:
+            log.warning("int4 layers do not use the Triton matmul: %s", _triton_matmul_refusal[0])
+    return (0, 0) if _triton_matmul_refusal[0] else wanted
+
+
+def _triton_matmul_mismatch() -> str | None:
+    """Why the Triton matmul is not used: it fails, or its products differ from the dequantized weight's by more than
+    bfloat16 rounding, on random codes packed by PyTorch's own kernel; or None."""
+    matmul_op = int4_gemm.matmul_op
+
+    generator = torch.Generator().manual_seed(0)
+    try:
+        for inner_k_tiles, group_size, rows in ((8, 128, 40), (4, 64, 128), (2, 32, 7), (8, 256, 300)):
+            n, k = 96, 1024
+            codes = torch.randint(0, 16, (n, k), generator=generator, dtype=torch.int32).cuda()
+            packed = torch.ops.aten._convert_weight_to_int4pack(
+                (codes[:, ::2] << 4 | codes[:, 1::2]).to(torch.uint8).contiguous(), inner_k_tiles)
+            scales_and_zeros = torch.stack([torch.rand(k // group_size, n, generator=generator) * 0.02 + 1e-3,
+                                            torch.randn(k // group_size, n, generator=generator) * 0.01], dim=-1)
+            scales_and_zeros = scales_and_zeros.to(torch.bfloat16).cuda().contiguous()
+            x = torch.randn(rows, k, generator=generator).to(torch.bfloat16).cuda()
+            want = (x.float() @ dequantize_cuda_packed(packed, scales_and_zeros, group_size).float().t())
+            got = matmul_op()(x, packed, scales_and_zeros, group_size).float()
+            error = ((got - want).norm() / want.norm()).item()
+            if not error < 1e-2:
+                return (f"the Triton matmul's products differ from the dequantized weight's by {error:.1%} "
+                        f"(inner_k_tiles {inner_k_tiles}, group size {group_size}, {rows} rows)")
+    except Exception as exc:  # noqa: BLE001 - a Triton or driver failure: the other kernels still work
+        return f"the Triton matmul failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+    return None
+
+
 def _triton_dequantize_mismatch() -> str | None:
     """Why the Triton kernel is not used: it fails, or its weights differ from torch's by more than one bfloat16 step
     (Triton may contract the multiply-add into an FMA), on random codes packed by PyTorch's own kernel; or None."""
-    from .int4_dequant import dequantize_op
+    dequantize_op = int4_dequant.dequantize_op
 
     generator = torch.Generator().manual_seed(0)
     try:
@@ -143,9 +190,7 @@ def _triton_dequantize_mismatch() -> str | None:
 
 def _dequantize(kernel: str, packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> torch.Tensor:
     if kernel == "triton":
-        from .int4_dequant import dequantize_op
-
-        return dequantize_op()(packed, scales_and_zeros, group_size)
+        return int4_dequant.dequantize_op()(packed, scales_and_zeros, group_size)
     return _compiled_dequantize()(packed, scales_and_zeros, group_size)
 
 
@@ -175,6 +220,7 @@ class Int4PackedLinear(nn.Module):
         self.on_cuda = packed.is_cuda
         self.dequantize_from_rows = dequantize_from_rows
         self.dequantize_kernel = dequantize_kernel_choice() if self.on_cuda and dequantize_from_rows else "torch"
+        self.matmul_rows = matmul_rows_choice() if self.on_cuda else (0, 0)
         self.register_buffer("packed_weight", packed)
         self.register_buffer("scales_and_zeros", scales_and_zeros)
         self.register_buffer("input_order", input_order)
@@ -186,7 +232,9 @@ class Int4PackedLinear(nn.Module):
         if self.input_order is not None:
             rows = rows.index_select(1, self.input_order)
         rows = rows.contiguous()
-        if self.on_cuda and 0 < self.dequantize_from_rows <= rows.shape[0]:
+        if self.on_cuda and 0 < self.matmul_rows[0] <= rows.shape[0] <= self.matmul_rows[1]:
+            out = int4_gemm.matmul_op()(rows, self.packed_weight, self.scales_and_zeros, self.group_size)
+        elif self.on_cuda and 0 < self.dequantize_from_rows <= rows.shape[0]:
             weight = _dequantize(self.dequantize_kernel, self.packed_weight, self.scales_and_zeros, self.group_size)
             out = nn.functional.linear(rows, weight)
         elif self.on_cuda:
@@ -206,7 +254,8 @@ class Int4PackedLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
                 f"dequantize_from_rows={self.dequantize_from_rows}"
-                + (f", dequantize_kernel={self.dequantize_kernel}" if self.dequantize_from_rows else ""))
+                + (f", dequantize_kernel={self.dequantize_kernel}" if self.dequantize_from_rows else "")
+                + (f", matmul_rows={self.matmul_rows[0]}-{self.matmul_rows[1]}" if self.matmul_rows[0] else ""))
 
 
 @dataclass(frozen=True)
