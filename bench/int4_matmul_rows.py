@@ -2,13 +2,12 @@
 step runs them), on the Llama-8B projection shapes (q/k/v and gate/up fused, as the GPU's compiled path runs them):
 
 - `tinygemm`: `aten._weight_int4pack_mm` (what chats' decode steps run);
-- `dequant`: quant.int4_dequant's Triton kernel, then cuBLAS (what 64 rows and more run by default);
-- `matmul`: quant.int4_gemm's Triton matmul reading the packed weight in its main loop, with its default block
-  (`block_for`) and each block of int4_gemm.BLOCKS (the fastest named);
+- `dequant`: quant.int4_dequant's Triton kernel, then cuBLAS (what QUANT_INT4_DEQUANTIZE_ROWS rows and more run);
 - `bf16`: cuBLAS on a bf16 weight of the same shape (the unquantized reference).
 
-Several copies of each weight are cycled so that no call finds its weight in the L2 cache. The matmul's products are
-checked against the dequantized weight's (relative error).
+Several copies of each weight are cycled so that no call finds its weight in the L2 cache. The twelfth session's run
+(bench/results/int4-matmul-rows.md) also timed a Triton matmul reading the packed weight in its main loop
+(quant/int4_gemm.py, at commit 6228c3d): 3-50x slower than bf16 at every row count, removed.
 
     python bench/int4_matmul_rows.py --out bench/results
 """
@@ -27,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import REQUIRED, bench_parser, result_stem, write_results  # noqa: E402
 from bench.int4_dequant_blocks import graph_ms  # noqa: E402
 from bench.int4mm_shapes import GROUP, packed_weight  # noqa: E402
-from quant import int4_dequant, int4_gemm  # noqa: E402
+from quant import int4_dequant  # noqa: E402
 
 SHAPES = {"q/k/v fused 6144x4096": (6144, 4096), "o 4096x4096": (4096, 4096),
           "gate/up fused 28672x4096": (28672, 4096), "down 4096x14336": (4096, 14336)}
@@ -47,47 +46,27 @@ def main() -> None:
         bf16 = [torch.randn(n, k, generator=generator).to(torch.bfloat16).cuda() * 0.02 for _ in range(copies)]
         for m in ROWS:
             x = (torch.randn(m, k, generator=generator) * 0.5).to(torch.bfloat16).cuda()
-            want = x.float() @ int4_dequant.dequantize_op()(*weights[0], GROUP).float().t()
-            got = int4_gemm.matmul_op()(x, *weights[0], GROUP).float()
-            row = {"shape": name, "rows": m, "matmul_error": ((got - want).norm() / want.norm()).item(),
+            row = {"shape": name, "rows": m,
                    "tinygemm_ms": graph_ms(lambda p, s: torch.ops.aten._weight_int4pack_mm(x, p, GROUP, s), weights),
                    "dequant_ms": graph_ms(lambda p, s: F.linear(x, int4_dequant.dequantize_op()(p, s, GROUP)),
                                           weights),
-                   "bf16_ms": graph_ms(lambda w: F.linear(x, w), [(w,) for w in bf16]),
-                   "matmul_ms": graph_ms(lambda p, s: int4_gemm.matmul_op()(x, p, s, GROUP), weights),
-                   "default_block": list(int4_gemm.block_for(m, n)), "blocks": {}}
-            for block in int4_gemm.BLOCKS:
-                try:
-                    row["blocks"][str(block)] = graph_ms(
-                        lambda p, s: int4_gemm.matmul_eagerly(x, p, s, GROUP, block=block), weights)
-                except Exception as exc:  # noqa: BLE001 - a block Triton cannot compile
-                    row["blocks"][str(block)] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
-            timed = {b: t for b, t in row["blocks"].items() if isinstance(t, float)}
-            row["best_block"] = min(timed, key=timed.get) if timed else None
-            row["best_block_ms"] = timed[row["best_block"]] if timed else None
+                   "bf16_ms": graph_ms(lambda w: F.linear(x, w), [(w,) for w in bf16])}
             summary["rows"].append(row)
-            print(f"{name} rows {m}: tinygemm {row['tinygemm_ms']:.4f}, dequant {row['dequant_ms']:.4f}, matmul "
-                  f"{row['matmul_ms']:.4f} (best {row['best_block']} {row['best_block_ms']}), bf16 "
-                  f"{row['bf16_ms']:.4f} ms, error {row['matmul_error']:.1e}", flush=True)
+            print(f"{name} rows {m}: tinygemm {row['tinygemm_ms']:.4f}, dequant {row['dequant_ms']:.4f}, bf16 "
+                  f"{row['bf16_ms']:.4f} ms", flush=True)
     write_results(args.out, result_stem("int4-matmul-rows", tag=args.tag), summary, markdown)
 
 
 def markdown(summary: dict) -> str:
     lines = [f"# int4pack layer kernels by row count, {summary['device']}", "",
              f"torch {summary['torch']}; group size {GROUP}; GPU time of one call inside a CUDA graph (weights cycled "
-             "past the L2 cache), ms. matmul = quant.int4_gemm with its default block; best block = the fastest of "
-             "int4_gemm.BLOCKS (rows, columns, inner, warps, stages).", "",
-             "| shape | rows | tinygemm | Triton dequant + cuBLAS | Triton matmul | best block | its ms | bf16 cuBLAS | "
-             "fastest int4 | matmul / bf16 | matmul error |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "past the L2 cache), ms.", "",
+             "| shape | rows | tinygemm | Triton dequant + cuBLAS | bf16 cuBLAS | fastest int4 | dequant / bf16 |",
+             "|---|---|---|---|---|---|---|"]
     for r in summary["rows"]:
-        options = {"tinygemm": r["tinygemm_ms"], "dequant": r["dequant_ms"], "matmul": r["matmul_ms"]}
-        if r["best_block_ms"]:
-            options["matmul (best block)"] = r["best_block_ms"]
-        fastest = min(options, key=options.get)
-        best = f"{r['best_block_ms']:.4f}" if r["best_block_ms"] else "-"
+        fastest = "tinygemm" if r["tinygemm_ms"] <= r["dequant_ms"] else "dequant"
         lines.append(f"| {r['shape']} | {r['rows']} | {r['tinygemm_ms']:.4f} | {r['dequant_ms']:.4f} | "
-                     f"{r['matmul_ms']:.4f} | {r['best_block']} | {best} | {r['bf16_ms']:.4f} | {fastest} | "
-                     f"{r['matmul_ms'] / r['bf16_ms']:.2f}x | {r['matmul_error']:.1e} |")
+                     f"{r['bf16_ms']:.4f} | {fastest} | {r['dequant_ms'] / r['bf16_ms']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 

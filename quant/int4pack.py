@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import int4_dequant, int4_gemm  # neither imports Triton until a kernel is used
+from . import int4_dequant  # imports Triton only when its kernel is used
 
 log = logging.getLogger(__name__)
 
@@ -117,52 +117,6 @@ def dequantize_kernel_choice() -> str:
     return "torch" if _triton_refusal[0] else "triton"
 
 
-_triton_matmul_refusal: list[str | None] = []
-
-
-def matmul_rows_choice() -> tuple[int, int]:
-    """The row counts (first, last) that quant.int4_gemm's Triton matmul runs, from QUANT_INT4_MATMUL_ROWS, where
-    Triton runs and the kernel gives the dequantized weight's products on a check (once a process); else (0, 0),
-    with the reason logged."""
-    from .settings import load_settings
-
-    wanted = load_settings().int4_matmul_rows
-    if not wanted[0]:
-        return 0, 0
-    if not _triton_matmul_refusal:
-        _triton_matmul_refusal.append(int4_dequant.refusal() or _triton_matmul_mismatch())
-        if _triton_matmul_refusal[0]:
-            log.warning("int4 layers do not use the Triton matmul: %s", _triton_matmul_refusal[0])
-    return (0, 0) if _triton_matmul_refusal[0] else wanted
-
-
-def _triton_matmul_mismatch() -> str | None:
-    """Why the Triton matmul is not used: it fails, or its products differ from the dequantized weight's by more than
-    bfloat16 rounding, on random codes packed by PyTorch's own kernel; or None."""
-    matmul_op = int4_gemm.matmul_op
-
-    generator = torch.Generator().manual_seed(0)
-    try:
-        for inner_k_tiles, group_size, rows in ((8, 128, 40), (4, 64, 128), (2, 32, 7), (8, 256, 300)):
-            n, k = 96, 1024
-            codes = torch.randint(0, 16, (n, k), generator=generator, dtype=torch.int32).cuda()
-            packed = torch.ops.aten._convert_weight_to_int4pack(
-                (codes[:, ::2] << 4 | codes[:, 1::2]).to(torch.uint8).contiguous(), inner_k_tiles)
-            scales_and_zeros = torch.stack([torch.rand(k // group_size, n, generator=generator) * 0.02 + 1e-3,
-                                            torch.randn(k // group_size, n, generator=generator) * 0.01], dim=-1)
-            scales_and_zeros = scales_and_zeros.to(torch.bfloat16).cuda().contiguous()
-            x = torch.randn(rows, k, generator=generator).to(torch.bfloat16).cuda()
-            want = (x.float() @ dequantize_cuda_packed(packed, scales_and_zeros, group_size).float().t())
-            got = matmul_op()(x, packed, scales_and_zeros, group_size).float()
-            error = ((got - want).norm() / want.norm()).item()
-            if not error < 1e-2:
-                return (f"the Triton matmul's products differ from the dequantized weight's by {error:.1%} "
-                        f"(inner_k_tiles {inner_k_tiles}, group size {group_size}, {rows} rows)")
-    except Exception as exc:  # noqa: BLE001 - a Triton or driver failure: the other kernels still work
-        return f"the Triton matmul failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
-    return None
-
-
 def _triton_dequantize_mismatch() -> str | None:
     """Why the Triton kernel is not used: it fails, or its weights differ from torch's by more than one bfloat16 step
     (Triton may contract the multiply-add into an FMA), on random codes packed by PyTorch's own kernel; or None."""
@@ -220,7 +174,6 @@ class Int4PackedLinear(nn.Module):
         self.on_cuda = packed.is_cuda
         self.dequantize_from_rows = dequantize_from_rows
         self.dequantize_kernel = dequantize_kernel_choice() if self.on_cuda and dequantize_from_rows else "torch"
-        self.matmul_rows = matmul_rows_choice() if self.on_cuda else (0, 0)
         self.register_buffer("packed_weight", packed)
         self.register_buffer("scales_and_zeros", scales_and_zeros)
         self.register_buffer("input_order", input_order)
@@ -232,9 +185,7 @@ class Int4PackedLinear(nn.Module):
         if self.input_order is not None:
             rows = rows.index_select(1, self.input_order)
         rows = rows.contiguous()
-        if self.on_cuda and 0 < self.matmul_rows[0] <= rows.shape[0] <= self.matmul_rows[1]:
-            out = int4_gemm.matmul_op()(rows, self.packed_weight, self.scales_and_zeros, self.group_size)
-        elif self.on_cuda and 0 < self.dequantize_from_rows <= rows.shape[0]:
+        if self.on_cuda and 0 < self.dequantize_from_rows <= rows.shape[0]:
             weight = _dequantize(self.dequantize_kernel, self.packed_weight, self.scales_and_zeros, self.group_size)
             out = nn.functional.linear(rows, weight)
         elif self.on_cuda:
@@ -254,8 +205,7 @@ class Int4PackedLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
                 f"dequantize_from_rows={self.dequantize_from_rows}"
-                + (f", dequantize_kernel={self.dequantize_kernel}" if self.dequantize_from_rows else "")
-                + (f", matmul_rows={self.matmul_rows[0]}-{self.matmul_rows[1]}" if self.matmul_rows[0] else ""))
+                + (f", dequantize_kernel={self.dequantize_kernel}" if self.dequantize_from_rows else ""))
 
 
 @dataclass(frozen=True)

@@ -58,22 +58,6 @@ def _choice_setting(name: str, choices: tuple[str, ...]) -> str:
     return text
 
 
-def _row_range_setting(name: str, default: str) -> tuple[int, int]:
-    """`FIRST-LAST` (whole numbers, 1 <= FIRST <= LAST) or `0` for none: (0, 0)."""
-    text = os.environ.get(name, "").strip() or default
-    if text == "0":
-        return 0, 0
-    first, _, last = text.partition("-")
-    try:
-        low, high = int(first), int(last)
-    except ValueError:
-        low = high = 0
-    if not 1 <= low <= high:
-        raise SettingsError(f"{name}={text!r} is not a range of row counts FIRST-LAST (or 0 for none).",
-                            f"For example {name}=16-511; unset it for the default, {default}.")
-    return low, high
-
-
 def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
@@ -138,17 +122,13 @@ class Settings:
     int4_dequantize_rows: int
     """QUANT_INT4_DEQUANTIZE_ROWS: on a GPU, int4pack layers (GPTQ, AWQ, HQQ) called with this many rows or more (a
     prompt's prefill, a batch's prefill and decode steps) dequantize their weight (quant.int4_dequant's Triton kernel)
-    and multiply with cuBLAS, where tinygemm slows with every 16 rows. Llama-8B, H200
-    (bench/results/int4mm-shapes-triton-dequant.md): gate/down at 64 rows 0.28-0.29 ms on tinygemm, 0.17-0.20 dequantized
-    (the Triton kernel timed eagerly, with its launch; 0.04 ms alone in a CUDA graph, int4-dequant-blocks.md); at 32
-    rows tinygemm is faster. Default 64; 0 keeps tinygemm."""
+    and multiply with cuBLAS, where tinygemm slows with every 16 rows. Llama-8B, H200, in CUDA graphs as the decode
+    step runs them (bench/results/int4-matmul-rows.md), one layer's q/k/v and gate/up fused, o and down: 0.271 ms on
+    tinygemm against 0.282 dequantized at 16 rows, 0.515 against 0.285 at 32, 1.00 against 0.29 at 64. Default 32;
+    0 keeps tinygemm."""
     int4_dequantize_kernel: str
     """QUANT_INT4_DEQUANTIZE_KERNEL: what dequantizes those layers' weights: auto (quant.int4_dequant's Triton kernel
     where it runs and passes its check, else the compiled torch version) or torch (to measure the two)."""
-    int4_matmul_rows: tuple[int, int]
-    """QUANT_INT4_MATMUL_ROWS: on a GPU, int4pack layers called with FIRST to LAST rows multiply with quant.int4_gemm's
-    Triton kernel (the packed weight read in its main loop) instead of tinygemm or a dequantized weight; 0 for none.
-    Measured before it is the default: off (0)."""
     batch_max_prompts: int
     """QUANT_BATCH_MAX_PROMPTS: most prompts in one Batch run (default 1000)."""
     batch_engine: str
@@ -203,9 +183,8 @@ def load_settings() -> Settings:
         fuse_projections=_choice_setting("QUANT_FUSE_PROJECTIONS", FUSE_PROJECTIONS),
         decode_segments=int_setting("QUANT_DECODE_SEGMENTS", 0, minimum=0),
         compile_regions=_choice_setting("QUANT_COMPILE_REGIONS", COMPILE_REGIONS),
-        int4_dequantize_rows=int_setting("QUANT_INT4_DEQUANTIZE_ROWS", 64, minimum=0),
+        int4_dequantize_rows=int_setting("QUANT_INT4_DEQUANTIZE_ROWS", 32, minimum=0),
         int4_dequantize_kernel=_choice_setting("QUANT_INT4_DEQUANTIZE_KERNEL", INT4_DEQUANTIZE_KERNELS),
-        int4_matmul_rows=_row_range_setting("QUANT_INT4_MATMUL_ROWS", "0"),
         batch_max_prompts=int_setting("QUANT_BATCH_MAX_PROMPTS", 1000),
         batch_engine=_choice_setting("QUANT_BATCH_ENGINE", BATCH_ENGINES),
         continuous_step=_choice_setting("QUANT_CONTINUOUS_STEP", CONTINUOUS_STEPS),

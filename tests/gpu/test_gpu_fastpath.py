@@ -79,7 +79,6 @@ def test_int4_layout_reader_matches_tinygemm(inner_k_tiles, group_size):
     long inputs use it; and by quant.int4_dequant's Triton kernel, within one bfloat16 step of it) multiplies as
     tinygemm does."""
     from quant.int4_dequant import dequantize_op
-    from quant.int4_gemm import matmul_op
     from quant.int4pack import _compiled_dequantize, unpack_cuda_codes
 
     generator = torch.Generator().manual_seed(inner_k_tiles * group_size)
@@ -100,8 +99,6 @@ def test_int4_layout_reader_matches_tinygemm(inner_k_tiles, group_size):
         for dequantized_weight in (weight, by_triton):
             dequantized = torch.nn.functional.linear(x, dequantized_weight).float()
             assert (dequantized - tinygemm).norm() / tinygemm.norm() < 1e-2, rows
-        matmul = matmul_op()(x, packed, scales_and_zeros, group_size).float()  # quant.int4_gemm
-        assert (matmul - tinygemm).norm() / tinygemm.norm() < 1e-2, rows
 
 
 def test_int4pack_on_the_dequantized_weight_gives_tinygemms_tokens(gpu_gptq_llama_dir, kernel_cache, monkeypatch):
@@ -119,23 +116,6 @@ def test_int4pack_on_the_dequantized_weight_gives_tinygemms_tokens(gpu_gptq_llam
     for prompts in ([PROMPTS[0]], PROMPTS):
         assert_compiled_rows_match(tinygemm, dequantized, prompts)
     dequantized.path.close()
-
-
-def test_int4pack_on_the_triton_matmul_gives_tinygemms_tokens(gpu_gptq_llama_dir, kernel_cache, monkeypatch):
-    """Every call through quant.int4_gemm's matmul (QUANT_INT4_MATMUL_ROWS=1-100000: prefill and the compiled,
-    CUDA-graphed decode steps at batch 1 and 4) against tinygemm for every call, eager."""
-    request = LoadRequest(model=str(gpu_gptq_llama_dir), mode="gptq", device_map="cuda:0",
-                          options=QuantOptions(gptq_backend="gptq_int4pack"))
-    monkeypatch.setenv("QUANT_INT4_DEQUANTIZE_ROWS", "0")
-    tinygemm = load(request, fast=False)
-    monkeypatch.setenv("QUANT_INT4_MATMUL_ROWS", "1-100000")
-    matmul = load(request, fast=True)
-    assert matmul.path.captured and not matmul.report.warnings, matmul.report.warnings
-    layers = [m for m in matmul.model.modules() if type(m).__name__ == "Int4PackedLinear"]
-    assert layers and all(m.matmul_rows == (1, 100000) for m in layers)
-    for prompts in ([PROMPTS[0]], PROMPTS):
-        assert_compiled_rows_match(tinygemm, matmul, prompts)
-    matmul.path.close()
 
 
 def test_deferred_stop_ends_where_the_sequences_end_and_streams_every_token(kernel_cache):
