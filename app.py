@@ -12,6 +12,7 @@ from typing import Iterator
 
 import gradio as gr
 
+from quant.loader import freeze_startup_objects
 from quant.openai_api import build_router
 from quant.prompts import SCRATCH_MAX_AGE_SECONDS
 from quant.settings import SettingsError, load_settings
@@ -98,7 +99,9 @@ def main() -> None:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    configure_queue(build_app()).launch(**options)
+    demo = configure_queue(build_app())
+    freeze_startup_objects()
+    demo.launch(**options)
 
 
 if __name__ == "__main__":

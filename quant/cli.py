@@ -451,6 +451,10 @@ def _unexpected(exc: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    if argv is None:  # a process of its own (python -m quant): its imports are done, no model is loaded yet
+        from .loader import freeze_startup_objects
+
+        freeze_startup_objects()
     # chat talks to the terminal; every other command keeps stdout for its results alone
     redirect = contextlib.nullcontext(sys.stdout) if args.command == "chat" else results_only_on_stdout()
     with redirect as out:

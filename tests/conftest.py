@@ -34,6 +34,14 @@ T5 = "demo:tiny-t5"
 CALIBRATION_TEXT = ROOT / "quant" / "textsets" / "python-reference.txt"
 
 
+def pytest_collection_finish(session):
+    """As the app does at start-up (quant.loader.freeze_startup_objects): what the imports made is left out of the
+    garbage collections that every model load and unload runs, which otherwise walk each worker's whole heap."""
+    from quant.loader import freeze_startup_objects
+
+    freeze_startup_objects()
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 
