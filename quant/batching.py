@@ -345,12 +345,17 @@ def _collecting_only_new_objects() -> Iterator[None]:
     about 0.5 s each over the half million objects of a process with transformers loaded (2 CPU cores), holding the
     GIL, so that every other session's generation stalls meanwhile. Its KV cache is freed by reference counting
     (tests/unit/test_batching.py checks it with the collector off), so these collections only look at objects made
-    since this began: the older ones are frozen meanwhile (`gc.freeze`)."""
-    gc.freeze()
+    since this began: the older ones are frozen meanwhile (`gc.freeze`). Where the process froze its import-time
+    objects already (quant.loader.freeze_startup_objects: the app, the CLI, the tests), that freeze does the same and
+    is left as it is: unfreezing would undo it."""
+    frozen_at_start_up = gc.get_freeze_count() > 0
+    if not frozen_at_start_up:
+        gc.freeze()
     try:
         yield
     finally:
-        gc.unfreeze()
+        if not frozen_at_start_up:
+            gc.unfreeze()
 
 
 def _result(loaded: LoadedModel, index: int, output) -> PromptResult:
