@@ -120,8 +120,6 @@ def dequantize_kernel_choice() -> str:
 def _triton_dequantize_mismatch() -> str | None:
     """Why the Triton kernel is not used: it fails, or its weights differ from torch's by more than one bfloat16 step
     (Triton may contract the multiply-add into an FMA), on random codes packed by PyTorch's own kernel; or None."""
-    dequantize_op = int4_dequant.dequantize_op
-
     generator = torch.Generator().manual_seed(0)
     try:
         for inner_k_tiles, group_size in ((8, 128), (4, 64), (2, 32), (8, 256)):
@@ -133,7 +131,7 @@ def _triton_dequantize_mismatch() -> str | None:
                                             torch.randn(k // group_size, n, generator=generator) * 0.01], dim=-1)
             scales_and_zeros = scales_and_zeros.to(torch.bfloat16).cuda().contiguous()
             want = dequantize_cuda_packed(packed, scales_and_zeros, group_size).float()
-            got = dequantize_op()(packed, scales_and_zeros, group_size).float()
+            got = int4_dequant.dequantize_op()(packed, scales_and_zeros, group_size).float()
             if not torch.all((got - want).abs() <= want.abs() * 2**-7 + 1e-30):
                 return (f"the Triton kernel's weights differ from torch's (inner_k_tiles {inner_k_tiles}, group size "
                         f"{group_size})")

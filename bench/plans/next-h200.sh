@@ -18,7 +18,13 @@
 # but hqq_gemlite 4-bit: its one-layer-for-all compile check saw NaN logits, so it compiled whole; the test wants the
 # regional path; also seen in a run of that test alone); the step ran out at test_compiled_path_matches_eager[fp8-weight-
 # only]. test_gpu_fastpath.py's compiled-against-eager (fp16, bf16, nf4) and gptq_int4pack passed with fused projections.
-# New, not run yet: test_gpu_fastpath.py::test_projections_are_fused_by_default_on_the_gpu_in_the_same_memory (step 2).
+# Twelfth session (2026-12-01v/w/x/y-h200.sh): test_projections_are_fused_by_default_on_the_gpu_in_the_same_memory
+# passed; test_gpu_fastpath.py's int4 layout/dequantized/GPTQ tests and test_gpu_methods.py -k int4pack passed with
+# quant.int4_dequant's Triton kernel. Not run since: step 1 (start-up), the rest of step 2, steps 3-5. With device time
+# to spare: the goal job in all modes on the new int4 default (`bench/batch_engines.py --shape 8b --modes
+# bf16,nf4,gptq --engines padded ...`: GPTQ itself, quantized here, rather than HQQ on int4pack), and a batch-32 job
+# (QUANT_INT4_DEQUANTIZE_ROWS=32 was chosen from kernel timings in CUDA graphs, not measured end to end).
+# .whl/ needs hqq, gemlite, einops and termcolor wheels besides fetch-wheels.sh's (see 2026-12-01w-h200.sh).
 source "$(dirname "$0")/lanes.sh"
 out=$R/results
 mkdir -p $out
