@@ -117,6 +117,18 @@ def dequantize_kernel_choice() -> str:
     return "torch" if _triton_refusal[0] else "triton"
 
 
+def dequantize_kernel_warnings(model: nn.Module) -> list[str]:
+    """The load report's line where `model`'s int4pack layers dequantize with the slower torch version although the
+    operator did not ask for it (the Triton kernel refused here, with its reason); else none."""
+    dequantizing = [m for m in model.modules() if isinstance(m, Int4PackedLinear) and m.dequantize_from_rows]
+    if not dequantizing or all(m.dequantize_kernel == "triton" for m in dequantizing) or not _triton_refusal \
+            or not _triton_refusal[0]:
+        return []
+    return [f"Prompts and batches of {dequantizing[0].dequantize_from_rows} rows or more dequantize the int4 weights "
+            f"with the compiled torch kernel, several times slower than quant.int4_dequant's Triton kernel: "
+            f"{_triton_refusal[0]}."]
+
+
 def _triton_dequantize_mismatch() -> str | None:
     """Why the Triton kernel is not used: it fails, or its weights differ from torch's by more than one bfloat16 step
     (Triton may contract the multiply-add into an FMA), on random codes packed by PyTorch's own kernel; or None."""

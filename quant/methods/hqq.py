@@ -130,12 +130,15 @@ class HQQMethod(QuantMethod):
             "skip_modules": ["lm_head"], "layers": result.layers, "quantize_seconds": round(result.seconds, 3),
             "bytes_per_weight": hqq_bytes_per_weight(bits, group_size),
         }
+        from ..int4pack import dequantize_kernel_warnings
+
+        warnings = dequantize_kernel_warnings(model)
         if not result.left:
-            return []
+            return warnings
         from ..families import names_text
 
-        return [f"{len(result.left)} linear layers stay in {str(model.dtype).removeprefix('torch.')}: their input "
-                f"size is not a multiple of the group size {group_size} ({names_text(result.left)})."]
+        return warnings + [f"{len(result.left)} linear layers stay in {str(model.dtype).removeprefix('torch.')}: their "
+                           f"input size is not a multiple of the group size {group_size} ({names_text(result.left)})."]
 
     def quantize_refusal(self, config, kind):
         return ("HQQ checkpoints are not written here: transformers 5.23 cannot load them back (it builds no HQQ "

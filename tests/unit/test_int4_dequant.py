@@ -73,3 +73,27 @@ def test_the_kernel_choice_says_why_it_keeps_torchs(monkeypatch, caplog):
     monkeypatch.setenv("QUANT_INT4_DEQUANTIZE_KERNEL", "cuda")
     with pytest.raises(SettingsError, match="QUANT_INT4_DEQUANTIZE_KERNEL='cuda' is not one of auto, torch"):
         int4pack.dequantize_kernel_choice()
+
+
+def test_the_load_report_says_when_the_slower_dequantization_runs_and_why(monkeypatch):
+    """A model whose int4pack layers dequantize (from 32 rows) with the torch version because the Triton kernel
+    refused gets one report line with the reason; none where Triton runs, where the operator chose torch (nothing was
+    refused), or where nothing dequantizes."""
+    from torch import nn
+
+    from quant import int4pack
+
+    codes = torch.randint(0, 16, (16, 64), generator=torch.Generator().manual_seed(0))
+    layer = int4pack.pack_int4_linear(codes, torch.ones(2, 16), torch.zeros(2, 16), group_size=32, bias=None)
+    model = nn.Sequential(layer)
+    monkeypatch.setattr(int4pack, "_triton_refusal", ["no CUDA GPU"])
+    assert int4pack.dequantize_kernel_warnings(model) == []  # dequantize_from_rows 0 (on the CPU it is always)
+    layer.dequantize_from_rows = 32
+    assert int4pack.dequantize_kernel_warnings(model) == [
+        "Prompts and batches of 32 rows or more dequantize the int4 weights with the compiled torch kernel, several "
+        "times slower than quant.int4_dequant's Triton kernel: no CUDA GPU."]
+    layer.dequantize_kernel = "triton"
+    assert int4pack.dequantize_kernel_warnings(model) == []
+    layer.dequantize_kernel = "torch"
+    monkeypatch.setattr(int4pack, "_triton_refusal", [])  # QUANT_INT4_DEQUANTIZE_KERNEL=torch: nothing refused
+    assert int4pack.dequantize_kernel_warnings(model) == []
