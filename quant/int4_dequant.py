@@ -85,7 +85,7 @@ def _kernel(interpret: bool):
 def _launch(packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int, out: torch.Tensor,
             kernel_wrapper=None, block: tuple[int, int, int] | None = None) -> None:
     """`block`: (rows, columns, warps) of a program, for bench/int4_dequant_blocks.py; default BLOCK."""
-    n_tiles, k_outer, lanes, words = packed.shape
+    k_outer, words = packed.shape[1], packed.shape[3]
     n_features, k_features = out.shape
     from triton import knobs
 
@@ -102,6 +102,8 @@ def _check(packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int
     if packed.dim() != 4 or packed.shape[2] != 32 or packed.dtype != torch.int32:
         raise ValueError(f"not tinygemm's CUDA layout [n/8, k/(16 inner), 32, inner/2] int32: {tuple(packed.shape)} "
                          f"{packed.dtype}")
+    if not (packed.is_contiguous() and scales_and_zeros.is_contiguous()):  # the kernel computes dense offsets
+        raise ValueError("the packed weight and its scales and zeros must be contiguous tensors")
     n_tiles, k_outer, _, words = packed.shape
     n_features, k_features = n_tiles * 8, k_outer * 32 * words
     if k_features % group_size or scales_and_zeros.shape != (k_features // group_size, n_features, 2):
@@ -113,9 +115,10 @@ def _check(packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int
 def dequantize_eagerly(packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int,
                        block: tuple[int, int, int] | None = None) -> torch.Tensor:
     """The kernel called directly (no custom op): what the tests run under Triton's CPU interpreter."""
+    packed, scales_and_zeros = packed.contiguous(), scales_and_zeros.contiguous()
     n_features, k_features = _check(packed, scales_and_zeros, group_size)
     out = torch.empty(n_features, k_features, dtype=torch.bfloat16, device=packed.device)
-    _launch(packed.contiguous(), scales_and_zeros.contiguous(), group_size, out, block=block)
+    _launch(packed, scales_and_zeros, group_size, out, block=block)
     return out
 
 

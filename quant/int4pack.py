@@ -137,8 +137,7 @@ def _triton_dequantize_mismatch() -> str | None:
         for inner_k_tiles, group_size in ((8, 128), (4, 64), (2, 32), (8, 256)):
             n, k = 48, 1024
             codes = torch.randint(0, 16, (n, k), generator=generator, dtype=torch.int32).cuda()
-            packed = torch.ops.aten._convert_weight_to_int4pack(
-                (codes[:, ::2] << 4 | codes[:, 1::2]).to(torch.uint8).contiguous(), inner_k_tiles)
+            packed = _pack_for_cuda(codes, inner_k_tiles)
             scales_and_zeros = torch.stack([torch.rand(k // group_size, n, generator=generator) * 0.02 + 1e-3,
                                             torch.randn(k // group_size, n, generator=generator) * 0.01], dim=-1)
             scales_and_zeros = scales_and_zeros.to(torch.bfloat16).cuda().contiguous()
@@ -319,15 +318,19 @@ def pack_int4_linear(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Ten
     codes = codes.to(torch.int32).contiguous()
     scales_and_zeros = torch.stack([scales.float(), zeros.float()], dim=-1).to(torch.bfloat16).contiguous()
     if codes.is_cuda:
-        as_bytes = (codes[:, ::2] << 4 | codes[:, 1::2]).to(torch.uint8)
-        inner_k_tiles = next(t for t in (8, 4, 2) if in_features % (t * _K_TILE) == 0)
-        packed = torch.ops.aten._convert_weight_to_int4pack(as_bytes.contiguous(), inner_k_tiles)
+        packed = _pack_for_cuda(codes, next(t for t in (8, 4, 2) if in_features % (t * _K_TILE) == 0))
     else:
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
         dequantize_from_rows = 0
     return Int4PackedLinear(packed, scales_and_zeros, group_size=group_size, in_features=in_features,
                             out_features=out_features, input_order=input_order, bias=bias,
                             dequantize_from_rows=dequantize_from_rows)
+
+
+def _pack_for_cuda(codes: torch.Tensor, inner_k_tiles: int) -> torch.Tensor:
+    """Codes [out, in] (0..15, on a GPU) in tinygemm's CUDA layout, by PyTorch's own packing kernel."""
+    as_bytes = (codes[:, ::2] << 4 | codes[:, 1::2]).to(torch.uint8)
+    return torch.ops.aten._convert_weight_to_int4pack(as_bytes.contiguous(), inner_k_tiles)
 
 
 def _relative_error(new: Int4PackedLinear, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype,

@@ -45,6 +45,12 @@ def test_a_tensor_not_in_the_layout_is_refused_with_its_shape():
         int4_dequant.dequantize_eagerly(packed, torch.zeros(1, 8, 2, dtype=torch.bfloat16), 128)
     with pytest.raises(ValueError, match="not tinygemm's CUDA layout"):
         int4_dequant.dequantize_eagerly(torch.zeros(16, 64, dtype=torch.int32), torch.zeros(1, 16, 2), 64)
+    # the op (what the compiled decode step calls) reads dense offsets: a fused member's column slice of scales is
+    # refused, never read as if it were dense
+    strided = torch.zeros(2, 32, 2, dtype=torch.bfloat16)[:, :16]
+    assert int4_dequant._check(packed, strided.contiguous(), 64) == (16, 128)
+    with pytest.raises(ValueError, match="must be contiguous"):
+        int4_dequant._check(packed, strided, 64)
 
 
 def test_without_a_gpu_the_refusal_says_so():
