@@ -54,6 +54,9 @@ def run_batch_ui(key, pasted, upload, column, use_template, system_prompt, batch
     progress(0, desc=f"0/{len(prompts)} prompts")
     job = InBackground(work, stop)
     for result in job:
+        if result is InBackground.IDLE:
+            yield gr.skip(), gr.skip(), gr.skip()
+            continue
         progress(result.done / result.total, desc=f"{result.done}/{result.total} prompts")
         if time.monotonic() - shown >= TABLE_UPDATE_SECONDS:  # the last table always comes below
             shown = time.monotonic()

@@ -124,15 +124,22 @@ class InBackground:
     """Run `work(emit)` in a thread and, iterated, give what it emits as it emits it; then `result` holds its return
     value (its exception is raised to the iterating handler instead).
 
-    For a handler that streams updates from a long blocking call (quantization): the call's callbacks come from its
-    own threads, the handler yields from the thread Gradio runs it in. Closed early (Gradio closes a stream on its
-    event loop when the page goes or the run is cancelled), it sets `stop`, which ends the work at its next check,
-    and does not wait for it: waiting would hold the server's event loop."""
+    For a handler that streams updates from a long blocking call (quantization, a batch): the call's callbacks come
+    from its own threads, the handler yields from the thread Gradio runs it in. Closed early (Gradio closes a stream on
+    its event loop when the page goes or the run is cancelled), it sets `stop`, which ends the work at its next check,
+    and does not wait for it: waiting would hold the server's event loop.
+
+    Gradio can close a handler only between two of its yields, and its /cancel request waits for that. So when the
+    work emits nothing for `idle_seconds`, iteration gives `IDLE` (the handler yields an update that changes nothing),
+    and a cancel is answered within about that time, not when the work next emits (a whole prompt or layer later)."""
 
     _DONE = object()
+    IDLE = object()
+    """Given after `idle_seconds` without an emitted value."""
 
-    def __init__(self, work: Callable[[Callable[[Any], None]], Any], stop: threading.Event):
-        self.work, self.stop, self.result = work, stop, None
+    def __init__(self, work: Callable[[Callable[[Any], None]], Any], stop: threading.Event,
+                 idle_seconds: float = 0.5):
+        self.work, self.stop, self.idle_seconds, self.result = work, stop, idle_seconds, None
 
     def __iter__(self) -> Iterator[Any]:
         events: queue.SimpleQueue = queue.SimpleQueue()
@@ -149,7 +156,13 @@ class InBackground:
         thread = threading.Thread(target=run, name="quant-background", daemon=True)
         thread.start()
         try:
-            while (event := events.get()) is not self._DONE:
+            while True:
+                try:
+                    event = events.get(timeout=self.idle_seconds)
+                except queue.Empty:
+                    event = self.IDLE
+                if event is self._DONE:
+                    break
                 yield event
         finally:
             if thread.is_alive():

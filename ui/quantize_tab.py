@@ -77,7 +77,11 @@ def run_quantize(request: gr.Request, oauth_token: gr.OAuthToken | None, progres
                         folders=served_folders(), on_layer_errors=lambda errors: emit(("layer_errors", errors)))
 
     run = InBackground(work, stop)
-    for kind, *payload in run:
+    for event in run:
+        if event is InBackground.IDLE:
+            yield (gr.skip(),) * 6
+            continue
+        kind, *payload = event
         if kind == "progress":
             progress(payload[0], desc=payload[1])
         else:

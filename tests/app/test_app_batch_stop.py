@@ -16,6 +16,7 @@ from gradio_client.utils import Status
 
 from tests.conftest import LLAMA
 from tests.support.model_tab import load_args
+from tests.support.streams import updates_with_values
 
 PROMPT_COUNT = 1000  # the batch limit: at one prompt a batch, running them all would take many minutes
 PROMPTS = "\n".join(f"Explain Python statement number {i} in detail." for i in range(PROMPT_COUNT))
@@ -52,7 +53,7 @@ def press_batch_stop(session: Client) -> None:
 def wait_for_first_rows(job: Job) -> None:
     """Until the batch has yielded a table (its first prompt is done): it is running on the server."""
     deadline = time.monotonic() + WAIT_S
-    while not job.outputs():
+    while not updates_with_values(job):
         assert time.monotonic() < deadline and not job.done(), job.status()
         time.sleep(0.02)
 

@@ -13,6 +13,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 from tests.conftest import LLAMA
+from tests.support.streams import updates_with_values
 
 # method, bits, group size, act-order, symmetric, damp, samples, sample length, calibration source, text, file.
 # 32 samples of 256 tokens take ~1.4 s a layer on 2 CPU cores: the stop lands while the 4 layers are quantized.
@@ -33,10 +34,10 @@ def outputs(app_url, tmp_path_factory):
 def first_plot_update(job) -> tuple:
     """Until the run has streamed its first update: the first layer's errors."""
     deadline = time.monotonic() + WAIT_S
-    while not job.outputs():
+    while not updates_with_values(job):
         assert time.monotonic() < deadline and not job.done(), job.status()
         time.sleep(0.02)
-    return job.outputs()[0]
+    return updates_with_values(job)[0]
 
 
 def plot_rows(update: dict) -> list[list]:
@@ -59,7 +60,7 @@ def test_the_plot_grows_layer_by_layer_and_stop_ends_the_quantization(app_url, o
 
     with pytest.raises(AppError, match="Quantization stopped; nothing was saved"):
         job.result(timeout=WAIT_S)
-    counts = [len(plot_rows(update[5])) for update in job.outputs()]
+    counts = [len(plot_rows(update[5])) for update in updates_with_values(job)]
     assert counts == sorted(set(counts)) and counts[-1] < 4 * 7, counts  # grew, and stopped before the last layer
     assert saved(outputs) == []
 
