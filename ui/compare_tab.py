@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import html
+import threading
 
 import gradio as gr
 import torch
@@ -26,13 +27,16 @@ from quant.prompts import MAX_PROMPT_CHARS, check_text_items, scratch_folder, sp
 from quant.quality import THRESHOLDS_TEXT
 from quant.registry import default_registry
 
-from .common import PLOT_COLOURS, Slider, as_text, new_stop_event, stop_button, t, user_errors, visitor_of
+from .common import PLOT_COLOURS, InBackground, Slider, as_text, new_stop_event, stop_button, t, user_errors, visitor_of
 from .shared import Shared
 
 COMPARE_MAX_PROMPTS = 16
 """Each Compare prompt is answered greedily by every mode and feeds the batch measurement: a handful is plenty."""
 COMPARED_FIRST = ("bf16", "int8", "nf4")
 """The modes ticked at first (those of them that exist)."""
+_one_comparison = threading.Lock()
+"""Held by the running comparison's thread. Gradio frees the tab's slot as soon as a run is cancelled, while the
+cancelled run ends its current mode; the next run waits for it, so that two comparisons never hold models at once."""
 
 COMPARE_HEADERS = ["mode", "error", "footprint (MiB)", "load (s)", "RAM (MiB)", "peak GPU (MiB)", "first token (s)",
                    "decode b1 (tok/s)", "batch (tok/s)", "perplexity", "ppl ratio", "KL mean", "KL p99", "top-1 (%)",
@@ -158,10 +162,31 @@ def run_compare(model, modes, gptq_checkpoints, gptq_backend, attn_variants, pro
         "the Compare prompts", max_items=COMPARE_MAX_PROMPTS, max_chars=MAX_PROMPT_CHARS, allow_empty=True)] or None
     stop = new_stop_event(request)
     planned = [spec.label for spec in specs]
+    visitor = visitor_of(request)
+
+    def work(emit):
+        if not _one_comparison.acquire(blocking=False):
+            emit(("progress", 0.0, "waiting for a stopped comparison to finish its current mode"))
+            _one_comparison.acquire()
+        try:
+            for result in compare(model, specs, registry=default_registry(), prompts=prompts, batch_size=batch_size,
+                                  new_tokens=new_tokens, progress=lambda f, m: emit(("progress", f, m)), stop=stop,
+                                  visitor=visitor, folders=served_folders()):
+                emit(("result", result))
+        finally:
+            _one_comparison.release()
+
     results = []
-    for result in compare(model, specs, registry=default_registry(), prompts=prompts, batch_size=batch_size,
-                          new_tokens=new_tokens, progress=lambda f, m: progress(f, desc=m), stop=stop,
-                          visitor=visitor_of(request), folders=served_folders()):
+    outputs = 5 + len(COMPARE_METRICS)  # the table, the KL plot, quality, answers, files and a plot per metric
+    for event in InBackground(work, stop):
+        if event is InBackground.IDLE:
+            yield (gr.skip(),) * outputs
+            continue
+        kind, *payload = event
+        if kind == "progress":
+            progress(payload[0], desc=payload[1])
+            continue
+        result = payload[0]
         results.append(result)
         if result.error:
             gr.Warning(as_text(f"{result.label}: {result.error}"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import threading
 import time
 
 import pytest
@@ -12,6 +13,7 @@ from gradio_client.exceptions import AppError
 
 from tests.conftest import LLAMA
 from tests.support.model_tab import load_args
+from tests.support.streams import updates_with_values
 
 # max new tokens, sample, temperature, top-p, top-k, repetition penalty, no-repeat n-gram, seed ("": the untouched
 # Seed box, no seed)
@@ -155,3 +157,34 @@ def test_compare_tab_over_http(app_url):
     assert all(rows[m][path].startswith("eager (CPU") for m in ("bf16", "nf4"))  # which path, and why not compiled
     assert "<mark>" in answers or "Greedy answers" in answers
     assert sorted(f.rsplit(".", 1)[1] for f in files) == ["csv", "json"]
+
+
+def test_a_cancelled_compare_stops_after_its_current_mode_and_the_next_one_waits_for_it(app_url):
+    """A client that cancels (a closed tab does the same): the cancel is answered at once (gradio_client gives it 5 s)
+    and the server measures no further mode, though each takes seconds. Gradio frees the tab for the next comparison
+    at once; that one starts loading only after the cancelled one has ended its mode (never two compared models held
+    at once)."""
+    from quant.registry import default_registry
+
+    registry = default_registry()
+    before = {m.key for m in registry.loaded()}
+    cancelled, modes = Client(app_url, verbose=False), ["bf16", "nf4", "fp4", "fp32"]
+    job = cancelled.submit(LLAMA, modes, "", "", [], "The with statement\nA class", 2, 512, api_name="/compare")
+    deadline = time.monotonic() + 120
+    while not updates_with_values(job):  # the first mode's row: the comparison runs on the server
+        assert time.monotonic() < deadline and not job.done(), job.status()
+        time.sleep(0.05)
+    assert job.cancel()
+    following = Client(app_url, verbose=False).submit(LLAMA, ["fp32"], "", "", [], "A class", 1, 4,
+                                                      api_name="/compare")
+    most_held = 0
+    while not following.done():
+        most_held = max(most_held, len({m.key for m in registry.loaded()} - before))
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    table, *_ = following.result()
+    assert [row[0] for row in table["data"]] == ["fp32"] and not table["data"][0][1]  # measured, no error
+    assert most_held == 1
+    assert not any(thread.name == "quant-background" for thread in threading.enumerate())
+    loads = [report.mode for report in registry.history(f"session:{cancelled.session_hash}")]
+    assert 1 <= len(loads) < len(modes), loads  # bf16 (the reference, kept for its row), at most the next mode
