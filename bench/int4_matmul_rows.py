@@ -3,7 +3,10 @@ step runs them), on the Llama-8B projection shapes (q/k/v and gate/up fused, as 
 
 - `tinygemm`: `aten._weight_int4pack_mm` (what chats' decode steps run);
 - `dequant`: quant.int4_dequant's Triton kernel, then cuBLAS (what QUANT_INT4_DEQUANTIZE_ROWS rows and more run);
-- `bf16`: cuBLAS on a bf16 weight of the same shape (the unquantized reference).
+- `bf16`: cuBLAS on a bf16 weight of the same shape (the unquantized reference);
+- `nf4`: bitsandbytes' own path for a 4-bit layer at these rows (`bnb.matmul_4bit`: its dequantization kernel, then
+  cuBLAS), nf4 with double quantization as the app's nf4 mode loads it: what bounds nf4's batch jobs (issue 26's nf4
+  goal, 0.6x bf16; 0.52 measured) and whether a faster dequantization, as the int4 one, would pay.
 
 Several copies of each weight are cycled so that no call finds its weight in the L2 cache. The twelfth session's run
 (bench/results/int4-matmul-rows.md) also timed a Triton matmul reading the packed weight in its main loop
@@ -28,6 +31,15 @@ from bench.int4_dequant_blocks import graph_ms  # noqa: E402
 from bench.int4mm_shapes import GROUP, packed_weight  # noqa: E402
 from quant import int4_dequant  # noqa: E402
 
+
+def nf4_weight(n: int, k: int, generator: torch.Generator):
+    """A bitsandbytes nf4 weight (double quantization, blocks of 64) of a random [n, k] bf16 weight, on the GPU."""
+    import bitsandbytes.functional as bnb_functional
+
+    weight = (torch.randn(n, k, generator=generator) * 0.02).to(torch.bfloat16).cuda()
+    return bnb_functional.quantize_4bit(weight, quant_type="nf4", compress_statistics=True, blocksize=64)
+
+
 SHAPES = {"q/k/v fused 6144x4096": (6144, 4096), "o 4096x4096": (4096, 4096),
           "gate/up fused 28672x4096": (28672, 4096), "down 4096x14336": (4096, 14336)}
 ROWS = (16, 32, 64, 128, 256)
@@ -38,35 +50,41 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("int4_matmul_rows needs a CUDA GPU")
+    import bitsandbytes as bnb
+
     generator = torch.Generator().manual_seed(0)
     summary = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "rows": []}
     for name, (n, k) in SHAPES.items():
         copies = max(2, math.ceil(200e6 / (n * k * 2)))
         weights = [packed_weight(n, k, generator) for _ in range(copies)]
         bf16 = [torch.randn(n, k, generator=generator).to(torch.bfloat16).cuda() * 0.02 for _ in range(copies)]
+        nf4 = [nf4_weight(n, k, generator) for _ in range(copies)]
         for m in ROWS:
             x = (torch.randn(m, k, generator=generator) * 0.5).to(torch.bfloat16).cuda()
             row = {"shape": name, "rows": m,
                    "tinygemm_ms": graph_ms(lambda p, s: torch.ops.aten._weight_int4pack_mm(x, p, GROUP, s), weights),
                    "dequant_ms": graph_ms(lambda p, s: F.linear(x, int4_dequant.dequantize_op()(p, s, GROUP)),
                                           weights),
-                   "bf16_ms": graph_ms(lambda w: F.linear(x, w), [(w,) for w in bf16])}
+                   "bf16_ms": graph_ms(lambda w: F.linear(x, w), [(w,) for w in bf16]),
+                   "nf4_ms": graph_ms(lambda w, state: bnb.matmul_4bit(x, w.t(), quant_state=state), nf4)}
             summary["rows"].append(row)
             print(f"{name} rows {m}: tinygemm {row['tinygemm_ms']:.4f}, dequant {row['dequant_ms']:.4f}, bf16 "
-                  f"{row['bf16_ms']:.4f} ms", flush=True)
+                  f"{row['bf16_ms']:.4f}, nf4 {row['nf4_ms']:.4f} ms", flush=True)
     write_results(args.out, result_stem("int4-matmul-rows", tag=args.tag), summary, markdown)
 
 
 def markdown(summary: dict) -> str:
-    lines = [f"# int4pack layer kernels by row count, {summary['device']}", "",
+    lines = [f"# 4-bit layer kernels by row count, {summary['device']}", "",
              f"torch {summary['torch']}; group size {GROUP}; GPU time of one call inside a CUDA graph (weights cycled "
              "past the L2 cache), ms.", "",
-             "| shape | rows | tinygemm | Triton dequant + cuBLAS | bf16 cuBLAS | fastest int4 | dequant / bf16 |",
-             "|---|---|---|---|---|---|---|"]
+             "| shape | rows | tinygemm | Triton dequant + cuBLAS | bf16 cuBLAS | fastest int4 | dequant / bf16 | "
+             "nf4 (bitsandbytes) | nf4 / bf16 |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in summary["rows"]:
         fastest = "tinygemm" if r["tinygemm_ms"] <= r["dequant_ms"] else "dequant"
+        nf4 = f"{r['nf4_ms']:.4f} | {r['nf4_ms'] / r['bf16_ms']:.2f}x" if "nf4_ms" in r else "- | -"
         lines.append(f"| {r['shape']} | {r['rows']} | {r['tinygemm_ms']:.4f} | {r['dequant_ms']:.4f} | "
-                     f"{r['bf16_ms']:.4f} | {fastest} | {r['dequant_ms'] / r['bf16_ms']:.2f}x |")
+                     f"{r['bf16_ms']:.4f} | {fastest} | {r['dequant_ms'] / r['bf16_ms']:.2f}x | {nf4} |")
     return "\n".join(lines) + "\n"
 
 
