@@ -9,10 +9,13 @@ now lives in PyTorch's `scaled_dot_product_attention`, which transformers uses b
 from __future__ import annotations
 
 import importlib.util
+import logging
 
 import torch
 
 from .errors import UnsupportedModeError
+
+log = logging.getLogger(__name__)
 
 IMPLEMENTATIONS = {
     "sdpa": "PyTorch scaled_dot_product_attention (fused kernels: BetterTransformer's successor)",
@@ -104,6 +107,13 @@ def packed_gqa_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: torch
                                       **kwargs)
     batch, heads, _, dim = query.shape
     scale = scaling if scaling is not None else dim ** -0.5
+    if getattr(module, DECODE_KERNEL_ATTRIBUTE, False) and query.is_cuda and attention_mask is not None and \
+            attention_mask.dtype == torch.bool and key.shape[-1] == value.shape[-1] == dim:
+        from .decode_attention import decode_attention_op
+
+        output = decode_attention_op()(_fold_query_heads(query, groups), key, value, attention_mask[:, 0, 0, :],
+                                       scale)  # [batch, kv heads, groups, dim]
+        return output.reshape(batch, heads, 1, dim).transpose(1, 2).contiguous(), None
     scores = torch.matmul(_fold_query_heads(query, groups), key.transpose(-1, -2)) * scale  # [b, kv, groups, slots]
     if attention_mask is not None:  # [batch, 1, 1, slots]: True (or 0.0) where a slot may be attended
         scores = (scores.masked_fill(~attention_mask, float("-inf")) if attention_mask.dtype == torch.bool
@@ -156,3 +166,68 @@ def restore_sdpa(model) -> None:
     """Undo `use_packed_gqa_decode` (a model that falls back to eager generation gets transformers' sdpa back)."""
     if getattr(model.config, "_attn_implementation", None) == PACKED_GQA_SDPA:
         model.set_attn_implementation("sdpa")
+    for module in model.modules():
+        if hasattr(module, DECODE_KERNEL_ATTRIBUTE):
+            delattr(module, DECODE_KERNEL_ATTRIBUTE)
+
+
+DECODE_KERNEL_ATTRIBUTE = "_quant_decode_attention_kernel"
+"""Set on a packed model's attention modules: True where its decode steps attend with quant.decode_attention's
+kernel (read by packed_gqa_sdpa when the step is traced)."""
+_decode_kernel_refusal: list[str | None] = []
+
+
+def use_decode_kernel(model) -> tuple[bool, str]:
+    """Let a model on `packed_gqa_sdpa` attend in its one-token decode steps with quant.decode_attention's Triton
+    kernel, where the operator asked for it (QUANT_DECODE_ATTENTION=triton), the model is on a GPU in 16-bit, and the
+    kernel runs and gives the matmuls' attention on a check (once a process). Returns whether it does and, where it
+    was asked for but does not, why."""
+    use, why_not = _decode_kernel_choice(model)
+    for module in model.modules():
+        if hasattr(module, "num_key_value_groups"):
+            setattr(module, DECODE_KERNEL_ATTRIBUTE, use)
+    return use, why_not
+
+
+def _decode_kernel_choice(model) -> tuple[bool, str]:
+    from .settings import load_settings
+
+    if load_settings().decode_attention != "triton" or \
+            getattr(model.config, "_attn_implementation", None) != PACKED_GQA_SDPA:
+        return False, ""
+    parameter = next(model.parameters(), None)
+    if parameter is None or parameter.device.type != "cuda" or model.dtype not in (torch.float16, torch.bfloat16):
+        return False, "decode attention on matmuls: the Triton kernel runs on a GPU in fp16 or bf16"
+    if not _decode_kernel_refusal:
+        from . import decode_attention
+
+        _decode_kernel_refusal.append(decode_attention.refusal() or _decode_kernel_mismatch())
+        if _decode_kernel_refusal[0]:
+            log.warning("decode attention stays on matmuls: %s", _decode_kernel_refusal[0])
+    if _decode_kernel_refusal[0]:
+        return False, f"decode attention on matmuls: {_decode_kernel_refusal[0]}"
+    return True, ""
+
+
+def _decode_kernel_mismatch() -> str | None:
+    """Why the kernel is not used: it fails, or its attention differs from the matmuls' (bf16, ragged masks over a
+    cache that is not whole chunks, rows that use one chunk and many) by more than bf16 rounding; or None."""
+    from .decode_attention import decode_attention_op
+
+    generator = torch.Generator().manual_seed(0)
+    rows, kv_heads, groups, slots, dim = 5, 2, 4, 300, 128
+    try:
+        query, key, value = (torch.randn(rows, kv_heads, n, dim, generator=generator).to(torch.bfloat16).cuda()
+                             for n in (groups, slots, slots))
+        position = torch.arange(slots)
+        allowed = torch.stack([(position >= start) & (position < end) for start, end in
+                               ((0, 300), (150, 290), (5, 9), (64, 65), (0, 128))]).cuda()
+        scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * dim ** -0.5
+        scores = scores.masked_fill(~allowed[:, None, None, :], float("-inf"))
+        want = torch.matmul(torch.softmax(scores, dim=-1), value.float())
+        got = decode_attention_op()(query, key, value, allowed, dim ** -0.5).float()
+        if not torch.allclose(got, want, atol=2e-2, rtol=2e-2):
+            return f"its attention differs from the matmuls' (largest difference {(got - want).abs().max():.3g})"
+    except Exception as exc:  # noqa: BLE001 - a Triton or driver failure: the matmuls still work
+        return f"the Triton kernel failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+    return None

@@ -43,7 +43,7 @@ from typing import Any, Callable
 import torch
 from transformers.generation import CompileConfig
 
-from .attention import restore_sdpa, use_packed_gqa_decode
+from .attention import restore_sdpa, use_decode_kernel, use_packed_gqa_decode
 from .decode import DecodeLoop
 from .fused_projections import fuse_projections, fusion_wanted, unfuse_projections
 from .segments import SegmentedDecodeLoop, SegmentPlan, segment_plan
@@ -198,6 +198,10 @@ class GenerationPath:
     """Decode attention folds query heads onto their KV heads instead of repeating the cache (see attention.py)."""
     packed_gqa_note: str = ""
     """Why a grouped-query model's compiled decode stays on transformers' sdpa (empty otherwise)."""
+    decode_kernel: bool = False
+    """Packed decode attends with quant.decode_attention's Triton kernel (QUANT_DECODE_ATTENTION=triton)."""
+    decode_kernel_note: str = ""
+    """Why it does not, where the operator asked for it (empty otherwise)."""
     fused_projections: str = ""
     """Which sibling projections run as one matmul (quant.fused_projections), or why none could; empty: not tried."""
     segments: SegmentPlan | None = None
@@ -221,6 +225,7 @@ class GenerationPath:
             sizes = ", ".join(map(str, self.batch_sizes))
             packed = ("; grouped-query decode without repeated KV" if self.packed_gqa else
                       f"; {self.packed_gqa_note}" if self.packed_gqa_note else "")
+            packed += "; decode attention reading only the attended cache slots (Triton)" if self.decode_kernel else ""
             split = self.segments is not None and len(self.segments.segments) > 1
             graphs = ("" if not self.captured else "; one CUDA graph per segment" if split else
                       "; one CUDA graph per step")
@@ -454,7 +459,7 @@ class GenerationPath:
             restore_sdpa(model)
         if self.fused_projections and model is not None:
             unfuse_projections(model)
-        self.packed_gqa, self.fused_projections = False, ""
+        self.packed_gqa, self.decode_kernel, self.fused_projections = False, False, ""
 
 
 _open_paths: weakref.WeakSet[GenerationPath] = weakref.WeakSet()
@@ -528,10 +533,12 @@ def prepare_generation_path(model, tokenizer, *, method_refusal: str | None, kin
     compile_config = CompileConfig(backend=settings.compile_backend, dynamic=False,
                                    mode="default" if inductor and not options else None, options=options or None)
     packed, packed_note = use_packed_gqa_decode(model) if settings.packed_gqa_decode else (False, "")
+    decode_kernel, decode_kernel_note = use_decode_kernel(model) if packed else (False, "")
     fused = _fuse_or_say_why(model) if fusion_wanted(settings, kind, devices) else ""
     path = GenerationPath(compiled=True, cache_lengths=cache_lengths, batch_sizes=settings.compiled_batch_sizes,
                           compile_config=compile_config, _open=True, _model=weakref.ref(model), _tokenizer=tokenizer,
-                          packed_gqa=packed, packed_gqa_note=packed_note, fused_projections=fused, segments=plan,
+                          packed_gqa=packed, packed_gqa_note=packed_note, decode_kernel=decode_kernel,
+                          decode_kernel_note=decode_kernel_note, fused_projections=fused, segments=plan,
                           regional=regional, regional_note=regional_note)
     started = time.perf_counter()
     try:

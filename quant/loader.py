@@ -439,8 +439,9 @@ def attach_generation_path(loaded: LoadedModel, progress: ProgressFn | None = No
     loaded.path = path
     report = loaded.report
     report.generation_path = path.describe()
-    if path.packed_gqa_note:
-        report.warnings.append(f"Compiled decode: {path.packed_gqa_note}.")
+    for note in (path.packed_gqa_note, path.decode_kernel_note):
+        if note:
+            report.warnings.append(f"Compiled decode: {note}.")
     report.compile_seconds = path.warmup_seconds
     report.static_cache_bytes = path.cache_bytes
     progress(1.0, "Ready")

@@ -47,6 +47,7 @@ CONTINUOUS_STEPS = ("library", "graphs")
 COMPILE_REGIONS = ("layers", "model")
 FUSE_PROJECTIONS = ("auto", "on", "off")
 INT4_DEQUANTIZE_KERNELS = ("auto", "torch")
+DECODE_ATTENTIONS = ("matmul", "triton")
 
 
 def _choice_setting(name: str, choices: tuple[str, ...]) -> str:
@@ -129,6 +130,12 @@ class Settings:
     int4_dequantize_kernel: str
     """QUANT_INT4_DEQUANTIZE_KERNEL: what dequantizes those layers' weights: auto (quant.int4_dequant's Triton kernel
     where it runs and passes its check, else the compiled torch version) or torch (to measure the two)."""
+    decode_attention: str
+    """QUANT_DECODE_ATTENTION: how a compiled grouped-query model's one-token decode steps attend over the static
+    cache. "matmul" (default): two matmuls over every slot, masked after (quant.attention.packed_gqa_sdpa); "triton":
+    quant.decode_attention's kernel, which reads only the slots each row may attend to (ragged batches leave most
+    of a long cache unread), where it runs and passes its check at the first load. Experimental: not yet measured on
+    a GPU against the matmuls."""
     batch_max_prompts: int
     """QUANT_BATCH_MAX_PROMPTS: most prompts in one Batch run (default 1000)."""
     batch_engine: str
@@ -185,6 +192,7 @@ def load_settings() -> Settings:
         compile_regions=_choice_setting("QUANT_COMPILE_REGIONS", COMPILE_REGIONS),
         int4_dequantize_rows=int_setting("QUANT_INT4_DEQUANTIZE_ROWS", 32, minimum=0),
         int4_dequantize_kernel=_choice_setting("QUANT_INT4_DEQUANTIZE_KERNEL", INT4_DEQUANTIZE_KERNELS),
+        decode_attention=_choice_setting("QUANT_DECODE_ATTENTION", DECODE_ATTENTIONS),
         batch_max_prompts=int_setting("QUANT_BATCH_MAX_PROMPTS", 1000),
         batch_engine=_choice_setting("QUANT_BATCH_ENGINE", BATCH_ENGINES),
         continuous_step=_choice_setting("QUANT_CONTINUOUS_STEP", CONTINUOUS_STEPS),

@@ -3,6 +3,11 @@
 #   bash bench/device_session.sh start "bash bench/plans/next-h200.sh"; then `wait 480` (timeout_s 560) within 30 s.
 # .whl/ needs hqq, gemlite, einops and termcolor wheels besides fetch-wheels.sh's (see 2026-12-01w-h200.sh).
 # About 25 minutes, one lane, in the order of what each answers (cut from the end if time runs short):
+#  0. issue 26, bf16 5,000: quant.decode_attention (QUANT_DECODE_ATTENTION=triton, written in the thirteenth session,
+#     never run on a GPU): its GPU test, the kernel alone against the matmuls (bench/decode_attention_bench.py), then
+#     the goal job in bf16 with it and without it (two runs one after the other; the decode step reads a 1,280-slot
+#     cache per row, 21 GB a step at batch 128, of which the ragged rows attend to under half). If it wins and passes,
+#     make it the default (QUANT_DECODE_ATTENTION's first choice) and rerun step 2 on it.
 #  1. issue 26, nf4 0.6x: bitsandbytes' dequantize + cuBLAS against bf16 at 16-256 rows (the new nf4 column of
 #     bench/int4_matmul_rows.py), beside int4's Triton dequantization: is nf4's batch bound by its dequantization?
 #  2. issue 26, the goal job in ONE run with GPTQ itself (quantized here by the Quantize pipeline, kept in /tmp/bench0)
@@ -47,6 +52,10 @@ mkdir -p $out
 PYTEST="python3 -m pytest -v -n 0 -p no:cacheprovider --tb=short -rfE -o faulthandler_timeout=300"
 BATCH="python3 bench/batch_engines.py --shape 8b --engines padded --prompts 128 --new-tokens 128 --work /tmp/bench0 --out $out"
 lane 0 \
+  "timeout 300 $PYTEST tests/gpu/test_gpu_fastpath.py -k decode_attention_kernel" \
+  "timeout 200 python3 bench/decode_attention_bench.py --out $out" \
+  "timeout 300 $BATCH --batch-size 128 --modes bf16 --tag=-bf16-matmul-attention" \
+  "QUANT_DECODE_ATTENTION=triton timeout 300 $BATCH --batch-size 128 --modes bf16 --tag=-bf16-triton-attention" \
   "timeout 200 python3 bench/int4_matmul_rows.py --out $out --tag=-nf4" \
   "timeout 600 $BATCH --batch-size 128 --modes bf16,nf4,gptq --tag=-all-modes-gptq-triton" \
   "timeout 240 $BATCH --batch-size 32 --modes bf16,gptq --tag=-b32-rows32" \

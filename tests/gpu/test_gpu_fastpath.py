@@ -197,6 +197,18 @@ def test_projections_are_fused_by_default_on_the_gpu_in_the_same_memory(setting,
     assert sum(storages.values()) == weights  # views add nothing, and nothing was left behind in another tensor
 
 
+def test_the_decode_attention_kernel_gives_the_eager_tokens(kernel_cache, monkeypatch):
+    """QUANT_DECODE_ATTENTION=triton: the compiled, CUDA-graphed decode steps (batch 1, a ragged padded batch, a chat)
+    attend with quant.decode_attention's kernel, which reads only the attended cache slots, and give eager's tokens."""
+    from quant.attention import DECODE_KERNEL_ATTRIBUTE
+
+    monkeypatch.setenv("QUANT_DECODE_ATTENTION", "triton")
+    fast = check_against_eager(LoadRequest(model=LLAMA, mode="bf16", device_map="cuda:0"))
+    assert "decode attention reading only the attended cache slots" in fast.report.generation_path
+    assert not fast.report.warnings, fast.report.warnings
+    assert all(getattr(m, DECODE_KERNEL_ATTRIBUTE) for m in fast.model.modules() if hasattr(m, "num_key_value_groups"))
+
+
 def test_kernel_cache_survives_a_restart(kernel_cache, tmp_path):
     """A second process finds the compiled kernels on disk and warms up faster than the first."""
     import subprocess

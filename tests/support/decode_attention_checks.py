@@ -1,0 +1,105 @@
+"""The checks of tests/unit/test_decode_attention.py, run in a process of their own with TRITON_INTERPRET=1 set
+before triton is imported (Triton's own library functions, the kernel's reductions, run in its interpreter only then):
+`python -m tests.support.decode_attention_checks` prints one JSON object, each check's name with "ok" or its
+traceback. Each check compares quant.decode_attention's kernel with attention computed in torch over the whole cache
+with the same mask."""
+
+from __future__ import annotations
+
+import json
+import os
+import traceback
+
+assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
+
+import torch  # noqa: E402
+
+from quant import decode_attention  # noqa: E402
+
+
+def reference(query, key, value, allowed, scale):
+    """Attention over every slot, masked: [rows, kv heads, groups, dim]."""
+    scores = torch.matmul(query.double(), key.double().transpose(-1, -2)) * scale  # [rows, kv, groups, slots]
+    scores = scores.masked_fill(~allowed[:, None, None, :], float("-inf"))
+    return torch.matmul(torch.softmax(scores, dim=-1), value.double()).float()
+
+
+def random_case(rows, kv_heads, groups, slots, dim, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(rows, kv_heads, n, dim, generator=generator) for n in (groups, slots, slots))
+
+
+def ragged_mask(slots, starts, ends):
+    position = torch.arange(slots)
+    return torch.stack([(position >= s) & (position < e) for s, e in zip(starts, ends)])
+
+
+def close(got, want):
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+KERNEL_CASES = {  # name: (rows, kv heads, groups, slots, head size, splits)
+    # Llama-3's grouping; 200 slots: the last chunk partly outside the cache
+    "grouped-200-slots": (3, 2, 4, 200, 64, 2),
+    # no grouping, a head size that is not a power of two, more splits than needed
+    "ungrouped-head-80": (2, 1, 1, 130, 80, 3),
+    # a group that is not a power of two, one chunk, one split
+    "group-of-7": (1, 2, 7, 64, 32, 1),
+}
+
+
+def masked_attention(rows, kv_heads, groups, slots, dim, splits):
+    query, key, value = random_case(rows, kv_heads, groups, slots, dim, seed=slots)
+    starts = [0, slots // 2, 5][:rows]  # a full row, left padding that skips whole chunks, a start inside a chunk
+    ends = [slots, slots - 3, 40][:rows]  # an end inside the last chunk, a row that stops early
+    allowed = ragged_mask(slots, starts, ends)
+    got = decode_attention.decode_attention_eagerly(query, key, value, allowed, dim ** -0.5, splits=splits)
+    assert got.shape == (rows, kv_heads, groups, dim)
+    close(got, reference(query, key, value, allowed, dim ** -0.5))
+
+
+def unattended_slots_are_not_read():
+    """NaN in every slot a row may not attend to (chunks skipped, and slots masked inside an attended chunk): none
+    reaches the output, so the kernel did not read them (a masked product would still be NaN)."""
+    query, key, value = random_case(2, 2, 4, 256, 64, seed=1)
+    allowed = ragged_mask(256, [100, 0], [140, 3])
+    allowed[0, 120] = False  # a hole inside an attended chunk
+    allowed[1, 200] = True  # a lone slot far from the rest
+    hidden = ~allowed[:, None, :, None].expand_as(key)
+    clean_key, clean_value = key.clone(), value.clone()
+    key[hidden], value[hidden] = float("nan"), float("nan")
+    got = decode_attention.decode_attention_eagerly(query, key, value, allowed, 0.125, splits=2)
+    assert not got.isnan().any()
+    close(got, reference(query, clean_key, clean_value, allowed, 0.125))
+
+
+def one_mask_row_for_every_row():
+    query, key, value = random_case(3, 1, 4, 96, 32, seed=2)
+    allowed = ragged_mask(96, [10], [90])
+    got = decode_attention.decode_attention_eagerly(query, key, value, allowed, 0.2)
+    close(got, reference(query, key, value, allowed.expand(3, -1), 0.2))
+
+
+def the_op_gives_the_kernels_result():
+    """The custom op (what the compiled decode step calls), called eagerly: Triton's interpreter cannot run under
+    torch.compile's fake tensors, so tracing it is tested on a GPU (tests/gpu/test_gpu_fastpath.py)."""
+    query, key, value = random_case(2, 2, 4, 128, 32, seed=3)
+    allowed = ragged_mask(128, [0, 70], [128, 100])
+    got = decode_attention.decode_attention_op()(query, key, value, allowed, 0.3)
+    close(got, reference(query, key, value, allowed, 0.3))
+
+
+CHECKS = {**{f"kernel {name}": (lambda case=case: masked_attention(*case)) for name, case in KERNEL_CASES.items()},
+          "unattended slots are not read": unattended_slots_are_not_read,
+          "one mask row for every row": one_mask_row_for_every_row, "the op gives the kernel's result": the_op_gives_the_kernels_result}
+
+
+if __name__ == "__main__":
+    results = {}
+    for name, check in CHECKS.items():
+        try:
+            check()
+            results[name] = "ok"
+        except Exception:  # noqa: BLE001 - reported to the test, which fails with it
+            results[name] = traceback.format_exc()
+    print(json.dumps(results))

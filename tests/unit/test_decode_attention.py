@@ -1,0 +1,83 @@
+"""quant.decode_attention, the Triton kernel for one-token decode attention that reads only the cache slots a row may
+attend to, run on the CPU by Triton's interpreter (TRITON_INTERPRET=1, in a process of its own:
+tests/support/decode_attention_checks.py) against attention computed in torch over the whole cache; and how a model
+is switched to it (QUANT_DECODE_ATTENTION=triton: on a GPU in 16-bit only, with the reason elsewhere). On a GPU:
+tests/gpu/test_gpu_fastpath.py (the compiled decode steps with it give the eager path's tokens)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from quant import decode_attention
+from quant.loader import LoadRequest, load_model
+from tests.conftest import LLAMA, ROOT
+
+pytest.importorskip("triton")
+
+CHECKS = ["kernel grouped-200-slots", "kernel ungrouped-head-80", "kernel group-of-7", "unattended slots are not read",
+          "one mask row for every row", "the op gives the kernel's result"]
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, str]:
+    run = subprocess.run([sys.executable, "-m", "tests.support.decode_attention_checks"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("check", CHECKS)
+def test_in_the_interpreter(results, check):
+    assert results[check] == "ok", results[check]
+
+
+def test_every_check_is_run_here(results):
+    assert sorted(results) == sorted(CHECKS)
+
+
+def test_what_does_not_fit_is_refused_with_its_shapes():
+    query, key, value = torch.zeros(2, 2, 4, 32), torch.zeros(2, 2, 64, 32), torch.zeros(2, 2, 64, 32)
+    with pytest.raises(ValueError, match="boolean mask"):
+        decode_attention.decode_attention_eagerly(query, key, value, torch.zeros(2, 64), 0.1)
+    with pytest.raises(ValueError, match="does not fit the query"):
+        decode_attention.decode_attention_eagerly(query, key[:, :1], value[:, :1],
+                                                  torch.ones(2, 64, dtype=torch.bool), 0.1)
+
+
+def test_without_a_gpu_the_refusal_says_so():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here")
+    assert decode_attention.refusal() == "no CUDA GPU"
+
+
+@pytest.mark.parametrize("setting", ["", "matmul", "triton"])
+def test_a_packed_model_uses_the_kernel_only_where_asked_and_says_why_not(setting, monkeypatch):
+    from quant.attention import DECODE_KERNEL_ATTRIBUTE, restore_sdpa, use_decode_kernel, use_packed_gqa_decode
+
+    monkeypatch.setenv("QUANT_DECODE_ATTENTION", setting)
+    loaded = load_model(LoadRequest(model=LLAMA, mode="bf16", attn_implementation="sdpa"))  # 4 heads, 2 KV heads
+    assert use_decode_kernel(loaded.model) == (False, "")  # not on packed decode: nothing to switch
+    assert use_packed_gqa_decode(loaded.model) == (True, "")
+    used, why_not = use_decode_kernel(loaded.model)
+    assert not used  # the CPU
+    assert why_not == ("decode attention on matmuls: the Triton kernel runs on a GPU in fp16 or bf16"
+                       if setting == "triton" else "")
+    attention = [m for m in loaded.model.modules() if hasattr(m, "num_key_value_groups")]
+    assert attention and all(getattr(m, DECODE_KERNEL_ATTRIBUTE) is False for m in attention)
+    restore_sdpa(loaded.model)
+    assert not any(hasattr(m, DECODE_KERNEL_ATTRIBUTE) for m in attention)
+
+
+def test_an_unknown_setting_is_refused_by_name(monkeypatch):
+    from quant.settings import SettingsError, load_settings
+
+    monkeypatch.setenv("QUANT_DECODE_ATTENTION", "flash")
+    with pytest.raises(SettingsError, match="QUANT_DECODE_ATTENTION='flash' is not one of matmul, triton"):
+        load_settings()
