@@ -21,24 +21,19 @@ a GPU against the matmul version.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import math
 
 import torch
+
+from . import triton_support
+
+refusal = triton_support.refusal
+"""Why this kernel cannot run here (no CUDA GPU, no Triton), or None."""
 
 BLOCK_S = 64
 """Cache slots per chunk: the unit the mask skips."""
 MIN_GROUP_ROWS = 16
 """tl.dot's smallest tile side: a KV head's query heads (4 in Llama-3) are padded to it."""
-
-
-def refusal() -> str | None:
-    """Why the Triton kernel cannot run here, or None."""
-    if not torch.cuda.is_available():
-        return "no CUDA GPU"
-    if importlib.util.find_spec("triton") is None:
-        return "Triton is not installed"
-    return None
 
 
 @functools.cache

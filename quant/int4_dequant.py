@@ -21,22 +21,17 @@ then keeps the compiled torch version.
 from __future__ import annotations
 
 import functools
-import importlib.util
 
 import torch
+
+from . import triton_support
+
+refusal = triton_support.refusal
+"""Why this kernel cannot run here (no CUDA GPU, no Triton), or None."""
 
 BLOCK = (8, 512, 4)
 """A program's block of the weight, rows x columns (whole packing tiles of 32 to 128 columns and whole groups of 32
 to 256), and its warps."""
-
-
-def refusal() -> str | None:
-    """Why the Triton kernel cannot dequantize here, or None."""
-    if not torch.cuda.is_available():
-        return "no CUDA GPU"
-    if importlib.util.find_spec("triton") is None:
-        return "Triton is not installed"
-    return None
 
 
 @functools.cache

@@ -6,11 +6,11 @@ with the same mask."""
 
 from __future__ import annotations
 
-import json
 import os
-import traceback
 
 assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
+
+from tests.support.interpreter_checks import report  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -91,15 +91,9 @@ def the_op_gives_the_kernels_result():
 
 CHECKS = {**{f"kernel {name}": (lambda case=case: masked_attention(*case)) for name, case in KERNEL_CASES.items()},
           "unattended slots are not read": unattended_slots_are_not_read,
-          "one mask row for every row": one_mask_row_for_every_row, "the op gives the kernel's result": the_op_gives_the_kernels_result}
+          "one mask row for every row": one_mask_row_for_every_row,
+          "the op gives the kernel's result": the_op_gives_the_kernels_result}
 
 
 if __name__ == "__main__":
-    results = {}
-    for name, check in CHECKS.items():
-        try:
-            check()
-            results[name] = "ok"
-        except Exception:  # noqa: BLE001 - reported to the test, which fails with it
-            results[name] = traceback.format_exc()
-    print(json.dumps(results))
+    report(CHECKS)

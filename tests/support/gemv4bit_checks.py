@@ -4,11 +4,11 @@ tests.support.gemv4bit_checks` prints one JSON object, each check's name with "o
 
 from __future__ import annotations
 
-import json
 import os
-import traceback
 
 assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
+
+from tests.support.interpreter_checks import report  # noqa: E402
 
 import bitsandbytes as bnb  # noqa: E402
 import torch  # noqa: E402
@@ -93,11 +93,4 @@ CHECKS = {**{f"kernel {name}": (lambda case=case: kernel_equals_bitsandbytes(*ca
 
 
 if __name__ == "__main__":
-    results = {}
-    for name, check in CHECKS.items():
-        try:
-            check()
-            results[name] = "ok"
-        except Exception:  # noqa: BLE001 - reported to the test, which fails with it
-            results[name] = traceback.format_exc()
-    print(json.dumps(results))
+    report(CHECKS)

@@ -6,17 +6,14 @@ tests/gpu/test_gpu_fastpath.py (the compiled decode steps with it give the eager
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from quant import decode_attention
 from quant.loader import LoadRequest, load_model
-from tests.conftest import LLAMA, ROOT
+from tests.conftest import LLAMA
+from tests.support.interpreter_checks import results as interpreter_results
 
 pytest.importorskip("triton")
 
@@ -26,11 +23,7 @@ CHECKS = ["kernel grouped-200-slots", "kernel ungrouped-head-80", "kernel group-
 
 @pytest.fixture(scope="module")
 def results() -> dict[str, str]:
-    run = subprocess.run([sys.executable, "-m", "tests.support.decode_attention_checks"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)})
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return interpreter_results("tests.support.decode_attention_checks")
 
 
 @pytest.mark.parametrize("check", CHECKS)

@@ -7,28 +7,20 @@ reason; a CPU load asking for it is refused. On a GPU: tests/gpu/test_gpu_method
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+
+from tests.support.interpreter_checks import results as interpreter_results
 
 pytest.importorskip("bitsandbytes")
 pytest.importorskip("triton")
 
-ROOT = Path(__file__).resolve().parents[2]
 CHECKS = ["kernel nf4-nested-512x1", "kernel nf4-plain-896x3", "kernel fp4-nested-192x8", "kernel nf4-nested-320x2",
           "converted layer", "compile traces"]
 
 
 @pytest.fixture(scope="module")
 def results() -> dict[str, str]:
-    run = subprocess.run([sys.executable, "-m", "tests.support.gemv4bit_checks"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300, env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)})
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return interpreter_results("tests.support.gemv4bit_checks")
 
 
 @pytest.mark.parametrize("check", CHECKS)
