@@ -39,8 +39,9 @@ MIN_GROUP_ROWS = 16
 @functools.cache
 def _kernel(interpret: bool):
     """The @triton.jit kernel, built on first use (and once more under TRITON_INTERPRET=1): importing this module must
-    not need Triton. (Its reductions are Triton's library functions, which the interpreter runs only in a process that
-    set TRITON_INTERPRET before importing Triton: the CPU tests run it in one, tests/support/decode_attention_checks.)"""
+    not need Triton. (Its reductions are Triton's library functions, which the interpreter runs only in a process
+    that set TRITON_INTERPRET before importing Triton: the CPU tests run it in one, see
+    tests/support/interpreter_checks.)"""
     import triton
     import triton.language as tl
 
