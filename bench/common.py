@@ -79,6 +79,12 @@ def bench_parser(description: str | None, *, out=_ABSENT, tag=_ABSENT, work=_ABS
     return result
 
 
+def copies_past_l2(nbytes: int) -> int:
+    """How many copies of a tensor of `nbytes` to cycle through so that no timed call finds its operand in the GPU's
+    L2 cache (50-60 MB on an H100/H200): 200 MB of them, at least 2."""
+    return max(2, -(-200_000_000 // nbytes))
+
+
 def result_stem(*parts: str, tag: str = "") -> str:
     """A result's file name without its suffix: the non-empty parts joined by "-", then `tag` unchanged."""
     return "-".join(str(part) for part in parts if part) + (tag or "")

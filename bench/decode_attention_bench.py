@@ -11,7 +11,6 @@ the two outputs (bf16).
 
 from __future__ import annotations
 
-import math
 import random
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REQUIRED, bench_parser, result_stem, write_results  # noqa: E402
+from bench.common import REQUIRED, bench_parser, copies_past_l2, result_stem, write_results  # noqa: E402
 from bench.int4_dequant_blocks import graph_ms  # noqa: E402
 from quant import decode_attention  # noqa: E402
 from quant.attention import packed_gqa_sdpa  # noqa: E402
@@ -61,7 +60,7 @@ def main() -> None:
     for slots in SLOTS:
         for rows in ROWS:
             cache_bytes = 2 * rows * KV_HEADS * slots * DIM * 2
-            copies = max(2, math.ceil(200e6 / cache_bytes))
+            copies = copies_past_l2(cache_bytes)
             caches = [tuple(torch.randn(rows, KV_HEADS, slots, DIM, generator=generator).to(torch.bfloat16).cuda()
                             for _ in range(2)) for _ in range(copies)]
             query = torch.randn(rows, HEADS, 1, DIM, generator=generator).to(torch.bfloat16).cuda()

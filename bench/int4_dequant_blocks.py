@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REQUIRED, bench_parser, result_stem, write_results  # noqa: E402
+from bench.common import REQUIRED, bench_parser, copies_past_l2, result_stem, write_results  # noqa: E402
 from bench.int4mm_shapes import GROUP, SHAPES, packed_weight  # noqa: E402
 from quant import int4_dequant  # noqa: E402
 from quant.int4pack import _compiled_dequantize  # noqa: E402
@@ -55,7 +55,7 @@ def main() -> None:
     summary = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "default": int4_dequant.BLOCK,
                "rows": []}
     for name, (n, k) in SHAPES.items():
-        copies = max(2, math.ceil(200e6 / (n * k * 2)))
+        copies = copies_past_l2(n * k * 2)
         weights = [packed_weight(n, k, generator) for _ in range(copies)]
         moved = n * k * 2 + weights[0][0].numel() * 4 + weights[0][1].numel() * 2
         reference = _compiled_dequantize()(*weights[0], GROUP)

@@ -17,7 +17,6 @@ Several copies of each weight are cycled so that no call finds its weight in the
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REQUIRED, bench_parser, result_stem, write_results  # noqa: E402
+from bench.common import REQUIRED, bench_parser, copies_past_l2, result_stem, write_results  # noqa: E402
 from bench.int4_dequant_blocks import graph_ms  # noqa: E402
 from bench.int4mm_shapes import GROUP, packed_weight  # noqa: E402
 from quant import int4_dequant  # noqa: E402
@@ -55,7 +54,7 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     summary = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "rows": []}
     for name, (n, k) in SHAPES.items():
-        copies = max(2, math.ceil(200e6 / (n * k * 2)))
+        copies = copies_past_l2(n * k * 2)
         weights = [packed_weight(n, k, generator) for _ in range(copies)]
         bf16 = [torch.randn(n, k, generator=generator).to(torch.bfloat16).cuda() * 0.02 for _ in range(copies)]
         nf4 = [nf4_weight(n, k, generator) for _ in range(copies)]

@@ -21,7 +21,6 @@ each layer's weight is read once per step.
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REQUIRED, bench_parser, result_stem, write_results  # noqa: E402
+from bench.common import REQUIRED, bench_parser, copies_past_l2, result_stem, write_results  # noqa: E402
 from quant.int4_dequant import dequantize_op  # noqa: E402
 from quant.int4pack import _compiled_dequantize, dequantize_cuda_packed  # noqa: E402
 
@@ -66,7 +65,7 @@ def timed_ms(call, copies: int, repeats: int = 50) -> float:
 
 
 def bench_shape(name: str, n: int, k: int, generator: torch.Generator) -> list[dict]:
-    copies = max(2, math.ceil(200e6 / (n * k * 2)))
+    copies = copies_past_l2(n * k * 2)
     int4 = [packed_weight(n, k, generator) for _ in range(copies)]
     bf16 = [torch.randn(n, k, generator=generator).to(torch.bfloat16).cuda() * 0.02 for _ in range(copies)]
 

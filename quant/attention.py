@@ -14,6 +14,7 @@ import logging
 import torch
 
 from .errors import UnsupportedModeError
+from .triton_support import KernelCheck
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,6 @@ def restore_sdpa(model) -> None:
 DECODE_KERNEL_ATTRIBUTE = "_quant_decode_attention_kernel"
 """Set on a packed model's attention modules: True where its decode steps attend with quant.decode_attention's
 kernel (read by packed_gqa_sdpa when the step is traced)."""
-_decode_kernel_refusal: list[str | None] = []
 
 
 def use_decode_kernel(model) -> tuple[bool, str]:
@@ -198,36 +198,30 @@ def _decode_kernel_choice(model) -> tuple[bool, str]:
     parameter = next(model.parameters(), None)
     if parameter is None or parameter.device.type != "cuda" or model.dtype not in (torch.float16, torch.bfloat16):
         return False, "decode attention on matmuls: the Triton kernel runs on a GPU in fp16 or bf16"
-    if not _decode_kernel_refusal:
-        from . import decode_attention
-
-        _decode_kernel_refusal.append(decode_attention.refusal() or _decode_kernel_mismatch())
-        if _decode_kernel_refusal[0]:
-            log.warning("decode attention stays on matmuls: %s", _decode_kernel_refusal[0])
-    if _decode_kernel_refusal[0]:
-        return False, f"decode attention on matmuls: {_decode_kernel_refusal[0]}"
-    return True, ""
+    refused = DECODE_KERNEL.reason()
+    return (False, f"decode attention on matmuls: {refused}") if refused else (True, "")
 
 
 def _decode_kernel_mismatch() -> str | None:
-    """Why the kernel is not used: it fails, or its attention differs from the matmuls' (bf16, ragged masks over a
-    cache that is not whole chunks, rows that use one chunk and many) by more than bf16 rounding; or None."""
+    """Where the kernel's attention differs from the matmuls' (bf16, ragged masks over a cache that is not whole
+    chunks, rows that use one chunk and many) by more than bf16 rounding; or None."""
     from .decode_attention import decode_attention_op
 
     generator = torch.Generator().manual_seed(0)
     rows, kv_heads, groups, slots, dim = 5, 2, 4, 300, 128
-    try:
-        query, key, value = (torch.randn(rows, kv_heads, n, dim, generator=generator).to(torch.bfloat16).cuda()
-                             for n in (groups, slots, slots))
-        position = torch.arange(slots)
-        allowed = torch.stack([(position >= start) & (position < end) for start, end in
-                               ((0, 300), (150, 290), (5, 9), (64, 65), (0, 128))]).cuda()
-        scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * dim ** -0.5
-        scores = scores.masked_fill(~allowed[:, None, None, :], float("-inf"))
-        want = torch.matmul(torch.softmax(scores, dim=-1), value.float())
-        got = decode_attention_op()(query, key, value, allowed, dim ** -0.5).float()
-        if not torch.allclose(got, want, atol=2e-2, rtol=2e-2):
-            return f"its attention differs from the matmuls' (largest difference {(got - want).abs().max():.3g})"
-    except Exception as exc:  # noqa: BLE001 - a Triton or driver failure: the matmuls still work
-        return f"the Triton kernel failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+    query, key, value = (torch.randn(rows, kv_heads, n, dim, generator=generator).to(torch.bfloat16).cuda()
+                         for n in (groups, slots, slots))
+    position = torch.arange(slots)
+    allowed = torch.stack([(position >= start) & (position < end) for start, end in
+                           ((0, 300), (150, 290), (5, 9), (64, 65), (0, 128))]).cuda()
+    scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * dim ** -0.5
+    scores = scores.masked_fill(~allowed[:, None, None, :], float("-inf"))
+    want = torch.matmul(torch.softmax(scores, dim=-1), value.float())
+    got = decode_attention_op()(query, key, value, allowed, dim ** -0.5).float()
+    if not torch.allclose(got, want, atol=2e-2, rtol=2e-2):
+        return f"its attention differs from the matmuls' (largest difference {(got - want).abs().max():.3g})"
     return None
+
+
+DECODE_KERNEL = KernelCheck(_decode_kernel_mismatch, log, "decode attention stays on matmuls")
+"""Whether quant.decode_attention's kernel can attend in this process (decided at the first load that asks for it)."""

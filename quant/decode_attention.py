@@ -21,7 +21,6 @@ a GPU against the matmul version.
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 
@@ -89,9 +88,13 @@ def _kernel(interpret: bool):
     return decode_attention_kernel
 
 
+def _chunks(slots: int) -> int:
+    return -(-slots // BLOCK_S)
+
+
 def split_count(rows: int, kv_heads: int, slots: int, device: torch.device) -> int:
     """Splits of each row's slots: enough programs for two per streaming multiprocessor, at most one a chunk."""
-    chunks = -(-slots // BLOCK_S)
+    chunks = _chunks(slots)
     if device.type != "cuda":
         return min(chunks, 2)  # the interpreter: a split boundary inside every test
     processors = torch.cuda.get_device_properties(device).multi_processor_count
@@ -114,11 +117,11 @@ def _check(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed:
 
 def _launch(query, key, value, allowed, scale: float, splits: int, kernel_wrapper=None):
     """Run the kernel; returns the partial results (acc [rows, kv heads, splits, groups, dim], max, sum) in float32."""
-    from triton import knobs
+    from triton import knobs, next_power_of_2
 
     rows, kv_heads, groups, dim = query.shape
     slots = key.shape[2]
-    chunks_per_split = -(-(-(-slots // BLOCK_S)) // splits)
+    chunks_per_split = -(-_chunks(slots) // splits)
     acc = torch.empty(rows, kv_heads, splits, groups, dim, dtype=torch.float32, device=query.device)
     best = torch.empty(rows, kv_heads, splits, groups, dtype=torch.float32, device=query.device)
     total = torch.empty_like(best)
@@ -132,13 +135,9 @@ def _launch(query, key, value, allowed, scale: float, splits: int, kernel_wrappe
         value.stride(0), value.stride(1), value.stride(2),
         allowed_bytes.stride(0) if allowed.shape[0] > 1 else 0, allowed_bytes.stride(1),
         kv_heads, groups, slots, dim, scale, chunks_per_split, splits,
-        BLOCK_G=max(MIN_GROUP_ROWS, triton_next_power_of_2(groups)), BLOCK_S=BLOCK_S,
-        BLOCK_D=max(16, triton_next_power_of_2(dim)))
+        BLOCK_G=max(MIN_GROUP_ROWS, next_power_of_2(groups)), BLOCK_S=BLOCK_S,
+        BLOCK_D=max(16, next_power_of_2(dim)))
     return acc, best, total
-
-
-def triton_next_power_of_2(n: int) -> int:
-    return 1 << max(0, math.ceil(math.log2(n)))
 
 
 def _combine(acc: torch.Tensor, best: torch.Tensor, total: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

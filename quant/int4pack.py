@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import int4_dequant  # imports Triton only when its kernel is used
+from . import int4_dequant, triton_support  # Triton is imported only when a kernel is used
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +97,6 @@ def _compiled_dequantize():
     return _dequantize_kernel
 
 
-_triton_refusal: list[str | None] = []
-
-
 def dequantize_kernel_choice() -> str:
     """Which kernel dequantizes the packed weight for long inputs on this GPU: "triton" (quant.int4_dequant: writes
     the weight at several times the rate of the compiled torch version) where it runs and gives torch's weights on a
@@ -110,45 +107,43 @@ def dequantize_kernel_choice() -> str:
 
     if load_settings().int4_dequantize_kernel == "torch":
         return "torch"
-    if not _triton_refusal:
-        _triton_refusal.append(int4_dequant.refusal() or _triton_dequantize_mismatch())
-        if _triton_refusal[0]:
-            log.warning("int4 layers dequantize long inputs with the compiled torch kernel: %s", _triton_refusal[0])
-    return "torch" if _triton_refusal[0] else "triton"
+    return "torch" if TRITON_DEQUANTIZE.reason() else "triton"
 
 
 def dequantize_kernel_warnings(model: nn.Module) -> list[str]:
     """The load report's line where `model`'s int4pack layers dequantize with the slower torch version although the
     operator did not ask for it (the Triton kernel refused here, with its reason); else none."""
     dequantizing = [m for m in model.modules() if isinstance(m, Int4PackedLinear) and m.dequantize_from_rows]
-    if not dequantizing or all(m.dequantize_kernel == "triton" for m in dequantizing) or not _triton_refusal \
-            or not _triton_refusal[0]:
+    refused = TRITON_DEQUANTIZE.known_reason
+    if not dequantizing or all(m.dequantize_kernel == "triton" for m in dequantizing) or not refused:
         return []
     return [f"Prompts and batches of {dequantizing[0].dequantize_from_rows} rows or more dequantize the int4 weights "
             f"with the compiled torch kernel, several times slower than quant.int4_dequant's Triton kernel: "
-            f"{_triton_refusal[0]}."]
+            f"{refused}."]
 
 
 def _triton_dequantize_mismatch() -> str | None:
-    """Why the Triton kernel is not used: it fails, or its weights differ from torch's by more than one bfloat16 step
-    (Triton may contract the multiply-add into an FMA), on random codes packed by PyTorch's own kernel; or None."""
+    """Where the Triton kernel's weights differ from torch's by more than one bfloat16 step (Triton may contract the
+    multiply-add into an FMA), on random codes packed by PyTorch's own kernel; or None."""
     generator = torch.Generator().manual_seed(0)
-    try:
-        for inner_k_tiles, group_size in ((8, 128), (4, 64), (2, 32), (8, 256)):
-            n, k = 48, 1024
-            codes = torch.randint(0, 16, (n, k), generator=generator, dtype=torch.int32).cuda()
-            packed = _pack_for_cuda(codes, inner_k_tiles)
-            scales_and_zeros = torch.stack([torch.rand(k // group_size, n, generator=generator) * 0.02 + 1e-3,
-                                            torch.randn(k // group_size, n, generator=generator) * 0.01], dim=-1)
-            scales_and_zeros = scales_and_zeros.to(torch.bfloat16).cuda().contiguous()
-            want = dequantize_cuda_packed(packed, scales_and_zeros, group_size).float()
-            got = int4_dequant.dequantize_op()(packed, scales_and_zeros, group_size).float()
-            if not torch.all((got - want).abs() <= want.abs() * 2**-7 + 1e-30):
-                return (f"the Triton kernel's weights differ from torch's (inner_k_tiles {inner_k_tiles}, group size "
-                        f"{group_size})")
-    except Exception as exc:  # noqa: BLE001 - a Triton or driver failure: the torch version still works
-        return f"the Triton kernel failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+    for inner_k_tiles, group_size in ((8, 128), (4, 64), (2, 32), (8, 256)):
+        n, k = 48, 1024
+        codes = torch.randint(0, 16, (n, k), generator=generator, dtype=torch.int32).cuda()
+        packed = _pack_for_cuda(codes, inner_k_tiles)
+        scales_and_zeros = torch.stack([torch.rand(k // group_size, n, generator=generator) * 0.02 + 1e-3,
+                                        torch.randn(k // group_size, n, generator=generator) * 0.01], dim=-1)
+        scales_and_zeros = scales_and_zeros.to(torch.bfloat16).cuda().contiguous()
+        want = dequantize_cuda_packed(packed, scales_and_zeros, group_size).float()
+        got = int4_dequant.dequantize_op()(packed, scales_and_zeros, group_size).float()
+        if not torch.all((got - want).abs() <= want.abs() * 2**-7 + 1e-30):
+            return (f"the Triton kernel's weights differ from torch's (inner_k_tiles {inner_k_tiles}, group size "
+                    f"{group_size})")
     return None
+
+
+TRITON_DEQUANTIZE = triton_support.KernelCheck(_triton_dequantize_mismatch, log,
+                                               "int4 layers dequantize long inputs with the compiled torch kernel")
+"""Whether quant.int4_dequant's kernel dequantizes in this process (decided at the first layer that wants it)."""
 
 
 def _dequantize(kernel: str, packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> torch.Tensor:

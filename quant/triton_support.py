@@ -1,8 +1,11 @@
-"""What every Triton kernel of this package needs before it can run (quant.int4_dequant, quant.decode_attention)."""
+"""What every Triton kernel of this package needs before it is used (quant.int4_dequant, quant.decode_attention): a
+GPU and Triton, and a check against the torch version it replaces, once a process."""
 
 from __future__ import annotations
 
 import importlib.util
+import logging
+from typing import Callable
 
 import torch
 
@@ -14,3 +17,30 @@ def refusal() -> str | None:
     if importlib.util.find_spec("triton") is None:
         return "Triton is not installed"
     return None
+
+
+class KernelCheck:
+    """Whether a Triton kernel is used in this process: where it can run (`refusal`) and `check` (run on the GPU:
+    the kernel against the torch version it replaces; returns what differs, or None) finds nothing wrong. Decided at
+    the first `reason()`, once a process, the reason logged after `fallback` (what runs instead); a check that raises
+    (a Triton or driver failure) refuses with its error."""
+
+    def __init__(self, check: Callable[[], str | None], logger: logging.Logger, fallback: str):
+        self._check, self._log, self._fallback = check, logger, fallback
+        self.decided = False
+        self.known_reason: str | None = None
+        """Why the kernel is refused, once decided (None: not decided yet, or used)."""
+
+    def reason(self) -> str | None:
+        """Why the kernel is not used here, or None; decided now if not yet."""
+        if not self.decided:
+            reason = refusal()
+            if reason is None:
+                try:
+                    reason = self._check()
+                except Exception as exc:  # noqa: BLE001 - the torch version still works
+                    reason = f"the Triton kernel failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            self.decided, self.known_reason = True, reason
+            if reason:
+                self._log.warning("%s: %s", self._fallback, reason)
+        return self.known_reason

@@ -67,15 +67,16 @@ def test_the_kernel_choice_says_why_it_keeps_torchs(monkeypatch, caplog):
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is here: tests/gpu runs the choice")
-    monkeypatch.setattr(int4pack, "_triton_refusal", [])
+    monkeypatch.setattr(int4pack.TRITON_DEQUANTIZE, "decided", False)  # and restored after, with its reason
+    monkeypatch.setattr(int4pack.TRITON_DEQUANTIZE, "known_reason", None)
     with caplog.at_level("WARNING", logger="quant.int4pack"):
         assert int4pack.dequantize_kernel_choice() == "torch"
         assert int4pack.dequantize_kernel_choice() == "torch"
     assert [r.getMessage() for r in caplog.records] == [
         "int4 layers dequantize long inputs with the compiled torch kernel: no CUDA GPU"]
     monkeypatch.setenv("QUANT_INT4_DEQUANTIZE_KERNEL", "torch")
-    monkeypatch.setattr(int4pack, "_triton_refusal", [])
-    assert int4pack.dequantize_kernel_choice() == "torch" and int4pack._triton_refusal == []
+    monkeypatch.setattr(int4pack.TRITON_DEQUANTIZE, "decided", False)
+    assert int4pack.dequantize_kernel_choice() == "torch" and not int4pack.TRITON_DEQUANTIZE.decided
     monkeypatch.setenv("QUANT_INT4_DEQUANTIZE_KERNEL", "cuda")
     with pytest.raises(SettingsError, match="QUANT_INT4_DEQUANTIZE_KERNEL='cuda' is not one of auto, torch"):
         int4pack.dequantize_kernel_choice()
@@ -92,7 +93,7 @@ def test_the_load_report_says_when_the_slower_dequantization_runs_and_why(monkey
     codes = torch.randint(0, 16, (16, 64), generator=torch.Generator().manual_seed(0))
     layer = int4pack.pack_int4_linear(codes, torch.ones(2, 16), torch.zeros(2, 16), group_size=32, bias=None)
     model = nn.Sequential(layer)
-    monkeypatch.setattr(int4pack, "_triton_refusal", ["no CUDA GPU"])
+    monkeypatch.setattr(int4pack.TRITON_DEQUANTIZE, "known_reason", "no CUDA GPU")
     assert int4pack.dequantize_kernel_warnings(model) == []  # dequantize_from_rows 0 (on the CPU it is always)
     layer.dequantize_from_rows = 32
     assert int4pack.dequantize_kernel_warnings(model) == [
@@ -101,5 +102,6 @@ def test_the_load_report_says_when_the_slower_dequantization_runs_and_why(monkey
     layer.dequantize_kernel = "triton"
     assert int4pack.dequantize_kernel_warnings(model) == []
     layer.dequantize_kernel = "torch"
-    monkeypatch.setattr(int4pack, "_triton_refusal", [])  # QUANT_INT4_DEQUANTIZE_KERNEL=torch: nothing refused
+    # QUANT_INT4_DEQUANTIZE_KERNEL=torch: nothing refused
+    monkeypatch.setattr(int4pack.TRITON_DEQUANTIZE, "known_reason", None)
     assert int4pack.dequantize_kernel_warnings(model) == []
