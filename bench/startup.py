@@ -131,7 +131,9 @@ def _stop_profiling(profilers: list, top: int = 45) -> dict:
 
 def start(model: str, mode: str, device_map: str, cache: Path, new_tokens: int, regions: str,
           profile: bool = False) -> dict:
-    env = {**os.environ, "QUANT_KERNEL_CACHE": str(cache), "PYTHONPATH": str(ROOT), "QUANT_COMPILE_REGIONS": regions}
+    # The repo first, then what the caller had on the path (the device machine's packages live in /tmp/site).
+    python_path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "QUANT_KERNEL_CACHE": str(cache), "PYTHONPATH": python_path, "QUANT_COMPILE_REGIONS": regions}
     if profile:
         env["STARTUP_BENCH_PROFILE"] = "1"
     for inherited in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):  # the cache must be this run's folder alone

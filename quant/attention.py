@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 
 import torch
 
@@ -108,12 +109,11 @@ def packed_gqa_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: torch
                                       **kwargs)
     batch, heads, _, dim = query.shape
     scale = scaling if scaling is not None else dim ** -0.5
-    if getattr(module, DECODE_KERNEL_ATTRIBUTE, False) and query.is_cuda and attention_mask is not None and \
+    kernel_from_rows = getattr(module, DECODE_KERNEL_ATTRIBUTE, 0)
+    if kernel_from_rows and batch >= kernel_from_rows and query.is_cuda and attention_mask is not None and \
             attention_mask.dtype == torch.bool and key.shape[-1] == value.shape[-1] == dim:
-        from .decode_attention import decode_attention_op
-
-        output = decode_attention_op()(_fold_query_heads(query, groups), key, value, attention_mask[:, 0, 0, :],
-                                       scale)  # [batch, kv heads, groups, dim]
+        output = torch.ops.quant.decode_attention(_fold_query_heads(query, groups), key, value,
+                                                  attention_mask[:, 0, 0, :], scale)  # [batch, kv heads, groups, dim]
         return output.reshape(batch, heads, 1, dim).transpose(1, 2).contiguous(), None
     scores = torch.matmul(_fold_query_heads(query, groups), key.transpose(-1, -2)) * scale  # [b, kv, groups, slots]
     if attention_mask is not None:  # [batch, 1, 1, slots]: True (or 0.0) where a slot may be attended
@@ -173,19 +173,26 @@ def restore_sdpa(model) -> None:
 
 
 DECODE_KERNEL_ATTRIBUTE = "_quant_decode_attention_kernel"
-"""Set on a packed model's attention modules: True where its decode steps attend with quant.decode_attention's
-kernel (read by packed_gqa_sdpa when the step is traced)."""
+"""Set on a packed model's attention modules: the batch size from which its decode steps attend with
+quant.decode_attention's kernel (its launch settings' min_rows), 0 where they do not (read by packed_gqa_sdpa when the
+step is traced)."""
 
 
 def use_decode_kernel(model) -> tuple[bool, str]:
     """Let a model on `packed_gqa_sdpa` attend in its one-token decode steps with quant.decode_attention's Triton
-    kernel, where the operator asked for it (QUANT_DECODE_ATTENTION=triton), the model is on a GPU in 16-bit, and the
-    kernel runs and gives the matmuls' attention on a check (once a process). Returns whether it does and, where it
-    was asked for but does not, why."""
+    kernel, unless the operator chose the matmuls (QUANT_DECODE_ATTENTION=matmul), where the model is on a GPU in
+    16-bit and the kernel runs and gives the matmuls' attention on a check (once a process). Returns whether it does
+    and, where it does not on a GPU (or was asked for by name elsewhere), why."""
     use, why_not = _decode_kernel_choice(model)
+    from_rows = 0
+    if use:
+        from .decode_attention import configured, decode_attention_op
+
+        decode_attention_op()  # registered as torch.ops.quant.decode_attention, which the traced step calls
+        from_rows = configured().min_rows
     for module in model.modules():
         if hasattr(module, "num_key_value_groups"):
-            setattr(module, DECODE_KERNEL_ATTRIBUTE, use)
+            setattr(module, DECODE_KERNEL_ATTRIBUTE, from_rows)
     return use, why_not
 
 
@@ -197,7 +204,8 @@ def _decode_kernel_choice(model) -> tuple[bool, str]:
         return False, ""
     parameter = next(model.parameters(), None)
     if parameter is None or parameter.device.type != "cuda" or model.dtype not in (torch.float16, torch.bfloat16):
-        return False, "decode attention on matmuls: the Triton kernel runs on a GPU in fp16 or bf16"
+        asked = os.environ.get("QUANT_DECODE_ATTENTION", "").strip()  # the default says nothing where it cannot run
+        return False, "decode attention on matmuls: the Triton kernel runs on a GPU in fp16 or bf16" if asked else ""
     refused = DECODE_KERNEL.reason()
     return (False, f"decode attention on matmuls: {refused}") if refused else (True, "")
 
@@ -217,7 +225,9 @@ def _decode_kernel_mismatch() -> str | None:
     scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * dim ** -0.5
     scores = scores.masked_fill(~allowed[:, None, None, :], float("-inf"))
     want = torch.matmul(torch.softmax(scores, dim=-1), value.float())
-    got = decode_attention_op()(query, key, value, allowed, dim ** -0.5).float()
+    # compiled, as the decode step calls it: Inductor lowers what the op does around the kernel
+    attend = torch.compile(decode_attention_op(), fullgraph=True, dynamic=False)
+    got = attend(query, key, value, allowed, dim ** -0.5).float()
     if not torch.allclose(got, want, atol=2e-2, rtol=2e-2):
         return f"its attention differs from the matmuls' (largest difference {(got - want).abs().max():.3g})"
     return None

@@ -199,7 +199,8 @@ class GenerationPath:
     packed_gqa_note: str = ""
     """Why a grouped-query model's compiled decode stays on transformers' sdpa (empty otherwise)."""
     decode_kernel: bool = False
-    """Packed decode attends with quant.decode_attention's Triton kernel (QUANT_DECODE_ATTENTION=triton)."""
+    """Packed decode attends with quant.decode_attention's Triton kernel (QUANT_DECODE_ATTENTION=triton, the default
+    on a GPU in 16-bit where the kernel passes its check)."""
     decode_kernel_note: str = ""
     """Why it does not, where the operator asked for it (empty otherwise)."""
     fused_projections: str = ""

@@ -47,7 +47,7 @@ CONTINUOUS_STEPS = ("library", "graphs")
 COMPILE_REGIONS = ("layers", "model")
 FUSE_PROJECTIONS = ("auto", "on", "off")
 INT4_DEQUANTIZE_KERNELS = ("auto", "torch")
-DECODE_ATTENTIONS = ("matmul", "triton")
+DECODE_ATTENTIONS = ("triton", "matmul")
 
 
 def _choice_setting(name: str, choices: tuple[str, ...]) -> str:
@@ -132,10 +132,16 @@ class Settings:
     where it runs and passes its check, else the compiled torch version) or torch (to measure the two)."""
     decode_attention: str
     """QUANT_DECODE_ATTENTION: how a compiled grouped-query model's one-token decode steps attend over the static
-    cache. "matmul" (default): two matmuls over every slot, masked after (quant.attention.packed_gqa_sdpa); "triton":
-    quant.decode_attention's kernel, which reads only the slots each row may attend to (ragged batches leave most
-    of a long cache unread), where it runs and passes its check at the first load. Experimental: not yet measured on
-    a GPU against the matmuls."""
+    cache on a GPU in fp16/bf16. "triton" (default): quant.decode_attention's kernel, which reads only the slots each
+    row may attend to, where it runs and passes its check at the first load (else the matmuls, the load report says
+    why); "matmul": two matmuls over every slot, masked after (quant.attention.packed_gqa_sdpa). H200, 8B, one layer:
+    the kernel 0.49x the matmuls' time at 128 ragged rows over 1,280 slots, 0.94-1.02x where every slot is attended;
+    the goal job of issue 26 4,006 -> 4,384 tok/s (bench/results/decode-attention-v2.md)."""
+    decode_attention_kernel: str
+    """QUANT_DECODE_ATTENTION_KERNEL: the Triton decode attention's launch settings and the batch size from which a
+    decode step uses it, `name=value` pairs over quant.decode_attention.KernelConfig's defaults (e.g. `block=128,
+    warps=8,min_rows=32`; bench/decode_attention_bench.py --sweep measures them and prints the fastest as this
+    setting). For another GPU than the H200 the defaults were measured on."""
     batch_max_prompts: int
     """QUANT_BATCH_MAX_PROMPTS: most prompts in one Batch run (default 1000)."""
     batch_engine: str
@@ -176,6 +182,17 @@ class Settings:
     across restarts. Default ~/.cache/quant-playground/kernels."""
 
 
+def _decode_attention_kernel_setting() -> str:
+    from .decode_attention import CONFIG_VARIABLE, KernelConfig
+
+    text = os.environ.get(CONFIG_VARIABLE, "").strip()
+    try:
+        return KernelConfig.parse(text).setting()
+    except ValueError as exc:
+        raise SettingsError(f"{CONFIG_VARIABLE}={text!r}: {exc}.",
+                            f"Unset it for the defaults, {KernelConfig().setting()}.") from None
+
+
 def load_settings() -> Settings:
     return Settings(
         default_model=os.environ.get("QUANT_DEFAULT_MODEL", DEFAULT_HUB_MODEL),
@@ -193,6 +210,7 @@ def load_settings() -> Settings:
         int4_dequantize_rows=int_setting("QUANT_INT4_DEQUANTIZE_ROWS", 32, minimum=0),
         int4_dequantize_kernel=_choice_setting("QUANT_INT4_DEQUANTIZE_KERNEL", INT4_DEQUANTIZE_KERNELS),
         decode_attention=_choice_setting("QUANT_DECODE_ATTENTION", DECODE_ATTENTIONS),
+        decode_attention_kernel=_decode_attention_kernel_setting(),
         batch_max_prompts=int_setting("QUANT_BATCH_MAX_PROMPTS", 1000),
         batch_engine=_choice_setting("QUANT_BATCH_ENGINE", BATCH_ENGINES),
         continuous_step=_choice_setting("QUANT_CONTINUOUS_STEP", CONTINUOUS_STEPS),

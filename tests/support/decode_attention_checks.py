@@ -48,29 +48,48 @@ KERNEL_CASES = {  # name: (rows, kv heads, groups, slots, head size, splits)
 }
 
 
-def masked_attention(rows, kv_heads, groups, slots, dim, splits):
+CONFIGS = {  # the launch settings' variants that change what the kernel computes where (the rest only its speed)
+    "": decode_attention.KernelConfig(),
+    ", chunks loaded whole": decode_attention.KernelConfig(masked_loads=False),
+    ", chunks of 16": decode_attention.KernelConfig(block=16),
+    ", chunks of 128 loaded whole": decode_attention.KernelConfig(block=128, masked_loads=False),
+}
+
+
+def masked_attention(rows, kv_heads, groups, slots, dim, splits, config):
     query, key, value = random_case(rows, kv_heads, groups, slots, dim, seed=slots)
     starts = [0, slots // 2, 5][:rows]  # a full row, left padding that skips whole chunks, a start inside a chunk
     ends = [slots, slots - 3, 40][:rows]  # an end inside the last chunk, a row that stops early
     allowed = ragged_mask(slots, starts, ends)
-    got = decode_attention.decode_attention_eagerly(query, key, value, allowed, dim ** -0.5, splits=splits)
+    got = decode_attention.decode_attention_eagerly(query, key, value, allowed, dim ** -0.5, splits=splits,
+                                                    config=config)
     assert got.shape == (rows, kv_heads, groups, dim)
     close(got, reference(query, key, value, allowed, dim ** -0.5))
 
 
-def unattended_slots_are_not_read():
-    """NaN in every slot a row may not attend to (chunks skipped, and slots masked inside an attended chunk): none
-    reaches the output, so the kernel did not read them (a masked product would still be NaN)."""
+def refused_slots_weigh_nothing(config):
+    """NaN in every slot a row may not attend to (before and after its span, a hole inside an attended chunk, the
+    gap before a lone slot far from the rest): none reaches the output, whether the kernel skips them or loads and
+    zeroes them (a masked product of a NaN would still be NaN)."""
     query, key, value = random_case(2, 2, 4, 256, 64, seed=1)
     allowed = ragged_mask(256, [100, 0], [140, 3])
-    allowed[0, 120] = False  # a hole inside an attended chunk
-    allowed[1, 200] = True  # a lone slot far from the rest
+    allowed[0, 120] = False
+    allowed[1, 200] = True
     hidden = ~allowed[:, None, :, None].expand_as(key)
     clean_key, clean_value = key.clone(), value.clone()
     key[hidden], value[hidden] = float("nan"), float("nan")
-    got = decode_attention.decode_attention_eagerly(query, key, value, allowed, 0.125, splits=2)
-    assert not got.isnan().any()
-    close(got, reference(query, clean_key, clean_value, allowed, 0.125))
+    for splits in (1, 2, 3):  # a split whose share of the span is empty, or holds only refused slots
+        got = decode_attention.decode_attention_eagerly(query, key, value, allowed, 0.125, splits=splits,
+                                                        config=config)
+        assert not got.isnan().any()
+        close(got, reference(query, clean_key, clean_value, allowed, 0.125))
+
+
+def chunk_bounds():
+    """The span of chunks each row's loop walks: from the chunk of its first allowed slot to that of its last."""
+    allowed = ragged_mask(200, [0, 70, 199, 64], [200, 130, 200, 64])  # whole, inside, the last slot, none
+    bounds = decode_attention.chunk_bounds(allowed, 64).tolist()
+    assert bounds == [[0, 4], [1, 3], [3, 4], [3, 3]], bounds
 
 
 def one_mask_row_for_every_row():
@@ -89,8 +108,11 @@ def the_op_gives_the_kernels_result():
     close(got, reference(query, key, value, allowed, 0.3))
 
 
-CHECKS = {**{f"kernel {name}": (lambda case=case: masked_attention(*case)) for name, case in KERNEL_CASES.items()},
-          "unattended slots are not read": unattended_slots_are_not_read,
+CHECKS = {**{f"kernel {name}{variant}": (lambda case=case, config=config: masked_attention(*case, config))
+             for name, case in KERNEL_CASES.items() for variant, config in CONFIGS.items()},
+          **{f"refused slots weigh nothing{variant}": (lambda config=config: refused_slots_weigh_nothing(config))
+             for variant, config in CONFIGS.items()},
+          "chunk bounds": chunk_bounds,
           "one mask row for every row": one_mask_row_for_every_row,
           "the op gives the kernel's result": the_op_gives_the_kernels_result}
 

@@ -17,8 +17,11 @@ from tests.support.interpreter_checks import results as interpreter_results
 
 pytest.importorskip("triton")
 
-CHECKS = ["kernel grouped-200-slots", "kernel ungrouped-head-80", "kernel group-of-7", "unattended slots are not read",
-          "one mask row for every row", "the op gives the kernel's result"]
+VARIANTS = ["", ", chunks loaded whole", ", chunks of 16", ", chunks of 128 loaded whole"]
+CHECKS = [*(f"kernel {case}{variant}" for case in ("grouped-200-slots", "ungrouped-head-80", "group-of-7")
+            for variant in VARIANTS),
+          *(f"refused slots weigh nothing{variant}" for variant in VARIANTS),
+          "chunk bounds", "one mask row for every row", "the op gives the kernel's result"]
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +64,9 @@ def test_a_packed_model_uses_the_kernel_only_where_asked_and_says_why_not(settin
     used, why_not = use_decode_kernel(loaded.model)
     assert not used  # the CPU
     assert why_not == ("decode attention on matmuls: the Triton kernel runs on a GPU in fp16 or bf16"
-                       if setting == "triton" else "")
+                       if setting == "triton" else "")  # the default (unset) is the kernel, but says nothing here
     attention = [m for m in loaded.model.modules() if hasattr(m, "num_key_value_groups")]
-    assert attention and all(getattr(m, DECODE_KERNEL_ATTRIBUTE) is False for m in attention)
+    assert attention and all(getattr(m, DECODE_KERNEL_ATTRIBUTE) == 0 for m in attention)
     restore_sdpa(loaded.model)
     assert not any(hasattr(m, DECODE_KERNEL_ATTRIBUTE) for m in attention)
 
@@ -72,5 +75,29 @@ def test_an_unknown_setting_is_refused_by_name(monkeypatch):
     from quant.settings import SettingsError, load_settings
 
     monkeypatch.setenv("QUANT_DECODE_ATTENTION", "flash")
-    with pytest.raises(SettingsError, match="QUANT_DECODE_ATTENTION='flash' is not one of matmul, triton"):
+    with pytest.raises(SettingsError, match="QUANT_DECODE_ATTENTION='flash' is not one of triton, matmul"):
         load_settings()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("block=48", "block=48 is not a power of two of at least 16"),
+    ("warps=four", "warps='four' is not a whole number"),
+    ("blocks=64", "'blocks' is not one of block, masked_loads, min_rows, programs_per_sm, stages, warps"),
+    ("min_rows=0", "must be at least 1"),
+])
+def test_a_launch_setting_that_cannot_be_used_is_refused_at_start_with_the_defaults(text, message, monkeypatch):
+    from quant.settings import SettingsError, load_settings
+
+    monkeypatch.setenv("QUANT_DECODE_ATTENTION_KERNEL", text)
+    with pytest.raises(SettingsError, match="QUANT_DECODE_ATTENTION_KERNEL") as refused:
+        load_settings()
+    assert message in str(refused.value)
+    assert decode_attention.KernelConfig().setting() in str(refused.value)
+
+
+def test_a_launch_setting_overrides_only_what_it_names(monkeypatch):
+    monkeypatch.setenv("QUANT_DECODE_ATTENTION_KERNEL", "block=128, masked_loads=0,min_rows=32")
+    config = decode_attention.configured()
+    assert (config.block, config.masked_loads, config.min_rows) == (128, False, 32)
+    assert config.warps == decode_attention.KernelConfig().warps
+    assert decode_attention.KernelConfig.parse(config.setting()) == config  # what the bench writes reads back
