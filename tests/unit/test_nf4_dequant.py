@@ -1,0 +1,33 @@
+"""quant.nf4_dequant, one Triton kernel that dequantizes bitsandbytes' 4-bit weights, run on the CPU by Triton's
+interpreter (TRITON_INTERPRET=1, in a process of its own: tests/support/nf4_dequant_checks.py) against bitsandbytes'
+own dequantization of the same bytes: nf4 and fp4, with and without double quantization (over more than 256 absmax
+blocks, so the nested scale changes along the weight), blocks of 64 and 128, bf16 and fp16, a weight that is not a
+whole number of programs, blocks longer than a program; bit for bit in float32. Not wired into the layers yet: on a GPU it is timed alone
+(bench/int4_matmul_rows.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.interpreter_checks import results as interpreter_results
+
+pytest.importorskip("bitsandbytes")
+pytest.importorskip("triton")
+
+CHECKS = ["kernel nf4 nested 160x512", "kernel nf4 plain 40x100", "kernel fp4 nested 24x256 fp16",
+          "kernel nf4 nested blocks of 128", "kernel nf4 plain blocks of 4096", "what it cannot read is refused"]
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, str]:
+    return interpreter_results("tests.support.nf4_dequant_checks")
+
+
+@pytest.mark.parametrize("check", CHECKS)
+def test_in_the_interpreter(results, check):
+    assert results[check] == "ok", results[check]
+
+
+def test_every_check_is_run_here(results):
+    assert sorted(results) == sorted(CHECKS)
+
