@@ -206,18 +206,34 @@ def _decode_kernel_choice(model) -> tuple[bool, str]:
     if parameter is None or parameter.device.type != "cuda" or model.dtype not in (torch.float16, torch.bfloat16):
         asked = os.environ.get("QUANT_DECODE_ATTENTION", "").strip()  # the default says nothing where it cannot run
         return False, "decode attention on matmuls: the Triton kernel runs on a GPU in fp16 or bf16" if asked else ""
-    refused = DECODE_KERNEL.reason()
+    config = model.config
+    heads = config.num_attention_heads
+    dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    refused = decode_kernel_check(dim, heads // config.num_key_value_heads, model.dtype).reason()
     return (False, f"decode attention on matmuls: {refused}") if refused else (True, "")
 
 
-def _decode_kernel_mismatch() -> str | None:
-    """Where the kernel's attention differs from the matmuls' (bf16, ragged masks over a cache that is not whole
-    chunks, rows that use one chunk and many) by more than bf16 rounding; or None."""
+_decode_kernel_checks: dict[tuple, KernelCheck] = {}
+
+
+def decode_kernel_check(dim: int, groups: int, dtype: torch.dtype) -> KernelCheck:
+    """Whether quant.decode_attention's kernel attends for models of this head size, grouping and dtype in this
+    process (decided at the first load of such a model: a head size of 256 needs twice the shared memory of 128)."""
+    key = (dim, groups, dtype)
+    if key not in _decode_kernel_checks:
+        _decode_kernel_checks[key] = KernelCheck(lambda: _decode_kernel_mismatch(dim, groups, dtype), log,
+                                                 f"decode attention of head size {dim} stays on matmuls")
+    return _decode_kernel_checks[key]
+
+
+def _decode_kernel_mismatch(dim: int, groups: int, dtype: torch.dtype) -> str | None:
+    """Where the kernel's attention differs from the matmuls' (ragged masks over a cache that is not whole chunks,
+    rows that use one chunk and many) by more than 16-bit rounding; or None."""
     from .decode_attention import decode_attention_op
 
     generator = torch.Generator().manual_seed(0)
-    rows, kv_heads, groups, slots, dim = 5, 2, 4, 300, 128
-    query, key, value = (torch.randn(rows, kv_heads, n, dim, generator=generator).to(torch.bfloat16).cuda()
+    rows, kv_heads, slots = 5, 2, 300
+    query, key, value = (torch.randn(rows, kv_heads, n, dim, generator=generator).to(dtype).cuda()
                          for n in (groups, slots, slots))
     position = torch.arange(slots)
     allowed = torch.stack([(position >= start) & (position < end) for start, end in
@@ -232,6 +248,3 @@ def _decode_kernel_mismatch() -> str | None:
         return f"its attention differs from the matmuls' (largest difference {(got - want).abs().max():.3g})"
     return None
 
-
-DECODE_KERNEL = KernelCheck(_decode_kernel_mismatch, log, "decode attention stays on matmuls")
-"""Whether quant.decode_attention's kernel can attend in this process (decided at the first load that asks for it)."""

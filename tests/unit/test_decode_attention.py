@@ -101,3 +101,16 @@ def test_a_launch_setting_overrides_only_what_it_names(monkeypatch):
     assert (config.block, config.masked_loads, config.min_rows) == (128, False, 32)
     assert config.warps == decode_attention.KernelConfig().warps
     assert decode_attention.KernelConfig.parse(config.setting()) == config  # what the bench writes reads back
+
+
+def test_the_kernel_is_checked_once_per_head_size_grouping_and_dtype():
+    """A model with heads of 256 (Gemma) is not attended by a kernel checked only at 128: each shape its own check."""
+    from quant.attention import decode_kernel_check
+
+    llama = decode_kernel_check(128, 4, torch.bfloat16)
+    assert decode_kernel_check(128, 4, torch.bfloat16) is llama
+    others = [decode_kernel_check(256, 4, torch.bfloat16), decode_kernel_check(128, 2, torch.bfloat16),
+              decode_kernel_check(128, 4, torch.float16)]
+    assert len({id(check) for check in [llama, *others]}) == 4
+    if not torch.cuda.is_available():
+        assert llama.reason() == "no CUDA GPU" and llama.decided
