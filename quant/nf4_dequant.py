@@ -14,19 +14,25 @@ quantization absmax = code2[a] * absmax2[block // 256] + offset in float32 (bits
 and dequantize_blockwise). Packed as bitsandbytes packs: the weight flattened row-major, two codes a byte, the first
 in the high nibble.
 
-Not yet wired into the layers, and not yet run on a GPU: the kernel alone is measured first (bench/int4_matmul_rows.py's
-nf4 Triton column), and only if it beats bitsandbytes' path does it become a custom op in the 4-bit layers' compiled
-forward from some row count, as quant.int4_dequant is for int4pack. The CPU tests run it in Triton's interpreter
-against bitsandbytes' own dequantization (tests/unit/test_nf4_dequant.py).
+Not yet run on a GPU, and off by default: QUANT_NF4_DEQUANTIZE_ROWS=N (0: off) gives a GPU model's bitsandbytes
+4-bit layers a forward that, for N rows or more, dequantizes with this kernel and multiplies with cuBLAS
+(`convert_model`, after a once-a-process check of the compiled op against bitsandbytes' dequantization); fewer rows
+keep bitsandbytes' own path. The kernel alone is timed by bench/int4_matmul_rows.py's nf4 Triton column. It is a
+PyTorch custom op over the Triton kernel (`torch.library.triton_op`), so torch.compile traces it into the decode
+step. The CPU tests run it in Triton's interpreter against bitsandbytes (tests/unit/test_nf4_dequant.py).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 
 import torch
+from torch import nn
 
 from . import triton_support
+
+log = logging.getLogger(__name__)
 
 refusal = triton_support.refusal
 """Why this kernel cannot run here (no CUDA GPU, no Triton), or None."""
@@ -82,18 +88,130 @@ def _check_packed(packed: torch.Tensor) -> None:
         raise ValueError("want the packed weight contiguous")
 
 
-def dequantize(packed: torch.Tensor, quant_state, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """The layer's weight [out, in] in `dtype` (the state's by default), as bitsandbytes.functional.dequantize_4bit
-    gives it."""
+def _launch(packed, code, absmax, absmax_code, absmax_scale, offset, out, block: int, nested: int, double: bool,
+            kernel_wrapper=None) -> None:
     from triton import knobs
 
-    _check_packed(packed)
-    out = torch.empty(quant_state.shape, dtype=dtype or quant_state.dtype, device=packed.device)
-    code, absmax, absmax_code, absmax_scale, offset, double = _parts(quant_state)
     kernel = _kernel(bool(knobs.runtime.interpret))
+    if kernel_wrapper is not None:
+        kernel = kernel_wrapper(kernel)
     n_bytes = packed.numel()
     kernel[(-(-n_bytes // BYTES_PER_PROGRAM),)](
         packed, code, absmax, absmax_code, absmax_scale, offset, out, n_bytes,
-        BLOCK=quant_state.blocksize, NESTED=quant_state.state2.blocksize if double else 1, DOUBLE=double,
-        BYTES=BYTES_PER_PROGRAM)
+        BLOCK=block, NESTED=nested, DOUBLE=double, BYTES=BYTES_PER_PROGRAM)
+
+
+def dequantize(packed: torch.Tensor, quant_state, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The layer's weight [out, in] in `dtype` (the state's by default), as bitsandbytes.functional.dequantize_4bit
+    gives it (the kernel called directly)."""
+    _check_packed(packed)
+    out = torch.empty(quant_state.shape, dtype=dtype or quant_state.dtype, device=packed.device)
+    code, absmax, absmax_code, absmax_scale, offset, double = _parts(quant_state)
+    _launch(packed, code, absmax, absmax_code, absmax_scale, offset, out, quant_state.blocksize,
+            quant_state.state2.blocksize if double else 1, double)
     return out
+
+
+@functools.cache
+def dequantize_op():
+    """`quant::nf4_dequantize(packed, code, absmax, absmax_code, absmax_scale, offset, out_features, in_features,
+    block, nested, double, dtype) -> [out, in]`, the kernel as a custom op torch.compile traces (registered on first
+    use: Triton is imported only where it runs)."""
+    from torch.library import triton_op, wrap_triton
+
+    @triton_op("quant::nf4_dequantize", mutates_args=())
+    def nf4_dequantize(packed: torch.Tensor, code: torch.Tensor, absmax: torch.Tensor, absmax_code: torch.Tensor,
+                       absmax_scale: torch.Tensor, offset: torch.Tensor, out_features: int, in_features: int,
+                       block: int, nested: int, double: bool, dtype: torch.dtype) -> torch.Tensor:
+        out = torch.empty(out_features, in_features, dtype=dtype, device=packed.device)
+        _launch(packed, code, absmax, absmax_code, absmax_scale, offset, out, block, nested, double,
+                kernel_wrapper=wrap_triton)
+        return out
+
+    return nf4_dequantize
+
+
+def _layer_weight(layer: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    """A converted layer's weight in `dtype`, through the custom op."""
+    out_features, in_features = layer.nf4_shape
+    return dequantize_op()(layer.nf4_packed, layer.nf4_code, layer.nf4_absmax, layer.nf4_absmax_code,
+                           layer.nf4_absmax_scale, layer.nf4_offset, out_features, in_features, layer.nf4_block,
+                           layer.nf4_nested, layer.nf4_double, dtype)
+
+
+def _dequantizing_forward(layer, x: torch.Tensor) -> torch.Tensor:
+    """The converted layer's forward: `dequantize_from_rows` rows or more dequantize with the kernel and multiply with
+    cuBLAS; fewer keep bitsandbytes' own path (its batch-1 kernel)."""
+    if x.numel() // x.shape[-1] < layer.dequantize_from_rows:
+        return layer._bitsandbytes_forward(x)
+    compute = layer.compute_dtype or x.dtype
+    out = nn.functional.linear(x.to(compute), _layer_weight(layer, compute))
+    if layer.bias is not None:
+        out = out + layer.bias.to(out.dtype)
+    return out.to(x.dtype)
+
+
+_converted_classes: dict[type, type] = {}
+
+
+def _converted_class(base: type) -> type:
+    """A subclass of the layer's class whose forward is `_dequantizing_forward`: the layer stays a Linear4bit (its
+    weight, saving and every isinstance check unchanged)."""
+    if base not in _converted_classes:
+        _converted_classes[base] = type("Dequantizing4bitLinear", (base,), {
+            "forward": _dequantizing_forward, "_bitsandbytes_forward": base.forward,
+            "__doc__": "A bitsandbytes 4-bit layer whose long inputs go through quant.nf4_dequant and cuBLAS."})
+    return _converted_classes[base]
+
+
+def convert_layer(layer: nn.Module, from_rows: int) -> None:
+    """Give `layer` the dequantizing forward from `from_rows` rows, in place: buffers that are views of its quant
+    state's tensors (no copy, apart from a float32 offset of one element)."""
+    _check_packed(layer.weight.data)
+    state = layer.weight.quant_state
+    code, absmax, absmax_code, absmax_scale, offset, double = _parts(state)
+    layer.nf4_packed, layer.nf4_shape, layer.nf4_block = layer.weight.data, tuple(state.shape), state.blocksize
+    layer.nf4_code, layer.nf4_absmax, layer.nf4_absmax_code = code, absmax, absmax_code
+    layer.nf4_absmax_scale, layer.nf4_offset, layer.nf4_double = absmax_scale, offset, double
+    layer.nf4_nested = state.state2.blocksize if double else 1
+    layer.dequantize_from_rows = from_rows
+    layer.__class__ = _converted_class(type(layer))
+
+
+def convert_model(model: nn.Module, from_rows: int) -> int:
+    """Convert every bitsandbytes 4-bit layer of `model` whose weight the kernel reads; returns how many."""
+    from bitsandbytes.nn import Linear4bit
+
+    converted = 0
+    for module in model.modules():
+        if isinstance(module, Linear4bit) and type(module) not in _converted_classes.values() and \
+                getattr(module.weight, "quant_state", None) is not None and module.weight.dtype == torch.uint8:
+            convert_layer(module, from_rows)
+            converted += 1
+    log.info("%d bitsandbytes 4-bit layers dequantize inputs of %d rows or more with quant.nf4_dequant.", converted,
+             from_rows)
+    return converted
+
+
+def _mismatch() -> str | None:
+    """Where the compiled op's weight differs from bitsandbytes' dequantization (nf4 nested and plain, fp4, bf16 and
+    fp16) by more than one step of the dtype; or None."""
+    import bitsandbytes.functional as F
+
+    generator = torch.Generator().manual_seed(0)
+    for quant_type, nested, dtype in (("nf4", True, torch.bfloat16), ("nf4", False, torch.bfloat16),
+                                      ("fp4", True, torch.float16)):
+        weight = torch.randn(96, 4096, generator=generator).to(dtype).cuda()
+        packed, state = F.quantize_4bit(weight, compress_statistics=nested, quant_type=quant_type)
+        code, absmax, absmax_code, absmax_scale, offset, double = _parts(state)
+        op = torch.compile(dequantize_op(), fullgraph=True, dynamic=False)
+        got = op(packed, code, absmax, absmax_code, absmax_scale, offset, 96, 4096, state.blocksize,
+                 state.state2.blocksize if double else 1, double, dtype).float()
+        want = F.dequantize_4bit(packed, state).float()
+        if not torch.all((got - want).abs() <= want.abs() * 2 ** -7 + 1e-30):
+            return f"its weights differ from bitsandbytes' ({quant_type}, double quantization {nested})"
+    return None
+
+
+CHECK = triton_support.KernelCheck(_mismatch, log, "bitsandbytes 4-bit layers keep bitsandbytes' dequantization")
+"""Whether the kernel dequantizes in this process (decided at the first load that asks for it)."""

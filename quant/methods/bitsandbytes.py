@@ -131,7 +131,7 @@ class FourBitMethod(BitsAndBytesMethod):
 
     def after_load(self, model, options, progress):
         if options.bnb4_kernel != "triton":
-            return []
+            return _dequantize_long_inputs(model)
         from ..gemv4bit import convert_model
 
         progress(0.85, "Giving the 4-bit layers the Triton decode kernel")
@@ -142,3 +142,22 @@ class FourBitMethod(BitsAndBytesMethod):
 
     def bytes_per_weight(self, checkpoint_quantization):
         return 0.53  # 4 bits and an absmax per 64 weights: 8-bit nested on a GPU, bf16 after the CPU kernel's repack
+
+
+def _dequantize_long_inputs(model) -> list[str]:
+    """QUANT_NF4_DEQUANTIZE_ROWS=N on a GPU: the 4-bit layers dequantize inputs of N rows or more with quant.nf4_dequant
+    and multiply with cuBLAS (experimental, off by default). Returns the load report's lines."""
+    from ..settings import load_settings
+
+    from_rows = load_settings().nf4_dequantize_rows
+    parameter = next(model.parameters(), None)
+    if not from_rows or parameter is None or not parameter.is_cuda:
+        return []
+    from .. import nf4_dequant
+
+    refused = nf4_dequant.CHECK.reason()
+    if refused:
+        return [f"QUANT_NF4_DEQUANTIZE_ROWS={from_rows} is not used: {refused}."]
+    converted = nf4_dequant.convert_model(model, from_rows)
+    return [f"{converted} 4-bit layers dequantize inputs of {from_rows} rows or more with quant.nf4_dequant's Triton "
+            "kernel and multiply with cuBLAS (QUANT_NF4_DEQUANTIZE_ROWS, experimental)."]

@@ -210,6 +210,16 @@ def test_the_decode_attention_kernel_gives_the_eager_tokens(kernel_cache, monkey
                if hasattr(m, "num_key_value_groups"))  # from one row (min_rows' default): batch 1 and chats too
 
 
+def test_nf4_layers_dequantizing_with_the_triton_kernel_give_the_eager_tokens(kernel_cache, monkeypatch):
+    """QUANT_NF4_DEQUANTIZE_ROWS=4: the padded batch of 4 (prefill and decode steps) goes through quant.nf4_dequant
+    and cuBLAS in the compiled steps, batch 1 through bitsandbytes' own kernel; both give eager's tokens (whose layers
+    are converted too: eager batches of 4 rows and more dequantize with the kernel, called outside a graph)."""
+    monkeypatch.setenv("QUANT_NF4_DEQUANTIZE_ROWS", "4")
+    fast = check_against_eager(LoadRequest(model=LLAMA, mode="nf4", device_map="cuda:0"))
+    assert any("quant.nf4_dequant" in warning for warning in fast.report.warnings), fast.report.warnings
+    assert any(type(m).__name__ == "Dequantizing4bitLinear" for m in fast.model.modules())
+
+
 def test_kernel_cache_survives_a_restart(kernel_cache, tmp_path):
     """A second process finds the compiled kernels on disk and warms up faster than the first."""
     import subprocess

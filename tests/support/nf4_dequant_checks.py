@@ -58,8 +58,42 @@ def what_it_cannot_read_is_refused():
             raise AssertionError(f"not refused: {message}")
 
 
+def converted_layer_gives_bitsandbytes_output():
+    """A Linear4bit converted from 3 rows: 2 rows run bitsandbytes' own forward, 5 rows the kernel + a matmul, and
+    both give what the layer gave before (its weight, saving and class ancestry untouched)."""
+    import bitsandbytes as bnb
+
+    torch.manual_seed(0)
+    layer = bnb.nn.Linear4bit(256, 48, bias=True, compute_dtype=torch.float32, compress_statistics=True,
+                              quant_type="nf4").to("cpu")
+    inputs = {rows: torch.randn(rows, 256) for rows in (2, 5)}
+    before = {rows: layer(x) for rows, x in inputs.items()}
+    packed = layer.weight.data.clone()
+    assert nf4_dequant.convert_model(torch.nn.Sequential(layer), from_rows=3) == 1
+    assert isinstance(layer, bnb.nn.Linear4bit) and type(layer).__name__ == "Dequantizing4bitLinear"
+    assert torch.equal(layer.weight.data, packed)
+    for rows, x in inputs.items():
+        torch.testing.assert_close(layer(x), before[rows], atol=1e-5, rtol=1e-5)
+    calls = []
+    layer._bitsandbytes_forward = lambda x: calls.append(x.shape[0]) or before[2]  # which path each call took
+    layer(inputs[2]), layer(inputs[5])
+    assert calls == [2]
+    assert nf4_dequant.convert_model(torch.nn.Sequential(layer), from_rows=3) == 0  # converted once
+
+
+def the_op_gives_the_kernels_weight():
+    weight = torch.randn(40, 128)
+    packed, state = F.quantize_4bit(weight.to(torch.bfloat16), compress_statistics=True, quant_type="nf4")
+    code, absmax, absmax_code, absmax_scale, offset, double = nf4_dequant._parts(state)
+    got = nf4_dequant.dequantize_op()(packed, code, absmax, absmax_code, absmax_scale, offset, 40, 128,
+                                      state.blocksize, state.state2.blocksize, double, torch.float32)
+    torch.testing.assert_close(got, nf4_dequant.dequantize(packed, state, dtype=torch.float32), atol=0, rtol=0)
+
+
 CHECKS = {**{f"kernel {name}": (lambda case=case: equals_bitsandbytes(*case)) for name, case in CASES.items()},
-          "what it cannot read is refused": what_it_cannot_read_is_refused}
+          "what it cannot read is refused": what_it_cannot_read_is_refused,
+          "converted layer gives bitsandbytes' output": converted_layer_gives_bitsandbytes_output,
+          "the op gives the kernel's weight": the_op_gives_the_kernels_weight}
 
 
 if __name__ == "__main__":

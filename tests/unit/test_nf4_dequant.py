@@ -15,7 +15,8 @@ pytest.importorskip("bitsandbytes")
 pytest.importorskip("triton")
 
 CHECKS = ["kernel nf4 nested 160x512", "kernel nf4 plain 40x100", "kernel fp4 nested 24x256 fp16",
-          "kernel nf4 nested blocks of 128", "kernel nf4 plain blocks of 4096", "what it cannot read is refused"]
+          "kernel nf4 nested blocks of 128", "kernel nf4 plain blocks of 4096", "what it cannot read is refused",
+          "converted layer gives bitsandbytes' output", "the op gives the kernel's weight"]
 
 
 @pytest.fixture(scope="module")
@@ -31,3 +32,22 @@ def test_in_the_interpreter(results, check):
 def test_every_check_is_run_here(results):
     assert sorted(results) == sorted(CHECKS)
 
+
+
+def test_the_setting_leaves_a_cpu_model_as_bitsandbytes_made_it(monkeypatch):
+    """QUANT_NF4_DEQUANTIZE_ROWS is for GPU models: a CPU load with it converts nothing and reports nothing."""
+    from quant.loader import LoadRequest, load_model
+    from tests.conftest import LLAMA
+
+    monkeypatch.setenv("QUANT_NF4_DEQUANTIZE_ROWS", "32")
+    loaded = load_model(LoadRequest(model=LLAMA, mode="nf4"))
+    assert not any(type(m).__name__ == "Dequantizing4bitLinear" for m in loaded.model.modules())
+    assert not any("NF4_DEQUANTIZE" in warning for warning in loaded.report.warnings)
+
+
+def test_a_negative_row_count_is_refused_at_start(monkeypatch):
+    from quant.settings import SettingsError, load_settings
+
+    monkeypatch.setenv("QUANT_NF4_DEQUANTIZE_ROWS", "-1")
+    with pytest.raises(SettingsError, match="QUANT_NF4_DEQUANTIZE_ROWS=-1 is below 0"):
+        load_settings()
