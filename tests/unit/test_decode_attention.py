@@ -13,7 +13,7 @@ import torch
 from quant import decode_attention
 from quant.loader import LoadRequest, load_model
 from tests.conftest import LLAMA
-from tests.support.interpreter_checks import results as interpreter_results
+from tests.support.interpreter_checks import interpreter_tests
 
 pytest.importorskip("triton")
 
@@ -23,19 +23,7 @@ CHECKS = [*(f"kernel {case}{variant}" for case in ("grouped-200-slots", "ungroup
           *(f"refused slots weigh nothing{variant}" for variant in VARIANTS),
           "chunk bounds", "one mask row for every row", "the op gives the kernel's result"]
 
-
-@pytest.fixture(scope="module")
-def results() -> dict[str, str]:
-    return interpreter_results("tests.support.decode_attention_checks")
-
-
-@pytest.mark.parametrize("check", CHECKS)
-def test_in_the_interpreter(results, check):
-    assert results[check] == "ok", results[check]
-
-
-def test_every_check_is_run_here(results):
-    assert sorted(results) == sorted(CHECKS)
+results, test_in_the_interpreter, test_every_check_is_run_here = interpreter_tests("tests.support.decode_attention_checks", CHECKS)
 
 
 def test_what_does_not_fit_is_refused_with_its_shapes():

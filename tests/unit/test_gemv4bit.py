@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.interpreter_checks import results as interpreter_results
+from tests.support.interpreter_checks import interpreter_tests
 
 pytest.importorskip("bitsandbytes")
 pytest.importorskip("triton")
@@ -17,19 +17,7 @@ pytest.importorskip("triton")
 CHECKS = ["kernel nf4-nested-512x1", "kernel nf4-plain-896x3", "kernel fp4-nested-192x8", "kernel nf4-nested-320x2",
           "converted layer", "compile traces"]
 
-
-@pytest.fixture(scope="module")
-def results() -> dict[str, str]:
-    return interpreter_results("tests.support.gemv4bit_checks")
-
-
-@pytest.mark.parametrize("check", CHECKS)
-def test_in_the_interpreter(results, check):
-    assert results[check] == "ok", results[check]
-
-
-def test_every_check_is_run_here(results):
-    assert sorted(results) == sorted(CHECKS)
+results, test_in_the_interpreter, test_every_check_is_run_here = interpreter_tests("tests.support.gemv4bit_checks", CHECKS)
 
 
 def test_a_cpu_load_asking_for_the_kernel_is_refused_with_what_to_do():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.interpreter_checks import results as interpreter_results
+from tests.support.interpreter_checks import interpreter_tests
 
 pytest.importorskip("bitsandbytes")
 pytest.importorskip("triton")
@@ -18,19 +18,7 @@ CHECKS = ["kernel nf4 nested 160x512", "kernel nf4 plain 40x100", "kernel fp4 ne
           "kernel nf4 nested blocks of 128", "kernel nf4 plain blocks of 4096", "what it cannot read is refused",
           "converted layer gives bitsandbytes' output", "the op gives the kernel's weight"]
 
-
-@pytest.fixture(scope="module")
-def results() -> dict[str, str]:
-    return interpreter_results("tests.support.nf4_dequant_checks")
-
-
-@pytest.mark.parametrize("check", CHECKS)
-def test_in_the_interpreter(results, check):
-    assert results[check] == "ok", results[check]
-
-
-def test_every_check_is_run_here(results):
-    assert sorted(results) == sorted(CHECKS)
+results, test_in_the_interpreter, test_every_check_is_run_here = interpreter_tests("tests.support.nf4_dequant_checks", CHECKS)
 
 
 
