@@ -181,7 +181,8 @@ step is traced)."""
 def use_decode_kernel(model) -> tuple[bool, str]:
     """Let a model on `packed_gqa_sdpa` attend in its one-token decode steps with quant.decode_attention's Triton
     kernel, unless the operator chose the matmuls (QUANT_DECODE_ATTENTION=matmul), where the model is on a GPU in
-    16-bit and the kernel runs and gives the matmuls' attention on a check (once a process). Returns whether it does
+    16-bit and the kernel runs and gives the matmuls' attention on a check (once a process for each head size,
+    grouping and dtype). Returns whether it does
     and, where it does not on a GPU (or was asked for by name elsewhere), why."""
     use, why_not = _decode_kernel_choice(model)
     from_rows = 0

@@ -202,7 +202,7 @@ class GenerationPath:
     """Packed decode attends with quant.decode_attention's Triton kernel (QUANT_DECODE_ATTENTION=triton, the default
     on a GPU in 16-bit where the kernel passes its check)."""
     decode_kernel_note: str = ""
-    """Why it does not, where the operator asked for it (empty otherwise)."""
+    """Why it does not, on a GPU in 16-bit or where the operator asked for it by name (empty otherwise)."""
     fused_projections: str = ""
     """Which sibling projections run as one matmul (quant.fused_projections), or why none could; empty: not tried."""
     segments: SegmentPlan | None = None
