@@ -173,17 +173,27 @@ def _gemv_forward(layer, x: torch.Tensor) -> torch.Tensor:
     return out.to(x.dtype)
 
 
-_converted_classes: dict[type, type] = {}
+_subclasses: dict[tuple[type, str], type] = {}
+
+
+def forward_subclass(base: type, name: str, forward, doc: str) -> type:
+    """A subclass `name` of a bitsandbytes layer class whose forward is `forward`, the class's own kept as
+    `_bitsandbytes_forward`: a layer given it stays what it was (its weight, saving and every isinstance check
+    unchanged), and the load report names the kernel. One class per (base, name), shared by every layer."""
+    if (base, name) not in _subclasses:
+        _subclasses[base, name] = type(name, (base,), {"forward": forward, "_bitsandbytes_forward": base.forward,
+                                                       "__doc__": doc})
+    return _subclasses[base, name]
+
+
+def is_converted(layer: nn.Module) -> bool:
+    """The layer has one of `forward_subclass`'s classes already."""
+    return type(layer) in _subclasses.values()
 
 
 def _converted_class(base: type) -> type:
-    """A subclass of the layer's class whose forward is `_gemv_forward`: the layer stays a Linear4bit (its weight,
-    saving and every isinstance check unchanged), and the load report names the kernel."""
-    if base not in _converted_classes:
-        _converted_classes[base] = type("Gemv4bitLinear", (base,), {
-            "forward": _gemv_forward, "_bitsandbytes_forward": base.forward,
-            "__doc__": "A bitsandbytes 4-bit layer that decodes with quant.gemv4bit's kernel."})
-    return _converted_classes[base]
+    return forward_subclass(base, "Gemv4bitLinear", _gemv_forward,
+                            "A bitsandbytes 4-bit layer that decodes with quant.gemv4bit's kernel.")
 
 
 def convert_layer(layer: nn.Module) -> None:
@@ -219,7 +229,7 @@ def convert_model(model: nn.Module) -> tuple[int, list[str]]:
 
     converted, left = 0, {}
     for name, module in model.named_modules():
-        if not isinstance(module, Linear4bit) or type(module) in _converted_classes.values():
+        if not isinstance(module, Linear4bit) or is_converted(module):
             continue
         refusal = layer_refusal(module)
         if refusal is None:

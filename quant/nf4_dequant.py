@@ -68,16 +68,20 @@ def _kernel(interpret: bool):
     return dequantize_kernel
 
 
-def _parts(quant_state) -> tuple:
-    """(code, absmax, absmax code, absmax scale, offset, double) from a bitsandbytes QuantState; the last three are
-    placeholders without double quantization."""
+def op_arguments(packed: torch.Tensor, quant_state) -> tuple:
+    """The kernel's inputs for a bitsandbytes weight, in the custom op's order up to its dtype: (packed, code, absmax,
+    absmax code, absmax scale, offset, out features, in features, block, nested block, double); the three inputs of
+    the double quantization are placeholders without it."""
+    _check_packed(packed)
+    out_features, in_features = quant_state.shape
     if quant_state.nested:
         state2 = quant_state.state2
         offset = torch.as_tensor(quant_state.offset, dtype=torch.float32, device=quant_state.absmax.device)
-        return (quant_state.code.float(), quant_state.absmax, state2.code.float(), state2.absmax.float(),
-                offset.reshape(1), True)
+        return (packed, quant_state.code.float(), quant_state.absmax, state2.code.float(), state2.absmax.float(),
+                offset.reshape(1), out_features, in_features, quant_state.blocksize, state2.blocksize, True)
     placeholder = torch.zeros(1, dtype=torch.float32, device=quant_state.absmax.device)
-    return quant_state.code.float(), quant_state.absmax.float(), placeholder, placeholder, placeholder, False
+    return (packed, quant_state.code.float(), quant_state.absmax.float(), placeholder, placeholder, placeholder,
+            out_features, in_features, quant_state.blocksize, 1, False)
 
 
 def _check_packed(packed: torch.Tensor) -> None:
@@ -104,11 +108,9 @@ def _launch(packed, code, absmax, absmax_code, absmax_scale, offset, out, block:
 def dequantize(packed: torch.Tensor, quant_state, dtype: torch.dtype | None = None) -> torch.Tensor:
     """The layer's weight [out, in] in `dtype` (the state's by default), as bitsandbytes.functional.dequantize_4bit
     gives it (the kernel called directly)."""
-    _check_packed(packed)
-    out = torch.empty(quant_state.shape, dtype=dtype or quant_state.dtype, device=packed.device)
-    code, absmax, absmax_code, absmax_scale, offset, double = _parts(quant_state)
-    _launch(packed, code, absmax, absmax_code, absmax_scale, offset, out, quant_state.blocksize,
-            quant_state.state2.blocksize if double else 1, double)
+    packed, *tensors, out_features, in_features, block, nested, double = op_arguments(packed, quant_state)
+    out = torch.empty(out_features, in_features, dtype=dtype or quant_state.dtype, device=packed.device)
+    _launch(packed, *tensors, out, block, nested, double)
     return out
 
 
@@ -131,49 +133,29 @@ def dequantize_op():
     return nf4_dequantize
 
 
-def _layer_weight(layer: nn.Module, dtype: torch.dtype) -> torch.Tensor:
-    """A converted layer's weight in `dtype`, through the custom op."""
-    out_features, in_features = layer.nf4_shape
-    return dequantize_op()(layer.nf4_packed, layer.nf4_code, layer.nf4_absmax, layer.nf4_absmax_code,
-                           layer.nf4_absmax_scale, layer.nf4_offset, out_features, in_features, layer.nf4_block,
-                           layer.nf4_nested, layer.nf4_double, dtype)
-
-
 def _dequantizing_forward(layer, x: torch.Tensor) -> torch.Tensor:
     """The converted layer's forward: `dequantize_from_rows` rows or more dequantize with the kernel and multiply with
     cuBLAS; fewer keep bitsandbytes' own path (its batch-1 kernel)."""
     if x.numel() // x.shape[-1] < layer.dequantize_from_rows:
         return layer._bitsandbytes_forward(x)
     compute = layer.compute_dtype or x.dtype
-    out = nn.functional.linear(x.to(compute), _layer_weight(layer, compute))
+    out = nn.functional.linear(x.to(compute), dequantize_op()(*layer.nf4_arguments, compute))
     if layer.bias is not None:
         out = out + layer.bias.to(out.dtype)
     return out.to(x.dtype)
 
 
-_converted_classes: dict[type, type] = {}
-
-
 def _converted_class(base: type) -> type:
-    """A subclass of the layer's class whose forward is `_dequantizing_forward`: the layer stays a Linear4bit (its
-    weight, saving and every isinstance check unchanged)."""
-    if base not in _converted_classes:
-        _converted_classes[base] = type("Dequantizing4bitLinear", (base,), {
-            "forward": _dequantizing_forward, "_bitsandbytes_forward": base.forward,
-            "__doc__": "A bitsandbytes 4-bit layer whose long inputs go through quant.nf4_dequant and cuBLAS."})
-    return _converted_classes[base]
+    from .gemv4bit import forward_subclass
+
+    return forward_subclass(base, "Dequantizing4bitLinear", _dequantizing_forward,
+                            "A bitsandbytes 4-bit layer whose long inputs go through quant.nf4_dequant and cuBLAS.")
 
 
 def convert_layer(layer: nn.Module, from_rows: int) -> None:
-    """Give `layer` the dequantizing forward from `from_rows` rows, in place: buffers that are views of its quant
-    state's tensors (no copy, apart from a float32 offset of one element)."""
-    _check_packed(layer.weight.data)
-    state = layer.weight.quant_state
-    code, absmax, absmax_code, absmax_scale, offset, double = _parts(state)
-    layer.nf4_packed, layer.nf4_shape, layer.nf4_block = layer.weight.data, tuple(state.shape), state.blocksize
-    layer.nf4_code, layer.nf4_absmax, layer.nf4_absmax_code = code, absmax, absmax_code
-    layer.nf4_absmax_scale, layer.nf4_offset, layer.nf4_double = absmax_scale, offset, double
-    layer.nf4_nested = state.state2.blocksize if double else 1
+    """Give `layer` the dequantizing forward from `from_rows` rows, in place: the kernel's inputs are its quant state's
+    own tensors (no copy, apart from a float32 offset of one element)."""
+    layer.nf4_arguments = op_arguments(layer.weight.data, layer.weight.quant_state)
     layer.dequantize_from_rows = from_rows
     layer.__class__ = _converted_class(type(layer))
 
@@ -182,9 +164,11 @@ def convert_model(model: nn.Module, from_rows: int) -> int:
     """Convert every bitsandbytes 4-bit layer of `model` whose weight the kernel reads; returns how many."""
     from bitsandbytes.nn import Linear4bit
 
+    from .gemv4bit import is_converted
+
     converted = 0
     for module in model.modules():
-        if isinstance(module, Linear4bit) and type(module) not in _converted_classes.values() and \
+        if isinstance(module, Linear4bit) and not is_converted(module) and \
                 getattr(module.weight, "quant_state", None) is not None and module.weight.dtype == torch.uint8:
             convert_layer(module, from_rows)
             converted += 1
@@ -199,14 +183,12 @@ def _mismatch() -> str | None:
     import bitsandbytes.functional as F
 
     generator = torch.Generator().manual_seed(0)
+    op = torch.compile(dequantize_op(), fullgraph=True, dynamic=False)
     for quant_type, nested, dtype in (("nf4", True, torch.bfloat16), ("nf4", False, torch.bfloat16),
                                       ("fp4", True, torch.float16)):
         weight = torch.randn(96, 4096, generator=generator).to(dtype).cuda()
         packed, state = F.quantize_4bit(weight, compress_statistics=nested, quant_type=quant_type)
-        code, absmax, absmax_code, absmax_scale, offset, double = _parts(state)
-        op = torch.compile(dequantize_op(), fullgraph=True, dynamic=False)
-        got = op(packed, code, absmax, absmax_code, absmax_scale, offset, 96, 4096, state.blocksize,
-                 state.state2.blocksize if double else 1, double, dtype).float()
+        got = op(*op_arguments(packed, state), dtype).float()
         want = F.dequantize_4bit(packed, state).float()
         if not torch.all((got - want).abs() <= want.abs() * 2 ** -7 + 1e-30):
             return f"its weights differ from bitsandbytes' ({quant_type}, double quantization {nested})"

@@ -84,9 +84,7 @@ def converted_layer_gives_bitsandbytes_output():
 def the_op_gives_the_kernels_weight():
     weight = torch.randn(40, 128)
     packed, state = F.quantize_4bit(weight.to(torch.bfloat16), compress_statistics=True, quant_type="nf4")
-    code, absmax, absmax_code, absmax_scale, offset, double = nf4_dequant._parts(state)
-    got = nf4_dequant.dequantize_op()(packed, code, absmax, absmax_code, absmax_scale, offset, 40, 128,
-                                      state.blocksize, state.state2.blocksize, double, torch.float32)
+    got = nf4_dequant.dequantize_op()(*nf4_dequant.op_arguments(packed, state), torch.float32)
     torch.testing.assert_close(got, nf4_dequant.dequantize(packed, state, dtype=torch.float32), atol=0, rtol=0)
 
 
