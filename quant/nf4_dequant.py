@@ -169,7 +169,8 @@ def convert_model(model: nn.Module, from_rows: int) -> int:
     converted = 0
     for module in model.modules():
         if isinstance(module, Linear4bit) and not is_converted(module) and \
-                getattr(module.weight, "quant_state", None) is not None and module.weight.dtype == torch.uint8:
+                getattr(module.weight, "quant_state", None) is not None and module.weight.dtype == torch.uint8 and \
+                module.weight.data.is_contiguous():  # what op_arguments refuses is left on bitsandbytes' path
             convert_layer(module, from_rows)
             converted += 1
     log.info("%d bitsandbytes 4-bit layers dequantize inputs of %d rows or more with quant.nf4_dequant.", converted,
