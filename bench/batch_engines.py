@@ -7,7 +7,8 @@ warmed up on a few prompts, then every engine on the same --prompts prompts of 1
 Per engine: generated tokens/s and prompts/s (to the last reply), the first reply's time, the whole job's time (the
 continuous engine's teardown included), peak GPU memory during the job, the engine that really ran (a forced
 continuous engine falls back to padded batches where it cannot run, and says why), and how many replies equal the
-continuous engine's (greedy: they should all, but for near ties in 16-bit arithmetic). `--compiled-batch-sizes 32`
+continuous engine's (greedy: they should all, but for near ties in 16-bit arithmetic), or, with --reference, an
+earlier run's (two settings in two processes: `--keep-replies` on the first). `--compiled-batch-sizes 32`
 gives the padded engine the compiled static-batch loop at that size (QUANT_COMPILED_BATCH_SIZES, at load). An engine
 is a name and modifiers joined by "+": `padded+eager` keeps a job's batch size eager (QUANT_COMPILE_BATCH_ON_DEMAND=0,
 the default until the eighth session), `padded+compiled` compiles it on demand (=1, the default since), and
@@ -119,7 +120,30 @@ def run_engine(loaded, prompts: list[str], settings: GenerationSettings, batch_s
             "replies": [[r.output, r.new_tokens] for r in last.rows]}
 
 
-def bench_mode(registry: ModelRegistry, mode, model: str, args, prompts_of) -> dict:
+def reference_replies(engines: list[dict], earlier: list | None) -> list | None:
+    """What a mode's replies are compared with: an earlier run's (--reference), else the continuous engine's, else the
+    first engine's where two or more ran; None for a lone engine (compared with itself it would say nothing)."""
+    if earlier is not None:
+        return earlier
+    continuous = next((e["replies"] for e in engines if e["ran_engine"] == CONTINUOUS), None)
+    if continuous is not None:
+        return continuous
+    return engines[0]["replies"] if len(engines) >= 2 else None
+
+
+def earlier_replies(path: Path) -> dict[str, list]:
+    """Per mode, the first engine's replies of an earlier run written with --keep-replies (--reference)."""
+    import json
+
+    data = json.loads(Path(path).read_text())
+    replies = {row["mode"]: row["engines"][0]["replies"] for row in data["modes"]
+               if row.get("engines") and "replies" in row["engines"][0]}
+    if not replies:
+        raise SystemExit(f"{path} holds no replies: write the reference run with --keep-replies")
+    return replies
+
+
+def bench_mode(registry: ModelRegistry, mode, model: str, args, prompts_of, earlier: dict | None = None) -> dict:
     options = QuantOptions(**mode.options)
     row = {"mode": mode.label, "model": model, "engines": []}
     try:
@@ -154,11 +178,10 @@ def bench_mode(registry: ModelRegistry, mode, model: str, args, prompts_of) -> d
         print(f"{mode.label} {engine}: {result['tokens_per_s']:,.0f} tok/s, {result['prompts_per_s']:.2f} prompts/s, "
               f"first reply {result['first_reply_seconds'] or 0:.2f} s, job {result['job_seconds']:.1f} s, peak "
               f"{(result['peak_gpu_bytes'] or 0) / MiB:,.0f} MiB; ran {result['ran']}", flush=True)
-    reference = next((e["replies"] for e in row["engines"] if e["ran_engine"] == CONTINUOUS),
-                     row["engines"][0]["replies"] if row["engines"] else None)
+    reference = reference_replies(row["engines"], earlier.get(mode.label) if earlier else None)
     for result in row["engines"]:
         result["equal_to_reference"] = (sum(a == b for a, b in zip(result["replies"], reference))
-                                        if reference else None)
+                                        if reference is not None else None)
         if not args.keep_replies:
             result.pop("replies")
     key = loaded.key
@@ -180,6 +203,10 @@ def markdown(data: dict) -> str:
              "| mode | engine | ran | tok/s | prompts/s | first reply s | job s | peak GPU MiB | "
              "replies = reference |",
              "|---|---|---|---|---|---|---|---|---|"]
+    reference_note = (f"Replies compared with {data['reference']}'s (the same mode's first engine)."
+                      if data.get("reference") else
+                      "Replies compared with the continuous engine's, else the first engine's where two or more ran "
+                      "(n/a: a lone engine).")
     for row in data["modes"]:
         if row.get("error"):
             lines.append(f"| {row['mode']} | failed: {row['error']} ||||||||")
@@ -191,7 +218,7 @@ def markdown(data: dict) -> str:
             lines.append(f"| {row['mode']} | {e['engine']} | {e['ran']} | {e['tokens_per_s']:,.0f} | "
                          f"{e['prompts_per_s']:.2f} | {e['first_reply_seconds'] or 0:.2f} | {e['job_seconds']:.1f} | "
                          f"{peak} | {equal} |")
-    lines += ["", "Faster engine per mode (generated tok/s):", ""]
+    lines += ["", reference_note, "", "Faster engine per mode (generated tok/s):", ""]
     for row in data["modes"]:
         rates = {e["engine"]: e["tokens_per_s"] for e in row.get("engines", [])
                  if e["ran_engine"] == e["engine"].partition("+")[0]}
@@ -228,8 +255,12 @@ def main() -> None:
     parser.add_argument("--fast-generation", default=os.environ.get("QUANT_FAST_GENERATION", "auto"),
                         help="QUANT_FAST_GENERATION for the loads: auto, all, off")
     parser.add_argument("--keep-replies", action="store_true", help="keep every reply in the JSON")
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="an earlier run's JSON written with --keep-replies: each mode's replies are compared with "
+                             "its (the same prompts: keep --prompts, the prompt lengths and --new-tokens)")
     args = parser.parse_args()
     modes = parse_modes(args.modes)  # refused before anything is built
+    earlier = earlier_replies(args.reference) if args.reference else None
     os.environ["QUANT_COMPILED_BATCH_SIZES"] = args.compiled_batch_sizes
     os.environ["QUANT_FAST_GENERATION"] = args.fast_generation
     engines = args.engines.split(",")
@@ -245,7 +276,7 @@ def main() -> None:
     data = {"source": source, "prompts": args.prompts, "shortest": args.min_prompt_tokens,
             "longest": args.max_prompt_tokens, "new_tokens": args.new_tokens, "batch_size": args.batch_size,
             "compiled_batch_sizes": args.compiled_batch_sizes, "fast_generation": args.fast_generation,
-            "modes": []}
+            "reference": str(args.reference) if args.reference else None, "modes": []}
 
     def prompts_of(tokenizer):
         return ragged_prompts(tokenizer, args.prompts, args.min_prompt_tokens, args.max_prompt_tokens)
@@ -255,7 +286,7 @@ def main() -> None:
         model = source
         if METHODS[mode.method].needs_quantized_checkpoint:
             model, _ = quantized_checkpoint(mode, Path(resolve_location(source)[0]), args.work)
-        data["modes"].append(bench_mode(registry, mode, model, args, prompts_of))
+        data["modes"].append(bench_mode(registry, mode, model, args, prompts_of, earlier))
     write_results(args.out, result_stem("batch-engines", name, tag=args.tag), data, markdown)
 
 

@@ -105,9 +105,10 @@ def dequantize_kernel_choice() -> str:
     built, outside any compiled region."""
     from .settings import load_settings
 
-    if load_settings().int4_dequantize_kernel == "torch":
+    if load_settings().int4_dequantize_kernel == "torch" or TRITON_DEQUANTIZE.reason():
         return "torch"
-    return "torch" if TRITON_DEQUANTIZE.reason() else "triton"
+    int4_dequant.dequantize_op()  # registered here, outside the compiled regions that call it
+    return "triton"
 
 
 def dequantize_kernel_warnings(model: nn.Module) -> list[str]:
@@ -148,7 +149,8 @@ TRITON_DEQUANTIZE = triton_support.KernelCheck(_triton_dequantize_mismatch, log,
 
 def _dequantize(kernel: str, packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> torch.Tensor:
     if kernel == "triton":
-        return int4_dequant.dequantize_op()(packed, scales_and_zeros, group_size)
+        # the op by name, registered when the layer chose it: Dynamo would trace dequantize_op's cache wrapper away
+        return torch.ops.quant.int4pack_dequantize(packed, scales_and_zeros, group_size)
     return _compiled_dequantize()(packed, scales_and_zeros, group_size)
 
 

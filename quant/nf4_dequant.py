@@ -14,8 +14,10 @@ quantization absmax = code2[a] * absmax2[block // 256] + offset in float32 (bits
 and dequantize_blockwise). Packed as bitsandbytes packs: the weight flattened row-major, two codes a byte, the first
 in the high nibble.
 
-Not yet run on a GPU, and off by default: QUANT_NF4_DEQUANTIZE_ROWS=N (0: off) gives a GPU model's bitsandbytes
-4-bit layers a forward that, for N rows or more, dequantizes with this kernel and multiplies with cuBLAS
+On by default from 32 rows since the fifteenth session: per layer it is only 0.88-1.09x bitsandbytes' path on an
+H200, but the goal job's nf4 rose from 0.51x to 0.68x bf16, mostly in the prefill
+(bench/results/batch-engines-8b-nf4-dequantize-32.md). QUANT_NF4_DEQUANTIZE_ROWS=N (0: off) gives a GPU model's
+bitsandbytes 4-bit layers a forward that, for N rows or more, dequantizes with this kernel and multiplies with cuBLAS
 (`convert_model`, after a once-a-process check of the compiled op against bitsandbytes' dequantization); fewer rows
 keep bitsandbytes' own path. The kernel alone is timed by bench/int4_matmul_rows.py's nf4 Triton column. It is a
 PyTorch custom op over the Triton kernel (`torch.library.triton_op`), so torch.compile traces it into the decode
@@ -139,7 +141,8 @@ def _dequantizing_forward(layer, x: torch.Tensor) -> torch.Tensor:
     if x.numel() // x.shape[-1] < layer.dequantize_from_rows:
         return layer._bitsandbytes_forward(x)
     compute = layer.compute_dtype or x.dtype
-    out = nn.functional.linear(x.to(compute), dequantize_op()(*layer.nf4_arguments, compute))
+    # the op by name, registered by convert_layer: Dynamo would trace dequantize_op's cache wrapper away (and warn)
+    out = nn.functional.linear(x.to(compute), torch.ops.quant.nf4_dequantize(*layer.nf4_arguments, compute))
     if layer.bias is not None:
         out = out + layer.bias.to(out.dtype)
     return out.to(x.dtype)
@@ -155,6 +158,7 @@ def _converted_class(base: type) -> type:
 def convert_layer(layer: nn.Module, from_rows: int) -> None:
     """Give `layer` the dequantizing forward from `from_rows` rows, in place: the kernel's inputs are its quant state's
     own tensors (no copy, apart from a float32 offset of one element)."""
+    dequantize_op()  # registers torch.ops.quant.nf4_dequantize, which the forward calls
     layer.nf4_arguments = op_arguments(layer.weight.data, layer.weight.quant_state)
     layer.dequantize_from_rows = from_rows
     layer.__class__ = _converted_class(type(layer))

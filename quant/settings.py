@@ -133,8 +133,11 @@ class Settings:
     nf4_dequantize_rows: int
     """QUANT_NF4_DEQUANTIZE_ROWS: on a GPU, bitsandbytes 4-bit layers (nf4, fp4) dequantize inputs of this many rows or
     more (a batch's decode steps, prefills) with quant.nf4_dequant's one Triton kernel and multiply with cuBLAS,
-    instead of bitsandbytes' two dequantization kernels. 0 (default): off, until measured on a GPU (issue 26's nf4
-    goal; bench/int4_matmul_rows.py times the kernel alone)."""
+    instead of bitsandbytes' two dequantization kernels (its weights equal bitsandbytes' to one bf16 step). Default 32;
+    0 keeps bitsandbytes' path. H200, 8B: per layer 0.88-1.09x bitsandbytes' dequantize + matmul at 16-256 rows
+    (bench/results/int4-matmul-rows-nf4-triton.md), but the goal job of issue 26 (128 ragged prompts x 128 new tokens,
+    batch 128) ran nf4 at 2,878 tok/s, 0.68x bf16's 4,224 in the same run, against 0.51x without it
+    (batch-engines-8b-nf4-dequantize-32.md, -all-modes-decode-kernel.md): the prefill's many eager calls gain most."""
     decode_attention: str
     """QUANT_DECODE_ATTENTION: how a compiled grouped-query model's one-token decode steps attend over the static
     cache on a GPU in fp16/bf16. "triton" (default): quant.decode_attention's kernel, which reads only the slots each
@@ -214,7 +217,7 @@ def load_settings() -> Settings:
         compile_regions=_choice_setting("QUANT_COMPILE_REGIONS", COMPILE_REGIONS),
         int4_dequantize_rows=int_setting("QUANT_INT4_DEQUANTIZE_ROWS", 32, minimum=0),
         int4_dequantize_kernel=_choice_setting("QUANT_INT4_DEQUANTIZE_KERNEL", INT4_DEQUANTIZE_KERNELS),
-        nf4_dequantize_rows=int_setting("QUANT_NF4_DEQUANTIZE_ROWS", 0, minimum=0),
+        nf4_dequantize_rows=int_setting("QUANT_NF4_DEQUANTIZE_ROWS", 32, minimum=0),
         decode_attention=_choice_setting("QUANT_DECODE_ATTENTION", DECODE_ATTENTIONS),
         decode_attention_kernel=_decode_attention_kernel_setting(),
         batch_max_prompts=int_setting("QUANT_BATCH_MAX_PROMPTS", 1000),

@@ -1,39 +1,34 @@
 #!/usr/bin/env bash
-# The next device session's plan for ONE H200 (written 2026-12-01, fourteenth session).
+# The next device session's plan for ONE H200 (written 2026-12-01, fifteenth session).
 #   bash bench/device_session.sh start "bash bench/plans/next-h200.sh"; then `wait 480` (timeout_s 560) within 30 s.
-#   (A machine still warm from an earlier call keeps /tmp/sess: `rm -rf /tmp/sess` first in the command, or `start`
-#   does nothing and `wait` returns the old steps.)
+#   (`start` itself waits ~9 minutes like `wait`; a machine still warm from an earlier call keeps /tmp/sess:
+#   `rm -rf /tmp/sess` first in the command, or `start` does nothing and `wait` returns the old steps.)
 # .whl/ needs hqq, gemlite, einops and termcolor wheels besides fetch-wheels.sh's (see 2026-12-01w-h200.sh).
 # About 25 minutes, one lane, in the order of what each answers (cut from the end if time runs short):
-#  0. The decode attention kernel is the default since the fourteenth session (QUANT_DECODE_ATTENTION=triton): every
-#     compiled grouped-query model on a GPU in 16-bit attends with it. Its own GPU test passed (tiny Llama, heads of
-#     32); the rest of the GPU tests have not run on it: test_gpu_fastpath.py (fp16/bf16/nf4/GPTQ compiled against
-#     eager, seq2seq untouched), test_gpu_batching.py (greedy batches = one by one), then the architectures on the GPU
-#     (heads of 64-256: Gemma's 256 may need more shared memory than the kernel's 3 stages have; its check then keeps
-#     the matmuls for that shape, and the load report says so).
-#  1. issue 26, nf4 0.6x: quant.nf4_dequant's kernel alone + cuBLAS beside bitsandbytes' path by rows (the new column
-#     of bench/int4_matmul_rows.py; its weight's difference from bitsandbytes' should be 0), its GPU test, and the goal
-#     job in bf16 and nf4 with QUANT_NF4_DEQUANTIZE_ROWS=32 (off by default: make 32 the default if nf4 gains and the
-#     test passes).
-#  2. issue 26, the goal job in ONE run on the new default: bf16, nf4, GPTQ (quantized here) on int4pack (the default
-#     backend) and on gptqmodel's Marlin (a 4-bit GEMM that reads the packed weight in its main loop, what GPTQ >= bf16
-#     needs at 128 rows: int4pack dequantizes to bf16 and so cannot pass bf16; Marlin's batch 128 is unmeasured; at
-#     batch 32 on an H100 it ran 2,729 against int4pack's 1,580 and bf16's 3,445, gpu-bench-8b-allmodes). If Marlin
-#     passes bf16, GPTQ batch jobs should run on it.
-#  3. issue 26, bf16 5,000: the batch-128 decode step profiled with the kernel (after it: 5.9 ms of attention in 12.7).
-#  4. issue 27: start-up of bf16 and GPTQ, cold and warm, with the kernel's compiled check at load (nf4's: cold 21.3 s,
-#     warm 15.0 s without it, bench/results/startup-8b-cuda-nf4.md).
+#  0. quant.nf4_dequant is the default from 32 rows since the fifteenth session (QUANT_NF4_DEQUANTIZE_ROWS=32; the goal
+#     job's nf4 0.51x -> 0.68x bf16), on its load-time check against bitsandbytes, but its token-level GPU test was cut
+#     by the last session's device time: first, alone. Then the rest of test_gpu_fastpath.py that the fifteenth
+#     session's call did not reach (it timed out in test_int4pack_gives_the_torch_kernels_tokens after gptq_marlin's
+#     ~3.5 min build; the first 12 passed), with the compiled-vs-eager nf4 case again (the new default), and
+#     int4pack's op now called by name (torch.ops.quant.int4pack_dequantize) in the compiled layer.
+#  1. issue 27, warm start 10 s: bf16's warm start was 19.8 s, 12.7 s in a running app, about 4 s of its load not
+#     explained by the weights (5.2 s) or the compile from cache (3.9 s): the load under cProfile (--profile-warm).
+#  2. issue 26: the goal job's replies on today's defaults against the matmul attention + bitsandbytes' dequantization
+#     in another process (--keep-replies, then --reference: the bench's own column compared a lone engine with itself
+#     before the fifteenth session). Random weights: near ties in 16-bit can part a few replies.
+#  3. issue 26, bf16 5,000 (4,224-4,384; the decode is ~1 s of the 3.8 s job): the prefill at its default groups of
+#     4,096 positions profiled again (decode attention does not touch it; 2.396 s in the ninth session).
+#  4. test_gpu_methods.py on the new defaults (nf4 from 32 rows, the decode attention kernel).
 source "$(dirname "$0")/lanes.sh"
 out=$R/results
 mkdir -p $out
 PYTEST="python3 -m pytest -v -n 0 -p no:cacheprovider --tb=short -rfE -o faulthandler_timeout=300"
 BATCH="python3 bench/batch_engines.py --shape 8b --engines padded --prompts 128 --new-tokens 128 --work /tmp/bench0 --out $out"
 lane 0 \
-  "timeout 420 $PYTEST tests/gpu/test_gpu_fastpath.py -k 'not kernel_cache_survives'" \
-  "timeout 200 python3 bench/int4_matmul_rows.py --out $out --tag=-nf4-triton" \
-  "timeout 600 $BATCH --batch-size 128 --modes 'bf16,nf4,gptq,gptq[gptq_backend=gptq_marlin]' --tag=-all-modes-decode-kernel" \
-  "QUANT_NF4_DEQUANTIZE_ROWS=32 timeout 300 $BATCH --batch-size 128 --modes bf16,nf4 --tag=-nf4-dequantize-32" \
-  "QUANT_STATIC_CACHE_TOKENS=1280 timeout 300 python3 bench/generate_overhead.py --model /tmp/bench0/llama-8b --mode bf16 --device-map cuda:0 --paths compiled --batch-size 128 --new-tokens 64 --repeats 1 --profile --out $out --tag=-b128-cache1280-decode-kernel" \
-  "timeout 300 $PYTEST tests/gpu/test_gpu_batching.py" \
-  "timeout 540 python3 bench/architectures_bench.py --architectures qwen2.5,qwen3,gemma2,gemma3,phi3,mistral --out $out --tag=-decode-kernel" \
-  "timeout 420 python3 bench/startup.py --shape 8b --modes bf16,gptq --warm-starts 1 --device-map cuda:0 --work /tmp/bench0 --out $out --tag=-bf16-gptq-decode-kernel"
+  "timeout 200 $PYTEST tests/gpu/test_gpu_fastpath.py -k nf4_layers_dequantizing" \
+  "timeout 480 $PYTEST tests/gpu/test_gpu_fastpath.py -k 'not kernel_cache_survives and not nf4_layers_dequantizing and not compiled_seq2seq and not seq2seq_in_llm_int8 and not compiled_gptq_matches_eager'" \
+  "timeout 300 python3 bench/startup.py --shape 8b --modes bf16 --warm-starts 1 --profile-warm --device-map cuda:0 --work /tmp/bench0 --out $out --tag=-profiled-fifteenth" \
+  "QUANT_DECODE_ATTENTION=matmul QUANT_NF4_DEQUANTIZE_ROWS=0 timeout 300 $BATCH --batch-size 128 --modes bf16,nf4 --keep-replies --tag=-reference-matmul-bnb" \
+  "timeout 300 $BATCH --batch-size 128 --modes bf16,nf4 --reference $out/batch-engines-8b-reference-matmul-bnb.json --tag=-defaults-vs-reference" \
+  "timeout 300 python3 bench/prefill_profile.py --shape 8b --mode bf16 --group-tokens 2048 --repeats 3 --work /tmp/bench0 --out $out --tag=-4096-fifteenth" \
+  "timeout 540 $PYTEST tests/gpu/test_gpu_methods.py"

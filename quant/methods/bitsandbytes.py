@@ -145,8 +145,9 @@ class FourBitMethod(BitsAndBytesMethod):
 
 
 def _dequantize_long_inputs(model) -> list[str]:
-    """QUANT_NF4_DEQUANTIZE_ROWS=N on a GPU: the 4-bit layers dequantize inputs of N rows or more with quant.nf4_dequant
-    and multiply with cuBLAS (experimental, off by default). Returns the load report's lines."""
+    """QUANT_NF4_DEQUANTIZE_ROWS=N (32 by default) on a GPU: the 4-bit layers dequantize inputs of N rows or more with
+    quant.nf4_dequant and multiply with cuBLAS (0: off). Returns the load report's warnings: none where the layers
+    were converted (the report's layer classes say Dequantizing4bitLinear), the reason where the kernel was refused."""
     from ..settings import load_settings
 
     from_rows = load_settings().nf4_dequantize_rows
@@ -158,6 +159,5 @@ def _dequantize_long_inputs(model) -> list[str]:
     refused = nf4_dequant.CHECK.reason()
     if refused:
         return [f"QUANT_NF4_DEQUANTIZE_ROWS={from_rows} is not used: {refused}."]
-    converted = nf4_dequant.convert_model(model, from_rows)
-    return [f"{converted} 4-bit layers dequantize inputs of {from_rows} rows or more with quant.nf4_dequant's Triton "
-            "kernel and multiply with cuBLAS (QUANT_NF4_DEQUANTIZE_ROWS, experimental)."]
+    nf4_dequant.convert_model(model, from_rows)
+    return []
