@@ -15,8 +15,9 @@ and dequantize_blockwise). Packed as bitsandbytes packs: the weight flattened ro
 in the high nibble.
 
 On by default from 32 rows since the fifteenth session: per layer it is only 0.88-1.09x bitsandbytes' path on an
-H200, but the goal job's nf4 rose from 0.51x to 0.68x bf16, mostly in the prefill
-(bench/results/batch-engines-8b-nf4-dequantize-32.md). QUANT_NF4_DEQUANTIZE_ROWS=N (0: off) gives a GPU model's
+H200, but the goal job's nf4 rose from 0.51x to 0.68x bf16 (bench/results/batch-engines-8b-nf4-dequantize-32.md;
+where it gains is not profiled yet: the prefill's many eager calls, each bitsandbytes' two kernels and their Python,
+are the likely place). QUANT_NF4_DEQUANTIZE_ROWS=N (0: off) gives a GPU model's
 bitsandbytes 4-bit layers a forward that, for N rows or more, dequantizes with this kernel and multiplies with cuBLAS
 (`convert_model`, after a once-a-process check of the compiled op against bitsandbytes' dequantization); fewer rows
 keep bitsandbytes' own path. The kernel alone is timed by bench/int4_matmul_rows.py's nf4 Triton column. It is a

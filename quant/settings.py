@@ -137,7 +137,7 @@ class Settings:
     0 keeps bitsandbytes' path. H200, 8B: per layer 0.88-1.09x bitsandbytes' dequantize + matmul at 16-256 rows
     (bench/results/int4-matmul-rows-nf4-triton.md), but the goal job of issue 26 (128 ragged prompts x 128 new tokens,
     batch 128) ran nf4 at 2,878 tok/s, 0.68x bf16's 4,224 in the same run, against 0.51x without it
-    (batch-engines-8b-nf4-dequantize-32.md, -all-modes-decode-kernel.md): the prefill's many eager calls gain most."""
+    (batch-engines-8b-nf4-dequantize-32.md, -all-modes-decode-kernel.md); where the job gains is not profiled yet."""
     decode_attention: str
     """QUANT_DECODE_ATTENTION: how a compiled grouped-query model's one-token decode steps attend over the static
     cache on a GPU in fp16/bf16. "triton" (default): quant.decode_attention's kernel, which reads only the slots each

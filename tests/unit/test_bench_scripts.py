@@ -49,3 +49,15 @@ def test_methods_bench_refuses_an_unknown_option_before_building_anything(tmp_pa
     assert done.returncode != 0
     assert "hqq has no option 'hqq_bitz'" in done.stderr
     assert not (tmp_path / "work").exists()
+
+
+def test_batch_engines_refuses_a_reference_run_without_replies_before_building_anything(tmp_path):
+    """--reference needs a run written with --keep-replies: without its replies there is nothing to compare with,
+    and a GPU session must not learn that after building and loading an 8B model."""
+    reference = tmp_path / "reference.json"
+    reference.write_text('{"modes": [{"mode": "bf16", "engines": [{"engine": "padded", "tokens_per_s": 1.0}]}]}')
+    done = run_script("bench/batch_engines.py", "--modes", "bf16", "--reference", str(reference),
+                      "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"))
+    assert done.returncode != 0
+    assert "holds no replies: write the reference run with --keep-replies" in done.stderr
+    assert not (tmp_path / "work").exists()
