@@ -203,15 +203,16 @@ def _launch(query, key, value, allowed, scale: float, config: KernelConfig, spli
     if kernel_wrapper is not None:
         kernel = kernel_wrapper(kernel)
     one_row = allowed.shape[0] == 1
-    kernel[(rows, kv_heads, splits)](
-        query, key, value, allowed_bytes, bounds, acc, best, total,
-        query.stride(0), query.stride(1), query.stride(2), key.stride(0), key.stride(1), key.stride(2),
-        value.stride(0), value.stride(1), value.stride(2),
-        0 if one_row else allowed_bytes.stride(0), allowed_bytes.stride(1), 0 if one_row else bounds.stride(0),
-        kv_heads, groups, slots, dim, scale, splits,
-        BLOCK_G=max(MIN_GROUP_ROWS, next_power_of_2(groups)), BLOCK_S=config.block,
-        BLOCK_D=max(16, next_power_of_2(dim)), MASKED_LOADS=config.masked_loads,
-        num_warps=config.warps, num_stages=config.stages)
+    with triton_support.launch_device(query):
+        kernel[(rows, kv_heads, splits)](
+            query, key, value, allowed_bytes, bounds, acc, best, total,
+            query.stride(0), query.stride(1), query.stride(2), key.stride(0), key.stride(1), key.stride(2),
+            value.stride(0), value.stride(1), value.stride(2),
+            0 if one_row else allowed_bytes.stride(0), allowed_bytes.stride(1), 0 if one_row else bounds.stride(0),
+            kv_heads, groups, slots, dim, scale, splits,
+            BLOCK_G=max(MIN_GROUP_ROWS, next_power_of_2(groups)), BLOCK_S=config.block,
+            BLOCK_D=max(16, next_power_of_2(dim)), MASKED_LOADS=config.masked_loads,
+            num_warps=config.warps, num_stages=config.stages)
     return acc, best, total
 
 

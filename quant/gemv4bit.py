@@ -34,6 +34,8 @@ import os
 import torch
 from torch import nn
 
+from . import triton_support
+
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 8
@@ -120,8 +122,9 @@ def gemv_4bit(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code:
     kernel = _triton_kernel()
     args = (rows, packed, absmax, code, out, out_features, in_features, rows.stride(0), out.stride(0))
     if x.device.type == "cuda":
-        kernel[lambda meta: (triton.cdiv(out_features, meta["BLOCK_N"]), rows.shape[0])](
-            *args, BLOCK_K=chunk_width(in_features), QBLOCK=QUANT_BLOCK)
+        with triton_support.launch_device(x):  # an opaque op: its body runs eagerly even in a compiled step
+            kernel[lambda meta: (triton.cdiv(out_features, meta["BLOCK_N"]), rows.shape[0])](
+                *args, BLOCK_K=chunk_width(in_features), QBLOCK=QUANT_BLOCK)
     else:  # Triton's interpreter on the CPU, one fixed tile (the autotuner times configurations on a GPU)
         kernel.fn[(triton.cdiv(out_features, 16), rows.shape[0])](*args, BLOCK_N=16, BLOCK_K=chunk_width(in_features),
                                                                   QBLOCK=QUANT_BLOCK)

@@ -89,8 +89,9 @@ def _launch(packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: in
     if kernel_wrapper is not None:
         kernel = kernel_wrapper(kernel)
     grid = (-(-n_features // rows), -(-k_features // columns))
-    kernel[grid](packed, scales_and_zeros, out, n_features, k_features, k_outer,
-                 WORDS=words, GROUP=group_size, ROWS=rows, COLUMNS=columns, num_warps=warps)
+    with triton_support.launch_device(packed):
+        kernel[grid](packed, scales_and_zeros, out, n_features, k_features, k_outer,
+                     WORDS=words, GROUP=group_size, ROWS=rows, COLUMNS=columns, num_warps=warps)
 
 
 def _check(packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> tuple[int, int]:

@@ -103,9 +103,10 @@ def _launch(packed, code, absmax, absmax_code, absmax_scale, offset, out, block:
     if kernel_wrapper is not None:
         kernel = kernel_wrapper(kernel)
     n_bytes = packed.numel()
-    kernel[(-(-n_bytes // BYTES_PER_PROGRAM),)](
-        packed, code, absmax, absmax_code, absmax_scale, offset, out, n_bytes,
-        BLOCK=block, NESTED=nested, DOUBLE=double, BYTES=BYTES_PER_PROGRAM)
+    with triton_support.launch_device(packed):
+        kernel[(-(-n_bytes // BYTES_PER_PROGRAM),)](
+            packed, code, absmax, absmax_code, absmax_scale, offset, out, n_bytes,
+            BLOCK=block, NESTED=nested, DOUBLE=double, BYTES=BYTES_PER_PROGRAM)
 
 
 def dequantize(packed: torch.Tensor, quant_state, dtype: torch.dtype | None = None) -> torch.Tensor:

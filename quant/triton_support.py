@@ -3,11 +3,22 @@ GPU and Triton, and a check against the torch version it replaces, once a proces
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 from typing import Callable
 
 import torch
+
+
+def launch_device(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
+    """The CUDA device of `tensor` made current around a Triton launch called eagerly: Triton launches on the current
+    device, and a layer of a model split over GPUs (device_map over cuda:0 and cuda:1) sits on another one, as
+    bitsandbytes guards its own kernels. Compiled code sets the device itself (and Dynamo need not trace this); a CPU
+    tensor (Triton's interpreter) needs nothing."""
+    if tensor.is_cuda and not torch.compiler.is_compiling():
+        return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()
 
 
 def refusal() -> str | None:

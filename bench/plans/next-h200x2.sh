@@ -12,6 +12,10 @@ source "$(dirname "$0")/lanes.sh"
 out=$R/results
 mkdir -p $out
 PYTEST="python3 -m pytest -v -n 0 -p no:cacheprovider --tb=short -rfE -o faulthandler_timeout=300"
+# First (fifteenth session): the split 4-bit models' Triton launches on their layers' own GPU (triton_support.launch_device;
+# Triton launches on the current device, and nf4/GPTQ layers dequantize with our kernels from 32 rows by default), and
+# the segments' tests again on today's defaults.
+both "timeout 300 $PYTEST tests/gpu/test_gpu_segments.py" step0
 both "timeout 420 $PYTEST tests/gpu/test_gpu_tensor_parallel.py" step1
 both "timeout 420 python3 bench/tp_bench.py --shape 8b --new-tokens 128 --work /tmp/bench0 --out $out --tag=-compiled" step2
 rm -rf /tmp/bench0/llama-8b

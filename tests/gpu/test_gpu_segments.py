@@ -9,7 +9,7 @@ import torch
 
 from quant.loader import LoadRequest
 from tests.conftest import LLAMA
-from tests.support.fastpath import PROMPTS, assert_compiled_rows_match, load
+from tests.support.fastpath import PROMPTS, assert_compiled_rows_match, assert_same_up_to_noise, greedy_ids, load
 
 pytestmark = pytest.mark.gpu
 
@@ -60,3 +60,23 @@ def test_segments_on_one_gpu_give_the_eager_tokens(kernel_cache, monkeypatch):
     eager, fast = load(request, fast=False), load(request, fast=True)
     check_segments(eager, fast, "3 segments over cuda:0")
     fast.path.close()
+
+
+@two_gpus
+@pytest.mark.parametrize("mode", ["nf4", "gptq"])
+def test_a_split_4bit_model_dequantizes_each_layer_on_its_own_gpu(mode, kernel_cache, monkeypatch, request):
+    """Triton launches on the current GPU (cuda:0 here), so a 4-bit layer on cuda:1 of a split model that dequantizes
+    with quant.nf4_dequant or quant.int4_dequant eagerly (every call here: from one row) must launch on its own GPU
+    (triton_support.launch_device) and give the one-GPU model's greedy tokens."""
+    monkeypatch.setenv("QUANT_NF4_DEQUANTIZE_ROWS", "1")
+    monkeypatch.setenv("QUANT_INT4_DEQUANTIZE_ROWS", "1")
+    model = LLAMA if mode == "nf4" else str(request.getfixturevalue("gpu_gptq_llama_dir"))
+    one = load(LoadRequest(model=model, mode=mode, device_map="cuda:0"), fast=False)
+    split = load(LoadRequest(model=model, mode=mode, device_map="sequential", max_memory="0=700KiB, 1=1GiB"),
+                 fast=False)
+    assert "cuda:1" in layer_devices(split), f"lower max_memory's cuda:0 share: {split.report.device_map}"
+    assert torch.cuda.current_device() == 0
+    encoded, expected, _ = greedy_ids(one, PROMPTS)
+    _, got, _ = greedy_ids(split, PROMPTS)
+    for row, (want, have) in enumerate(zip(expected, got)):
+        assert_same_up_to_noise(one, encoded, row, want, have)
