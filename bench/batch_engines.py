@@ -23,6 +23,9 @@ compiled for them too).
     python bench/batch_engines.py --model demo:tiny-llama-chat --device-map cpu --modes fp32,nf4 --prompts 12 \\
         --max-prompt-tokens 300 --new-tokens 16 --batch-size 4 --out /tmp/batch-engines              # a CPU check
 
+`--profile` runs one more job per mode under torch.profiler and splits its wall time into the decode loop's prefill and
+decode (quant.decode's profiler ranges, with the GPU time of the kernels each launched) and the rest of the job.
+
 Random weights (bench/llama_shapes.py) for the shapes: speed and memory only; with random weights a reply seldom
 meets a stop token, so most replies run to --new-tokens.
 """
@@ -39,7 +42,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REQUIRED, WORK, bench_parser, environment, result_stem, write_results  # noqa: E402
+from bench.common import (REQUIRED, WORK, bench_parser, environment, kernel_kind, result_stem,  # noqa: E402
+                          write_results)
 from bench.llama_shapes import build_checkpoint  # noqa: E402
 from bench.methods_bench import parse_modes, quantized_checkpoint  # noqa: E402
 from quant.batching import CONTINUOUS, PADDED, run_batch  # noqa: E402
@@ -120,6 +124,39 @@ def run_engine(loaded, prompts: list[str], settings: GenerationSettings, batch_s
             "replies": [[r.output, r.new_tokens] for r in last.rows]}
 
 
+def profile_job(loaded, prompts: list[str], settings: GenerationSettings, batch_size: int, engine: str,
+                top: int = 12) -> dict:
+    """One more job under torch.profiler (every thread: a compiled job runs on the runner thread): its wall time, the
+    GPU's busy time (kernels, by kind), and the decode loop's two phases (quant.decode's profiler ranges: host wall
+    and the GPU time of the kernels they launched, CUDA graphs' included); the rest of the wall is the job's own
+    (tokenizing, scheduling, streaming the rows) or the GPU waiting for it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from quant.decode import DECODE_RANGE, PREFILL_RANGE
+
+    on_gpu = torch.cuda.is_available() and next(loaded.model.parameters()).is_cuda
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    try:
+        config = {"experimental_config": torch._C._profiler._ExperimentalConfig(profile_all_threads=True)}
+    except (AttributeError, TypeError):
+        config = {}
+    with profile(activities=activities, **config) as prof:
+        result = run_engine(loaded, prompts, settings, batch_size, engine)
+    events = prof.key_averages()
+    phases = {e.key: {"calls": e.count, "wall_s": e.cpu_time_total / 1e6, "gpu_s": e.device_time_total / 1e6}
+              for e in events if e.key in (PREFILL_RANGE, DECODE_RANGE)}
+    kernels = sorted((e for e in events if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total),
+                     key=lambda e: -e.self_device_time_total)
+    by_kind: dict[str, float] = {}
+    for e in kernels:
+        by_kind[kernel_kind(e.key)] = by_kind.get(kernel_kind(e.key), 0.0) + e.self_device_time_total / 1e6
+    return {"engine": engine, "on_gpu": on_gpu, "job_seconds": result["job_seconds"],
+            "tokens_per_s": result["tokens_per_s"],
+            "gpu_busy_s": sum(by_kind.values()), "gpu_s_by_kind": by_kind, "phases": phases,
+            "top_kernels": [{"kernel": e.key[:120], "calls": e.count, "seconds": e.self_device_time_total / 1e6}
+                            for e in kernels[:top]]}
+
+
 def reference_replies(engines: list[dict], earlier: list | None) -> list | None:
     """What a mode's replies are compared with: an earlier run's (--reference), else the continuous engine's, else the
     first engine's where two or more ran; None for a lone engine (compared with itself it would say nothing)."""
@@ -178,6 +215,10 @@ def bench_mode(registry: ModelRegistry, mode, model: str, args, prompts_of, earl
         print(f"{mode.label} {engine}: {result['tokens_per_s']:,.0f} tok/s, {result['prompts_per_s']:.2f} prompts/s, "
               f"first reply {result['first_reply_seconds'] or 0:.2f} s, job {result['job_seconds']:.1f} s, peak "
               f"{(result['peak_gpu_bytes'] or 0) / MiB:,.0f} MiB; ran {result['ran']}", flush=True)
+    if args.profile and row["engines"]:
+        row["profile"] = profile_job(loaded, prompts, settings, args.batch_size, row["engines"][0]["engine"])
+        print(f"{mode.label}: profiled job {row['profile']['job_seconds']:.2f} s, GPU busy "
+              f"{row['profile']['gpu_busy_s']:.2f} s; phases {row['profile']['phases']}", flush=True)
     reference = reference_replies(row["engines"], earlier.get(mode.label) if earlier else None)
     for result in row["engines"]:
         result["equal_to_reference"] = (sum(a == b for a, b in zip(result["replies"], reference))
@@ -188,6 +229,27 @@ def bench_mode(registry: ModelRegistry, mode, model: str, args, prompts_of, earl
     del loaded
     registry.unload(key)
     return row
+
+
+def profile_markdown(mode: str, profiled: dict) -> list[str]:
+    """Where a profiled job's time went: the decode loop's phases, the GPU's busy time by kind, the top kernels."""
+    wall = profiled["job_seconds"]
+    busy = (f"GPU busy {profiled['gpu_busy_s']:.2f} s ({profiled['gpu_busy_s'] / wall:.0%})" if profiled["on_gpu"]
+            else "on the CPU (no GPU time)")
+    lines = [f"### {mode}, one more job under torch.profiler ({profiled['engine']}): {wall:.2f} s, "
+             f"{profiled['tokens_per_s']:,.0f} tok/s (slower than unprofiled by the profiler's overhead), {busy}", "",
+             "| part | calls | host wall s | GPU s of its kernels |", "|---|---|---|---|"]
+    phases = profiled["phases"]
+    for name, phase in phases.items():
+        lines.append(f"| {name} | {phase['calls']} | {phase['wall_s']:.3f} | {phase['gpu_s']:.3f} |")
+    outside = wall - sum(p["wall_s"] for p in phases.values())
+    lines.append(f"| the rest of the job (outside the decode loop's phases) | | {outside:.3f} | |")
+    lines += ["", "| GPU kernels by kind | s |", "|---|---|"]
+    lines += [f"| {kind} | {seconds:.3f} |" for kind, seconds in sorted(profiled["gpu_s_by_kind"].items(),
+                                                                       key=lambda kv: -kv[1])]
+    lines += ["", "| kernel | calls | s |", "|---|---|---|"]
+    lines += [f"| `{k['kernel']}` | {k['calls']} | {k['seconds']:.3f} |" for k in profiled["top_kernels"]]
+    return lines
 
 
 def markdown(data: dict) -> str:
@@ -232,6 +294,9 @@ def markdown(data: dict) -> str:
             refusal = f": {row['on_demand_refusal']}" if row["on_demand_refusal"] else ""
             lines.append(f"- {row['mode']}: batch size compiled on demand before the jobs in "
                          f"{row['on_demand_compile_seconds']:.1f} s{refusal}")
+    for row in data["modes"]:
+        if "profile" in row:
+            lines += ["", *profile_markdown(row["mode"], row["profile"])]
     lines += ["", f"Goals (issue 26): {GOALS}."]
     return "\n".join(lines) + "\n"
 
@@ -255,6 +320,9 @@ def main() -> None:
     parser.add_argument("--fast-generation", default=os.environ.get("QUANT_FAST_GENERATION", "auto"),
                         help="QUANT_FAST_GENERATION for the loads: auto, all, off")
     parser.add_argument("--keep-replies", action="store_true", help="keep every reply in the JSON")
+    parser.add_argument("--profile", action="store_true",
+                        help="per mode, one more job of the first engine under torch.profiler: where its time goes "
+                             "(the decode loop's prefill and decode, the GPU's busy time by kind, top kernels)")
     parser.add_argument("--reference", type=Path, default=None,
                         help="an earlier run's JSON written with --keep-replies: each mode's replies are compared with "
                              "its (the same prompts: keep --prompts, the prompt lengths and --new-tokens)")

@@ -142,3 +142,17 @@ def write_results(out: Path, stem: str, data: dict, markdown: str | Callable[[di
         markdown = markdown(written)  # with the machine facts: a table's title names the GPU from them
     (out / f"{stem}.md").write_text(markdown if markdown.endswith("\n") else markdown + "\n")
     print(markdown)
+
+
+KERNEL_KINDS = (("attention", ("fmha", "flash", "attention", "attn", "softmax")),
+                ("matmul", ("gemm", "nvjet", "cutlass", "sm90", "sm80", "xmma", "matmul", "addmm", " mm", "aten::mm")),
+                ("copy", ("copy", "index_put", "scatter", "cat")))
+"""A GPU kernel's kind by marks in its name (the first that matches; else "other"), for profiles' summaries."""
+
+
+def kernel_kind(name: str) -> str:
+    lowered = name.lower()
+    for kind, marks in KERNEL_KINDS:
+        if any(mark in lowered for mark in marks):
+            return kind
+    return "other"

@@ -31,25 +31,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.batch_engines import ragged_prompts  # noqa: E402
-from bench.common import REQUIRED, WORK, bench_parser, result_stem, write_results  # noqa: E402
+from bench.common import REQUIRED, WORK, bench_parser, kernel_kind, result_stem, write_results  # noqa: E402
 from bench.llama_shapes import build_checkpoint  # noqa: E402
 from quant import ragged  # noqa: E402
 from quant.decode import DecodeLoop  # noqa: E402
 from quant.loader import LoadRequest  # noqa: E402
 from quant.methods import QuantOptions  # noqa: E402
 from quant.registry import ModelRegistry  # noqa: E402
-
-KINDS = (("attention", ("fmha", "flash", "attention", "attn", "softmax")),
-         ("matmul", ("gemm", "nvjet", "cutlass", "sm90", "sm80", "xmma", "matmul", "addmm", " mm", "aten::mm")),
-         ("copy", ("copy", "index_put", "scatter", "cat")))
-
-
-def kernel_kind(name: str) -> str:
-    lowered = name.lower()
-    for kind, marks in KINDS:
-        if any(mark in lowered for mark in marks):
-            return kind
-    return "other"
 
 
 def sync(device: torch.device) -> None:

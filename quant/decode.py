@@ -42,6 +42,11 @@ log = logging.getLogger(__name__)
 _capture_streams: dict[torch.device, torch.cuda.Stream] = {}
 
 
+PREFILL_RANGE, DECODE_RANGE = "quant.decode_loop.prefill", "quant.decode_loop.decode"
+"""The loop's two phases as torch.profiler ranges: what a profiled job splits its time by (a range costs a few
+microseconds when no profiler runs)."""
+
+
 def _capture_stream(device: torch.device) -> torch.cuda.Stream:
     """The one side stream that every warm-up and capture on `device` uses.
 
@@ -227,24 +232,26 @@ class DecodeLoop:
         # Deferred where the device runs asynchronously to the host (on the CPU there is nothing to overlap)
         stop_check = (DeferredStopCheck(input_ids, stopping_criteria.max_length, None, False, decode_streamer)
                       if input_ids.device.type == "cuda" else StopCheck(decode_streamer))
-        logits = self._prefill(input_ids, **prefill_inputs)
-        while True:
-            # A split model's head may sit on another device than the tokens (quant.segments)
-            scores = logits_processor(input_ids, logits.to(input_ids.device, copy=True, dtype=torch.float32))
-            if generation_config.do_sample:
-                probs = torch.nn.functional.softmax(scores, dim=-1)
-                next_tokens = torch.multinomial(probs, num_samples=1).squeeze(1)
-            else:
-                next_tokens = torch.argmax(scores, dim=-1)
-            if has_eos_stopping_criteria:
-                next_tokens = next_tokens * unfinished + pad_token_id * (1 - unfinished)
-            input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
-            unfinished = unfinished & ~stopping_criteria(input_ids, None)
-            if stop_check(unfinished, next_tokens, input_ids.shape[1]):
-                break
-            self.token.copy_(next_tokens[:, None])
-            logits = self._run_step()
-        steps_to_undo = stop_check.finish()
+        with torch.profiler.record_function(PREFILL_RANGE):  # named ranges for torch.profiler (bench/batch_engines.py)
+            logits = self._prefill(input_ids, **prefill_inputs)
+        with torch.profiler.record_function(DECODE_RANGE):
+            while True:
+                # A split model's head may sit on another device than the tokens (quant.segments)
+                scores = logits_processor(input_ids, logits.to(input_ids.device, copy=True, dtype=torch.float32))
+                if generation_config.do_sample:
+                    probs = torch.nn.functional.softmax(scores, dim=-1)
+                    next_tokens = torch.multinomial(probs, num_samples=1).squeeze(1)
+                else:
+                    next_tokens = torch.argmax(scores, dim=-1)
+                if has_eos_stopping_criteria:
+                    next_tokens = next_tokens * unfinished + pad_token_id * (1 - unfinished)
+                input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
+                unfinished = unfinished & ~stopping_criteria(input_ids, None)
+                if stop_check(unfinished, next_tokens, input_ids.shape[1]):
+                    break
+                self.token.copy_(next_tokens[:, None])
+                logits = self._run_step()
+            steps_to_undo = stop_check.finish()
         if steps_to_undo:
             input_ids = input_ids[:, :-steps_to_undo]
         if decode_streamer is not None:

@@ -15,7 +15,9 @@
 #     explained by the weights (5.2 s) or the compile from cache (3.9 s): the load under cProfile (--profile-warm).
 #  2. issue 26: the goal job's replies on today's defaults against the matmul attention + bitsandbytes' dequantization
 #     in another process (--keep-replies, then --reference: the bench's own column compared a lone engine with itself
-#     before the fifteenth session). Random weights: near ties in 16-bit can part a few replies.
+#     before the fifteenth session). Random weights: near ties in 16-bit can part a few replies. With --profile: one
+#     more job per mode under torch.profiler, split into the decode loop's prefill and decode and the rest (the bf16
+#     job's 3.8 s: ~2.4 s prefill + ~0.8 s decode steps leave ~0.6 s unexplained).
 #  3. issue 26, bf16 5,000 (4,224-4,384; the decode is ~1 s of the 3.8 s job): the prefill at its default groups of
 #     4,096 positions profiled again (decode attention does not touch it; 2.396 s in the ninth session).
 #     Before it, nf4's prefill with and without quant.nf4_dequant: where did the nf4 job's 7.4 -> 5.7 s come from?
@@ -30,7 +32,7 @@ lane 0 \
   "timeout 480 $PYTEST tests/gpu/test_gpu_fastpath.py -k 'not kernel_cache_survives and not nf4_layers_dequantizing and not compiled_seq2seq and not seq2seq_in_llm_int8 and not compiled_gptq_matches_eager'" \
   "timeout 300 python3 bench/startup.py --shape 8b --modes bf16 --warm-starts 1 --profile-warm --device-map cuda:0 --work /tmp/bench0 --out $out --tag=-profiled-fifteenth" \
   "QUANT_DECODE_ATTENTION=matmul QUANT_NF4_DEQUANTIZE_ROWS=0 timeout 300 $BATCH --batch-size 128 --modes bf16,nf4 --keep-replies --tag=-reference-matmul-bnb" \
-  "timeout 300 $BATCH --batch-size 128 --modes bf16,nf4 --reference $out/batch-engines-8b-reference-matmul-bnb.json --tag=-defaults-vs-reference" \
+  "timeout 300 $BATCH --batch-size 128 --modes bf16,nf4 --reference $out/batch-engines-8b-reference-matmul-bnb.json --profile --tag=-defaults-vs-reference" \
   "QUANT_NF4_DEQUANTIZE_ROWS=0 timeout 240 python3 bench/prefill_profile.py --shape 8b --mode nf4 --group-tokens '' --repeats 2 --work /tmp/bench0 --out $out --tag=-nf4-bitsandbytes" \
   "timeout 240 python3 bench/prefill_profile.py --shape 8b --mode nf4 --group-tokens '' --repeats 2 --work /tmp/bench0 --out $out --tag=-nf4-dequantize-32" \
   "timeout 300 python3 bench/prefill_profile.py --shape 8b --mode bf16 --group-tokens 2048 --repeats 3 --work /tmp/bench0 --out $out --tag=-4096-fifteenth" \
