@@ -22,6 +22,10 @@
 #     4,096 positions profiled again (decode attention does not touch it; 2.396 s in the ninth session).
 #     Before it, nf4's prefill with and without quant.nf4_dequant: where did the nf4 job's 7.4 -> 5.7 s come from?
 #  4. test_gpu_methods.py on the new defaults (nf4 from 32 rows, the decode attention kernel).
+#  5. (if time is left: GPTQ is quantized here first, ~5 min) GPTQ on int4pack and on Marlin, profiled: Marlin's job
+#     was slower (0.62x bf16 against int4pack's 0.85x), but is its decode (a 4-bit GEMM at 128 rows) faster and only
+#     its prefill (GEMMs of thousands of rows) slower? Then Marlin for the decode steps and dequantize + cuBLAS for
+#     the prefill is GPTQ's way past bf16.
 source "$(dirname "$0")/lanes.sh"
 out=$R/results
 mkdir -p $out
@@ -36,4 +40,5 @@ lane 0 \
   "QUANT_NF4_DEQUANTIZE_ROWS=0 timeout 240 python3 bench/prefill_profile.py --shape 8b --mode nf4 --group-tokens '' --repeats 2 --work /tmp/bench0 --out $out --tag=-nf4-bitsandbytes" \
   "timeout 240 python3 bench/prefill_profile.py --shape 8b --mode nf4 --group-tokens '' --repeats 2 --work /tmp/bench0 --out $out --tag=-nf4-dequantize-32" \
   "timeout 300 python3 bench/prefill_profile.py --shape 8b --mode bf16 --group-tokens 2048 --repeats 3 --work /tmp/bench0 --out $out --tag=-4096-fifteenth" \
-  "timeout 540 $PYTEST tests/gpu/test_gpu_methods.py"
+  "timeout 540 $PYTEST tests/gpu/test_gpu_methods.py" \
+  "timeout 600 $BATCH --batch-size 128 --modes 'gptq,gptq[gptq_backend=gptq_marlin]' --profile --tag=-gptq-profiled"
