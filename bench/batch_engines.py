@@ -168,8 +168,9 @@ def reference_replies(engines: list[dict], earlier: list | None) -> list | None:
     return engines[0]["replies"] if len(engines) >= 2 else None
 
 
-def earlier_replies(path: Path) -> dict[str, list]:
-    """Per mode, the first engine's replies of an earlier run written with --keep-replies (--reference)."""
+def earlier_replies(path: Path, prompts: int, shortest: int, longest: int, new_tokens: int) -> dict[str, list]:
+    """Per mode, the first engine's replies of an earlier run written with --keep-replies (--reference), which must
+    have run the same prompts and reply length."""
     import json
 
     data = json.loads(Path(path).read_text())
@@ -177,6 +178,11 @@ def earlier_replies(path: Path) -> dict[str, list]:
                if row.get("engines") and "replies" in row["engines"][0]}
     if not replies:
         raise SystemExit(f"{path} holds no replies: write the reference run with --keep-replies")
+    if (data.get("prompts"), data.get("shortest"), data.get("longest"), data.get("new_tokens")) != (
+            prompts, shortest, longest, new_tokens):
+        raise SystemExit(f"{path} ran other prompts ({data.get('prompts')} of {data.get('shortest')}-"
+                         f"{data.get('longest')} tokens, {data.get('new_tokens')} new): run with the same --prompts, "
+                         "--min-prompt-tokens, --max-prompt-tokens and --new-tokens")
     return replies
 
 
@@ -328,7 +334,8 @@ def main() -> None:
                              "its (the same prompts: keep --prompts, the prompt lengths and --new-tokens)")
     args = parser.parse_args()
     modes = parse_modes(args.modes)  # refused before anything is built
-    earlier = earlier_replies(args.reference) if args.reference else None
+    earlier = (earlier_replies(args.reference, args.prompts, args.min_prompt_tokens, args.max_prompt_tokens,
+                               args.new_tokens) if args.reference else None)
     os.environ["QUANT_COMPILED_BATCH_SIZES"] = args.compiled_batch_sizes
     os.environ["QUANT_FAST_GENERATION"] = args.fast_generation
     engines = args.engines.split(",")

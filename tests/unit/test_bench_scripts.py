@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = sorted(p.name for p in (ROOT / "bench").glob("*.py") if "def main(" in p.read_text())
@@ -55,9 +54,17 @@ def test_batch_engines_refuses_a_reference_run_without_replies_before_building_a
     """--reference needs a run written with --keep-replies: without its replies there is nothing to compare with,
     and a GPU session must not learn that after building and loading an 8B model."""
     reference = tmp_path / "reference.json"
-    reference.write_text('{"modes": [{"mode": "bf16", "engines": [{"engine": "padded", "tokens_per_s": 1.0}]}]}')
+    run = '"prompts": 128, "shortest": 16, "longest": 1000, "new_tokens": 128'
+    reference.write_text('{%s, "modes": [{"mode": "bf16", "engines": [{"engine": "padded"}]}]}' % run)
     done = run_script("bench/batch_engines.py", "--modes", "bf16", "--reference", str(reference),
                       "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"))
     assert done.returncode != 0
     assert "holds no replies: write the reference run with --keep-replies" in done.stderr
+    # replies of other prompts: refused too, naming what differs
+    reference.write_text('{%s, "modes": [{"mode": "bf16", "engines": [{"engine": "padded", "replies": [["a", 1]]}]}]}'
+                         % run.replace('"new_tokens": 128', '"new_tokens": 64'))
+    done = run_script("bench/batch_engines.py", "--modes", "bf16", "--reference", str(reference),
+                      "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"))
+    assert done.returncode != 0
+    assert "ran other prompts (128 of 16-1000 tokens, 64 new)" in done.stderr
     assert not (tmp_path / "work").exists()
