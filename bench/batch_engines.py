@@ -43,7 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (REQUIRED, WORK, bench_parser, environment, kernel_kind, result_stem,  # noqa: E402
-                          write_results)
+                          thread_profiler, write_results)
 from bench.llama_shapes import build_checkpoint  # noqa: E402
 from bench.methods_bench import parse_modes, quantized_checkpoint  # noqa: E402
 from quant.batching import CONTINUOUS, PADDED, run_batch  # noqa: E402
@@ -130,17 +130,10 @@ def profile_job(loaded, prompts: list[str], settings: GenerationSettings, batch_
     GPU's busy time (kernels, by kind), and the decode loop's two phases (quant.decode's profiler ranges: host wall
     and the GPU time of the kernels they launched, CUDA graphs' included); the rest of the wall is the job's own
     (tokenizing, scheduling, streaming the rows) or the GPU waiting for it."""
-    from torch.profiler import ProfilerActivity, profile
-
     from quant.decode import DECODE_RANGE, PREFILL_RANGE
 
     on_gpu = torch.cuda.is_available() and next(loaded.model.parameters()).is_cuda
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
-    try:
-        config = {"experimental_config": torch._C._profiler._ExperimentalConfig(profile_all_threads=True)}
-    except (AttributeError, TypeError):
-        config = {}
-    with profile(activities=activities, **config) as prof:
+    with thread_profiler(on_gpu) as prof:
         result = run_engine(loaded, prompts, settings, batch_size, engine)
     events = prof.key_averages()
     phases = {e.key: {"calls": e.count, "wall_s": e.cpu_time_total / 1e6, "gpu_s": e.device_time_total / 1e6}

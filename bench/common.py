@@ -156,3 +156,17 @@ def kernel_kind(name: str) -> str:
         if any(mark in lowered for mark in marks):
             return kind
     return "other"
+
+
+def thread_profiler(on_gpu: bool):
+    """torch.profiler over every thread (a compiled generation runs on the runner thread), the GPU's kernels too where
+    `on_gpu`; the main thread only where this torch cannot profile all threads."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    try:
+        config = {"experimental_config": torch._C._profiler._ExperimentalConfig(profile_all_threads=True)}
+    except (AttributeError, TypeError):
+        config = {}
+    return profile(activities=activities, **config)

@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REQUIRED, bench_parser, result_stem, write_results  # noqa: E402
+from bench.common import REQUIRED, bench_parser, result_stem, thread_profiler, write_results  # noqa: E402
 from quant.generation import start_generate  # noqa: E402
 from quant.loader import LoadRequest, load_model  # noqa: E402
 
@@ -74,15 +74,8 @@ def generate_once(loaded, kwargs: dict, batch_size: int, total_tokens: int) -> t
 def profile_steps(loaded, kwargs: dict, batch_size: int, total_tokens: int, new_tokens: int, top: int = 12) -> dict:
     """Run one generation under torch.profiler: per token, the time the GPU was busy in kernels and which kernels,
     and the host's own op time (dynamo's guard checks show as "TorchDynamo Cache Lookup")."""
-    from torch.profiler import ProfilerActivity, profile
-
     on_gpu = torch.device(loaded.device).type == "cuda"
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
-    try:  # the generation runs on another thread (the runner thread when compiled)
-        config = {"experimental_config": torch._C._profiler._ExperimentalConfig(profile_all_threads=True)}
-    except (AttributeError, TypeError):
-        config = {}
-    with profile(activities=activities, **config) as prof:
+    with thread_profiler(on_gpu) as prof:  # the generation runs on the runner thread when compiled
         _, wall = generate_once(loaded, kwargs, batch_size, total_tokens)
     events = prof.key_averages()
 
