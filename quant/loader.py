@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gc
 import hashlib
 import json
@@ -12,7 +13,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel
+from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig,
+                          PreTrainedModel)
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING
+from transformers.utils import GENERATION_CONFIG_NAME
 
 from .access import LocalFolders
 from .attention import check_attention
@@ -33,6 +37,7 @@ from .report import (
 )
 from .settings import load_settings
 from .source import ModelSource, resolve_source
+from .weight_stream import checkpoint_files, read_safetensors
 
 ProgressFn = Callable[[float, str], None]
 
@@ -141,6 +146,43 @@ def prefer_fast_sdpa_backends() -> None:
 
 def _model_class(source: ModelSource):
     return AutoModelForSeq2SeqLM if source.kind == "seq2seq" else AutoModelForCausalLM
+
+
+_MODEL_MAPPINGS = {"causal": MODEL_FOR_CAUSAL_LM_MAPPING, "seq2seq": MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING}
+"""The model class of a config, per kind of model (what the auto classes use)."""
+
+
+def streamed_weights_device(source: ModelSource, kwargs: dict[str, Any]) -> str | None:
+    """The one device a load's weights are streamed to by quant.weight_stream (QUANT_STREAM_WEIGHTS), or None for
+    transformers' own loading: only 16-bit (or fp32) loads of an unquantized local safetensors checkpoint onto one
+    device, where the state dict is the model's weights as they are in the files."""
+    device_map = kwargs["device_map"]
+    if not load_settings().stream_weights or not source.is_local or source.checkpoint_quantization:
+        return None
+    if "quantization_config" in kwargs or not (isinstance(device_map, dict) and list(device_map) == [""]):
+        return None
+    if type(source.config) not in _MODEL_MAPPINGS.get(source.kind, {}):
+        return None
+    return str(device_map[""]) if checkpoint_files(source.location) else None
+
+
+def _from_pretrained(source: ModelSource, kwargs: dict[str, Any]) -> tuple[PreTrainedModel, dict]:
+    """`from_pretrained(source.location)`, or where streamed_weights_device says so the model class's from_pretrained
+    over the streamed state dict, with the checkpoint's generation config and name as from_pretrained(folder) sets
+    them."""
+    device = streamed_weights_device(source, kwargs)
+    if device is None:
+        return _model_class(source).from_pretrained(source.location, output_loading_info=True, **kwargs)
+    state_dict = read_safetensors(checkpoint_files(source.location), device)
+    model_class = _MODEL_MAPPINGS[source.kind][type(source.config)]
+    config = copy.deepcopy(source.config)  # from_pretrained sets dtype and attention on the config it is given
+    streamed = {k: v for k, v in kwargs.items() if k not in ("revision", "token")}
+    model, loading_info = model_class.from_pretrained(None, config=config, state_dict=state_dict,
+                                                      output_loading_info=True, **streamed)
+    model.config.name_or_path = model.name_or_path = source.location
+    if os.path.isfile(os.path.join(source.location, GENERATION_CONFIG_NAME)):
+        model.generation_config = GenerationConfig.from_pretrained(source.location)
+    return model, loading_info
 
 
 def load_tokenizer(source: ModelSource, token: str | None, trust_remote_code: bool):
@@ -262,8 +304,7 @@ def load_weights(request: LoadRequest, progress: ProgressFn | None = None,
     started = time.perf_counter()
     method.before_load(options)
     try:
-        model, loading_info = _model_class(source).from_pretrained(source.location, output_loading_info=True,
-                                                                    **kwargs)
+        model, loading_info = _from_pretrained(source, kwargs)
     except torch.cuda.OutOfMemoryError:
         _release()
         raise PlacementError(

@@ -185,6 +185,12 @@ class Settings:
     """QUANT_TENSOR_PARALLEL_GPUS=on: device_map=tensor_parallel is offered on GPUs (off by default: on two H200s its
     eager decode measured 0.06x one GPU's compiled decode at 8B bf16, while a split over the GPUs decodes compiled at
     0.98x; bench/results/tp-8b-bfloat16.md)."""
+    stream_weights: bool
+    """QUANT_STREAM_WEIGHTS=on: a 16-bit load of a local safetensors checkpoint onto one device reads its weights with
+    quant.weight_stream (pread by several threads through pinned buffers straight to the GPU) and hands them to the
+    model class's from_pretrained, instead of transformers' copies from pageable memory (3.3 of a warm 8B start's
+    4.3 s of weights on an H200, bench/results/startup-8b-cuda-profiled-fifteenth.md). Off by default until
+    bench/weight_load.py and bench/startup.py have measured it on a GPU."""
     kernel_cache: str
     """QUANT_KERNEL_CACHE: folder for compiled kernels (Inductor, Triton, gptqmodel's Marlin/ExLlama builds), kept
     across restarts. Default ~/.cache/quant-playground/kernels."""
@@ -232,6 +238,7 @@ def load_settings() -> Settings:
         batch_prefill=_choice_setting("QUANT_BATCH_PREFILL", BATCH_PREFILLS),
         tensor_parallel_cpu_ranks=int_setting("QUANT_TENSOR_PARALLEL_CPU_RANKS", 0, minimum=0),
         tensor_parallel_gpus=_flag("QUANT_TENSOR_PARALLEL_GPUS"),
+        stream_weights=_flag("QUANT_STREAM_WEIGHTS"),
         kernel_cache=os.environ.get("QUANT_KERNEL_CACHE")
         or os.path.join(os.path.expanduser("~"), ".cache", "quant-playground", "kernels"),
     )

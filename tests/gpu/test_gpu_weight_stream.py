@@ -1,0 +1,67 @@
+"""On CUDA: quant.weight_stream's pinned-buffer path gives safetensors' own tensors on the GPU (pieces smaller than a
+tensor, several threads each with its own stream and two buffers), and the model class's from_pretrained over that
+state dict gives from_pretrained(folder)'s model on the GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from quant.weight_stream import checkpoint_files, read_safetensors
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.parametrize("threads,buffer_bytes", [(1, 4096), (4, 1000), (8, 1 << 20)])
+def test_the_gpu_reader_gives_safetensors_own_tensors(tmp_path, threads, buffer_bytes):
+    generator = torch.Generator().manual_seed(1)
+    tensors = {f"layer.{i}.weight": torch.randn(97, 61 + i, generator=generator).to(torch.bfloat16) for i in range(12)}
+    tensors["ids"] = torch.arange(1000, dtype=torch.int32)
+    path = tmp_path / "model.safetensors"
+    save_file(tensors, path)
+    expected = load_file(path)
+
+    read = read_safetensors([path], "cuda:0", threads=threads, buffer_bytes=buffer_bytes)
+
+    assert set(read) == set(expected)
+    for name, tensor in expected.items():
+        assert read[name].device == torch.device("cuda:0")
+        assert read[name].dtype == tensor.dtype and torch.equal(read[name].cpu(), tensor), name
+
+
+def test_from_pretrained_on_the_gpu_read_state_dict_gives_the_folders_model():
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from quant.source import resolve_location
+
+    folder = resolve_location("demo:tiny-llama-chat")[0]
+    config = AutoConfig.from_pretrained(folder)
+    model_class = AutoModelForCausalLM._model_mapping[type(config)]
+    reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, device_map="cuda:0")
+    streamed = model_class.from_pretrained(None, config=config, dtype=torch.bfloat16, device_map="cuda:0",
+                                           state_dict=read_safetensors(checkpoint_files(folder), "cuda:0"))
+    expected, got = reference.state_dict(), streamed.state_dict()
+    assert set(expected) == set(got)
+    for name in expected:
+        assert got[name].device.type == "cuda" and torch.equal(expected[name], got[name]), name
+
+
+def test_a_streamed_load_on_the_gpu_gives_the_usual_loads_weights_and_compiled_replies(monkeypatch, kernel_cache):
+    """QUANT_STREAM_WEIGHTS=on through the registry onto cuda:0, compiled as at any load, against the usual load."""
+    from quant.generation import GenerationSettings, stream_chat
+    from quant.loader import LoadRequest
+    from tests.support.fastpath import load
+
+    request = LoadRequest(model="demo:tiny-llama-chat", mode="bf16", device_map="cuda:0")
+    usual = load(request, fast=True)
+    monkeypatch.setenv("QUANT_STREAM_WEIGHTS", "on")
+    streamed = load(request, fast=True)
+    expected, got = usual.model.state_dict(), streamed.model.state_dict()
+    assert set(expected) == set(got) and all(torch.equal(expected[n], got[n]) for n in expected)
+    settings = GenerationSettings(max_new_tokens=24)
+    history = [{"role": "user", "content": "What is a list?"}]
+    replies = [list(stream_chat(m, history, settings=settings))[-1] for m in (usual, streamed)]
+    assert replies[1].stats.path == "compiled" and replies[0].text == replies[1].text and replies[0].text.strip()
+    for loaded in (usual, streamed):
+        loaded.path.close()
