@@ -163,6 +163,9 @@ def main() -> None:
     parser.add_argument("--compile-regions", default="layers",
                         help="QUANT_COMPILE_REGIONS to start with, comma-separated (layers,model: both, each with its "
                              "own cold cache)")
+    parser.add_argument("--checkpoint-dtype", default="float16",
+                        help="dtype the random-weight checkpoint is stored in (bfloat16: as Llama-3's, loaded in bf16 "
+                             "without a conversion, which QUANT_STREAM_WEIGHTS needs)")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # a model: run as one start (a child process)
     parser.add_argument("--child-mode", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -177,8 +180,12 @@ def main() -> None:
         from bench.llama_shapes import build_checkpoint
 
         device = "cpu" if args.device_map == "cpu" else "cuda"
-        model, name = str(build_checkpoint(args.shape, args.work / f"llama-{args.shape}", device=device)), args.shape
-        other = (str(build_checkpoint(args.shape, args.work / f"llama-{args.shape}-seed1", device=device, seed=1))
+        import torch
+
+        dtype = getattr(torch, args.checkpoint_dtype)
+        folder = f"llama-{args.shape}" + ("" if dtype == torch.float16 else f"-{args.checkpoint_dtype}")
+        model, name = str(build_checkpoint(args.shape, args.work / folder, dtype=dtype, device=device)), args.shape
+        other = (str(build_checkpoint(args.shape, args.work / f"{folder}-seed1", dtype=dtype, device=device, seed=1))
                  if args.other_weights else None)
     rows = []
     from quant.methods import parse_mode  # not at the top: a child times its own imports
@@ -206,7 +213,8 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     data = {"model": model, "name": name, "device_map": args.device_map, "new_tokens": args.new_tokens,
-            "goals": GOALS if name == "8b" else None, "command": "python " + " ".join(sys.argv), "rows": rows}
+            "goals": GOALS if name == "8b" else None, "command": "python " + " ".join(sys.argv), "rows": rows,
+            "stream_weights": os.environ.get("QUANT_STREAM_WEIGHTS", ""), "checkpoint_dtype": args.checkpoint_dtype}
     write_results(args.out, result_stem("startup", name, args.device_map.split(":")[0], tag=args.tag), data,
                   markdown)
 
@@ -233,6 +241,10 @@ def markdown(data: dict) -> str:
              "forward).", "",
              f"Python bytecode of the packages: {', '.join(_bytecode_seen(data['rows']))} (without it, every start "
              "compiles torch's sources: seconds of import that a pip install does not have).", "",
+             f"Checkpoint stored in {data.get('checkpoint_dtype', 'float16')}; weights "
+             + ("streamed by quant.weight_stream (QUANT_STREAM_WEIGHTS=on) where the load allows it."
+                if data.get("stream_weights", "").lower() in ("1", "on", "true", "yes")
+                else "loaded by transformers (QUANT_STREAM_WEIGHTS off)."), "",
              "| mode | compile regions | start | torch s | transformers s | import s | load done s | first token s | "
              "of which compile s | in a running app s | process s | path | goal |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

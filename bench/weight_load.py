@@ -108,6 +108,7 @@ def main() -> None:
     parser.add_argument("--threads", default="1,4,8", help="reader threads to try, comma-separated (the last one "
                                                            "also feeds from_pretrained)")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--checkpoint-dtype", default="float16", help="dtype the random-weight checkpoint is stored in")
     args = parser.parse_args()
     if args.model:
         folder, name = Path(args.model), Path(args.model).name
@@ -115,7 +116,11 @@ def main() -> None:
         from bench.llama_shapes import build_checkpoint
 
         device = "cpu" if args.device_map == "cpu" else "cuda"
-        folder, name = build_checkpoint(args.shape, args.work / f"llama-{args.shape}", device=device), args.shape
+        import torch
+
+        dtype = getattr(torch, args.checkpoint_dtype)
+        folder = args.work / (f"llama-{args.shape}" + ("" if dtype == torch.float16 else f"-{args.checkpoint_dtype}"))
+        folder, name = build_checkpoint(args.shape, folder, dtype=dtype, device=device), args.shape
     data = measure(folder, args.device_map, args.dtype, [int(t) for t in args.threads.split(",")], args.repeats)
     data["command"] = "python bench/weight_load.py " + " ".join(sys.argv[1:])
     device_name = "cpu" if args.device_map == "cpu" else "cuda"

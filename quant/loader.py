@@ -37,7 +37,7 @@ from .report import (
 )
 from .settings import load_settings
 from .source import ModelSource, resolve_source
-from .weight_stream import checkpoint_files, read_safetensors
+from .weight_stream import checkpoint_files, read_safetensors, safetensors_entries
 
 ProgressFn = Callable[[float, str], None]
 
@@ -154,8 +154,9 @@ _MODEL_MAPPINGS = {"causal": MODEL_FOR_CAUSAL_LM_MAPPING, "seq2seq": MODEL_FOR_S
 
 def streamed_weights_device(source: ModelSource, kwargs: dict[str, Any]) -> str | None:
     """The one device a load's weights are streamed to by quant.weight_stream (QUANT_STREAM_WEIGHTS), or None for
-    transformers' own loading: only 16-bit (or fp32) loads of an unquantized local safetensors checkpoint onto one
-    device, where the state dict is the model's weights as they are in the files."""
+    transformers' own loading: only loads of an unquantized local safetensors checkpoint onto one device in the dtype
+    its weights are stored in. A dtype conversion would hold the whole state dict in both dtypes on the device at the
+    end of the load (transformers converts tensor by tensor as it copies them)."""
     device_map = kwargs["device_map"]
     if not load_settings().stream_weights or not source.is_local or source.checkpoint_quantization:
         return None
@@ -163,7 +164,9 @@ def streamed_weights_device(source: ModelSource, kwargs: dict[str, Any]) -> str 
         return None
     if type(source.config) not in _MODEL_MAPPINGS.get(source.kind, {}):
         return None
-    return str(device_map[""]) if checkpoint_files(source.location) else None
+    files = checkpoint_files(source.location)
+    stored = {e.dtype for path in files for e in safetensors_entries(path) if e.dtype.is_floating_point}
+    return str(device_map[""]) if files and stored <= {kwargs["dtype"]} else None
 
 
 def _from_pretrained(source: ModelSource, kwargs: dict[str, Any]) -> tuple[PreTrainedModel, dict]:

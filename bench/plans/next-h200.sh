@@ -23,9 +23,9 @@ mkdir -p $out
 PYTEST="python3 -m pytest -v -n 0 -p no:cacheprovider --tb=short -rfE -o faulthandler_timeout=300"
 lane 0 \
   "timeout 240 $PYTEST tests/gpu/test_gpu_weight_stream.py" \
-  "timeout 360 python3 bench/weight_load.py --shape 8b --threads 1,4,8 --repeats 2 --work /tmp/bench0 --out $out" \
-  "timeout 300 python3 bench/startup.py --shape 8b --modes bf16 --warm-starts 2 --device-map cuda:0 --work /tmp/bench0 --out $out --tag=-usual-load" \
-  "QUANT_STREAM_WEIGHTS=on timeout 300 python3 bench/startup.py --shape 8b --modes bf16 --warm-starts 2 --device-map cuda:0 --work /tmp/bench0 --out $out --tag=-stream-weights" \
+  "timeout 360 python3 bench/weight_load.py --shape 8b --checkpoint-dtype bfloat16 --threads 1,4,8 --repeats 2 --work /tmp/bench0 --out $out" \
+  "timeout 300 python3 bench/startup.py --shape 8b --modes bf16 --warm-starts 2 --checkpoint-dtype bfloat16 --device-map cuda:0 --work /tmp/bench0 --out $out --tag=-usual-load" \
+  "QUANT_STREAM_WEIGHTS=on timeout 300 python3 bench/startup.py --shape 8b --modes bf16 --warm-starts 2 --checkpoint-dtype bfloat16 --device-map cuda:0 --work /tmp/bench0 --out $out --tag=-stream-weights" \
   "timeout 540 $PYTEST tests/gpu/test_gpu_methods.py" \
   "QUANT_NF4_DEQUANTIZE_ROWS=0 timeout 240 python3 bench/prefill_profile.py --shape 8b --mode nf4 --group-tokens '' --repeats 2 --work /tmp/bench0 --out $out --tag=-nf4-bitsandbytes" \
   "timeout 240 python3 bench/prefill_profile.py --shape 8b --mode nf4 --group-tokens '' --repeats 2 --work /tmp/bench0 --out $out --tag=-nf4-dequantize-32" \

@@ -111,8 +111,7 @@ def test_from_pretrained_on_the_read_state_dict_gives_the_folders_model():
     assert got["lm_head.weight"].dtype == torch.bfloat16
 
 
-@pytest.mark.parametrize("model,mode", [("demo:tiny-llama-chat", "bf16"), ("demo:tiny-llama-chat", "fp32"),
-                                        ("demo:tiny-t5", "bf16")])
+@pytest.mark.parametrize("model,mode", [("demo:tiny-llama-chat", "bf16"), ("demo:tiny-t5", "bf16")])
 def test_a_streamed_load_gives_the_usual_loads_model_and_replies(monkeypatch, model, mode):
     """QUANT_STREAM_WEIGHTS=on through quant.loader: the same weights, generation config, name and greedy reply as
     transformers' own loading of the folder."""
@@ -135,9 +134,10 @@ def test_a_streamed_load_gives_the_usual_loads_model_and_replies(monkeypatch, mo
     assert torch.equal(replies[0], replies[1])
 
 
-@pytest.mark.parametrize("mode", ["nf4", "int8"])
-def test_quantizing_loads_are_not_streamed(monkeypatch, mode):
-    """On-the-fly quantization takes transformers' own path (its quantizer sees each weight as it loads)."""
+@pytest.mark.parametrize("mode", ["nf4", "int8", "fp32", "fp16"])
+def test_quantizing_and_converting_loads_are_not_streamed(monkeypatch, mode):
+    """On-the-fly quantization takes transformers' own path (its quantizer sees each weight as it loads), and so does
+    a load in another dtype than the stored one (the demo model is stored in bf16)."""
     from quant.loader import LoadRequest, prepare, streamed_weights_device
 
     monkeypatch.setenv("QUANT_STREAM_WEIGHTS", "on")
