@@ -6,6 +6,7 @@ import copy
 import gc
 import hashlib
 import json
+import logging
 import os
 import time
 from contextlib import contextmanager
@@ -38,6 +39,8 @@ from .report import (
 from .settings import load_settings
 from .source import ModelSource, resolve_source
 from .weight_stream import checkpoint_files, read_safetensors, safetensors_entries
+
+log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[float, str], None]
 
@@ -152,34 +155,50 @@ _MODEL_MAPPINGS = {"causal": MODEL_FOR_CAUSAL_LM_MAPPING, "seq2seq": MODEL_FOR_S
 """The model class of a config, per kind of model (what the auto classes use)."""
 
 
-def streamed_weights_device(source: ModelSource, kwargs: dict[str, Any]) -> str | None:
+def streamed_weights_device(source: ModelSource, kwargs: dict[str, Any], mode: str) -> str | None:
     """The one device a load's weights are streamed to by quant.weight_stream (QUANT_STREAM_WEIGHTS), or None for
-    transformers' own loading: only loads of an unquantized local safetensors checkpoint onto one device in the dtype
-    its weights are stored in. A dtype conversion would hold the whole state dict in both dtypes on the device at the
-    end of the load (transformers converts tensor by tensor as it copies them)."""
+    transformers' own loading: only loads of an unquantized local safetensors checkpoint in the dtype its weights are
+    stored in, onto one device: one named, or device_map auto where quant.planner puts every weight on one GPU (as
+    transformers would; a model that needs several GPUs or the CPU too keeps transformers' placement). A dtype
+    conversion would hold the whole state dict in both dtypes on the device at the end of the load (transformers
+    converts tensor by tensor as it copies them)."""
     device_map = kwargs["device_map"]
     if not load_settings().stream_weights or not source.is_local or source.checkpoint_quantization:
         return None
-    if "quantization_config" in kwargs or not (isinstance(device_map, dict) and list(device_map) == [""]):
+    if "quantization_config" in kwargs or "max_memory" in kwargs:
         return None
     if type(source.config) not in _MODEL_MAPPINGS.get(source.kind, {}):
         return None
     files = checkpoint_files(source.location)
     stored = {e.dtype for path in files for e in safetensors_entries(path) if e.dtype.is_floating_point}
-    return str(device_map[""]) if files and stored <= {kwargs["dtype"]} else None
+    if not files or not stored <= {kwargs["dtype"]}:
+        return None
+    if isinstance(device_map, dict) and list(device_map) == [""]:
+        return str(device_map[""])
+    if device_map == "auto":
+        from .planner import plan_memory
+
+        plan = plan_memory(source, "auto", modes=[mode]).plans[0]
+        used = [share.device for share in plan.devices if share.bytes]
+        if plan.verdict == "gpu" and len(used) == 1:
+            return f"cuda:{used[0]}"
+    return None
 
 
-def _from_pretrained(source: ModelSource, kwargs: dict[str, Any]) -> tuple[PreTrainedModel, dict]:
+def _from_pretrained(source: ModelSource, kwargs: dict[str, Any], mode: str) -> tuple[PreTrainedModel, dict]:
     """`from_pretrained(source.location)`, or where streamed_weights_device says so the model class's from_pretrained
     over the streamed state dict, with the checkpoint's generation config and name as from_pretrained(folder) sets
     them."""
-    device = streamed_weights_device(source, kwargs)
+    device = streamed_weights_device(source, kwargs, mode)
     if device is None:
         return _model_class(source).from_pretrained(source.location, output_loading_info=True, **kwargs)
+    started = time.perf_counter()
     state_dict = read_safetensors(checkpoint_files(source.location), device)
+    log.info("Streamed %d tensors (%.2f GB) of %s to %s in %.2f s", len(state_dict),
+             sum(t.nbytes for t in state_dict.values()) / 1e9, source.ref, device, time.perf_counter() - started)
     model_class = _MODEL_MAPPINGS[source.kind][type(source.config)]
     config = copy.deepcopy(source.config)  # from_pretrained sets dtype and attention on the config it is given
-    streamed = {k: v for k, v in kwargs.items() if k not in ("revision", "token")}
+    streamed = {**{k: v for k, v in kwargs.items() if k not in ("revision", "token")}, "device_map": {"": device}}
     model, loading_info = model_class.from_pretrained(None, config=config, state_dict=state_dict,
                                                       output_loading_info=True, **streamed)
     model.config.name_or_path = model.name_or_path = source.location
@@ -307,7 +326,7 @@ def load_weights(request: LoadRequest, progress: ProgressFn | None = None,
     started = time.perf_counter()
     method.before_load(options)
     try:
-        model, loading_info = _from_pretrained(source, kwargs)
+        model, loading_info = _from_pretrained(source, kwargs, request.mode.value)
     except torch.cuda.OutOfMemoryError:
         _release()
         raise PlacementError(

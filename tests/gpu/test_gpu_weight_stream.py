@@ -4,6 +4,8 @@ state dict gives from_pretrained(folder)'s model on the GPU."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -47,16 +49,22 @@ def test_from_pretrained_on_the_gpu_read_state_dict_gives_the_folders_model():
         assert got[name].device.type == "cuda" and torch.equal(expected[name], got[name]), name
 
 
-def test_a_streamed_load_on_the_gpu_gives_the_usual_loads_weights_and_compiled_replies(monkeypatch, kernel_cache):
-    """QUANT_STREAM_WEIGHTS=on through the registry onto cuda:0, compiled as at any load, against the usual load."""
+@pytest.mark.parametrize("device_map", ["cuda:0", "auto"])
+def test_a_streamed_load_on_the_gpu_gives_the_usual_loads_weights_and_compiled_replies(monkeypatch, caplog,
+                                                                                       kernel_cache, device_map):
+    """QUANT_STREAM_WEIGHTS=on through the registry onto cuda:0 (named, or auto: the demo model fits one GPU),
+    compiled as at any load, against the usual load."""
     from quant.generation import GenerationSettings, stream_chat
     from quant.loader import LoadRequest
     from tests.support.fastpath import load
 
-    request = LoadRequest(model="demo:tiny-llama-chat", mode="bf16", device_map="cuda:0")
+    request = LoadRequest(model="demo:tiny-llama-chat", mode="bf16", device_map=device_map)
     usual = load(request, fast=True)
     monkeypatch.setenv("QUANT_STREAM_WEIGHTS", "on")
-    streamed = load(request, fast=True)
+    with caplog.at_level(logging.INFO, logger="quant.loader"):
+        streamed = load(request, fast=True)
+    assert any(r.getMessage().startswith("Streamed ") and " to cuda:0 in " in r.getMessage() for r in caplog.records)
+    assert all(p.device == torch.device("cuda:0") for p in streamed.model.parameters())
     expected, got = usual.model.state_dict(), streamed.model.state_dict()
     assert set(expected) == set(got) and all(torch.equal(expected[n], got[n]) for n in expected)
     settings = GenerationSettings(max_new_tokens=24)

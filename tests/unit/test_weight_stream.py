@@ -3,6 +3,7 @@ tensor and over several threads, and refuses a malformed or truncated file with 
 buffers, one stream per thread) is tested in tests/gpu/test_gpu_weight_stream.py."""
 
 import json
+import logging
 import struct
 
 import pytest
@@ -112,7 +113,7 @@ def test_from_pretrained_on_the_read_state_dict_gives_the_folders_model():
 
 
 @pytest.mark.parametrize("model,mode", [("demo:tiny-llama-chat", "bf16"), ("demo:tiny-t5", "bf16")])
-def test_a_streamed_load_gives_the_usual_loads_model_and_replies(monkeypatch, model, mode):
+def test_a_streamed_load_gives_the_usual_loads_model_and_replies(monkeypatch, caplog, model, mode):
     """QUANT_STREAM_WEIGHTS=on through quant.loader: the same weights, generation config, name and greedy reply as
     transformers' own loading of the folder."""
     from quant.loader import LoadRequest, load_model, prepare, streamed_weights_device
@@ -121,8 +122,10 @@ def test_a_streamed_load_gives_the_usual_loads_model_and_replies(monkeypatch, mo
     usual = load_model(request)
     monkeypatch.setenv("QUANT_STREAM_WEIGHTS", "on")
     prepared = prepare(request)
-    assert streamed_weights_device(prepared.source, prepared.kwargs) == "cpu"
-    streamed = load_model(request)
+    assert streamed_weights_device(prepared.source, prepared.kwargs, mode) == "cpu"
+    with caplog.at_level(logging.INFO, logger="quant.loader"):
+        streamed = load_model(request)
+    assert any(r.getMessage().startswith("Streamed ") and r.getMessage().endswith(" s") for r in caplog.records)
 
     expected, got = usual.model.state_dict(), streamed.model.state_dict()
     assert set(expected) == set(got) and all(torch.equal(expected[n], got[n]) for n in expected)
@@ -142,7 +145,7 @@ def test_quantizing_and_converting_loads_are_not_streamed(monkeypatch, mode):
 
     monkeypatch.setenv("QUANT_STREAM_WEIGHTS", "on")
     prepared = prepare(LoadRequest(model="demo:tiny-llama-chat", mode=mode, device_map="cpu"))
-    assert streamed_weights_device(prepared.source, prepared.kwargs) is None
+    assert streamed_weights_device(prepared.source, prepared.kwargs, mode) is None
 
 
 def test_a_prequantized_checkpoint_is_not_streamed(monkeypatch, gptq_llama_dir):
@@ -150,7 +153,7 @@ def test_a_prequantized_checkpoint_is_not_streamed(monkeypatch, gptq_llama_dir):
 
     monkeypatch.setenv("QUANT_STREAM_WEIGHTS", "on")
     prepared = prepare(LoadRequest(model=str(gptq_llama_dir), mode="gptq", device_map="cpu"))
-    assert streamed_weights_device(prepared.source, prepared.kwargs) is None
+    assert streamed_weights_device(prepared.source, prepared.kwargs, "gptq") is None
 
 
 def test_the_checkpoint_files_are_the_index_shards_not_every_safetensors_file(tmp_path):
