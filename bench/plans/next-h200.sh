@@ -11,11 +11,15 @@
 #     memory): transformers' own load of the 8B checkpoint against the streamed reader (1, 4, 8 threads) and the
 #     reader + from_pretrained(state_dict), the tensors asserted equal.
 #  2. Start-up end to end with and without QUANT_STREAM_WEIGHTS, one machine: if the warm start gains the seconds the
-#     reader gains, make it the default for single-GPU 16-bit loads (and look at device_map auto on one GPU).
+#     reader gains, make it the default (it covers a named GPU and device_map auto where the model fits one GPU).
 #  3. test_gpu_methods.py: the sixteenth session's run was cut after 7 passed (HQQ, AWQ) by the device time.
-#  4. issue 26, bf16 5,000 (4,216 in the sixteenth session: prefill 2.59 s + decode 1.08 s GPU): nf4's prefill with and
+#  4. issue 26, GPTQ >= bf16 (0.85x: its decode steps dequantize each weight to bf16 for cuBLAS, 0.6 s of the job;
+#     Marlin was no faster at 128 rows): is gemlite's fused 4-bit GEMM (HQQ on gemlite, no code needed) faster than
+#     int4pack's dequantize + cuBLAS at 128 rows? If so, GPTQ's weights converted to gemlite (same arithmetic,
+#     (q - z) * s) is the way; its autotuning at first use may be slow (timeout 420).
+#  5. issue 26, bf16 5,000 (4,216 in the sixteenth session: prefill 2.59 s + decode 1.08 s GPU): nf4's prefill with and
 #     without quant.nf4_dequant, then bf16's prefill at groups of 2,048 (the default is 4,096).
-#  5. test_gpu_fastpath.py's rest passed (21/21) on 2026-12-02 but the process then died with SIGSEGV at exit (rc 139):
+#  6. test_gpu_fastpath.py's rest passed (21/21) on 2026-12-02 but the process then died with SIGSEGV at exit (rc 139):
 #     two of its tests (gptqmodel's kernels, LLM.int8) again with PYTHONFAULTHANDLER=1 to see where, if time is left.
 source "$(dirname "$0")/lanes.sh"
 out=$R/results
@@ -27,6 +31,7 @@ lane 0 \
   "timeout 300 python3 bench/startup.py --shape 8b --modes bf16 --warm-starts 2 --checkpoint-dtype bfloat16 --device-map cuda:0 --work /tmp/bench0 --out $out --tag=-usual-load" \
   "QUANT_STREAM_WEIGHTS=on timeout 300 python3 bench/startup.py --shape 8b --modes bf16 --warm-starts 2 --checkpoint-dtype bfloat16 --device-map cuda:0 --work /tmp/bench0 --out $out --tag=-stream-weights" \
   "timeout 540 $PYTEST tests/gpu/test_gpu_methods.py" \
+  "timeout 420 python3 bench/batch_engines.py --shape 8b --engines padded --prompts 128 --new-tokens 128 --work /tmp/bench0 --out $out --batch-size 128 --modes 'bf16,hqq,hqq[hqq_backend=hqq_gemlite]' --tag=-hqq-gemlite-b128" \
   "QUANT_NF4_DEQUANTIZE_ROWS=0 timeout 240 python3 bench/prefill_profile.py --shape 8b --mode nf4 --group-tokens '' --repeats 2 --work /tmp/bench0 --out $out --tag=-nf4-bitsandbytes" \
   "timeout 240 python3 bench/prefill_profile.py --shape 8b --mode nf4 --group-tokens '' --repeats 2 --work /tmp/bench0 --out $out --tag=-nf4-dequantize-32" \
   "timeout 300 python3 bench/prefill_profile.py --shape 8b --mode bf16 --group-tokens 2048 --repeats 3 --work /tmp/bench0 --out $out --tag=-groups-2048" \
