@@ -201,6 +201,10 @@ def _from_pretrained(source: ModelSource, kwargs: dict[str, Any], mode: str) -> 
     streamed = {**{k: v for k, v in kwargs.items() if k not in ("revision", "token")}, "device_map": {"": device}}
     model, loading_info = model_class.from_pretrained(None, config=config, state_dict=state_dict,
                                                       output_loading_info=True, **streamed)
+    if torch.device(device).type == "cuda":
+        # from_pretrained warms the caching allocator up with a block the size of the model before it loads, which,
+        # with the weights already there, is a second model's worth of reserved memory: give it back.
+        torch.cuda.empty_cache()
     model.config.name_or_path = model.name_or_path = source.location
     if os.path.isfile(os.path.join(source.location, GENERATION_CONFIG_NAME)):
         model.generation_config = GenerationConfig.from_pretrained(source.location)
