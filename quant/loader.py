@@ -167,6 +167,8 @@ def streamed_weights_device(source: ModelSource, kwargs: dict[str, Any], mode: s
         return None
     if "quantization_config" in kwargs or "max_memory" in kwargs:
         return None
+    if kwargs["trust_remote_code"] and getattr(source.config, "auto_map", None):  # the repo's own model class
+        return None
     if type(source.config) not in _MODEL_MAPPINGS.get(source.kind, {}):
         return None
     files = checkpoint_files(source.location)

@@ -169,3 +169,25 @@ def test_the_checkpoint_files_are_the_index_shards_not_every_safetensors_file(tm
         "c": "model-00002-of-00002.safetensors"}}))
     assert checkpoint_files(tmp_path) == [tmp_path / "model-00001-of-00002.safetensors",
                                           tmp_path / "model-00002-of-00002.safetensors"]
+
+
+def test_a_checkpoint_whose_own_code_runs_is_not_streamed(monkeypatch, tmp_path):
+    """With trust_remote_code on, a checkpoint's auto_map class loads it: the streamed path, which builds
+    transformers' built-in class, steps aside; with it off (the built-in class either way) it streams."""
+    import shutil
+
+    from quant.loader import LoadRequest, prepare, streamed_weights_device
+    from quant.source import resolve_location
+
+    folder = tmp_path / "llama-with-code"
+    shutil.copytree(resolve_location("demo:tiny-llama-chat")[0], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_custom.CustomLlama"}
+    (folder / "config.json").write_text(json.dumps(config))
+    monkeypatch.setenv("QUANT_STREAM_WEIGHTS", "on")
+    request = LoadRequest(model=str(folder), mode="bf16", device_map="cpu")
+    prepared = prepare(request)
+    assert streamed_weights_device(prepared.source, prepared.kwargs, "bf16") == "cpu"
+    monkeypatch.setenv("QUANT_TRUST_REMOTE_CODE", "on")
+    prepared = prepare(request)
+    assert streamed_weights_device(prepared.source, prepared.kwargs, "bf16") is None
