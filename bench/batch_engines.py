@@ -161,6 +161,19 @@ def reference_replies(engines: list[dict], earlier: list | None) -> list | None:
     return engines[0]["replies"] if len(engines) >= 2 else None
 
 
+def shared_start(replies: list, reference: list) -> float:
+    """The median over prompts of how much of the reference reply a reply repeats before they part (its common
+    prefix, in characters, over the reference's length; 1 where equal). Random weights leave near ties at most tokens,
+    so two settings' replies part somewhere: where they part says more than how many are equal (arithmetic that
+    differs by rounding parts late, at a near tie; a wrong kernel parts at the first tokens)."""
+    import os
+    import statistics
+
+    shares = [len(os.path.commonprefix([a[0], b[0]])) / len(b[0]) if b[0] else float(a[0] == b[0])
+              for a, b in zip(replies, reference)]
+    return statistics.median(shares) if shares else 0.0
+
+
 def earlier_replies(path: Path, prompts: int, shortest: int, longest: int, new_tokens: int) -> dict[str, list]:
     """Per mode, the first engine's replies of an earlier run written with --keep-replies (--reference), which must
     have run the same prompts and reply length."""
@@ -222,6 +235,7 @@ def bench_mode(registry: ModelRegistry, mode, model: str, args, prompts_of, earl
     for result in row["engines"]:
         result["equal_to_reference"] = (sum(a == b for a, b in zip(result["replies"], reference))
                                         if reference is not None else None)
+        result["shared_start"] = shared_start(result["replies"], reference) if reference is not None else None
         if not args.keep_replies:
             result.pop("replies")
     key = loaded.key
@@ -268,6 +282,9 @@ def markdown(data: dict) -> str:
                       if data.get("reference") else
                       "Replies compared with the continuous engine's, else the first engine's where two or more ran "
                       "(n/a: a lone engine).")
+    reference_note += (" Median shared start: how much of the reference reply a reply repeats before they part (the "
+                       "median over prompts of their common prefix over the reference's length): arithmetic that "
+                       "differs by rounding parts late, at a near tie; a wrong kernel parts at the first tokens.")
     for row in data["modes"]:
         if row.get("error"):
             lines.append(f"| {row['mode']} | failed: {row['error']} ||||||||")
@@ -275,7 +292,8 @@ def markdown(data: dict) -> str:
         for e in row["engines"]:
             peak = f"{e['peak_gpu_bytes'] / MiB:,.0f}" if e["peak_gpu_bytes"] else "n/a"
             equal = ("n/a" if e.get("equal_to_reference") is None
-                     else f"{e['equal_to_reference']}/{e['prompts']}")
+                     else f"{e['equal_to_reference']}/{e['prompts']}"
+                     + ("" if e.get("shared_start") is None else f" (median shared start {e['shared_start']:.0%})"))
             lines.append(f"| {row['mode']} | {e['engine']} | {e['ran']} | {e['tokens_per_s']:,.0f} | "
                          f"{e['prompts_per_s']:.2f} | {e['first_reply_seconds'] or 0:.2f} | {e['job_seconds']:.1f} | "
                          f"{peak} | {equal} |")
