@@ -19,6 +19,11 @@
 #     (q - z) * s) is the way; its autotuning at first use may be slow (timeout 420).
 #  5. issue 26, bf16 5,000 (4,216 in the sixteenth session: prefill 2.59 s + decode 1.08 s GPU): nf4's prefill with and
 #     without quant.nf4_dequant, then bf16's prefill at groups of 2,048 (the default is 4,096).
+#  M. In a second lane once the start-up steps are done: gptqmodel's Machete (vLLM's Hopper 4-bit GEMM on CUTLASS)
+#     built from .whl/cutlass-subset.tar.gz (bench/make_cutlass_subset.sh: make it first if .whl lacks it) and timed
+#     by rows against cuBLAS bf16 and int4pack (bench/machete_rows.py): GPTQ's way past bf16 at 128 rows if it beats
+#     cuBLAS there (and a batch-1 candidate for issue 27). The build time is unknown (vLLM's Machete is eight
+#     heavy CUDA files): it runs while lane 0 goes on, and whatever it reached comes back.
 #  6. test_gpu_fastpath.py's rest passed (21/21) on 2026-12-02 but the process then died with SIGSEGV at exit (rc 139):
 #     two of its tests (gptqmodel's kernels, LLM.int8) again with PYTHONFAULTHANDLER=1 to see where, if time is left.
 source "$(dirname "$0")/lanes.sh"
@@ -30,9 +35,15 @@ lane 0 \
   "timeout 360 python3 bench/weight_load.py --shape 8b --checkpoint-dtype bfloat16 --threads 1,4,8 --repeats 2 --work /tmp/bench0 --out $out" \
   "timeout 300 python3 bench/startup.py --shape 8b --modes bf16 --warm-starts 2 --checkpoint-dtype bfloat16 --device-map cuda:0 --work /tmp/bench0 --out $out --tag=-usual-load" \
   "QUANT_STREAM_WEIGHTS=on timeout 300 python3 bench/startup.py --shape 8b --modes bf16 --warm-starts 2 --checkpoint-dtype bfloat16 --device-map cuda:0 --work /tmp/bench0 --out $out --tag=-stream-weights" \
+  "touch $R/startup-done" \
   "timeout 540 $PYTEST tests/gpu/test_gpu_methods.py" \
   "timeout 420 python3 bench/batch_engines.py --shape 8b --engines padded --prompts 128 --new-tokens 128 --work /tmp/bench0 --out $out --batch-size 128 --modes 'bf16,hqq,hqq[hqq_backend=hqq_gemlite]' --tag=-hqq-gemlite-b128" \
   "QUANT_NF4_DEQUANTIZE_ROWS=0 timeout 240 python3 bench/prefill_profile.py --shape 8b --mode nf4 --group-tokens '' --repeats 2 --work /tmp/bench0 --out $out --tag=-nf4-bitsandbytes" \
   "timeout 240 python3 bench/prefill_profile.py --shape 8b --mode nf4 --group-tokens '' --repeats 2 --work /tmp/bench0 --out $out --tag=-nf4-dequantize-32" \
   "timeout 300 python3 bench/prefill_profile.py --shape 8b --mode bf16 --group-tokens 2048 --repeats 3 --work /tmp/bench0 --out $out --tag=-groups-2048" \
-  "PYTHONFAULTHANDLER=1 timeout 480 $PYTEST tests/gpu/test_gpu_fastpath.py -k 'int4pack_gives_the_torch or int8_and_unsupported'"
+  "PYTHONFAULTHANDLER=1 timeout 480 $PYTEST tests/gpu/test_gpu_fastpath.py -k 'int4pack_gives_the_torch or int8_and_unsupported'" &
+# Lane 0t: the Machete build (nvcc on 16 cores) waits for the start-up timings (CPU-bound) to finish.
+lane 0t \
+  "while [ ! -f $R/startup-done ]; do sleep 5; done; mkdir -p /tmp/cutlass && tar xzf .whl/cutlass-subset.tar.gz -C /tmp/cutlass" \
+  "GPTQMODEL_CUTLASS_DIR=/tmp/cutlass timeout 1200 python3 bench/machete_rows.py --out $out" &
+wait
