@@ -180,7 +180,10 @@ def streamed_weights_device(source: ModelSource, kwargs: dict[str, Any], mode: s
     if device_map == "auto":
         from .planner import plan_memory
 
-        plan = plan_memory(source, "auto", modes=[mode]).plans[0]
+        try:
+            plan = plan_memory(source, "auto", modes=[mode]).plans[0]
+        except Exception:  # noqa: BLE001 - a plan that cannot be made leaves the load to transformers
+            return None
         used = [share.device for share in plan.devices if share.bytes]
         if plan.verdict == "gpu" and len(used) == 1:
             return f"cuda:{used[0]}"
@@ -333,6 +336,9 @@ def load_weights(request: LoadRequest, progress: ProgressFn | None = None,
     method.before_load(options)
     try:
         model, loading_info = _from_pretrained(source, kwargs, request.mode.value)
+    except QuantError:  # a checkpoint file the streamed reader refused (malformed, cut short)
+        _release()
+        raise
     except torch.cuda.OutOfMemoryError:
         _release()
         raise PlacementError(

@@ -191,3 +191,20 @@ def test_a_checkpoint_whose_own_code_runs_is_not_streamed(monkeypatch, tmp_path)
     monkeypatch.setenv("QUANT_TRUST_REMOTE_CODE", "on")
     prepared = prepare(request)
     assert streamed_weights_device(prepared.source, prepared.kwargs, "bf16") is None
+
+
+def test_a_cut_short_checkpoint_fails_the_streamed_load_with_a_message(monkeypatch, tmp_path):
+    """Through quant.loader: the reader's refusal reaches the user as a QuantError naming the file, not a traceback
+    from deep in a thread."""
+    import shutil
+
+    from quant.loader import LoadRequest, load_model
+    from quant.source import resolve_location
+
+    folder = tmp_path / "cut-short"
+    shutil.copytree(resolve_location("demo:tiny-llama-chat")[0], folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4096])
+    monkeypatch.setenv("QUANT_STREAM_WEIGHTS", "on")
+    with pytest.raises(QuantError, match="model.safetensors"):
+        load_model(LoadRequest(model=str(folder), mode="bf16", device_map="cpu"))
