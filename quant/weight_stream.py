@@ -189,8 +189,8 @@ class _GpuReader:
                     target.copy_(buffer, non_blocking=True)
                     copied[slot] = torch.cuda.Event()
                     copied[slot].record(stream)
-            stream.synchronize()
         finally:
+            stream.synchronize()  # every copy done (or, after an error, none left reading a buffer)
             files.close()
 
 
