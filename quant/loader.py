@@ -152,7 +152,7 @@ def _model_class(source: ModelSource):
 
 
 _MODEL_MAPPINGS = {"causal": MODEL_FOR_CAUSAL_LM_MAPPING, "seq2seq": MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING}
-"""The model class of a config, per kind of model (what the auto classes use)."""
+"""The model class of a config, per kind of model (what the auto classes use; `.get` needs its default given)."""
 
 
 def streamed_weights_device(source: ModelSource, kwargs: dict[str, Any], mode: str) -> str | None:
@@ -275,7 +275,7 @@ def prepare(request: LoadRequest) -> Prepared:
     qconfig = method.config(options, source.checkpoint_quantization, on_cuda)
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
-    model_class = _model_class(source)._model_mapping.get(type(source.config), None)
+    model_class = _MODEL_MAPPINGS[source.kind].get(type(source.config), None)
     attention = check_attention(request.attn_implementation, model_class, on_cuda=on_cuda, dtype=kwargs["dtype"])
     if attention:
         kwargs["attn_implementation"] = attention
