@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -37,6 +38,18 @@ ROOT = Path(__file__).resolve().parent.parent
 GOALS = {"cold": 40.0, "warm": 10.0}
 """Issue 27's goals for the 8B shape (seconds from the start to the first token); shown for that shape only."""
 PROFILED = "warm, load profiled"
+
+
+class _StreamedWeights(logging.Handler):
+    """quant.loader's line saying it streamed the weights (QUANT_STREAM_WEIGHTS), if it did."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.message = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Streamed "):
+            self.message = record.getMessage()
 
 
 def child(model: str, mode: str, device_map: str, new_tokens: int) -> None:
@@ -57,6 +70,9 @@ def child(model: str, mode: str, device_map: str, new_tokens: int) -> None:
     from quant.registry import ModelRegistry
 
     imported = since()
+    streamed = _StreamedWeights()
+    logging.getLogger("quant.loader").addHandler(streamed)
+    logging.getLogger("quant.loader").setLevel(logging.INFO)
     profilers = _start_profiling() if os.environ.get("STARTUP_BENCH_PROFILE") else None
     loaded = ModelRegistry(max_models=1).load(LoadRequest(model=model, mode=mode, device_map=device_map))
     load_done = since()
@@ -71,7 +87,7 @@ def child(model: str, mode: str, device_map: str, new_tokens: int) -> None:
                       "import_s": imported, "load_done_s": load_done, "first_token_s": first,
                       "load_seconds": loaded.report.load_seconds, "compile_seconds": loaded.report.compile_seconds,
                       "path": reply.stats.path if reply else None, "generation": loaded.report.generation_path,
-                      "bytecode": _bytecode(),
+                      "bytecode": _bytecode(), "weights": streamed.message or "transformers' from_pretrained",
                       **({"profile": profile} if profile else {})}))
 
 
@@ -241,10 +257,10 @@ def markdown(data: dict) -> str:
              "forward).", "",
              f"Python bytecode of the packages: {', '.join(_bytecode_seen(data['rows']))} (without it, every start "
              "compiles torch's sources: seconds of import that a pip install does not have).", "",
-             f"Checkpoint stored in {data.get('checkpoint_dtype', 'float16')}; weights "
-             + ("streamed by quant.weight_stream (QUANT_STREAM_WEIGHTS=on) where the load allows it."
-                if data.get("stream_weights", "").lower() in ("1", "on", "true", "yes")
-                else "loaded by transformers (QUANT_STREAM_WEIGHTS off)."), "",
+             f"Checkpoint stored in {data.get('checkpoint_dtype', 'float16')}; QUANT_STREAM_WEIGHTS="
+             f"{data.get('stream_weights') or 'off'}; how each start loaded its weights: "
+             + "; ".join(sorted({f"{r['start']}: {r['weights']}" for r in data["rows"] if r.get("weights")}))
+             + ".", "",
              "| mode | compile regions | start | torch s | transformers s | import s | load done s | first token s | "
              "of which compile s | in a running app s | process s | path | goal |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
