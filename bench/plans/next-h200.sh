@@ -16,7 +16,8 @@
 #  4. issue 26, GPTQ >= bf16 (0.85x: its decode steps dequantize each weight to bf16 for cuBLAS, 0.6 s of the job;
 #     Marlin was no faster at 128 rows): is gemlite's fused 4-bit GEMM (HQQ on gemlite, no code needed) faster than
 #     int4pack's dequantize + cuBLAS at 128 rows? If so, GPTQ's weights converted to gemlite (same arithmetic,
-#     (q - z) * s) is the way; its autotuning at first use may be slow (timeout 420).
+#     (q - z) * s) is the way; its autotuning at first use may be slow (timeout 420). It may run while lane 0t's
+#     nvcc builds Machete on the CPUs: compare its three rows with each other, not with other runs' tok/s.
 #  5. issue 26, bf16 5,000 (4,216 in the sixteenth session: prefill 2.59 s + decode 1.08 s GPU): nf4's prefill with and
 #     without quant.nf4_dequant, then bf16's prefill at groups of 2,048 (the default is 4,096).
 #  M. In a second lane once the start-up steps are done: gptqmodel's Machete (vLLM's Hopper 4-bit GEMM on CUTLASS)
