@@ -42,8 +42,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (REQUIRED, WORK, bench_parser, environment, kernel_kind, result_stem,  # noqa: E402
-                          thread_profiler, write_results)
+from bench.common import (REQUIRED, WORK, bench_parser, environment, gpu_kernels, kernel_kind,  # noqa: E402
+                          result_stem, thread_profiler, write_results)
 from bench.llama_shapes import build_checkpoint  # noqa: E402
 from bench.methods_bench import parse_modes, quantized_checkpoint  # noqa: E402
 from quant.batching import CONTINUOUS, PADDED, run_batch  # noqa: E402
@@ -138,8 +138,7 @@ def profile_job(loaded, prompts: list[str], settings: GenerationSettings, batch_
     events = prof.key_averages()
     phases = {e.key: {"calls": e.count, "wall_s": e.cpu_time_total / 1e6, "gpu_s": e.device_time_total / 1e6}
               for e in events if e.key in (PREFILL_RANGE, DECODE_RANGE)}
-    kernels = sorted((e for e in events if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total),
-                     key=lambda e: -e.self_device_time_total)
+    kernels = sorted(gpu_kernels(events), key=lambda e: -e.self_device_time_total)
     by_kind: dict[str, float] = {}
     for e in kernels:
         by_kind[kernel_kind(e.key)] = by_kind.get(kernel_kind(e.key), 0.0) + e.self_device_time_total / 1e6

@@ -158,6 +158,16 @@ def kernel_kind(name: str) -> str:
     return "other"
 
 
+def gpu_kernels(events) -> list:
+    """The GPU kernels among a profile's `key_averages()`, each with its own GPU time: not the GPU-side copies of
+    user-annotated ranges (record_function, such as quant.decode's prefill and decode ranges), which would count
+    their kernels again, as torch's own table leaves them out of its GPU total."""
+    import torch
+
+    return [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total
+            and not getattr(e, "is_user_annotation", False)]
+
+
 def thread_profiler(on_gpu: bool):
     """torch.profiler over every thread (a compiled generation runs on the runner thread), the GPU's kernels too where
     `on_gpu`; the main thread only where this torch cannot profile all threads."""

@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REQUIRED, bench_parser, result_stem, thread_profiler, write_results  # noqa: E402
+from bench.common import REQUIRED, bench_parser, gpu_kernels, result_stem, thread_profiler, write_results  # noqa: E402
 from quant.generation import start_generate  # noqa: E402
 from quant.loader import LoadRequest, load_model  # noqa: E402
 
@@ -88,8 +88,7 @@ def profile_steps(loaded, kwargs: dict, batch_size: int, total_tokens: int, new_
 
     tables = []
     if on_gpu:
-        kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total]
-        tables.append(table("GPU kernels", kernels, lambda e: e.self_device_time_total))
+        tables.append(table("GPU kernels", gpu_kernels(events), lambda e: e.self_device_time_total))
     host_ops = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU and e.self_cpu_time_total]
     tables.append(table("host ops (self CPU time)", host_ops, lambda e: e.self_cpu_time_total))
     return {"profiled_wall_s": wall, "wall_ms_per_token": 1000 * wall / new_tokens, "tables": tables}

@@ -31,7 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.batch_engines import ragged_prompts  # noqa: E402
-from bench.common import REQUIRED, WORK, bench_parser, kernel_kind, result_stem, write_results  # noqa: E402
+from bench.common import (REQUIRED, WORK, bench_parser, gpu_kernels, kernel_kind, result_stem,  # noqa: E402
+                          write_results)
 from bench.llama_shapes import build_checkpoint  # noqa: E402
 from quant import ragged  # noqa: E402
 from quant.decode import DecodeLoop  # noqa: E402
@@ -125,13 +126,11 @@ def profile_prefill(loop: DecodeLoop, ids, mask, positions) -> dict:
         wall = time.perf_counter() - started
     by_kind: dict[str, float] = {}
     kernels = []
-    for event in prof.key_averages():
-        device_us = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
-        if loop.device.type != "cuda" or not device_us or event.device_type.name != "CUDA":
-            continue
+    for event in gpu_kernels(prof.key_averages()) if loop.device.type == "cuda" else []:
         kind = kernel_kind(event.key)
-        by_kind[kind] = by_kind.get(kind, 0.0) + device_us / 1e6
-        kernels.append({"kernel": event.key[:120], "kind": kind, "seconds": device_us / 1e6, "calls": event.count})
+        by_kind[kind] = by_kind.get(kind, 0.0) + event.self_device_time_total / 1e6
+        kernels.append({"kernel": event.key[:120], "kind": kind, "seconds": event.self_device_time_total / 1e6,
+                        "calls": event.count})
     kernels.sort(key=lambda k: -k["seconds"])
     cpu_ops = sorted(({"op": e.key, "cpu_seconds": e.cpu_time_total / 1e6, "calls": e.count}
                       for e in prof.key_averages() if e.key.startswith("aten::")),
