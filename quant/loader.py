@@ -181,12 +181,11 @@ def streamed_weights_device(source: ModelSource, kwargs: dict[str, Any], mode: s
         from .planner import plan_memory
 
         try:
-            plan = plan_memory(source, "auto", modes=[mode]).plans[0]
-        except Exception:  # noqa: BLE001 - a plan that cannot be made leaves the load to transformers
+            plan = plan_memory(source, "auto", modes=[mode])
+        except Exception as error:  # noqa: BLE001 - a plan that cannot be made leaves the load to transformers
+            log.info("Weights not streamed: no memory plan for %s (%s)", source.ref, error)
             return None
-        used = [share.device for share in plan.devices if share.bytes]
-        if plan.verdict == "gpu" and len(used) == 1:
-            return f"cuda:{used[0]}"
+        return plan.modes[0].only_gpu
     return None
 
 

@@ -149,6 +149,12 @@ class ModePlan:
     def fits(self) -> bool:
         return self.verdict != "no"
 
+    @property
+    def only_gpu(self) -> str | None:
+        """"cuda:N" where every weight goes to GPU N, else None (split over GPUs, offloaded, CPU, or no fit)."""
+        used = [d.device for d in self.devices if d.bytes]
+        return f"cuda:{used[0]}" if self.verdict == "gpu" and len(used) == 1 else None
+
     def reason(self, language: str = "en") -> str:
         """One line on why, in English or Korean (quant.ui_strings, `plan.reason.*`)."""
         words = _words(language)

@@ -133,3 +133,17 @@ def test_the_model_tabs_handler_gives_the_table_in_the_visitors_language():
     assert "| **nf4** | ⚠️ CPU 오프로드 |" in table
     with pytest.raises(gr.Error, match="Unknown device"):
         plan(request, model=LLAMA, mode="nf4", device_map="auto", max_memory="gpu7=1GiB")
+
+
+def test_only_gpu_names_the_one_gpu_that_holds_every_weight(llama_8b, split_8b):
+    """What quant.loader streams weights to under device_map auto (QUANT_STREAM_WEIGHTS): one GPU, or nothing."""
+    one = plan_memory(llama_8b, "auto", "0=80GiB,cpu=64GiB", modes=["nf4"]).mode("nf4")
+    assert one.only_gpu == "cuda:0" and one.verdict == "gpu"
+    balanced = plan_memory(llama_8b, "auto", "0=80GiB,1=80GiB,cpu=64GiB", modes=["nf4"]).mode("nf4")
+    assert balanced.on("1") and balanced.only_gpu is None  # auto balances over the GPUs even where one would do
+    second = plan_memory(llama_8b, "auto", "0=1MiB,1=80GiB,cpu=64GiB", modes=["nf4"]).mode("nf4")
+    assert second.only_gpu == "cuda:1"
+    assert split_8b.mode("bf16").verdict == "gpu" and split_8b.mode("bf16").only_gpu is None
+    offloaded = plan_memory(llama_8b, "auto", "0=8GiB,cpu=64GiB", modes=["bf16"]).mode("bf16")
+    assert offloaded.verdict == "offload" and offloaded.only_gpu is None
+    assert plan_memory(llama_8b, "auto", "0=8GiB", modes=["bf16"]).mode("bf16").only_gpu is None  # does not fit
