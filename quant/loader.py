@@ -156,14 +156,18 @@ _MODEL_MAPPINGS = {"causal": MODEL_FOR_CAUSAL_LM_MAPPING, "seq2seq": MODEL_FOR_S
 
 
 def streamed_weights_device(source: ModelSource, kwargs: dict[str, Any], mode: str) -> str | None:
-    """The one device a load's weights are streamed to by quant.weight_stream (QUANT_STREAM_WEIGHTS), or None for
-    transformers' own loading: only loads of an unquantized local safetensors checkpoint in the dtype its weights are
-    stored in, onto one device: one named, or device_map auto where quant.planner puts every weight on one GPU (as
-    transformers would; a model that needs several GPUs or the CPU too keeps transformers' placement). A dtype
+    """The one device a load's weights are streamed to by quant.weight_stream (QUANT_STREAM_WEIGHTS: a GPU by
+    default, the CPU too when on), or None for transformers' own loading: only loads of an unquantized local
+    safetensors checkpoint in the dtype its weights are stored in, onto one device: one named, or device_map auto
+    where quant.planner puts every weight on one GPU (as transformers would; a model that needs several GPUs or the
+    CPU too keeps transformers' placement). A dtype
     conversion would hold the whole state dict in both dtypes on the device at the end of the load (transformers
     converts tensor by tensor as it copies them)."""
     device_map = kwargs["device_map"]
-    if not load_settings().stream_weights or not source.is_local or source.checkpoint_quantization:
+    setting = load_settings().stream_weights
+    if setting == "off" or not source.is_local or source.checkpoint_quantization:
+        return None
+    if setting == "auto" and not target_is_cuda(device_map):  # the CPU: transformers' mmap load is lazy there
         return None
     if "quantization_config" in kwargs or "max_memory" in kwargs:
         return None

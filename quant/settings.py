@@ -46,6 +46,7 @@ BATCH_PREFILLS = ("grouped", "padded")
 CONTINUOUS_STEPS = ("library", "graphs")
 COMPILE_REGIONS = ("layers", "model")
 FUSE_PROJECTIONS = ("auto", "on", "off")
+STREAM_WEIGHTS = ("auto", "on", "off")
 INT4_DEQUANTIZE_KERNELS = ("auto", "torch")
 DECODE_ATTENTIONS = ("triton", "matmul")
 
@@ -185,12 +186,13 @@ class Settings:
     """QUANT_TENSOR_PARALLEL_GPUS=on: device_map=tensor_parallel is offered on GPUs (off by default: on two H200s its
     eager decode measured 0.06x one GPU's compiled decode at 8B bf16, while a split over the GPUs decodes compiled at
     0.98x; bench/results/tp-8b-bfloat16.md)."""
-    stream_weights: bool
-    """QUANT_STREAM_WEIGHTS=on: a 16-bit load of a local safetensors checkpoint onto one device reads its weights with
-    quant.weight_stream (pread by several threads through pinned buffers straight to the GPU) and hands them to the
-    model class's from_pretrained, instead of transformers' copies from pageable memory (3.3 of a warm 8B start's
-    4.3 s of weights on an H200, bench/results/startup-8b-cuda-profiled-fifteenth.md). Off by default until
-    bench/weight_load.py and bench/startup.py have measured it on a GPU."""
+    stream_weights: str
+    """QUANT_STREAM_WEIGHTS: `auto` (the default) streams onto a GPU, `on` onto the CPU too, `off` never. A 16-bit
+    load of a local safetensors checkpoint onto one device reads its weights with quant.weight_stream (pread by
+    several threads through pinned buffers straight to the GPU) and hands them to the model class's from_pretrained,
+    instead of transformers' copies from pageable memory: 0.69 s against 2.50 s for an 8B bf16 checkpoint, and warm
+    starts to the first token of 14.0 and 12.1 s against 16.3 and 15.9 s, on an H200 (bench/results/weight-load-8b-cuda.md,
+    startup-8b-cuda-stream-weights.md). Not on the CPU by default: transformers' mmap load is lazy there."""
     kernel_cache: str
     """QUANT_KERNEL_CACHE: folder for compiled kernels (Inductor, Triton, gptqmodel's Marlin/ExLlama builds), kept
     across restarts. Default ~/.cache/quant-playground/kernels."""
@@ -238,7 +240,7 @@ def load_settings() -> Settings:
         batch_prefill=_choice_setting("QUANT_BATCH_PREFILL", BATCH_PREFILLS),
         tensor_parallel_cpu_ranks=int_setting("QUANT_TENSOR_PARALLEL_CPU_RANKS", 0, minimum=0),
         tensor_parallel_gpus=_flag("QUANT_TENSOR_PARALLEL_GPUS"),
-        stream_weights=_flag("QUANT_STREAM_WEIGHTS"),
+        stream_weights=_choice_setting("QUANT_STREAM_WEIGHTS", STREAM_WEIGHTS),
         kernel_cache=os.environ.get("QUANT_KERNEL_CACHE")
         or os.path.join(os.path.expanduser("~"), ".cache", "quant-playground", "kernels"),
     )

@@ -119,6 +119,17 @@ class FourBitMethod(BitsAndBytesMethod):
             raise UnsupportedModeError("This GPU does not support bfloat16.", "Use fp16 (or fp16 compute dtype).")
         return warnings
 
+    def dtype(self, options, on_cuda):
+        """On a GPU, the 16-bit compute dtype: bitsandbytes' Linear4bit casts its input to the compute dtype and its
+        output back on every call, two copies a layer (18% of an 8B nf4 prefill on an H200 with the model in fp16 and
+        compute in bf16, bench/results/prefill-profile-8b-nf4-nf4-bitsandbytes.md). fp32 compute keeps the rest in
+        16 bits; on the CPU the rest stays bf16 (the default compute too)."""
+        if options.compute_dtype:
+            return DTYPES[options.compute_dtype]
+        if on_cuda and options.bnb4_compute_dtype in ("bf16", "fp16"):
+            return DTYPES[options.bnb4_compute_dtype]
+        return super().dtype(options, on_cuda)
+
     def config(self, options, checkpoint_quantization, on_cuda):
         return BitsAndBytesConfig(
             load_in_4bit=True,

@@ -9,6 +9,7 @@ import gc
 import weakref
 
 import pytest
+import torch
 
 from quant.errors import QuantError, UnsupportedModeError
 from quant.forms import LoadForm, add_option_arguments
@@ -93,3 +94,15 @@ def test_a_load_for_measuring_compiles_nothing_and_lets_go_of_the_model(monkeypa
     gc.collect()
     assert model() is None
     assert dict(counters["frames"]) == frames_before
+
+
+@pytest.mark.parametrize(("mode", "options", "on_cuda", "expected"), [
+    ("nf4", QuantOptions(), True, torch.bfloat16), ("fp4", QuantOptions(bnb4_compute_dtype="fp16"), True, torch.float16),
+    ("nf4", QuantOptions(bnb4_compute_dtype="fp32"), True, torch.float16),  # fp32 compute: the rest stays 16-bit
+    ("nf4", QuantOptions(bnb4_compute_dtype="fp16"), False, torch.bfloat16),  # the CPU keeps bf16
+    ("nf4", QuantOptions(bnb4_compute_dtype="fp16", compute_dtype="fp32"), True, torch.float32),  # the operator's own
+    ("int8", QuantOptions(), True, torch.float16)])
+def test_a_4bit_model_on_a_gpu_is_held_in_its_16bit_compute_dtype(mode, options, on_cuda, expected):
+    """bitsandbytes' 4-bit layers cast their input to the compute dtype and the output back on every call: on a GPU
+    the rest of the model is held in that dtype, so the casts are no-ops."""
+    assert METHODS[mode].dtype(options, on_cuda) == expected

@@ -137,6 +137,27 @@ def test_a_streamed_load_gives_the_usual_loads_model_and_replies(monkeypatch, ca
     assert torch.equal(replies[0], replies[1])
 
 
+@pytest.mark.parametrize("setting", ["", "auto", "off"])
+def test_by_default_and_when_off_a_cpu_load_is_not_streamed(monkeypatch, setting):
+    """auto (the default) streams onto GPUs only: on the CPU transformers' mmap load is lazy."""
+    from quant.loader import LoadRequest, prepare, streamed_weights_device
+
+    monkeypatch.setenv("QUANT_STREAM_WEIGHTS", setting)
+    prepared = prepare(LoadRequest(model="demo:tiny-llama-chat", mode="bf16", device_map="cpu"))
+    assert streamed_weights_device(prepared.source, prepared.kwargs, "bf16") is None
+    monkeypatch.setenv("QUANT_STREAM_WEIGHTS", "on")
+    assert streamed_weights_device(prepared.source, prepared.kwargs, "bf16") == "cpu"
+
+
+def test_an_unknown_stream_weights_setting_is_refused_by_name(monkeypatch):
+    from quant.errors import QuantError
+    from quant.loader import LoadRequest, prepare
+
+    monkeypatch.setenv("QUANT_STREAM_WEIGHTS", "sometimes")
+    with pytest.raises(QuantError, match="QUANT_STREAM_WEIGHTS='sometimes' is not one of auto, on, off"):
+        prepare(LoadRequest(model="demo:tiny-llama-chat", mode="bf16", device_map="cpu"))
+
+
 @pytest.mark.parametrize("mode", ["nf4", "int8", "fp32", "fp16"])
 def test_quantizing_and_converting_loads_are_not_streamed(monkeypatch, mode):
     """On-the-fly quantization takes transformers' own path (its quantizer sees each weight as it loads), and so does
