@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import functools
 import gc
 import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -160,9 +162,8 @@ def streamed_weights_device(source: ModelSource, kwargs: dict[str, Any], mode: s
     default, the CPU too when on), or None for transformers' own loading: only loads of an unquantized local
     safetensors checkpoint in the dtype its weights are stored in, onto one device: one named, or device_map auto
     where quant.planner puts every weight on one GPU (as transformers would; a model that needs several GPUs or the
-    CPU too keeps transformers' placement). A dtype
-    conversion would hold the whole state dict in both dtypes on the device at the end of the load (transformers
-    converts tensor by tensor as it copies them)."""
+    CPU too keeps transformers' placement). A dtype conversion would hold the whole state dict in both dtypes on the
+    device at the end of the load (transformers converts tensor by tensor as it copies them)."""
     device_map = kwargs["device_map"]
     setting = load_settings().stream_weights
     if setting == "off" or not source.is_local or source.checkpoint_quantization:
@@ -176,12 +177,13 @@ def streamed_weights_device(source: ModelSource, kwargs: dict[str, Any], mode: s
     if type(source.config) not in _MODEL_MAPPINGS.get(source.kind, {}):
         return None
     files = checkpoint_files(source.location)
-    stored = {e.dtype for path in files for e in safetensors_entries(path) if e.dtype.is_floating_point}
-    if not files or not stored <= {kwargs["dtype"]}:
+    entries = [e for path in files for e in safetensors_entries(path)]
+    if not files or not {e.dtype for e in entries if e.dtype.is_floating_point} <= {kwargs["dtype"]}:
         return None
+    device = None
     if isinstance(device_map, dict) and list(device_map) == [""]:
-        return str(device_map[""])
-    if device_map == "auto":
+        device = str(device_map[""])
+    elif device_map == "auto":
         from .planner import plan_memory
 
         try:
@@ -189,8 +191,51 @@ def streamed_weights_device(source: ModelSource, kwargs: dict[str, Any], mode: s
         except Exception as error:  # noqa: BLE001 - a plan that cannot be made leaves the load to transformers
             log.info("Weights not streamed: no memory plan for %s (%s)", source.ref, error)
             return None
-        return plan.modes[0].only_gpu
-    return None
+        device = plan.modes[0].only_gpu
+    if device and torch.device(device).type == "cuda" and not _allocator_warmup_switch():
+        # transformers' warm-up cannot be skipped: it would hold a second model's worth next to the streamed weights
+        needed = 2 * sum(e.end - e.start for e in entries) + (3 << 29)
+        if torch.cuda.mem_get_info(torch.device(device))[0] < needed:
+            log.info("Weights not streamed: %s needs room for two copies on %s", source.ref, device)
+            return None
+    return device
+
+
+_streamed_load = threading.local()
+
+
+def _allocator_warmup_switch() -> bool:
+    """Whether transformers' `caching_allocator_warmup` (which from_pretrained calls before it loads) can be skipped by
+    a streamed load: it is wrapped once so that a thread inside `_no_allocator_warmup` skips it, and any other load
+    keeps it. False where this transformers has no such function (the streamed load then needs room for two copies)."""
+    import transformers.modeling_utils as modeling_utils
+
+    original = getattr(modeling_utils, "caching_allocator_warmup", None)
+    if original is None:
+        return False
+    if not getattr(original, "skipped_by_streamed_loads", False):
+        @functools.wraps(original)
+        def switched(*args, **kwargs):
+            if getattr(_streamed_load, "active", False):
+                return None
+            return original(*args, **kwargs)
+
+        switched.skipped_by_streamed_loads = True
+        modeling_utils.caching_allocator_warmup = switched
+    return True
+
+
+@contextmanager
+def _no_allocator_warmup() -> Iterator[None]:
+    """from_pretrained in this thread without its allocator warm-up: it reserves a block the size of the model before
+    loading, capped by the GPU's total memory rather than its free memory, so with the streamed weights already on the
+    GPU it would hold the model twice at the peak (and fail on a GPU the model fills more than half of)."""
+    _allocator_warmup_switch()
+    _streamed_load.active = True
+    try:
+        yield
+    finally:
+        _streamed_load.active = False
 
 
 def _from_pretrained(source: ModelSource, kwargs: dict[str, Any], mode: str) -> tuple[PreTrainedModel, dict]:
@@ -207,12 +252,11 @@ def _from_pretrained(source: ModelSource, kwargs: dict[str, Any], mode: str) -> 
     model_class = _MODEL_MAPPINGS[source.kind][type(source.config)]
     config = copy.deepcopy(source.config)  # from_pretrained sets dtype and attention on the config it is given
     streamed = {**{k: v for k, v in kwargs.items() if k not in ("revision", "token")}, "device_map": {"": device}}
-    model, loading_info = model_class.from_pretrained(None, config=config, state_dict=state_dict,
-                                                      output_loading_info=True, **streamed)
+    with _no_allocator_warmup():
+        model, loading_info = model_class.from_pretrained(None, config=config, state_dict=state_dict,
+                                                          output_loading_info=True, **streamed)
     if torch.device(device).type == "cuda":
-        # from_pretrained warms the caching allocator up with a block the size of the model before it loads, which,
-        # with the weights already there, is a second model's worth of reserved memory: give it back.
-        torch.cuda.empty_cache()
+        torch.cuda.empty_cache()  # the warm-up's block, where this transformers' warm-up could not be skipped
     model.config.name_or_path = model.name_or_path = source.location
     if os.path.isfile(os.path.join(source.location, GENERATION_CONFIG_NAME)):
         model.generation_config = GenerationConfig.from_pretrained(source.location)

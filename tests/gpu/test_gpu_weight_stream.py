@@ -73,3 +73,21 @@ def test_a_streamed_load_on_the_gpu_gives_the_usual_loads_weights_and_compiled_r
     assert replies[1].stats.path == "compiled" and replies[0].text == replies[1].text and replies[0].text.strip()
     for loaded in (usual, streamed):
         loaded.path.close()
+
+
+def test_a_streamed_load_holds_the_model_once_on_the_gpu(monkeypatch):
+    """No second model's worth at the peak: transformers' allocator warm-up is skipped for the streamed load (with it,
+    the peak is the streamed weights plus a block their size)."""
+    from quant.loader import LoadRequest, _from_pretrained, prepare, streamed_weights_device
+
+    monkeypatch.setenv("QUANT_STREAM_WEIGHTS", "auto")
+    prepared = prepare(LoadRequest(model="demo:tiny-llama-chat", mode="bf16", device_map="cuda:0"))
+    assert streamed_weights_device(prepared.source, prepared.kwargs, "bf16") == "cuda:0"  # the default streams here
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    model, _ = _from_pretrained(prepared.source, prepared.kwargs, "bf16")
+    weights = sum({t.data_ptr(): t.nbytes for t in model.state_dict().values()}.values())
+    assert next(model.parameters()).device == torch.device("cuda:0")
+    assert torch.cuda.memory_allocated() - before >= weights
+    assert torch.cuda.max_memory_allocated() - before < 1.5 * weights, (torch.cuda.max_memory_allocated(), weights)

@@ -229,3 +229,33 @@ def test_a_cut_short_checkpoint_fails_the_streamed_load_with_a_message(monkeypat
     monkeypatch.setenv("QUANT_STREAM_WEIGHTS", "on")
     with pytest.raises(QuantError, match="model.safetensors"):
         load_model(LoadRequest(model=str(folder), mode="bf16", device_map="cpu"))
+
+
+def test_a_streamed_load_skips_transformers_allocator_warmup_in_its_own_thread_only(monkeypatch):
+    """from_pretrained warms the GPU's caching allocator with a block the model's size: next to streamed weights that
+    would be the model twice. The streamed load's thread skips it; a load in another thread meanwhile keeps it."""
+    import threading
+
+    import transformers.modeling_utils as modeling_utils
+
+    from quant.loader import LoadRequest, _allocator_warmup_switch, _no_allocator_warmup, load_model
+
+    calls = []
+    monkeypatch.setattr(modeling_utils, "caching_allocator_warmup", lambda *args: calls.append(args[1]))
+    assert _allocator_warmup_switch()
+    request = LoadRequest(model="demo:tiny-llama-chat", mode="bf16", device_map="cpu")
+    load_model(request)  # transformers' own load: through the warm-up
+    assert len(calls) == 1 and set(calls[0].values()) == {"cpu"}
+    monkeypatch.setenv("QUANT_STREAM_WEIGHTS", "on")
+    load_model(request)  # streamed: skipped
+    assert len(calls) == 1
+    other = []
+    with _no_allocator_warmup():
+        thread = threading.Thread(target=lambda: (modeling_utils.caching_allocator_warmup(None, {"a": "cpu"}, None),
+                                                  other.append(len(calls))))
+        thread.start()
+        thread.join()
+        modeling_utils.caching_allocator_warmup(None, {"b": "cpu"}, None)
+    assert other == [2] and len(calls) == 2
+    modeling_utils.caching_allocator_warmup(None, {"c": "cpu"}, None)
+    assert len(calls) == 3
