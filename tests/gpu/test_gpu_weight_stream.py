@@ -52,15 +52,16 @@ def test_from_pretrained_on_the_gpu_read_state_dict_gives_the_folders_model():
 @pytest.mark.parametrize("device_map", ["cuda:0", "auto"])
 def test_a_streamed_load_on_the_gpu_gives_the_usual_loads_weights_and_compiled_replies(monkeypatch, caplog,
                                                                                        kernel_cache, device_map):
-    """QUANT_STREAM_WEIGHTS=on through the registry onto cuda:0 (named, or auto: the demo model fits one GPU),
-    compiled as at any load, against the usual load."""
+    """Streamed weights (the default on a GPU) through the registry onto cuda:0 (named, or auto: the demo model fits
+    one GPU), compiled as at any load, against transformers' own load (QUANT_STREAM_WEIGHTS=off)."""
     from quant.generation import GenerationSettings, stream_chat
     from quant.loader import LoadRequest
     from tests.support.fastpath import load
 
     request = LoadRequest(model="demo:tiny-llama-chat", mode="bf16", device_map=device_map)
+    monkeypatch.setenv("QUANT_STREAM_WEIGHTS", "off")
     usual = load(request, fast=True)
-    monkeypatch.setenv("QUANT_STREAM_WEIGHTS", "on")
+    monkeypatch.setenv("QUANT_STREAM_WEIGHTS", "auto")  # the default
     with caplog.at_level(logging.INFO, logger="quant.loader"):
         streamed = load(request, fast=True)
     assert any(r.getMessage().startswith("Streamed ") and " to cuda:0 in " in r.getMessage() for r in caplog.records)
