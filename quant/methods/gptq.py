@@ -183,7 +183,7 @@ class GPTQMethod(QuantMethod):
 def repack_for_int4_kernel(model, progress, method: str, loaded_with: str) -> list[str]:
     """Move a GPTQ or AWQ model's torch-kernel layers to PyTorch's int4 kernel (quant.int4pack) after loading;
     warnings for long prompts and for layers that stay on `loaded_with`."""
-    from ..int4pack import dequantize_kernel_warnings, repack_model
+    from ..int4pack import kernel_warnings, repack_model
     from ..settings import load_settings
 
     progress(0.85, f"Repacking the {method} layers for PyTorch's int4 kernel")
@@ -192,7 +192,7 @@ def repack_for_int4_kernel(model, progress, method: str, loaded_with: str) -> li
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     warnings = [f"Long prompts use tinygemm: {result.dequantize_reason}."] if result.dequantize_reason else []
-    warnings += dequantize_kernel_warnings(model)
+    warnings += kernel_warnings(model)
     if result.reason is None:
         return warnings
     return warnings + [f"{result.left} {method} layers stay on the {loaded_with} kernel ({result.layers} moved to the "
