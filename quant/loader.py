@@ -40,7 +40,7 @@ from .report import (
 )
 from .settings import load_settings
 from .source import ModelSource, resolve_source
-from .weight_stream import checkpoint_files, read_safetensors, safetensors_entries
+from .weight_stream import checkpoint_files, default_threads, read_safetensors, safetensors_entries
 
 log = logging.getLogger(__name__)
 
@@ -238,15 +238,19 @@ def _no_allocator_warmup() -> Iterator[None]:
         _streamed_load.active = False
 
 
-def _from_pretrained(source: ModelSource, kwargs: dict[str, Any], mode: str) -> tuple[PreTrainedModel, dict]:
+def _from_pretrained(source: ModelSource, kwargs: dict[str, Any], mode: str) -> tuple[PreTrainedModel, dict, str]:
     """`from_pretrained(source.location)`, or where streamed_weights_device says so the model class's from_pretrained
     over the streamed state dict, with the checkpoint's generation config and name as from_pretrained(folder) sets
-    them."""
+    them; and how the weights were read, for the load report."""
     device = streamed_weights_device(source, kwargs, mode)
     if device is None:
-        return _model_class(source).from_pretrained(source.location, output_loading_info=True, **kwargs)
+        model, loading_info = _model_class(source).from_pretrained(source.location, output_loading_info=True, **kwargs)
+        return model, loading_info, "transformers' from_pretrained"
     started = time.perf_counter()
-    state_dict = read_safetensors(checkpoint_files(source.location), device)
+    threads = default_threads()
+    state_dict = read_safetensors(checkpoint_files(source.location), device, threads=threads)
+    read = (f"streamed by {threads} threads to {device}: {len(state_dict)} tensors, "
+            f"{sum(t.nbytes for t in state_dict.values()) / 1e9:.2f} GB in {time.perf_counter() - started:.2f} s")
     log.info("Streamed %d tensors (%.2f GB) of %s to %s in %.2f s", len(state_dict),
              sum(t.nbytes for t in state_dict.values()) / 1e9, source.ref, device, time.perf_counter() - started)
     model_class = _MODEL_MAPPINGS[source.kind][type(source.config)]
@@ -260,7 +264,7 @@ def _from_pretrained(source: ModelSource, kwargs: dict[str, Any], mode: str) -> 
     model.config.name_or_path = model.name_or_path = source.location
     if os.path.isfile(os.path.join(source.location, GENERATION_CONFIG_NAME)):
         model.generation_config = GenerationConfig.from_pretrained(source.location)
-    return model, loading_info
+    return model, loading_info, read
 
 
 def load_tokenizer(source: ModelSource, token: str | None, trust_remote_code: bool):
@@ -382,7 +386,7 @@ def load_weights(request: LoadRequest, progress: ProgressFn | None = None,
     started = time.perf_counter()
     method.before_load(options)
     try:
-        model, loading_info = _from_pretrained(source, kwargs, request.mode.value)
+        model, loading_info, weights_read = _from_pretrained(source, kwargs, request.mode.value)
     except QuantError:  # a checkpoint file the streamed reader refused (malformed, cut short)
         _release()
         raise
@@ -447,6 +451,7 @@ def load_weights(request: LoadRequest, progress: ProgressFn | None = None,
         ram_before_bytes=before.rss,
         ram_after_bytes=after.rss,
         load_seconds=load_seconds,
+        weights_read=weights_read,
         linear_layers=linear_layer_types(model),
         device_map={k: str(v) for k, v in device_map.items()},
         quantization=method.report_record(_jsonable(quant.to_dict() if hasattr(quant, "to_dict") else quant),

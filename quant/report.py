@@ -135,6 +135,8 @@ class LoadReport:
     linear_layers: dict[str, int]
     device_map: dict[str, str]
     quantization: dict | None
+    weights_read: str = ""
+    """How the weights were read: transformers' from_pretrained, or streamed by quant.weight_stream (with its time)."""
     warnings: list[str] = field(default_factory=list)
     generation_path: str = ""
     """How generate runs: compiled (static cache + torch.compile) or eager, and why."""
@@ -182,7 +184,8 @@ class LoadReport:
             "on devices       " + ", ".join(f"{d}: {mib(b)}" for d, b in self.bytes_by_device.items()),
             "GPU allocated    " + (", ".join(f"{d}: +{mib(b)}" for d, b in self.gpu_allocated_bytes.items()) or "no GPU"),
             f"process RAM      {mib(self.ram_before_bytes)} -> {mib(self.ram_after_bytes)}",
-            f"load time        {self.load_seconds:.2f} s",
+            f"load time        {self.load_seconds:.2f} s" + (f" (weights {self.weights_read})" if self.weights_read
+                                                                   else ""),
             f"generation       {self.generation_path}",
             "linear layers    " + ", ".join(f"{k} x{v}" for k, v in self.linear_layers.items()),
             *(f"{kept_label(self.mode, language):<16} {kept_line(group, self.mode, language)}" for group in self.kept),

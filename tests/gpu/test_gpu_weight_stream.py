@@ -87,7 +87,8 @@ def test_a_streamed_load_holds_the_model_once_on_the_gpu(monkeypatch):
     torch.cuda.empty_cache()
     before = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    model, _ = _from_pretrained(prepared.source, prepared.kwargs, "bf16")
+    model, _, read = _from_pretrained(prepared.source, prepared.kwargs, "bf16")
+    assert read.startswith("streamed by ") and " to cuda:0: " in read
     weights = sum({t.data_ptr(): t.nbytes for t in model.state_dict().values()}.values())
     assert next(model.parameters()).device == torch.device("cuda:0")
     assert torch.cuda.memory_allocated() - before >= weights
