@@ -85,7 +85,8 @@ def markdown(summary: dict) -> str:
     lines = [f"# quant.int4_gemv (Triton) against tinygemm and cuBLAS bf16 at 1-8 rows, {summary['device']}", "",
              f"torch {summary['torch']}; 4-bit, groups of {GROUP}; GPU time of one call inside a CUDA graph (weights "
              "cycled past the L2 cache), ms; TB/s: the packed weight with its scales and zeros over the time.", "",
-             "| shape | rows | block (rows, tiles, split, warps) | bf16 cuBLAS | tinygemm | Triton GEMV | GEMV / tinygemm "
+             "| shape | rows | block (rows, tiles, split, warps) | bf16 cuBLAS | tinygemm | Triton GEMV "
+             "| GEMV / tinygemm "
              "| GEMV TB/s | tinygemm TB/s | largest relative difference |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary["rows"]:
         lines.append(f"| {r['shape']} | {r['rows']} | {tuple(r['block'])} | {r['bf16_ms']:.4f} | "
@@ -101,8 +102,8 @@ def markdown(summary: dict) -> str:
         for name in dict.fromkeys(s["shape"] for s in summary["sweep"]):
             timed = sorted((s for s in summary["sweep"] if s["shape"] == name and "ms" in s), key=lambda s: s["ms"])
             failed = sum(1 for s in summary["sweep"] if s["shape"] == name and "error" in s)
-            lines.append(f"- {name}: " + "; ".join(f"{tuple(s['block'])} {s['ms']:.4f} ({s['tb_s']:.2f})"
-                                                   for s in timed[:5]) + (f"; {failed} blocks failed" if failed else ""))
+            best = "; ".join(f"{tuple(s['block'])} {s['ms']:.4f} ({s['tb_s']:.2f})" for s in timed[:5])
+            lines.append(f"- {name}: {best}" + (f"; {failed} blocks failed" if failed else ""))
     return "\n".join(lines) + "\n"
 
 

@@ -230,7 +230,8 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
     data = {"model": model, "name": name, "device_map": args.device_map, "new_tokens": args.new_tokens,
             "goals": GOALS if name == "8b" else None, "command": "python " + " ".join(sys.argv), "rows": rows,
-            "stream_weights": os.environ.get("QUANT_STREAM_WEIGHTS") or "auto", "checkpoint_dtype": args.checkpoint_dtype}
+            "stream_weights": os.environ.get("QUANT_STREAM_WEIGHTS") or "auto",
+            "checkpoint_dtype": args.checkpoint_dtype}
     write_results(args.out, result_stem("startup", name, args.device_map.split(":")[0], tag=args.tag), data,
                   markdown)
 

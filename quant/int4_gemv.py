@@ -86,7 +86,8 @@ def _kernel(interpret: bool):
             group_in = n_in[:, None, None] & t_in[None, :, None]
             scale = tl.load(scales_and_zeros + at, mask=group_in, other=0.0).to(tl.float32)
             zero = tl.load(scales_and_zeros + at + 1, mask=group_in, other=0.0).to(tl.float32)
-            part = scale[None, :, :, :] * (dot - 8.0 * x_sum[:, None, :, :]) + zero[None, :, :, :] * x_sum[:, None, :, :]
+            x_sums = x_sum[:, None, :, :]
+            part = scale[None, :, :, :] * (dot - 8.0 * x_sums) + zero[None, :, :, :] * x_sums
             acc += tl.sum(tl.sum(part, axis=3), axis=2)
         at = out + m[:, None] * n_features + n[None, :]
         mask = m_in[:, None] & n_in[None, :]

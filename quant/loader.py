@@ -249,10 +249,11 @@ def _from_pretrained(source: ModelSource, kwargs: dict[str, Any], mode: str) -> 
     started = time.perf_counter()
     threads = default_threads()
     state_dict = read_safetensors(checkpoint_files(source.location), device, threads=threads)
-    read = (f"streamed by {threads} threads to {device}: {len(state_dict)} tensors, "
-            f"{sum(t.nbytes for t in state_dict.values()) / 1e9:.2f} GB in {time.perf_counter() - started:.2f} s")
-    log.info("Streamed %d tensors (%.2f GB) of %s to %s in %.2f s", len(state_dict),
-             sum(t.nbytes for t in state_dict.values()) / 1e9, source.ref, device, time.perf_counter() - started)
+    gigabytes, seconds = sum(t.nbytes for t in state_dict.values()) / 1e9, time.perf_counter() - started
+    read = (f"streamed by {threads} threads to {device}: {len(state_dict)} tensors, {gigabytes:.2f} GB in "
+            f"{seconds:.2f} s")
+    log.info("Streamed %d tensors (%.2f GB) of %s to %s in %.2f s", len(state_dict), gigabytes, source.ref, device,
+             seconds)
     model_class = _MODEL_MAPPINGS[source.kind][type(source.config)]
     config = copy.deepcopy(source.config)  # from_pretrained sets dtype and attention on the config it is given
     streamed = {**{k: v for k, v in kwargs.items() if k not in ("revision", "token")}, "device_map": {"": device}}

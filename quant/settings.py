@@ -196,8 +196,9 @@ class Settings:
     load of a local safetensors checkpoint onto one device reads its weights with quant.weight_stream (pread by
     several threads through pinned buffers straight to the GPU) and hands them to the model class's from_pretrained,
     instead of transformers' copies from pageable memory: 0.69 s against 2.50 s for an 8B bf16 checkpoint, and warm
-    starts to the first token of 14.0 and 12.1 s against 16.3 and 15.9 s, on an H200 (bench/results/weight-load-8b-cuda.md,
-    startup-8b-cuda-stream-weights.md). Not on the CPU by default: transformers' mmap load is lazy there."""
+    starts to the first token of 14.0 and 12.1 s against 16.3 and 15.9 s, on an H200
+    (bench/results/weight-load-8b-cuda.md, startup-8b-cuda-stream-weights.md). Not on the CPU by default:
+    transformers' mmap load is lazy there."""
     kernel_cache: str
     """QUANT_KERNEL_CACHE: folder for compiled kernels (Inductor, Triton, gptqmodel's Marlin/ExLlama builds), kept
     across restarts. Default ~/.cache/quant-playground/kernels."""

@@ -74,7 +74,8 @@ def the_op_gives_the_kernels_product():
     torch.testing.assert_close(got, int4_gemv.gemv_eagerly(x, packed, scales_and_zeros, 128), atol=0, rtol=0)
 
 
-CHECKS = {**{f"kernel, {name}": (lambda case=case: gives_the_rows_times_the_weight(*case)) for name, case in CASES.items()},
+CHECKS = {**{f"kernel, {name}": (lambda case=case: gives_the_rows_times_the_weight(*case))
+             for name, case in CASES.items()},
           "what it cannot read is refused": refuses_what_it_cannot_read,
           "the op gives the kernel's product": the_op_gives_the_kernels_product}
 

@@ -13,7 +13,8 @@ from tests.support.interpreter_checks import interpreter_tests
 
 pytest.importorskip("triton")
 
-CHECKS = ["kernel, default block, one row", "kernel, split in two, 3 rows", "kernel, 8 rows, groups of 64 in tiles of 64",
+CHECKS = ["kernel, default block, one row", "kernel, split in two, 3 rows",
+          "kernel, 8 rows, groups of 64 in tiles of 64",
           "kernel, groups of 32 in tiles of 32, split 4", "kernel, a split that does not divide the tiles",
           "kernel, groups of 32 in tiles of 128", "what it cannot read is refused", "the op gives the kernel's product"]
 

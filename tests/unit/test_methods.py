@@ -97,7 +97,8 @@ def test_a_load_for_measuring_compiles_nothing_and_lets_go_of_the_model(monkeypa
 
 
 @pytest.mark.parametrize(("mode", "options", "on_cuda", "expected"), [
-    ("nf4", QuantOptions(), True, torch.bfloat16), ("fp4", QuantOptions(bnb4_compute_dtype="fp16"), True, torch.float16),
+    ("nf4", QuantOptions(), True, torch.bfloat16),
+    ("fp4", QuantOptions(bnb4_compute_dtype="fp16"), True, torch.float16),
     ("nf4", QuantOptions(bnb4_compute_dtype="fp32"), True, torch.float16),  # fp32 compute: the rest stays 16-bit
     ("nf4", QuantOptions(bnb4_compute_dtype="fp16"), False, torch.bfloat16),  # the CPU keeps bf16
     ("nf4", QuantOptions(bnb4_compute_dtype="fp16", compute_dtype="fp32"), True, torch.float32),  # the operator's own

@@ -133,7 +133,8 @@ def test_a_streamed_load_gives_the_usual_loads_model_and_replies(monkeypatch, ca
     assert streamed.model.name_or_path == usual.model.name_or_path
     assert streamed.report.dtype == usual.report.dtype and streamed.report.parameters == usual.report.parameters
     assert usual.report.weights_read == "transformers' from_pretrained"
-    assert streamed.report.weights_read.startswith("streamed by ") and " threads to cpu: " in streamed.report.weights_read
+    read = streamed.report.weights_read
+    assert read.startswith("streamed by ") and " threads to cpu: " in read
     assert f"(weights {streamed.report.weights_read})" in streamed.report.to_text()
     inputs = usual.tokenizer("The with statement is used to", return_tensors="pt")
     replies = [m.model.generate(**inputs, max_new_tokens=10, do_sample=False) for m in (usual, streamed)]
