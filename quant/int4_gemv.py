@@ -26,7 +26,7 @@ import functools
 
 import torch
 
-from . import triton_support
+from . import int4_dequant, triton_support
 
 MAX_ROWS = 8
 """Activation rows up to which a layer may use this kernel (a decode step at batch 1-8); more go to tinygemm or to
@@ -100,17 +100,9 @@ def _kernel(interpret: bool):
 
 
 def _check(x: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> tuple[int, int]:
-    if packed.dim() != 4 or packed.shape[2] != 32 or packed.dtype != torch.int32:
-        raise ValueError(f"not tinygemm's CUDA layout [n/8, k/(16 inner), 32, inner/2] int32: {tuple(packed.shape)} "
-                         f"{packed.dtype}")
-    if not (packed.is_contiguous() and scales_and_zeros.is_contiguous()):  # the kernel computes dense offsets
-        raise ValueError("the packed weight and its scales and zeros must be contiguous tensors")
-    n_tiles, k_outer, _, words = packed.shape
-    n_features, k_features = n_tiles * 8, k_outer * 32 * words
-    if k_features % group_size or group_size < 32 or scales_and_zeros.shape != (k_features // group_size,
-                                                                                  n_features, 2):
-        raise ValueError(f"scales_and_zeros {tuple(scales_and_zeros.shape)} do not fit a [{n_features}, "
-                         f"{k_features}] weight in groups of {group_size}")
+    n_features, k_features = int4_dequant._check(packed, scales_and_zeros, group_size)  # tinygemm's layout
+    if group_size < 32:
+        raise ValueError(f"groups of {group_size}: the kernel takes groups of 32 columns or more")
     if x.dim() != 2 or x.shape[1] != k_features or x.shape[0] > MAX_ROWS or x.stride(1) != 1:
         raise ValueError(f"the kernel takes up to {MAX_ROWS} rows of {k_features} contiguous features: "
                          f"{tuple(x.shape)}")

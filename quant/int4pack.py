@@ -144,17 +144,23 @@ def kernel_warnings(model: nn.Module) -> list[str]:
     return warnings
 
 
-def _triton_dequantize_mismatch() -> str | None:
-    """Where the Triton kernel's weights differ from torch's by more than one bfloat16 step (Triton may contract the
-    multiply-add into an FMA), on random codes packed by PyTorch's own kernel; or None."""
+def _check_weights():
+    """(inner_k_tiles, group size, packed, scales_and_zeros, generator) of a random 48 x 1,024 weight packed by
+    PyTorch's own kernel, for each packing layout and group the Triton kernels' checks cover."""
     generator = torch.Generator().manual_seed(0)
     for inner_k_tiles, group_size in ((8, 128), (4, 64), (2, 32), (8, 256)):
         n, k = 48, 1024
         codes = torch.randint(0, 16, (n, k), generator=generator, dtype=torch.int32).cuda()
-        packed = _pack_for_cuda(codes, inner_k_tiles)
         scales_and_zeros = torch.stack([torch.rand(k // group_size, n, generator=generator) * 0.02 + 1e-3,
                                         torch.randn(k // group_size, n, generator=generator) * 0.01], dim=-1)
-        scales_and_zeros = scales_and_zeros.to(torch.bfloat16).cuda().contiguous()
+        yield (inner_k_tiles, group_size, _pack_for_cuda(codes, inner_k_tiles),
+               scales_and_zeros.to(torch.bfloat16).cuda().contiguous(), generator)
+
+
+def _triton_dequantize_mismatch() -> str | None:
+    """Where the Triton kernel's weights differ from torch's by more than one bfloat16 step (Triton may contract the
+    multiply-add into an FMA), on random codes packed by PyTorch's own kernel; or None."""
+    for inner_k_tiles, group_size, packed, scales_and_zeros, _ in _check_weights():
         want = dequantize_cuda_packed(packed, scales_and_zeros, group_size).float()
         got = int4_dequant.dequantize_op()(packed, scales_and_zeros, group_size).float()
         if not torch.all((got - want).abs() <= want.abs() * 2**-7 + 1e-30):
@@ -171,17 +177,10 @@ TRITON_DEQUANTIZE = triton_support.KernelCheck(_triton_dequantize_mismatch, log,
 def _triton_gemv_mismatch() -> str | None:
     """Where quant.int4_gemv's product differs from the dequantized weight's (float32 matmul) by more than bf16
     rounding, for 1 and 8 rows, on random codes packed by PyTorch's own kernel; or None."""
-    generator = torch.Generator().manual_seed(0)
-    for inner_k_tiles, group_size in ((8, 128), (4, 64), (2, 32), (8, 256)):
-        n, k = 48, 1024
-        codes = torch.randint(0, 16, (n, k), generator=generator, dtype=torch.int32).cuda()
-        packed = _pack_for_cuda(codes, inner_k_tiles)
-        scales_and_zeros = torch.stack([torch.rand(k // group_size, n, generator=generator) * 0.02 + 1e-3,
-                                        torch.randn(k // group_size, n, generator=generator) * 0.01], dim=-1)
-        scales_and_zeros = scales_and_zeros.to(torch.bfloat16).cuda().contiguous()
+    for inner_k_tiles, group_size, packed, scales_and_zeros, generator in _check_weights():
         weight = dequantize_cuda_packed(packed, scales_and_zeros, group_size).float()
         for rows in (1, 8):
-            x = torch.randn(rows, k, generator=generator).to(torch.bfloat16).cuda()
+            x = torch.randn(rows, weight.shape[1], generator=generator).to(torch.bfloat16).cuda()
             want = x.float() @ weight.t()
             got = int4_gemv.gemv_op()(x, packed, scales_and_zeros, group_size).float()
             if not (got - want).abs().max() <= 2**-7 * want.abs().max():
