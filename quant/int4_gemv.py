@@ -1,7 +1,7 @@
 """A few rows (a decode step at batch 1-8) times tinygemm's packed int4 weight, by one Triton kernel that reads the
 packed words once and never writes the weight.
 
-Why: a GPTQ/AWQ/HQQ/torchao-int4 layer on PyTorch's int4 kernel (quant.int4pack) decodes at batch 1 on tinygemm,
+Why: a GPTQ/AWQ/HQQ 4-bit layer on PyTorch's int4 kernel (quant.int4pack) decodes at batch 1 on tinygemm,
 which read the 8B projections at 28-40% of an H200's bandwidth (bench/results/machete-rows.md: 2.42 ms a step for
 the four projections of 32 layers, against 3.93 ms for bf16 cuBLAS; the 4-bit weights are a quarter of the bytes).
 Issue 27's 2.5x bf16 at batch 1 needs the 4-bit step near the bandwidth floor.
