@@ -51,8 +51,9 @@ def main() -> None:
         int4 = [packed_weight(n, k, generator) for _ in range(copies)]
         bf16 = [(torch.randn(n, k, generator=generator).to(torch.bfloat16).cuda() * 0.02,) for _ in range(copies)]
         read_bytes = int4[0][0].nbytes + int4[0][1].nbytes
-        block = int4_gemv.block_for(n, int4[0][0].shape[1], torch.cuda.get_device_properties(0).multi_processor_count)
+        sms = torch.cuda.get_device_properties(0).multi_processor_count
         for m in (int(r) for r in args.rows.split(",")):
+            block = int4_gemv.block_for(n, int4[0][0].shape[1], sms, m)
             x = (torch.randn(m, k, generator=generator) * 0.5).to(torch.bfloat16).cuda()
             expected = F.linear(x.float(), int4_dequant.dequantize_op()(*int4[0], GROUP).float())
             got = gemv(x, *int4[0], GROUP).float()

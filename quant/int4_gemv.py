@@ -33,14 +33,16 @@ MAX_ROWS = 8
 dequantize + cuBLAS (quant.int4pack)."""
 
 
-def block_for(n_features: int, k_outer: int, sms: int = 132) -> tuple[int, int, int, int]:
-    """(ROWS, TILES, SPLIT, warps) for a weight of `n_features` rows and `k_outer` packing tiles: 32 rows a program,
-    split over the columns until there are about two programs per streaming multiprocessor."""
+def block_for(n_features: int, k_outer: int, sms: int = 132, m: int = 1) -> tuple[int, int, int, int]:
+    """(ROWS, TILES, SPLIT, warps) for `m` rows times a weight of `n_features` rows and `k_outer` packing tiles: 32
+    rows and two tiles a program in 8 warps, split over the columns until there are about two programs per streaming
+    multiprocessor. ptxas for sm_90a (bench/results/kernel-registers-int4-gemv.md): 64 registers a thread at one row,
+    32 warps an SM (4 warps: 127 registers, 16 warps); 118 and no spill at 8 rows (4 warps spill there)."""
     rows, tiles = 32, 2
     split = 1
     while -(-n_features // rows) * split < 2 * sms and k_outer // (split * 2) >= tiles:
         split *= 2
-    return rows, tiles, split, 4
+    return rows, tiles, split, 8
 
 
 @functools.cache
@@ -117,7 +119,7 @@ def _launch(x: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.Tenso
 
     n_features, _ = _check(x, packed, scales_and_zeros, group_size)
     k_outer, words = packed.shape[1], packed.shape[3]
-    rows, tiles, split, warps = block or block_for(n_features, k_outer, _multiprocessors(packed.device))
+    rows, tiles, split, warps = block or block_for(n_features, k_outer, _multiprocessors(packed.device), x.shape[0])
     tiles_per_split = -(-k_outer // split)
     tiles_per_split = -(-tiles_per_split // tiles) * tiles  # whole chunks, so that no chunk crosses two programs
     kernel = _kernel(bool(knobs.runtime.interpret))

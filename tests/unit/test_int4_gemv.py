@@ -27,3 +27,14 @@ def test_the_default_block_fills_the_gpu_by_splitting_the_columns_of_few_row_blo
     assert rows == 32 and split == 4
     assert int4_gemv.block_for(28672, 32, sms=132)[2] == 1  # gate/up fused: 896 row blocks
     assert int4_gemv.block_for(4096, 2, sms=132)[2] == 1  # too few tiles to split
+
+
+@pytest.mark.parametrize("m", [1, 8])
+def test_the_default_block_compiles_for_hopper_without_spilling_registers(m):
+    """Compiled for sm_90a here (Triton and its ptxas, no GPU): a kernel bound by the weights' bandwidth must not add
+    local-memory traffic, and should leave at least 16 warps an SM."""
+    from bench.kernel_registers import compiled
+
+    rows, tiles, split, warps = int4_gemv.block_for(4096, 32, sms=132, m=m)
+    report = compiled(rows, tiles, m, warps, split > 1)
+    assert report["spill_bytes"] == 0 and report["warps_per_sm"] >= 16, report
