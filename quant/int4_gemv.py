@@ -11,9 +11,10 @@ The kernel: each program takes ROWS output features and walks the input features
 float32) where there are too few row blocks to fill the GPU. The packed words are loaded as quant.int4_dequant loads
 them (tinygemm's layout: row n's codes of a tile are the WORDS words of lanes 4 (n % 8) + l, nibble 4 h + q of lane
 l's word j is column 32 j + 8 q + 2 l + h) and the activations are gathered in that order, so nothing is permuted.
-The arithmetic per group g of row n: sum_k x_k ((q_k - 8) s + z) = s (sum_k x_k q_k - 8 sum_k x_k) + z sum_k x_k,
-in float32 from the exact codes (tinygemm and the dequantize + cuBLAS path round each weight to bfloat16 first: the
-results differ by that rounding, about 2^-9 of a weight).
+Each weight is (q - 8) s + z in float32 (s and z of its group; tinygemm and the dequantize + cuBLAS path round it to
+bfloat16 first: the results differ by that rounding, about 2^-9 of a weight), times its activation, added to a
+float32 partial sum of its position in the chunk; the partial sums are added up once, after the last chunk, so the
+loop has no exchange between threads.
 
 Registered as a PyTorch custom op over the Triton kernel (`torch.library.triton_op`), so torch.compile traces it into
 the decode step and CUDA graphs capture it. Off unless QUANT_INT4_GEMV=triton until bench/int4_gemv_rows.py has
@@ -35,10 +36,12 @@ dequantize + cuBLAS (quant.int4pack)."""
 
 def block_for(n_features: int, k_outer: int, sms: int = 132, m: int = 1) -> tuple[int, int, int, int]:
     """(ROWS, TILES, SPLIT, warps) for `m` rows times a weight of `n_features` rows and `k_outer` packing tiles: 32
-    rows and two tiles a program in 8 warps, split over the columns until there are about two programs per streaming
-    multiprocessor. ptxas for sm_90a (bench/results/kernel-registers-int4-gemv.md): 64 registers a thread at one row,
-    32 warps an SM (4 warps: 127 registers, 16 warps); 118 and no spill at 8 rows (4 warps spill there)."""
-    rows, tiles = 32, 2
+    rows and two tiles a program in 8 warps (16 rows from 3 rows of x), split over the columns until there are about
+    two programs per streaming multiprocessor. Compiled for sm_90a (bench/results/kernel-registers-int4-gemv.md):
+    144 registers a thread at one row, no spill, a loop of 247 instructions for 32 weights a thread (7.7 a weight;
+    the kernel that summed inside the loop took 465, 112 of them shuffles); blocks twice as large spill. Until
+    bench/int4_gemv_rows.py has swept the blocks on a GPU."""
+    rows, tiles = (32, 2) if m <= 2 else (16, 2)
     split = 1
     while -(-n_features // rows) * split < 2 * sms and k_outer // (split * 2) >= tiles:
         split *= 2
@@ -68,7 +71,9 @@ def _kernel(interpret: bool):
         column = (32 * j[None, :, None] + 8 * (p % 4)[None, None, :] + 2 * lanes[:, None, None]
                   + (p // 4)[None, None, :])
         lane = 4 * (n % 8)[:, None, None, None] + lanes[None, None, :, None]  # [ROWS, 1, 4, 1]
-        acc = tl.full([M, ROWS], 0.0, tl.float32)
+        # One float32 partial sum per weight position of a chunk, kept across the chunks and summed once at the end:
+        # a sum inside the loop shuffled between threads at every chunk (bench/kernel_registers.py counts them).
+        acc = tl.full([M, ROWS, TILES, 4, WORDS, 8], 0.0, tl.float32)
         first = tl.program_id(1) * tiles_per_split
         for t0 in range(first, first + tiles_per_split, TILES):
             tile = t0 + tl.arange(0, TILES)
@@ -77,20 +82,18 @@ def _kernel(interpret: bool):
                        + j[None, None, None, :])  # [ROWS, TILES, 4, WORDS]
             words = tl.load(packed + word_at, mask=n_in[:, None, None, None] & t_in[None, :, None, None], other=0)
             codes = ((words[:, :, :, :, None] >> shift[None, None, None, None, :]) & 0xF).to(tl.float32)
-            k = tile[:, None, None, None] * (32 * WORDS) + column[None, :, :, :]  # [TILES, 4, WORDS, 8]
-            xs = tl.load(x + m[:, None, None, None, None] * stride_xm + k[None, :, :, :, :],
-                         mask=m_in[:, None, None, None, None] & t_in[None, :, None, None, None],
-                         other=0.0).to(tl.float32)  # [M, TILES, 4, WORDS, 8]
-            dot = tl.sum(tl.sum(codes[None, :, :, :, :, :] * xs[:, None, :, :, :, :], axis=5), axis=3)  # [M,R,T,W]
-            x_sum = tl.sum(tl.sum(xs, axis=4), axis=2)  # [M, TILES, WORDS]
             group = (tile[:, None] * (32 * WORDS) + 32 * j[None, :]) // GROUP  # [TILES, WORDS]
             at = (group[None, :, :] * n_features + n[:, None, None]) * 2  # [ROWS, TILES, WORDS]
             group_in = n_in[:, None, None] & t_in[None, :, None]
             scale = tl.load(scales_and_zeros + at, mask=group_in, other=0.0).to(tl.float32)
-            zero = tl.load(scales_and_zeros + at + 1, mask=group_in, other=0.0).to(tl.float32)
-            x_sums = x_sum[:, None, :, :]
-            part = scale[None, :, :, :] * (dot - 8.0 * x_sums) + zero[None, :, :, :] * x_sums
-            acc += tl.sum(tl.sum(part, axis=3), axis=2)
+            offset = tl.load(scales_and_zeros + at + 1, mask=group_in, other=0.0).to(tl.float32) - 8.0 * scale
+            weight = codes * scale[:, :, None, :, None] + offset[:, :, None, :, None]  # (q - 8) s + z
+            k = tile[:, None, None, None] * (32 * WORDS) + column[None, :, :, :]  # [TILES, 4, WORDS, 8]
+            xs = tl.load(x + m[:, None, None, None, None] * stride_xm + k[None, :, :, :, :],
+                         mask=m_in[:, None, None, None, None] & t_in[None, :, None, None, None],
+                         other=0.0).to(tl.float32)  # [M, TILES, 4, WORDS, 8]
+            acc += weight[None, :, :, :, :, :] * xs[:, None, :, :, :, :]
+        acc = tl.sum(tl.sum(tl.sum(tl.sum(acc, axis=5), axis=4), axis=3), axis=2)  # [M, ROWS]
         at = out + m[:, None] * n_features + n[None, :]
         mask = m_in[:, None] & n_in[None, :]
         if ATOMIC:
