@@ -31,7 +31,9 @@ ROWS = (1, 2, 4, 8)
 LAYERS = 32
 """Llama-8B's decoder layers: a decode step runs each shape once per layer."""
 SWEEP = [(rows, tiles, split, warps) for rows, tiles, split, warps in
-         itertools.product((16, 32, 64), (1, 2, 4), (1, 2, 4, 8), (4, 8))]
+         itertools.product((16, 32, 64), (1, 2, 4), (1, 2, 4, 8), (4, 8)) if rows * tiles * 4 // warps <= 64]
+"""Blocks of at most 64 weights a thread a chunk: those of 128 spilled kilobytes of registers when compiled for
+sm_90a (bench/results/kernel-registers-int4-gemv.md)."""
 
 
 def main() -> None:
