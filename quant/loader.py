@@ -260,7 +260,7 @@ def _from_pretrained(source: ModelSource, kwargs: dict[str, Any], mode: str) -> 
     with _no_allocator_warmup():
         model, loading_info = model_class.from_pretrained(None, config=config, state_dict=state_dict,
                                                           output_loading_info=True, **streamed)
-    if torch.device(device).type == "cuda":
+    if torch.device(device).type == "cuda" and not _allocator_warmup_switch():
         torch.cuda.empty_cache()  # the warm-up's block, where this transformers' warm-up could not be skipped
     model.config.name_or_path = model.name_or_path = source.location
     if os.path.isfile(os.path.join(source.location, GENERATION_CONFIG_NAME)):

@@ -7,13 +7,14 @@ is read with `pread` (no page faults on a mapping; the GIL is released while the
 their own pinned buffers, and each buffer goes to the GPU on the thread's own stream while the thread reads the next.
 The result is a plain state dict (one tensor per entry, each its own storage) for `from_pretrained(state_dict=...)`.
 
-Measured against transformers' own load by `bench/weight_load.py` (the same tensors, asserted there); not yet used
-by quant.loader.
+Measured against transformers' own load by `bench/weight_load.py` (the same tensors, asserted there); quant.loader
+streams a checkpoint's weights this way where it is the same load (`streamed_weights_device`, QUANT_STREAM_WEIGHTS).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from concurrent.futures import ThreadPoolExecutor
@@ -88,10 +89,7 @@ def safetensors_entries(path: Path) -> list[TensorEntry]:
                              "know.")
         shape = tuple(int(d) for d in info["shape"])
         begin, finish = (int(o) for o in info["data_offsets"])
-        count = 1
-        for d in shape:
-            count *= d
-        if finish - begin != count * dtype.itemsize or begin < 0 or data_start + finish > size:
+        if finish - begin != math.prod(shape) * dtype.itemsize or begin < 0 or data_start + finish > size:
             raise QuantError(f"{path}: tensor {name}'s bytes ({begin}-{finish}) do not match its shape {shape} and "
                              f"dtype, or lie past the end of the file (is it cut short?).")
         entries.append(TensorEntry(name, dtype, shape, data_start + begin, data_start + finish))

@@ -124,11 +124,9 @@ class FourBitMethod(BitsAndBytesMethod):
         output back on every call, two copies a layer (18% of an 8B nf4 prefill on an H200 with the model in fp16 and
         compute in bf16, bench/results/prefill-profile-8b-nf4-nf4-bitsandbytes.md). fp32 compute keeps the rest in
         16 bits; on the CPU the rest stays bf16 (the default compute too)."""
-        if options.compute_dtype:
-            return DTYPES[options.compute_dtype]
-        if on_cuda and options.bnb4_compute_dtype in ("bf16", "fp16"):
+        if on_cuda and not options.compute_dtype and options.bnb4_compute_dtype in ("bf16", "fp16"):
             return DTYPES[options.bnb4_compute_dtype]
-        return super().dtype(options, on_cuda)
+        return super().dtype(options, on_cuda)  # the operator's compute_dtype, else the 16-bit default
 
     def config(self, options, checkpoint_quantization, on_cuda):
         return BitsAndBytesConfig(
