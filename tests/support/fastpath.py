@@ -45,7 +45,8 @@ def assert_same_up_to_noise(eager, encoded, row: int, expected: list[int], got: 
     if expected == got:
         return
     split = next(i for i, (x, y) in enumerate(zip(expected, got)) if x != y)
-    ids = torch.cat([encoded["input_ids"][row], torch.tensor(expected[:split], device=eager.device)])
+    prompt = encoded["input_ids"][row]  # a first difference at token 0 leaves no tokens to add: keep the ids' dtype
+    ids = torch.cat([prompt, torch.tensor(expected[:split], dtype=prompt.dtype, device=eager.device)])
     mask = torch.cat([encoded["attention_mask"][row], torch.ones(split, dtype=torch.long, device=eager.device)])
     with torch.inference_mode():
         logits = eager.model(input_ids=ids[None], attention_mask=mask[None]).logits[0, -1]
@@ -66,7 +67,7 @@ def assert_each_token_is_an_eager_choice(eager, prompt_ids: torch.Tensor, got: l
     """Every token of `got` is, after the tokens before it, eager's most likely one up to noise (one eager forward
     over the whole sequence). Stricter than `assert_same_up_to_noise`, which can judge the first difference only:
     a path that goes wrong after a near-tie is caught too."""
-    ids = torch.cat([prompt_ids.reshape(-1), torch.tensor(got[:-1], device=prompt_ids.device)])
+    ids = torch.cat([prompt_ids.reshape(-1), torch.tensor(got[:-1], dtype=prompt_ids.dtype, device=prompt_ids.device)])
     with torch.inference_mode():
         logits = eager.model(input_ids=ids[None]).logits[0, prompt_ids.numel() - 1:].float()
     top = logits.max(dim=-1).values

@@ -505,3 +505,18 @@ def test_a_batch_job_compiles_its_batch_size_on_demand_and_keeps_it(monkeypatch,
     assert "past the compiled 256" in long[-1].totals() and fast.path.batch_sizes == (1, 3)
     fast.path.close()
 
+
+
+def test_the_noise_check_judges_a_difference_at_the_first_new_token():
+    """The GPU tests' comparison where two paths part at the first new token (no reply tokens to add to the prompt):
+    a clear choice fails with the gap, not with embedding's dtype error (hqq_gemlite's GPU test, 2026-12-02)."""
+    from tests.support.fastpath import assert_each_token_is_an_eager_choice, assert_same_up_to_noise, greedy_ids, load
+
+    eager = load(LoadRequest(model=LLAMA, mode="fp32"), fast=False)
+    encoded, [expected], _ = greedy_ids(eager, ["def main():"], new_tokens=4)
+    wrong = [(expected[0] + 1) % eager.model.config.vocab_size, *expected[1:]]
+    with pytest.raises(AssertionError, match="diverged at a clear choice \\(token 0"):
+        assert_same_up_to_noise(eager, encoded, 0, expected, wrong)
+    with pytest.raises(AssertionError, match="past noise below eager's choice"):
+        assert_each_token_is_an_eager_choice(eager, encoded["input_ids"][0], wrong[:1])
+    assert_each_token_is_an_eager_choice(eager, encoded["input_ids"][0], expected[:1])
