@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import int4_dequant, int4_gemv, triton_support  # Triton is imported only when a kernel is used
+from . import int4_dequant, triton_support  # Triton is imported only when a kernel is used
 
 log = logging.getLogger(__name__)
 
@@ -111,25 +111,10 @@ def dequantize_kernel_choice() -> str:
     return "triton"
 
 
-def gemv_kernel_choice() -> str:
-    """Which kernel multiplies 1-8 rows on this GPU: "triton" (quant.int4_gemv) where the operator asked for it
-    (QUANT_INT4_GEMV=triton), it runs, and it gives the dequantized weight's product on a check of every packing
-    layout (once a process), else "tinygemm", with the reason logged. Called when a layer is built, outside any
-    compiled region."""
-    from .settings import load_settings
-
-    if load_settings().int4_gemv != "triton" or TRITON_GEMV.reason():
-        return "tinygemm"
-    int4_gemv.gemv_op()  # registered here, outside the compiled regions that call it
-    return "triton"
-
-
 def kernel_warnings(model: nn.Module) -> list[str]:
     """The load report's lines where `model`'s int4pack layers run a slower kernel than the one meant: they dequantize
-    with the torch version although the operator did not ask for it, or decode on tinygemm although the operator
-    asked for quant.int4_gemv (each Triton kernel refused here, with its reason); else none."""
-    from .settings import load_settings
-
+    with the torch version although the operator did not ask for it (the Triton kernel refused here, with its
+    reason); else none."""
     layers = [m for m in model.modules() if isinstance(m, Int4PackedLinear)]
     dequantizing = [m for m in layers if m.dequantize_from_rows]
     warnings = []
@@ -138,15 +123,12 @@ def kernel_warnings(model: nn.Module) -> list[str]:
         warnings.append(f"Prompts and batches of {dequantizing[0].dequantize_from_rows} rows or more dequantize the "
                         f"int4 weights with the compiled torch kernel, several times slower than quant.int4_dequant's "
                         f"Triton kernel: {refused}.")
-    on_gpu = [m for m in layers if m.on_cuda]
-    if on_gpu and load_settings().int4_gemv == "triton" and any(m.gemv_kernel != "triton" for m in on_gpu):
-        warnings.append(f"QUANT_INT4_GEMV=triton, but the int4 layers decode on tinygemm: {TRITON_GEMV.known_reason}.")
     return warnings
 
 
 def _check_weights():
-    """(inner_k_tiles, group size, packed, scales_and_zeros, generator) of a random 48 x 1,024 weight packed by
-    PyTorch's own kernel, for each packing layout and group the Triton kernels' checks cover."""
+    """(inner_k_tiles, group size, packed, scales_and_zeros) of a random 48 x 1,024 weight packed by PyTorch's own
+    kernel, for each packing layout and group the Triton kernel's check covers."""
     generator = torch.Generator().manual_seed(0)
     for inner_k_tiles, group_size in ((8, 128), (4, 64), (2, 32), (8, 256)):
         n, k = 48, 1024
@@ -154,13 +136,13 @@ def _check_weights():
         scales_and_zeros = torch.stack([torch.rand(k // group_size, n, generator=generator) * 0.02 + 1e-3,
                                         torch.randn(k // group_size, n, generator=generator) * 0.01], dim=-1)
         yield (inner_k_tiles, group_size, _pack_for_cuda(codes, inner_k_tiles),
-               scales_and_zeros.to(torch.bfloat16).cuda().contiguous(), generator)
+               scales_and_zeros.to(torch.bfloat16).cuda().contiguous())
 
 
 def _triton_dequantize_mismatch() -> str | None:
     """Where the Triton kernel's weights differ from torch's by more than one bfloat16 step (Triton may contract the
     multiply-add into an FMA), on random codes packed by PyTorch's own kernel; or None."""
-    for inner_k_tiles, group_size, packed, scales_and_zeros, _ in _check_weights():
+    for inner_k_tiles, group_size, packed, scales_and_zeros in _check_weights():
         want = dequantize_cuda_packed(packed, scales_and_zeros, group_size).float()
         got = int4_dequant.dequantize_op()(packed, scales_and_zeros, group_size).float()
         if not torch.all((got - want).abs() <= want.abs() * 2**-7 + 1e-30):
@@ -172,26 +154,6 @@ def _triton_dequantize_mismatch() -> str | None:
 TRITON_DEQUANTIZE = triton_support.KernelCheck(_triton_dequantize_mismatch, log,
                                                "int4 layers dequantize long inputs with the compiled torch kernel")
 """Whether quant.int4_dequant's kernel dequantizes in this process (decided at the first layer that wants it)."""
-
-
-def _triton_gemv_mismatch() -> str | None:
-    """Where quant.int4_gemv's product differs from the dequantized weight's (float32 matmul) by more than bf16
-    rounding, for 1 and 8 rows, on random codes packed by PyTorch's own kernel; or None."""
-    for inner_k_tiles, group_size, packed, scales_and_zeros, generator in _check_weights():
-        weight = dequantize_cuda_packed(packed, scales_and_zeros, group_size).float()
-        for rows in (1, 8):
-            x = torch.randn(rows, weight.shape[1], generator=generator).to(torch.bfloat16).cuda()
-            want = x.float() @ weight.t()
-            got = int4_gemv.gemv_op()(x, packed, scales_and_zeros, group_size).float()
-            if not (got - want).abs().max() <= 2**-7 * want.abs().max():
-                return (f"quant.int4_gemv's product differs from the dequantized weight's (inner_k_tiles "
-                        f"{inner_k_tiles}, group size {group_size}, {rows} rows)")
-    return None
-
-
-TRITON_GEMV = triton_support.KernelCheck(_triton_gemv_mismatch, log, "int4 layers decode on tinygemm")
-"""Whether quant.int4_gemv multiplies 1-8 rows in this process, where asked (decided at the first layer that wants
-it)."""
 
 
 def _dequantize(kernel: str, packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -227,7 +189,6 @@ class Int4PackedLinear(nn.Module):
         self.on_cuda = packed.is_cuda
         self.dequantize_from_rows = dequantize_from_rows
         self.dequantize_kernel = dequantize_kernel_choice() if self.on_cuda and dequantize_from_rows else "torch"
-        self.gemv_kernel = gemv_kernel_choice() if self.on_cuda else "tinygemm"
         self.register_buffer("packed_weight", packed)
         self.register_buffer("scales_and_zeros", scales_and_zeros)
         self.register_buffer("input_order", input_order)
@@ -242,9 +203,6 @@ class Int4PackedLinear(nn.Module):
         if self.on_cuda and 0 < self.dequantize_from_rows <= rows.shape[0]:
             weight = _dequantize(self.dequantize_kernel, self.packed_weight, self.scales_and_zeros, self.group_size)
             out = nn.functional.linear(rows, weight)
-        elif self.on_cuda and self.gemv_kernel == "triton" and rows.shape[0] <= int4_gemv.MAX_ROWS:
-            # the op by name, registered when the layer chose it (as the dequantization above)
-            out = torch.ops.quant.int4pack_gemv(rows, self.packed_weight, self.scales_and_zeros, self.group_size)
         elif self.on_cuda:
             out = torch.ops.aten._weight_int4pack_mm(rows, self.packed_weight, self.group_size, self.scales_and_zeros)
         else:
@@ -262,8 +220,7 @@ class Int4PackedLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
                 f"dequantize_from_rows={self.dequantize_from_rows}"
-                + (f", dequantize_kernel={self.dequantize_kernel}" if self.dequantize_from_rows else "")
-                + (f", gemv_kernel={self.gemv_kernel}" if self.on_cuda else ""))
+                + (f", dequantize_kernel={self.dequantize_kernel}" if self.dequantize_from_rows else ""))
 
 
 @dataclass(frozen=True)

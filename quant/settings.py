@@ -48,7 +48,6 @@ COMPILE_REGIONS = ("layers", "model")
 FUSE_PROJECTIONS = ("auto", "on", "off")
 STREAM_WEIGHTS = ("auto", "on", "off")
 INT4_DEQUANTIZE_KERNELS = ("auto", "torch")
-INT4_GEMV_KERNELS = ("tinygemm", "triton")
 DECODE_ATTENTIONS = ("triton", "matmul")
 
 
@@ -132,10 +131,6 @@ class Settings:
     int4_dequantize_kernel: str
     """QUANT_INT4_DEQUANTIZE_KERNEL: what dequantizes those layers' weights: auto (quant.int4_dequant's Triton kernel
     where it runs and passes its check, else the compiled torch version) or torch (to measure the two)."""
-    int4_gemv: str
-    """QUANT_INT4_GEMV: what multiplies those layers' weights at 1-8 rows (a decode step at batch 1-8): tinygemm
-    (PyTorch's int4 kernel, the default) or triton (quant.int4_gemv: reads the packed words once, never writes the
-    weight; on trial until bench/int4_gemv_rows.py has timed it against tinygemm on a GPU)."""
     nf4_dequantize_rows: int
     """QUANT_NF4_DEQUANTIZE_ROWS: on a GPU, bitsandbytes 4-bit layers (nf4, fp4) dequantize inputs of this many rows or
     more (a batch's decode steps, prefills) with quant.nf4_dequant's one Triton kernel and multiply with cuBLAS,
@@ -231,7 +226,6 @@ def load_settings() -> Settings:
         compile_regions=_choice_setting("QUANT_COMPILE_REGIONS", COMPILE_REGIONS),
         int4_dequantize_rows=int_setting("QUANT_INT4_DEQUANTIZE_ROWS", 32, minimum=0),
         int4_dequantize_kernel=_choice_setting("QUANT_INT4_DEQUANTIZE_KERNEL", INT4_DEQUANTIZE_KERNELS),
-        int4_gemv=_choice_setting("QUANT_INT4_GEMV", INT4_GEMV_KERNELS),
         nf4_dequantize_rows=int_setting("QUANT_NF4_DEQUANTIZE_ROWS", 32, minimum=0),
         decode_attention=_choice_setting("QUANT_DECODE_ATTENTION", DECODE_ATTENTIONS),
         decode_attention_kernel=_decode_attention_kernel_setting(),

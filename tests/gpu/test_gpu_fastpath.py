@@ -118,45 +118,6 @@ def test_int4pack_on_the_dequantized_weight_gives_tinygemms_tokens(gpu_gptq_llam
     dequantized.path.close()
 
 
-@pytest.mark.parametrize("inner_k_tiles", [2, 4, 8])
-@pytest.mark.parametrize("group_size", [32, 128])
-def test_the_triton_gemv_multiplies_as_tinygemm(inner_k_tiles, group_size):
-    """quant.int4_gemv on PyTorch's real packing at 1-8 rows, against tinygemm and the dequantized weight's product;
-    the default blocks and a split over the columns."""
-    from quant.int4_gemv import gemv_eagerly, gemv_op
-
-    generator = torch.Generator().manual_seed(inner_k_tiles * group_size)
-    n, k = 4096, 2048
-    codes = torch.randint(0, 16, (n, k), generator=generator, dtype=torch.int32).cuda()
-    packed = torch.ops.aten._convert_weight_to_int4pack(
-        (codes[:, ::2] << 4 | codes[:, 1::2]).to(torch.uint8).contiguous(), inner_k_tiles)
-    scales_and_zeros = torch.stack([torch.rand(k // group_size, n, generator=generator) * 0.02 + 0.001,
-                                    torch.randn(k // group_size, n, generator=generator) * 0.01], dim=-1)
-    scales_and_zeros = scales_and_zeros.to(torch.bfloat16).cuda().contiguous()
-    for rows in (1, 3, 8):
-        x = torch.randn(rows, k, generator=generator).to(torch.bfloat16).cuda()
-        tinygemm = torch.ops.aten._weight_int4pack_mm(x, packed, group_size, scales_and_zeros).float()
-        for got in (gemv_op()(x, packed, scales_and_zeros, group_size),
-                    gemv_eagerly(x, packed, scales_and_zeros, group_size, block=(16, 2, 4, 4))):
-            assert (got.float() - tinygemm).norm() / tinygemm.norm() < 1e-2, rows
-
-
-def test_int4pack_on_the_triton_gemv_gives_tinygemms_tokens(gpu_gptq_llama_dir, kernel_cache, monkeypatch):
-    """QUANT_INT4_GEMV=triton: the compiled, CUDA-graphed decode steps at batch 1 and 4 through quant.int4_gemv against
-    tinygemm for every call, eager."""
-    request = LoadRequest(model=str(gpu_gptq_llama_dir), mode="gptq", device_map="cuda:0",
-                          options=QuantOptions(gptq_backend="gptq_int4pack"))
-    tinygemm = load(request, fast=False)
-    monkeypatch.setenv("QUANT_INT4_GEMV", "triton")
-    gemv = load(request, fast=True)
-    assert gemv.path.captured and not gemv.report.warnings, gemv.report.warnings
-    layers = [m for m in gemv.model.modules() if type(m).__name__ == "Int4PackedLinear"]
-    assert layers and all(m.gemv_kernel == "triton" for m in layers)
-    for prompts in ([PROMPTS[0]], PROMPTS):
-        assert_compiled_rows_match(tinygemm, gemv, prompts)
-    gemv.path.close()
-
-
 def test_deferred_stop_ends_where_the_sequences_end_and_streams_every_token(kernel_cache):
     """On CUDA the loop learns of an end-of-sequence one step late: the extra step is dropped, rows that ended first
     are padded, and the streamer gets exactly the kept tokens."""

@@ -105,30 +105,3 @@ def test_the_load_report_says_when_the_slower_dequantization_runs_and_why(monkey
     # QUANT_INT4_DEQUANTIZE_KERNEL=torch: nothing refused
     monkeypatch.setattr(int4pack.TRITON_DEQUANTIZE, "known_reason", None)
     assert int4pack.kernel_warnings(model) == []
-
-
-def test_the_load_report_says_when_the_asked_for_gemv_kernel_was_refused(monkeypatch):
-    """QUANT_INT4_GEMV=triton on a GPU where quant.int4_gemv is refused: one report line with the reason; none when
-    the operator did not ask, and none for CPU layers (which multiply on the CPU's int4 kernel whatever is asked)."""
-    from torch import nn
-
-    from quant import int4pack
-    from quant.settings import SettingsError
-
-    monkeypatch.setenv("QUANT_INT4_GEMV", "triton")
-    codes = torch.randint(0, 16, (16, 64), generator=torch.Generator().manual_seed(0))
-    layer = int4pack.pack_int4_linear(codes, torch.ones(2, 16), torch.zeros(2, 16), group_size=32, bias=None)
-    assert layer.gemv_kernel == "tinygemm" and "gemv_kernel" not in repr(layer)
-    x = torch.randn(1, 64, dtype=torch.bfloat16)
-    assert torch.equal(layer(x), x @ (codes - 8).to(torch.bfloat16).t())  # the CPU's kernel, scale 1 and zero 0
-    model = nn.Sequential(layer)
-    assert int4pack.kernel_warnings(model) == []
-    monkeypatch.setattr(int4pack.TRITON_GEMV, "known_reason", "no CUDA GPU")
-    monkeypatch.setattr(layer, "on_cuda", True)  # as a GPU layer whose kernel was refused
-    assert int4pack.kernel_warnings(model) == [
-        "QUANT_INT4_GEMV=triton, but the int4 layers decode on tinygemm: no CUDA GPU."]
-    monkeypatch.setenv("QUANT_INT4_GEMV", "tinygemm")
-    assert int4pack.kernel_warnings(model) == []
-    monkeypatch.setenv("QUANT_INT4_GEMV", "marlin")
-    with pytest.raises(SettingsError, match="QUANT_INT4_GEMV='marlin' is not one of tinygemm, triton"):
-        int4pack.gemv_kernel_choice()
