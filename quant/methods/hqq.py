@@ -27,6 +27,12 @@ of 32 faulted on an H200 (2026-12-01, tests/gpu/test_gpu_methods.py, the demo mo
 memory access"), which leaves the CUDA context unusable for every model of the process: refused, not risked."""
 
 
+GEMLITE_WARNING = ("hqq_gemlite gave NaN logits on an H200 in 2 of 3 GPU test runs (the demo model, 4-bit, "
+                   "2026-12-02: once in the compiled step, once eager) and was slower than hqq_int4pack at batch 1 "
+                   "and 128: check its replies against hqq_int4pack's before relying on it.")
+"""The load report's line for hqq_gemlite, kept on request for comparison (bench/results/INDEX.md, Kernels)."""
+
+
 class HQQMethod(QuantMethod):
     """Any unquantized checkpoint, loaded in 16 bits, then each linear layer quantized with HQQ on its device."""
 
@@ -81,6 +87,7 @@ class HQQMethod(QuantMethod):
                                            "Use the hqq_torch kernel.")
             if not is_installed("gemlite"):
                 raise UnsupportedModeError("The hqq_gemlite kernel needs the gemlite package.", "pip install gemlite")
+            warnings.append(GEMLITE_WARNING)
         if on_cuda and "bf16" in (options.compute_dtype, "bf16" if backend == "hqq_int4pack" else None) \
                 and not torch.cuda.is_bf16_supported():
             raise UnsupportedModeError("This GPU does not support bfloat16.", "Use hqq_torch with fp16.")

@@ -151,3 +151,16 @@ def test_t5_loads_with_its_float32_wo_left_as_transformers_quantizers_leave_it()
     inputs = loaded.tokenizer("translate English to German: hello", return_tensors="pt")
     out = loaded.model.generate(**inputs, max_new_tokens=6, do_sample=False)
     assert out.shape[1] > 1
+
+
+def test_gemlite_is_loaded_on_request_with_its_known_faults_in_the_report(monkeypatch):
+    """4-bit gemlite on a GPU passes the checks, and the load report says what the GPU tests saw (NaN logits) and
+    that it was slower, so that no one takes it for the faster kernel."""
+    from quant.methods import hqq as hqq_method
+
+    monkeypatch.setattr(hqq_method, "is_installed", lambda module: True)
+    warnings = check_mode("hqq", QuantOptions(hqq_bits=4, hqq_group_size=64, hqq_backend="hqq_gemlite"),
+                          checkpoint_quantization=None, on_cuda=True)
+    assert hqq_method.GEMLITE_WARNING in warnings and "NaN logits" in hqq_method.GEMLITE_WARNING
+    other = QuantOptions(hqq_bits=4, hqq_group_size=64, hqq_backend="hqq_torch")  # fp16: no bf16 check on the CPU
+    assert hqq_method.GEMLITE_WARNING not in check_mode("hqq", other, checkpoint_quantization=None, on_cuda=True)
