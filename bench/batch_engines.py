@@ -12,7 +12,8 @@ earlier run's (two settings in two processes: `--keep-replies` on the first). `-
 gives the padded engine the compiled static-batch loop at that size (QUANT_COMPILED_BATCH_SIZES, at load). An engine
 is a name and modifiers joined by "+": `padded+eager` keeps a job's batch size eager (QUANT_COMPILE_BATCH_ON_DEMAND=0,
 the default until the eighth session), `padded+compiled` compiles it on demand (=1, the default since), and
-`padded+padded-prefill` prefills a padded batch whole (QUANT_BATCH_PREFILL=padded); an engine that compiles on demand
+`padded+padded-prefill` prefills a padded batch whole (QUANT_BATCH_PREFILL=padded), `padded+compiled-prefill` runs
+its groups through one compiled decoder layer (QUANT_COMPILE_PREFILL=on); an engine that compiles on demand
 has that compile timed alone before its first job, and runs after the engines that do not (a size once compiled stays
 compiled for them too).
 
@@ -57,7 +58,8 @@ from quant.source import resolve_location  # noqa: E402
 
 MiB = 2**20
 MODIFIERS = {"eager": {"QUANT_COMPILE_BATCH_ON_DEMAND": "0"}, "compiled": {"QUANT_COMPILE_BATCH_ON_DEMAND": "1"},
-             "padded-prefill": {"QUANT_BATCH_PREFILL": "padded"}, "graphs": {"QUANT_CONTINUOUS_STEP": "graphs"}}
+             "padded-prefill": {"QUANT_BATCH_PREFILL": "padded"}, "graphs": {"QUANT_CONTINUOUS_STEP": "graphs"},
+             "compiled-prefill": {"QUANT_COMPILE_PREFILL": "on"}}
 """What each engine modifier sets for its job (the settings it leaves out keep their defaults)."""
 
 
@@ -66,7 +68,8 @@ def engine_environment(engine: str) -> dict[str, str | None]:
     unknown = [m for m in modifiers if m not in MODIFIERS]
     if name not in (PADDED, CONTINUOUS) or unknown:
         raise SystemExit(f"Unknown engine {engine!r}: padded or continuous, then modifiers of {', '.join(MODIFIERS)}")
-    env = {"QUANT_CONTINUOUS_STEP": "library", "QUANT_COMPILE_BATCH_ON_DEMAND": None, "QUANT_BATCH_PREFILL": None}
+    env = {"QUANT_CONTINUOUS_STEP": "library", "QUANT_COMPILE_BATCH_ON_DEMAND": None, "QUANT_BATCH_PREFILL": None,
+           "QUANT_COMPILE_PREFILL": None}
     for modifier in modifiers:
         env.update(MODIFIERS[modifier])
     return env
@@ -207,19 +210,27 @@ def bench_mode(registry: ModelRegistry, mode, model: str, args, prompts_of, earl
     row["prompt_tokens"] = [len(loaded.tokenizer(p)["input_ids"]) for p in prompts]
     settings = GenerationSettings(max_new_tokens=args.new_tokens)
     engines = args.engines.split(",")
-    for engine in dict.fromkeys(e.replace("+compiled", "").replace("+eager", "") + "+eager" for e in engines):
+    for engine in dict.fromkeys("+".join([m for m in e.split("+") if m not in ("compiled", "eager")] + ["eager"])
+                                for e in engines):
         # warm-up: kernels, allocator, the compiled loop's first calls (the 4 prompts compile nothing for themselves);
         # an on-demand compile is timed below
         run_engine(loaded, prompts[:4], GenerationSettings(max_new_tokens=4), min(4, args.batch_size), engine)
     for engine in engines:
-        if compiles_on_demand(engine) and loaded.path.compiled and "on_demand_compile_seconds" not in row:
-            size = min(args.batch_size, len(prompts))  # what the first job of this size waits for, timed alone
+        if compiles_on_demand(engine) and loaded.path.compiled:
+            # what the first job of this size waits for, timed alone, in the engine's settings: the batch size at the
+            # first such engine; a later one's compile of its own (the batch prefill of +compiled-prefill) apart
+            size = min(args.batch_size, len(prompts))
             needed = cache_tokens(loaded, max(row["prompt_tokens"]), args.new_tokens)
             started = time.perf_counter()
-            row["on_demand_refusal"] = loaded.path.add_batch_size(size, needed)
-            row["on_demand_compile_seconds"] = time.perf_counter() - started
-            print(f"{mode.label}: batch {size} compiled on demand in {row['on_demand_compile_seconds']:.1f} s "
-                  f"{row['on_demand_refusal'] or ''}; path {loaded.path.describe()}", flush=True)
+            with environment(engine_environment(engine)):
+                refusal = loaded.path.add_batch_size(size, needed)
+            seconds = time.perf_counter() - started
+            if "on_demand_compile_seconds" not in row:
+                row["on_demand_refusal"], row["on_demand_compile_seconds"] = refusal, seconds
+            else:
+                row.setdefault("engine_compile_seconds", {})[engine] = seconds
+            print(f"{mode.label} {engine}: compiled on demand in {seconds:.1f} s {refusal or ''}; path "
+                  f"{loaded.path.describe()}", flush=True)
             row["generation_path"] = loaded.path.describe()
         result = run_engine(loaded, prompts, settings, args.batch_size, engine)
         row["engines"].append(result)
@@ -273,7 +284,8 @@ def markdown(data: dict) -> str:
              "Engines: `padded+eager`: padded batches with QUANT_COMPILE_BATCH_ON_DEMAND=0 (a job's batch size runs "
              "eagerly); `padded+compiled`: =1 (compiled once, before the first job that needs it, timed below); "
              "`padded`: the default (on since the eighth session); `+padded-prefill`: QUANT_BATCH_PREFILL=padded "
-             "(one prefill over the padded batch instead of groups of similar length).", "",
+             "(one prefill over the padded batch instead of groups of similar length); `+compiled-prefill`: "
+             "QUANT_COMPILE_PREFILL=on (the groups through one compiled decoder layer, dynamic shapes).", "",
              "| mode | engine | ran | tok/s | prompts/s | first reply s | job s | peak GPU MiB | "
              "replies = reference |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -310,6 +322,8 @@ def markdown(data: dict) -> str:
             refusal = f": {row['on_demand_refusal']}" if row["on_demand_refusal"] else ""
             lines.append(f"- {row['mode']}: batch size compiled on demand before the jobs in "
                          f"{row['on_demand_compile_seconds']:.1f} s{refusal}")
+        for engine, seconds in row.get("engine_compile_seconds", {}).items():
+            lines.append(f"- {row['mode']}: then {seconds:.1f} s compiling for {engine} (its batch prefill)")
     for row in data["modes"]:
         if "profile" in row:
             lines += ["", *profile_markdown(row["mode"], row["profile"])]
@@ -329,7 +343,8 @@ def main() -> None:
     parser.add_argument("--engines", default="continuous,padded",
                         help="padded or continuous, each with modifiers joined by '+': eager "
                              "(QUANT_COMPILE_BATCH_ON_DEMAND=0), compiled (=1: the batch size compiled before its job, "
-                             "timed), padded-prefill (QUANT_BATCH_PREFILL=padded), graphs (QUANT_CONTINUOUS_STEP=graphs)"
+                             "timed), padded-prefill (QUANT_BATCH_PREFILL=padded), graphs (QUANT_CONTINUOUS_STEP=graphs), "
+                             "compiled-prefill (QUANT_COMPILE_PREFILL=on)"
                              "; engines that compile on demand run after the others")
     parser.add_argument("--compiled-batch-sizes", default=os.environ.get("QUANT_COMPILED_BATCH_SIZES", "1"),
                         help="QUANT_COMPILED_BATCH_SIZES for the loads")

@@ -107,6 +107,9 @@ class DecodeLoop:
                                    and ragged.model_refusal(model) is None)
         """A ragged batch's prompts are prefilled in groups of similar length into the static cache (quant.ragged),
         not in one forward over the padded batch."""
+        self.prefill_forward: Callable | None = None
+        """What runs those groups: a quant.ragged.CompiledPrefill's forward (QUANT_COMPILE_PREFILL=on), else the
+        model eagerly."""
 
     @property
     def captured(self) -> bool:
@@ -164,7 +167,7 @@ class DecodeLoop:
     def release(self) -> None:
         """Drop the graph (and its memory pool), the cache and the references to the model."""
         self.graph, self.logits = None, None
-        self.cache = self.model = self.forward = None
+        self.cache = self.model = self.forward = self.prefill_forward = None
 
     # --- the loop ---------------------------------------------------------------------------------------------------
 
@@ -194,7 +197,8 @@ class DecodeLoop:
                 or load_settings().batch_prefill != "grouped" or not ragged.worth_it(attention_mask)):
             return False
         try:
-            ragged.prefill_into_static_cache(self.model, input_ids, attention_mask, self.cache)
+            ragged.prefill_into_static_cache(self.model, input_ids, attention_mask, self.cache,
+                                             forward=self.prefill_forward)
             return True
         except Exception:  # noqa: BLE001 - the batch is prefilled whole instead, as before
             log.warning("Prefilling a batch in groups into the static cache failed; prefilling it whole.",

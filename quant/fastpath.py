@@ -43,6 +43,7 @@ from typing import Any, Callable
 import torch
 from transformers.generation import CompileConfig
 
+from . import ragged
 from .attention import restore_sdpa, use_decode_kernel, use_packed_gqa_decode
 from .decode import DecodeLoop
 from .fused_projections import fuse_projections, fusion_wanted, unfuse_projections
@@ -219,6 +220,11 @@ class GenerationPath:
     job_cache_lengths: dict[int, int] = field(default_factory=dict)
     """Batch size compiled for a batch job -> the one cache length it was compiled with (its job's tokens, rounded
     up to JOB_CACHE_STEP): its only loop, instead of one per QUANT_STATIC_CACHE_TOKENS length."""
+    _prefill: Any = field(default=None, repr=False)
+    """The batches' grouped prefill through one compiled decoder layer (quant.ragged.CompiledPrefill,
+    QUANT_COMPILE_PREFILL=on), built with the first batch size above 1; dropped with the loops."""
+    prefill_note: str = ""
+    """Why the batches' prefill stays eager although QUANT_COMPILE_PREFILL=on (empty otherwise)."""
 
     def describe(self) -> str:
         """One line for the UI and reports: which path, and for what (or why not)."""
@@ -238,7 +244,9 @@ class GenerationPath:
             regions = ("; one compiled decoder layer for all layers" if self.regional else
                        f"; whole model compiled ({self.regional_note})" if self.regional_note else "")
             fused = f"; {self.fused_projections}" if self.fused_projections else ""
-            return f"{COMPILED} (batch {sizes}; {lengths}{segments}{regions}{graphs}{packed}{fused})"
+            prefill = ("; batch prefill through one compiled decoder layer" if self._prefill is not None else
+                       f"; {self.prefill_note}" if self.prefill_note else "")
+            return f"{COMPILED} (batch {sizes}; {lengths}{segments}{regions}{graphs}{packed}{fused}{prefill})"
         return f"{EAGER} ({self.reason})" if self.reason else EAGER
 
     @property
@@ -287,6 +295,7 @@ class GenerationPath:
             with torch.inference_mode():  # the cache's tensors were made in inference mode
                 if loop is None:
                     return generate(**kwargs)
+                loop.prefill_forward = self._prefill_forward() if compiled_batch > 1 else None
                 return generate(**kwargs, past_key_values=loop.cache, custom_generate=loop,
                                 decode_streamer=kwargs.get("streamer"))
 
@@ -327,6 +336,8 @@ class GenerationPath:
             raise RuntimeError("the model of this generation path is gone")
         forward = model.get_compiled_call(self.compile_config) if self.segments is None else None
         compile_options = self.compile_config.to_dict() if self.compile_config else {}
+        if size > 1:
+            self._build_compiled_prefill(model, progress)
         loop_type = Seq2SeqDecodeLoop if model.config.is_encoder_decoder else DecodeLoop
         for length in self._lengths_for(size):
             if progress:
@@ -344,6 +355,36 @@ class GenerationPath:
             kwargs = dict(**prompt, max_new_tokens=6, min_new_tokens=6, do_sample=False, temperature=None,
                           top_p=None, top_k=None, pad_token_id=self._tokenizer.pad_token_id)
             self.submit(model.generate, kwargs, size, total_tokens=length).result()
+
+    def _build_compiled_prefill(self, model, progress: Callable[[str], None] | None = None) -> None:
+        """Where QUANT_COMPILE_PREFILL=on: build the batches' CompiledPrefill once, compiled and checked against the
+        eager prefill on the runner thread (at the first batch size above 1 compiled, as part of its compile), or say
+        in `prefill_note` why the batches prefill eagerly."""
+        if load_settings().compile_prefill != "on" or self._prefill is not None or self.prefill_note:
+            return
+        refusal = ragged.model_refusal(model) or ragged.compiled_prefill_refusal(model)
+        prefill = None
+        if refusal is None:
+            if progress:
+                progress("Compiling the batch prefill (one decoder layer for any prompt length; cached on disk)")
+            backend = self.compile_config.backend if self.compile_config else "inductor"
+            try:
+                prefill = ragged.CompiledPrefill(model, lambda fn: torch.compile(fn, backend=backend, dynamic=True))
+                refusal = compiled_runner().submit(prefill.check, model).result()
+            except Exception as exc:  # noqa: BLE001 - the batches prefill eagerly, as before
+                logger.warning("Compiling the batch prefill failed; batches prefill eagerly.", exc_info=True)
+                refusal = f"compiling it failed: {_first_line(exc)}"
+        if refusal:
+            self.prefill_note = f"batch prefill eager: {refusal}"
+        else:
+            self._prefill = prefill
+
+    def _prefill_forward(self) -> Callable | None:
+        """What a compiled batch's groups run through now: the CompiledPrefill's forward while QUANT_COMPILE_PREFILL=on
+        (read at each call, so a bench can measure both in one process), else None (the model, eagerly)."""
+        if self._prefill is None or load_settings().compile_prefill != "on":
+            return None
+        return self._prefill.forward
 
     def cache_bytes_for(self, size: int, lengths: tuple[int, ...] | None = None) -> int:
         """What the static caches of batch `size` would take (one per cache length: `lengths`, or those it is
@@ -382,6 +423,9 @@ class GenerationPath:
             if too_long:
                 return too_long
             if self.compiled_batch_size(size, tokens) == size:
+                model = self._model() if self._model else None
+                if model is not None and size > 1:
+                    self._build_compiled_prefill(model, progress)  # QUANT_COMPILE_PREFILL=on after the size's compile
                 return None
             length = self.job_cache_length(tokens)
             model = self._model() if self._model else None
@@ -419,6 +463,8 @@ class GenerationPath:
         running or queued are done."""
         loops = {key: loop for key, loop in self._loops.items() if size is None or key[0] == size}
         self._loops = {key: loop for key, loop in self._loops.items() if key not in loops}
+        if size is None:
+            self._prefill = None  # its copy of the model's modules and its compiled code go with the loops
         if not loops:
             return
 

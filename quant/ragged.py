@@ -21,9 +21,16 @@ decoder-only models, in one process (not tensor parallel), and when padding is a
 
 from __future__ import annotations
 
+import copy
 import inspect
+import logging
+from typing import Callable
 
 import torch
+from torch import nn
+from transformers import DynamicCache
+
+log = logging.getLogger(__name__)
 
 GROUP_TOKENS = 4096
 """Most padded positions in one prefill forward: enough rows to keep a GPU's matrix units busy, few enough that a group
@@ -82,17 +89,45 @@ def worth_it(attention_mask: torch.Tensor) -> bool:
     return rows > 1 and int(attention_mask.sum()) <= (1 - MIN_WASTE) * rows * width
 
 
-def _prefilled_groups(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, group_tokens: int | None):
+class _LayerKeysValues:
+    """One decoder layer's keys and values of a group's prefill, kept as the layer computed them."""
+
+    def __init__(self) -> None:
+        self.keys = self.values = None
+
+    def update(self, key_states, value_states, layer_idx=None, *args, **kwargs):
+        self.keys, self.values = key_states, value_states
+        return key_states, value_states
+
+
+class GroupCache(DynamicCache):
+    """A group's prefill cache: each layer's keys and values as the layer computed them (`kv[layer]`). A DynamicCache
+    concatenated them to its empty tensors first, one more copy of every layer's keys and values; everything else a
+    model asks of its cache (the masks) is an empty DynamicCache's answer, as the prefill starts at position 0."""
+
+    def __init__(self, config) -> None:
+        super().__init__(config=config)
+        self.kv: dict[int, _LayerKeysValues] = {}
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        return self.kv.setdefault(layer_idx, _LayerKeysValues()).update(key_states, value_states)
+
+    def parts(self) -> list[_LayerKeysValues]:
+        """The layers' keys and values in layer order."""
+        return [self.kv[index] for index in sorted(self.kv)]
+
+
+def _prefilled_groups(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, group_tokens: int | None,
+                      forward: Callable | None = None):
     """Prefill each row's prompt but its last token, group by group: yields (the group's rows as an index tensor, a
-    `Placement` of its keys and values in the left-padded batch, the group's DynamicCache).
+    `Placement` of its keys and values in the left-padded batch, each layer's keys and values in layer order).
+    `forward`: what runs a group (a `CompiledPrefill`'s), else the model.
 
     A group's rows are right-padded (each row's tokens from position 0, the padding after them) and run without an
     attention mask: causal attention alone keeps each real token from the padding that follows it, so the attention
     runs as a causal one with no mask (flash attention on a GPU, grouped-query heads unrepeated) instead of one with a
     padding mask (a masked kernel computing every position pair: 2.7x the attention time of the H200's goal job).
     """
-    from transformers import DynamicCache
-
     width = input_ids.shape[1]
     lengths = attention_mask.sum(-1).tolist()
     keep_last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
@@ -106,11 +141,114 @@ def _prefilled_groups(model, input_ids: torch.Tensor, attention_mask: torch.Tens
         shift = torch.tensor([span - c for c in counts], device=input_ids.device)
         columns = torch.arange(span, device=input_ids.device)
         right = left.gather(1, (columns + shift[:, None]) % span)  # each row's tokens first, its padding after
-        cache = DynamicCache(config=model.config)
-        model(input_ids=right, position_ids=columns.expand(len(group), -1), past_key_values=cache, use_cache=True,
-              **keep_last)
-        yield index, Placement.of(index, counts, width), cache
+        cache = GroupCache(model.config)
+        (forward or model)(input_ids=right, position_ids=columns.expand(len(group), -1), past_key_values=cache,
+                           use_cache=True, **keep_last)
+        yield index, Placement.of(index, counts, width), cache.parts()
         del cache
+
+
+def _call_layer(layer, hidden, args, kwargs):
+    """One decoder layer of a prefill: the function every layer's call goes through in a `CompiledPrefill`."""
+    return layer(hidden, *args, **kwargs)
+
+
+class _ThroughCompiledCall(nn.Module):
+    """Stands in a `CompiledPrefill`'s copy of the decoder for one layer: calls it through the compiled call, giving
+    it its own keys-and-values slot of the group's cache instead of the cache. A layer writes with
+    `past_key_values.update(k, v, self.layer_idx)`; dynamo reads that index as a constant of the module, so each layer
+    would compile its own graph (quant.segments' `_LayerCache` says the same for the decode step). Given its own slot,
+    the index goes unused and one graph serves every layer."""
+
+    def __init__(self, layer: nn.Module, index: int, call: Callable) -> None:
+        super().__init__()
+        self.__dict__["layer"] = layer  # not a submodule: the copy's parameters stay the model's own
+        self.__dict__["call"] = call
+        self.index = index
+
+    def forward(self, hidden_states, *args, **kwargs):
+        # the cache's keyword is past_key_values for most decoders, layer_past for GPT-NeoX's
+        name = next((key for key, value in kwargs.items() if isinstance(value, GroupCache)), None)
+        if name is None:
+            raise TypeError(f"the decoder called layer {self.index} without the group's cache as a keyword")
+        slot = kwargs[name].kv.setdefault(self.index, _LayerKeysValues())
+        return self.call(self.layer, hidden_states, args, {**kwargs, name: slot})
+
+
+def _with_module_replaced(root: nn.Module, target: nn.Module, replacement: nn.Module) -> nn.Module:
+    """A shallow copy of `root` (sharing every parameter, buffer and untouched submodule) in which `target`, a module
+    somewhere in its tree, is `replacement`; `root` itself is unchanged, so other threads' calls of the model are not
+    affected."""
+    if root is target:
+        return replacement
+    for name, child in root._modules.items():
+        if child is not None and any(module is target for module in child.modules()):
+            clone = copy.copy(root)
+            clone._modules = {**root._modules, name: _with_module_replaced(child, target, replacement)}
+            return clone
+    raise ValueError("the module is not in the model")
+
+
+def compiled_prefill_refusal(model) -> str | None:
+    """Why `CompiledPrefill` cannot take this model, or None."""
+    if any(hasattr(module, "_hf_hook") for module in model.modules()):
+        return "the model is split over devices (accelerate's hooks move tensors between layers)"
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    if not isinstance(getattr(decoder, "layers", None), nn.ModuleList):
+        return "its decoder layers are not a ModuleList at decoder.layers"
+    return None
+
+
+class CompiledPrefill:
+    """A model's grouped prefill (`prefill_into_static_cache`) with its decoder layers through one torch.compile'd
+    call with dynamic shapes (QUANT_COMPILE_PREFILL=on).
+
+    Why: eager, a prefill runs each layer's norms, rotary embedding, activation and residual adds as separate kernels
+    over every position; in the H200's goal job (8B bf16, 72,973 prompt tokens) the prefill took 2.6 s of GPU time, of
+    which the projections' matmuls about 1.3 s (bench/results/batch-engines-8b-nf4-compute-dtype.md). Compiled, those
+    fuse around the same cuBLAS matmuls. One graph for every layer and every group's shape (a second for groups of one
+    row, which dynamo specializes); compiled at its first use, which `GenerationPath` makes the batch size's compile.
+
+    Runs on a copy of the model's module tree whose decoder has the layers through the compiled call: the model itself
+    is unchanged (a chat's eager generation may run on it from another thread meanwhile)."""
+
+    def __init__(self, model, compile: Callable[[Callable], Callable]) -> None:
+        refusal = compiled_prefill_refusal(model)
+        if refusal:
+            raise ValueError(refusal)
+        decoder = model.get_decoder()
+        call = compile(_call_layer)
+        through = copy.copy(decoder)
+        through._modules = {**decoder._modules, "layers": nn.ModuleList(
+            _ThroughCompiledCall(layer, index, call) for index, layer in enumerate(decoder.layers))}
+        self.forward = _with_module_replaced(model, decoder, through)
+        """Runs a group as the model would, its layers through the compiled call (holds the model's modules, not the
+        model: dropped with the generation path's loops)."""
+
+    def check(self, model) -> str | None:
+        """Compile (groups of two rows and of one) and compare with `model`'s eager prefill on random tokens: None, or
+        why the compiled prefill is not used (its logits or keys differ beyond 16-bit rounding)."""
+        device = model.get_input_embeddings().weight.device
+        vocab_size = model.get_input_embeddings().weight.shape[0]
+        generator = torch.Generator().manual_seed(0)
+        for rows, span in ((2, 24), (1, 16)):
+            ids = torch.randint(0, vocab_size, (rows, span), generator=generator).to(device)
+            positions = torch.arange(span, device=device).expand(rows, -1)
+            got, want = GroupCache(self.forward.config), GroupCache(self.forward.config)
+            with torch.inference_mode():
+                compiled = self.forward(input_ids=ids, position_ids=positions, past_key_values=got, use_cache=True)
+                eager = model(input_ids=ids, position_ids=positions, past_key_values=want, use_cache=True)
+            pairs = [(compiled.logits[:, -1], eager.logits[:, -1])]
+            pairs += [(g.keys, w.keys) for g, w in zip(got.parts(), want.parts())]
+            if len(got.kv) != len(want.kv) or any(not _close(g, w) for g, w in pairs):
+                return f"its compiled prefill differs from the eager one ({rows} rows of {span} tokens)"
+        return None
+
+
+def _close(got: torch.Tensor, want: torch.Tensor) -> bool:
+    """Equal up to a few 16-bit roundings of the largest magnitude (fused kernels round in another order)."""
+    scale = want.float().abs().max().item()
+    return got.shape == want.shape and (got.float() - want.float()).abs().max().item() <= 2**-5 * scale + 1e-6
 
 
 class Placement:
@@ -141,15 +279,13 @@ def prefill_in_groups(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     """The DynamicCache of positions 0..L-2 of the left-padded batch `input_ids` [B, L], prefilled in groups of
     similar length (see the module's docstring); `generate(input_ids, attention_mask, past_key_values=cache)` then
     computes the last position onward. Returns (cache, groups)."""
-    from transformers import DynamicCache
-
     rows, width = input_ids.shape
     keys: list[torch.Tensor] = []
     values: list[torch.Tensor] = []
     groups = []
-    for index, placement, cache in _prefilled_groups(model, input_ids, attention_mask, group_tokens):
+    for index, placement, parts in _prefilled_groups(model, input_ids, attention_mask, group_tokens):
         groups.append(index.tolist())
-        for layer, part in enumerate(cache.layers):
+        for layer, part in enumerate(parts):
             if layer == len(keys):  # the first group: the batch's whole cache, zeros where a group has no position
                 keys.append(part.keys.new_zeros(rows, *part.keys.shape[1:2], width - 1, part.keys.shape[-1]))
                 values.append(part.values.new_zeros(rows, *part.values.shape[1:2], width - 1,
@@ -164,21 +300,22 @@ def prefill_in_groups(model, input_ids: torch.Tensor, attention_mask: torch.Tens
 
 
 def prefill_into_static_cache(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache,
-                              group_tokens: int | None = None) -> None:
+                              group_tokens: int | None = None, forward: Callable | None = None) -> None:
     """Positions 0..L-2 of the left-padded batch `input_ids` [B, L], prefilled in groups straight into the static
     cache of the compiled decode loop (quant.decode), whose batch is B rows: each group's keys and values go to their
     rows' slots (slot = column, as the whole batch's prefill writes them), the rest stays as the cache's reset left
     it (zeros, masked), and every layer's write position becomes L-1, so that the loop's next forward is the last
-    column. The cache must hold its tensors already (a loop's cache does once captured) and be reset."""
+    column. The cache must hold its tensors already (a loop's cache does once captured) and be reset. `forward`: a
+    `CompiledPrefill`'s, else the model runs each group eagerly."""
     width = input_ids.shape[1]
     layers = cache.layers
     if not all(getattr(layer, "is_initialized", False) for layer in layers):
         raise RuntimeError("the static cache has no tensors yet")
-    for _, placement, part in _prefilled_groups(model, input_ids, attention_mask, group_tokens):
-        if len(part.layers) != len(layers):
-            raise RuntimeError(f"a group's cache has {len(part.layers)} layers, the static cache {len(layers)}")
-        for layer, group_layer in zip(layers, part.layers):
-            placement.copy(group_layer.keys, layer.keys)
-            placement.copy(group_layer.values, layer.values)
+    for _, placement, parts in _prefilled_groups(model, input_ids, attention_mask, group_tokens, forward):
+        if len(parts) != len(layers):
+            raise RuntimeError(f"a group's cache has {len(parts)} layers, the static cache {len(layers)}")
+        for layer, part in zip(layers, parts):
+            placement.copy(part.keys, layer.keys)
+            placement.copy(part.values, layer.values)
     for layer in layers:
         layer.cumulative_length.fill_(width - 1)

@@ -43,6 +43,7 @@ def _int_list_setting(name: str, default: str) -> tuple[int, ...]:
 
 BATCH_ENGINES = ("auto", "continuous", "padded")
 BATCH_PREFILLS = ("grouped", "padded")
+COMPILE_PREFILLS = ("off", "on")
 CONTINUOUS_STEPS = ("library", "graphs")
 COMPILE_REGIONS = ("layers", "model")
 FUSE_PROJECTIONS = ("auto", "on", "off")
@@ -179,6 +180,10 @@ class Settings:
     """QUANT_BATCH_PREFILL: how a padded batch of ragged prompts is prefilled, eagerly and into the compiled loop's
     static cache: "grouped" (default: in groups of similar length, without computing the padding, quant.ragged) or
     "padded" (one forward over the batch padded to its longest prompt: for measuring)."""
+    compile_prefill: str
+    """QUANT_COMPILE_PREFILL: the compiled decode loop's grouped prefills (a batch job's prompts) run their decoder layers
+    through one torch.compile'd call with dynamic shapes ("on": quant.ragged.CompiledPrefill; fuses the norms, rotary
+    and activations that eager runs as separate kernels) or eagerly ("off", the default until measured on a GPU)."""
     tensor_parallel_cpu_ranks: int
     """QUANT_TENSOR_PARALLEL_CPU_RANKS: on a machine without a GPU, the processes that device_map=tensor_parallel
     shards a model over (gloo; default 0: not offered on the CPU). On GPUs it is one rank per GPU present."""
@@ -239,6 +244,7 @@ def load_settings() -> Settings:
         output_max_age_hours=int_setting("QUANT_OUTPUT_MAX_AGE_HOURS", 24 if os.environ.get("SPACE_ID") else 0,
                                          minimum=0),
         batch_prefill=_choice_setting("QUANT_BATCH_PREFILL", BATCH_PREFILLS),
+        compile_prefill=_choice_setting("QUANT_COMPILE_PREFILL", COMPILE_PREFILLS),
         tensor_parallel_cpu_ranks=int_setting("QUANT_TENSOR_PARALLEL_CPU_RANKS", 0, minimum=0),
         tensor_parallel_gpus=_flag("QUANT_TENSOR_PARALLEL_GPUS"),
         stream_weights=_choice_setting("QUANT_STREAM_WEIGHTS", STREAM_WEIGHTS),

@@ -90,3 +90,22 @@ def test_an_eager_chat_does_not_wait_for_work_queued_on_the_default_stream():
     torch.cuda.synchronize()
     assert last.done and last.stats.new_tokens > 0 and last.stats.path == "eager", last.stats
     assert still_queued, "the chat waited for the work queued on the default stream"
+
+
+@pytest.mark.parametrize("mode", ["bf16", "nf4", "gptq"])
+def test_the_compiled_prefill_gives_the_eager_prefills_tokens_on_the_gpu(mode, gpu_gptq_llama_dir, kernel_cache,
+                                                                         monkeypatch):
+    """QUANT_COMPILE_PREFILL=on on the GPU (Inductor, dynamic shapes): a ragged job's groups run through one compiled
+    decoder layer and each row's greedy tokens are the eager prefill's up to 16-bit noise (judged by the eager
+    model's logits where they part); the path says so."""
+    from quant import ragged
+
+    monkeypatch.setattr(ragged, "GROUP_TOKENS", 200)  # several groups
+    monkeypatch.setenv("QUANT_COMPILED_BATCH_SIZES", f"1,{len(RAGGED)}")
+    monkeypatch.setenv("QUANT_COMPILE_PREFILL", "on")
+    model = str(gpu_gptq_llama_dir) if mode == "gptq" else LLAMA
+    request = LoadRequest(model=model, mode=mode, device_map="cuda:0")
+    eager, fast = load(request, fast=False), load(request, fast=True)
+    assert "batch prefill through one compiled decoder layer" in fast.path.describe(), fast.path.describe()
+    assert_compiled_rows_match(eager, fast, RAGGED)
+    fast.path.close()

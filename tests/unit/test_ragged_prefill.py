@@ -13,6 +13,7 @@ from quant import ragged
 from quant.generation import GenerationSettings, generate_batch
 from quant.loader import LoadRequest
 from tests.conftest import LLAMA
+from tests.support.architectures import FAMILIES
 from tests.support.batching import prefilled_both_ways, recorded_forwards
 
 GREEDY = GenerationSettings(max_new_tokens=24)
@@ -103,3 +104,85 @@ def test_the_compiled_loop_prefills_a_ragged_batch_in_groups_into_its_static_cac
         assert grouped == [generate_batch(fp32, [p], GREEDY)[0] for p in RAGGED]
     finally:
         fast.path.close()
+
+
+def test_the_compiled_prefill_gives_the_eager_prefills_replies_with_one_graph_for_every_layer_and_shape(
+        fp32, monkeypatch, tmp_path):
+    """QUANT_COMPILE_PREFILL=on (Inductor on the CPU): the compiled loop's groups run through one compiled decoder
+    layer; the replies are the eager-prefilled ones and each prompt's alone; a second job of other group shapes
+    compiles nothing new (dynamic shapes, one graph for all layers: a layer's own index would make one per layer);
+    the model itself keeps its layers (the compiled prefill runs on a copy of its module tree)."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+    from torch._dynamo.utils import counters
+
+    from tests.support.fastpath import load
+
+    for key, value in {"QUANT_COMPILED_BATCH_SIZES": f"1,{len(RAGGED)}", "QUANT_STATIC_CACHE_TOKENS": "256",
+                       "QUANT_KERNEL_CACHE": str(tmp_path), "QUANT_COMPILE_PREFILL": "on",
+                       "QUANT_BATCH_PREFILL": "grouped"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(ragged, "GROUP_TOKENS", 200)  # several groups from these six prompts
+    fast = load(LoadRequest(LLAMA, mode="fp32", device_map="cpu"), fast=True)
+    try:
+        assert "batch prefill through one compiled decoder layer" in fast.path.describe(), fast.path.describe()
+        loops = list(fast.path._loops.values())
+        assert all(loop.prefill_forward is fast.path._prefill.forward for loop in loops if loop.batch_size > 1)
+        assert type(fast.model.model.layers[0]).__name__ == "LlamaDecoderLayer"
+        with recorded_forwards(fast.model) as shapes:
+            compiled = generate_batch(fast, RAGGED, GREEDY)
+        graphs = counters["stats"]["unique_graphs"]
+        groups = ragged.prefill_groups([sum(m) for m in fast.tokenizer(RAGGED)["attention_mask"]], 200)
+        assert len([s for s in shapes if s[1] > 1]) == len(groups) >= 2
+        assert compiled == [generate_batch(fp32, [p], GREEDY)[0] for p in RAGGED]
+        monkeypatch.setattr(ragged, "GROUP_TOKENS", 120)  # other groups, other shapes
+        assert generate_batch(fast, RAGGED[::-1], GREEDY) == compiled[::-1]
+        assert counters["stats"]["unique_graphs"] == graphs
+        # dynamo's compiled entries of the one layer call: groups of several rows, and of one row (1 is specialized)
+        assert 1 <= len(_debug_get_cache_entry_list(ragged._call_layer.__code__)) <= 2
+        monkeypatch.setenv("QUANT_COMPILE_PREFILL", "off")  # read at each job: the same loop prefills eagerly
+        assert generate_batch(fast, RAGGED[::-1], GREEDY) == compiled[::-1]
+        assert all(loop.prefill_forward is None for loop in loops)
+    finally:
+        fast.path.close()
+
+
+def test_the_compiled_prefill_is_checked_against_the_eager_one_and_refused_where_it_cannot_run(fp32):
+    """The check at build time passes the compiled prefill (here: dynamo's eager backend), fails one whose layers
+    compute something else, and a model split by accelerate's hooks is refused with the reason."""
+    from accelerate.hooks import ModelHook, add_hook_to_module, remove_hook_from_module
+
+    model = fp32.model
+    assert ragged.CompiledPrefill(model, lambda fn: torch.compile(fn, backend="eager", dynamic=True)).check(model) \
+        is None
+
+    def wrong(fn):
+        return lambda layer, hidden, args, kwargs: fn(layer, hidden * 1.5, args, kwargs)
+
+    assert "differs from the eager one" in ragged.CompiledPrefill(model, wrong).check(model)
+    add_hook_to_module(model.model.layers[1], ModelHook())
+    try:
+        assert "split over devices" in ragged.compiled_prefill_refusal(model)
+        with pytest.raises(ValueError, match="split over devices"):
+            ragged.CompiledPrefill(model, lambda fn: fn)
+    finally:
+        remove_hook_from_module(model.model.layers[1])
+    assert ragged.compiled_prefill_refusal(model) is None
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_either_checks_its_compiled_prefill_or_says_why_not(family, tmp_path):
+    """Each architecture the app is given: the compiled prefill (dynamo's eager backend: the tracing, the per-layer
+    slots and the check; Inductor's kernels are the test above's) matches the eager one, or a reason says why the
+    batches prefill eagerly (no grouped prefill: sliding or hybrid caches, seq2seq; no decoder.layers)."""
+    from quant.loader import load_model
+    from tests.support.architectures import build
+
+    loaded = load_model(LoadRequest(str(build(family, tmp_path / family)), mode="fp32"))
+    refusal = ragged.refusal(loaded) or ragged.compiled_prefill_refusal(loaded.model)
+    eager = {"gemma2": "sliding-window", "gemma3": "sliding-window", "phi3": "sliding-window", "t5": "position ids",
+             "bart": "position ids", "gpt2": "not a ModuleList at decoder.layers"}
+    assert (refusal is None) == (family not in eager) and (refusal is None or eager[family] in refusal), refusal
+    if refusal:
+        return
+    prefill = ragged.CompiledPrefill(loaded.model, lambda fn: torch.compile(fn, backend="eager", dynamic=True))
+    assert prefill.check(loaded.model) is None
