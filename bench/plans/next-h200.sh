@@ -1,23 +1,22 @@
 #!/usr/bin/env bash
-# The eighteenth session's second plan for ONE H200 (~8 of the 10.8 device minutes left after 2026-12-02c-h200.sh).
-#   rm -rf /tmp/sess; bash bench/device_session.sh start "bash bench/plans/next-h200.sh"  (carry .whl, timeout_s 560),
-#   then `bash bench/device_session.sh wait N` within 30 s, N from the budget left (keep the last call short).
-# In the order of what each answers (cut from the end):
-#  1. issue 27, warm start: where the app's modules' import goes on the GPU host (5.7 s there, 2.5 s on the 2-core
-#     CPU box, 2026-12-02c): python -X importtime, twice (the second with the page cache warm).
-#  2. The two GPU test failures of 2026-12-02c, both in the tests (fixed on the CPU): nf4's layer class on a GPU is
-#     quant.nf4_dequant's subclass of Linear4bit; nf4 held in bf16.
-#  3. issue 27, warm start with the app's placement (device_map auto) after the meta model moved to
-#     torch.device('meta') (1.19 s of the profiled warm load before): two warm starts.
-#  4. test_gpu_methods' hqq_gemlite case with the noise check fixed (2026-12-02c: a first-token difference crashed the
-#     check with embedding's dtype error instead of judging it).
+# The next device session's plan for ONE H200 (written 2026-12-02, eighteenth session).
+#   rm -rf /tmp/sess; bash bench/device_session.sh start "bash bench/plans/next-h200.sh"  (carry .whl, timeout_s 560;
+#   `start` itself waits ~9 minutes), then `bash bench/device_session.sh wait 480` (timeout_s 540) within 30 s, again
+#   until done; keep ~3 minutes of budget for the last wait.
+# About 20 minutes, one lane, in the order of what each answers (cut from the end):
+#  1. QUANT_COMPILE_PREFILL=on on the GPU (built and CPU-tested in the eighteenth session, off by default until
+#     measured): its GPU test (bf16, nf4, GPTQ: the compiled prefill's tokens against the eager prefill's).
+#  2. issue 26, bf16 >= 5,000 tok/s (4,308 in 2026-12-02c): the goal job with the batch prefill compiled against the
+#     eager prefill in ONE run, each mode (bf16, nf4, GPTQ), the compiled-prefill job profiled (it runs first). The
+#     eager prefill was 2.6 s of the bf16 job's 3.8 s, its matmuls ~1.3 s of it: if the compiled one is faster for
+#     every mode and its replies agree, make QUANT_COMPILE_PREFILL=on the default (quant/settings.py) and say the
+#     compile it adds to a batch job's first start.
+#  3. The same with the chat-during-batch bench? Not planned: the prefill runs on the runner thread as before.
 source "$(dirname "$0")/lanes.sh"
 out=$R/results
 mkdir -p $out
 PYTEST="python3 -m pytest -v -n 0 -p no:cacheprovider --tb=short -rfE -o faulthandler_timeout=300"
-IMPORTS="import torch, transformers; from quant.generation import GenerationSettings, stream_chat; from quant.loader import LoadRequest; from quant.registry import ModelRegistry"
+BATCH="python3 bench/batch_engines.py --shape 8b --prompts 128 --new-tokens 128 --work /tmp/bench0 --out $out"
 lane 0 \
-  "python3 -X importtime -c '$IMPORTS' 2> /dev/null; python3 -X importtime -c '$IMPORTS' 2> $out/importtime-h200.txt" \
-  "timeout 240 $PYTEST tests/gpu/test_gpu.py -k nf4" \
-  "timeout 300 python3 bench/startup.py --shape 8b --modes bf16 --warm-starts 2 --checkpoint-dtype bfloat16 --device-map auto --work /tmp/bench0 --out $out --tag=-meta-skeleton" \
-  "timeout 280 $PYTEST tests/gpu/test_gpu_methods.py -k hqq_gemlite"
+  "timeout 420 $PYTEST tests/gpu/test_gpu_batching.py -k compiled_prefill" \
+  "timeout 900 $BATCH --batch-size 128 --modes bf16,nf4,gptq --engines padded+compiled-prefill,padded --profile --tag=-compiled-prefill"
