@@ -111,8 +111,9 @@ class AWQMethod(QuantMethod):
         return []
 
     def dtype(self, options, on_cuda):
-        """fp16 on a GPU: transformers' AWQ loader casts every AWQ model to fp16 when CUDA is present
-        (quantizer_awq.py, `update_dtype`); awq_int4pack's layers compute in bf16 and cast back. bf16 on the CPU."""
+        """The dtype the load asks for: fp16 on a GPU, where transformers' AWQ loader casts every AWQ model to fp16
+        anyway (quantizer_awq.py, `update_dtype`); bf16 on the CPU. With awq_int4pack, whose layers compute in bf16,
+        `after_load` then holds the model in bf16 unless the operator chose a compute dtype."""
         if options.compute_dtype:
             return DTYPES[options.compute_dtype]
         return torch.float16 if on_cuda else torch.bfloat16
@@ -143,7 +144,8 @@ class AWQMethod(QuantMethod):
     def after_load(self, model, options, progress):
         if options.awq_backend != "awq_int4pack":
             return []
-        return repack_for_int4_kernel(model, progress, "AWQ", "awq_torch")
+        return repack_for_int4_kernel(model, progress, "AWQ", "awq_torch",
+                                      hold_in=None if options.compute_dtype else torch.bfloat16)
 
     def quantize_refusal(self, config, kind):
         from ..families import gptq_refusal

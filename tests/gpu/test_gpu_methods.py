@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from quant.hqq import layer_bytes
 from quant.loader import LoadRequest
@@ -82,6 +83,7 @@ def test_awq_int4pack_gives_the_torch_kernels_tokens(gpu_awq_llama_dir, kernel_c
     repacked = load(LoadRequest(model=folder, mode="awq", device_map="cuda:0",
                                 options=QuantOptions(awq_backend="awq_int4pack")), fast=False)
     assert repacked.report.linear_layers["Int4PackedLinear"] == 28 and not repacked.report.warnings
+    assert repacked.model.dtype == torch.bfloat16 and repacked.report.dtype == "bfloat16"  # no fp16 <-> bf16 casts
     for prompts in ([PROMPTS[0]], PROMPTS):
         encoded, expected, _ = greedy_ids(reference, prompts)
         _, got, _ = greedy_ids(repacked, prompts)

@@ -180,3 +180,34 @@ def test_an_awq_checkpoint_in_another_mode_is_refused_with_the_mode_that_loads_i
     with pytest.raises(UnsupportedModeError, match=r"already quantized with AWQ \(4-bit\).*Load it in mode awq"):
         check_mode("nf4", QuantOptions(), checkpoint_quantization=SAVED, on_cuda=False)
     assert check_mode("awq", QuantOptions(), checkpoint_quantization={**SAVED, "bits": 8}, on_cuda=False) == []
+
+
+def test_a_model_held_in_fp16_follows_its_int4_layers_into_bf16_keeping_its_float32_buffers(awq_llama):
+    """On a GPU transformers loads every AWQ model in fp16, while the int4 kernel computes in bf16 (each layer cast
+    its input and output): once every layer is repacked, the model's fp16 weights follow into bf16 (here an fp16
+    load on the CPU, as the GPU's); its float32 rotary table stays float32, as a bf16 load keeps it, and the
+    next-token choices are the torch kernel's. Without `hold_in` (an operator's compute dtype) the model stays fp16."""
+    from quant.methods.gptq import repack_for_int4_kernel
+
+    def fp16_torch_kernel():
+        return load_model(LoadRequest(model=str(awq_llama.out_dir), mode="awq",
+                                      options=QuantOptions(awq_backend="awq_torch", compute_dtype="fp16")))
+
+    reference, held = fp16_torch_kernel(), fp16_torch_kernel()
+    assert held.model.dtype == torch.float16
+    assert held.model.model.rotary_emb.inv_freq.dtype == torch.float32
+    tied = held.model.lm_head.weight is held.model.model.embed_tokens.weight
+    assert repack_for_int4_kernel(held.model, lambda *_: None, "AWQ", "awq_torch", hold_in=torch.bfloat16) == []
+    layers = [m for m in held.model.modules() if type(m).__name__ == "Int4PackedLinear"]
+    assert len(layers) == 28 and held.model.dtype == torch.bfloat16 and held.model.config.dtype == torch.bfloat16
+    assert {p.dtype for p in held.model.parameters()} == {torch.bfloat16}
+    assert held.model.model.rotary_emb.inv_freq.dtype == torch.float32
+    assert (held.model.lm_head.weight is held.model.model.embed_tokens.weight) == tied  # a tied head stays tied
+    ids = reference.tokenizer(PROMPTS[1], return_tensors="pt").input_ids
+    with torch.inference_mode():
+        expected, got = reference.model(ids).logits.float(), held.model(ids).logits.float()
+    assert (got - expected).norm() / expected.norm() < 0.03
+    assert torch.equal(got.argmax(-1), expected.argmax(-1))
+    kept = fp16_torch_kernel()
+    repack_for_int4_kernel(kept.model, lambda *_: None, "AWQ", "awq_torch")
+    assert kept.model.dtype == torch.float16
