@@ -17,20 +17,20 @@ last position onward.
 
 Only where every layer attends to the whole sequence (sliding-window and hybrid caches hold a shape of their own), for
 decoder-only models, in one process (not tensor parallel), and when padding is at least `MIN_WASTE` of the batch.
+
+With QUANT_COMPILE_PREFILL=on the compiled loop's groups run their decoder layers through one torch.compile'd call
+with dynamic shapes (`CompiledPrefill`) instead of eagerly.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
-import logging
 from typing import Callable
 
 import torch
 from torch import nn
 from transformers import DynamicCache
-
-log = logging.getLogger(__name__)
 
 GROUP_TOKENS = 4096
 """Most padded positions in one prefill forward: enough rows to keep a GPU's matrix units busy, few enough that a group
