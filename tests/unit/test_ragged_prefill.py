@@ -186,3 +186,30 @@ def test_every_family_either_checks_its_compiled_prefill_or_says_why_not(family,
         return
     prefill = ragged.CompiledPrefill(loaded.model, lambda fn: torch.compile(fn, backend="eager", dynamic=True))
     assert prefill.check(loaded.model) is None
+
+
+def test_unloading_a_model_with_a_compiled_prefill_frees_it_and_its_compiled_frames(monkeypatch, tmp_path):
+    """The compiled prefill holds a copy of the model's module tree and dynamo holds its frames: an unload lets the
+    model be freed all the same and drops the frames (dynamo's backend: no Inductor compile needed for this)."""
+    import gc
+    import weakref
+
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    from quant.registry import ModelRegistry
+
+    for key, value in {"QUANT_COMPILE_BACKEND": "eager", "QUANT_COMPILED_BATCH_SIZES": f"1,{len(RAGGED)}",
+                       "QUANT_STATIC_CACHE_TOKENS": "256", "QUANT_KERNEL_CACHE": str(tmp_path),
+                       "QUANT_COMPILE_PREFILL": "on", "QUANT_FAST_GENERATION": "all"}.items():
+        monkeypatch.setenv(key, value)
+    registry = ModelRegistry(max_models=1)
+    loaded = registry.load(LoadRequest(LLAMA, mode="fp32", device_map="cpu"))
+    assert loaded.path._prefill is not None, loaded.path.describe()
+    assert all(reply for reply in generate_batch(loaded, RAGGED, GREEDY))
+    assert _debug_get_cache_entry_list(ragged._call_layer.__code__), "nothing compiled: the checks prove nothing"
+    model, layer, key = weakref.ref(loaded.model), weakref.ref(loaded.model.model.layers[0]), loaded.key
+    del loaded
+    registry.unload(key)
+    gc.collect()
+    assert model() is None and layer() is None, "the unloaded model (or its layers, in the copy) is still referenced"
+    assert not _debug_get_cache_entry_list(ragged._call_layer.__code__)
