@@ -369,7 +369,7 @@ class GenerationPath:
                 progress("Compiling the batch prefill (one decoder layer for any prompt length; cached on disk)")
             backend = self.compile_config.backend if self.compile_config else "inductor"
             try:
-                prefill = ragged.CompiledPrefill(model, lambda fn: torch.compile(fn, backend=backend, dynamic=True))
+                prefill = ragged.CompiledPrefill(model, lambda fn: torch.compile(fn, backend=backend))
                 refusal = compiled_runner().submit(prefill.check, model).result()
             except Exception as exc:  # noqa: BLE001 - the batches prefill eagerly, as before
                 logger.warning("Compiling the batch prefill failed; batches prefill eagerly.", exc_info=True)

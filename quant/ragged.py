@@ -172,7 +172,27 @@ class _ThroughCompiledCall(nn.Module):
         if name is None:
             raise TypeError(f"the decoder called layer {self.index} without the group's cache as a keyword")
         slot = kwargs[name].kv.setdefault(self.index, _LayerKeysValues())
+        _mark_rows_and_positions_dynamic(hidden_states, (args, kwargs))
         return self.call(self.layer, hidden_states, args, {**kwargs, name: slot})
+
+
+def _mark_rows_and_positions_dynamic(hidden: torch.Tensor, inputs) -> None:
+    """Mark the group's rows and positions, the first two dimensions of the hidden states and of every input that
+    shares them (position ids, the rotary cos and sin), as sizes that vary: one graph then serves every group, while
+    the model's own sizes (hidden, heads) stay constants Inductor's kernels are specialised for (torch.compile's
+    dynamic=True would make those symbolic too)."""
+    leading = tuple(hidden.shape[:2])
+    pending = [hidden, inputs]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, torch.Tensor):
+            if item.dim() >= 2 and tuple(item.shape[:2]) == leading:
+                torch._dynamo.maybe_mark_dynamic(item, 0)
+                torch._dynamo.maybe_mark_dynamic(item, 1)
+        elif isinstance(item, (tuple, list)):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            pending.extend(item.values())
 
 
 def _with_module_replaced(root: nn.Module, target: nn.Module, replacement: nn.Module) -> nn.Module:

@@ -152,7 +152,7 @@ def test_the_compiled_prefill_is_checked_against_the_eager_one_and_refused_where
     from accelerate.hooks import ModelHook, add_hook_to_module, remove_hook_from_module
 
     model = fp32.model
-    assert ragged.CompiledPrefill(model, lambda fn: torch.compile(fn, backend="eager", dynamic=True)).check(model) \
+    assert ragged.CompiledPrefill(model, lambda fn: torch.compile(fn, backend="eager")).check(model) \
         is None
 
     def wrong(fn):
@@ -184,7 +184,7 @@ def test_every_family_either_checks_its_compiled_prefill_or_says_why_not(family,
     assert (refusal is None) == (family not in eager) and (refusal is None or eager[family] in refusal), refusal
     if refusal:
         return
-    prefill = ragged.CompiledPrefill(loaded.model, lambda fn: torch.compile(fn, backend="eager", dynamic=True))
+    prefill = ragged.CompiledPrefill(loaded.model, lambda fn: torch.compile(fn, backend="eager"))
     assert prefill.check(loaded.model) is None
 
 
