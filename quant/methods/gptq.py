@@ -197,7 +197,7 @@ def repack_for_int4_kernel(model, progress, method: str, loaded_with: str,
     warnings = [f"Long prompts use tinygemm: {result.dequantize_reason}."] if result.dequantize_reason else []
     warnings += kernel_warnings(model)
     if result.reason is None:
-        if hold_in is not None and model.dtype == torch.float16 != hold_in:
+        if hold_in not in (None, torch.float16) and model.dtype == torch.float16:
             _cast_half_tensors(model, hold_in)
         return warnings
     return warnings + [f"{result.left} {method} layers stay on the {loaded_with} kernel ({result.layers} moved to the "
