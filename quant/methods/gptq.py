@@ -208,7 +208,7 @@ def _cast_half_tensors(model, dtype: torch.dtype) -> None:
     """Cast `model`'s fp16 parameters and buffers to `dtype` in place (tied weights stay tied); float32 ones stay, as
     a load in `dtype` keeps them (rotary tables, modules kept in float32), which `model.to(dtype)` would cast."""
     for module in model.modules():
-        for name, param in module._parameters.items():
+        for param in module._parameters.values():
             if param is not None and param.dtype == torch.float16:
                 param.data = param.data.to(dtype)
         for name, buffer in module._buffers.items():

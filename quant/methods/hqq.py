@@ -27,7 +27,7 @@ of 32 faulted on an H200 (2026-12-01, tests/gpu/test_gpu_methods.py, the demo mo
 memory access"), which leaves the CUDA context unusable for every model of the process: refused, not risked."""
 
 
-GEMLITE_WARNING = ("hqq_gemlite gave NaN logits on an H200 in 2 of 3 GPU test runs (the demo model, 4-bit, "
+GEMLITE_WARNING = ("hqq_gemlite gave NaN logits on an H200 in 2 of 3 GPU sessions (the demo model, 4-bit, "
                    "2026-12-02: once in the compiled step, once eager) and was slower than hqq_int4pack at batch 1 "
                    "and 128: check its replies against hqq_int4pack's before relying on it.")
 """The load report's line for hqq_gemlite, kept on request for comparison (bench/results/INDEX.md, Kernels)."""

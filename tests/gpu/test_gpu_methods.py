@@ -39,7 +39,7 @@ def gpu_awq_llama_dir(tmp_path_factory) -> Path:
     (4, 64, "hqq_int4pack", "Int4PackedLinear"), (8, 64, "hqq_torch", "HQQDequantLinear"),
     (3, 64, "hqq_torch", "HQQDequantLinear"),
     pytest.param(4, 64, "hqq_gemlite", None, marks=pytest.mark.xfail(
-        reason="gemlite 0.6 gave NaN logits on the demo model in 2 of 3 H200 runs (2026-12-02: once compiled, once "
+        reason="gemlite 0.6 gave NaN logits on the demo model in 2 of 3 H200 sessions (2026-12-02: once compiled, once "
                "eager); the load report says so", strict=False))])  # 2-bit gemlite: refused (it faulted)
 def test_hqq_on_the_gpu_compiles_to_the_eager_tokens(bits, group_size, backend, layer, kernel_cache):
     request = LoadRequest(model=LLAMA, mode="hqq", device_map="cuda:0", options=QuantOptions(
