@@ -111,38 +111,29 @@ def dequantize_kernel_choice() -> str:
     return "triton"
 
 
-def kernel_warnings(model: nn.Module) -> list[str]:
-    """The load report's lines where `model`'s int4pack layers run a slower kernel than the one meant: they dequantize
-    with the torch version although the operator did not ask for it (the Triton kernel refused here, with its
-    reason); else none."""
-    layers = [m for m in model.modules() if isinstance(m, Int4PackedLinear)]
-    dequantizing = [m for m in layers if m.dequantize_from_rows]
-    warnings = []
+def dequantize_kernel_warnings(model: nn.Module) -> list[str]:
+    """The load report's line where `model`'s int4pack layers dequantize with the slower torch version although the
+    operator did not ask for it (the Triton kernel refused here, with its reason); else none."""
+    dequantizing = [m for m in model.modules() if isinstance(m, Int4PackedLinear) and m.dequantize_from_rows]
     refused = TRITON_DEQUANTIZE.known_reason
-    if dequantizing and refused and not all(m.dequantize_kernel == "triton" for m in dequantizing):
-        warnings.append(f"Prompts and batches of {dequantizing[0].dequantize_from_rows} rows or more dequantize the "
-                        f"int4 weights with the compiled torch kernel, several times slower than quant.int4_dequant's "
-                        f"Triton kernel: {refused}.")
-    return warnings
-
-
-def _check_weights():
-    """(inner_k_tiles, group size, packed, scales_and_zeros) of a random 48 x 1,024 weight packed by PyTorch's own
-    kernel, for each packing layout and group the Triton kernel's check covers."""
-    generator = torch.Generator().manual_seed(0)
-    for inner_k_tiles, group_size in ((8, 128), (4, 64), (2, 32), (8, 256)):
-        n, k = 48, 1024
-        codes = torch.randint(0, 16, (n, k), generator=generator, dtype=torch.int32).cuda()
-        scales_and_zeros = torch.stack([torch.rand(k // group_size, n, generator=generator) * 0.02 + 1e-3,
-                                        torch.randn(k // group_size, n, generator=generator) * 0.01], dim=-1)
-        yield (inner_k_tiles, group_size, _pack_for_cuda(codes, inner_k_tiles),
-               scales_and_zeros.to(torch.bfloat16).cuda().contiguous())
+    if not dequantizing or all(m.dequantize_kernel == "triton" for m in dequantizing) or not refused:
+        return []
+    return [f"Prompts and batches of {dequantizing[0].dequantize_from_rows} rows or more dequantize the int4 weights "
+            f"with the compiled torch kernel, several times slower than quant.int4_dequant's Triton kernel: "
+            f"{refused}."]
 
 
 def _triton_dequantize_mismatch() -> str | None:
     """Where the Triton kernel's weights differ from torch's by more than one bfloat16 step (Triton may contract the
     multiply-add into an FMA), on random codes packed by PyTorch's own kernel; or None."""
-    for inner_k_tiles, group_size, packed, scales_and_zeros in _check_weights():
+    generator = torch.Generator().manual_seed(0)
+    for inner_k_tiles, group_size in ((8, 128), (4, 64), (2, 32), (8, 256)):
+        n, k = 48, 1024
+        codes = torch.randint(0, 16, (n, k), generator=generator, dtype=torch.int32).cuda()
+        packed = _pack_for_cuda(codes, inner_k_tiles)
+        scales_and_zeros = torch.stack([torch.rand(k // group_size, n, generator=generator) * 0.02 + 1e-3,
+                                        torch.randn(k // group_size, n, generator=generator) * 0.01], dim=-1)
+        scales_and_zeros = scales_and_zeros.to(torch.bfloat16).cuda().contiguous()
         want = dequantize_cuda_packed(packed, scales_and_zeros, group_size).float()
         got = int4_dequant.dequantize_op()(packed, scales_and_zeros, group_size).float()
         if not torch.all((got - want).abs() <= want.abs() * 2**-7 + 1e-30):

@@ -186,7 +186,7 @@ def repack_for_int4_kernel(model, progress, method: str, loaded_with: str,
     warnings for long prompts and for layers that stay on `loaded_with`. `hold_in`: once every layer moved, the rest
     of the model is cast to this dtype (the int4 layers compute in bf16: a model held in fp16 casts each layer's input
     to bf16 and its output back, as nf4's did: 0.57 s of its 3.15 s prefill on an H200)."""
-    from ..int4pack import kernel_warnings, repack_model
+    from ..int4pack import dequantize_kernel_warnings, repack_model
     from ..settings import load_settings
 
     progress(0.85, f"Repacking the {method} layers for PyTorch's int4 kernel")
@@ -195,7 +195,7 @@ def repack_for_int4_kernel(model, progress, method: str, loaded_with: str,
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     warnings = [f"Long prompts use tinygemm: {result.dequantize_reason}."] if result.dequantize_reason else []
-    warnings += kernel_warnings(model)
+    warnings += dequantize_kernel_warnings(model)
     if result.reason is None:
         if hold_in not in (None, torch.float16) and model.dtype == torch.float16:
             _cast_half_tensors(model, hold_in)

@@ -94,14 +94,14 @@ def test_the_load_report_says_when_the_slower_dequantization_runs_and_why(monkey
     layer = int4pack.pack_int4_linear(codes, torch.ones(2, 16), torch.zeros(2, 16), group_size=32, bias=None)
     model = nn.Sequential(layer)
     monkeypatch.setattr(int4pack.TRITON_DEQUANTIZE, "known_reason", "no CUDA GPU")
-    assert int4pack.kernel_warnings(model) == []  # dequantize_from_rows 0 (on the CPU it is always)
+    assert int4pack.dequantize_kernel_warnings(model) == []  # dequantize_from_rows 0 (on the CPU it is always)
     layer.dequantize_from_rows = 32
-    assert int4pack.kernel_warnings(model) == [
+    assert int4pack.dequantize_kernel_warnings(model) == [
         "Prompts and batches of 32 rows or more dequantize the int4 weights with the compiled torch kernel, several "
         "times slower than quant.int4_dequant's Triton kernel: no CUDA GPU."]
     layer.dequantize_kernel = "triton"
-    assert int4pack.kernel_warnings(model) == []
+    assert int4pack.dequantize_kernel_warnings(model) == []
     layer.dequantize_kernel = "torch"
     # QUANT_INT4_DEQUANTIZE_KERNEL=torch: nothing refused
     monkeypatch.setattr(int4pack.TRITON_DEQUANTIZE, "known_reason", None)
-    assert int4pack.kernel_warnings(model) == []
+    assert int4pack.dequantize_kernel_warnings(model) == []
