@@ -149,7 +149,10 @@ def _prefilled_groups(model, input_ids: torch.Tensor, attention_mask: torch.Tens
 
 
 def _call_layer(layer, hidden, args, kwargs):
-    """One decoder layer of a prefill: the function every layer's call goes through in a `CompiledPrefill`."""
+    """One decoder layer of a prefill: the function every layer's call goes through in a `CompiledPrefill`. The body
+    of quant.segments' `_call_layer`, kept a function of its own: dynamo keeps compiled entries per code object, so
+    the prefill's graphs (rows and positions dynamic) and the decode step's (static shapes) do not share one list of
+    entries, its recompile limit and its guard checks."""
     return layer(hidden, *args, **kwargs)
 
 
