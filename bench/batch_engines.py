@@ -59,7 +59,7 @@ from quant.source import resolve_location  # noqa: E402
 MiB = 2**20
 MODIFIERS = {"eager": {"QUANT_COMPILE_BATCH_ON_DEMAND": "0"}, "compiled": {"QUANT_COMPILE_BATCH_ON_DEMAND": "1"},
              "padded-prefill": {"QUANT_BATCH_PREFILL": "padded"}, "graphs": {"QUANT_CONTINUOUS_STEP": "graphs"},
-             "compiled-prefill": {"QUANT_COMPILE_PREFILL": "on"}}
+             "compiled-prefill": {"QUANT_COMPILE_PREFILL": "on"}, "eager-prefill": {"QUANT_COMPILE_PREFILL": "off"}}
 """What each engine modifier sets for its job (the settings it leaves out keep their defaults)."""
 
 
@@ -285,7 +285,8 @@ def markdown(data: dict) -> str:
              "eagerly); `padded+compiled`: =1 (compiled once, before the first job that needs it, timed below); "
              "`padded`: the default (on since the eighth session); `+padded-prefill`: QUANT_BATCH_PREFILL=padded "
              "(one prefill over the padded batch instead of groups of similar length); `+compiled-prefill`: "
-             "QUANT_COMPILE_PREFILL=on (the groups through one compiled decoder layer, dynamic shapes).", "",
+             "QUANT_COMPILE_PREFILL=on (the groups through one compiled decoder layer, dynamic shapes; the default "
+             "since the nineteenth session); `+eager-prefill`: =off (the groups eager).", "",
              "| mode | engine | ran | tok/s | prompts/s | first reply s | job s | peak GPU MiB | "
              "replies = reference |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -344,7 +345,7 @@ def main() -> None:
                         help="padded or continuous, each with modifiers joined by '+': eager "
                              "(QUANT_COMPILE_BATCH_ON_DEMAND=0), compiled (=1: the batch size compiled before its job, "
                              "timed), padded-prefill (QUANT_BATCH_PREFILL=padded), graphs (QUANT_CONTINUOUS_STEP=graphs), "
-                             "compiled-prefill (QUANT_COMPILE_PREFILL=on)"
+                             "compiled-prefill (QUANT_COMPILE_PREFILL=on), eager-prefill (=off)"
                              "; engines that compile on demand run after the others")
     parser.add_argument("--compiled-batch-sizes", default=os.environ.get("QUANT_COMPILED_BATCH_SIZES", "1"),
                         help="QUANT_COMPILED_BATCH_SIZES for the loads")

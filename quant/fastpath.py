@@ -225,6 +225,8 @@ class GenerationPath:
     QUANT_COMPILE_PREFILL=on), built with the first batch size above 1; dropped with the loops."""
     prefill_note: str = ""
     """Why the batches' prefill stays eager although QUANT_COMPILE_PREFILL=on (empty otherwise)."""
+    prefill_seconds: float = 0.0
+    """How long building the compiled prefill took (its compile and its check), part of its batch size's compile."""
 
     def describe(self) -> str:
         """One line for the UI and reports: which path, and for what (or why not)."""
@@ -244,7 +246,8 @@ class GenerationPath:
             regions = ("; one compiled decoder layer for all layers" if self.regional else
                        f"; whole model compiled ({self.regional_note})" if self.regional_note else "")
             fused = f"; {self.fused_projections}" if self.fused_projections else ""
-            prefill = ("; batch prefill through one compiled decoder layer" if self._prefill is not None else
+            prefill = (f"; batch prefill through one compiled decoder layer (compiled and checked in "
+                       f"{self.prefill_seconds:.1f} s)" if self._prefill is not None else
                        f"; {self.prefill_note}" if self.prefill_note else "")
             return f"{COMPILED} (batch {sizes}; {lengths}{segments}{regions}{graphs}{packed}{fused}{prefill})"
         return f"{EAGER} ({self.reason})" if self.reason else EAGER
@@ -364,6 +367,7 @@ class GenerationPath:
             return
         refusal = ragged.model_refusal(model) or ragged.compiled_prefill_refusal(model)
         prefill = None
+        started = time.perf_counter()
         if refusal is None:
             if progress:
                 progress("Compiling the batch prefill (one decoder layer for any prompt length; cached on disk)")
@@ -374,10 +378,13 @@ class GenerationPath:
             except Exception as exc:  # noqa: BLE001 - the batches prefill eagerly, as before
                 logger.warning("Compiling the batch prefill failed; batches prefill eagerly.", exc_info=True)
                 refusal = f"compiling it failed: {_first_line(exc)}"
+        self.prefill_seconds = time.perf_counter() - started
         if refusal:
             self.prefill_note = f"batch prefill eager: {refusal}"
         else:
             self._prefill = prefill
+        logger.info("Batch prefill: %s (%.1f s)", self.prefill_note or "one compiled decoder layer",
+                    self.prefill_seconds)
 
     def _prefill_forward(self) -> Callable | None:
         """What a compiled batch's groups run through now: the CompiledPrefill's forward while QUANT_COMPILE_PREFILL=on

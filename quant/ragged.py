@@ -250,7 +250,7 @@ class CompiledPrefill:
 
     def check(self, model) -> str | None:
         """Compile (groups of two rows and of one) and compare with `model`'s eager prefill on random tokens: None, or
-        why the compiled prefill is not used (its logits or keys differ beyond 16-bit rounding)."""
+        why the compiled prefill is not used (its last logits or a layer's keys off by more than `CHECK_TOLERANCE`)."""
         device = model.get_input_embeddings().weight.device
         vocab_size = model.get_input_embeddings().weight.shape[0]
         generator = torch.Generator().manual_seed(0)
@@ -263,15 +263,24 @@ class CompiledPrefill:
                 eager = model(input_ids=ids, position_ids=positions, past_key_values=want, use_cache=True)
             pairs = [(compiled.logits[:, -1], eager.logits[:, -1])]
             pairs += [(g.keys, w.keys) for g, w in zip(got.parts(), want.parts())]
-            if len(got.kv) != len(want.kv) or any(not _close(g, w) for g, w in pairs):
-                return f"its compiled prefill differs from the eager one ({rows} rows of {span} tokens)"
+            if len(got.kv) != len(want.kv) or any(g.shape != w.shape for g, w in pairs):
+                return f"its compiled prefill differs from the eager one in shape ({rows} rows of {span} tokens)"
+            error = max(_relative_error(g, w) for g, w in pairs)
+            if not error <= CHECK_TOLERANCE:
+                return (f"its compiled prefill differs from the eager one ({rows} rows of {span} tokens: relative "
+                        f"error {error:.3f}, more than {CHECK_TOLERANCE})")
         return None
 
 
-def _close(got: torch.Tensor, want: torch.Tensor) -> bool:
-    """Equal up to a few 16-bit roundings of the largest magnitude (fused kernels round in another order)."""
-    scale = want.float().abs().max().item()
-    return got.shape == want.shape and (got.float() - want.float()).abs().max().item() <= 2**-5 * scale + 1e-6
+CHECK_TOLERANCE = 0.1
+"""The largest relative error (L2 norm of the difference over the eager tensor's) `CompiledPrefill.check` accepts,
+as quant.segments' check of a split decode step: fused kernels round in another order, and a random-weight model's 32
+layers carry that further (the 8B shape in bf16 failed a max-element test at 2**-5 of the largest magnitude on an
+H200, bench/results/batch-engines-8b-compiled-prefill.md); a layer computing something else is off by O(1)."""
+
+
+def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.float() - want.float()).norm() / want.float().norm().clamp_min(1e-6)).item()
 
 
 class Placement:
