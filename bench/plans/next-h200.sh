@@ -1,22 +1,21 @@
 #!/usr/bin/env bash
-# The next device session's plan for ONE H200 (written 2026-12-02, eighteenth session).
+# The next device session's plan for ONE H200 (written 2026-12-02, nineteenth session).
 #   rm -rf /tmp/sess; bash bench/device_session.sh start "bash bench/plans/next-h200.sh"  (carry .whl, timeout_s 560;
 #   `start` itself waits ~9 minutes), then `bash bench/device_session.sh wait 480` (timeout_s 540) within 30 s, again
 #   until done; keep ~3 minutes of budget for the last wait.
 # About 20 minutes, one lane, in the order of what each answers (cut from the end):
-#  1. QUANT_COMPILE_PREFILL=on on the GPU (built and CPU-tested in the eighteenth session, off by default until
-#     measured): its GPU test (bf16, nf4, GPTQ: the compiled prefill's tokens against the eager prefill's).
-#  2. issue 26, bf16 >= 5,000 tok/s (4,308 in 2026-12-02c): the goal job with the batch prefill compiled against the
-#     eager prefill in ONE run, each mode (bf16, nf4, GPTQ), the compiled-prefill job profiled (it runs first). The
-#     eager prefill was 2.6 s of the bf16 job's 3.8 s, its matmuls ~1.3 s of it: if the compiled one is faster for
-#     every mode and its replies agree, make QUANT_COMPILE_PREFILL=on the default (quant/settings.py) and say the
-#     compile it adds to a batch job's first start.
-#  3. The same with the chat-during-batch bench? Not planned: the prefill runs on the runner thread as before.
+#  1. issue 27, GPTQ batch 1 >= 2.5x bf16 (1.49x on tinygemm): the two batch-1 4-bit kernels gptqmodel builds from
+#     source and no run has timed alone, ExLlamaV2's gemm_half_q_half and llm-awq's gemv_fast, against tinygemm and
+#     cuBLAS bf16 on the 8B projections at 1-8 rows (builds timed; each output checked against x @ its weight). If one
+#     reads its weights well above tinygemm's 1.6-1.8 TB/s, it is the next batch-1 backend to put in the graphed step.
+#  2. issue 26 on the defaults (the compiled prefill on since the nineteenth session): the goal job, bf16, nf4 and
+#     GPTQ in one run (bf16 ran 5,025 and 4,870 tok/s in the nineteenth session's two runs; GPTQ 0.83x there).
+#  3. the chat during a compiled Batch job with the compiled prefill (first token goal 1 s; 0.027-0.059 s before).
 source "$(dirname "$0")/lanes.sh"
 out=$R/results
 mkdir -p $out
-PYTEST="python3 -m pytest -v -n 0 -p no:cacheprovider --tb=short -rfE -o faulthandler_timeout=300"
 BATCH="python3 bench/batch_engines.py --shape 8b --prompts 128 --new-tokens 128 --work /tmp/bench0 --out $out"
 lane 0 \
-  "timeout 420 $PYTEST tests/gpu/test_gpu_batching.py -k compiled_prefill" \
-  "timeout 900 $BATCH --batch-size 128 --modes bf16,nf4,gptq --engines padded+compiled-prefill,padded --profile --tag=-compiled-prefill"
+  "timeout 600 python3 bench/int4_gemv_kernels.py --out $out" \
+  "timeout 900 $BATCH --batch-size 128 --modes bf16,nf4,gptq --engines padded --tag=-defaults-nineteenth" \
+  "timeout 300 python3 bench/chat_during_batch.py --shape 8b --mode bf16 --device-map cuda:0 --prompts 128 --new-tokens 128 --batch-size 128 --engines padded --head-start 3 --out $out --tag=-compiled-prefill"
