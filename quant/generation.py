@@ -161,7 +161,9 @@ _chat_streams: dict[torch.device, torch.cuda.Stream] = {}
 
 def chat_stream(loaded: LoadedModel) -> contextlib.AbstractContextManager:
     """Where an eager chat runs its GPU work: on a model whole on one GPU, a CUDA stream of its own with the highest
-    priority (one per GPU, shared by every chat); elsewhere the thread's current stream.
+    priority (one per GPU, shared by every chat); elsewhere, and for a model whose kernels launch on the default
+    stream whatever the current one is (`LoadedModel.default_stream_reason`: GPTQ on ExLlamaV2), the thread's current
+    stream.
 
     Why: a Batch job (its grouped prefill, its compiled steps) runs on the GPU's default stream, PyTorch's legacy
     one. A chat there would queue behind the job's kernels, and even copying its prompt to the GPU waits for them: a
@@ -171,7 +173,7 @@ def chat_stream(loaded: LoadedModel) -> contextlib.AbstractContextManager:
     """
     device = loaded.device
     if (device.type != "cuda" or loaded.group is not None
-            or len(set(loaded.report.device_map.values())) != 1):
+            or len(set(loaded.report.device_map.values())) != 1 or loaded.default_stream_reason):
         return contextlib.nullcontext()
     if device not in _chat_streams:  # a lower number is a higher priority; one past the range maps to the highest
         _chat_streams.setdefault(device, torch.cuda.Stream(device, priority=-100))

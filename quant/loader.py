@@ -117,6 +117,11 @@ class LoadedModel:
         """Why this model's quantization method cannot take the compiled decode path, or None."""
         return self.request.method.compile_refusal(self.request.options)
 
+    @property
+    def default_stream_reason(self) -> str | None:
+        """Why this model's GPU work must stay on the GPU's default stream (QuantMethod.default_stream_reason)."""
+        return self.request.method.default_stream_reason(self.request.options)
+
     def generate(self, **kwargs):
         """`model.generate`, on every rank of a tensor-parallel model."""
         return self.group.generate(**kwargs) if self.group is not None else self.model.generate(**kwargs)

@@ -6,16 +6,19 @@
 # About 20 minutes, one lane, in the order of what each answers (cut from the end):
 #  1. issue 27, GPTQ batch 1 >= 2.5x bf16 (1.49x on tinygemm): the two batch-1 4-bit kernels gptqmodel builds from
 #     source and no run has timed alone, ExLlamaV2's gemm_half_q_half and llm-awq's gemv_fast, against tinygemm and
-#     cuBLAS bf16 on the 8B projections at 1-8 rows (builds timed; each output checked against x @ its weight). If one
+#     cuBLAS bf16 on the 8B projections at 1-4 rows, as gptqmodel builds them (legacy default stream: timed eagerly) and
+#     built again on PyTorch's current stream (timed in CUDA graphs, capture checked; outputs checked). If one
 #     reads its weights well above tinygemm's 1.6-1.8 TB/s, it is the next batch-1 backend to put in the graphed step.
-#  2. issue 26 on the defaults (the compiled prefill on since the nineteenth session): the goal job, bf16, nf4 and
+#  2. tests/gpu/test_gpu.py's GPTQ kernels (an eager chat on ExLlamaV2 stays on the default stream, nineteenth session).
+#  3. issue 26 on the defaults (the compiled prefill on since the nineteenth session): the goal job, bf16, nf4 and
 #     GPTQ in one run (bf16 ran 5,025 and 4,870 tok/s in the nineteenth session's two runs; GPTQ 0.83x there).
-#  3. the chat during a compiled Batch job with the compiled prefill (first token goal 1 s; 0.027-0.059 s before).
+#  4. the chat during a compiled Batch job with the compiled prefill (first token goal 1 s; 0.027-0.059 s before).
 source "$(dirname "$0")/lanes.sh"
 out=$R/results
 mkdir -p $out
 BATCH="python3 bench/batch_engines.py --shape 8b --prompts 128 --new-tokens 128 --work /tmp/bench0 --out $out"
 lane 0 \
   "timeout 600 python3 bench/int4_gemv_kernels.py --out $out" \
+  "timeout 420 python3 -m pytest -v -n 0 -p no:cacheprovider --tb=short -rfE tests/gpu/test_gpu.py -k gptq_kernels" \
   "timeout 900 $BATCH --batch-size 128 --modes bf16,nf4,gptq --engines padded --tag=-defaults-nineteenth" \
   "timeout 300 python3 bench/chat_during_batch.py --shape 8b --mode bf16 --device-map cuda:0 --prompts 128 --new-tokens 128 --batch-size 128 --engines padded --head-start 3 --out $out --tag=-compiled-prefill"

@@ -240,6 +240,18 @@ class QuantMethod:
     """The QuantOptions field where the user picks the kernel (`gptq_backend`), for a method that has a choice."""
     TRACEABLE_BACKENDS: ClassVar[tuple[str, ...]] = ()
     """The kernels of that choice that trace under torch.compile."""
+    DEFAULT_STREAM_BACKENDS: ClassVar[tuple[str, ...]] = ()
+    """The kernels of that choice that launch on the GPU's legacy default stream whatever stream PyTorch is on."""
+
+    def default_stream_reason(self, options: QuantOptions) -> str | None:
+        """Why this method's layers must run on the GPU's default stream, or None. A kernel that launches there
+        (`<<<grid, block>>>` without a stream) is not ordered with PyTorch's other streams, which are created
+        non-blocking: run from one (an eager chat's, quant.generation.chat_stream) it could read its input before the
+        kernel that writes it has run."""
+        backend = self.kernel(options)
+        if backend in self.DEFAULT_STREAM_BACKENDS:
+            return f"the {backend} kernel launches on the GPU's default stream"
+        return None
 
     def compile_refusal(self, options: QuantOptions) -> str | None:
         """Why the compiled decode path (quant.fastpath) cannot run this method, or None: by default, a chosen kernel

@@ -47,6 +47,9 @@ class GPTQMethod(QuantMethod):
     torch.ops) or plain torch code. Each measured faster through the compiled decode loop on an H100, Llama-8B shape,
     batch 1 / 32 tok/s (gpu-bench-8b-allmodes.md): Marlin eager 27.3 / 674 -> compiled 204.0 / 2,729; int4pack
     36.4 / 984 -> 272.7 / 1,580 (PyTorch's own int4 matmul, quant.int4pack, made for CUDA graphs like gpt-fast's)."""
+    DEFAULT_STREAM_BACKENDS = ("gptq_exllama_v2",)
+    """gptqmodel_ext/exllamav2/cuda/q_gemm.cu launches its kernels without a stream (H200, nineteenth session:
+    bench/results/int4-gemv-kernels-uncaptured.md)."""
 
     def loads_checkpoint(self, checkpoint_quantization):
         return saved_method_name(checkpoint_quantization) == "gptq"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
+from quant.generation import chat_stream
 from quant.loader import LoadRequest
 from quant.methods import QuantOptions
 from quant.registry import ModelRegistry
@@ -77,6 +80,9 @@ def test_gptq_kernels_on_gpu_agree(gpu_gptq_llama_dir, backend):
                                        options=QuantOptions(gptq_backend=backend)))
     assert loaded.report.quantization["backend"] == backend
     assert greedy(loaded) == expected
+    # ExLlamaV2 launches on the default stream: an eager chat on it must not take a stream of its own
+    on_default_stream = isinstance(chat_stream(loaded), contextlib.nullcontext)
+    assert on_default_stream == (backend == "gptq_exllama_v2"), loaded.default_stream_reason
     registry.unload_all()
 
 

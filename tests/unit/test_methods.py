@@ -107,3 +107,21 @@ def test_a_4bit_model_on_a_gpu_is_held_in_its_16bit_compute_dtype(mode, options,
     """bitsandbytes' 4-bit layers cast their input to the compute dtype and the output back on every call: on a GPU
     the rest of the model is held in that dtype, so the casts are no-ops."""
     assert METHODS[mode].dtype(options, on_cuda) == expected
+
+
+def test_only_kernels_that_launch_on_the_default_stream_keep_an_eager_chat_there():
+    """ExLlamaV2's kernels launch on the legacy default stream whatever stream PyTorch is on (gptqmodel_ext's
+    q_gemm.cu; seen on an H200, bench/results/int4-gemv-kernels-uncaptured.md), unordered with PyTorch's non-blocking
+    streams: an eager chat on such a model stays on the default stream (quant.generation.chat_stream); every other
+    kernel any method offers lets it take a stream of its own."""
+    kept = {}
+    for name, method in METHODS.items():
+        option = next((o for o in method.options if o.field == method.backend_option), None)
+        for backend in [value for value, _ in option.choices if value] if option else [None]:
+            options = QuantOptions(**{option.field: backend}) if option else QuantOptions()
+            reason = method.default_stream_reason(options)
+            if reason:
+                kept[(name, backend)] = reason
+    assert kept == {("gptq", "gptq_exllama_v2"): "the gptq_exllama_v2 kernel launches on the GPU's default stream"}
+    request = LoadRequest(model=LLAMA, mode="gptq", options=QuantOptions(gptq_backend="gptq_exllama_v2"))
+    assert request.method.default_stream_reason(request.options) == kept[("gptq", "gptq_exllama_v2")]
