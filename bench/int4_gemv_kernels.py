@@ -3,7 +3,8 @@ today) and cuBLAS on a 16-bit weight, on the Llama-8B projection shapes at 1-4 r
 CUDA graph (weights cycled past the L2 cache, as bench/machete_rows.py measures), and the bandwidth each reaches.
 
 - `bf16`: cuBLAS on a bf16 weight of the same shape (the step's bf16 reference);
-- `tinygemm`: `aten._weight_int4pack_mm` on a 4-bit weight in groups of 128 (bf16 activations);
+- `tinygemm`: `aten._weight_int4pack_mm` on a 4-bit weight in groups of 128 (bf16 activations), packed with 8 inner
+  k-tiles as quant.int4pack packs it; `tinygemm_k4`, `tinygemm_k2`: packed with 4 and 2 (the kernel's other layouts);
 - `exllamav2`: ExLlamaV2's `gemm_half_q_half` (gptqmodel's build) on a GPTQ checkpoint's tensors (qweight packed along
   the input, zeros in GPTQ's v2 form, fp16 scales, no act-order), fp16 activations;
 - `awq_gemv_fast`: llm-awq's `gemv_fast` decode kernel (gptqmodel's AWQ build, `AwqGEMVFastLinear.pack`'s layout) on
@@ -49,7 +50,10 @@ ROWS = (1, 2, 4)
 """Rows of a decode step (batch 1 is the chat; gemv_fast has kernels for 1-7 rows, its GEMM beyond)."""
 LAYERS = 32
 """Llama-8B's decoder layers: a decode step runs each shape once per layer."""
-KERNELS = ("tinygemm", "exllamav2", "awq_gemv_fast", "exllamav2_stream", "awq_gemv_fast_stream")
+KERNELS = ("tinygemm", "tinygemm_k4", "tinygemm_k2", "exllamav2", "awq_gemv_fast", "exllamav2_stream",
+           "awq_gemv_fast_stream")
+TINYGEMM = {"tinygemm": 8, "tinygemm_k4": 4, "tinygemm_k2": 2}
+"""tinygemm's variants: inner k-tiles of its packed layout."""
 STREAM_NAMESPACES = {"exllamav2": ("gptqmodel_exllamav2", "quant_exllamav2_stream"),
                      "awq": ("gptqmodel_awq", "quant_awq_stream")}
 """gptqmodel's extensions rebuilt with their kernels on PyTorch's current stream: their op namespace -> ours."""
@@ -92,11 +96,11 @@ def gptq_tensors(codes, zeros, scales) -> dict[str, torch.Tensor]:
             "scales": scales.t().contiguous()}  # [k / GROUP, n]
 
 
-def tinygemm_weight(codes, zeros, scales):
+def tinygemm_weight(codes, zeros, scales, inner_k_tiles: int = 8):
     """The weight in int4pack's layout: aten's int4 kernel computes (code - 8) * scale + bias per group, so the bias is
     (8 - zero) * scale."""
     as_bytes = (codes[:, ::2] << 4 | codes[:, 1::2]).to(torch.uint8).cuda().contiguous()
-    packed = torch.ops.aten._convert_weight_to_int4pack(as_bytes, 8)
+    packed = torch.ops.aten._convert_weight_to_int4pack(as_bytes, inner_k_tiles)
     bias = (8 - zeros).float() * scales.float()
     return packed, torch.stack([scales.float().t(), bias.t()], dim=-1).to(torch.bfloat16).cuda().contiguous()
 
@@ -269,7 +273,7 @@ def main() -> None:
 
     configure_kernel_cache()  # gptqmodel's builds under QUANT_KERNEL_CACHE, as the app's
     summary = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "builds": {}, "rows": []}
-    for kernel in KERNELS[1:]:
+    for kernel in OPS:
         seconds, error = build(kernel)
         summary["builds"][kernel] = {"seconds": seconds, "error": error}
         print(f"{kernel} build/load: {seconds:.1f} s {error or 'ok'}", flush=True)
@@ -282,13 +286,14 @@ def main() -> None:
         four_bit_copies = copies_past_l2(n * k // 2)
         weights: dict[str, list] = {}
         errors = {kernel: summary["builds"].get(kernel, {}).get("error", "") for kernel in KERNELS}
-        try:
-            packed, scales_and_bias = tinygemm_weight(codes, zeros, scales)
-            weights["tinygemm"] = [(packed.clone(), scales_and_bias.clone()) for _ in range(four_bit_copies)]
-        except Exception as exc:  # noqa: BLE001
-            errors["tinygemm"] = f"{type(exc).__name__}: {exc}"
+        for kernel, inner_k_tiles in TINYGEMM.items():
+            try:
+                packed, scales_and_bias = tinygemm_weight(codes, zeros, scales, inner_k_tiles)
+                weights[kernel] = [(packed.clone(), scales_and_bias.clone()) for _ in range(four_bit_copies)]
+            except Exception as exc:  # noqa: BLE001
+                errors[kernel] = f"{type(exc).__name__}: {exc}"
         awq = None  # packed once (seconds), then copied per kernel and copy
-        for kernel in KERNELS[1:]:
+        for kernel in OPS:
             if errors[kernel]:
                 continue
             ops = getattr(torch.ops, OPS[kernel])
@@ -306,8 +311,8 @@ def main() -> None:
         for m in (int(r) for r in args.rows.split(",")):
             x = (torch.randn(m, k, generator=generator) * 0.5).to(torch.bfloat16).cuda()
             half = x.half()  # the fp16 kernels' input, cast outside the timed call
-            calls = {"tinygemm": lambda p, s: torch.ops.aten._weight_int4pack_mm(x, p, GROUP, s),
-                     **{kernel: lambda weight: weight(half) for kernel in KERNELS[1:]}}
+            calls = {**{kernel: lambda p, s: torch.ops.aten._weight_int4pack_mm(x, p, GROUP, s) for kernel in TINYGEMM},
+                     **{kernel: lambda weight: weight(half) for kernel in OPS}}
             want = x.float() @ reference.t()
             row = {"shape": name, "rows": m, "weight_mib_4bit": n * k / 2 / 2**20,
                    "bf16_ms": graph_ms(lambda w: F.linear(x, w), bf16)}
