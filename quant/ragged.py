@@ -18,8 +18,9 @@ last position onward.
 Only where every layer attends to the whole sequence (sliding-window and hybrid caches hold a shape of their own), for
 decoder-only models, in one process (not tensor parallel), and when padding is at least `MIN_WASTE` of the batch.
 
-With QUANT_COMPILE_PREFILL=on the compiled loop's groups run their decoder layers through one torch.compile'd call
-with dynamic shapes (`CompiledPrefill`) instead of eagerly.
+The compiled loop's groups run their decoder layers through one torch.compile'd call with dynamic shapes
+(`CompiledPrefill`; QUANT_COMPILE_PREFILL=on, the default since the nineteenth session: the H200 goal job 1.09-1.13x
+faster, bench/results/batch-engines-8b-compiled-prefill-l2.md) instead of eagerly (=off).
 """
 
 from __future__ import annotations
