@@ -43,8 +43,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (REQUIRED, WORK, bench_parser, environment, gpu_kernels, kernel_kind,  # noqa: E402
-                          result_stem, thread_profiler, write_results)
+from bench.common import (REQUIRED, WORK, bench_parser, environment, gpu_idle, gpu_kernels,  # noqa: E402
+                          kernel_kind, result_stem, thread_profiler, write_results)
 from bench.llama_shapes import build_checkpoint  # noqa: E402
 from bench.methods_bench import parse_modes, quantized_checkpoint  # noqa: E402
 from quant.batching import CONTINUOUS, PADDED, run_batch  # noqa: E402
@@ -148,6 +148,7 @@ def profile_job(loaded, prompts: list[str], settings: GenerationSettings, batch_
     return {"engine": engine, "on_gpu": on_gpu, "job_seconds": result["job_seconds"],
             "tokens_per_s": result["tokens_per_s"],
             "gpu_busy_s": sum(by_kind.values()), "gpu_s_by_kind": by_kind, "phases": phases,
+            "idle": gpu_idle(prof.events(), (PREFILL_RANGE, DECODE_RANGE)) if on_gpu else None,
             "top_kernels": [{"kernel": e.key[:120], "calls": e.count, "seconds": e.self_device_time_total / 1e6}
                             for e in kernels[:top]]}
 
@@ -272,6 +273,18 @@ def profile_markdown(mode: str, profiled: dict) -> list[str]:
                                                                        key=lambda kv: -kv[1])]
     lines += ["", "| kernel | calls | s |", "|---|---|---|"]
     lines += [f"| `{k['kernel']}` | {k['calls']} | {k['seconds']:.3f} |" for k in profiled["top_kernels"]]
+    idle = profiled.get("idle")
+    if idle:
+        where = ", ".join(f"{name} {seconds:.3f} s" for name, seconds in idle["idle_in"].items())
+        lines += ["", f"GPU idle (bench.common.gpu_idle): {idle['lead_in_s']:.3f} s before its first kernel, "
+                  f"{idle['tail_s']:.3f} s after its last; between them {idle['idle_s']:.3f} s of {idle['span_s']:.3f} "
+                  f"s in {idle['gaps']} gaps of 20 us or more (longest "
+                  f"{', '.join(f'{g:.1f}' for g in idle['longest_gaps_ms'])} ms): {where}.", "",
+                  "| host call during the gaps | overlap s | calls |", "|---|---|---|"]
+        lines += [f"| `{w['call']}` | {w['seconds']:.3f} | {w['calls']} |" for w in idle["waiting_for"]]
+        lines += ["", "Calls that wait for the GPU: " + ("; ".join(
+            f"`{name}` " + ", ".join(f"{where} {count}" for where, count in places.items())
+            for name, places in idle["synchronizing_calls"].items()) or "none") + "."]
     return lines
 
 

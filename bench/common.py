@@ -168,6 +168,85 @@ def gpu_kernels(events) -> list:
             and not getattr(e, "is_user_annotation", False)]
 
 
+SYNCHRONIZING = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy",
+                 "aten::_local_scalar_dense", "aten::item", "aten::nonzero", "aten::repeat_interleave")
+"""Host calls that wait for the GPU (or, for the aten ones, may: a result whose size or value the host needs)."""
+
+
+def gpu_idle(events, ranges: tuple[str, ...] = (), min_gap_us: float = 20.0, enclosing_us: float = 50_000.0,
+             top: int = 12) -> dict:
+    """Where the GPU sat idle during a profile (`prof.events()`): before its first work (`lead_in_s`, from the first
+    host call), after its last (`tail_s`), and the gaps of at least `min_gap_us` between its busy intervals (kernels
+    and copies merged; user-annotated ranges are not work), with
+    - the idle seconds inside each of the host ranges named in `ranges` (record_function names) and outside them;
+    - the host calls running during the gaps, by overlap (calls longer than `enclosing_us` are the job's enclosing
+      calls, overlapping every gap, and are left out): what the GPU was waiting for;
+    - how often the host called something that waits for the GPU (SYNCHRONIZING), inside each range and outside.
+    Why: the bf16 goal job kept the H200 busy 85% of its 3.4 s (bench/results/batch-engines-8b-compiled-prefill-l2.md),
+    and kernel totals do not say what the other 0.5 s was."""
+    import bisect
+
+    import torch
+
+    cuda = torch.autograd.DeviceType.CUDA
+    merged = _merged([(e.time_range.start, e.time_range.end) for e in events
+                      if e.device_type == cuda and not getattr(e, "is_user_annotation", False)
+                      and e.time_range.end > e.time_range.start])
+    gaps = [(a[1], b[0]) for a, b in zip(merged, merged[1:]) if b[0] - a[1] >= min_gap_us]
+    host = [e for e in events if e.device_type != cuda]
+    # a range's span: its host-side event, and where torch records it the GPU-side one (the span of its kernels)
+    spans = {name: [(e.time_range.start, e.time_range.end) for e in events
+                    if e.name == name and e.time_range.end > e.time_range.start] for name in ranges}
+
+    def overlap(a0: float, a1: float, b0: float, b1: float) -> float:
+        return max(0.0, min(a1, b1) - max(a0, b0))
+
+    idle_in = {name: sum(overlap(g0, g1, s0, s1) for g0, g1 in gaps for s0, s1 in _merged(spans[name])) / 1e6
+               for name in ranges}
+    idle = sum(g1 - g0 for g0, g1 in gaps) / 1e6
+    waiting: dict[str, list[float]] = {}
+    gap_ends = [end for _, end in gaps]  # gaps are in time order and do not overlap
+    for e in host:
+        length = e.time_range.end - e.time_range.start
+        if length > enclosing_us or getattr(e, "is_user_annotation", False) or e.name in ranges:
+            continue
+        shared, index = 0.0, bisect.bisect_right(gap_ends, e.time_range.start)  # the first gap ending after it starts
+        while index < len(gaps) and gaps[index][0] < e.time_range.end:
+            shared += overlap(*gaps[index], e.time_range.start, e.time_range.end)
+            index += 1
+        if shared:
+            entry = waiting.setdefault(e.name, [0.0, 0])
+            entry[0] += shared / 1e6
+            entry[1] += 1
+    syncs: dict[str, dict[str, int]] = {}
+    for e in host:
+        if any(e.name == name or e.name.startswith(name + "(") for name in SYNCHRONIZING):
+            where = next((name for name in ranges if any(s0 <= e.time_range.start <= s1 for s0, s1 in spans[name])),
+                         "outside")
+            syncs.setdefault(e.name, {}).setdefault(where, 0)
+            syncs[e.name][where] += 1
+    first, last = (merged[0][0], merged[-1][1]) if merged else (0.0, 0.0)
+    host_start = min((e.time_range.start for e in host), default=first)
+    host_end = max((e.time_range.end for e in host), default=last)
+    return {"lead_in_s": max(0.0, first - host_start) / 1e6, "tail_s": max(0.0, host_end - last) / 1e6,
+            "span_s": (last - first) / 1e6, "busy_s": sum(b - a for a, b in merged) / 1e6, "idle_s": idle,
+            "gaps": len(gaps), "idle_in": {**idle_in, "outside": idle - sum(idle_in.values())},
+            "longest_gaps_ms": sorted(((g1 - g0) / 1e3 for g0, g1 in gaps), reverse=True)[:5],
+            "waiting_for": [{"call": name[:100], "seconds": s, "calls": n}
+                            for name, (s, n) in sorted(waiting.items(), key=lambda item: -item[1][0])[:top]],
+            "synchronizing_calls": syncs}
+
+
+def _merged(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    out: list[list[float]] = []
+    for start, end in sorted(intervals):
+        if out and start <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], end)
+        else:
+            out.append([start, end])
+    return [(a, b) for a, b in out]
+
+
 def thread_profiler(on_gpu: bool):
     """torch.profiler over every thread (a compiled generation runs on the runner thread), the GPU's kernels too where
     `on_gpu`; the main thread only where this torch cannot profile all threads."""

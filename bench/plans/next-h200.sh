@@ -11,7 +11,8 @@
 #     reads its weights well above tinygemm's 1.6-1.8 TB/s, it is the next batch-1 backend to put in the graphed step.
 #  2. tests/gpu/test_gpu.py's GPTQ kernels (an eager chat on ExLlamaV2 stays on the default stream, nineteenth session).
 #  3. issue 26 on the defaults (the compiled prefill on since the nineteenth session): the goal job, bf16, nf4 and
-#     GPTQ in one run (bf16 ran 5,025 and 4,870 tok/s in the nineteenth session's two runs; GPTQ 0.83x there).
+#     GPTQ in one run (bf16 ran 5,025 and 4,870 tok/s in the nineteenth session's two runs; GPTQ 0.83x there),
+#     profiled with the GPU's idle gaps (bench.common.gpu_idle): the bf16 job kept the GPU busy 85% of its 3.4 s.
 #  4. the chat during a compiled Batch job with the compiled prefill (first token goal 1 s; 0.027-0.059 s before).
 #  5. issue 26's "int8 no slower than today", never run on the goal job: int8 (LLM.int8, eager) on the default engine
 #     against the padded prefill (the engine before the grouped prefill) in one run.
@@ -22,6 +23,6 @@ BATCH="python3 bench/batch_engines.py --shape 8b --prompts 128 --new-tokens 128 
 lane 0 \
   "timeout 600 python3 bench/int4_gemv_kernels.py --out $out" \
   "timeout 420 python3 -m pytest -v -n 0 -p no:cacheprovider --tb=short -rfE tests/gpu/test_gpu.py -k gptq_kernels" \
-  "timeout 900 $BATCH --batch-size 128 --modes bf16,nf4,gptq --engines padded --tag=-defaults-nineteenth" \
+  "timeout 900 $BATCH --batch-size 128 --modes bf16,nf4,gptq --engines padded --profile --tag=-defaults-nineteenth" \
   "timeout 300 python3 bench/chat_during_batch.py --shape 8b --mode bf16 --device-map cuda:0 --prompts 128 --new-tokens 128 --batch-size 128 --engines padded --head-start 3 --out $out --tag=-compiled-prefill" \
   "timeout 600 $BATCH --batch-size 128 --modes int8 --engines padded,padded+padded-prefill --tag=-int8"
