@@ -16,6 +16,7 @@
 #  4. the chat during a compiled Batch job with the compiled prefill (first token goal 1 s; 0.027-0.059 s before).
 #  5. issue 26's "int8 no slower than today", never run on the goal job: int8 (LLM.int8, eager) on the default engine
 #     against the padded prefill (the engine before the grouped prefill) in one run.
+#  6. (cut first) every architecture family's compiled prefill check with Inductor on the GPU (passed on the CPU).
 source "$(dirname "$0")/lanes.sh"
 out=$R/results
 mkdir -p $out
@@ -25,4 +26,5 @@ lane 0 \
   "timeout 420 python3 -m pytest -v -n 0 -p no:cacheprovider --tb=short -rfE tests/gpu/test_gpu.py -k gptq_kernels" \
   "timeout 900 $BATCH --batch-size 128 --modes bf16,nf4,gptq --engines padded --profile --tag=-defaults-nineteenth" \
   "timeout 300 python3 bench/chat_during_batch.py --shape 8b --mode bf16 --device-map cuda:0 --prompts 128 --new-tokens 128 --batch-size 128 --engines padded --head-start 3 --out $out --tag=-compiled-prefill" \
-  "timeout 600 $BATCH --batch-size 128 --modes int8 --engines padded,padded+padded-prefill --tag=-int8"
+  "timeout 600 $BATCH --batch-size 128 --modes int8 --engines padded,padded+padded-prefill --tag=-int8" \
+  "timeout 420 python3 bench/compiled_prefill_families.py --device cuda:0 --out $out"
