@@ -128,7 +128,7 @@ def run_engine(loaded, prompts: list[str], settings: GenerationSettings, batch_s
 
 
 def profile_job(loaded, prompts: list[str], settings: GenerationSettings, batch_size: int, engine: str,
-                top: int = 12) -> dict:
+                top: int = 40) -> dict:
     """One more job under torch.profiler (every thread: a compiled job runs on the runner thread): its wall time, the
     GPU's busy time (kernels, by kind), and the decode loop's two phases (quant.decode's profiler ranges: host wall
     and the GPU time of the kernels they launched, CUDA graphs' included); the rest of the wall is the job's own
@@ -149,8 +149,8 @@ def profile_job(loaded, prompts: list[str], settings: GenerationSettings, batch_
             "tokens_per_s": result["tokens_per_s"],
             "gpu_busy_s": sum(by_kind.values()), "gpu_s_by_kind": by_kind, "phases": phases,
             "idle": gpu_idle(prof.events(), (PREFILL_RANGE, DECODE_RANGE)) if on_gpu else None,
-            "top_kernels": [{"kernel": e.key[:120], "calls": e.count, "seconds": e.self_device_time_total / 1e6}
-                            for e in kernels[:top]]}
+            "top_kernels": [{"kernel": e.key[:120], "kind": kernel_kind(e.key), "calls": e.count,
+                             "seconds": e.self_device_time_total / 1e6} for e in kernels[:top]]}
 
 
 def reference_replies(engines: list[dict], earlier: list | None) -> list | None:
@@ -271,8 +271,9 @@ def profile_markdown(mode: str, profiled: dict) -> list[str]:
     lines += ["", "| GPU kernels by kind | s |", "|---|---|"]
     lines += [f"| {kind} | {seconds:.3f} |" for kind, seconds in sorted(profiled["gpu_s_by_kind"].items(),
                                                                        key=lambda kv: -kv[1])]
-    lines += ["", "| kernel | calls | s |", "|---|---|---|"]
-    lines += [f"| `{k['kernel']}` | {k['calls']} | {k['seconds']:.3f} |" for k in profiled["top_kernels"]]
+    lines += ["", "| kernel | kind | calls | s |", "|---|---|---|---|"]
+    lines += [f"| `{k['kernel']}` | {k.get('kind', '')} | {k['calls']} | {k['seconds']:.3f} |"
+              for k in profiled["top_kernels"][:20]]
     idle = profiled.get("idle")
     if idle:
         where = ", ".join(f"{name} {seconds:.3f} s" for name, seconds in idle["idle_in"].items())
