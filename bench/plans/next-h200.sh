@@ -9,7 +9,9 @@
 #     cuBLAS bf16 on the 8B projections at 1-4 rows, as gptqmodel builds them (legacy default stream: timed eagerly) and
 #     built again on PyTorch's current stream (timed in CUDA graphs, capture checked; outputs checked). If one
 #     reads its weights well above tinygemm's 1.6-1.8 TB/s, it is the next batch-1 backend to put in the graphed step.
-#  2. tests/gpu/test_gpu.py's GPTQ kernels (an eager chat on ExLlamaV2 stays on the default stream, nineteenth session).
+#  2. bench/kv_placement.py (seconds): the grouped prefill's key/value placement into the static cache against a plain
+#     copy of the same bytes: is it far below bandwidth (then a head-row copy kernel is the next #26 step)?
+#  2b. tests/gpu/test_gpu.py's GPTQ kernels (an eager chat on ExLlamaV2 stays on the default stream, nineteenth session).
 #  3. issue 26 on the defaults (the compiled prefill on since the nineteenth session): the goal job, bf16, nf4 and
 #     GPTQ in one run (bf16 ran 5,025 and 4,870 tok/s in the nineteenth session's two runs; GPTQ 0.83x there),
 #     profiled with the GPU's idle gaps (bench.common.gpu_idle): the bf16 job kept the GPU busy 85% of its 3.4 s.
@@ -23,6 +25,7 @@ mkdir -p $out
 BATCH="python3 bench/batch_engines.py --shape 8b --prompts 128 --new-tokens 128 --work /tmp/bench0 --out $out"
 lane 0 \
   "timeout 600 python3 bench/int4_gemv_kernels.py --out $out" \
+  "timeout 120 python3 bench/kv_placement.py --out $out" \
   "timeout 420 python3 -m pytest -v -n 0 -p no:cacheprovider --tb=short -rfE tests/gpu/test_gpu.py -k gptq_kernels" \
   "timeout 900 $BATCH --batch-size 128 --modes bf16,nf4,gptq --engines padded --profile --tag=-defaults-nineteenth" \
   "timeout 300 python3 bench/chat_during_batch.py --shape 8b --mode bf16 --device-map cuda:0 --prompts 128 --new-tokens 128 --batch-size 128 --engines padded --head-start 3 --out $out --tag=-compiled-prefill" \

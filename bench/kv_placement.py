@@ -1,0 +1,98 @@
+"""How fast does the grouped prefill lay a group's keys and values into the batch's static cache
+(quant.ragged.Placement.copy: a gather of the group's real positions, then an index_put through transposed views),
+against a plain copy of the same bytes? GPU time with CUDA events, for the 8B shape's KV heads and groups like the
+goal job's (issue 26: 128 prompts of 16-1,000 tokens into a 1,280-slot cache).
+
+Why: in the bf16 goal job (3.4 s) the "copy" and "other" kernel kinds took 0.14 s and 0.17 s
+(bench/results/batch-engines-8b-compiled-prefill-l2.md); each group's placement runs twice (keys, values) for every
+layer, and a gather + index_put of 256-byte rows may run far below the bandwidth a contiguous copy reaches. If it
+does, a kernel that copies whole head rows is worth writing; if not, the time is elsewhere.
+
+    python bench/kv_placement.py --out bench/results
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import REQUIRED, bench_parser, result_stem, write_results  # noqa: E402
+
+GROUPS = ((64, 64), (16, 256), (8, 512), (4, 1000))
+"""(rows, span) of a group: short prompts in wide groups, long ones in narrow ones (at most ~4,096 positions)."""
+
+
+def timed_ms(call, repeats: int = 50) -> float:
+    """Median GPU time of one call (CUDA events around each)."""
+    for _ in range(3):
+        call()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        call()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def main() -> None:
+    parser = bench_parser(__doc__, out=REQUIRED, tag="")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--slots", type=int, default=1280)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--dim", type=int, default=128)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("kv_placement needs a CUDA GPU")
+    from quant.ragged import Placement
+
+    device = torch.device("cuda")
+    generator = torch.Generator().manual_seed(0)
+    target = torch.zeros(args.batch, args.heads, args.slots, args.dim, dtype=torch.bfloat16, device=device)
+    rows = []
+    for group_rows, span in GROUPS:
+        counts = torch.randint(span // 2, span + 1, (group_rows,), generator=generator).tolist()
+        counts[0] = span  # the group's longest fills it
+        index = torch.randperm(args.batch, generator=generator)[:group_rows].to(device)
+        placement = Placement.of(index, counts, args.slots + 1)
+        # as the attention hands keys over: [rows, heads, span, dim], a transposed view of [rows, span, heads, dim]
+        source = torch.randn(group_rows, span, args.heads, args.dim, generator=generator).to(
+            torch.bfloat16).to(device).transpose(1, 2)
+        placement.copy(source, target)
+        moved = sum(counts) * args.heads * args.dim * 2  # bytes of the real positions
+        expected = source.transpose(1, 2)[placement.local, placement.column]
+        assert torch.equal(target.transpose(1, 2)[placement.row, placement.slot], expected)
+        plain_source = torch.empty(moved // 2, dtype=torch.bfloat16, device=device)
+        plain_target = torch.empty_like(plain_source)
+        placement_ms = timed_ms(lambda: placement.copy(source, target))
+        plain_ms = timed_ms(lambda: plain_target.copy_(plain_source))
+        rows.append({"rows": group_rows, "span": span, "positions": sum(counts), "bytes": moved,
+                     "placement_ms": placement_ms, "plain_copy_ms": plain_ms,
+                     "placement_gb_s": moved * 2 / placement_ms / 1e6, "plain_gb_s": moved * 2 / plain_ms / 1e6})
+        print(rows[-1], flush=True)
+    write_results(args.out, result_stem("kv-placement", tag=args.tag),
+                  {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "batch": args.batch,
+                   "slots": args.slots, "heads": args.heads, "dim": args.dim, "rows": rows}, markdown)
+
+
+def markdown(data: dict) -> str:
+    lines = [f"# The grouped prefill's key/value placement against a plain copy, {data['device']}", "",
+             f"torch {data['torch']}; a group's keys (or values) into a [{data['batch']}, {data['heads']}, "
+             f"{data['slots']}, {data['dim']}] bf16 static cache (quant.ragged.Placement.copy), GPU time with CUDA "
+             "events; GB/s = bytes read + written of the real positions over the time. The goal job places each "
+             "group twice (keys, values) for each of 32 layers.", "",
+             "| group rows x span | positions | Placement.copy ms | GB/s | plain copy ms | GB/s |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['rows']} x {r['span']} | {r['positions']} | {r['placement_ms']:.4f} | {r['placement_gb_s']:.0f} | "
+              f"{r['plain_copy_ms']:.4f} | {r['plain_gb_s']:.0f} |" for r in data["rows"]]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
