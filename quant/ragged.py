@@ -33,6 +33,9 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from . import kv_placement
+from .settings import load_settings
+
 GROUP_TOKENS = 4096
 """Most padded positions in one prefill forward: enough rows to keep a GPU's matrix units busy, few enough that a group
 pads little. The goal job's prefill (8B bf16, 128 prompts of 16-1,000 tokens, H200, one run) took 2.523 s in groups of
@@ -290,6 +293,9 @@ class Placement:
 
     def __init__(self, local: torch.Tensor, column: torch.Tensor, row: torch.Tensor, slot: torch.Tensor) -> None:
         self.local, self.column, self.row, self.slot = local, column, row, slot
+        self.kernel: bool | None = None
+        """Whether `copy` runs quant.kv_placement's kernel (QUANT_KV_PLACEMENT=triton on a GPU where it passed its
+        check): decided at the first copy."""
 
     @classmethod
     def of(cls, index: torch.Tensor, counts: list[int], width: int) -> "Placement":
@@ -301,8 +307,15 @@ class Placement:
         return cls(local, column, index[local], (width - 1 - count)[local] + column)
 
     def copy(self, source: torch.Tensor, target: torch.Tensor) -> None:
-        """The group's keys (or values) [rows, heads, span, dim] into the batch's [batch, heads, slots, dim]."""
+        """The group's keys (or values) [rows, heads, span, dim] into the batch's [batch, heads, slots, dim]: with
+        torch's indexing, or quant.kv_placement's kernel where QUANT_KV_PLACEMENT=triton and it runs here."""
         to, at = target.device, source.device  # a model split over GPUs keeps each layer's cache on its GPU
+        if self.kernel is None:  # once a group (its layers' keys and values): the setting is read per job
+            self.kernel = (to.type == "cuda" and load_settings().kv_placement == "triton"
+                           and kv_placement.CHECK.reason() is None)
+        if self.kernel and to == at and source.stride(3) == 1 and target.stride(3) == 1:
+            kv_placement.place(source, target, self.local, self.column, self.row, self.slot)
+            return
         target.transpose(1, 2)[self.row.to(to), self.slot.to(to)] = source.transpose(1, 2)[self.local.to(at),
                                                                                            self.column.to(at)]
 
