@@ -310,11 +310,11 @@ class Placement:
         """The group's keys (or values) [rows, heads, span, dim] into the batch's [batch, heads, slots, dim]: with
         torch's indexing, or quant.kv_placement's kernel where QUANT_KV_PLACEMENT=triton and it runs here."""
         to, at = target.device, source.device  # a model split over GPUs keeps each layer's cache on its GPU
-        if self.kernel is None:  # once a group (its layers' keys and values): the setting is read per job
+        if self.kernel is None:  # decided once a group, for every layer's keys and values
             self.kernel = (to.type == "cuda" and load_settings().kv_placement == "triton"
                            and kv_placement.CHECK.reason() is None)
         if self.kernel and to == at and source.stride(3) == 1 and target.stride(3) == 1:
-            kv_placement.place(source, target, self.local, self.column, self.row, self.slot)
+            kv_placement.place(source, target, *(t.to(to) for t in (self.local, self.column, self.row, self.slot)))
             return
         target.transpose(1, 2)[self.row.to(to), self.slot.to(to)] = source.transpose(1, 2)[self.local.to(at),
                                                                                            self.column.to(at)]
