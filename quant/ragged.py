@@ -269,7 +269,7 @@ class CompiledPrefill:
             pairs += [(g.keys, w.keys) for g, w in zip(got.parts(), want.parts())]
             if len(got.kv) != len(want.kv) or any(g.shape != w.shape for g, w in pairs):
                 return f"its compiled prefill differs from the eager one in shape ({rows} rows of {span} tokens)"
-            error = max(_relative_error(g, w) for g, w in pairs)
+            error = max(relative_error(g, w) for g, w in pairs)
             if not error <= CHECK_TOLERANCE:
                 return (f"its compiled prefill differs from the eager one ({rows} rows of {span} tokens: relative "
                         f"error {error:.3f}, more than {CHECK_TOLERANCE})")
@@ -277,13 +277,15 @@ class CompiledPrefill:
 
 
 CHECK_TOLERANCE = 0.1
-"""The largest relative error (L2 norm of the difference over the eager tensor's) `CompiledPrefill.check` accepts,
-as quant.segments' check of a split decode step: fused kernels round in another order, and a random-weight model's 32
-layers carry that further (the 8B shape in bf16 failed a max-element test at 2**-5 of the largest magnitude on an
-H200, bench/results/batch-engines-8b-compiled-prefill.md); a layer computing something else is off by O(1)."""
+"""The largest `relative_error` a compiled path's check against the model's own forward accepts: `CompiledPrefill`'s
+and quant.segments' check of a split decode step. Fused kernels round in another order (a segmented step's bf16
+logits: around 1e-2), and a random-weight model's 32 layers carry that further (the 8B shape in bf16 failed a
+max-element test at 2**-5 of the largest magnitude on an H200, bench/results/batch-engines-8b-compiled-prefill.md); a
+layer computing something else, or a part of the model skipped or applied twice, is off by O(1)."""
 
 
-def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """The L2 norm of the difference over the reference's, in float32."""
     return ((got.float() - want.float()).norm() / want.float().norm().clamp_min(1e-6)).item()
 
 

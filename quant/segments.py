@@ -59,10 +59,7 @@ import torch
 from torch import nn
 
 from .decode import DecodeLoop, _capture_stream
-
-VERIFY_TOLERANCE = 0.1
-"""Largest relative error (L2) of the segmented step's logits against the model's own forward at load: compiled
-kernels round differently (bf16: around 1e-2), a part of the model skipped or applied twice is off by ~1."""
+from .ragged import CHECK_TOLERANCE, relative_error
 
 
 @dataclass(frozen=True)
@@ -629,8 +626,8 @@ class SegmentedDecodeLoop(DecodeLoop):
         for layer in self.cache.layers:  # the segments write the same slot again
             layer.cumulative_length.sub_(1)
         got = self._run_step().to(want.device).float()
-        error = ((got - want).norm() / want.norm().clamp_min(1e-6)).item()
-        if not error <= VERIFY_TOLERANCE:
+        error = relative_error(got, want)
+        if not error <= CHECK_TOLERANCE:
             raise RuntimeError(f"the segmented decode step does not give the model's logits (relative error "
                                f"{error:.3f}): the split model's structure is not one it knows")
 
