@@ -71,7 +71,9 @@ def place(source: torch.Tensor, target: torch.Tensor, local: torch.Tensor, colum
 
 def torch_place(source: torch.Tensor, target: torch.Tensor, local: torch.Tensor, column: torch.Tensor,
                 row: torch.Tensor, slot: torch.Tensor) -> None:
-    """The same with torch's indexing (the reference, and what runs where the kernel does not)."""
+    """The same with torch's indexing (the reference, and what runs where the kernel does not): `local` and `column`
+    on the source's device, `row` and `slot` on the target's (a model split over GPUs keeps each layer's cache on its
+    GPU)."""
     target.transpose(1, 2)[row, slot] = source.transpose(1, 2)[local, column]
 
 

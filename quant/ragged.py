@@ -317,9 +317,9 @@ class Placement:
                            and kv_placement.CHECK.reason() is None)
         if self.kernel and to == at and source.stride(3) == 1 and target.stride(3) == 1:
             kv_placement.place(source, target, *(t.to(to) for t in (self.local, self.column, self.row, self.slot)))
-            return
-        target.transpose(1, 2)[self.row.to(to), self.slot.to(to)] = source.transpose(1, 2)[self.local.to(at),
-                                                                                           self.column.to(at)]
+        else:
+            kv_placement.torch_place(source, target, self.local.to(at), self.column.to(at), self.row.to(to),
+                                     self.slot.to(to))
 
 
 def prefill_in_groups(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
