@@ -22,24 +22,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import REQUIRED, bench_parser, result_stem, write_results  # noqa: E402
+from bench.int4mm_shapes import timed_ms  # noqa: E402 - CUDA events around each call, the median
 
 GROUPS = ((64, 64), (16, 256), (8, 512), (4, 1000))
 """(rows, span) of a group: short prompts in wide groups, long ones in narrow ones (at most ~4,096 positions)."""
-
-
-def timed_ms(call, repeats: int = 50) -> float:
-    """Median GPU time of one call (CUDA events around each)."""
-    for _ in range(3):
-        call()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        call()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
 
 
 def main() -> None:
@@ -75,8 +61,8 @@ def main() -> None:
         plain_source = torch.empty(moved // 2, dtype=torch.bfloat16, device=device)
         plain_target = torch.empty_like(plain_source)
         indices = (placement.local, placement.column, placement.row, placement.slot)
-        placement_ms = timed_ms(lambda: kv_placement.torch_place(source, target, *indices))
-        plain_ms = timed_ms(lambda: plain_target.copy_(plain_source))
+        placement_ms = timed_ms(lambda _: kv_placement.torch_place(source, target, *indices), 1)
+        plain_ms = timed_ms(lambda _: plain_target.copy_(plain_source), 1)
         row = {"rows": group_rows, "span": span, "positions": sum(counts), "bytes": moved,
                "placement_ms": placement_ms, "plain_copy_ms": plain_ms,
                "placement_gb_s": moved * 2 / placement_ms / 1e6, "plain_gb_s": moved * 2 / plain_ms / 1e6}
@@ -84,7 +70,7 @@ def main() -> None:
             checked = target.clone()
             kv_placement.place(source, checked, *indices)
             assert torch.equal(checked, target), "the kernel placed other values than torch's indexing"
-            row["kernel_ms"] = timed_ms(lambda: kv_placement.place(source, target, *indices))
+            row["kernel_ms"] = timed_ms(lambda _: kv_placement.place(source, target, *indices), 1)
             row["kernel_gb_s"] = moved * 2 / row["kernel_ms"] / 1e6
         rows.append(row)
         print(rows[-1], flush=True)
