@@ -80,12 +80,12 @@ def time_groups(model, ids, mask, device, parameters: int) -> list[dict]:
     with torch.inference_mode():
         sync(device)
         started = time.perf_counter()
-        for index, placement, cache in ragged._prefilled_groups(model, ids, mask, None):
+        for group, placement, parts in ragged._prefilled_groups(model, ids, mask, None):
             sync(device)
             now = time.perf_counter()
-            span = cache.get_seq_length()
-            positions = len(index) * span
-            rows.append({"rows": len(index), "longest": span + 1, "positions": positions,
+            span = parts[0].keys.shape[-2]
+            positions = len(group) * span
+            rows.append({"rows": len(group), "longest": span + 1, "positions": positions,
                          "real_positions": len(placement.local), "seconds": now - started,
                          "linear_tflops": 2 * parameters * positions / (now - started) / 1e12})
             started = time.perf_counter()

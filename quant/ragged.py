@@ -123,8 +123,8 @@ class GroupCache(DynamicCache):
 
 def _prefilled_groups(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, group_tokens: int | None,
                       forward: Callable | None = None):
-    """Prefill each row's prompt but its last token, group by group: yields (the group's rows as an index tensor, a
-    `Placement` of its keys and values in the left-padded batch, each layer's keys and values in layer order).
+    """Prefill each row's prompt but its last token, group by group: yields (the group's rows, a `Placement` of its
+    keys and values in the left-padded batch, each layer's keys and values in layer order).
     `forward`: what runs a group (a `CompiledPrefill`'s), else the model.
 
     A group's rows are right-padded (each row's tokens from position 0, the padding after them) and run without an
@@ -135,21 +135,35 @@ def _prefilled_groups(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     width = input_ids.shape[1]
     lengths = attention_mask.sum(-1).tolist()
     keep_last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    device = input_ids.device
     for group in prefill_groups(lengths, group_tokens):
         counts = [lengths[r] - 1 for r in group]  # every token but the last: the batch's last column computes it
         span = max(counts)
         if span == 0:  # single-token prompts only: nothing before their last token
             continue
-        index = torch.tensor(group, device=input_ids.device)
+        placement = Placement.of(group, counts, width, device)
+        index, shift = on_device(device, torch.tensor(group), torch.tensor([span - c for c in counts]))
         left = input_ids[index, width - 1 - span:width - 1]  # left-padded: each row's tokens end at the last column
-        shift = torch.tensor([span - c for c in counts], device=input_ids.device)
-        columns = torch.arange(span, device=input_ids.device)
+        columns = torch.arange(span, device=device)
         right = left.gather(1, (columns + shift[:, None]) % span)  # each row's tokens first, its padding after
         cache = GroupCache(model.config)
         (forward or model)(input_ids=right, position_ids=columns.expand(len(group), -1), past_key_values=cache,
                            use_cache=True, **keep_last)
-        yield index, Placement.of(index, counts, width), cache.parts()
+        yield group, placement, cache.parts()
         del cache
+
+
+def on_device(device: torch.device, *host: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Host integer tensors on `device` in one copy that does not wait for the GPU. A copy from pageable host memory
+    waits for every kernel queued on the stream (CUDA's rule for such copies), and so does reading a GPU value on the
+    host: the goal job's prefill did both several times a group (128 stream syncs, 64 reads in its 21 groups, H200
+    profile bench/results/batch-engines-8b-defaults-nineteenth.md), each leaving the GPU idle until the host queued
+    the group's next kernels. From pinned memory the copy is queued like a kernel (PyTorch's pinned allocator keeps
+    the block until the copy is done)."""
+    if device.type != "cuda":
+        return tuple(tensor.to(device) for tensor in host)
+    packed = torch.cat([tensor.to(torch.int64) for tensor in host]).pin_memory().to(device, non_blocking=True)
+    return tuple(packed.split([tensor.numel() for tensor in host]))
 
 
 def _call_layer(layer, hidden, args, kwargs):
@@ -300,13 +314,18 @@ class Placement:
         check): decided at the first copy."""
 
     @classmethod
-    def of(cls, index: torch.Tensor, counts: list[int], width: int) -> "Placement":
-        device = index.device
-        count = torch.tensor(counts, device=device)
-        local = torch.repeat_interleave(torch.arange(len(counts), device=device), count)
+    def of(cls, rows: list[int] | torch.Tensor, counts: list[int], width: int,
+           device: torch.device | str | None = None) -> "Placement":
+        """The placement of a group of `rows` of the batch with `counts` positions each, in a batch `width` wide,
+        computed on the host (from lists the host has: no GPU value is read) and copied to `device` (default: the
+        rows' device) in one copy that does not wait for the GPU."""
+        device = torch.device(device or (rows.device if isinstance(rows, torch.Tensor) else "cpu"))
+        rows = torch.as_tensor(rows.tolist() if isinstance(rows, torch.Tensor) else rows)
+        count = torch.tensor(counts)
+        local = torch.repeat_interleave(torch.arange(len(counts)), count)
         starts = torch.cumsum(count, 0) - count  # each row's first entry among the flattened ones
-        column = torch.arange(int(count.sum()), device=device) - starts[local]
-        return cls(local, column, index[local], (width - 1 - count)[local] + column)
+        column = torch.arange(sum(counts)) - starts[local]
+        return cls(*on_device(device, local, column, rows[local], (width - 1 - count)[local] + column))
 
     def copy(self, source: torch.Tensor, target: torch.Tensor) -> None:
         """The group's keys (or values) [rows, heads, span, dim] into the batch's [batch, heads, slots, dim]: with
@@ -331,8 +350,8 @@ def prefill_in_groups(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     keys: list[torch.Tensor] = []
     values: list[torch.Tensor] = []
     groups = []
-    for index, placement, parts in _prefilled_groups(model, input_ids, attention_mask, group_tokens):
-        groups.append(index.tolist())
+    for group, placement, parts in _prefilled_groups(model, input_ids, attention_mask, group_tokens):
+        groups.append(group)
         for layer, part in enumerate(parts):
             if layer == len(keys):  # the first group: the batch's whole cache, zeros where a group has no position
                 keys.append(part.keys.new_zeros(rows, *part.keys.shape[1:2], width - 1, part.keys.shape[-1]))

@@ -67,6 +67,22 @@ def test_groups_follow_the_token_budget_and_never_start_with_a_one_token_prompt(
     assert not ragged.worth_it(torch.tensor([[0, 0, 0, 1]]))  # one row: nothing to regroup
 
 
+def test_a_groups_placement_is_computed_on_the_host_without_reading_the_device():
+    """Placement.of builds a group's indices from the host's lists and copies them to the device: on the meta device,
+    which has no values to read, it still builds (computed there, repeat_interleave and the count's sum would read
+    them, as they synchronised a GPU every group), and its indices are those computed on the CPU."""
+    on_meta = ragged.Placement.of([2, 0], [3, 1], 6, "meta")
+    on_cpu = ragged.Placement.of([2, 0], [3, 1], 6)
+    for name, want in (("local", [0, 0, 0, 1]), ("column", [0, 1, 2, 0]), ("row", [2, 2, 2, 0]),
+                       ("slot", [2, 3, 4, 4])):
+        assert getattr(on_cpu, name).tolist() == want, name
+        assert getattr(on_meta, name).device.type == "meta" and getattr(on_meta, name).shape == (4,)
+    index, shift = ragged.on_device(torch.device("meta"), torch.tensor([5, 1, 7]), torch.tensor([2, 0, 1]))
+    assert index.shape == (3,) and shift.shape == (3,) and index.device.type == "meta"
+    assert [t.tolist() for t in ragged.on_device(torch.device("cpu"), torch.tensor([5, 1]), torch.tensor([3]))] == [
+        [5, 1], [3]]
+
+
 @pytest.mark.parametrize(("kind", "config", "tensor_parallel", "reason"), [
     ("causal", LlamaConfig(), False, None),
     ("causal", Qwen2Config(), False, None),
