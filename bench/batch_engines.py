@@ -59,8 +59,7 @@ from quant.source import resolve_location  # noqa: E402
 MiB = 2**20
 MODIFIERS = {"eager": {"QUANT_COMPILE_BATCH_ON_DEMAND": "0"}, "compiled": {"QUANT_COMPILE_BATCH_ON_DEMAND": "1"},
              "padded-prefill": {"QUANT_BATCH_PREFILL": "padded"}, "graphs": {"QUANT_CONTINUOUS_STEP": "graphs"},
-             "compiled-prefill": {"QUANT_COMPILE_PREFILL": "on"}, "eager-prefill": {"QUANT_COMPILE_PREFILL": "off"},
-             "triton-placement": {"QUANT_KV_PLACEMENT": "triton"}}
+             "compiled-prefill": {"QUANT_COMPILE_PREFILL": "on"}, "eager-prefill": {"QUANT_COMPILE_PREFILL": "off"}}
 """What each engine modifier sets for its job (the settings it leaves out keep their defaults)."""
 
 
@@ -70,7 +69,7 @@ def engine_environment(engine: str) -> dict[str, str | None]:
     if name not in (PADDED, CONTINUOUS) or unknown:
         raise SystemExit(f"Unknown engine {engine!r}: padded or continuous, then modifiers of {', '.join(MODIFIERS)}")
     env = {"QUANT_CONTINUOUS_STEP": "library", "QUANT_COMPILE_BATCH_ON_DEMAND": None, "QUANT_BATCH_PREFILL": None,
-           "QUANT_COMPILE_PREFILL": None, "QUANT_KV_PLACEMENT": None}
+           "QUANT_COMPILE_PREFILL": None}
     for modifier in modifiers:
         env.update(MODIFIERS[modifier])
     return env
@@ -301,8 +300,7 @@ def markdown(data: dict) -> str:
              "`padded`: the default (on since the eighth session); `+padded-prefill`: QUANT_BATCH_PREFILL=padded "
              "(one prefill over the padded batch instead of groups of similar length); `+compiled-prefill`: "
              "QUANT_COMPILE_PREFILL=on (the groups through one compiled decoder layer, dynamic shapes; the default "
-             "since the nineteenth session); `+eager-prefill`: =off (the groups eager); `+triton-placement`: "
-             "QUANT_KV_PLACEMENT=triton (the groups' keys and values laid into the cache by quant.kv_placement's kernel).", "",
+             "since the nineteenth session); `+eager-prefill`: =off (the groups eager).", "",
              "| mode | engine | ran | tok/s | prompts/s | first reply s | job s | peak GPU MiB | "
              "replies = reference |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -361,8 +359,7 @@ def main() -> None:
                         help="padded or continuous, each with modifiers joined by '+': eager "
                              "(QUANT_COMPILE_BATCH_ON_DEMAND=0), compiled (=1: the batch size compiled before its job, "
                              "timed), padded-prefill (QUANT_BATCH_PREFILL=padded), graphs (QUANT_CONTINUOUS_STEP=graphs), "
-                             "compiled-prefill (QUANT_COMPILE_PREFILL=on), eager-prefill (=off), "
-                             "triton-placement (QUANT_KV_PLACEMENT=triton)"
+                             "compiled-prefill (QUANT_COMPILE_PREFILL=on), eager-prefill (=off)"
                              "; engines that compile on demand run after the others")
     parser.add_argument("--compiled-batch-sizes", default=os.environ.get("QUANT_COMPILED_BATCH_SIZES", "1"),
                         help="QUANT_COMPILED_BATCH_SIZES for the loads")

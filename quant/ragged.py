@@ -33,8 +33,6 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from . import kv_placement
-from .settings import load_settings
 
 GROUP_TOKENS = 4096
 """Most padded positions in one prefill forward: enough rows to keep a GPU's matrix units busy, few enough that a group
@@ -309,9 +307,6 @@ class Placement:
 
     def __init__(self, local: torch.Tensor, column: torch.Tensor, row: torch.Tensor, slot: torch.Tensor) -> None:
         self.local, self.column, self.row, self.slot = local, column, row, slot
-        self.kernel: bool | None = None
-        """Whether `copy` runs quant.kv_placement's kernel (QUANT_KV_PLACEMENT=triton on a GPU where it passed its
-        check): decided at the first copy."""
 
     @classmethod
     def of(cls, rows: list[int] | torch.Tensor, counts: list[int], width: int,
@@ -328,17 +323,14 @@ class Placement:
         return cls(*on_device(device, local, column, rows[local], (width - 1 - count)[local] + column))
 
     def copy(self, source: torch.Tensor, target: torch.Tensor) -> None:
-        """The group's keys (or values) [rows, heads, span, dim] into the batch's [batch, heads, slots, dim]: with
-        torch's indexing, or quant.kv_placement's kernel where QUANT_KV_PLACEMENT=triton and it runs here."""
+        """The group's keys (or values) [rows, heads, span, dim] into the batch's [batch, heads, slots, dim], with
+        torch's indexing (a gather, then an index_put through transposed views). A Triton kernel copying each
+        position's head rows (QUANT_KV_PLACEMENT=triton, nineteenth session, in git at add8d5e) was slower alone
+        (0.072-0.083 against 0.057-0.061 ms a group's keys) and no faster in the goal job (H200,
+        bench/results/kv-placement.md, batch-engines-8b-defaults-nineteenth.md): removed."""
         to, at = target.device, source.device  # a model split over GPUs keeps each layer's cache on its GPU
-        if self.kernel is None:  # decided once a group, for every layer's keys and values
-            self.kernel = (to.type == "cuda" and load_settings().kv_placement == "triton"
-                           and kv_placement.CHECK.reason() is None)
-        if self.kernel and to == at and source.stride(3) == 1 and target.stride(3) == 1:
-            kv_placement.place(source, target, *(t.to(to) for t in (self.local, self.column, self.row, self.slot)))
-        else:
-            kv_placement.torch_place(source, target, self.local.to(at), self.column.to(at), self.row.to(to),
-                                     self.slot.to(to))
+        target.transpose(1, 2)[self.row.to(to), self.slot.to(to)] = source.transpose(1, 2)[self.local.to(at),
+                                                                                            self.column.to(at)]
 
 
 def prefill_in_groups(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -50,7 +50,6 @@ FUSE_PROJECTIONS = ("auto", "on", "off")
 STREAM_WEIGHTS = ("auto", "on", "off")
 INT4_DEQUANTIZE_KERNELS = ("auto", "torch")
 DECODE_ATTENTIONS = ("triton", "matmul")
-KV_PLACEMENTS = ("torch", "triton")
 
 
 def _choice_setting(name: str, choices: tuple[str, ...]) -> str:
@@ -186,11 +185,6 @@ class Settings:
     through one torch.compile'd call with dynamic shapes ("on", the default: quant.ragged.CompiledPrefill; fuses the
     norms, rotary and activations that eager runs as separate kernels: the H200 goal job ran 1.09-1.13x faster with it)
     or eagerly ("off")."""
-    kv_placement: str
-    """QUANT_KV_PLACEMENT: how the grouped prefill lays each group's keys and values into the batch's cache: "torch"
-    (default: indexing, a gather then an index_put) or "triton" (quant.kv_placement's kernel, one program per
-    position copying its heads' rows, on a GPU where its check passes; else torch's). Not the default until
-    bench/kv_placement.py and the goal job have timed it."""
     tensor_parallel_cpu_ranks: int
     """QUANT_TENSOR_PARALLEL_CPU_RANKS: on a machine without a GPU, the processes that device_map=tensor_parallel
     shards a model over (gloo; default 0: not offered on the CPU). On GPUs it is one rank per GPU present."""
@@ -252,7 +246,6 @@ def load_settings() -> Settings:
                                          minimum=0),
         batch_prefill=_choice_setting("QUANT_BATCH_PREFILL", BATCH_PREFILLS),
         compile_prefill=_choice_setting("QUANT_COMPILE_PREFILL", COMPILE_PREFILLS),
-        kv_placement=_choice_setting("QUANT_KV_PLACEMENT", KV_PLACEMENTS),
         tensor_parallel_cpu_ranks=int_setting("QUANT_TENSOR_PARALLEL_CPU_RANKS", 0, minimum=0),
         tensor_parallel_gpus=_flag("QUANT_TENSOR_PARALLEL_GPUS"),
         stream_weights=_choice_setting("QUANT_STREAM_WEIGHTS", STREAM_WEIGHTS),

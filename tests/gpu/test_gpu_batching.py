@@ -134,24 +134,3 @@ def test_the_compiled_prefill_gives_the_eager_prefills_tokens_on_the_gpu(mode, g
     assert "batch prefill through one compiled decoder layer" in fast.path.describe(), fast.path.describe()
     assert_compiled_rows_match(eager, fast, RAGGED)
     fast.path.close()
-
-
-def test_the_placement_kernel_places_what_torch_places_in_a_compiled_job(kernel_cache, monkeypatch):
-    """QUANT_KV_PLACEMENT=triton on the GPU: the compiled job's groups are laid into the static cache by
-    quant.kv_placement's kernel (its check passed), and each row's greedy tokens are those of the same job placed with
-    torch's indexing: the cache holds the same values, so the replies are equal, not merely close."""
-    from quant import kv_placement, ragged
-    from quant.generation import generate_batch
-
-    monkeypatch.setattr(ragged, "GROUP_TOKENS", 200)  # several groups
-    monkeypatch.setenv("QUANT_COMPILED_BATCH_SIZES", f"1,{len(RAGGED)}")
-    fast = load(LoadRequest(model=LLAMA, mode="bf16", device_map="cuda:0"), fast=True)
-    settings = GenerationSettings(max_new_tokens=24)
-    monkeypatch.setenv("QUANT_KV_PLACEMENT", "torch")
-    placed_by_torch = generate_batch(fast, RAGGED, settings)
-    used = []
-    monkeypatch.setattr(kv_placement, "place", lambda *a, _place=kv_placement.place: used.append(1) or _place(*a))
-    monkeypatch.setenv("QUANT_KV_PLACEMENT", "triton")
-    assert generate_batch(fast, RAGGED, settings) == placed_by_torch
-    assert kv_placement.CHECK.reason() is None and used, "the kernel did not place the groups"
-    fast.path.close()
