@@ -29,9 +29,6 @@ fails is written in the result instead of its numbers.
 from __future__ import annotations
 
 import copy
-import os
-import re
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -45,6 +42,7 @@ from bench.common import REQUIRED, bench_parser, copies_past_l2, result_stem, wr
 from bench.int4_dequant_blocks import graph_ms  # noqa: E402 - cuBLAS and tinygemm, which graphs capture
 from bench.int4_matmul_rows import SHAPES  # noqa: E402
 from bench.int4mm_shapes import GROUP  # noqa: E402
+from quant.awq_gemv import build_on_current_stream  # noqa: E402
 
 ROWS = (1, 2, 4)
 """Rows of a decode step (batch 1 is the chat; gemv_fast has kernels for 1-7 rows, its GEMM beyond)."""
@@ -54,9 +52,6 @@ KERNELS = ("tinygemm", "tinygemm_k4", "tinygemm_k2", "exllamav2", "awq_gemv_fast
            "awq_gemv_fast_stream")
 TINYGEMM = {"tinygemm": 8, "tinygemm_k4": 4, "tinygemm_k2": 2}
 """tinygemm's variants: inner k-tiles of its packed layout."""
-STREAM_NAMESPACES = {"exllamav2": ("gptqmodel_exllamav2", "quant_exllamav2_stream"),
-                     "awq": ("gptqmodel_awq", "quant_awq_stream")}
-"""gptqmodel's extensions rebuilt with their kernels on PyTorch's current stream: their op namespace -> ours."""
 OPS = {"exllamav2": "gptqmodel_exllamav2", "awq_gemv_fast": "gptqmodel_awq",
        "exllamav2_stream": "quant_exllamav2_stream", "awq_gemv_fast_stream": "quant_awq_stream"}
 """The torch.ops namespace each kernel is called through."""
@@ -121,65 +116,6 @@ def build(kernel: str) -> tuple[float, str]:
     except Exception as exc:  # noqa: BLE001 - the result says what failed
         error = f"{type(exc).__name__}: {exc}"
     return time.perf_counter() - began, error.strip()[-2000:]
-
-
-LAUNCH = re.compile(r"<<<([^<>]*)>>>")
-
-
-def on_current_stream(source: str) -> tuple[str, int]:
-    """A CUDA source whose kernel launches without a stream (`<<<grid, block>>>`, `<<<grid, block, shared>>>`) launch on
-    PyTorch's current stream, as a CUDA graph captured by PyTorch needs; launches that name a stream are kept.
-    Returns the source and how many launches changed."""
-    changed = 0
-
-    def with_stream(match: re.Match) -> str:
-        nonlocal changed
-        arguments = [part.strip() for part in match.group(1).split(",")]
-        if len(arguments) >= 4:
-            return match.group(0)
-        changed += 1
-        arguments += ["0"] * (3 - len(arguments)) + ["at::cuda::getCurrentCUDAStream()"]
-        return "<<<" + ", ".join(arguments) + ">>>"
-
-    patched = LAUNCH.sub(with_stream, source)
-    if changed:
-        patched = "#include <ATen/cuda/CUDAContext.h>\n" + patched
-    return patched, changed
-
-
-def build_on_current_stream(name: str) -> int:
-    """Build gptqmodel's `name` extension (its sources as installed) with every kernel launch on PyTorch's current
-    stream and its ops under our namespace (STREAM_NAMESPACES), into the kernel cache; returns the launches changed."""
-    import gptqmodel
-    from gptqmodel.utils.cpp import cuda_include_paths_with_fallback, default_jit_cflags, default_jit_cuda_cflags
-    from torch.utils.cpp_extension import load
-
-    original = Path(gptqmodel.__file__).resolve().parent.parent / "gptqmodel_ext" / name
-    root = Path(os.environ.get("QUANT_KERNEL_CACHE", "/tmp")) / "stream-patched" / name
-    if root.exists():
-        shutil.rmtree(root)
-    shutil.copytree(original, root / "src")
-    old, new = STREAM_NAMESPACES[name]
-    changed = 0
-    for path in (root / "src").rglob("*"):
-        if path.suffix in (".cu", ".cuh", ".cpp", ".h"):
-            text, count = on_current_stream(path.read_text()) if path.suffix in (".cu", ".cuh") else (
-                path.read_text(), 0)
-            changed += count
-            path.write_text(text.replace(f"TORCH_LIBRARY({old},", f"TORCH_LIBRARY({new},")
-                            .replace(f"TORCH_LIBRARY_IMPL({old},", f"TORCH_LIBRARY_IMPL({new},"))
-    sources = {"exllamav2": ["ext_gptq.cpp", "cuda/q_matrix.cu", "cuda/q_gemm.cu"],
-               "awq": ["torch_bind.cpp", "quantization/gemm_cuda_gen.cu", "quantization/gemv_cuda.cu",
-                       "gemm_fast_cuda_entry.cu", "gemv_fast_cuda_entry.cu"]}[name]
-    (root / "build").mkdir(parents=True)
-    load(name=f"quant_{name}_stream_ops", sources=[str(root / "src" / source) for source in sources],
-         build_directory=str(root / "build"), is_python_module=False,
-         extra_cflags=default_jit_cflags(opt_level="O2", enable_bf16=True),
-         extra_cuda_cflags=default_jit_cuda_cflags(opt_level="O2", enable_bf16=True, include_lineinfo=True,
-                                                   include_ptxas_optimizations=True, include_diag_suppress=True),
-         extra_include_paths=cuda_include_paths_with_fallback([str(root / "src")],
-                                                              required_header_names=("cusparse.h",)))
-    return changed
 
 
 class ExLlamaV2Weight:

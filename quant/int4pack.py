@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import int4_dequant, triton_support  # Triton is imported only when a kernel is used
+from . import awq_gemv, int4_dequant, triton_support  # Triton is imported only when a kernel is used
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,35 @@ def dequantize_kernel_warnings(model: nn.Module) -> list[str]:
             f"{refused}."]
 
 
+def gemv_choice(in_features: int, out_features: int, group_size: int) -> bool:
+    """Whether a layer of this shape built now takes quant.awq_gemv's gemv_fast for 1-7 rows: QUANT_INT4_GEMV=awq,
+    a shape it takes, and its build and check passed in this process. Called when a layer is built."""
+    from .settings import load_settings
+
+    return (load_settings().int4_gemv == "awq" and awq_gemv.shape_refusal(in_features, out_features, group_size) is None
+            and awq_gemv.CHECK.reason() is None)
+
+
+def kernel_warnings(model: nn.Module) -> list[str]:
+    """The load report's lines on `model`'s int4pack kernels: `dequantize_kernel_warnings`, and with QUANT_INT4_GEMV=awq
+    which layers decode on gemv_fast (their second copy of the 4-bit weights in MiB) or why none does."""
+    warnings = dequantize_kernel_warnings(model)
+    from .settings import load_settings
+
+    layers = [m for m in model.modules() if isinstance(m, Int4PackedLinear)]
+    if load_settings().int4_gemv != "awq" or not layers:
+        return warnings
+    on_gemv = [m for m in layers if m.gemv_weight is not None]
+    if not on_gemv:
+        shapes = (awq_gemv.shape_refusal(m.in_features, m.out_features, m.group_size) for m in layers)
+        reason = ("the int4 layers are not on a GPU" if not any(m.on_cuda for m in layers)
+                  else awq_gemv.CHECK.known_reason or next((r for r in shapes if r), "no layer took it"))
+        return warnings + [f"QUANT_INT4_GEMV=awq: decode steps stay on tinygemm ({reason})."]
+    extra = sum(t.numel() * t.element_size() for m in on_gemv for t in (m.gemv_weight, m.gemv_scales, m.gemv_zeros))
+    return warnings + [f"QUANT_INT4_GEMV=awq: {len(on_gemv)} of {len(layers)} int4 layers decode 1-7 rows on "
+                       f"llm-awq's gemv_fast, holding their 4-bit weights a second time ({extra / 2**20:,.0f} MiB)."]
+
+
 def _triton_dequantize_mismatch() -> str | None:
     """Where the Triton kernel's weights differ from torch's by more than one bfloat16 step (Triton may contract the
     multiply-add into an FMA), on random codes packed by PyTorch's own kernel; or None."""
@@ -172,7 +201,7 @@ class Int4PackedLinear(nn.Module):
 
     def __init__(self, packed: torch.Tensor, scales_and_zeros: torch.Tensor, *, group_size: int, in_features: int,
                  out_features: int, input_order: torch.Tensor | None, bias: torch.Tensor | None,
-                 dequantize_from_rows: int = 0) -> None:
+                 dequantize_from_rows: int = 0, gemv: tuple[torch.Tensor, ...] | None = None) -> None:
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
@@ -184,6 +213,10 @@ class Int4PackedLinear(nn.Module):
         self.register_buffer("scales_and_zeros", scales_and_zeros)
         self.register_buffer("input_order", input_order)
         self.register_buffer("bias", bias)
+        gemv_weight, gemv_scales, gemv_zeros = gemv or (None, None, None)
+        self.register_buffer("gemv_weight", gemv_weight)  # quant.awq_gemv's layout for 1-7 rows, or None
+        self.register_buffer("gemv_scales", gemv_scales)
+        self.register_buffer("gemv_zeros", gemv_zeros)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = (*x.shape[:-1], self.out_features)
@@ -194,6 +227,9 @@ class Int4PackedLinear(nn.Module):
         if self.on_cuda and 0 < self.dequantize_from_rows <= rows.shape[0]:
             weight = _dequantize(self.dequantize_kernel, self.packed_weight, self.scales_and_zeros, self.group_size)
             out = nn.functional.linear(rows, weight)
+        elif self.gemv_weight is not None and rows.shape[0] < awq_gemv.ROWS:
+            out = awq_gemv.matmul(rows, self.gemv_weight, self.gemv_scales, self.gemv_zeros, self.out_features,
+                                  self.group_size)
         elif self.on_cuda:
             out = torch.ops.aten._weight_int4pack_mm(rows, self.packed_weight, self.group_size, self.scales_and_zeros)
         else:
@@ -211,7 +247,8 @@ class Int4PackedLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
                 f"dequantize_from_rows={self.dequantize_from_rows}"
-                + (f", dequantize_kernel={self.dequantize_kernel}" if self.dequantize_from_rows else ""))
+                + (f", dequantize_kernel={self.dequantize_kernel}" if self.dequantize_from_rows else "")
+                + (", gemv=awq" if self.gemv_weight is not None else ""))
 
 
 @dataclass(frozen=True)
@@ -314,14 +351,17 @@ def pack_int4_linear(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Ten
         raise Int4PackError(reason)
     codes = codes.to(torch.int32).contiguous()
     scales_and_zeros = torch.stack([scales.float(), zeros.float()], dim=-1).to(torch.bfloat16).contiguous()
+    gemv = None
     if codes.is_cuda:
         packed = _pack_for_cuda(codes, next(t for t in (8, 4, 2) if in_features % (t * _K_TILE) == 0))
+        if gemv_choice(in_features, out_features, group_size):
+            gemv = awq_gemv.pack(codes, scales, zeros)
     else:
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
         dequantize_from_rows = 0
     return Int4PackedLinear(packed, scales_and_zeros, group_size=group_size, in_features=in_features,
                             out_features=out_features, input_order=input_order, bias=bias,
-                            dequantize_from_rows=dequantize_from_rows)
+                            dequantize_from_rows=dequantize_from_rows, gemv=gemv)
 
 
 def _pack_for_cuda(codes: torch.Tensor, inner_k_tiles: int) -> torch.Tensor:

@@ -49,6 +49,7 @@ COMPILE_REGIONS = ("layers", "model")
 FUSE_PROJECTIONS = ("auto", "on", "off")
 STREAM_WEIGHTS = ("auto", "on", "off")
 INT4_DEQUANTIZE_KERNELS = ("auto", "torch")
+INT4_GEMVS = ("tinygemm", "awq")
 DECODE_ATTENTIONS = ("triton", "matmul")
 
 
@@ -132,6 +133,11 @@ class Settings:
     int4_dequantize_kernel: str
     """QUANT_INT4_DEQUANTIZE_KERNEL: what dequantizes those layers' weights: auto (quant.int4_dequant's Triton kernel
     where it runs and passes its check, else the compiled torch version) or torch (to measure the two)."""
+    int4_gemv: str
+    """QUANT_INT4_GEMV: what multiplies those layers' 1-7 rows (a chat's decode step) on a GPU: tinygemm (the
+    default) or awq (quant.awq_gemv: llm-awq's gemv_fast built from gptqmodel's sources on the current stream, 1.42x
+    tinygemm's speed on an 8B step's projections alone on an H200, bench/results/int4-gemv-kernels.md; holds the
+    4-bit weights a second time; not timed end to end yet, so not the default)."""
     nf4_dequantize_rows: int
     """QUANT_NF4_DEQUANTIZE_ROWS: on a GPU, bitsandbytes 4-bit layers (nf4, fp4) dequantize inputs of this many rows or
     more (a batch's decode steps, prefills) with quant.nf4_dequant's one Triton kernel and multiply with cuBLAS,
@@ -232,6 +238,7 @@ def load_settings() -> Settings:
         compile_regions=_choice_setting("QUANT_COMPILE_REGIONS", COMPILE_REGIONS),
         int4_dequantize_rows=int_setting("QUANT_INT4_DEQUANTIZE_ROWS", 32, minimum=0),
         int4_dequantize_kernel=_choice_setting("QUANT_INT4_DEQUANTIZE_KERNEL", INT4_DEQUANTIZE_KERNELS),
+        int4_gemv=_choice_setting("QUANT_INT4_GEMV", INT4_GEMVS),
         nf4_dequantize_rows=int_setting("QUANT_NF4_DEQUANTIZE_ROWS", 32, minimum=0),
         decode_attention=_choice_setting("QUANT_DECODE_ATTENTION", DECODE_ATTENTIONS),
         decode_attention_kernel=_decode_attention_kernel_setting(),

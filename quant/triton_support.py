@@ -34,10 +34,13 @@ class KernelCheck:
     """Whether a Triton kernel is used in this process: where it can run (`refusal`) and `check` (run on the GPU:
     the kernel against the torch version it replaces; returns what differs, or None) finds nothing wrong. Decided at
     the first `reason()`, once a process, the reason logged after `fallback` (what runs instead); a check that raises
-    (a Triton or driver failure) refuses with its error."""
+    (a Triton or driver failure) refuses with its error. A CUDA kernel built here (quant.awq_gemv) is checked the
+    same way: `kernel` names it, and `needs_triton=False` asks only for a GPU."""
 
-    def __init__(self, check: Callable[[], str | None], logger: logging.Logger, fallback: str):
-        self._check, self._log, self._fallback = check, logger, fallback
+    def __init__(self, check: Callable[[], str | None], logger: logging.Logger, fallback: str, *,
+                 kernel: str = "the Triton kernel", needs_triton: bool = True):
+        self._check, self._log, self._fallback, self._kernel = check, logger, fallback, kernel
+        self._needs_triton = needs_triton
         self.decided = False
         self.known_reason: str | None = None
         """Why the kernel is refused, once decided (None: not decided yet, or used)."""
@@ -45,12 +48,12 @@ class KernelCheck:
     def reason(self) -> str | None:
         """Why the kernel is not used here, or None; decided now if not yet."""
         if not self.decided:
-            reason = refusal()
+            reason = refusal() if self._needs_triton else (None if torch.cuda.is_available() else "no CUDA GPU")
             if reason is None:
                 try:
                     reason = self._check()
                 except Exception as exc:  # noqa: BLE001 - the torch version still works
-                    reason = f"the Triton kernel failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+                    reason = f"{self._kernel} failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
             self.decided, self.known_reason = True, reason
             if reason:
                 self._log.warning("%s: %s", self._fallback, reason)

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import torch
 
+from .. import awq_gemv
 from ..errors import UnsupportedModeError
 from ..int4pack import kernel_refusal
 from .base import DTYPES, Option, QuantizeOutcome, QuantMethod, is_installed, saved_method_name
@@ -133,7 +134,8 @@ class AWQMethod(QuantMethod):
         16-bit scale and a packed zero code, a little less)."""
         saved = checkpoint_quantization or {}
         group_size = saved.get("group_size", 128)
-        return saved.get("bits", 4) / 8 + 4 / (group_size if group_size and group_size > 0 else 4096)
+        return (saved.get("bits", 4) / 8 + 4 / (group_size if group_size and group_size > 0 else 4096)
+                + awq_gemv.extra_bytes_per_weight(group_size))
 
     def load_note(self, options):
         if options.awq_backend != "awq_marlin":

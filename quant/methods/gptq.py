@@ -9,6 +9,7 @@ from dataclasses import asdict, replace
 import torch
 from transformers import GPTQConfig
 
+from .. import awq_gemv
 from ..errors import UnsupportedModeError
 from ..int4pack import kernel_refusal
 from .base import DTYPES, Option, QuantizeOutcome, QuantMethod, is_installed, saved_method_name
@@ -135,7 +136,9 @@ class GPTQMethod(QuantMethod):
         )
 
     def bytes_per_weight(self, checkpoint_quantization):
-        return (checkpoint_quantization or {}).get("bits", 4) / 8 + 0.02  # + a scale and a zero per group
+        saved = checkpoint_quantization or {}
+        return (saved.get("bits", 4) / 8 + 0.02  # + a scale and a zero per group
+                + awq_gemv.extra_bytes_per_weight(saved.get("group_size", 128)))
 
     def load_note(self, options):
         """Kernels that gptqmodel compiles on first use: that load takes minutes once."""
@@ -189,7 +192,7 @@ def repack_for_int4_kernel(model, progress, method: str, loaded_with: str,
     warnings for long prompts and for layers that stay on `loaded_with`. `hold_in`: once every layer moved, the rest
     of the model is cast to this dtype (the int4 layers compute in bf16: a model held in fp16 casts each layer's input
     to bf16 and its output back, as nf4's did: 0.57 s of its 3.15 s prefill on an H200)."""
-    from ..int4pack import dequantize_kernel_warnings, repack_model
+    from ..int4pack import kernel_warnings, repack_model
     from ..settings import load_settings
 
     progress(0.85, f"Repacking the {method} layers for PyTorch's int4 kernel")
@@ -198,7 +201,7 @@ def repack_for_int4_kernel(model, progress, method: str, loaded_with: str,
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     warnings = [f"Long prompts use tinygemm: {result.dequantize_reason}."] if result.dequantize_reason else []
-    warnings += dequantize_kernel_warnings(model)
+    warnings += kernel_warnings(model)
     if result.reason is None:
         if hold_in not in (None, torch.float16) and model.dtype == torch.float16:
             _cast_half_tensors(model, hold_in)

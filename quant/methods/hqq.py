@@ -137,9 +137,9 @@ class HQQMethod(QuantMethod):
             "skip_modules": ["lm_head"], "layers": result.layers, "quantize_seconds": round(result.seconds, 3),
             "bytes_per_weight": hqq_bytes_per_weight(bits, group_size),
         }
-        from ..int4pack import dequantize_kernel_warnings
+        from ..int4pack import kernel_warnings
 
-        warnings = dequantize_kernel_warnings(model)
+        warnings = kernel_warnings(model)
         if not result.left:
             return warnings
         from ..families import names_text

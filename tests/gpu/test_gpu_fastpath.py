@@ -118,6 +118,27 @@ def test_int4pack_on_the_dequantized_weight_gives_tinygemms_tokens(gpu_gptq_llam
     dequantized.path.close()
 
 
+def test_gemv_fast_decode_steps_give_tinygemms_tokens(gpu_gptq_llama_dir, kernel_cache, monkeypatch):
+    """QUANT_INT4_GEMV=awq: llm-awq's gemv_fast, built from gptqmodel's sources on the current stream, passes its
+    check, every int4 layer holds its layout, and the compiled, CUDA-graphed decode steps at batch 1 and 4 (1-7 rows:
+    gemv_fast) give tinygemm's tokens, eager; the load report says what the second copy of the weights costs."""
+    from quant import awq_gemv
+
+    request = LoadRequest(model=str(gpu_gptq_llama_dir), mode="gptq", device_map="cuda:0",
+                          options=QuantOptions(gptq_backend="gptq_int4pack"))
+    tinygemm = load(request, fast=False)
+    monkeypatch.setenv("QUANT_INT4_GEMV", "awq")
+    on_gemv = load(request, fast=True)
+    assert awq_gemv.CHECK.reason() is None
+    assert on_gemv.path.captured, on_gemv.path.describe()
+    layers = [m for m in on_gemv.model.modules() if type(m).__name__ == "Int4PackedLinear"]
+    assert layers and all(m.gemv_weight is not None for m in layers)
+    assert any("gemv_fast" in w and "second time" in w for w in on_gemv.report.warnings), on_gemv.report.warnings
+    for prompts in ([PROMPTS[0]], PROMPTS):
+        assert_compiled_rows_match(tinygemm, on_gemv, prompts)
+    on_gemv.path.close()
+
+
 def test_deferred_stop_ends_where_the_sequences_end_and_streams_every_token(kernel_cache):
     """On CUDA the loop learns of an end-of-sequence one step late: the extra step is dropped, rows that ended first
     are padded, and the streamer gets exactly the kept tokens."""

@@ -1,0 +1,215 @@
+"""llm-awq's `gemv_fast` decode kernel for int4pack layers at 1-7 rows (issue 27), opt-in: QUANT_INT4_GEMV=awq.
+
+Why: at one row tinygemm (`_weight_int4pack_mm`, int4pack's kernel) reads an 8B model's 4-bit projection weights at
+1.4-1.6 TB/s on an H200; llm-awq's gemv_fast, built from the sources gptqmodel 7.6 ships, at up to 2.45 TB/s: a
+decode step's four projections x 32 layers in 1.62 ms against tinygemm's 2.30 and cuBLAS bf16's 3.88
+(bench/results/int4-gemv-kernels.md). Not the default until a GPU run has timed it in the graphed decode step end to
+end (bench/plans/next-h200.sh).
+
+gptqmodel builds it with every launch on the legacy default stream, which a CUDA graph captured on PyTorch's stream
+(the decode step's) does not hold, so `build_on_current_stream` compiles gptqmodel's installed sources again with
+every launch on PyTorch's current stream and the ops under our namespace, into QUANT_KERNEL_CACHE (about 70 s on an
+H200 the first time; ninja reuses the build after, as long as the sources are unchanged).
+
+The layout (gptqmodel's `pack_intweight`: four output rows interleaved, 64-wide strides along the input) holds the
+codes tinygemm's layout holds, with fp16 scales and scaled zeros per group: it computes w = s * q + z' where tinygemm
+computes w = s * (q - 8) + zero, so z' = zero - 8 s, and every format int4pack takes (GPTQ, AWQ, HQQ) runs on it with
+the same arithmetic, up to fp16 rounding of the scales, zeros and activations. A layer using it holds its 4-bit
+weights twice: tinygemm's layout still serves 8-31 rows and the dequantization for more.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from . import triton_support
+
+log = logging.getLogger(__name__)
+
+ROWS = 8
+"""gemv_fast has kernels for 1 to ROWS - 1 rows."""
+GROUP_SIZE = 128
+"""The only group size its decode kernel is built for."""
+INTERLEAVE, K_STRIDE = 4, 64
+"""The layout's output rows interleaved and its stride along the input (gptqmodel's `pack_intweight` arguments)."""
+STREAM_NAMESPACES = {"awq": ("gptqmodel_awq", "quant_awq_stream"),
+                     "exllamav2": ("gptqmodel_exllamav2", "quant_exllamav2_stream")}
+"""gptqmodel's extensions built again with their kernels on PyTorch's current stream: its op namespace -> ours
+(ExLlamaV2's for bench/int4_gemv_kernels.py only)."""
+SOURCES = {"awq": ["torch_bind.cpp", "quantization/gemm_cuda_gen.cu", "quantization/gemv_cuda.cu",
+                   "gemm_fast_cuda_entry.cu", "gemv_fast_cuda_entry.cu"],
+           "exllamav2": ["ext_gptq.cpp", "cuda/q_matrix.cu", "cuda/q_gemm.cu"]}
+LAUNCH = re.compile(r"<<<([^<>]*)>>>")
+
+
+def on_current_stream(source: str) -> tuple[str, int]:
+    """A CUDA source whose kernel launches without a stream (`<<<grid, block>>>`, `<<<grid, block, shared>>>`) launch
+    on PyTorch's current stream, as a CUDA graph captured by PyTorch needs; launches that name a stream are kept.
+    Returns the source and how many launches changed."""
+    changed = 0
+
+    def with_stream(match: re.Match) -> str:
+        nonlocal changed
+        arguments = [part.strip() for part in match.group(1).split(",")]
+        if len(arguments) >= 4:
+            return match.group(0)
+        changed += 1
+        arguments += ["0"] * (3 - len(arguments)) + ["at::cuda::getCurrentCUDAStream()"]
+        return "<<<" + ", ".join(arguments) + ">>>"
+
+    patched = LAUNCH.sub(with_stream, source)
+    if changed:
+        patched = "#include <ATen/cuda/CUDAContext.h>\n" + patched
+    return patched, changed
+
+
+def patched_sources(name: str, into: Path) -> int:
+    """gptqmodel's installed `name` extension sources, with every launch on the current stream and the ops under our
+    namespace, written under `into` (a file only where its text changed, so ninja keeps an earlier build); returns
+    the launches changed."""
+    import gptqmodel
+
+    original = Path(gptqmodel.__file__).resolve().parent.parent / "gptqmodel_ext" / name
+    if not original.is_dir():
+        raise FileNotFoundError(f"gptqmodel {gptqmodel.__version__} ships no sources at {original}")
+    old, new = STREAM_NAMESPACES[name]
+    changed = 0
+    for path in sorted(original.rglob("*")):
+        if path.is_dir():
+            continue
+        text = path.read_bytes()
+        if path.suffix in (".cu", ".cuh", ".cpp", ".h"):
+            source, count = on_current_stream(text.decode()) if path.suffix in (".cu", ".cuh") else (text.decode(), 0)
+            changed += count
+            text = (source.replace(f"TORCH_LIBRARY({old},", f"TORCH_LIBRARY({new},")
+                    .replace(f"TORCH_LIBRARY_IMPL({old},", f"TORCH_LIBRARY_IMPL({new},")).encode()
+        target = into / path.relative_to(original)
+        if not target.exists() or target.read_bytes() != text:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(text)
+    return changed
+
+
+def build_on_current_stream(name: str) -> int:
+    """Build (or load from QUANT_KERNEL_CACHE) gptqmodel's `name` extension on PyTorch's current stream, its ops under
+    `STREAM_NAMESPACES[name][1]`; returns the launches changed. Needs nvcc; raises what the build raises."""
+    from gptqmodel.utils.cpp import cuda_include_paths_with_fallback, default_jit_cflags, default_jit_cuda_cflags
+    from torch.utils.cpp_extension import load
+
+    root = Path(os.environ.get("QUANT_KERNEL_CACHE") or Path.home() / ".cache" / "quant-kernels") / "stream-patched"
+    root = root / name
+    changed = patched_sources(name, root / "src")
+    (root / "build").mkdir(parents=True, exist_ok=True)
+    load(name=f"quant_{name}_stream_ops", sources=[str(root / "src" / source) for source in SOURCES[name]],
+         build_directory=str(root / "build"), is_python_module=False,
+         extra_cflags=default_jit_cflags(opt_level="O2", enable_bf16=True),
+         extra_cuda_cflags=default_jit_cuda_cflags(opt_level="O2", enable_bf16=True, include_lineinfo=True,
+                                                   include_ptxas_optimizations=True, include_diag_suppress=True),
+         extra_include_paths=cuda_include_paths_with_fallback([str(root / "src")],
+                                                              required_header_names=("cusparse.h",)))
+    return changed
+
+
+@functools.cache
+def decode_op():
+    """The decode op, built and given a fake implementation (torch.compile traces it as one opaque call; the decode
+    step's CUDA graph holds its launch, on the current stream)."""
+    build_on_current_stream("awq")
+    op = torch.ops.quant_awq_stream.gemv_fast_forward_decode
+
+    @torch.library.register_fake("quant_awq_stream::gemv_fast_forward_decode")
+    def _(in_feats, kernel, scaling_factors, zeros, m, n, k, group_size):
+        return in_feats.new_empty((*in_feats.shape[:-1], n))
+
+    return op
+
+
+def shape_refusal(in_features: int, out_features: int, group_size: int) -> str | None:
+    """Why gemv_fast cannot take a layer of this shape, or None."""
+    if group_size != GROUP_SIZE:
+        return f"gemv_fast runs groups of {GROUP_SIZE} only, not {group_size}"
+    if in_features % K_STRIDE or out_features % (2 * INTERLEAVE):
+        return (f"gemv_fast takes in_features in multiples of {K_STRIDE} and out_features of {2 * INTERLEAVE}, not "
+                f"{in_features} x {out_features}")
+    return None
+
+
+def extra_bytes_per_weight(group_size: int) -> float:
+    """What QUANT_INT4_GEMV=awq adds to an int4pack weight's bytes for the memory estimate made before loading (a
+    second copy of the 4-bit codes, an fp16 scale and zero per group), on a GPU or not; 0 where it is off or the
+    group size is not gemv_fast's."""
+    from .settings import load_settings
+
+    return 0.5 + 4 / group_size if load_settings().int4_gemv == "awq" and group_size == GROUP_SIZE else 0.0
+
+
+def pack_codes(codes: torch.Tensor) -> torch.Tensor:
+    """Codes [out, in] (0..15) in gemv_fast's layout, int16 [out / 4, in]: gptqmodel's `pack_intweight(codes,
+    interleave=4, kstride=64)` in torch (it runs through numpy on the host; this runs where the codes are)."""
+    n, k = codes.shape
+    packed = codes.to(torch.int32).reshape(n, k // 32, 4, 4, 2).transpose(2, 3)  # 8 of each 32 columns interleaved
+    packed = packed.reshape(n, k // 32, 4, 4, 2).transpose(3, 4)  # each 8: [0, 2, 4, 6, 1, 3, 5, 7]
+    packed = packed.reshape(n // INTERLEAVE, INTERLEAVE, k // K_STRIDE, K_STRIDE).transpose(1, 2)
+    packed = packed.reshape(n // INTERLEAVE, k // K_STRIDE, K_STRIDE, INTERLEAVE)
+    words = packed[..., 0] | packed[..., 1] << 4 | packed[..., 2] << 8 | packed[..., 3] << 12
+    return words.reshape(n // INTERLEAVE, k).to(torch.int16).contiguous()
+
+
+def pack(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """One layer's tensors for gemv_fast from int4pack's: codes [out, in] (0..15), tinygemm's scales and zeros
+    [groups, out] (w = scale * (code - 8) + zero). Returns (weight, scales, scaled zeros); the scales and zeros are fp16
+    held as int16 (their bits; `matmul` views them back), so casting a model's fp16 tensors to its compute dtype
+    (quant.methods.gptq._cast_half_tensors, `model.to`) leaves the kernel's fp16 operands alone. Groups are padded to
+    a multiple of 8 with zeros, as AwqGEMVFastLinear.pack pads them."""
+    groups, out_features = scales.shape
+    padded = -(-groups // 8) * 8
+    fp16_scales = scales.new_zeros(padded, out_features, dtype=torch.float16)
+    fp16_zeros = torch.zeros_like(fp16_scales)
+    fp16_scales[:groups] = scales.to(torch.float16)
+    fp16_zeros[:groups] = (zeros.float() - 8 * scales.float()).to(torch.float16)
+    return pack_codes(codes), fp16_scales.view(torch.int16), fp16_zeros.view(torch.int16)
+
+
+def matmul(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, out_features: int,
+           group_size: int) -> torch.Tensor:
+    """x [rows < ROWS, in] @ the layer's weight, fp16 [rows, out]."""
+    return torch.ops.quant_awq_stream.gemv_fast_forward_decode(
+        x.to(torch.float16).contiguous(), weight, scales.view(torch.float16), zeros.view(torch.float16), x.shape[0],
+        out_features, x.shape[1], group_size)
+
+
+def _mismatch() -> str | None:
+    """Build the kernel and compare it with the float32 product of the weight it was given, at 1-7 rows, on random
+    codes, scales and zeros of a shape gemv_fast takes; what differs, or None."""
+    try:
+        decode_op()
+    except Exception as exc:  # noqa: BLE001 - the build needs gptqmodel's sources and nvcc: tinygemm runs instead
+        return f"building gemv_fast failed ({type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]})"
+    generator = torch.Generator().manual_seed(0)
+    n, k = 256, 1024
+    codes = torch.randint(0, 16, (n, k), generator=generator, dtype=torch.int32)
+    scales = torch.rand(k // GROUP_SIZE, n, generator=generator) * 0.02 + 1e-3
+    zeros = torch.randn(k // GROUP_SIZE, n, generator=generator) * 0.01
+    weight = ((codes.view(n, k // GROUP_SIZE, GROUP_SIZE) - 8) * scales.t()[..., None]
+              + zeros.t()[..., None]).view(n, k).cuda()
+    tensors = [t.cuda() for t in pack(codes, scales.half().float(), zeros.half().float())]
+    for rows in range(1, ROWS):
+        x = torch.randn(rows, k, generator=generator).to(torch.bfloat16).cuda()
+        want = x.float() @ weight.t()
+        got = matmul(x, *tensors, n, GROUP_SIZE).float()
+        error = ((got - want).norm() / want.norm()).item()
+        if not error <= 1e-2:
+            return f"gemv_fast differs from the weight's product by {error:.1%} at {rows} rows"
+    return None
+
+
+CHECK = triton_support.KernelCheck(_mismatch, log, "int4 layers keep tinygemm for 1-7 rows", kernel="gemv_fast",
+                                   needs_triton=False)
+"""Whether gemv_fast serves int4pack layers' 1-7 rows in this process (QUANT_INT4_GEMV=awq; decided at the first
+layer that wants it)."""

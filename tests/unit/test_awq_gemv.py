@@ -1,0 +1,117 @@
+"""quant.awq_gemv (QUANT_INT4_GEMV=awq): an int4pack layer's codes, scales and zeros in llm-awq's gemv_fast layout are
+what gptqmodel's own AwqGEMVFastLinear.pack makes of the same weight, bit for bit; gptqmodel's sources built for it
+launch every kernel on PyTorch's current stream; off a GPU, or with the setting off, layers keep tinygemm and the load
+report says why. The kernel itself runs on a GPU only (tests/gpu/test_gpu.py)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from quant import awq_gemv, int4pack
+from quant.settings import SettingsError, load_settings
+
+GROUP = awq_gemv.GROUP_SIZE
+
+
+def awq_weight(n: int, k: int, seed: int = 0):
+    """AWQ-style integers: codes q [n, k], zero points z and fp16 scales s [n, k / GROUP]; w = s * (q - z)."""
+    generator = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 16, (n, k), generator=generator, dtype=torch.int32)
+    zero_points = torch.randint(0, 16, (n, k // GROUP), generator=generator, dtype=torch.int32)
+    scales = (torch.rand(n, k // GROUP, generator=generator) * 0.02 + 0.001).half()
+    return codes, zero_points, scales
+
+
+@pytest.mark.parametrize(("n", "k"), [(64, 256), (8, 128), (48, 1024)])
+def test_codes_are_packed_as_gptqmodels_pack_intweight_packs_them(n, k):
+    from gptqmodel.nn_modules.qlinear.gemv_fast_awq import pack_intweight
+
+    codes, _, _ = awq_weight(n, k)
+    want = pack_intweight(codes, interleave=awq_gemv.INTERLEAVE, kstride=awq_gemv.K_STRIDE)
+    got = awq_gemv.pack_codes(codes)
+    assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+@pytest.mark.parametrize(("n", "k"), [(64, 256), (16, 1152)])
+def test_an_int4pack_layers_tensors_are_what_gptqmodel_packs_for_the_same_weight(n, k):
+    """int4pack's form of an AWQ weight (tinygemm's zero = s * (8 - z)) through awq_gemv.pack equals
+    AwqGEMVFastLinear.pack of the weight itself: the codes, the scales and the scaled zeros (-s * z), with the groups
+    padded to a multiple of 8 (1152 inputs: 9 groups, padded to 16)."""
+    from gptqmodel.nn_modules.qlinear.gemv_fast_awq import AwqGEMVFastLinear
+
+    codes, zero_points, scales = awq_weight(n, k)
+    expand = lambda t: t.repeat_interleave(GROUP, dim=1)  # noqa: E731
+    linear = torch.nn.Linear(k, n, bias=False)
+    linear.weight.data = ((codes - expand(zero_points)).float() * expand(scales).float()).half().float()
+    reference = AwqGEMVFastLinear(bits=4, group_size=GROUP, sym=False, desc_act=False, in_features=k, out_features=n,
+                                  register_buffers=False)
+    reference.pack(linear, scales.float(), zero_points.float())
+
+    tinygemm_scales = scales.float().t()  # [groups, n]
+    tinygemm_zeros = tinygemm_scales * (8 - zero_points.float().t())
+    weight, got_scales, got_zeros = awq_gemv.pack(codes, tinygemm_scales, tinygemm_zeros)
+    assert torch.equal(weight, reference.qweight)
+    assert got_scales.dtype == torch.int16 and torch.equal(got_scales.view(torch.float16), reference.scales)
+    assert torch.equal(got_zeros.view(torch.float16), reference.qzeros)
+
+
+def test_gptqmodels_awq_sources_are_rebuilt_with_every_launch_on_the_current_stream(tmp_path):
+    """The installed sources, transformed: launches without a stream get PyTorch's current one, launches with one
+    keep it, the ops move to our namespace; a second pass leaves the files untouched (ninja keeps the build)."""
+    changed = awq_gemv.patched_sources("awq", tmp_path)
+    assert changed >= 10
+    launches, namespaces = [], []
+    for path in tmp_path.rglob("*"):
+        if path.suffix in (".cu", ".cuh"):
+            launches += re.findall(r"<<<([^<>]*)>>>", path.read_text())
+        if path.suffix in (".cpp", ".cu"):
+            namespaces += re.findall(r"TORCH_LIBRARY(?:_IMPL)?\((\w+),", path.read_text())
+    assert launches and all(len(launch.split(",")) == 4 for launch in launches), launches
+    assert namespaces and set(namespaces) == {"quant_awq_stream"}
+    times = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()}
+    awq_gemv.patched_sources("awq", tmp_path)
+    assert {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()} == times
+
+
+def test_a_launch_that_names_its_stream_is_kept():
+    source = "k<<<grid, block>>>(a); k<<<g, b, smem>>>(a); k<<<g, b, 0, stream>>>(a);"
+    patched, changed = awq_gemv.on_current_stream(source)
+    assert changed == 2
+    assert "k<<<grid, block, 0, at::cuda::getCurrentCUDAStream()>>>(a)" in patched
+    assert "k<<<g, b, smem, at::cuda::getCurrentCUDAStream()>>>(a)" in patched
+    assert "k<<<g, b, 0, stream>>>(a)" in patched
+
+
+def test_shapes_gemv_fast_cannot_take_are_refused_with_the_reason():
+    assert awq_gemv.shape_refusal(4096, 14336, 128) is None
+    assert "groups of 128" in awq_gemv.shape_refusal(4096, 4096, 64)
+    assert "multiples of 64" in awq_gemv.shape_refusal(4000, 4096, 128)
+
+
+def test_the_setting_is_tinygemm_unless_asked_and_unknown_values_are_refused(monkeypatch):
+    monkeypatch.delenv("QUANT_INT4_GEMV", raising=False)
+    assert load_settings().int4_gemv == "tinygemm"
+    assert awq_gemv.extra_bytes_per_weight(128) == 0.0
+    monkeypatch.setenv("QUANT_INT4_GEMV", "awq")
+    assert awq_gemv.extra_bytes_per_weight(128) == 0.5 + 4 / 128  # the estimate before loading holds the 2nd copy
+    assert awq_gemv.extra_bytes_per_weight(64) == 0.0
+    monkeypatch.setenv("QUANT_INT4_GEMV", "marlin")
+    with pytest.raises(SettingsError, match="QUANT_INT4_GEMV"):
+        load_settings()
+
+
+def test_off_the_gpu_asked_for_gemv_fast_layers_keep_tinygemm_and_the_report_says_why(monkeypatch):
+    monkeypatch.setenv("QUANT_INT4_GEMV", "awq")
+    codes, zero_points, scales = awq_weight(64, 256)
+    tinygemm_scales = scales.float().t()
+    layer = int4pack.pack_int4_linear(codes, tinygemm_scales, tinygemm_scales * (8 - zero_points.float().t()),
+                                      group_size=GROUP, bias=None)
+    assert layer.gemv_weight is None and "gemv" not in layer.extra_repr()
+    model = torch.nn.Sequential(layer)
+    warnings = int4pack.kernel_warnings(model)
+    assert warnings == ["QUANT_INT4_GEMV=awq: decode steps stay on tinygemm (the int4 layers are not on a GPU)."]
+    monkeypatch.setenv("QUANT_INT4_GEMV", "tinygemm")
+    assert int4pack.kernel_warnings(model) == []
