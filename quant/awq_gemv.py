@@ -15,7 +15,9 @@ The layout (gptqmodel's `pack_intweight`: four output rows interleaved, 64-wide 
 codes tinygemm's layout holds, with fp16 scales and scaled zeros per group: it computes w = s * q + z' where tinygemm
 computes w = s * (q - 8) + zero, so z' = zero - 8 s, and every format int4pack takes (GPTQ, AWQ, HQQ) runs on it with
 the same arithmetic, up to fp16 rounding of the scales, zeros and activations. A layer using it holds its 4-bit
-weights twice: tinygemm's layout still serves 8-31 rows and the dequantization for more.
+weights twice: tinygemm's layout still serves 8-31 rows and the dequantization for more. Its activations are fp16
+(the kernel's only dtype): a model whose projections' inputs exceed fp16's range (65,504) would overflow where
+tinygemm, in bf16, does not; the GPU test and the load's checks run on the demo model and random inputs.
 """
 
 from __future__ import annotations
