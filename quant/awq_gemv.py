@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import re
 from pathlib import Path
 
@@ -104,8 +103,9 @@ def build_on_current_stream(name: str) -> int:
     from gptqmodel.utils.cpp import cuda_include_paths_with_fallback, default_jit_cflags, default_jit_cuda_cflags
     from torch.utils.cpp_extension import load
 
-    root = Path(os.environ.get("QUANT_KERNEL_CACHE") or Path.home() / ".cache" / "quant-kernels") / "stream-patched"
-    root = root / name
+    from .settings import load_settings
+
+    root = Path(load_settings().kernel_cache) / "stream-patched" / name
     changed = patched_sources(name, root / "src")
     (root / "build").mkdir(parents=True, exist_ok=True)
     load(name=f"quant_{name}_stream_ops", sources=[str(root / "src" / source) for source in SOURCES[name]],
