@@ -123,7 +123,8 @@ def _fusable(members: list[nn.Module]) -> str | None:
             (isinstance(first, nn.Linear) and len({t.dtype for t in tensors}) != 1):
         return "on different devices or dtypes"
     if isinstance(first, Int4PackedLinear):
-        if len({(m.group_size, m.dequantize_from_rows, m.on_cuda, m.packed_weight.shape[1:]) for m in members}) != 1:
+        if len({(m.group_size, m.dequantize_from_rows, m.on_cuda, m.packed_weight.shape[1:], m.gemv_weight is None)
+                for m in members}) != 1:
             return "different group sizes, kernels or packings"
         orders = [m.input_order for m in members]
         if any(o is None for o in orders) != all(o is None for o in orders) or \
@@ -149,20 +150,30 @@ def _fuse_linears(members: list[nn.Linear]) -> nn.Linear:
 
 
 def _fuse_int4(members: list[Int4PackedLinear]) -> Int4PackedLinear:
+    """The group's Int4PackedLinear. quant.awq_gemv's layout (QUANT_INT4_GEMV=awq) is fused too: it packs blocks of 4
+    output rows independently, so the members' weights stacked along the outputs are the group's, as tinygemm's are."""
     first = members[0]
     bias = torch.cat([m.bias for m in members]) if first.bias is not None else None
+    gemv = None if first.gemv_weight is None else (torch.cat([m.gemv_weight for m in members]),
+                                                   torch.cat([m.gemv_scales for m in members], dim=1),
+                                                   torch.cat([m.gemv_zeros for m in members], dim=1))
     fused = Int4PackedLinear(torch.cat([m.packed_weight for m in members]),
                              torch.cat([m.scales_and_zeros for m in members], dim=1),
                              group_size=first.group_size, in_features=first.in_features,
                              out_features=sum(map(_outputs, members)), input_order=first.input_order, bias=bias,
-                             dequantize_from_rows=first.dequantize_from_rows)
-    start = row = 0
+                             dequantize_from_rows=first.dequantize_from_rows, gemv=gemv)
+    start = row = gemv_row = 0
     for m in members:  # the members' buffers become views: the separate tensors are freed
         end, rows = start + _outputs(m), m.packed_weight.shape[0]
         m.packed_weight = fused.packed_weight[row:row + rows]
         m.scales_and_zeros = fused.scales_and_zeros[:, start:end]
         if bias is not None:
             m.bias = fused.bias[start:end]
+        if gemv is not None:
+            gemv_rows = m.gemv_weight.shape[0]
+            m.gemv_weight = fused.gemv_weight[gemv_row:gemv_row + gemv_rows]
+            m.gemv_scales, m.gemv_zeros = fused.gemv_scales[:, start:end], fused.gemv_zeros[:, start:end]
+            gemv_row += gemv_rows
         start, row = end, row + rows
     return fused
 
@@ -229,7 +240,8 @@ def fuse_projections(model: nn.Module) -> FusionResult:
 
 
 def _tensor_names(m: nn.Module) -> tuple[str, ...]:
-    return ("weight", "bias") if isinstance(m, nn.Linear) else ("packed_weight", "scales_and_zeros", "bias")
+    return ("weight", "bias") if isinstance(m, nn.Linear) else ("packed_weight", "scales_and_zeros", "bias",
+                                                                "gemv_weight", "gemv_scales", "gemv_zeros")
 
 
 def _tensors(m: nn.Module) -> tuple:
@@ -248,10 +260,13 @@ def _set_tensors(m: nn.Module, tensors: tuple) -> None:
 
 def unfuse_projections(model: nn.Module) -> None:
     """Give every fused member its own forward back (its tensors stay views into the group's: the same values; an
-    int4 member's scales, a strided column slice, are made contiguous again, as tinygemm takes them). The group stays
-    referenced: a call of another thread already inside a member's fused forward still finishes."""
+    int4 member's scales, a strided column slice, are made contiguous again, as tinygemm and gemv_fast take them).
+    The group stays referenced: a call of another thread already inside a member's fused forward still finishes."""
     for module in model.modules():
         if isinstance(module, FusedMember):
             module.__class__ = next(c for c in type(module).__mro__[1:] if c in _member_classes)
             if isinstance(module, Int4PackedLinear):
                 module.scales_and_zeros = module.scales_and_zeros.contiguous()
+                if module.gemv_weight is not None:  # gemv_fast reads its scales and zeros as contiguous too
+                    module.gemv_scales = module.gemv_scales.contiguous()
+                    module.gemv_zeros = module.gemv_zeros.contiguous()

@@ -227,7 +227,7 @@ class Int4PackedLinear(nn.Module):
         if self.on_cuda and 0 < self.dequantize_from_rows <= rows.shape[0]:
             weight = _dequantize(self.dequantize_kernel, self.packed_weight, self.scales_and_zeros, self.group_size)
             out = nn.functional.linear(rows, weight)
-        elif self.gemv_weight is not None and rows.shape[0] < awq_gemv.ROWS:
+        elif self.on_cuda and self.gemv_weight is not None and rows.shape[0] < awq_gemv.ROWS:
             out = awq_gemv.matmul(rows, self.gemv_weight, self.gemv_scales, self.gemv_zeros, self.out_features,
                                   self.group_size)
         elif self.on_cuda:

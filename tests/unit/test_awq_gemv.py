@@ -115,3 +115,35 @@ def test_off_the_gpu_asked_for_gemv_fast_layers_keep_tinygemm_and_the_report_say
     assert warnings == ["QUANT_INT4_GEMV=awq: decode steps stay on tinygemm (the int4 layers are not on a GPU)."]
     monkeypatch.setenv("QUANT_INT4_GEMV", "tinygemm")
     assert int4pack.kernel_warnings(model) == []
+
+
+def test_fused_projections_hold_the_groups_gemv_layout_and_give_each_member_its_own_back():
+    """q/k/v fused into one layer (quant.fused_projections) on gemv_fast: the group's layout is the packing of the
+    members' weights stacked along the outputs (the layout packs blocks of 4 output rows on their own), each member
+    holds a view of its part, and unfused its scales and zeros are contiguous again (the kernel reads them so)."""
+    from quant.fused_projections import _fuse_int4, _member_class, unfuse_projections
+
+    members, parts = [], []
+    for seed, n in enumerate((64, 16, 16)):
+        codes, zero_points, scales = awq_weight(n, 256, seed)
+        tinygemm_scales = scales.float().t()
+        tinygemm_zeros = tinygemm_scales * (8 - zero_points.float().t())
+        layer = int4pack.pack_int4_linear(codes, tinygemm_scales, tinygemm_zeros, group_size=GROUP, bias=None)
+        layer.gemv_weight, layer.gemv_scales, layer.gemv_zeros = awq_gemv.pack(codes, tinygemm_scales, tinygemm_zeros)
+        members.append(layer)
+        parts.append((codes, tinygemm_scales, tinygemm_zeros))
+    own = [(m.gemv_weight.clone(), m.gemv_scales.clone(), m.gemv_zeros.clone()) for m in members]
+    fused = _fuse_int4(members)
+    want = awq_gemv.pack(torch.cat([c for c, _, _ in parts]), torch.cat([s for _, s, _ in parts], dim=1),
+                         torch.cat([z for _, _, z in parts], dim=1))
+    assert all(torch.equal(got, expected) for got, expected in zip(
+        (fused.gemv_weight, fused.gemv_scales, fused.gemv_zeros), want))
+    for member, tensors in zip(members, own):
+        assert all(torch.equal(got, expected) for got, expected in zip(
+            (member.gemv_weight, member.gemv_scales, member.gemv_zeros), tensors))
+        assert member.gemv_weight.data_ptr() >= fused.gemv_weight.data_ptr()  # a view, not a copy
+    model = torch.nn.Sequential(*members)
+    for member in members:  # as fuse_projections marks them
+        member.__class__ = _member_class(type(member))
+    unfuse_projections(model)
+    assert all(m.gemv_scales.is_contiguous() and m.gemv_zeros.is_contiguous() for m in members)
