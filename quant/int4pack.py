@@ -135,9 +135,9 @@ def gemv_choice(in_features: int, out_features: int, group_size: int) -> bool:
 def kernel_warnings(model: nn.Module) -> list[str]:
     """The load report's lines on `model`'s int4pack kernels: `dequantize_kernel_warnings`, and with QUANT_INT4_GEMV=awq
     which layers decode on gemv_fast (their second copy of the 4-bit weights in MiB) or why none does."""
-    warnings = dequantize_kernel_warnings(model)
     from .settings import load_settings
 
+    warnings = dequantize_kernel_warnings(model)
     layers = [m for m in model.modules() if isinstance(m, Int4PackedLinear)]
     if load_settings().int4_gemv != "awq" or not layers:
         return warnings

@@ -33,7 +33,6 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-
 GROUP_TOKENS = 4096
 """Most padded positions in one prefill forward: enough rows to keep a GPU's matrix units busy, few enough that a group
 pads little. The goal job's prefill (8B bf16, 128 prompts of 16-1,000 tokens, H200, one run) took 2.523 s in groups of
@@ -309,13 +308,11 @@ class Placement:
         self.local, self.column, self.row, self.slot = local, column, row, slot
 
     @classmethod
-    def of(cls, rows: list[int] | torch.Tensor, counts: list[int], width: int,
-           device: torch.device | str | None = None) -> "Placement":
+    def of(cls, rows: list[int], counts: list[int], width: int, device: torch.device | str = "cpu") -> "Placement":
         """The placement of a group of `rows` of the batch with `counts` positions each, in a batch `width` wide,
-        computed on the host (from lists the host has: no GPU value is read) and copied to `device` (default: the
-        rows' device) in one copy that does not wait for the GPU."""
-        device = torch.device(device or (rows.device if isinstance(rows, torch.Tensor) else "cpu"))
-        rows = torch.as_tensor(rows.tolist() if isinstance(rows, torch.Tensor) else rows)
+        computed on the host (from lists the host has: no GPU value is read) and copied to `device` in one copy that
+        does not wait for the GPU."""
+        device, rows = torch.device(device), torch.tensor(rows)
         count = torch.tensor(counts)
         local = torch.repeat_interleave(torch.arange(len(counts)), count)
         starts = torch.cumsum(count, 0) - count  # each row's first entry among the flattened ones
