@@ -22,9 +22,9 @@ tinygemm, in bf16, does not; the GPU test and the load's checks run on the demo 
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
+import threading
 from pathlib import Path
 
 import torch
@@ -61,24 +61,41 @@ def on_current_stream(source: str) -> tuple[str, int]:
         if len(arguments) >= 4:
             return match.group(0)
         changed += 1
-        arguments += ["0"] * (3 - len(arguments)) + ["at::cuda::getCurrentCUDAStream()"]
+        arguments += ["0"] * (3 - len(arguments)) + ["c10::cuda::getCurrentCUDAStream()"]
         return "<<<" + ", ".join(arguments) + ">>>"
 
     patched = LAUNCH.sub(with_stream, source)
     if changed:
-        patched = "#include <ATen/cuda/CUDAContext.h>\n" + patched
+        patched = "#include <c10/cuda/CUDAStream.h>\n" + patched
     return patched, changed
 
 
-def patched_sources(name: str, into: Path) -> int:
-    """gptqmodel's installed `name` extension sources, with every launch on the current stream and the ops under our
-    namespace, written under `into` (a file only where its text changed, so ninja keeps an earlier build); returns
-    the launches changed."""
-    import gptqmodel
+ATEN_FOR_EXTENSION_H = ("#include <ATen/ATen.h>\n"
+                        "namespace torch { using at::Tensor; using at::TensorOptions; using at::empty; }")
+"""What the decode build includes instead of `<torch/extension.h>` (the C++ frontend and pybind11, which the decode
+kernel's sources do not use: its translation unit compiled in 23 s instead of about 60 on two cores)."""
 
-    original = Path(gptqmodel.__file__).resolve().parent.parent / "gptqmodel_ext" / name
+
+def gptqmodel_sources(name: str) -> Path:
+    """Where gptqmodel's installed package keeps the `name` extension's sources (found without importing gptqmodel,
+    which takes seconds)."""
+    import importlib.metadata
+    import importlib.util
+
+    spec = importlib.util.find_spec("gptqmodel")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("gptqmodel is not installed: its sources are what gemv_fast is built from")
+    original = Path(spec.origin).resolve().parent.parent / "gptqmodel_ext" / name
     if not original.is_dir():
-        raise FileNotFoundError(f"gptqmodel {gptqmodel.__version__} ships no sources at {original}")
+        raise FileNotFoundError(f"gptqmodel {importlib.metadata.version('gptqmodel')} ships no sources at {original}")
+    return original
+
+
+def patched_sources(name: str, into: Path, *, aten_only: bool = False) -> int:
+    """gptqmodel's installed `name` extension sources, with every launch on the current stream and the ops under our
+    namespace, written under `into` (a file only where its text changed, so ninja keeps an earlier build); with
+    `aten_only`, `<torch/extension.h>` included as ATEN_FOR_EXTENSION_H. Returns the launches changed."""
+    original = gptqmodel_sources(name)
     old, new = STREAM_NAMESPACES[name]
     changed = 0
     for path in sorted(original.rglob("*")):
@@ -88,6 +105,8 @@ def patched_sources(name: str, into: Path) -> int:
         if path.suffix in (".cu", ".cuh", ".cpp", ".h"):
             source, count = on_current_stream(text.decode()) if path.suffix in (".cu", ".cuh") else (text.decode(), 0)
             changed += count
+            if aten_only:
+                source = source.replace("#include <torch/extension.h>", ATEN_FOR_EXTENSION_H)
             text = (source.replace(f"TORCH_LIBRARY({old},", f"TORCH_LIBRARY({new},")
                     .replace(f"TORCH_LIBRARY_IMPL({old},", f"TORCH_LIBRARY_IMPL({new},")).encode()
         target = into / path.relative_to(original)
@@ -97,39 +116,131 @@ def patched_sources(name: str, into: Path) -> int:
     return changed
 
 
-def build_on_current_stream(name: str) -> int:
-    """Build (or load from QUANT_KERNEL_CACHE) gptqmodel's `name` extension on PyTorch's current stream, its ops under
-    `STREAM_NAMESPACES[name][1]`; returns the launches changed. Needs nvcc; raises what the build raises."""
-    from gptqmodel.utils.cpp import cuda_include_paths_with_fallback, default_jit_cflags, default_jit_cuda_cflags
+DECODE_NAMESPACE = "quant_awq_decode"
+"""The namespace of the product's build: gemv_fast's decode kernel alone (the bench builds the whole extension)."""
+DECODE_BINDING = f"""// Written by quant.awq_gemv: llm-awq's gemv_fast decode kernel alone, under {DECODE_NAMESPACE}.
+#include <torch/library.h>
+
+#include "quantization_new/gemv/gemv_cuda.h"
+
+namespace {{
+at::Tensor decode(at::Tensor in_feats, at::Tensor kernel, at::Tensor scaling_factors, at::Tensor zeros, int64_t m,
+                  int64_t n, int64_t k, int64_t group_size) {{
+  return gemv_forward_cuda_decode(in_feats, kernel, scaling_factors, zeros, static_cast<int>(m), static_cast<int>(n),
+                                  static_cast<int>(k), static_cast<int>(group_size));
+}}
+}}  // namespace
+
+TORCH_LIBRARY({DECODE_NAMESPACE}, m) {{
+  m.def("gemv_fast_forward_decode(Tensor in_feats, Tensor kernel, Tensor scaling_factors, Tensor zeros, int m, "
+        "int n, int k, int group_size) -> Tensor");
+}}
+
+TORCH_LIBRARY_IMPL({DECODE_NAMESPACE}, CUDA, m) {{
+  m.impl("gemv_fast_forward_decode", &decode);
+}}
+"""
+DECODE_SOURCES = ["quant_decode_binding.cpp", "gemv_fast_cuda_entry.cu"]
+"""What the product compiles: the binding above and the decode kernel's translation unit (the whole extension, with
+its GEMMs, took about 70 s on the H200's host; the decode kernel alone is what a chat runs)."""
+
+
+CFLAGS = ["-O2", "-std=c++20", "-DENABLE_BF16"]
+CUDA_CFLAGS = CFLAGS + ["--optimize=2", "-Xptxas", "-O2,-dlcm=ca", "-diag-suppress=179,39,177"]
+"""gptqmodel 7.6's JIT flags for these sources (gptqmodel.utils.cpp's defaults at O2), less its verbose ptxas output
+and line info: the code generated is what gptqmodel's own build runs."""
+
+
+def _load(name: str, root: Path, sources: list[str], include_paths: list[str] | None = None) -> None:
+    """torch's JIT build of `sources` under `root / "src"` into `root / "build"` (ninja skips it when nothing changed);
+    loads the library, registering its ops."""
     from torch.utils.cpp_extension import load
+
+    (root / "build").mkdir(parents=True, exist_ok=True)
+    load(name=name, sources=[str(root / "src" / source) for source in sources],
+         build_directory=str(root / "build"), is_python_module=False, extra_cflags=CFLAGS,
+         extra_cuda_cflags=CUDA_CFLAGS, extra_include_paths=include_paths or [str(root / "src")])
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
+def build_on_current_stream(name: str) -> int:
+    """Build (or load from QUANT_KERNEL_CACHE) gptqmodel's whole `name` extension on PyTorch's current stream, its ops
+    under `STREAM_NAMESPACES[name][1]` (bench/int4_gemv_kernels.py); returns the launches changed. Needs nvcc; raises
+    what the build raises."""
+    from gptqmodel.utils.cpp import cuda_include_paths_with_fallback
 
     from .settings import load_settings
 
     root = Path(load_settings().kernel_cache) / "stream-patched" / name
     changed = patched_sources(name, root / "src")
-    (root / "build").mkdir(parents=True, exist_ok=True)
-    load(name=f"quant_{name}_stream_ops", sources=[str(root / "src" / source) for source in SOURCES[name]],
-         build_directory=str(root / "build"), is_python_module=False,
-         extra_cflags=default_jit_cflags(opt_level="O2", enable_bf16=True),
-         extra_cuda_cflags=default_jit_cuda_cflags(opt_level="O2", enable_bf16=True, include_lineinfo=True,
-                                                   include_ptxas_optimizations=True, include_diag_suppress=True),
-         extra_include_paths=cuda_include_paths_with_fallback([str(root / "src")],
-                                                              required_header_names=("cusparse.h",)))
+    _load(f"quant_{name}_stream_ops", root, SOURCES[name],
+          cuda_include_paths_with_fallback([str(root / "src")], required_header_names=("cusparse.h",)))
     return changed
 
 
-@functools.cache
-def decode_op():
-    """The decode op, built and given a fake implementation (torch.compile traces it as one opaque call; the decode
-    step's CUDA graph holds its launch, on the current stream)."""
-    build_on_current_stream("awq")
-    op = torch.ops.quant_awq_stream.gemv_fast_forward_decode
+def build_decode_kernel() -> int:
+    """Build (or load from QUANT_KERNEL_CACHE) gemv_fast's decode kernel alone, on PyTorch's current stream, as
+    `torch.ops.quant_awq_decode.gemv_fast_forward_decode`; returns the launches changed. Needs nvcc."""
+    from .settings import load_settings
 
-    @torch.library.register_fake("quant_awq_stream::gemv_fast_forward_decode")
+    root = Path(load_settings().kernel_cache) / "stream-patched" / "awq-decode"
+    changed = patched_sources("awq", root / "src", aten_only=True)
+    _write_if_changed(root / "src" / DECODE_SOURCES[0], DECODE_BINDING)
+    _load("quant_awq_decode_ops", root, DECODE_SOURCES)
+    return changed
+
+
+_BUILDING = threading.Lock()
+_BUILT: dict[str, object] = {}
+"""The op ("op") or the build's error ("error"), once a process."""
+
+
+def _build_op():
+    build_decode_kernel()
+    op = torch.ops.quant_awq_decode.gemv_fast_forward_decode
+
+    @torch.library.register_fake(f"{DECODE_NAMESPACE}::gemv_fast_forward_decode")
     def _(in_feats, kernel, scaling_factors, zeros, m, n, k, group_size):
         return in_feats.new_empty((*in_feats.shape[:-1], n))
 
     return op
+
+
+def decode_op():
+    """The decode op, built and given a fake implementation (torch.compile traces it as one opaque call; the decode
+    step's CUDA graph holds its launch, on the current stream). Built once a process: a caller waits for a build
+    under way (`start_building`'s); a failed build raises its error again rather than compiling again."""
+    with _BUILDING:
+        if not _BUILT:
+            try:
+                _BUILT["op"] = _build_op()
+            except Exception as exc:  # noqa: BLE001 - kept for the check, which reports it
+                _BUILT["error"] = exc
+        if "error" in _BUILT:
+            raise _BUILT["error"]
+        return _BUILT["op"]
+
+
+def start_building() -> None:
+    """Build the decode op in a thread where a load will want it (a GPU, QUANT_INT4_GEMV=awq, not decided yet), so
+    the compile (or the cached build's load) runs while the weights load; the first layer's check then waits for it
+    and reports a failure."""
+    from .settings import load_settings
+
+    if CHECK.decided or load_settings().int4_gemv != "awq" or not torch.cuda.is_available():
+        return
+
+    def build() -> None:
+        try:
+            decode_op()
+        except Exception:  # noqa: BLE001 - kept by decode_op; the first layer's check reports it
+            log.debug("gemv_fast's build failed", exc_info=True)
+
+    threading.Thread(target=build, name="gemv_fast build", daemon=True).start()
 
 
 def shape_refusal(in_features: int, out_features: int, group_size: int) -> str | None:
@@ -144,11 +255,12 @@ def shape_refusal(in_features: int, out_features: int, group_size: int) -> str |
 
 def extra_bytes_per_weight(group_size: int) -> float:
     """What QUANT_INT4_GEMV=awq adds to an int4pack weight's bytes for the memory estimate made before loading (a
-    second copy of the 4-bit codes, an fp16 scale and zero per group), on a GPU or not; 0 where it is off or the
-    group size is not gemv_fast's."""
+    second copy of the 4-bit codes, an fp16 scale and zero per group) on a machine with a GPU (a load placed on its
+    CPU is overestimated); 0 without a GPU, where it is off, or where the group size is not gemv_fast's."""
     from .settings import load_settings
 
-    return 0.5 + 4 / group_size if load_settings().int4_gemv == "awq" and group_size == GROUP_SIZE else 0.0
+    takes = load_settings().int4_gemv == "awq" and group_size == GROUP_SIZE and torch.cuda.is_available()
+    return 0.5 + 4 / group_size if takes else 0.0
 
 
 def pack_codes(codes: torch.Tensor) -> torch.Tensor:
@@ -181,7 +293,7 @@ def pack(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> tupl
 def matmul(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, out_features: int,
            group_size: int) -> torch.Tensor:
     """x [rows < ROWS, in] @ the layer's weight, fp16 [rows, out]."""
-    return torch.ops.quant_awq_stream.gemv_fast_forward_decode(
+    return torch.ops.quant_awq_decode.gemv_fast_forward_decode(
         x.to(torch.float16).contiguous(), weight, scales.view(torch.float16), zeros.view(torch.float16), x.shape[0],
         out_features, x.shape[1], group_size)
 

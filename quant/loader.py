@@ -21,6 +21,7 @@ from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoToken
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING
 from transformers.utils import GENERATION_CONFIG_NAME
 
+from . import awq_gemv
 from .access import LocalFolders
 from .attention import check_attention
 from .errors import PlacementError, QuantError, UnsupportedModeError
@@ -377,7 +378,7 @@ def load_weights(request: LoadRequest, progress: ProgressFn | None = None,
     progress = progress or (lambda fraction, message: None)
     configure_kernel_cache()  # before any kernel is built (gptqmodel builds Marlin/ExLlama on first load)
     progress(0.0, f"Reading the config of {request.model}")
-    source, kwargs, warnings, options, _on_cuda = prepared or prepare(request)
+    source, kwargs, warnings, options, on_cuda = prepared or prepare(request)
     method = request.method
     warnings = list(warnings)
     progress(0.1, "Loading the tokenizer")
@@ -390,6 +391,8 @@ def load_weights(request: LoadRequest, progress: ProgressFn | None = None,
     prefer_fast_sdpa_backends()
     progress(0.2, f"Loading weights in {request.mode.value}" + method.load_note(options))
     started = time.perf_counter()
+    if on_cuda and method.runs_int4pack(options):
+        awq_gemv.start_building()  # its compile (or its cached build's load) runs while the weights load
     method.before_load(options)
     try:
         model, loading_info, weights_read = _from_pretrained(source, kwargs, request.mode.value)

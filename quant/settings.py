@@ -49,7 +49,7 @@ COMPILE_REGIONS = ("layers", "model")
 FUSE_PROJECTIONS = ("auto", "on", "off")
 STREAM_WEIGHTS = ("auto", "on", "off")
 INT4_DEQUANTIZE_KERNELS = ("auto", "torch")
-INT4_GEMVS = ("tinygemm", "awq")
+INT4_GEMVS = ("awq", "tinygemm")
 DECODE_ATTENTIONS = ("triton", "matmul")
 
 
@@ -134,10 +134,11 @@ class Settings:
     """QUANT_INT4_DEQUANTIZE_KERNEL: what dequantizes those layers' weights: auto (quant.int4_dequant's Triton kernel
     where it runs and passes its check, else the compiled torch version) or torch (to measure the two)."""
     int4_gemv: str
-    """QUANT_INT4_GEMV: what multiplies those layers' 1-7 rows (a chat's decode step) on a GPU: tinygemm (the
-    default) or awq (quant.awq_gemv: llm-awq's gemv_fast built from gptqmodel's sources on the current stream, 1.42x
-    tinygemm's speed on an 8B step's projections alone on an H200, bench/results/int4-gemv-kernels.md; holds the
-    4-bit weights a second time; not timed end to end yet, so not the default)."""
+    """QUANT_INT4_GEMV: what multiplies those layers' 1-7 rows (a chat's decode step) on a GPU: awq (the default;
+    quant.awq_gemv: llm-awq's gemv_fast built from gptqmodel's sources on the current stream where nvcc is, checked
+    at the first layer, else tinygemm with the reason in the load report; holds the 4-bit weights a second time) or
+    tinygemm. 8B on an H200, one bench run: GPTQ batch 1 at 1.85x bf16 against 1.43x on tinygemm
+    (bench/results/methods-bench-8b-cuda-awq-gemv.md)."""
     nf4_dequantize_rows: int
     """QUANT_NF4_DEQUANTIZE_ROWS: on a GPU, bitsandbytes 4-bit layers (nf4, fp4) dequantize inputs of this many rows or
     more (a batch's decode steps, prefills) with quant.nf4_dequant's one Triton kernel and multiply with cuBLAS,

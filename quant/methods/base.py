@@ -270,6 +270,11 @@ class QuantMethod:
         """The kernel the method's layers run on, where the user picks one (`backend_option`), else None."""
         return getattr(options, self.backend_option) if self.backend_option else None
 
+    def runs_int4pack(self, options: QuantOptions) -> bool:
+        """Whether the layers load as quant.int4pack's (gptq_int4pack, awq_int4pack, hqq_int4pack): the ones whose
+        decode steps quant.awq_gemv's kernel serves on a GPU."""
+        return (self.kernel(options) or "").endswith("_int4pack")
+
     # How it is written to disk (the Quantize tab)
     def quantize_refusal(self, config: Any, kind: str) -> tuple[str, str] | None:
         """(why, what to do) when this method cannot quantize the architecture, from the config alone, or None."""

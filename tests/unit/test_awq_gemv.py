@@ -1,11 +1,13 @@
 """quant.awq_gemv (QUANT_INT4_GEMV=awq): an int4pack layer's codes, scales and zeros in llm-awq's gemv_fast layout are
 what gptqmodel's own AwqGEMVFastLinear.pack makes of the same weight, bit for bit; gptqmodel's sources built for it
-launch every kernel on PyTorch's current stream; off a GPU, or with the setting off, layers keep tinygemm and the load
-report says why. The kernel itself runs on a GPU only (tests/gpu/test_gpu.py)."""
+launch every kernel on PyTorch's current stream; the product's build is the decode kernel alone, on ATen's headers;
+off a GPU layers keep tinygemm (nothing to report); a failed build is reported, not repeated. The kernel itself runs
+on a GPU only (tests/gpu/test_gpu_fastpath.py)."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,8 +82,8 @@ def test_a_launch_that_names_its_stream_is_kept():
     source = "k<<<grid, block>>>(a); k<<<g, b, smem>>>(a); k<<<g, b, 0, stream>>>(a);"
     patched, changed = awq_gemv.on_current_stream(source)
     assert changed == 2
-    assert "k<<<grid, block, 0, at::cuda::getCurrentCUDAStream()>>>(a)" in patched
-    assert "k<<<g, b, smem, at::cuda::getCurrentCUDAStream()>>>(a)" in patched
+    assert "k<<<grid, block, 0, c10::cuda::getCurrentCUDAStream()>>>(a)" in patched
+    assert "k<<<g, b, smem, c10::cuda::getCurrentCUDAStream()>>>(a)" in patched
     assert "k<<<g, b, 0, stream>>>(a)" in patched
 
 
@@ -91,30 +93,64 @@ def test_shapes_gemv_fast_cannot_take_are_refused_with_the_reason():
     assert "multiples of 64" in awq_gemv.shape_refusal(4000, 4096, 128)
 
 
-def test_the_setting_is_tinygemm_unless_asked_and_unknown_values_are_refused(monkeypatch):
+def test_gemv_fast_is_the_default_where_a_gpu_is_and_unknown_values_are_refused(monkeypatch):
     monkeypatch.delenv("QUANT_INT4_GEMV", raising=False)
-    assert load_settings().int4_gemv == "tinygemm"
-    assert awq_gemv.extra_bytes_per_weight(128) == 0.0
-    monkeypatch.setenv("QUANT_INT4_GEMV", "awq")
+    assert load_settings().int4_gemv == "awq"
+    assert awq_gemv.extra_bytes_per_weight(128) == 0.0  # no GPU here: no second copy to estimate
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert awq_gemv.extra_bytes_per_weight(128) == 0.5 + 4 / 128  # the estimate before loading holds the 2nd copy
     assert awq_gemv.extra_bytes_per_weight(64) == 0.0
+    monkeypatch.setenv("QUANT_INT4_GEMV", "tinygemm")
+    assert awq_gemv.extra_bytes_per_weight(128) == 0.0
     monkeypatch.setenv("QUANT_INT4_GEMV", "marlin")
     with pytest.raises(SettingsError, match="QUANT_INT4_GEMV"):
         load_settings()
 
 
-def test_off_the_gpu_asked_for_gemv_fast_layers_keep_tinygemm_and_the_report_says_why(monkeypatch):
-    monkeypatch.setenv("QUANT_INT4_GEMV", "awq")
+def test_off_the_gpu_layers_keep_tinygemm_and_the_report_says_nothing(monkeypatch):
+    monkeypatch.delenv("QUANT_INT4_GEMV", raising=False)
     codes, zero_points, scales = awq_weight(64, 256)
     tinygemm_scales = scales.float().t()
     layer = int4pack.pack_int4_linear(codes, tinygemm_scales, tinygemm_scales * (8 - zero_points.float().t()),
                                       group_size=GROUP, bias=None)
     assert layer.gemv_weight is None and "gemv" not in layer.extra_repr()
-    model = torch.nn.Sequential(layer)
-    warnings = int4pack.kernel_warnings(model)
-    assert warnings == ["QUANT_INT4_GEMV=awq: decode steps stay on tinygemm (the int4 layers are not on a GPU)."]
-    monkeypatch.setenv("QUANT_INT4_GEMV", "tinygemm")
-    assert int4pack.kernel_warnings(model) == []
+    assert int4pack.kernel_warnings(torch.nn.Sequential(layer)) == []
+
+
+def test_the_decode_build_is_the_decode_kernel_alone_on_atens_headers(tmp_path):
+    """What the product compiles: our binding (one op, our namespace) and gemv_fast's translation unit, neither
+    including <torch/extension.h> (the C++ frontend and pybind11: most of the compile time)."""
+    awq_gemv.patched_sources("awq", tmp_path, aten_only=True)
+    binding = awq_gemv.DECODE_BINDING
+    assert re.findall(r"TORCH_LIBRARY(?:_IMPL)?\((\w+),", binding) == ["quant_awq_decode"] * 2
+    assert re.findall(r'm\.def\("(\w+)\(', binding) == ["gemv_fast_forward_decode"]
+    included = [awq_gemv.DECODE_SOURCES[1]]  # the kernel's translation unit and what it includes from the sources
+    seen = set()
+    while included:
+        name = included.pop()
+        text = (tmp_path / name).read_text()
+        seen.add(name)
+        assert "torch/extension.h" not in text, name
+        included += [str((tmp_path / name).parent.relative_to(tmp_path) / header)
+                     for header in re.findall(r'#include "([^"]+)"', text)
+                     if str((tmp_path / name).parent.relative_to(tmp_path) / header) not in seen]
+    assert {"quantization_new/gemv/gemv_cuda.cu", "quantization_new/gemv/gemv_cuda.h"} <= {
+        str(Path(n)) for n in seen}
+    assert awq_gemv.ATEN_FOR_EXTENSION_H in (tmp_path / "quantization_new/gemv/gemv_cuda.h").read_text()
+
+
+def test_a_failed_build_is_kept_and_reported_not_compiled_again(monkeypatch, tmp_path):
+    """The kernel cache is a file, not a folder: the build fails; a second caller (the load's check after the
+    background build) gets the same error without a second attempt."""
+    cache = tmp_path / "not-a-folder"
+    cache.write_text("")
+    monkeypatch.setenv("QUANT_KERNEL_CACHE", str(cache))
+    monkeypatch.setattr(awq_gemv, "_BUILT", {})
+    with pytest.raises(OSError) as first:
+        awq_gemv.decode_op()
+    with pytest.raises(OSError) as second:
+        awq_gemv.decode_op()
+    assert second.value is first.value
 
 
 def test_fused_projections_hold_the_groups_gemv_layout_and_give_each_member_its_own_back():
