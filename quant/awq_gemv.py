@@ -3,13 +3,17 @@
 Why: at one row tinygemm (`_weight_int4pack_mm`, int4pack's kernel) reads an 8B model's 4-bit projection weights at
 1.4-1.6 TB/s on an H200; llm-awq's gemv_fast, built from the sources gptqmodel 7.6 ships, at up to 2.45 TB/s: a
 decode step's four projections x 32 layers in 1.62 ms against tinygemm's 2.30 and cuBLAS bf16's 3.88
-(bench/results/int4-gemv-kernels.md). Not the default until a GPU run has timed it in the graphed decode step end to
-end (bench/plans/next-h200.sh).
+(bench/results/int4-gemv-kernels.md). End to end in the graphed decode step (8B, H200): GPTQ batch 1 at 1.79x and
+1.85x bf16 in two runs against 1.43x on tinygemm (bench/results/methods-bench-8b-cuda-gemv-fast-default.md,
+-awq-gemv.md, -tinygemm-twentieth.md), tokens equal to tinygemm's (tests/gpu/test_gpu_fastpath.py). Not the default:
+the layers hold their 4-bit weights twice (below).
 
 gptqmodel builds it with every launch on the legacy default stream, which a CUDA graph captured on PyTorch's stream
-(the decode step's) does not hold, so `build_on_current_stream` compiles gptqmodel's installed sources again with
-every launch on PyTorch's current stream and the ops under our namespace, into QUANT_KERNEL_CACHE (about 70 s on an
-H200 the first time; ninja reuses the build after, as long as the sources are unchanged).
+(the decode step's) does not hold, so `build_decode_kernel` compiles the decode kernel from gptqmodel's installed
+sources again with every launch on PyTorch's current stream, under our namespace and on ATen's headers instead of
+<torch/extension.h>, into QUANT_KERNEL_CACHE (26.7 s on two CPU cores; gptqmodel's whole extension took about 70 s
+on the H200's host). The loader starts it in a thread while the weights load; ninja reuses the build after, as long
+as the sources are unchanged, and loading it does not import gptqmodel.
 
 The layout (gptqmodel's `pack_intweight`: four output rows interleaved, 64-wide strides along the input) holds the
 codes tinygemm's layout holds, with fp16 scales and scaled zeros per group: it computes w = s * q + z' where tinygemm

@@ -138,15 +138,15 @@ def kernel_warnings(model: nn.Module) -> list[str]:
     from .settings import load_settings
 
     warnings = dequantize_kernel_warnings(model)
-    layers = [m for m in model.modules() if isinstance(m, Int4PackedLinear) and m.on_cuda]
-    if load_settings().int4_gemv != "awq" or not layers:  # on the CPU tinygemm is the only kernel: nothing to say
+    layers = [m for m in model.modules() if isinstance(m, Int4PackedLinear)]
+    if load_settings().int4_gemv != "awq" or not layers:
         return warnings
     on_gemv = [m for m in layers if m.gemv_weight is not None]
     if not on_gemv:
         shapes = (awq_gemv.shape_refusal(m.in_features, m.out_features, m.group_size) for m in layers)
-        reason = awq_gemv.CHECK.known_reason or next((r for r in shapes if r), "no layer took it")
-        return warnings + [f"QUANT_INT4_GEMV=awq: decode steps stay on tinygemm ({reason}); they run on gemv_fast "
-                           f"where it builds (nvcc and gptqmodel's sources) and passes its check."]
+        reason = ("the int4 layers are not on a GPU" if not any(m.on_cuda for m in layers)
+                  else awq_gemv.CHECK.known_reason or next((r for r in shapes if r), "no layer took it"))
+        return warnings + [f"QUANT_INT4_GEMV=awq: decode steps stay on tinygemm ({reason})."]
     extra = sum(t.numel() * t.element_size() for m in on_gemv for t in (m.gemv_weight, m.gemv_scales, m.gemv_zeros))
     return warnings + [f"QUANT_INT4_GEMV=awq: {len(on_gemv)} of {len(layers)} int4 layers decode 1-7 rows on "
                        f"llm-awq's gemv_fast, holding their 4-bit weights a second time ({extra / 2**20:,.0f} MiB)."]

@@ -49,7 +49,7 @@ COMPILE_REGIONS = ("layers", "model")
 FUSE_PROJECTIONS = ("auto", "on", "off")
 STREAM_WEIGHTS = ("auto", "on", "off")
 INT4_DEQUANTIZE_KERNELS = ("auto", "torch")
-INT4_GEMVS = ("awq", "tinygemm")
+INT4_GEMVS = ("tinygemm", "awq")
 DECODE_ATTENTIONS = ("triton", "matmul")
 
 
@@ -134,11 +134,13 @@ class Settings:
     """QUANT_INT4_DEQUANTIZE_KERNEL: what dequantizes those layers' weights: auto (quant.int4_dequant's Triton kernel
     where it runs and passes its check, else the compiled torch version) or torch (to measure the two)."""
     int4_gemv: str
-    """QUANT_INT4_GEMV: what multiplies those layers' 1-7 rows (a chat's decode step) on a GPU: awq (the default;
-    quant.awq_gemv: llm-awq's gemv_fast built from gptqmodel's sources on the current stream where nvcc is, checked
-    at the first layer, else tinygemm with the reason in the load report; holds the 4-bit weights a second time) or
-    tinygemm. 8B on an H200, one bench run: GPTQ batch 1 at 1.85x bf16 against 1.43x on tinygemm
-    (bench/results/methods-bench-8b-cuda-awq-gemv.md)."""
+    """QUANT_INT4_GEMV: what multiplies those layers' 1-7 rows (a chat's decode step) on a GPU: tinygemm (the
+    default) or awq (quant.awq_gemv: llm-awq's gemv_fast, built from gptqmodel's sources on the current stream where
+    nvcc is, while the weights load, and checked at the first layer, else tinygemm with the reason in the load
+    report). 8B on an H200, one bench run: GPTQ batch 1 at 1.79x bf16 against 1.43x on tinygemm
+    (bench/results/methods-bench-8b-cuda-gemv-fast-default.md, -tinygemm-twentieth.md), but the layers hold their
+    4-bit weights a second time (GPTQ's footprint 9.1 GB against 5.5 GB at 8B): not the default, since what a 4-bit
+    method saves in memory is what this tool reports and what its users pick it for."""
     nf4_dequantize_rows: int
     """QUANT_NF4_DEQUANTIZE_ROWS: on a GPU, bitsandbytes 4-bit layers (nf4, fp4) dequantize inputs of this many rows or
     more (a batch's decode steps, prefills) with quant.nf4_dequant's one Triton kernel and multiply with cuBLAS,

@@ -120,8 +120,8 @@ def test_int4pack_on_the_dequantized_weight_gives_tinygemms_tokens(gpu_gptq_llam
 
 
 def test_gemv_fast_decode_steps_give_tinygemms_tokens(gpu_gptq_llama_dir, kernel_cache, monkeypatch):
-    """The default QUANT_INT4_GEMV=awq: llm-awq's gemv_fast, built (in the background, while the weights load) from
-    gptqmodel's sources on the current stream, passes its check, every int4 layer holds its layout, and the compiled,
+    """QUANT_INT4_GEMV=awq: llm-awq's gemv_fast, built (in the background, while the weights load) from gptqmodel's
+    sources on the current stream, passes its check, every int4 layer holds its layout, and the compiled,
     CUDA-graphed decode steps at batch 1 and 4 (1-7 rows: gemv_fast) give tinygemm's tokens, eager; the load report
     says what the second copy of the weights costs."""
     from quant import awq_gemv
@@ -131,7 +131,7 @@ def test_gemv_fast_decode_steps_give_tinygemms_tokens(gpu_gptq_llama_dir, kernel
     monkeypatch.setenv("QUANT_INT4_GEMV", "tinygemm")
     tinygemm = load(request, fast=False)
     assert not any(m.gemv_weight is not None for m in tinygemm.model.modules() if hasattr(m, "gemv_weight"))
-    monkeypatch.delenv("QUANT_INT4_GEMV")
+    monkeypatch.setenv("QUANT_INT4_GEMV", "awq")
     on_gemv = load(request, fast=True)
     assert awq_gemv.CHECK.reason() is None
     assert on_gemv.path.captured, on_gemv.path.describe()

@@ -1,7 +1,8 @@
 """quant.awq_gemv (QUANT_INT4_GEMV=awq): an int4pack layer's codes, scales and zeros in llm-awq's gemv_fast layout are
 what gptqmodel's own AwqGEMVFastLinear.pack makes of the same weight, bit for bit; gptqmodel's sources built for it
 launch every kernel on PyTorch's current stream; the product's build is the decode kernel alone, on ATen's headers;
-off a GPU layers keep tinygemm (nothing to report); a failed build is reported, not repeated. The kernel itself runs
+off a GPU, or with the setting off, layers keep tinygemm and the load report says why; a failed build is reported,
+not repeated. The kernel itself runs
 on a GPU only (tests/gpu/test_gpu_fastpath.py)."""
 
 from __future__ import annotations
@@ -93,28 +94,33 @@ def test_shapes_gemv_fast_cannot_take_are_refused_with_the_reason():
     assert "multiples of 64" in awq_gemv.shape_refusal(4000, 4096, 128)
 
 
-def test_gemv_fast_is_the_default_where_a_gpu_is_and_unknown_values_are_refused(monkeypatch):
+def test_the_setting_is_tinygemm_unless_asked_and_unknown_values_are_refused(monkeypatch):
     monkeypatch.delenv("QUANT_INT4_GEMV", raising=False)
-    assert load_settings().int4_gemv == "awq"
-    assert awq_gemv.extra_bytes_per_weight(128) == 0.0  # no GPU here: no second copy to estimate
+    assert load_settings().int4_gemv == "tinygemm"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert awq_gemv.extra_bytes_per_weight(128) == 0.0
+    monkeypatch.setenv("QUANT_INT4_GEMV", "awq")
     assert awq_gemv.extra_bytes_per_weight(128) == 0.5 + 4 / 128  # the estimate before loading holds the 2nd copy
     assert awq_gemv.extra_bytes_per_weight(64) == 0.0
-    monkeypatch.setenv("QUANT_INT4_GEMV", "tinygemm")
-    assert awq_gemv.extra_bytes_per_weight(128) == 0.0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert awq_gemv.extra_bytes_per_weight(128) == 0.0  # no GPU: no second copy
     monkeypatch.setenv("QUANT_INT4_GEMV", "marlin")
     with pytest.raises(SettingsError, match="QUANT_INT4_GEMV"):
         load_settings()
 
 
-def test_off_the_gpu_layers_keep_tinygemm_and_the_report_says_nothing(monkeypatch):
-    monkeypatch.delenv("QUANT_INT4_GEMV", raising=False)
+def test_off_the_gpu_asked_for_gemv_fast_layers_keep_tinygemm_and_the_report_says_why(monkeypatch):
+    monkeypatch.setenv("QUANT_INT4_GEMV", "awq")
     codes, zero_points, scales = awq_weight(64, 256)
     tinygemm_scales = scales.float().t()
     layer = int4pack.pack_int4_linear(codes, tinygemm_scales, tinygemm_scales * (8 - zero_points.float().t()),
                                       group_size=GROUP, bias=None)
     assert layer.gemv_weight is None and "gemv" not in layer.extra_repr()
-    assert int4pack.kernel_warnings(torch.nn.Sequential(layer)) == []
+    model = torch.nn.Sequential(layer)
+    warnings = int4pack.kernel_warnings(model)
+    assert warnings == ["QUANT_INT4_GEMV=awq: decode steps stay on tinygemm (the int4 layers are not on a GPU)."]
+    monkeypatch.setenv("QUANT_INT4_GEMV", "tinygemm")
+    assert int4pack.kernel_warnings(model) == []
 
 
 def test_the_decode_build_is_the_decode_kernel_alone_on_atens_headers(tmp_path):
