@@ -2,8 +2,7 @@
 what gptqmodel's own AwqGEMVFastLinear.pack makes of the same weight, bit for bit; gptqmodel's sources built for it
 launch every kernel on PyTorch's current stream; the product's build is the decode kernel alone, on ATen's headers;
 off a GPU, or with the setting off, layers keep tinygemm and the load report says why; a failed build is reported,
-not repeated. The kernel itself runs
-on a GPU only (tests/gpu/test_gpu_fastpath.py)."""
+not repeated. The kernel itself runs on a GPU only (tests/gpu/test_gpu_fastpath.py)."""
 
 from __future__ import annotations
 
