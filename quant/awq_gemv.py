@@ -114,11 +114,16 @@ def patched_sources(name: str, into: Path, *, aten_only: bool = False) -> int:
                 source = source.replace("#include <torch/extension.h>", ATEN_FOR_EXTENSION_H)
             text = (source.replace(f"TORCH_LIBRARY({old},", f"TORCH_LIBRARY({new},")
                     .replace(f"TORCH_LIBRARY_IMPL({old},", f"TORCH_LIBRARY_IMPL({new},")).encode()
-        target = into / path.relative_to(original)
-        if not target.exists() or target.read_bytes() != text:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(text)
+        write_if_changed(into / path.relative_to(original), text)
     return changed
+
+
+def write_if_changed(target: Path, data: bytes) -> None:
+    """Write `data` to `target` (its folders made) unless it holds them already: ninja rebuilds what a newer file
+    feeds, so an unchanged source keeps the earlier build."""
+    if not target.exists() or target.read_bytes() != data:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
 
 
 DECODE_NAMESPACE = "quant_awq_decode"
@@ -167,11 +172,6 @@ def _load(name: str, root: Path, sources: list[str], include_paths: list[str] | 
          extra_cuda_cflags=CUDA_CFLAGS, extra_include_paths=include_paths or [str(root / "src")])
 
 
-def _write_if_changed(path: Path, text: str) -> None:
-    if not path.exists() or path.read_text() != text:
-        path.write_text(text)
-
-
 def build_on_current_stream(name: str) -> int:
     """Build (or load from QUANT_KERNEL_CACHE) gptqmodel's whole `name` extension on PyTorch's current stream, its ops
     under `STREAM_NAMESPACES[name][1]` (bench/int4_gemv_kernels.py); returns the launches changed. Needs nvcc; raises
@@ -194,7 +194,7 @@ def build_decode_kernel() -> int:
 
     root = Path(load_settings().kernel_cache) / "stream-patched" / "awq-decode"
     changed = patched_sources("awq", root / "src", aten_only=True)
-    _write_if_changed(root / "src" / DECODE_SOURCES[0], DECODE_BINDING)
+    write_if_changed(root / "src" / DECODE_SOURCES[0], DECODE_BINDING.encode())
     _load("quant_awq_decode_ops", root, DECODE_SOURCES)
     return changed
 
